@@ -1,0 +1,255 @@
+"""The client to the S3-compatible storage behind sealgate: re-signs every request itself.
+
+Requests are signed with botocore's SigV4 signer under sealgate's own credentials, always with
+``UNSIGNED-PAYLOAD`` (the body is sealgate's ciphertext, authenticated by its own tags) and
+always with a computed Content-Length: several S3 implementations refuse chunked uploads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from collections.abc import AsyncIterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+import aiohttp
+import botocore.session
+from botocore.auth import S3SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials, ReadOnlyCredentials
+from defusedxml import ElementTree
+from yarl import URL
+
+from proxy.s3.errors import S3Error
+
+log = logging.getLogger(__name__)
+
+Body = bytes | AsyncIterable[bytes] | None
+
+
+class _UnsignedPayloadAuth(S3SigV4Auth):
+    """S3 SigV4 that never hashes the body, even over plain HTTP."""
+
+    def _should_sha256_sign_payload(self, request: AWSRequest) -> bool:
+        return False
+
+
+@dataclass(frozen=True)
+class BackendSettings:
+    """Where the storage is and how to reach it."""
+
+    endpoint: str
+    region: str
+    access_key_id: str | None = None
+    secret_access_key: str | None = None
+    ssl: ssl.SSLContext | bool = True
+    addressing_style: str = "path"
+    connect_timeout: float = 5.0
+    read_timeout: float = 60.0
+    pool_size: int = 256
+
+
+def quote_key(key: str) -> str:
+    """Encode an object key for a URL path the way S3 signs it (slashes kept)."""
+    return quote(key, safe="/~")
+
+
+def encode_query(params: Sequence[tuple[str, str]]) -> str:
+    """A query string whose encoding matches SigV4's canonical form."""
+    return "&".join(
+        quote(k, safe="-_.~") + ("=" + quote(v, safe="-_.~") if v is not None else "=")
+        for k, v in params
+    )
+
+
+class BackendResponse:
+    """A response from the backend; the body is read by the caller and must be released."""
+
+    def __init__(self, resp: aiohttp.ClientResponse) -> None:
+        self.raw = resp
+        self.status = resp.status
+        self.headers = resp.headers
+
+    def user_metadata(self) -> dict[str, str]:
+        """x-amz-meta-* as a dict with lower-case names, prefix removed."""
+        out: dict[str, str] = {}
+        for name, value in self.headers.items():
+            lname = name.lower()
+            if lname.startswith("x-amz-meta-"):
+                out[lname[len("x-amz-meta-") :]] = value
+        return out
+
+    async def read(self) -> bytes:
+        """The whole body: only for small control responses (XML), never object data."""
+        return await self.raw.read()
+
+    def release(self) -> None:
+        """Return the connection to the pool (or close it when the body was not consumed)."""
+        self.raw.release()
+
+    def close(self) -> None:
+        """Drop the connection: used when a body is abandoned half read."""
+        self.raw.close()
+
+    async def error(self) -> S3Error:
+        """The backend's S3 error, as an S3Error to relay to the client."""
+        try:
+            body = await self.raw.content.read(64 * 1024)
+        finally:
+            self.release()
+        code, message = _parse_error(body)
+        if not code:
+            code = {
+                404: "NoSuchKey",
+                403: "AccessDenied",
+                412: "PreconditionFailed",
+                416: "InvalidRange",
+                503: "SlowDown",
+            }.get(self.status, "InternalError" if self.status >= 500 else "InvalidRequest")
+            message = f"backend answered {self.status}"
+        status = self.status if self.status >= 400 else 502
+        if status >= 500:
+            # The backend's own failure is not ours; tell the client to retry.
+            status = 503 if status == 503 else 502
+            if code == "InternalError":
+                code = "ServiceUnavailable" if status == 503 else "BadGateway"
+        return S3Error(code, message or code, status)
+
+
+def _parse_error(body: bytes) -> tuple[str, str]:
+    if not body:
+        return "", ""
+    try:
+        root = ElementTree.fromstring(body)
+    except Exception:  # noqa: BLE001 - any parse failure means "no S3 error document"
+        return "", ""
+    code = message = ""
+    for child in root.iter():
+        tag = child.tag.rsplit("}", 1)[-1]
+        if tag == "Code" and not code:
+            code = (child.text or "").strip()
+        elif tag == "Message" and not message:
+            message = (child.text or "").strip()
+    return code, message
+
+
+class Backend:
+    """Signs and sends requests to the storage; one pooled aiohttp session per process."""
+
+    def __init__(self, settings: BackendSettings) -> None:
+        self.settings = settings
+        parts = urlsplit(settings.endpoint.rstrip("/"))
+        self._scheme = parts.scheme
+        self._netloc = parts.netloc
+        self._base_path = parts.path
+        self._session: aiohttp.ClientSession | None = None
+        self._credentials: Credentials | None = None
+        if settings.access_key_id and settings.secret_access_key:
+            self._credentials = Credentials(settings.access_key_id, settings.secret_access_key)
+
+    async def start(self) -> None:
+        """Open the connection pool and resolve credentials (config or AWS default chain)."""
+        if self._credentials is None:
+            creds = await asyncio.to_thread(botocore.session.get_session().get_credentials)
+            if creds is None:
+                raise RuntimeError("no backend credentials in the config or the AWS default chain")
+            self._credentials = creds
+        connector = aiohttp.TCPConnector(
+            limit=self.settings.pool_size,
+            ssl=self.settings.ssl,
+            keepalive_timeout=30,
+        )
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            timeout=aiohttp.ClientTimeout(
+                total=None,
+                sock_connect=self.settings.connect_timeout,
+                sock_read=self.settings.read_timeout,
+            ),
+            auto_decompress=False,
+            read_bufsize=1024 * 1024,
+            skip_auto_headers=("Content-Type", "Accept-Encoding", "User-Agent"),
+        )
+
+    async def close(self) -> None:
+        """Close the pool."""
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def _frozen(self) -> ReadOnlyCredentials:
+        assert self._credentials is not None
+        return self._credentials.get_frozen_credentials()
+
+    def url(self, bucket: str | None, key: str | None, query: Sequence[tuple[str, str]] = ()) -> tuple[str, str]:
+        """The (url, host) of a bucket/key on the backend."""
+        netloc = self._netloc
+        path = self._base_path
+        if bucket:
+            if self.settings.addressing_style == "virtual":
+                netloc = f"{bucket}.{netloc}"
+                path += "/"
+            else:
+                path += "/" + quote_key(bucket)
+                if key is not None:
+                    path += "/"
+        else:
+            path += "/"
+        if key:
+            path += quote_key(key)
+        url = f"{self._scheme}://{netloc}{path}"
+        if query:
+            url += "?" + encode_query(query)
+        return url, netloc
+
+    async def request(
+        self,
+        method: str,
+        bucket: str | None,
+        key: str | None = None,
+        *,
+        query: Sequence[tuple[str, str]] = (),
+        headers: Mapping[str, str] | None = None,
+        body: Body = None,
+        content_length: int | None = None,
+    ) -> BackendResponse:
+        """Send one signed request; S3Error(502/503) when the backend cannot be reached."""
+        if self._session is None:
+            raise RuntimeError("backend not started")
+        url, host = self.url(bucket, key, query)
+        hdrs: dict[str, str] = {"Host": host}
+        if headers:
+            hdrs.update(headers)
+        if body is not None or method in ("PUT", "POST"):
+            if content_length is None:
+                if isinstance(body, bytes):
+                    content_length = len(body)
+                elif body is None:
+                    content_length = 0
+                else:
+                    raise ValueError("streamed bodies need a computed Content-Length")
+            hdrs["Content-Length"] = str(content_length)
+        aws_req = AWSRequest(method=method, url=url, headers=hdrs)
+        _UnsignedPayloadAuth(self._frozen(), "s3", self.settings.region).add_auth(aws_req)
+        send_headers: dict[str, Any] = dict(aws_req.headers.items())
+        try:
+            resp = await self._session.request(
+                method,
+                URL(url, encoded=True),
+                headers=send_headers,
+                data=body if body is not None else (b"" if "Content-Length" in hdrs else None),
+                allow_redirects=False,
+                compress=None,
+            )
+        except asyncio.TimeoutError as exc:
+            raise S3Error("ServiceUnavailable", "the storage backend timed out", 503) from exc
+        except aiohttp.ClientConnectorError as exc:
+            log.warning("backend unreachable: %s", exc.__class__.__name__)
+            raise S3Error("ServiceUnavailable", "the storage backend is unreachable", 503) from exc
+        except aiohttp.ClientError as exc:
+            log.warning("backend request failed: %s", exc.__class__.__name__)
+            raise S3Error("BadGateway", "the storage backend connection failed", 502) from exc
+        return BackendResponse(resp)

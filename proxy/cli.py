@@ -1,0 +1,274 @@
+"""The `sealgate` command: serve, quickstart, certs and keys."""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import string
+import sys
+from pathlib import Path
+
+import click
+
+from proxy import __version__
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    # botocore logs request details (headers) at DEBUG; never let them through.
+    logging.getLogger("botocore").setLevel(logging.WARNING)
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+def _fail(message: str) -> None:
+    click.echo(f"sealgate: {message}", err=True)
+    sys.exit(2)
+
+
+@click.group()
+@click.version_option(__version__, prog_name="sealgate")
+def main() -> None:
+    """sealgate: a TLS-terminating, envelope-encrypting S3 proxy."""
+
+
+@main.command()
+@click.option("--config", "config_path", type=click.Path(path_type=Path), required=True, help="TOML config file.")
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
+def serve(config_path: Path, verbose: bool) -> None:
+    """Run the proxy with the given config."""
+    from proxy.config import ConfigError, load_config
+    from proxy.server.run import serve as run_serve
+
+    _setup_logging(verbose)
+    try:
+        config = load_config(config_path)
+    except ConfigError as exc:
+        _fail(str(exc))
+        return
+    try:
+        run_serve(config)
+    except Exception as exc:  # noqa: BLE001 - a start-up failure is reported in one line
+        from proxy.kms.local import KeyringFileError
+
+        if isinstance(exc, (KeyringFileError, OSError, RuntimeError)):
+            _fail(str(exc))
+        raise
+
+
+@main.group()
+def certs() -> None:
+    """TLS certificates."""
+
+
+@certs.command("init")
+@click.option("--dir", "directory", type=click.Path(path_type=Path), default=Path("certs"), show_default=True)
+@click.option("--hostname", "hostnames", multiple=True, help="Extra DNS name or IP for the server cert.")
+@click.option("--force", is_flag=True, help="Overwrite existing files.")
+def certs_init(directory: Path, hostnames: tuple[str, ...], force: bool) -> None:
+    """Make a local CA and a server certificate signed by it."""
+    from proxy.certs import init_certs
+
+    names = ("localhost", "127.0.0.1", "::1", *hostnames)
+    try:
+        paths = init_certs(directory, names, overwrite=force)
+    except FileExistsError as exc:
+        _fail(f"{exc}; use --force to replace")
+        return
+    click.echo(f"CA certificate:     {paths.ca_cert}  (give this to clients)")
+    click.echo(f"server certificate: {paths.server_cert}")
+    click.echo(f"server key:         {paths.server_key}")
+
+
+@main.group()
+def keys() -> None:
+    """Master keys in the local keyring."""
+
+
+def _passphrase(env: str | None, file: Path | None) -> bytes:
+    from proxy.kms.local import passphrase_from
+
+    try:
+        return passphrase_from(env, file)
+    except Exception as exc:  # noqa: BLE001
+        _fail(str(exc))
+        raise
+
+
+_keyring_opt = click.option(
+    "--keyring", type=click.Path(path_type=Path), default=Path(".sealgate/keyring"), show_default=True
+)
+_pass_file_opt = click.option(
+    "--passphrase-file", type=click.Path(path_type=Path), default=None, help="File holding the passphrase."
+)
+_pass_env_opt = click.option(
+    "--passphrase-env", default="SEALGATE_KEYRING_PASSPHRASE", show_default=True,
+    help="Environment variable holding the passphrase (used when no file is given).",
+)
+
+
+@keys.command("create")
+@click.argument("key_id")
+@_keyring_opt
+@_pass_file_opt
+@_pass_env_opt
+def keys_create(key_id: str, keyring: Path, passphrase_file: Path | None, passphrase_env: str) -> None:
+    """Create a master key KEY_ID (creates the keyring file if needed)."""
+    from proxy.kms.local import KeyringFileError, LocalKeyStore
+
+    passphrase = _passphrase(None if passphrase_file else passphrase_env, passphrase_file)
+    try:
+        if keyring.exists():
+            store = LocalKeyStore.open(keyring, passphrase)
+        else:
+            keyring.parent.mkdir(parents=True, exist_ok=True)
+            store = LocalKeyStore.create(keyring, passphrase)
+        info = store.create_key(key_id)
+        store.save()
+    except (KeyringFileError, ValueError, KeyError) as exc:
+        _fail(str(exc))
+        return
+    click.echo(f"created key {info.id} (version {info.current_version}) in {keyring}")
+
+
+@keys.command("list")
+@_keyring_opt
+@_pass_file_opt
+@_pass_env_opt
+def keys_list(keyring: Path, passphrase_file: Path | None, passphrase_env: str) -> None:
+    """List master keys (ids and versions, never material)."""
+    from proxy.kms.local import KeyringFileError, LocalKeyStore
+
+    passphrase = _passphrase(None if passphrase_file else passphrase_env, passphrase_file)
+    try:
+        store = LocalKeyStore.open(keyring, passphrase)
+    except KeyringFileError as exc:
+        _fail(str(exc))
+        return
+    click.echo(f"{'ID':<24} {'VERSIONS':>8} {'CURRENT':>7}  {'ORIGIN':<10} CREATED")
+    for info in store.list_keys():
+        click.echo(
+            f"{info.id:<24} {info.versions:>8} {info.current_version:>7}  {info.origin:<10} {info.created}"
+        )
+
+
+def _random_secret(n: int = 40) -> str:
+    alphabet = string.ascii_letters + string.digits
+    return "".join(secrets.choice(alphabet) for _ in range(n))
+
+
+def _write_private(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+
+
+@main.command()
+@click.option("--dir", "directory", type=click.Path(path_type=Path), default=Path(".sealgate"), show_default=True)
+@click.option("--port", default=8443, show_default=True, help="HTTPS port for sealgate.")
+@click.option("--backend-port", default=9000, show_default=True, help="Port of the in-memory demo store.")
+def quickstart(directory: Path, port: int, backend_port: int) -> None:
+    """Set up ./.sealgate/ and run sealgate in front of an in-memory demo S3 store."""
+    from proxy.certs import init_certs
+    from proxy.config import load_config
+    from proxy.kms.local import LocalKeyStore
+    from proxy.server.run import serve as run_serve
+
+    _setup_logging(False)
+    directory.mkdir(parents=True, exist_ok=True)
+    directory.chmod(0o700)
+    pass_file = directory / "passphrase"
+    keyring = directory / "keyring"
+    creds_file = directory / "client-credentials"
+    if not pass_file.exists():
+        _write_private(pass_file, _random_secret(48) + "\n")
+    if not keyring.exists():
+        store = LocalKeyStore.create(keyring, pass_file.read_text().rstrip("\n").encode())
+        store.create_key("default")
+        store.save()
+    if not creds_file.exists():
+        akid = "SG" + "".join(secrets.choice(string.ascii_uppercase + string.digits) for _ in range(18))
+        _write_private(creds_file, f"{akid}\n{_random_secret()}\n")
+    akid, secret = creds_file.read_text().split()[:2]
+    cert_dir = directory / "certs"
+    if not (cert_dir / "server.pem").exists():
+        init_certs(cert_dir, ("localhost", "127.0.0.1", "::1"))
+    config_path = directory / "sealgate.toml"
+    _write_private(
+        config_path,
+        f"""# Generated by `sealgate quickstart`: a local demo, not a production config.
+[server]
+listen = "127.0.0.1:{port}"
+tls_cert = "{cert_dir / 'server.pem'}"
+tls_key = "{cert_dir / 'server-key.pem'}"
+
+[backend]
+# In-memory demo S3 store (moto), started by quickstart itself: data is lost when it stops.
+endpoint = "http://127.0.0.1:{backend_port}"
+region = "us-east-1"
+access_key_id = "demo"
+secret_access_key = "demo-demo-demo-demo"
+
+[kms]
+provider = "local"
+keyring = "{keyring}"
+passphrase_file = "{pass_file}"
+default_key = "default"
+
+[[clients]]
+name = "quickstart"
+access_key_id = "{akid}"
+secret_access_key = "${{SEALGATE_QUICKSTART_SECRET}}"
+""",
+    )
+    os.environ["SEALGATE_QUICKSTART_SECRET"] = secret
+    config = load_config(config_path)
+
+    try:
+        from moto.server import ThreadedMotoServer
+    except ImportError:
+        _fail("quickstart needs the demo store: pip install 'sealgate[demo]' (moto[server])")
+        return
+    store_server = ThreadedMotoServer(ip_address="127.0.0.1", port=backend_port, verbose=False)
+    store_server.start()
+    ca = cert_dir / "ca.pem"
+    endpoint = f"https://localhost:{port}"
+    click.echo(
+        f"""
+sealgate quickstart
+  endpoint:     {endpoint}
+  CA bundle:    {ca}
+  access key:   {akid}
+  secret key:   {secret}
+  backend:      http://127.0.0.1:{backend_port}  (IN-MEMORY DEMO STORE, data is lost on exit)
+  keyring:      {keyring} (passphrase in {pass_file})
+
+aws cli:
+  export AWS_ACCESS_KEY_ID={akid} AWS_SECRET_ACCESS_KEY={secret} AWS_DEFAULT_REGION=us-east-1
+  export AWS_CA_BUNDLE={ca.resolve()}
+  aws --endpoint-url {endpoint} s3 mb s3://demo
+  aws --endpoint-url {endpoint} s3 cp ./README.md s3://demo/README.md
+  aws --endpoint-url {endpoint} s3 cp s3://demo/README.md -
+
+boto3:
+  import boto3
+  s3 = boto3.client("s3", endpoint_url="{endpoint}", verify="{ca.resolve()}",
+                    aws_access_key_id="{akid}", aws_secret_access_key="{secret}",
+                    region_name="us-east-1")
+  s3.create_bucket(Bucket="demo"); s3.put_object(Bucket="demo", Key="k", Body=b"hello")
+
+Ctrl-C stops sealgate and the demo store.
+""",
+        err=False,
+    )
+    try:
+        run_serve(config)
+    finally:
+        store_server.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,486 @@
+"""The embedded keyring: named AES-256 master keys in a passphrase-encrypted local file.
+
+Keyring file (``SGKR1``)
+------------------------
+All integers are unsigned big-endian::
+
+    offset  size  field
+    0       5     magic  b"SGKR1"
+    5       1     log2(scrypt N)          (15 when written by this version)
+    6       4     scrypt r                (8)
+    10      4     scrypt p                (1)
+    14      16    scrypt salt             (random, fresh per file)
+    --- the 30 bytes above are the header; they are the AES-GCM associated data ---
+    30      12    AES-GCM nonce           (random, fresh per save)
+    42      ...   AES-256-GCM(KEK, nonce, JSON document, aad=header) incl. 16-byte tag
+
+    KEK = scrypt(passphrase, salt, N, r, p, length=32)
+
+The JSON document (UTF-8)::
+
+    {"format": 1,
+     "keys": [{"id": "default", "type": "aes-256", "origin": "generated"|"imported",
+               "created": "2025-01-01T00:00:00Z", "rotation_period_days": null,
+               "versions": [{"version": 1, "material": "<base64 of 32 bytes>",
+                             "created": "2025-01-01T00:00:00Z"}]}]}
+
+Unknown fields on a key are kept as they are, so a newer writer's additions survive a save.
+The newest version of a key wraps new data keys; every version still unwraps.
+
+Wrapped data key
+----------------
+``key_ref`` is ``local:<key_id>:<version>`` (version in decimal, no leading zeros). ::
+
+    wrapped = nonce (12 bytes, random) || AES-256-GCM(material of that version, nonce,
+                                                      data key (32 bytes), aad)
+            = 12 + 32 + 16 (tag) = 60 bytes
+
+    aad     = b"SGWK1"
+              || lp(key_ref)
+              || u32(number of context entries)
+              || for each (k, v) in context, sorted by k: lp(k) || lp(v)
+    lp(s)   = u32(len(utf8(s))) || utf8(s)
+    u32(n)  = 4-byte unsigned big-endian
+
+Sorting by key makes the encoding independent of mapping order; length prefixes make it
+injective, so no two (key_ref, context) pairs share an AAD. Unwrapping under a different
+key_ref or context, or a changed wrapped key, fails the GCM tag check.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import json
+import os
+import re
+import stat
+import struct
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
+
+from proxy.kms.base import DataKey, InvalidWrappedKey, KeyAccessDenied
+
+FORMAT_VERSION = 1
+MAGIC = b"SGKR1"
+WRAP_MAGIC = b"SGWK1"
+KEY_SIZE = 32
+NONCE_SIZE = 12
+TAG_SIZE = 16
+WRAPPED_SIZE = NONCE_SIZE + KEY_SIZE + TAG_SIZE
+SALT_SIZE = 16
+SCRYPT_LOG2_N = 15
+SCRYPT_R = 8
+SCRYPT_P = 1
+
+_HEADER = struct.Struct(">5sBII16s")
+_KEY_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+_KEY_REF = re.compile(r"local:([A-Za-z0-9_.-]{1,64}):([1-9][0-9]{0,8})")
+# Bounds on scrypt parameters read from a file: a corrupt or hostile header must not make
+# opening the file take minutes or gigabytes.
+_MAX_LOG2_N = 20
+_MAX_R = 32
+_MAX_P = 16
+
+
+class KeyringFileError(Exception):
+    """The keyring file or passphrase cannot be used; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class KeyInfo:
+    """What may be shown about a master key: never its material."""
+
+    id: str
+    versions: int
+    current_version: int
+    created: datetime
+    origin: str
+
+
+@dataclass
+class _Version:
+    version: int
+    material: bytes = field(repr=False)
+    created: str
+
+
+@dataclass
+class _MasterKey:
+    id: str
+    created: str
+    origin: str
+    versions: list[_Version]
+    # Fields this version does not interpret (type, rotation period, later additions).
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def current(self) -> _Version:
+        return max(self.versions, key=lambda v: v.version)
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _parse_time(value: str) -> datetime:
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+def _check_private(path: Path, fd: int, what: str) -> None:
+    """Refuse a secret file that anyone but its owner can read or change."""
+    mode = os.fstat(fd).st_mode
+    if mode & 0o077:
+        raise KeyringFileError(
+            f"{what} {path} has mode {stat.S_IMODE(mode):04o} and is accessible by group "
+            f"or others; run `chmod 600 {path}`"
+        )
+
+
+def _read_private(path: Path, what: str) -> bytes:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        raise KeyringFileError(f"{what} {path} does not exist") from None
+    except OSError as e:
+        raise KeyringFileError(f"cannot open {what} {path}: {e.strerror}") from None
+    # Check the opened file, not the path, so a swap between check and read cannot win.
+    with os.fdopen(fd, "rb") as f:
+        _check_private(path, f.fileno(), what)
+        return f.read()
+
+
+def passphrase_from(env: str | None, file: Path | None) -> bytes:
+    """The keyring passphrase from environment variable `env`, else from `file`.
+
+    One trailing newline is stripped from a file. The file must be private (mode 0600).
+    """
+    if env:
+        value = os.environ.get(env)
+        if value:
+            return value.encode()
+    if file is not None:
+        data = _read_private(file, "passphrase file")
+        if data.endswith(b"\r\n"):
+            data = data[:-2]
+        elif data.endswith(b"\n"):
+            data = data[:-1]
+        if data:
+            return data
+        raise KeyringFileError(f"passphrase file {file} is empty")
+    sources = []
+    if env:
+        sources.append(f"environment variable {env} is unset or empty")
+    if file is None:
+        sources.append("no passphrase file is configured")
+    raise KeyringFileError("no keyring passphrase: " + "; ".join(sources))
+
+
+def _derive_kek(passphrase: bytes, salt: bytes, log2_n: int, r: int, p: int) -> bytes:
+    return Scrypt(salt=salt, length=KEY_SIZE, n=1 << log2_n, r=r, p=p).derive(passphrase)
+
+
+def _write_atomic(path: Path, data: bytes, *, exclusive: bool) -> None:
+    """Write `data` to `path` with mode 0600 so readers see the old or new file, never half."""
+    tmp = path.with_name(f".{path.name}.{os.urandom(6).hex()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            # The umask can only remove bits, but be explicit: this file is a secret.
+            os.fchmod(f.fileno(), 0o600)
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        if exclusive:
+            # link() fails if `path` exists, unlike replace(): create must never clobber.
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                raise KeyringFileError(f"keyring file {path} already exists") from None
+            os.unlink(tmp)
+        else:
+            os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    # Make the rename itself durable.
+    dfd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+def _malformed(path: Path, why: str) -> KeyringFileError:
+    return KeyringFileError(f"malformed keyring file {path}: {why}")
+
+
+def _load_keys(path: Path, doc: Any) -> dict[str, _MasterKey]:
+    if not isinstance(doc, dict):
+        raise _malformed(path, "not a JSON object")
+    if doc.get("format") != FORMAT_VERSION:
+        raise KeyringFileError(
+            f"keyring file {path} has format {doc.get('format')!r}; "
+            f"this version reads format {FORMAT_VERSION}"
+        )
+    raw_keys = doc.get("keys")
+    if not isinstance(raw_keys, list):
+        raise _malformed(path, "'keys' is not a list")
+    keys: dict[str, _MasterKey] = {}
+    for raw in raw_keys:
+        if not isinstance(raw, dict):
+            raise _malformed(path, "a key entry is not an object")
+        extra = dict(raw)
+        try:
+            key_id = extra.pop("id")
+            created = extra.pop("created")
+            origin = extra.pop("origin")
+            raw_versions = extra.pop("versions")
+        except KeyError as e:
+            raise _malformed(path, f"a key lacks {e.args[0]!r}") from None
+        if not isinstance(key_id, str) or not _KEY_ID.fullmatch(key_id):
+            raise _malformed(path, f"invalid key id {key_id!r}")
+        if key_id in keys:
+            raise _malformed(path, f"key {key_id!r} appears twice")
+        if not isinstance(created, str) or not isinstance(origin, str):
+            raise _malformed(path, f"key {key_id!r}: 'created' and 'origin' must be strings")
+        if not isinstance(raw_versions, list) or not raw_versions:
+            raise _malformed(path, f"key {key_id!r} has no versions")
+        versions: list[_Version] = []
+        for rv in raw_versions:
+            try:
+                number, material_b64, v_created = rv["version"], rv["material"], rv["created"]
+                material = base64.b64decode(material_b64, validate=True)
+            except (TypeError, KeyError, binascii.Error):
+                raise _malformed(path, f"key {key_id!r} has a malformed version") from None
+            if (
+                not isinstance(number, int)
+                or isinstance(number, bool)
+                or not 1 <= number < 10**9
+                or not isinstance(v_created, str)
+                or len(material) != KEY_SIZE
+            ):
+                raise _malformed(path, f"key {key_id!r} has a malformed version")
+            if any(v.version == number for v in versions):
+                raise _malformed(path, f"key {key_id!r} has version {number} twice")
+            versions.append(_Version(number, material, v_created))
+        keys[key_id] = _MasterKey(key_id, created, origin, versions, extra)
+    return keys
+
+
+class LocalKeyStore:
+    """The keyring file: load, change and save named master keys. Synchronous."""
+
+    def __init__(
+        self,
+        path: Path,
+        kek: bytes,
+        salt: bytes,
+        params: tuple[int, int, int],
+        keys: dict[str, _MasterKey],
+    ) -> None:
+        """Use `create` or `open`; this takes an already derived KEK."""
+        self.path = path
+        # The KEK, not the passphrase, is kept so `save` needs no second scrypt run; each
+        # save draws a fresh random nonce, so reusing the KEK across saves is safe.
+        self._kek = kek
+        self._salt = salt
+        self._params = params
+        self._keys = keys
+
+    def __repr__(self) -> str:
+        return f"LocalKeyStore({str(self.path)!r}, keys={len(self._keys)})"
+
+    @classmethod
+    def create(cls, path: Path, passphrase: bytes) -> LocalKeyStore:
+        """Create a new, empty keyring file at `path`; fails if it already exists."""
+        path = Path(path)
+        if not passphrase:
+            raise KeyringFileError("refusing an empty keyring passphrase")
+        if path.exists():
+            raise KeyringFileError(f"keyring file {path} already exists")
+        salt = os.urandom(SALT_SIZE)
+        params = (SCRYPT_LOG2_N, SCRYPT_R, SCRYPT_P)
+        store = cls(path, _derive_kek(passphrase, salt, *params), salt, params, {})
+        store._write(exclusive=True)
+        return store
+
+    @classmethod
+    def open(cls, path: Path, passphrase: bytes) -> LocalKeyStore:
+        """Open and decrypt the keyring file at `path`."""
+        path = Path(path)
+        blob = _read_private(path, "keyring file")
+        if len(blob) < _HEADER.size + NONCE_SIZE + TAG_SIZE or not blob.startswith(MAGIC):
+            raise KeyringFileError(f"{path} is not a sealgate keyring file")
+        header = blob[: _HEADER.size]
+        _, log2_n, r, p, salt = _HEADER.unpack(header)
+        if not (1 <= log2_n <= _MAX_LOG2_N and 1 <= r <= _MAX_R and 1 <= p <= _MAX_P):
+            raise KeyringFileError(
+                f"keyring file {path} has unsupported scrypt parameters "
+                f"(N=2**{log2_n}, r={r}, p={p})"
+            )
+        kek = _derive_kek(passphrase, salt, log2_n, r, p)
+        nonce = blob[_HEADER.size : _HEADER.size + NONCE_SIZE]
+        try:
+            plain = AESGCM(kek).decrypt(nonce, blob[_HEADER.size + NONCE_SIZE :], header)
+        except InvalidTag:
+            raise KeyringFileError(
+                f"cannot open keyring file {path}: wrong passphrase or corrupted keyring file"
+            ) from None
+        try:
+            doc = json.loads(plain)
+        except ValueError:
+            raise _malformed(path, "not valid JSON") from None
+        return cls(path, kek, salt, (log2_n, r, p), _load_keys(path, doc))
+
+    def create_key(self, key_id: str) -> KeyInfo:
+        """Add master key `key_id` with fresh random material as version 1 (not yet saved)."""
+        if not _KEY_ID.fullmatch(key_id):
+            raise KeyringFileError(
+                f"invalid key id {key_id!r}: use 1-64 of the characters A-Z a-z 0-9 _ . -"
+            )
+        if key_id in self._keys:
+            raise KeyringFileError(f"key {key_id!r} already exists in {self.path}")
+        now = _now()
+        key = _MasterKey(
+            key_id,
+            now,
+            "generated",
+            [_Version(1, os.urandom(KEY_SIZE), now)],
+            {"type": "aes-256", "rotation_period_days": None},
+        )
+        self._keys[key_id] = key
+        return self._info(key)
+
+    def list_keys(self) -> list[KeyInfo]:
+        """All master keys, sorted by id, without material."""
+        return [self._info(self._keys[k]) for k in sorted(self._keys)]
+
+    def save(self) -> None:
+        """Encrypt and write the keyring atomically, mode 0600."""
+        self._write(exclusive=False)
+
+    @staticmethod
+    def _info(key: _MasterKey) -> KeyInfo:
+        return KeyInfo(
+            id=key.id,
+            versions=len(key.versions),
+            current_version=key.current.version,
+            created=_parse_time(key.created),
+            origin=key.origin,
+        )
+
+    def _current(self, key_id: str) -> tuple[int, bytes] | None:
+        key = self._keys.get(key_id)
+        if key is None:
+            return None
+        current = key.current
+        return current.version, current.material
+
+    def _material(self, key_id: str, version: int) -> bytes | None:
+        key = self._keys.get(key_id)
+        if key is None:
+            return None
+        for v in key.versions:
+            if v.version == version:
+                return v.material
+        return None
+
+    def _document(self) -> bytes:
+        keys = []
+        for key_id in sorted(self._keys):
+            key = self._keys[key_id]
+            entry: dict[str, Any] = {"id": key.id, **key.extra}
+            entry.update(
+                created=key.created,
+                origin=key.origin,
+                versions=[
+                    {
+                        "version": v.version,
+                        "material": base64.b64encode(v.material).decode(),
+                        "created": v.created,
+                    }
+                    for v in sorted(key.versions, key=lambda v: v.version)
+                ],
+            )
+            keys.append(entry)
+        return json.dumps({"format": FORMAT_VERSION, "keys": keys}, indent=1).encode()
+
+    def _write(self, *, exclusive: bool) -> None:
+        header = _HEADER.pack(MAGIC, *self._params, self._salt)
+        nonce = os.urandom(NONCE_SIZE)
+        sealed = AESGCM(self._kek).encrypt(nonce, self._document(), header)
+        _write_atomic(self.path, header + nonce + sealed, exclusive=exclusive)
+
+
+def _lp(value: str) -> bytes:
+    raw = value.encode("utf-8")
+    return struct.pack(">I", len(raw)) + raw
+
+
+def wrap_aad(key_ref: str, context: Mapping[str, str]) -> bytes:
+    """The associated data binding a wrapped key to `key_ref` and `context` (see module doc)."""
+    parts = [WRAP_MAGIC, _lp(key_ref), struct.pack(">I", len(context))]
+    # Code-point order equals UTF-8 byte order, so this sort is the documented one.
+    for k in sorted(context):
+        parts += (_lp(k), _lp(context[k]))
+    return b"".join(parts)
+
+
+class LocalKeyring:
+    """A `Keyring` over the master keys of a `LocalKeyStore`."""
+
+    def __init__(self, store: LocalKeyStore) -> None:
+        """Serve data keys from `store`'s master keys."""
+        self._store = store
+
+    def __repr__(self) -> str:
+        return f"LocalKeyring({self._store!r})"
+
+    async def generate_data_key(self, key_id: str, context: Mapping[str, str]) -> DataKey:
+        """A fresh data key wrapped under the newest version of master key `key_id`."""
+        current = self._store._current(key_id)
+        if current is None:
+            raise KeyAccessDenied(f"no master key {key_id!r} in the local keyring")
+        version, material = current
+        key_ref = f"local:{key_id}:{version}"
+        plaintext = os.urandom(KEY_SIZE)
+        nonce = os.urandom(NONCE_SIZE)
+        sealed = AESGCM(material).encrypt(nonce, plaintext, wrap_aad(key_ref, context))
+        return DataKey(plaintext=plaintext, wrapped=nonce + sealed, key_ref=key_ref)
+
+    async def decrypt_data_key(
+        self, key_ref: str, wrapped: bytes, context: Mapping[str, str]
+    ) -> bytes:
+        """Unwrap `wrapped` with the master key version named by `key_ref` and `context`."""
+        m = _KEY_REF.fullmatch(key_ref)
+        if m is None:
+            raise InvalidWrappedKey(f"{key_ref[:100]!r} is not a local keyring reference")
+        key_id, version = m.group(1), int(m.group(2))
+        material = self._store._material(key_id, version)
+        if material is None:
+            raise KeyAccessDenied(
+                f"no version {version} of master key {key_id!r} in the local keyring"
+            )
+        if len(wrapped) != WRAPPED_SIZE:
+            raise InvalidWrappedKey(f"wrapped key under {key_ref} has the wrong length")
+        try:
+            return AESGCM(material).decrypt(
+                wrapped[:NONCE_SIZE], wrapped[NONCE_SIZE:], wrap_aad(key_ref, context)
+            )
+        except InvalidTag:
+            raise InvalidWrappedKey(
+                f"wrapped key does not unwrap under {key_ref} with this encryption context"
+            ) from None
+
+    async def close(self) -> None:
+        """Nothing to release: the keys live in memory."""

@@ -1,0 +1,67 @@
+"""The checksums S3 clients send (x-amz-checksum-*): incremental, base64 of the big-endian digest."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import zlib
+from typing import Protocol
+
+from awscrt import checksums as crt
+
+from proxy.s3.errors import S3Error
+
+ALGORITHMS = ("crc32", "crc32c", "crc64nvme", "sha1", "sha256")
+
+
+class Checksum(Protocol):
+    """An incremental checksum."""
+
+    def update(self, data: bytes | bytearray | memoryview) -> None: ...
+
+    def digest(self) -> bytes: ...
+
+
+class _Crc:
+    def __init__(self, name: str) -> None:
+        self._value = 0
+        self._name = name
+        if name == "crc32":
+            self._size = 4
+        elif name == "crc32c":
+            self._size = 4
+        else:
+            self._size = 8
+
+    def update(self, data: bytes | bytearray | memoryview) -> None:
+        if self._name == "crc32":
+            self._value = zlib.crc32(data, self._value)
+        elif self._name == "crc32c":
+            self._value = crt.crc32c(bytes(data) if isinstance(data, memoryview) else data, self._value)
+        else:
+            self._value = crt.crc64nvme(bytes(data) if isinstance(data, memoryview) else data, self._value)
+
+    def digest(self) -> bytes:
+        return self._value.to_bytes(self._size, "big")
+
+
+def new_checksum(algorithm: str) -> Checksum:
+    """A fresh checksum for an S3 algorithm name (any case); InvalidRequest if unsupported."""
+    name = algorithm.strip().lower()
+    if name in ("crc32", "crc32c", "crc64nvme"):
+        return _Crc(name)
+    if name == "sha1":
+        return hashlib.sha1(usedforsecurity=False)
+    if name == "sha256":
+        return hashlib.sha256()
+    raise S3Error("InvalidRequest", f"Checksum algorithm {algorithm!r} is not supported.")
+
+
+def b64(checksum: Checksum) -> str:
+    """The value as S3 writes it in headers and trailers."""
+    return base64.b64encode(checksum.digest()).decode("ascii")
+
+
+def header_name(algorithm: str) -> str:
+    """e.g. x-amz-checksum-crc32."""
+    return f"x-amz-checksum-{algorithm.strip().lower()}"

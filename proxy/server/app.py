@@ -1,0 +1,208 @@
+"""The aiohttp application: request ids, S3 errors, authentication, routing to handlers."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
+
+from aiohttp import web
+
+from proxy.backend import Backend
+from proxy.config import Config
+from proxy.crypto.format import FormatError
+from proxy.kms.base import Keyring, KeyringError
+from proxy.s3.errors import S3Error
+from proxy.s3.routing import Route, route
+from proxy.s3.sigv4 import ClientCredentials, VerifiedRequest, verify_request
+from proxy.server import buckets, objects
+from proxy.server.state import Gateway
+
+log = logging.getLogger("sealgate.access")
+
+GATEWAY = web.AppKey("gateway", Gateway)
+HEALTH_PREFIX = "/-/"
+_VERIFIED = "sealgate.verified"
+_REQUEST_ID = "sealgate.request_id"
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _request_id(request: web.Request) -> str:
+    rid = request.get(_REQUEST_ID)
+    if rid is None:
+        rid = secrets.token_hex(8).upper()
+        request[_REQUEST_ID] = rid
+    assert isinstance(rid, str)
+    return rid
+
+
+def error_response(request: web.Request, err: S3Error) -> web.Response:
+    """The S3 XML error for `err` (no body for HEAD and 304, as S3 does)."""
+    rid = _request_id(request)
+    headers = {"x-amz-request-id": rid, "x-amz-id-2": rid}
+    if request.method == "HEAD" or err.status == 304:
+        return web.Response(status=err.status, headers=headers)
+    body = err.to_xml(rid, resource=err.resource or request.path)
+    headers["Content-Type"] = "application/xml"
+    return web.Response(status=err.status, body=body, headers=headers)
+
+
+@web.middleware
+async def s3_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every failure becomes an S3 XML error; every response carries a request id."""
+    rid = _request_id(request)
+    start = time.monotonic()
+    try:
+        resp = await handler(request)
+    except S3Error as err:
+        resp = error_response(request, err)
+    except KeyringError as err:
+        resp = error_response(request, S3Error(err.code, err.message, err.status))
+    except FormatError as err:
+        resp = error_response(request, S3Error("ObjectIntegrityError", str(err), 500))
+    except web.HTTPException as exc:
+        code = {404: "NoSuchKey", 405: "MethodNotAllowed", 413: "EntityTooLarge"}.get(
+            exc.status, "InvalidRequest"
+        )
+        resp = error_response(request, S3Error(code, exc.reason, exc.status))
+    except Exception:
+        log.exception("unhandled error in request %s", rid)
+        resp = error_response(
+            request, S3Error("InternalError", "We encountered an internal error. Please try again.")
+        )
+    if not resp.prepared:
+        resp.headers.setdefault("x-amz-request-id", rid)
+        resp.headers.setdefault("x-amz-id-2", rid)
+    log.info(
+        "%s %s %s %s %.1fms",
+        rid,
+        request.method,
+        request.path,
+        resp.status,
+        (time.monotonic() - start) * 1000,
+    )
+    return resp
+
+
+def _authenticate(request: web.Request) -> VerifiedRequest:
+    verified = request.get(_VERIFIED)
+    if isinstance(verified, VerifiedRequest):
+        return verified
+    gw = request.app[GATEWAY]
+    verified = verify_request(
+        request.method,
+        request.raw_path,
+        request.headers,
+        gw_lookup(gw),
+        datetime.now(UTC),
+    )
+    request[_VERIFIED] = verified
+    return verified
+
+
+def gw_lookup(gw: Gateway) -> Callable[[str], ClientCredentials | None]:
+    """Access key id -> credentials of a configured client."""
+
+    def lookup(access_key_id: str) -> ClientCredentials | None:
+        client = gw.config.client_by_access_key(access_key_id)
+        if client is None:
+            return None
+        return ClientCredentials(
+            access_key_id=client.access_key_id,
+            secret_access_key=client.secret_access_key.get_secret_value(),
+            identity=client.name,
+        )
+
+    return lookup
+
+
+async def expect_continue(request: web.Request) -> web.StreamResponse | None:
+    """Check the signature before telling the client to send its body (Expect: 100-continue)."""
+    try:
+        if not request.path.startswith(HEALTH_PREFIX):
+            _authenticate(request)
+    except S3Error as err:
+        resp = error_response(request, err)
+        resp.force_close()
+        return resp
+    if request.headers.get("Expect", "").lower() == "100-continue":
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        # As aiohttp's own handler does: the interim response is not part of the body size.
+        request.writer.output_size = 0
+        return None
+    return error_response(request, S3Error("InvalidRequest", "unsupported Expect header", 417))
+
+
+async def dispatch(request: web.Request) -> web.StreamResponse:
+    """Authenticate, route and run one S3 request."""
+    if request.path.startswith(HEALTH_PREFIX):
+        return await _health(request)
+    gw = request.app[GATEWAY]
+    verified = _authenticate(request)
+    r = route(
+        request.method,
+        request.raw_path.split("?", 1)[0],
+        request.query,
+        request.headers.get("Host", ""),
+        gw.config.server.virtual_host_domains,
+    )
+    return await _run(gw, request, r, verified)
+
+
+async def _run(
+    gw: Gateway, request: web.Request, r: Route, verified: VerifiedRequest
+) -> web.StreamResponse:
+    op, bucket, key = r.operation, r.bucket, r.key
+    if op == "ListBuckets":
+        return await buckets.list_buckets(gw, request)
+    assert bucket is not None
+    if key is None:
+        if op == "CreateBucket":
+            return await buckets.create_bucket(gw, request, bucket)
+        if op == "DeleteBucket":
+            return await buckets.delete_bucket(gw, request, bucket)
+        if op == "HeadBucket":
+            return await buckets.head_bucket(gw, request, bucket)
+        if op == "GetBucketLocation":
+            return await buckets.get_bucket_location(gw, request, bucket)
+        if op in ("ListObjects", "ListObjectsV2"):
+            return await buckets.list_objects(gw, request, bucket)
+    else:
+        if op == "PutObject":
+            if "x-amz-copy-source" in request.headers:
+                raise S3Error("NotImplemented", "CopyObject is not implemented by sealgate yet", 501)
+            return await objects.put_object(gw, request, bucket, key, verified)
+        if op == "GetObject":
+            return await objects.get_object(gw, request, bucket, key)
+        if op == "HeadObject":
+            return await objects.head_object(gw, request, bucket, key)
+        if op == "DeleteObject":
+            return await objects.delete_object(gw, request, bucket, key)
+    raise S3Error("NotImplemented", f"{op} is not implemented by sealgate", 501)
+
+
+async def _health(request: web.Request) -> web.StreamResponse:
+    if request.path == "/-/healthz":
+        return web.Response(text="ok\n")
+    raise S3Error("NoSuchKey", "no such health path", 404)
+
+
+def build_app(config: Config, keyring: Keyring, backend: Backend) -> web.Application:
+    """The application; backend and keyring open and close with it."""
+    app = web.Application(middlewares=[s3_errors], client_max_size=1024**2, handler_args={"auto_decompress": False})
+
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        await backend.start()
+        app[GATEWAY] = Gateway(config=config, backend=backend, keyring=keyring)
+        try:
+            yield
+        finally:
+            await backend.close()
+            await keyring.close()
+
+    app.cleanup_ctx.append(lifecycle)
+    app.router.add_route("*", "/{tail:.*}", dispatch, expect_handler=expect_continue)
+    return app

@@ -1,0 +1,120 @@
+"""Service and bucket operations: buckets pass through; listings show plaintext sizes."""
+
+from __future__ import annotations
+
+from xml.etree.ElementTree import Element, register_namespace, tostring
+
+from aiohttp import web
+from defusedxml import ElementTree
+
+from proxy.crypto.format import DEFAULT_SEGMENT_SIZE, FormatError, Layout
+from proxy.s3.errors import S3Error
+from proxy.server.objects import opaque_etag
+from proxy.server.state import Gateway
+
+S3_NS = "http://s3.amazonaws.com/doc/2006-03-01/"
+register_namespace("", S3_NS)
+MAX_CONTROL_BODY = 1024 * 1024
+_XML = "application/xml"
+
+
+async def _read_small_body(request: web.Request) -> bytes:
+    data = await request.content.read(MAX_CONTROL_BODY + 1)
+    if len(data) > MAX_CONTROL_BODY:
+        raise S3Error("MaxMessageLengthExceeded", "Your request was too big.", 400)
+    return data
+
+
+async def _relay(
+    gw: Gateway,
+    method: str,
+    bucket: str | None,
+    *,
+    query: list[tuple[str, str]] | None = None,
+    body: bytes | None = None,
+    status: int | None = None,
+    keep: tuple[str, ...] = (),
+) -> web.Response:
+    resp = await gw.backend.request(method, bucket, None, query=query or [], body=body)
+    if resp.status >= 300:
+        raise await resp.error()
+    try:
+        data = b"" if method == "HEAD" else await resp.read()
+    finally:
+        resp.release()
+    headers = {k: resp.headers[k] for k in keep if k in resp.headers}
+    if data:
+        headers["Content-Type"] = _XML
+    return web.Response(status=status or resp.status, body=data or None, headers=headers)
+
+
+async def list_buckets(gw: Gateway, request: web.Request) -> web.StreamResponse:
+    """ListBuckets: the backend's answer as it is."""
+    return await _relay(gw, "GET", None)
+
+
+async def create_bucket(gw: Gateway, request: web.Request, bucket: str) -> web.StreamResponse:
+    """CreateBucket with its optional LocationConstraint document."""
+    body = await _read_small_body(request)
+    return await _relay(gw, "PUT", bucket, body=body, keep=("Location",))
+
+
+async def delete_bucket(gw: Gateway, request: web.Request, bucket: str) -> web.StreamResponse:
+    """DeleteBucket."""
+    return await _relay(gw, "DELETE", bucket, status=204)
+
+
+async def head_bucket(gw: Gateway, request: web.Request, bucket: str) -> web.StreamResponse:
+    """HeadBucket."""
+    return await _relay(gw, "HEAD", bucket, keep=("x-amz-bucket-region",))
+
+
+async def get_bucket_location(gw: Gateway, request: web.Request, bucket: str) -> web.StreamResponse:
+    """GetBucketLocation."""
+    return await _relay(gw, "GET", bucket, query=[("location", "")])
+
+
+_LIST_PARAMS = (
+    "list-type", "prefix", "delimiter", "max-keys", "continuation-token", "start-after",
+    "fetch-owner", "encoding-type", "marker",
+)
+
+
+def rewrite_listing(xml: bytes) -> bytes:
+    """Show plaintext sizes and non-MD5 ETags in a ListObjects(V2) document."""
+    root = ElementTree.fromstring(xml)
+    layout = Layout(DEFAULT_SEGMENT_SIZE)
+    for contents in root.iter(f"{{{S3_NS}}}Contents"):
+        size_el = contents.find(f"{{{S3_NS}}}Size")
+        etag_el = contents.find(f"{{{S3_NS}}}ETag")
+        if size_el is not None and size_el.text and size_el.text.strip().isdigit():
+            try:
+                size_el.text = str(layout.plaintext_length(int(size_el.text)))
+            except FormatError:
+                pass  # not a sealgate object (migration buckets): shown as stored
+        if etag_el is not None and etag_el.text:
+            etag_el.text = opaque_etag(etag_el.text)
+    out: bytes = tostring(_as_element(root), encoding="utf-8", xml_declaration=True)
+    return out
+
+
+def _as_element(node: object) -> Element:
+    assert isinstance(node, Element)
+    return node
+
+
+async def list_objects(gw: Gateway, request: web.Request, bucket: str) -> web.StreamResponse:
+    """ListObjects and ListObjectsV2 with sizes and ETags rewritten."""
+    query = [(k, v) for k, v in request.query.items() if k in _LIST_PARAMS]
+    resp = await gw.backend.request("GET", bucket, None, query=query)
+    if resp.status >= 300:
+        raise await resp.error()
+    try:
+        data = await resp.read()
+    finally:
+        resp.release()
+    try:
+        body = rewrite_listing(data)
+    except Exception as exc:  # noqa: BLE001 - any malformed listing from the backend
+        raise S3Error("BadGateway", "backend sent a malformed listing", 502) from exc
+    return web.Response(status=200, body=body, headers={"Content-Type": _XML})

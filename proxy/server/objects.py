@@ -1,0 +1,553 @@
+"""Object operations: PutObject, GetObject, HeadObject, DeleteObject."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import re
+from collections.abc import AsyncIterator
+from datetime import datetime
+from email.utils import parsedate_to_datetime
+
+from aiohttp import web
+
+from proxy.backend import BackendResponse
+from proxy.crypto.format import (
+    DEFAULT_SEGMENT_SIZE,
+    DIGEST_SLOT,
+    LAYOUT_SINGLE,
+    SALT_SIZE,
+    Envelope,
+    FormatError,
+    IntegrityError,
+    Layout,
+    SealedMetadata,
+    commitment,
+    encryption_context,
+    is_sealgate_object,
+    open_metadata,
+    seal_metadata,
+    stream_key,
+)
+from proxy.crypto.segments import StreamDecryptor, StreamEncryptor, read_digest_slot
+from proxy.kms.base import KeyringError
+from proxy.s3.errors import S3Error
+from proxy.s3.ranges import check_conditions, parse_range
+from proxy.s3.sigv4 import VerifiedRequest
+from proxy.server.body import PlaintextBody
+from proxy.server.state import Gateway
+
+log = logging.getLogger(__name__)
+
+MAX_PUT_SIZE = 5 * 1024**3
+MAX_USER_METADATA = 2048
+ETAG_TAIL = "tail"
+
+#: Request headers stored with the object as they are (S3 object properties).
+_STORED_HEADERS = (
+    "Content-Type",
+    "Cache-Control",
+    "Content-Disposition",
+    "Content-Language",
+    "Expires",
+    "x-amz-storage-class",
+    "x-amz-tagging",
+    "x-amz-website-redirect-location",
+)
+#: Backend response headers relayed to the client on GET and HEAD.
+_RELAYED_HEADERS = (
+    "Content-Type",
+    "Cache-Control",
+    "Content-Disposition",
+    "Content-Encoding",
+    "Content-Language",
+    "Expires",
+    "Last-Modified",
+    "x-amz-storage-class",
+    "x-amz-version-id",
+    "x-amz-delete-marker",
+    "x-amz-tagging-count",
+    "x-amz-website-redirect-location",
+)
+_CONTENT_RANGE_RE = re.compile(r"bytes (\d+)-(\d+)/(\d+)")
+
+
+def opaque_etag(backend_etag: str) -> str:
+    """An ETag that names this stored version but is plainly no MD5 of the plaintext.
+
+    The ``-1`` suffix is S3's multipart form, which sync tools know not to compare with an MD5.
+    """
+    bare = backend_etag.strip().strip('"')
+    return f'"{bare}"' if "-" in bare else f'"{bare}-1"'
+
+
+def _user_metadata(request: web.Request) -> dict[str, str]:
+    meta: dict[str, str] = {}
+    size = 0
+    for name, value in request.headers.items():
+        lname = name.lower()
+        if lname.startswith("x-amz-meta-"):
+            short = lname[len("x-amz-meta-") :]
+            meta[short] = value
+            size += len(short.encode()) + len(value.encode())
+    if size > MAX_USER_METADATA:
+        raise S3Error(
+            "MetadataTooLarge",
+            "Your metadata headers exceed the maximum allowed metadata size.",
+            400,
+        )
+    return meta
+
+
+def _keyring_error(exc: KeyringError) -> S3Error:
+    return S3Error(exc.code, exc.message, exc.status)
+
+
+async def put_object(
+    gw: Gateway, request: web.Request, bucket: str, key: str, verified: VerifiedRequest
+) -> web.StreamResponse:
+    """Encrypt the body as it streams in and store it with its envelope metadata."""
+    if "If-Match" in request.headers:
+        raise S3Error("NotImplemented", "conditional PutObject with If-Match is not supported")
+    body = PlaintextBody(
+        request.content,
+        request.headers,
+        verified,
+        want_md5=gw.config.encryption.etag == "md5"
+        or (verified.payload_hash not in ("UNSIGNED-PAYLOAD",) and not verified.payload_hash.startswith("STREAMING-")),
+    )
+    if body.length > MAX_PUT_SIZE:
+        raise S3Error("EntityTooLarge", "Your proposed upload exceeds the maximum allowed size", 400)
+    user_meta = _user_metadata(request)
+    ctx = encryption_context(bucket, key)
+    try:
+        data_key = await gw.keyring.generate_data_key(gw.config.key_for_bucket(bucket), ctx)
+    except KeyringError as exc:
+        raise _keyring_error(exc) from exc
+
+    if body.content_md5 is not None:
+        etag_field: str | None = body.content_md5.hex()
+    elif body.md5_wanted:
+        etag_field = ETAG_TAIL
+    else:
+        etag_field = None
+    salt = os.urandom(SALT_SIZE)
+    sealed = seal_metadata(data_key.plaintext, salt, SealedMetadata(user=user_meta, etag=etag_field))
+    env = Envelope(
+        key_ref=data_key.key_ref,
+        wrapped_key=data_key.wrapped,
+        salt=salt,
+        commitment=commitment(data_key.plaintext, salt),
+        segment_size=DEFAULT_SEGMENT_SIZE,
+        sealed=sealed,
+        layout=LAYOUT_SINGLE,
+    )
+    headers = {f"x-amz-meta-{k}": v for k, v in env.to_metadata().items()}
+    for name in _STORED_HEADERS:
+        if name in request.headers:
+            headers[name] = request.headers[name]
+    encoding = [
+        t.strip()
+        for t in request.headers.get("Content-Encoding", "").split(",")
+        if t.strip() and t.strip().lower() != "aws-chunked"
+    ]
+    if encoding:
+        headers["Content-Encoding"] = ",".join(encoding)
+    if request.headers.get("If-None-Match") == "*":
+        headers["If-None-Match"] = "*"
+
+    layout = Layout(env.segment_size)
+    encryptor = StreamEncryptor(stream_key(data_key.plaintext, salt, 0), env.segment_size)
+    failure: list[BaseException] = []
+
+    async def ciphertext() -> AsyncIterator[bytes]:
+        try:
+            async for piece in body:
+                for segment in encryptor.feed(piece):
+                    yield segment
+            digest = body.md5 if etag_field == ETAG_TAIL and body.md5 else b"\x00" * DIGEST_SLOT
+            # Only now, with every client assertion checked, may the final segment go out:
+            # without it the backend never receives Content-Length bytes and stores nothing.
+            for segment in encryptor.finish(digest):
+                yield segment
+        except BaseException as exc:
+            failure.append(exc)
+            raise
+
+    try:
+        resp = await gw.backend.request(
+            "PUT",
+            bucket,
+            key,
+            headers=headers,
+            body=ciphertext(),
+            content_length=layout.ciphertext_length(body.length),
+        )
+    except BaseException:
+        if failure:
+            raise failure[0] from None
+        raise
+    if failure:
+        resp.close()
+        raise failure[0]
+    if resp.status >= 300:
+        raise await resp.error()
+    backend_etag = resp.headers.get("ETag", "")
+    resp.release()
+    if etag_field == ETAG_TAIL:
+        assert body.md5 is not None
+        etag = f'"{body.md5.hex()}"'
+    elif etag_field is not None:
+        etag = f'"{etag_field}"'
+    else:
+        etag = opaque_etag(backend_etag)
+    out = web.Response(status=200, headers={"ETag": etag})
+    for name, value in body.checksums.items():
+        out.headers[name] = value
+    if "x-amz-version-id" in resp.headers:
+        out.headers["x-amz-version-id"] = resp.headers["x-amz-version-id"]
+    return out
+
+
+@dataclasses.dataclass
+class _Opened:
+    """An object whose envelope has been checked and whose data key is unwrapped."""
+
+    envelope: Envelope
+    data_key: bytes
+    meta: SealedMetadata
+    plaintext_length: int
+    etag: str
+
+
+def _total_length(resp: BackendResponse) -> tuple[int, int]:
+    """(start offset of the body, total stored length) of a GET or HEAD response."""
+    cr = resp.headers.get("Content-Range")
+    if resp.status == 206 and cr:
+        m = _CONTENT_RANGE_RE.match(cr)
+        if not m:
+            raise S3Error("BadGateway", "backend sent a malformed Content-Range", 502)
+        return int(m.group(1)), int(m.group(3))
+    return 0, int(resp.headers.get("Content-Length", "0"))
+
+
+async def _open(gw: Gateway, bucket: str, key: str, resp: BackendResponse, total: int) -> _Opened:
+    meta = resp.user_metadata()
+    try:
+        env = Envelope.from_metadata(meta)
+    except FormatError as exc:
+        raise S3Error("ObjectIntegrityError", f"stored object is not readable: {exc}", 500) from exc
+    try:
+        data_key = await gw.keyring.decrypt_data_key(
+            env.key_ref, env.wrapped_key, encryption_context(bucket, key)
+        )
+    except KeyringError as exc:
+        raise _keyring_error(exc) from exc
+    layout = Layout(env.segment_size)
+    try:
+        env.check_commitment(data_key)
+        sealed = open_metadata(data_key, env.salt, env.sealed)
+        plain_len = layout.plaintext_length(total)
+    except FormatError as exc:
+        raise S3Error("ObjectIntegrityError", f"stored object failed authentication: {exc}", 500) from exc
+    if sealed.etag == ETAG_TAIL:
+        etag = f'"{(await _digest_slot(gw, bucket, key, env, data_key, plain_len)).hex()}"'
+    elif sealed.etag:
+        etag = f'"{sealed.etag}"'
+    else:
+        etag = opaque_etag(resp.headers.get("ETag", ""))
+    return _Opened(env, data_key, sealed, plain_len, etag)
+
+
+async def _digest_slot(
+    gw: Gateway, bucket: str, key: str, env: Envelope, data_key: bytes, plain_len: int
+) -> bytes:
+    layout = Layout(env.segment_size)
+    span = layout.span(plain_len, plain_len + DIGEST_SLOT, plain_len)
+    resp = await gw.backend.request(
+        "GET",
+        bucket,
+        key,
+        headers={"Range": f"bytes={span.ciphertext_start}-{span.ciphertext_end - 1}"},
+    )
+    if resp.status >= 300:
+        raise await resp.error()
+    start, _ = _total_length(resp)
+    try:
+        data = await resp.read()
+    finally:
+        resp.release()
+    data = data[span.ciphertext_start - start : span.ciphertext_end - start]
+    try:
+        return read_digest_slot(stream_key(data_key, env.salt, 0), layout, plain_len, data)
+    except FormatError as exc:
+        raise S3Error("ObjectIntegrityError", f"stored object failed authentication: {exc}", 500) from exc
+
+
+def _last_modified(resp: BackendResponse) -> datetime | None:
+    raw = resp.headers.get("Last-Modified")
+    if not raw:
+        return None
+    try:
+        return parsedate_to_datetime(raw)
+    except (TypeError, ValueError):
+        return None
+
+
+def _object_headers(resp: BackendResponse, opened: _Opened | None) -> dict[str, str]:
+    headers: dict[str, str] = {"Accept-Ranges": "bytes"}
+    for name in _RELAYED_HEADERS:
+        if name in resp.headers:
+            headers[name] = resp.headers[name]
+    if opened is not None:
+        headers["ETag"] = opened.etag
+        for k, v in opened.meta.user.items():
+            headers[f"x-amz-meta-{k}"] = v
+    return headers
+
+
+def _response_overrides(request: web.Request, headers: dict[str, str]) -> None:
+    names = {
+        "response-content-type": "Content-Type",
+        "response-content-language": "Content-Language",
+        "response-expires": "Expires",
+        "response-cache-control": "Cache-Control",
+        "response-content-disposition": "Content-Disposition",
+        "response-content-encoding": "Content-Encoding",
+    }
+    for param, header in names.items():
+        if param in request.query:
+            headers[header] = request.query[param]
+
+
+def _conditions(request: web.Request, etag: str, last_modified: datetime | None) -> None:
+    h = request.headers
+    check_conditions(
+        h.get("If-Match"),
+        h.get("If-None-Match"),
+        h.get("If-Modified-Since"),
+        h.get("If-Unmodified-Since"),
+        etag,
+        last_modified,
+    )
+
+
+def _allow_plain(gw: Gateway, bucket: str) -> bool:
+    rule = gw.config.rule_for_bucket(bucket)
+    return bool(rule is not None and rule.allow_unencrypted_reads)
+
+
+def _not_sealgate(bucket: str, key: str) -> S3Error:
+    return S3Error(
+        "InvalidObjectState",
+        "This object was not written by sealgate; reading unencrypted objects is not enabled "
+        "for this bucket (buckets.allow_unencrypted_reads).",
+        403,
+        resource=f"/{bucket}/{key}",
+    )
+
+
+async def head_object(gw: Gateway, request: web.Request, bucket: str, key: str) -> web.StreamResponse:
+    """Plaintext size, ETag, content headers and decrypted user metadata."""
+    resp = await gw.backend.request("HEAD", bucket, key)
+    if resp.status >= 300:
+        resp.release()
+        raise await resp.error()
+    resp.release()
+    _, total = _total_length(resp)
+    if not is_sealgate_object(resp.user_metadata()):
+        if not _allow_plain(gw, bucket):
+            raise _not_sealgate(bucket, key)
+        headers = _object_headers(resp, None)
+        headers["ETag"] = resp.headers.get("ETag", "")
+        headers["Content-Length"] = str(total)
+        _conditions(request, headers["ETag"], _last_modified(resp))
+        return web.Response(status=200, headers=headers)
+    opened = await _open(gw, bucket, key, resp, total)
+    _conditions(request, opened.etag, _last_modified(resp))
+    headers = _object_headers(resp, opened)
+    _response_overrides(request, headers)
+    headers["Content-Length"] = str(opened.plaintext_length)
+    return web.Response(status=200, headers=headers)
+
+
+def _backend_range(header: str | None, segment_size: int) -> str | None:
+    """The ciphertext range that surely covers a client's plaintext range (before the size is
+    known); None when the whole object is needed."""
+    if not header:
+        return None
+    m = re.match(r"^\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*$", header)
+    if not m or (not m.group(1) and not m.group(2)):
+        return None
+    sealed = segment_size + 16
+    first, last = m.group(1), m.group(2)
+    if not first:
+        n = int(last)
+        segments = -(-(n + DIGEST_SLOT) // segment_size) + 1
+        return f"bytes=-{segments * sealed}"
+    start_seg = int(first) // segment_size
+    if last:
+        if int(last) < int(first):
+            return None
+        end_seg = int(last) // segment_size
+        return f"bytes={start_seg * sealed}-{(end_seg + 1) * sealed - 1}"
+    return f"bytes={start_seg * sealed}-"
+
+
+async def get_object(gw: Gateway, request: web.Request, bucket: str, key: str) -> web.StreamResponse:
+    """Stream the object back, authenticating each segment before releasing its bytes."""
+    range_header = request.headers.get("Range")
+    backend_headers: dict[str, str] = {}
+    want = _backend_range(range_header, DEFAULT_SEGMENT_SIZE)
+    if want:
+        backend_headers["Range"] = want
+    resp = await gw.backend.request("GET", bucket, key, headers=backend_headers)
+    if resp.status == 416:
+        resp.release()
+        # The range starts past the stored object: find the plaintext size for the error.
+        head = await gw.backend.request("HEAD", bucket, key)
+        head.release()
+        if head.status >= 300:
+            raise await head.error()
+        _, total = _total_length(head)
+        size = total
+        if is_sealgate_object(head.user_metadata()):
+            try:
+                size = Layout(DEFAULT_SEGMENT_SIZE).plaintext_length(total)
+            except FormatError:
+                pass
+        parse_range(range_header, size)
+        raise S3Error("InvalidRange", "The requested range is not satisfiable", 416)
+    if resp.status >= 300:
+        raise await resp.error()
+    try:
+        return await _stream_object(gw, request, bucket, key, resp, range_header)
+    finally:
+        resp.close()
+
+
+async def _stream_object(
+    gw: Gateway,
+    request: web.Request,
+    bucket: str,
+    key: str,
+    resp: BackendResponse,
+    range_header: str | None,
+) -> web.StreamResponse:
+    resp_start, total = _total_length(resp)
+    if not is_sealgate_object(resp.user_metadata()):
+        if not _allow_plain(gw, bucket):
+            raise _not_sealgate(bucket, key)
+        return await _stream_plain(request, resp, resp_start, total, range_header)
+    opened = await _open(gw, bucket, key, resp, total)
+    _conditions(request, opened.etag, _last_modified(resp))
+    size = opened.plaintext_length
+    rng = parse_range(range_header, size)
+    layout = Layout(opened.envelope.segment_size)
+    headers = _object_headers(resp, opened)
+    _response_overrides(request, headers)
+    if rng is None:
+        # A full read authenticates through the final segment, so truncation is always seen.
+        span = dataclasses.replace(layout.span(0, size + DIGEST_SLOT, size), length=size)
+        status = 200
+    else:
+        span = layout.span(rng[0], rng[1], size)
+        status = 206
+        headers["Content-Range"] = f"bytes {rng[0]}-{rng[1] - 1}/{size}"
+    headers["Content-Length"] = str(span.length)
+    if span.ciphertext_start < resp_start:
+        raise S3Error("BadGateway", "backend returned a range that does not cover the request", 502)
+    decryptor = StreamDecryptor(
+        stream_key(opened.data_key, opened.envelope.salt, 0), layout, span, size
+    )
+    out = web.StreamResponse(status=status, headers=headers)
+    await out.prepare(request)
+    skip = span.ciphertext_start - resp_start
+    remaining = span.ciphertext_end - span.ciphertext_start
+    try:
+        async for chunk in resp.raw.content.iter_any():
+            view = memoryview(chunk)
+            if skip:
+                take = min(skip, len(view))
+                view = view[take:]
+                skip -= take
+            view = view[:remaining]
+            remaining -= len(view)
+            for piece in decryptor.feed(view):
+                await out.write(piece)
+            if remaining == 0:
+                break
+        decryptor.finish()
+    except (IntegrityError, FormatError) as exc:
+        log.error("integrity failure on GET /%s/%s: %s; aborting the response", bucket, key, exc)
+        _abort(request)
+        return out
+    except Exception as exc:  # noqa: BLE001 - backend read errors mid-body
+        log.warning("backend read failed mid-body on GET /%s/%s: %s", bucket, key, exc.__class__.__name__)
+        _abort(request)
+        return out
+    await out.write_eof()
+    return out
+
+
+def _abort(request: web.Request) -> None:
+    """Cut the client connection: a body must never end cleanly with missing or wrong bytes."""
+    transport = request.transport
+    if transport is not None:
+        transport.abort()
+
+
+async def _stream_plain(
+    request: web.Request,
+    resp: BackendResponse,
+    resp_start: int,
+    total: int,
+    range_header: str | None,
+) -> web.StreamResponse:
+    """Migration mode: an object sealgate did not write, relayed as it is stored."""
+    headers = _object_headers(resp, None)
+    headers["ETag"] = resp.headers.get("ETag", "")
+    _conditions(request, headers["ETag"], _last_modified(resp))
+    rng = parse_range(range_header, total)
+    start, end = rng if rng else (0, total)
+    status = 206 if rng else 200
+    if rng:
+        headers["Content-Range"] = f"bytes {start}-{end - 1}/{total}"
+    headers["Content-Length"] = str(end - start)
+    out = web.StreamResponse(status=status, headers=headers)
+    await out.prepare(request)
+    # The backend was asked for a segment-aligned range; trim to what the client asked.
+    pos = resp_start
+    try:
+        async for chunk in resp.raw.content.iter_any():
+            lo = max(start - pos, 0)
+            hi = min(end - pos, len(chunk))
+            if hi > lo:
+                await out.write(chunk[lo:hi])
+            pos += len(chunk)
+            if pos >= end:
+                break
+    except Exception:  # noqa: BLE001
+        _abort(request)
+        return out
+    if pos < end:
+        _abort(request)
+        return out
+    await out.write_eof()
+    return out
+
+
+async def delete_object(gw: Gateway, request: web.Request, bucket: str, key: str) -> web.StreamResponse:
+    """Delete passes through."""
+    query = [(k, v) for k, v in request.query.items() if k == "versionId"]
+    resp = await gw.backend.request("DELETE", bucket, key, query=query)
+    if resp.status >= 300:
+        raise await resp.error()
+    resp.release()
+    headers = {
+        name: resp.headers[name]
+        for name in ("x-amz-version-id", "x-amz-delete-marker")
+        if name in resp.headers
+    }
+    return web.Response(status=204, headers=headers)

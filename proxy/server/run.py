@@ -1,0 +1,124 @@
+"""Start sealgate: keyring, backend client, TLS listener (and a plain one only when asked)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from proxy.backend import Backend, BackendSettings
+from proxy.config import Config
+from proxy.kms.base import Keyring
+from proxy.server.app import build_app
+from proxy.server.tls import backend_ssl_context, server_ssl_context
+
+log = logging.getLogger("sealgate")
+
+
+def make_keyring(config: Config) -> Keyring:
+    """The keyring the config names; opening a local keyring checks its passphrase now."""
+    kms = config.kms
+    if kms.provider == "local":
+        from proxy.kms.local import LocalKeyring, LocalKeyStore, passphrase_from
+
+        assert kms.keyring is not None
+        passphrase = passphrase_from(kms.passphrase_env, kms.passphrase_file)
+        return LocalKeyring(LocalKeyStore.open(kms.keyring, passphrase))
+    from proxy.kms.aws import AwsKmsKeyring
+
+    return AwsKmsKeyring(
+        region=kms.region,
+        endpoint_url=kms.endpoint,
+        access_key_id=kms.access_key_id.get_secret_value() if kms.access_key_id else None,
+        secret_access_key=kms.secret_access_key.get_secret_value() if kms.secret_access_key else None,
+        ca_bundle=str(kms.ca_bundle) if kms.ca_bundle else None,
+    )
+
+
+def make_backend(config: Config) -> Backend:
+    """The backend client the config describes."""
+    b = config.backend
+    return Backend(
+        BackendSettings(
+            endpoint=b.endpoint,
+            region=b.region,
+            access_key_id=b.access_key_id.get_secret_value() if b.access_key_id else None,
+            secret_access_key=b.secret_access_key.get_secret_value() if b.secret_access_key else None,
+            ssl=backend_ssl_context(b.ca_bundle, b.verify_tls) if b.endpoint.startswith("https") else False,
+            addressing_style=b.addressing_style,
+        )
+    )
+
+
+@dataclass
+class Running:
+    """A started server: its runner and the addresses it listens on."""
+
+    runner: web.AppRunner
+    tls_port: int | None
+    plain_port: int | None
+
+    async def stop(self) -> None:
+        """Stop listening and close the backend and keyring."""
+        await self.runner.cleanup()
+
+
+async def start(config: Config, *, keyring: Keyring | None = None) -> Running:
+    """Bind the listeners and start serving; returns once they accept connections."""
+    app = build_app(config, keyring or make_keyring(config), make_backend(config))
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    tls_port = plain_port = None
+    srv = config.server
+    if srv.tls:
+        host, port = srv.listen_address
+        assert srv.tls_cert is not None and srv.tls_key is not None
+        ctx = server_ssl_context(srv.tls_cert, srv.tls_key)
+        site = web.TCPSite(runner, host, port, ssl_context=ctx, reuse_port=srv.workers > 1)
+        await site.start()
+        tls_port = _bound_port(site)
+        log.info("sealgate serving https on %s:%s", host, tls_port)
+    if srv.plain_http_listen:
+        host, port = srv.plain_http_address
+        site = web.TCPSite(runner, host, port, reuse_port=srv.workers > 1)
+        await site.start()
+        plain_port = _bound_port(site)
+        log.warning(
+            "plain-HTTP listener on %s:%s: requests and bodies cross it unencrypted; "
+            "use it only on loopback or inside a pod",
+            host,
+            plain_port,
+        )
+    return Running(runner, tls_port, plain_port)
+
+
+def _bound_port(site: web.TCPSite) -> int:
+    server = site._server  # aiohttp exposes no public accessor for the bound socket
+    assert server is not None
+    sockets = getattr(server, "sockets", None) or []
+    return int(sockets[0].getsockname()[1])
+
+
+def serve(config: Config) -> None:
+    """Run until SIGINT/SIGTERM."""
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+
+    async def main() -> None:
+        running = await start(config)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        log.info("shutting down")
+        await running.stop()
+
+    asyncio.run(main())

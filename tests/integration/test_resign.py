@@ -1,0 +1,53 @@
+"""Re-signing checked by a backend that verifies signatures: `rclone serve s3`."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from botocore.exceptions import ClientError
+
+from tests.conftest import backend_client, start_stack
+
+
+@pytest.fixture(scope="module")
+def rclone_stack(rclone_s3: str, tls_files: dict[str, Path], tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    st = start_stack(
+        tmp_path_factory.mktemp("rc"), rclone_s3, tls_files,
+        backend_akid="rcloneaccess", backend_secret="rclonesecret0123456789",
+    )
+    yield st
+    st.gate.stop()
+
+
+def test_round_trip_through_signature_checking_backend(rclone_stack) -> None:  # type: ignore[no-untyped-def]
+    s3 = rclone_stack.client()
+    s3.create_bucket(Bucket="resign")
+    for key, size in [("plain", 1000), ("with space/and+plus=&é", 70_000), ("empty", 0)]:
+        data = os.urandom(size)
+        s3.put_object(Bucket="resign", Key=key, Body=data)
+        assert s3.get_object(Bucket="resign", Key=key)["Body"].read() == data
+        assert s3.head_object(Bucket="resign", Key=key)["ContentLength"] == size
+    keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket="resign")["Contents"])
+    assert keys == sorted(["plain", "with space/and+plus=&é", "empty"])
+    s3.delete_object(Bucket="resign", Key="plain")
+
+
+def test_backend_rejects_wrong_backend_credentials(rclone_s3: str, tls_files: dict[str, Path], tmp_path: Path) -> None:
+    st = start_stack(tmp_path, rclone_s3, tls_files, backend_akid="rcloneaccess", backend_secret="wrong-secret-000000")
+    try:
+        with pytest.raises(ClientError) as err:
+            st.client().list_buckets()
+        assert err.value.response["ResponseMetadata"]["HTTPStatusCode"] == 403
+    finally:
+        st.gate.stop()
+
+
+def test_rclone_backend_holds_ciphertext(rclone_stack, rclone_s3: str) -> None:  # type: ignore[no-untyped-def]
+    s3 = rclone_stack.client()
+    s3.create_bucket(Bucket="resign2")
+    s3.put_object(Bucket="resign2", Key="k", Body=b"RCLONE-PLAINTEXT " * 1000)
+    raw = backend_client(rclone_s3, akid="rcloneaccess", secret="rclonesecret0123456789")
+    body = raw.get_object(Bucket="resign2", Key="k")["Body"].read()
+    assert b"RCLONE-PLAINTEXT" not in body
