@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 Body = bytes | AsyncIterable[bytes] | None
 
 
-class _UnsignedPayloadAuth(S3SigV4Auth):
+class _UnsignedPayloadAuth(S3SigV4Auth):  # type: ignore[misc]
     """S3 SigV4 that never hashes the body, even over plain HTTP."""
 
     def _should_sha256_sign_payload(self, request: AWSRequest) -> bool:
@@ -244,7 +244,7 @@ class Backend:
                 allow_redirects=False,
                 compress=None,
             )
-        except asyncio.TimeoutError as exc:
+        except TimeoutError as exc:
             raise S3Error("ServiceUnavailable", "the storage backend timed out", 503) from exc
         except aiohttp.ClientConnectorError as exc:
             log.warning("backend unreachable: %s", exc.__class__.__name__)

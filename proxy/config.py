@@ -1,275 +1,662 @@
-"""The TOML config, validated once at start-up into frozen typed objects.
+"""The sealgate config file: TOML in, validated frozen objects out, checked once at start-up.
 
-Strings may reference the environment as ``${VAR}`` (``$${`` is a literal ``${``), so that
-secrets stay out of the file. Relative paths are taken relative to the current directory, as
-the README's commands (run from the project root) assume.
+`load_config` reads the file, substitutes ``${VAR}`` references from the environment,
+validates everything into a `Config`, and checks that the files it names exist. Whatever is
+wrong becomes one `ConfigError` whose message is a single line naming the file, the key path
+(``clients[0].secret_access_key``) and the problem. Secrets are `pydantic.SecretStr`, so
+neither ``repr``, ``str``, logging nor ``model_dump_json`` shows them, and no error message
+ever quotes a value that came from a secret field.
+
+Relative paths (``tls_cert``, ``tls_key``, ``ca_bundle``, ``keyring``, ``passphrase_file``)
+are resolved against the *current working directory*, not the config file's directory: the
+documented usage is ``sealgate serve --config config/sealgate.toml`` run from the project
+root with ``certs/...`` paths, and that is what a user reading the file expects. They are
+stored absolute, so a later ``chdir`` cannot change what they mean.
 """
 
 from __future__ import annotations
 
-import fnmatch
+import difflib
+import ipaddress
 import os
 import re
 import tomllib
 from collections.abc import Mapping
-from functools import cached_property
+from fnmatch import fnmatchcase
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
-_ENV_RE = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
-_AKID_RE = re.compile(r"^[A-Z0-9]{16,128}$")
+from proxy.crypto.format import (
+    DEFAULT_SEGMENT_SIZE,
+    MAX_SEGMENT_SIZE,
+    MIN_SEGMENT_SIZE,
+    valid_segment_size,
+)
+
+__all__ = [
+    "BackendConfig",
+    "BucketRule",
+    "ClientConfig",
+    "Config",
+    "ConfigError",
+    "EncryptionConfig",
+    "KmsConfig",
+    "ServerConfig",
+    "aws_key_problem",
+    "load_config",
+    "parse_address",
+]
 
 
 class ConfigError(Exception):
-    """A config that cannot be used; str() is one line naming the file, the key and the fault."""
+    """A config file that cannot be used; ``str()`` is one line: ``file: key.path: problem``."""
+
+    def __init__(self, source: str, key: str | None, problem: str) -> None:
+        self.source = source
+        self.key = key
+        self.problem = problem
+        where = f"{source}: {key}: " if key else f"{source}: "
+        super().__init__(where + problem)
 
 
-def parse_address(text: str, *, allow_zero: bool = False) -> tuple[str, int]:
-    """'host:port' or '[v6]:port' -> (host, port)."""
-    host, sep, port_text = text.rpartition(":")
-    if not sep or not host:
-        raise ValueError(f"{text!r} is not host:port")
+Loc = tuple[str | int, ...]
+
+
+class _Invalid(ValueError):
+    """A validator's complaint about a key below the model that raised it."""
+
+    def __init__(self, key: Loc, problem: str) -> None:
+        super().__init__(problem)
+        self.key = key
+
+
+# --- value checks shared by the models -------------------------------------------------------
+
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_HOSTNAME = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(?:\.{_LABEL})*\.?$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_ACCESS_KEY_ID = re.compile(r"^[A-Z0-9]{16,128}$")
+_CLIENT_NAME = re.compile(r"^[A-Za-z0-9._@-]{1,64}$")
+_BUCKET_GLOB = re.compile(r"^[a-z0-9.\-*?\[\]!]{1,63}$")
+_AWS_KEY_ID = re.compile(r"^(?:[0-9a-f]{8}-(?:[0-9a-f]{4}-){3}[0-9a-f]{12}|mrk-[0-9a-f]{32})$")
+MIN_SECRET_LENGTH = 16
+
+
+def parse_address(value: str) -> tuple[str, int]:
+    """``host:port`` (IPv6 as ``[::1]:8443``) to ``(host, port)``; ValueError says what is wrong."""
+    host, sep, port_text = value.rpartition(":")
+    if not sep:
+        raise ValueError(f'must be "host:port", got "{value}"')
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f'"[{host}]" is not an IPv6 address') from None
+    elif ":" in host:
+        raise ValueError(f'IPv6 addresses need brackets, like "[::1]:8443", got "{value}"')
+    elif not host:
+        raise ValueError(f'host is missing in "{value}" (use 0.0.0.0 for all interfaces)')
+    elif not _HOSTNAME.match(host):
+        raise ValueError(f'"{host}" is not a valid host name or IP address')
+    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+        raise ValueError(f'port must be a number from 1 to 65535, got "{port_text}"')
+    return host, int(port_text)
+
+
+def _check_address(value: str | None) -> str | None:
+    if value is not None:
+        parse_address(value)
+    return value
+
+
+def _check_url(value: str | None) -> str | None:
+    """http(s) URL with a host and nothing after it; returned without a trailing slash."""
+    if value is None:
+        return None
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f'must be an http:// or https:// URL, got "{value}"')
+    if parts.username is not None or parts.password is not None:
+        # Never echo the value: it holds credentials.
+        raise ValueError("must not contain credentials; use access_key_id / secret_access_key")
     try:
-        port = int(port_text)
+        parts.port  # noqa: B018 - raises on a bad port
     except ValueError:
-        raise ValueError(f"{text!r} has no numeric port") from None
-    if not (0 if allow_zero else 1) <= port <= 65535:
-        raise ValueError(f"port {port} is out of range")
-    return host, port
+        raise ValueError(f'has an invalid port: "{value}"') from None
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ValueError(f'must be just scheme://host[:port], got "{value}"')
+    return value.rstrip("/")
+
+
+def _as_path(value: object) -> Path:
+    """A path string from the file, made absolute against the working directory."""
+    if isinstance(value, Path):
+        return value.expanduser().absolute()
+    if not isinstance(value, str):
+        raise ValueError("must be a path string")
+    if not value.strip():
+        raise ValueError("must not be empty")
+    return Path(value).expanduser().absolute()
+
+
+ConfigPath = Annotated[Path, BeforeValidator(_as_path)]
+"""A file path as written in the config, resolved against the current working directory."""
+
+
+def _require_pair(
+    first: tuple[str, object], second: tuple[str, object], why: str = ""
+) -> None:
+    (name_a, a), (name_b, b) = first, second
+    if (a is None) != (b is None):
+        missing = name_b if a is not None else name_a
+        other = name_a if a is not None else name_b
+        raise _Invalid((missing,), f"required when {other} is set{why}")
+
+
+def _not_set_unless(model: BaseModel, keys: tuple[str, ...], condition: str) -> None:
+    for key in keys:
+        if getattr(model, key) is not None:
+            raise _Invalid((key,), f"only used when {condition}; remove it")
 
 
 class _Model(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+# --- the sections ----------------------------------------------------------------------------
+
+
 class ServerConfig(_Model):
-    """[server]: where sealgate listens."""
+    """``[server]``: where sealgate listens.
 
-    listen: str = "0.0.0.0:8443"
-    #: Set false to serve only `plain_http_listen` (a sidecar on loopback).
-    tls: bool = True
-    tls_cert: Path | None = None
-    tls_key: Path | None = None
-    plain_http_listen: str | None = None
-    client_max_skew_seconds: int = Field(900, ge=1, le=3600)
-    workers: int = Field(1, ge=1, le=256)
-    #: Host names under which `<bucket>.<name>` is a virtual-hosted-style request.
-    virtual_host_domains: tuple[str, ...] = ("localhost",)
+    TLS is on unless the file says ``tls = false``. With TLS on, ``listen``, ``tls_cert`` and
+    ``tls_key`` are required and ``plain_http_listen`` may add a second, unencrypted listener.
+    With ``tls = false`` only ``plain_http_listen`` is served, and ``listen`` / ``tls_cert`` /
+    ``tls_key`` must not be set. A plain-only server is therefore always a written-down
+    decision, never the side effect of a forgotten certificate path.
+    """
 
-    @field_validator("listen", "plain_http_listen")
+    listen: StrictStr | None = None
+    tls: StrictBool = True
+    tls_cert: ConfigPath | None = None
+    tls_key: ConfigPath | None = None
+    plain_http_listen: StrictStr | None = None
+    client_max_skew_seconds: StrictInt = Field(default=900, ge=1, le=3600)
+    workers: StrictInt = Field(default=1, ge=1, le=256)
+    #: Host suffixes for virtual-hosted-style requests (``bucket.<domain>``).
+    virtual_host_domains: tuple[StrictStr, ...] = ("localhost",)
+
+    _check_listen = field_validator("listen", "plain_http_listen")(_check_address)
+
+    @field_validator("virtual_host_domains")
     @classmethod
-    def _address(cls, v: str | None) -> str | None:
-        if v is not None:
-            parse_address(v)
-        return v
+    def _check_domains(cls, domains: tuple[str, ...]) -> tuple[str, ...]:
+        for i, domain in enumerate(domains):
+            if not _HOSTNAME.match(domain):
+                raise _Invalid((i,), f'"{domain}" is not a valid domain name')
+        return domains
 
     @model_validator(mode="after")
-    def _tls_files(self) -> ServerConfig:
-        if self.tls and (self.tls_cert is None or self.tls_key is None):
-            raise ValueError("tls_cert and tls_key are required (or set tls = false and plain_http_listen)")
-        if not self.tls and not self.plain_http_listen:
-            raise ValueError("with tls = false, plain_http_listen is required")
+    def _check_listeners(self) -> ServerConfig:
+        if self.tls:
+            for key in ("listen", "tls_cert", "tls_key"):
+                if getattr(self, key) is None:
+                    raise _Invalid((key,), "required when tls = true (the default)")
+        else:
+            if self.plain_http_listen is None:
+                raise _Invalid(("plain_http_listen",), "required when tls = false")
+            for key in ("listen", "tls_cert", "tls_key"):
+                if getattr(self, key) is not None:
+                    raise _Invalid((key,), "not used when tls = false; remove it or set tls = true")
+        plain = self.plain_http_listen
+        if self.tls and plain is not None and parse_address(plain) == self.listen_address:
+            raise _Invalid(("plain_http_listen",), "is the same address as listen")
         return self
 
     @property
     def listen_address(self) -> tuple[str, int]:
-        """(host, port) of the TLS listener."""
+        """``(host, port)`` of the TLS listener."""
+        if self.listen is None:
+            raise ValueError("no TLS listener configured (tls = false)")
         return parse_address(self.listen)
 
     @property
     def plain_http_address(self) -> tuple[str, int]:
-        """(host, port) of the plain-HTTP listener."""
-        assert self.plain_http_listen is not None
+        """``(host, port)`` of the plain-HTTP listener."""
+        if self.plain_http_listen is None:
+            raise ValueError("no plain-HTTP listener configured")
         return parse_address(self.plain_http_listen)
 
 
 class BackendConfig(_Model):
-    """[backend]: the S3-compatible storage."""
+    """``[backend]``: the S3-compatible storage behind sealgate.
 
-    endpoint: str
-    region: str = "us-east-1"
+    Leave out both credentials to use the AWS default chain (environment, profile, role).
+    """
+
+    endpoint: StrictStr
+    region: StrictStr
     access_key_id: SecretStr | None = None
     secret_access_key: SecretStr | None = None
-    ca_bundle: Path | None = None
-    verify_tls: bool = True
+    ca_bundle: ConfigPath | None = None
     addressing_style: Literal["path", "virtual"] = "path"
+    verify_tls: StrictBool = True
 
-    @field_validator("endpoint")
+    _check_endpoint = field_validator("endpoint")(_check_url)
+
+    @field_validator("region")
     @classmethod
-    def _url(cls, v: str) -> str:
-        parts = urlsplit(v)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise ValueError(f"{v!r} is not an http(s) URL")
-        return v.rstrip("/")
+    def _check_region(cls, region: str) -> str:
+        if not re.fullmatch(r"[a-z0-9-]{1,64}", region):
+            raise ValueError(f'must be a region name like "eu-west-2", got "{region}"')
+        return region
 
     @model_validator(mode="after")
-    def _pair(self) -> BackendConfig:
-        if (self.access_key_id is None) != (self.secret_access_key is None):
-            raise ValueError("give both access_key_id and secret_access_key, or neither (AWS default chain)")
+    def _check(self) -> BackendConfig:
+        _require_pair(
+            ("access_key_id", self.access_key_id),
+            ("secret_access_key", self.secret_access_key),
+            " (or leave out both to use the AWS default chain)",
+        )
+        if self.ca_bundle is not None:
+            if not self.endpoint.startswith("https:"):
+                raise _Invalid(("ca_bundle",), "only used with an https:// endpoint")
+            if not self.verify_tls:
+                raise _Invalid(("ca_bundle",), "has no effect with verify_tls = false")
         return self
 
 
 class KmsConfig(_Model):
-    """[kms]: where data keys come from."""
+    """``[kms]``: where master keys live, AWS KMS (``aws-kms``) or a local keyring file.
+
+    Keys of the other provider are errors rather than being ignored, so a half-edited
+    switch from one provider to the other is caught.
+    """
 
     provider: Literal["aws-kms", "local"]
-    default_key: str | None = None
-    region: str | None = None
-    endpoint: str | None = None
+    #: Master key for new objects unless a bucket rule names another.
+    default_key: StrictStr
+    # aws-kms
+    region: StrictStr | None = None
+    endpoint: StrictStr | None = None
     access_key_id: SecretStr | None = None
     secret_access_key: SecretStr | None = None
-    ca_bundle: Path | None = None
-    keyring: Path | None = None
-    passphrase_file: Path | None = None
-    passphrase_env: str | None = None
+    ca_bundle: ConfigPath | None = None
+    # local
+    keyring: ConfigPath | None = None
+    passphrase_file: ConfigPath | None = None
+    passphrase_env: StrictStr | None = None
+
+    _check_endpoint = field_validator("endpoint")(_check_url)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_key_present(cls, data: Any) -> Any:
+        # Checked before field validation so the message can say why it is required.
+        if isinstance(data, dict) and "default_key" not in data:
+            provider = data.get("provider")
+            if provider in ("aws-kms", "local"):
+                raise _Invalid(("default_key",), f'required when provider = "{provider}"')
+        return data
+
+    @field_validator("default_key")
+    @classmethod
+    def _check_default_key(cls, key: str) -> str:
+        if not key.strip():
+            raise ValueError("must not be empty")
+        return key
+
+    @field_validator("passphrase_env")
+    @classmethod
+    def _check_env_name(cls, name: str | None) -> str | None:
+        if name is not None and not _ENV_NAME.match(name):
+            raise ValueError(f'"{name}" is not an environment variable name')
+        return name
 
     @model_validator(mode="after")
-    def _provider(self) -> KmsConfig:
-        if self.provider == "local":
+    def _check(self) -> KmsConfig:
+        if self.provider == "aws-kms":
+            _not_set_unless(self, ("keyring", "passphrase_file", "passphrase_env"), 'provider = "local"')
+            _require_pair(
+                ("access_key_id", self.access_key_id),
+                ("secret_access_key", self.secret_access_key),
+                " (or leave out both to use the AWS default chain)",
+            )
+            problem = aws_key_problem(self.default_key)
+            if problem:
+                raise _Invalid(("default_key",), problem)
+        else:
+            _not_set_unless(
+                self,
+                ("region", "endpoint", "access_key_id", "secret_access_key", "ca_bundle"),
+                'provider = "aws-kms"',
+            )
             if self.keyring is None:
-                raise ValueError('keyring is required when provider = "local"')
+                raise _Invalid(("keyring",), 'required when provider = "local"')
             if self.passphrase_file is None and self.passphrase_env is None:
-                raise ValueError('passphrase_file or passphrase_env is required when provider = "local"')
-        elif self.default_key is None:
-            raise ValueError('default_key is required when provider = "aws-kms"')
+                raise _Invalid(
+                    ("passphrase_file",),
+                    'set passphrase_file or passphrase_env when provider = "local"',
+                )
         return self
 
 
-class ClientConfig(_Model):
-    """[[clients]]: credentials sealgate issues to one S3 client."""
+def aws_key_problem(key: str) -> str | None:
+    """Why `key` cannot name an AWS KMS key (id, ARN or ``alias/NAME``), or None if it can."""
+    if key.startswith("alias/") and len(key) > len("alias/"):
+        return None
+    if key.startswith("arn:") and ":kms:" in key:
+        return None
+    if _AWS_KEY_ID.match(key):
+        return None
+    return f'must be a KMS key id, key ARN or "alias/NAME", got "{key}"'
 
-    name: str = Field(min_length=1, max_length=128)
-    access_key_id: str
+
+class ClientConfig(_Model):
+    """``[[clients]]``: one set of S3 credentials that may use sealgate."""
+
+    name: StrictStr
+    access_key_id: StrictStr
     secret_access_key: SecretStr
+
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, name: str) -> str:
+        if not _CLIENT_NAME.match(name):
+            raise ValueError(f'must be 1-64 characters of A-Z a-z 0-9 . _ @ -, got "{name}"')
+        return name
 
     @field_validator("access_key_id")
     @classmethod
-    def _akid(cls, v: str) -> str:
-        if not _AKID_RE.match(v):
-            raise ValueError("must be 16 to 128 characters of A-Z and 0-9")
-        return v
+    def _check_akid(cls, akid: str) -> str:
+        if not _ACCESS_KEY_ID.match(akid):
+            raise ValueError(f'must be 16-128 characters of A-Z and 0-9, got "{akid}"')
+        return akid
 
     @field_validator("secret_access_key")
     @classmethod
-    def _secret(cls, v: SecretStr) -> SecretStr:
-        if len(v.get_secret_value()) < 16:
-            raise ValueError("must be at least 16 characters")
-        return v
+    def _check_secret(cls, secret: SecretStr) -> SecretStr:
+        if len(secret.get_secret_value()) < MIN_SECRET_LENGTH:
+            raise ValueError(f"must be at least {MIN_SECRET_LENGTH} characters")
+        return secret
 
 
 class EncryptionConfig(_Model):
-    """[encryption]: how objects are sealed."""
+    """``[encryption]``: how new objects are sealed."""
 
-    #: "auto": plaintext-MD5 ETags when the client sends Content-MD5 or a signed SHA-256
-    #: payload hash, opaque ETags otherwise; "md5": always compute the plaintext MD5.
+    segment_size: StrictInt = DEFAULT_SEGMENT_SIZE
+    #: ``md5`` makes every upload's ETag the plaintext MD5 (costs an MD5 pass over the body).
     etag: Literal["auto", "md5"] = "auto"
+
+    @field_validator("segment_size")
+    @classmethod
+    def _check_segment_size(cls, size: int) -> int:
+        if not valid_segment_size(size):
+            raise ValueError(
+                f"must be a power of two from {MIN_SEGMENT_SIZE} (4 KiB) to "
+                f"{MAX_SEGMENT_SIZE} (4 MiB), got {size}"
+            )
+        return size
 
 
 class BucketRule(_Model):
-    """[[buckets]]: per-bucket settings; `name` is an fnmatch glob; first match wins."""
+    """``[[buckets]]``: settings for buckets whose name matches the glob `name`."""
 
-    name: str
-    key: str | None = None
-    allow_unencrypted_reads: bool = False
+    name: StrictStr
+    #: Master key for new objects in these buckets (default: ``kms.default_key``).
+    key: StrictStr | None = None
+    #: Serve objects sealgate did not write as they are (for migrating existing buckets).
+    allow_unencrypted_reads: StrictBool = False
+
+    @field_validator("name")
+    @classmethod
+    def _check_glob(cls, name: str) -> str:
+        if not _BUCKET_GLOB.match(name):
+            raise ValueError(
+                f'must be a bucket name or glob (lower-case a-z 0-9 . - and * ? [ ]), got "{name}"'
+            )
+        return name
+
+    @field_validator("key")
+    @classmethod
+    def _check_key(cls, key: str | None) -> str | None:
+        if key is not None and not key.strip():
+            raise ValueError("must not be empty")
+        return key
+
+    def matches(self, bucket: str) -> bool:
+        """Whether this rule applies to `bucket`."""
+        return fnmatchcase(bucket, self.name)
 
 
 class Config(_Model):
-    """The whole config."""
+    """The whole validated config."""
 
     server: ServerConfig
     backend: BackendConfig
     kms: KmsConfig
-    clients: tuple[ClientConfig, ...] = Field(min_length=1)
+    clients: tuple[ClientConfig, ...] = ()
     encryption: EncryptionConfig = EncryptionConfig()
     buckets: tuple[BucketRule, ...] = ()
 
+    _clients_by_akid: dict[str, ClientConfig] = PrivateAttr(default_factory=dict)
+
     @model_validator(mode="after")
-    def _unique_clients(self) -> Config:
-        seen: set[str] = set()
-        for c in self.clients:
-            if c.access_key_id in seen:
-                raise ValueError(f"clients: access key id {c.access_key_id} appears twice")
-            seen.add(c.access_key_id)
+    def _check(self) -> Config:
+        if not self.clients:
+            raise _Invalid(("clients",), "at least one [[clients]] table is required")
+        seen_akid: dict[str, int] = {}
+        seen_name: dict[str, int] = {}
+        for i, client in enumerate(self.clients):
+            if client.access_key_id in seen_akid:
+                raise _Invalid(
+                    ("clients", i, "access_key_id"),
+                    f"duplicate of clients[{seen_akid[client.access_key_id]}].access_key_id",
+                )
+            if client.name in seen_name:
+                raise _Invalid(
+                    ("clients", i, "name"), f"duplicate of clients[{seen_name[client.name]}].name"
+                )
+            seen_akid[client.access_key_id] = i
+            seen_name[client.name] = i
+        if self.kms.provider == "aws-kms":
+            for i, rule in enumerate(self.buckets):
+                problem = aws_key_problem(rule.key) if rule.key is not None else None
+                if problem:
+                    raise _Invalid(("buckets", i, "key"), problem)
         return self
 
-    @cached_property
-    def _clients_by_akid(self) -> dict[str, ClientConfig]:
-        return {c.access_key_id: c for c in self.clients}
+    def model_post_init(self, context: Any, /) -> None:
+        """Index the clients by access key id once."""
+        self._clients_by_akid = {c.access_key_id: c for c in self.clients}
 
     def client_by_access_key(self, access_key_id: str) -> ClientConfig | None:
-        """The client that owns this access key id, if any."""
+        """The client with this access key id, if one is configured."""
         return self._clients_by_akid.get(access_key_id)
 
     def rule_for_bucket(self, bucket: str) -> BucketRule | None:
-        """The first [[buckets]] rule whose glob matches."""
+        """The first ``[[buckets]]`` rule whose glob matches `bucket`."""
         for rule in self.buckets:
-            if fnmatch.fnmatchcase(bucket, rule.name):
+            if rule.matches(bucket):
                 return rule
         return None
 
     def key_for_bucket(self, bucket: str) -> str:
-        """The master key new objects in this bucket are sealed under."""
+        """The master key for new objects in `bucket`."""
         rule = self.rule_for_bucket(bucket)
-        if rule is not None and rule.key:
+        if rule is not None and rule.key is not None:
             return rule.key
-        # A local keyring without default_key uses its key named "default".
-        return self.kms.default_key or "default"
+        return self.kms.default_key
 
 
-def _substitute(value: Any, env: Mapping[str, str], path: str) -> Any:
-    if isinstance(value, str):
-        def repl(m: re.Match[str]) -> str:
-            if m.group(0) == "$${":
-                return "${"
-            name = m.group(1)
-            if name not in env:
-                raise ConfigError(f"{path}: environment variable {name} is not set")
-            return env[name]
+# --- loading ---------------------------------------------------------------------------------
 
-        return _ENV_RE.sub(repl, value)
-    if isinstance(value, dict):
-        return {k: _substitute(v, env, f"{path}.{k}" if path else k) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_substitute(v, env, f"{path}[{i}]") for i, v in enumerate(value)]
-    return value
+_REFERENCE = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)\}|\$\{")
 
 
-def _loc(loc: tuple[int | str, ...]) -> str:
+def _key_path(loc: Loc) -> str:
     out = ""
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part not in ("function-after",) and not str(part).startswith("function-"):
-            out += f".{part}" if out else str(part)
+        else:
+            out += f".{part}" if out else part
     return out
 
 
+def _substitute(value: Any, loc: Loc, env: Mapping[str, str]) -> Any:
+    """``${VAR}`` from `env` in every string; ``$${`` stands for a literal ``${``."""
+    if isinstance(value, dict):
+        return {k: _substitute(v, (*loc, k), env) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_substitute(v, (*loc, i), env) for i, v in enumerate(value)]
+    if not isinstance(value, str) or "${" not in value:
+        return value
+
+    def replace(match: re.Match[str]) -> str:
+        token = match.group(0)
+        if token == "$${":
+            return "${"
+        name = match.group(1)
+        if name is None:
+            raise ConfigError("", _key_path(loc), 'malformed "${...}": write ${NAME}, or $${ for a literal "${"')
+        if name not in env:
+            raise ConfigError("", _key_path(loc), f"environment variable {name} is not set")
+        return env[name]
+
+    return _REFERENCE.sub(replace, value)
+
+
+_SECTIONS: dict[str, type[BaseModel]] = {
+    "server": ServerConfig,
+    "backend": BackendConfig,
+    "kms": KmsConfig,
+    "clients": ClientConfig,
+    "encryption": EncryptionConfig,
+    "buckets": BucketRule,
+}
+
+
+def _unknown_key(loc: Loc) -> str:
+    model: type[BaseModel] | None = Config if len(loc) == 1 else None
+    if len(loc) > 1 and isinstance(loc[0], str):
+        model = _SECTIONS.get(loc[0])
+    name = loc[-1]
+    if model is None or not isinstance(name, str):
+        return "unknown key"
+    close = difflib.get_close_matches(name, list(model.model_fields), n=1)
+    return f'unknown key (did you mean "{close[0]}"?)' if close else "unknown key"
+
+
+_TYPE_PROBLEMS = {
+    "missing": "required",
+    "model_type": "must be a table",
+    "model_attributes_type": "must be a table",
+    "dict_type": "must be a table",
+    "tuple_type": "must be an array",
+    "list_type": "must be an array",
+    "string_type": "must be a string",
+    "int_type": "must be an integer",
+    "bool_type": "must be true or false",
+}
+
+
+def _describe(error: Mapping[str, Any]) -> tuple[str, str]:
+    """(key path, problem) for one pydantic error; never includes the offending input."""
+    loc: Loc = tuple(p for p in error["loc"] if isinstance(p, int | str))
+    kind = error["type"]
+    ctx = error.get("ctx") or {}
+    cause = ctx.get("error")
+    if isinstance(cause, _Invalid):
+        return _key_path((*loc, *cause.key)), str(cause)
+    if kind == "value_error" and cause is not None:
+        return _key_path(loc), str(cause)
+    if kind == "extra_forbidden":
+        return _key_path(loc), _unknown_key(loc)
+    if kind == "literal_error":
+        expected = str(ctx.get("expected", "")).replace("'", '"')
+        return _key_path(loc), f"must be {expected}"
+    if kind in _TYPE_PROBLEMS:
+        return _key_path(loc), _TYPE_PROBLEMS[kind]
+    message = str(error["msg"])
+    if message.startswith("Input should be "):
+        message = "must be " + message[len("Input should be ") :]
+    return _key_path(loc), message
+
+
+def _check_environment(config: Config, env: Mapping[str, str]) -> tuple[str, str] | None:
+    """The first file or variable the config names that is not there."""
+    files: list[tuple[str, Path | None]] = [
+        ("server.tls_cert", config.server.tls_cert),
+        ("server.tls_key", config.server.tls_key),
+        ("backend.ca_bundle", config.backend.ca_bundle),
+        ("kms.ca_bundle", config.kms.ca_bundle),
+        ("kms.keyring", config.kms.keyring),
+        ("kms.passphrase_file", config.kms.passphrase_file),
+    ]
+    for key, path in files:
+        if path is not None and not path.is_file():
+            what = "not a file" if path.exists() else "file not found"
+            return key, f"{what}: {path} (relative paths are resolved against the working directory)"
+    # With a passphrase file as well, the variable is optional: the file is the fallback.
+    name = config.kms.passphrase_env
+    if name is not None and config.kms.passphrase_file is None and not env.get(name):
+        return "kms.passphrase_env", f"environment variable {name} is not set or empty"
+    return None
+
+
 def load_config(path: Path, env: Mapping[str, str] | None = None) -> Config:
-    """Read, substitute and validate; ConfigError with one clear line when anything is wrong."""
-    env = os.environ if env is None else env
+    """Read, substitute and validate the config at `path`; ConfigError says what is wrong.
+
+    `env` supplies ``${VAR}`` values (default: ``os.environ``).
+    """
+    source = str(path)
+    environ: Mapping[str, str] = os.environ if env is None else env
     try:
-        raw = tomllib.loads(Path(path).read_text())
+        text = path.read_bytes().decode("utf-8")
     except FileNotFoundError:
-        raise ConfigError(f"{path}: no such file") from None
+        raise ConfigError(source, None, "config file not found") from None
+    except UnicodeDecodeError:
+        raise ConfigError(source, None, "not UTF-8 text") from None
+    except OSError as exc:
+        raise ConfigError(source, None, f"cannot read: {exc.strerror or exc}") from None
+    try:
+        raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+        # The message carries "(at line L, column C)" and never the value.
+        raise ConfigError(source, None, f"invalid TOML: {exc}") from None
     try:
-        doc = _substitute(raw, env, "")
+        data = _substitute(raw, (), environ)
     except ConfigError as exc:
-        raise ConfigError(f"{path}: {exc}") from None
+        raise ConfigError(source, exc.key, exc.problem) from None
     try:
-        return Config.model_validate(doc)
+        config = Config.model_validate(data)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        where = _loc(tuple(err["loc"])) or "(top level)"
-        msg = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
-            msg = "unknown setting"
-        elif err["type"] == "missing":
-            msg = "required"
-        raise ConfigError(f"{path}: {where}: {msg}") from None
+        # `from None`: the ValidationError's own text includes input values, secrets among them.
+        errors = exc.errors()
+        key, problem = _describe(errors[0])
+        if len(errors) > 1:
+            more = len(errors) - 1
+            problem += f" (and {more} more problem{'s' if more > 1 else ''})"
+        raise ConfigError(source, key or None, problem) from None
+    missing = _check_environment(config, environ)
+    if missing is not None:
+        raise ConfigError(source, *missing)
+    return config

@@ -144,9 +144,7 @@ class AwsKmsKeyring:
                 "kms", endpoint_url=endpoint_url, verify=ca_bundle or None, config=config
             )
         except NoRegionError:
-            raise ValueError(
-                "the AWS KMS keyring needs a region (set it in the config or AWS_REGION)"
-            ) from None
+            raise ValueError("the AWS KMS keyring needs a region (set it in the config or AWS_REGION)") from None
         # A pool of our own rather than the loop's default executor: KMS calls can block for
         # the whole timeout-and-retry budget and must not starve unrelated blocking work.
         self._pool = ThreadPoolExecutor(max_workers=_WORKERS, thread_name_prefix="sealgate-kms")
@@ -155,9 +153,7 @@ class AwsKmsKeyring:
     def __repr__(self) -> str:
         return f"AwsKmsKeyring(endpoint={self._client.meta.endpoint_url!r})"
 
-    async def _call(
-        self, operation: str, key: str, fn: Callable[..., dict[str, Any]], **kwargs: Any
-    ) -> dict[str, Any]:
+    async def _call(self, operation: str, key: str, fn: Callable[..., dict[str, Any]], **kwargs: Any) -> dict[str, Any]:
         if self._closed:
             raise KeyUnavailable("the KMS keyring is closed")
         loop = asyncio.get_running_loop()
@@ -202,9 +198,7 @@ class AwsKmsKeyring:
             raise KeyUnavailable(f"KMS GenerateDataKey with key {key_id!r}: malformed response")
         return DataKey(plaintext=plaintext, wrapped=wrapped, key_ref=arn)
 
-    async def decrypt_data_key(
-        self, key_ref: str, wrapped: bytes, context: Mapping[str, str]
-    ) -> bytes:
+    async def decrypt_data_key(self, key_ref: str, wrapped: bytes, context: Mapping[str, str]) -> bytes:
         """Decrypt `wrapped` with KeyId pinned to `key_ref` and exactly `context`."""
         resp = await self._call(
             "Decrypt",

@@ -229,8 +229,7 @@ def _load_keys(path: Path, doc: Any) -> dict[str, _MasterKey]:
         raise _malformed(path, "not a JSON object")
     if doc.get("format") != FORMAT_VERSION:
         raise KeyringFileError(
-            f"keyring file {path} has format {doc.get('format')!r}; "
-            f"this version reads format {FORMAT_VERSION}"
+            f"keyring file {path} has format {doc.get('format')!r}; this version reads format {FORMAT_VERSION}"
         )
     raw_keys = doc.get("keys")
     if not isinstance(raw_keys, list):
@@ -325,8 +324,7 @@ class LocalKeyStore:
         _, log2_n, r, p, salt = _HEADER.unpack(header)
         if not (1 <= log2_n <= _MAX_LOG2_N and 1 <= r <= _MAX_R and 1 <= p <= _MAX_P):
             raise KeyringFileError(
-                f"keyring file {path} has unsupported scrypt parameters "
-                f"(N=2**{log2_n}, r={r}, p={p})"
+                f"keyring file {path} has unsupported scrypt parameters (N=2**{log2_n}, r={r}, p={p})"
             )
         kek = _derive_kek(passphrase, salt, log2_n, r, p)
         nonce = blob[_HEADER.size : _HEADER.size + NONCE_SIZE]
@@ -345,9 +343,7 @@ class LocalKeyStore:
     def create_key(self, key_id: str) -> KeyInfo:
         """Add master key `key_id` with fresh random material as version 1 (not yet saved)."""
         if not _KEY_ID.fullmatch(key_id):
-            raise KeyringFileError(
-                f"invalid key id {key_id!r}: use 1-64 of the characters A-Z a-z 0-9 _ . -"
-            )
+            raise KeyringFileError(f"invalid key id {key_id!r}: use 1-64 of the characters A-Z a-z 0-9 _ . -")
         if key_id in self._keys:
             raise KeyringFileError(f"key {key_id!r} already exists in {self.path}")
         now = _now()
@@ -458,9 +454,7 @@ class LocalKeyring:
         sealed = AESGCM(material).encrypt(nonce, plaintext, wrap_aad(key_ref, context))
         return DataKey(plaintext=plaintext, wrapped=nonce + sealed, key_ref=key_ref)
 
-    async def decrypt_data_key(
-        self, key_ref: str, wrapped: bytes, context: Mapping[str, str]
-    ) -> bytes:
+    async def decrypt_data_key(self, key_ref: str, wrapped: bytes, context: Mapping[str, str]) -> bytes:
         """Unwrap `wrapped` with the master key version named by `key_ref` and `context`."""
         m = _KEY_REF.fullmatch(key_ref)
         if m is None:
@@ -468,15 +462,11 @@ class LocalKeyring:
         key_id, version = m.group(1), int(m.group(2))
         material = self._store._material(key_id, version)
         if material is None:
-            raise KeyAccessDenied(
-                f"no version {version} of master key {key_id!r} in the local keyring"
-            )
+            raise KeyAccessDenied(f"no version {version} of master key {key_id!r} in the local keyring")
         if len(wrapped) != WRAPPED_SIZE:
             raise InvalidWrappedKey(f"wrapped key under {key_ref} has the wrong length")
         try:
-            return AESGCM(material).decrypt(
-                wrapped[:NONCE_SIZE], wrapped[NONCE_SIZE:], wrap_aad(key_ref, context)
-            )
+            return AESGCM(material).decrypt(wrapped[:NONCE_SIZE], wrapped[NONCE_SIZE:], wrap_aad(key_ref, context))
         except InvalidTag:
             raise InvalidWrappedKey(
                 f"wrapped key does not unwrap under {key_ref} with this encryption context"

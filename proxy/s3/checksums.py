@@ -26,9 +26,7 @@ class _Crc:
     def __init__(self, name: str) -> None:
         self._value = 0
         self._name = name
-        if name == "crc32":
-            self._size = 4
-        elif name == "crc32c":
+        if name == "crc32" or name == "crc32c":
             self._size = 4
         else:
             self._size = 8

@@ -13,8 +13,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
-from typing import Protocol
 from urllib.parse import quote, unquote
+
+from multidict import MultiMapping
 
 from proxy.s3.errors import S3Error
 
@@ -30,12 +31,6 @@ _AUTH_RE = re.compile(
     r"^AWS4-HMAC-SHA256\s+Credential=([^,\s]+)\s*,\s*SignedHeaders=([^,\s]+)\s*,\s*Signature=([0-9a-fA-F]{64})\s*$"
 )
 _DATE_RE = re.compile(r"^\d{8}T\d{6}Z$")
-
-
-class _Headers(Protocol):
-    def get(self, key: str, default: None = None) -> str | None: ...
-
-    def getall(self, key: str, default: list[str]) -> list[str]: ...
 
 
 @dataclass(frozen=True)
@@ -98,7 +93,7 @@ def canonical_query(raw_query: str, *, exclude: str | None = None) -> str:
     return "&".join(f"{k}={v}" for k, v in pairs)
 
 
-def _canonical_headers(headers: _Headers, names: list[str]) -> str:
+def _canonical_headers(headers: MultiMapping[str], names: list[str]) -> str:
     lines = []
     for name in names:
         values = headers.getall(name, [])
@@ -133,7 +128,7 @@ def _parse_amz_date(text: str | None, query: bool) -> datetime:
 def verify_request(
     method: str,
     raw_path_and_query: str,
-    headers: _Headers,
+    headers: MultiMapping[str],
     lookup: Callable[[str], ClientCredentials | None],
     now: datetime,
     *,
@@ -146,7 +141,9 @@ def verify_request(
     presigned = auth is None and "X-Amz-Signature" in query_params
     if auth is None and not presigned:
         if "X-Amz-Credential" in query_params or "X-Amz-Algorithm" in query_params:
-            raise S3Error("AuthorizationQueryParametersError", "Query-string authentication requires X-Amz-Signature.", 400)
+            raise S3Error(
+                "AuthorizationQueryParametersError", "Query-string authentication requires X-Amz-Signature.", 400
+            )
         raise _denied("Anonymous access is not allowed; sign requests with SigV4.")
 
     if presigned:

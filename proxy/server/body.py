@@ -58,10 +58,13 @@ def _content_md5(headers: CIMultiDictProxy[str]) -> bytes | None:
     return digest
 
 
+_NOT_CHECKSUMS = ("x-amz-checksum-mode", "x-amz-checksum-type", "x-amz-checksum-algorithm")
+
+
 def _header_checksum(headers: CIMultiDictProxy[str]) -> tuple[str, str] | None:
     for name, value in headers.items():
         lname = name.lower()
-        if lname.startswith("x-amz-checksum-") and lname not in ("x-amz-checksum-mode", "x-amz-checksum-type", "x-amz-checksum-algorithm"):
+        if lname.startswith("x-amz-checksum-") and lname not in _NOT_CHECKSUMS:
             return lname[len("x-amz-checksum-") :], value
     return None
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import suppress
 from xml.etree.ElementTree import Element, register_namespace, tostring
 
 from aiohttp import web
@@ -88,10 +89,9 @@ def rewrite_listing(xml: bytes) -> bytes:
         size_el = contents.find(f"{{{S3_NS}}}Size")
         etag_el = contents.find(f"{{{S3_NS}}}ETag")
         if size_el is not None and size_el.text and size_el.text.strip().isdigit():
-            try:
+            # An object that is not sealgate's (migration buckets) is shown as stored.
+            with suppress(FormatError):
                 size_el.text = str(layout.plaintext_length(int(size_el.text)))
-            except FormatError:
-                pass  # not a sealgate object (migration buckets): shown as stored
         if etag_el is not None and etag_el.text:
             etag_el.text = opaque_etag(etag_el.text)
     out: bytes = tostring(_as_element(root), encoding="utf-8", xml_declaration=True)

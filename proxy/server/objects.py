@@ -7,6 +7,7 @@ import logging
 import os
 import re
 from collections.abc import AsyncIterator
+from contextlib import suppress
 from datetime import datetime
 from email.utils import parsedate_to_datetime
 
@@ -413,10 +414,8 @@ async def get_object(gw: Gateway, request: web.Request, bucket: str, key: str) -
         _, total = _total_length(head)
         size = total
         if is_sealgate_object(head.user_metadata()):
-            try:
+            with suppress(FormatError):
                 size = Layout(DEFAULT_SEGMENT_SIZE).plaintext_length(total)
-            except FormatError:
-                pass
         parse_range(range_header, size)
         raise S3Error("InvalidRange", "The requested range is not satisfiable", 416)
     if resp.status >= 300:

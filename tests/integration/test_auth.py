@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import hashlib
 import os
 import zlib
-import base64
 
 import pytest
 from botocore.exceptions import ClientError

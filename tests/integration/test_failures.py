@@ -85,8 +85,7 @@ def test_client_disconnect_mid_upload_stores_nothing(stack: Stack, bucket: str) 
     total = 3 * 1024 * 1024
     h = sign("PUT", url, {"Content-Length": str(total), "Host": f"localhost:{port}"})
     ctx = ssl.create_default_context(cafile=str(stack.ca_path))
-    with socket.create_connection(("127.0.0.1", port)) as raw:
-        with ctx.wrap_socket(raw, server_hostname="localhost") as tls:
+    with socket.create_connection(("127.0.0.1", port)) as raw, ctx.wrap_socket(raw, server_hostname="localhost") as tls:
             head = f"PUT /{bucket}/half HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in h.items()) + "\r\n"
             tls.sendall(head.encode())
             tls.sendall(os.urandom(total // 2))
@@ -105,7 +104,6 @@ def test_no_data_key_or_plaintext_on_backend(stack: Stack, bucket: str) -> None:
 
     from proxy.crypto.format import Envelope, encryption_context
     from proxy.kms.local import LocalKeyring, LocalKeyStore
-
     from tests.conftest import PASSPHRASE
 
     data = b"TOP-SECRET-PAYLOAD " * 5000

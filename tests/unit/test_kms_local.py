@@ -1,0 +1,374 @@
+"""The local keyring: its encrypted file, passphrase sources, and wrapping data keys."""
+
+from __future__ import annotations
+
+import base64
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from proxy.kms.base import InvalidWrappedKey, KeyAccessDenied
+from proxy.kms.local import (
+    WRAPPED_SIZE,
+    KeyInfo,
+    KeyringFileError,
+    LocalKeyring,
+    LocalKeyStore,
+    passphrase_from,
+    wrap_aad,
+)
+
+PASS = b"correct horse battery staple"
+CTX = {"bucket": "b1", "key": "photos/cat.jpg"}
+
+
+@pytest.fixture
+def path(tmp_path: Path) -> Path:
+    return tmp_path / "keyring.sgkr"
+
+
+@pytest.fixture
+def store(path: Path) -> LocalKeyStore:
+    s = LocalKeyStore.create(path, PASS)
+    s.create_key("default")
+    s.create_key("other")
+    s.save()
+    return s
+
+
+@pytest.fixture
+def keyring(store: LocalKeyStore) -> LocalKeyring:
+    return LocalKeyring(store)
+
+
+def master_material(store: LocalKeyStore, key_id: str, version: int = 1) -> bytes:
+    material = store._material(key_id, version)
+    assert material is not None
+    return material
+
+
+# --- the keyring file ------------------------------------------------------------------
+
+
+def test_create_open_round_trip(path: Path) -> None:
+    s = LocalKeyStore.create(path, PASS)
+    assert s.list_keys() == []
+    info = s.create_key("default")
+    assert (info.id, info.versions, info.current_version, info.origin) == (
+        "default",
+        1,
+        1,
+        "generated",
+    )
+    s.save()
+    again = LocalKeyStore.open(path, PASS)
+    assert again.list_keys() == [info]
+    assert master_material(again, "default") == master_material(s, "default")
+
+
+def test_create_refuses_existing_file(store: LocalKeyStore, path: Path) -> None:
+    before = path.read_bytes()
+    with pytest.raises(KeyringFileError, match="already exists"):
+        LocalKeyStore.create(path, PASS)
+    assert path.read_bytes() == before
+
+
+def test_create_refuses_empty_passphrase(path: Path) -> None:
+    with pytest.raises(KeyringFileError, match="empty"):
+        LocalKeyStore.create(path, b"")
+    assert not path.exists()
+
+
+def test_wrong_passphrase(store: LocalKeyStore, path: Path) -> None:
+    with pytest.raises(KeyringFileError, match="wrong passphrase or corrupted keyring file"):
+        LocalKeyStore.open(path, b"not the passphrase")
+
+
+@pytest.mark.parametrize("where", [9, 14, 35, -1])
+def test_corrupted_file(store: LocalKeyStore, path: Path, where: int) -> None:
+    # Header (scrypt r, salt), nonce and ciphertext are all covered by the tag.
+    data = bytearray(path.read_bytes())
+    data[where] ^= 0x01
+    path.write_bytes(bytes(data))
+    with pytest.raises(KeyringFileError, match="wrong passphrase or corrupted keyring file"):
+        LocalKeyStore.open(path, PASS)
+
+
+def test_not_a_keyring_file(path: Path) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    os.write(fd, b"hello, this is not a keyring at all" * 3)
+    os.close(fd)
+    with pytest.raises(KeyringFileError, match="not a sealgate keyring file"):
+        LocalKeyStore.open(path, PASS)
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(KeyringFileError, match="does not exist"):
+        LocalKeyStore.open(tmp_path / "nope", PASS)
+
+
+def test_file_mode_is_0600(store: LocalKeyStore, path: Path) -> None:
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    store.create_key("third")
+    store.save()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_file_mode_0600_despite_permissive_umask(path: Path) -> None:
+    old = os.umask(0)
+    try:
+        LocalKeyStore.create(path, PASS)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604])
+def test_refuses_readable_by_others(store: LocalKeyStore, path: Path, mode: int) -> None:
+    path.chmod(mode)
+    with pytest.raises(KeyringFileError) as err:
+        LocalKeyStore.open(path, PASS)
+    assert str(path) in str(err.value)
+    assert f"chmod 600 {path}" in str(err.value)
+
+
+def test_atomic_save_leaves_no_temp_and_replaces_inode(store: LocalKeyStore, path: Path) -> None:
+    before = path.stat().st_ino
+    store.create_key("third")
+    store.save()
+    # A new file was renamed over the old one (readers never see a half-written file).
+    assert path.stat().st_ino != before
+    assert sorted(p.name for p in path.parent.iterdir()) == [path.name]
+    assert [k.id for k in LocalKeyStore.open(path, PASS).list_keys()] == [
+        "default",
+        "other",
+        "third",
+    ]
+
+
+def test_failed_save_keeps_old_file(store: LocalKeyStore, path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    before = path.read_bytes()
+
+    def boom(src: object, dst: object) -> None:
+        raise OSError("disk on fire")
+
+    monkeypatch.setattr(os, "replace", boom)
+    store.create_key("third")
+    with pytest.raises(OSError, match="disk on fire"):
+        store.save()
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in path.parent.iterdir()) == [path.name]
+
+
+def test_save_uses_fresh_nonce(store: LocalKeyStore, path: Path) -> None:
+    first = path.read_bytes()
+    store.save()
+    second = path.read_bytes()
+    assert first[:30] == second[:30]  # same header: magic, scrypt params, salt
+    assert first[30:42] != second[30:42]
+
+
+def test_unknown_fields_survive_a_save(store: LocalKeyStore, path: Path) -> None:
+    store._keys["default"].extra["rotation_period_days"] = 90
+    store.save()
+    again = LocalKeyStore.open(path, PASS)
+    assert again._keys["default"].extra == {"type": "aes-256", "rotation_period_days": 90}
+
+
+def test_create_key_errors(store: LocalKeyStore) -> None:
+    with pytest.raises(KeyringFileError, match="already exists"):
+        store.create_key("default")
+    for bad in ["", "has space", "colon:id", "slash/id", "x" * 65, "ünï"]:
+        with pytest.raises(KeyringFileError, match="invalid key id"):
+            store.create_key(bad)
+
+
+def test_no_material_in_repr_or_listing(store: LocalKeyStore, keyring: LocalKeyring) -> None:
+    shown = " ".join(
+        [repr(store), repr(keyring), repr(store.list_keys()), str(store.list_keys())]
+        + [repr(v) for k in store._keys.values() for v in k.versions]
+        + [repr(k) for k in store._keys.values()]
+    )
+    for key_id in ("default", "other"):
+        material = master_material(store, key_id)
+        for form in (material.hex(), base64.b64encode(material).decode(), repr(material)):
+            assert form not in shown
+    assert all(isinstance(k, KeyInfo) for k in store.list_keys())
+    assert "material" not in KeyInfo.__dataclass_fields__
+
+
+async def test_file_contains_no_key_material(store: LocalKeyStore, keyring: LocalKeyring, path: Path) -> None:
+    dk = await keyring.generate_data_key("default", CTX)
+    store.save()
+    blob = path.read_bytes()
+    secrets = [dk.plaintext] + [master_material(store, k) for k in ("default", "other")]
+    for secret in secrets:
+        for form in (secret, secret.hex().encode(), base64.b64encode(secret)):
+            assert form not in blob
+    assert b"default" not in blob  # even key ids are encrypted
+
+
+# --- passphrase sources ----------------------------------------------------------------
+
+
+def private_file(path: Path, data: bytes, mode: int = 0o600) -> Path:
+    path.write_bytes(data)
+    path.chmod(mode)
+    return path
+
+
+def test_passphrase_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SG_TEST_PASS", "s3cret phrase\n")
+    assert passphrase_from("SG_TEST_PASS", None) == b"s3cret phrase\n"
+
+
+def test_passphrase_env_wins_over_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SG_TEST_PASS", "from-env")
+    f = private_file(tmp_path / "pass", b"from-file\n")
+    assert passphrase_from("SG_TEST_PASS", f) == b"from-env"
+
+
+def test_passphrase_from_file_strips_one_newline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SG_TEST_PASS", raising=False)
+    f = private_file(tmp_path / "pass", b"phrase \n\n")
+    assert passphrase_from("SG_TEST_PASS", f) == b"phrase \n"
+    private_file(f, b"phrase")
+    assert passphrase_from(None, f) == b"phrase"
+    private_file(f, b"phrase\r\n")
+    assert passphrase_from(None, f) == b"phrase"
+
+
+def test_passphrase_file_readable_by_others(tmp_path: Path) -> None:
+    f = private_file(tmp_path / "pass", b"phrase\n", 0o644)
+    with pytest.raises(KeyringFileError, match="chmod 600"):
+        passphrase_from(None, f)
+
+
+def test_no_passphrase(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SG_TEST_PASS", "")
+    with pytest.raises(KeyringFileError, match="SG_TEST_PASS"):
+        passphrase_from("SG_TEST_PASS", None)
+    with pytest.raises(KeyringFileError, match="no keyring passphrase"):
+        passphrase_from(None, None)
+    with pytest.raises(KeyringFileError, match="does not exist"):
+        passphrase_from(None, tmp_path / "missing")
+    with pytest.raises(KeyringFileError, match="empty"):
+        passphrase_from(None, private_file(tmp_path / "pass", b"\n"))
+
+
+# --- wrapping data keys ----------------------------------------------------------------
+
+
+async def test_round_trip(keyring: LocalKeyring) -> None:
+    dk = await keyring.generate_data_key("default", CTX)
+    assert dk.key_ref == "local:default:1"
+    assert len(dk.plaintext) == 32
+    assert len(dk.wrapped) == WRAPPED_SIZE == 60
+    assert await keyring.decrypt_data_key(dk.key_ref, dk.wrapped, dict(reversed(CTX.items())))
+    assert await keyring.decrypt_data_key(dk.key_ref, dk.wrapped, CTX) == dk.plaintext
+    assert dk.plaintext.hex() not in repr(dk)
+
+
+async def test_round_trip_after_reopen(store: LocalKeyStore, path: Path) -> None:
+    dk = await LocalKeyring(store).generate_data_key("default", {})
+    reopened = LocalKeyring(LocalKeyStore.open(path, PASS))
+    assert await reopened.decrypt_data_key(dk.key_ref, dk.wrapped, {}) == dk.plaintext
+
+
+async def test_data_keys_are_distinct(keyring: LocalKeyring) -> None:
+    keys = [await keyring.generate_data_key("default", CTX) for _ in range(50)]
+    assert len({k.plaintext for k in keys}) == 50
+    assert len({k.wrapped for k in keys}) == 50
+    assert all(len(k.plaintext) == 32 for k in keys)
+
+
+@pytest.mark.parametrize(
+    "context",
+    [
+        {"bucket": "b1", "key": "photos/dog.jpg"},  # different value
+        {"bucket": "b1", "key": "photos/cat.jpg", "extra": "x"},  # extra entry
+        {"bucket": "b1"},  # missing entry
+        {},  # no context
+        {"bucket": "b1", "kex": "photos/cat.jpg"},  # renamed key
+    ],
+)
+async def test_wrong_context(keyring: LocalKeyring, context: dict[str, str]) -> None:
+    dk = await keyring.generate_data_key("default", CTX)
+    with pytest.raises(InvalidWrappedKey):
+        await keyring.decrypt_data_key(dk.key_ref, dk.wrapped, context)
+
+
+async def test_tampered_wrapped(keyring: LocalKeyring) -> None:
+    dk = await keyring.generate_data_key("default", CTX)
+    for i in range(len(dk.wrapped)):
+        bad = bytearray(dk.wrapped)
+        bad[i] ^= 0x80
+        with pytest.raises(InvalidWrappedKey):
+            await keyring.decrypt_data_key(dk.key_ref, bytes(bad), CTX)
+    for bad in (b"", dk.wrapped[:-1], dk.wrapped + b"\x00"):
+        with pytest.raises(InvalidWrappedKey):
+            await keyring.decrypt_data_key(dk.key_ref, bad, CTX)
+
+
+async def test_wrong_key_ref(store: LocalKeyStore, keyring: LocalKeyring) -> None:
+    dk = await keyring.generate_data_key("default", CTX)
+    # A second version with the same material: only the key_ref in the AAD differs.
+    key = store._keys["default"]
+    key.versions.append(type(key.versions[0])(2, key.versions[0].material, "2025-01-01T00:00:00Z"))
+    for ref in ("local:other:1", "local:default:2"):
+        with pytest.raises(InvalidWrappedKey):
+            await keyring.decrypt_data_key(ref, dk.wrapped, CTX)
+    for ref in ("local:default:01", "local:default", "aws:default:1", "local:default:1:x", ""):
+        with pytest.raises(InvalidWrappedKey):
+            await keyring.decrypt_data_key(ref, dk.wrapped, CTX)
+
+
+async def test_old_versions_still_unwrap(store: LocalKeyStore, keyring: LocalKeyring) -> None:
+    old = await keyring.generate_data_key("default", CTX)
+    key = store._keys["default"]
+    key.versions.append(type(key.versions[0])(2, os.urandom(32), "2025-01-01T00:00:00Z"))
+    new = await keyring.generate_data_key("default", CTX)
+    assert new.key_ref == "local:default:2"
+    assert await keyring.decrypt_data_key(old.key_ref, old.wrapped, CTX) == old.plaintext
+    assert await keyring.decrypt_data_key(new.key_ref, new.wrapped, CTX) == new.plaintext
+
+
+async def test_unknown_key(keyring: LocalKeyring, store: LocalKeyStore) -> None:
+    with pytest.raises(KeyAccessDenied, match="'nope'") as err:
+        await keyring.generate_data_key("nope", CTX)
+    assert err.value.status == 403
+    dk = await keyring.generate_data_key("default", CTX)
+    with pytest.raises(KeyAccessDenied, match="'nope'"):
+        await keyring.decrypt_data_key("local:nope:1", dk.wrapped, CTX)
+    with pytest.raises(KeyAccessDenied, match="version 7"):
+        await keyring.decrypt_data_key("local:default:7", dk.wrapped, CTX)
+    material = master_material(store, "default")
+    assert material.hex() not in str(err.value)
+
+
+def test_aad_is_unambiguous() -> None:
+    ref = "local:k:1"
+    contexts: list[dict[str, str]] = [
+        {},
+        {"a": ""},
+        {"": "a"},
+        {"ab": "c"},
+        {"a": "bc"},
+        {"a": "b", "c": "d"},
+        {"a": "b\x00c", "": "d"},
+        {"a": "b", "cd": ""},
+        {"é": "x"},
+    ]
+    encoded = {wrap_aad(ref, c) for c in contexts}
+    assert len(encoded) == len(contexts)
+    assert wrap_aad(ref, {"x": "1", "y": "2"}) == wrap_aad(ref, {"y": "2", "x": "1"})
+    assert wrap_aad("local:k:1", {}) != wrap_aad("local:k:2", {})
+    assert wrap_aad(ref, {"a": "b"}) == (
+        b"SGWK1" + b"\x00\x00\x00\x09local:k:1" + b"\x00\x00\x00\x01" + b"\x00\x00\x00\x01a" + b"\x00\x00\x00\x01b"
+    )
+
+
+async def test_close_is_harmless(keyring: LocalKeyring) -> None:
+    await keyring.close()
