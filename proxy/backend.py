@@ -59,10 +59,7 @@ def quote_key(key: str) -> str:
 
 def encode_query(params: Sequence[tuple[str, str]]) -> str:
     """A query string whose encoding matches SigV4's canonical form."""
-    return "&".join(
-        quote(k, safe="-_.~") + ("=" + quote(v, safe="-_.~") if v is not None else "=")
-        for k, v in params
-    )
+    return "&".join(quote(k, safe="-_.~") + ("=" + quote(v, safe="-_.~") if v is not None else "=") for k, v in params)
 
 
 class BackendResponse:

@@ -160,9 +160,7 @@ ConfigPath = Annotated[Path, BeforeValidator(_as_path)]
 """A file path as written in the config, resolved against the current working directory."""
 
 
-def _require_pair(
-    first: tuple[str, object], second: tuple[str, object], why: str = ""
-) -> None:
+def _require_pair(first: tuple[str, object], second: tuple[str, object], why: str = "") -> None:
     (name_a, a), (name_b, b) = first, second
     if (a is None) != (b is None):
         missing = name_b if a is not None else name_a
@@ -410,8 +408,7 @@ class EncryptionConfig(_Model):
     def _check_segment_size(cls, size: int) -> int:
         if not valid_segment_size(size):
             raise ValueError(
-                f"must be a power of two from {MIN_SEGMENT_SIZE} (4 KiB) to "
-                f"{MAX_SEGMENT_SIZE} (4 MiB), got {size}"
+                f"must be a power of two from {MIN_SEGMENT_SIZE} (4 KiB) to {MAX_SEGMENT_SIZE} (4 MiB), got {size}"
             )
         return size
 
@@ -429,9 +426,7 @@ class BucketRule(_Model):
     @classmethod
     def _check_glob(cls, name: str) -> str:
         if not _BUCKET_GLOB.match(name):
-            raise ValueError(
-                f'must be a bucket name or glob (lower-case a-z 0-9 . - and * ? [ ]), got "{name}"'
-            )
+            raise ValueError(f'must be a bucket name or glob (lower-case a-z 0-9 . - and * ? [ ]), got "{name}"')
         return name
 
     @field_validator("key")
@@ -471,9 +466,7 @@ class Config(_Model):
                     f"duplicate of clients[{seen_akid[client.access_key_id]}].access_key_id",
                 )
             if client.name in seen_name:
-                raise _Invalid(
-                    ("clients", i, "name"), f"duplicate of clients[{seen_name[client.name]}].name"
-                )
+                raise _Invalid(("clients", i, "name"), f"duplicate of clients[{seen_name[client.name]}].name")
             seen_akid[client.access_key_id] = i
             seen_name[client.name] = i
         if self.kms.provider == "aws-kms":

@@ -142,16 +142,15 @@ def write_config(
         if not keyring.exists():
             make_keyring(keyring)
         kms = (
-            f'provider = "local"\nkeyring = "{keyring}"\n'
-            f'passphrase_file = "{keyring}.pass"\ndefault_key = "default"\n'
+            f'provider = "local"\nkeyring = "{keyring}"\npassphrase_file = "{keyring}.pass"\ndefault_key = "default"\n'
         )
     cfg = d / "sealgate.toml"
     cfg.write_text(
         f"""
 [server]
 listen = "127.0.0.1:{port}"
-tls_cert = "{tls['cert']}"
-tls_key = "{tls['key']}"
+tls_cert = "{tls["cert"]}"
+tls_key = "{tls["key"]}"
 
 [backend]
 endpoint = "{backend}"
@@ -268,8 +267,16 @@ def rclone_s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     port = free_port()
     proc = subprocess.Popen(
         [
-            exe, "serve", "s3", str(root), "--addr", f"127.0.0.1:{port}",
-            "--auth-key", "rcloneaccess,rclonesecret0123456789", "--config", "/dev/null",
+            exe,
+            "serve",
+            "s3",
+            str(root),
+            "--addr",
+            f"127.0.0.1:{port}",
+            "--auth-key",
+            "rcloneaccess,rclonesecret0123456789",
+            "--config",
+            "/dev/null",
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

@@ -198,9 +198,7 @@ class Layout:
         last = (end - 1) // self.segment_size
         count = self.segment_count(plaintext_length)
         ct_start = first * self.sealed_segment
-        ct_end = min(
-            (last + 1) * self.sealed_segment, self.ciphertext_length(plaintext_length)
-        )
+        ct_end = min((last + 1) * self.sealed_segment, self.ciphertext_length(plaintext_length))
         return SegmentSpan(
             first=first,
             last=last,

@@ -55,9 +55,7 @@ class Keyring(Protocol):
         """A fresh 32-byte data key wrapped under master key `key_id` with `context`."""
         ...
 
-    async def decrypt_data_key(
-        self, key_ref: str, wrapped: bytes, context: Mapping[str, str]
-    ) -> bytes:
+    async def decrypt_data_key(self, key_ref: str, wrapped: bytes, context: Mapping[str, str]) -> bytes:
         """Unwrap `wrapped` (made by this keyring under `key_ref`) with exactly `context`."""
         ...
 

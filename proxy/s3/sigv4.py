@@ -289,4 +289,3 @@ def check_payload_hash(verified: VerifiedRequest, sha256_hex: str) -> None:
             "The provided 'x-amz-content-sha256' header does not match what was computed.",
             400,
         )
-

@@ -64,15 +64,11 @@ async def s3_errors(request: web.Request, handler: Handler) -> web.StreamRespons
     except FormatError as err:
         resp = error_response(request, S3Error("ObjectIntegrityError", str(err), 500))
     except web.HTTPException as exc:
-        code = {404: "NoSuchKey", 405: "MethodNotAllowed", 413: "EntityTooLarge"}.get(
-            exc.status, "InvalidRequest"
-        )
+        code = {404: "NoSuchKey", 405: "MethodNotAllowed", 413: "EntityTooLarge"}.get(exc.status, "InvalidRequest")
         resp = error_response(request, S3Error(code, exc.reason, exc.status))
     except Exception:
         log.exception("unhandled error in request %s", rid)
-        resp = error_response(
-            request, S3Error("InternalError", "We encountered an internal error. Please try again.")
-        )
+        resp = error_response(request, S3Error("InternalError", "We encountered an internal error. Please try again."))
     if not resp.prepared:
         resp.headers.setdefault("x-amz-request-id", rid)
         resp.headers.setdefault("x-amz-id-2", rid)
@@ -152,9 +148,7 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
     return await _run(gw, request, r, verified)
 
 
-async def _run(
-    gw: Gateway, request: web.Request, r: Route, verified: VerifiedRequest
-) -> web.StreamResponse:
+async def _run(gw: Gateway, request: web.Request, r: Route, verified: VerifiedRequest) -> web.StreamResponse:
     op, bucket, key = r.operation, r.bucket, r.key
     if op == "ListBuckets":
         return await buckets.list_buckets(gw, request)

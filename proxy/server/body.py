@@ -89,9 +89,7 @@ class PlaintextBody:
         self.length = _declared_length(headers, self.chunked)
         self._decoder: AwsChunkedDecoder | None = None
         if self.chunked:
-            trailers = [
-                t.strip().lower() for t in headers.get("x-amz-trailer", "").split(",") if t.strip()
-            ]
+            trailers = [t.strip().lower() for t in headers.get("x-amz-trailer", "").split(",") if t.strip()]
             self._decoder = AwsChunkedDecoder(
                 decoded_length=self.length,
                 trailer_names=trailers,

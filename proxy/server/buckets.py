@@ -76,8 +76,15 @@ async def get_bucket_location(gw: Gateway, request: web.Request, bucket: str) ->
 
 
 _LIST_PARAMS = (
-    "list-type", "prefix", "delimiter", "max-keys", "continuation-token", "start-after",
-    "fetch-owner", "encoding-type", "marker",
+    "list-type",
+    "prefix",
+    "delimiter",
+    "max-keys",
+    "continuation-token",
+    "start-after",
+    "fetch-owner",
+    "encoding-type",
+    "marker",
 )
 
 

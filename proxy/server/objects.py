@@ -240,9 +240,7 @@ async def _open(gw: Gateway, bucket: str, key: str, resp: BackendResponse, total
     except FormatError as exc:
         raise S3Error("ObjectIntegrityError", f"stored object is not readable: {exc}", 500) from exc
     try:
-        data_key = await gw.keyring.decrypt_data_key(
-            env.key_ref, env.wrapped_key, encryption_context(bucket, key)
-        )
+        data_key = await gw.keyring.decrypt_data_key(env.key_ref, env.wrapped_key, encryption_context(bucket, key))
     except KeyringError as exc:
         raise _keyring_error(exc) from exc
     layout = Layout(env.segment_size)
@@ -261,9 +259,7 @@ async def _open(gw: Gateway, bucket: str, key: str, resp: BackendResponse, total
     return _Opened(env, data_key, sealed, plain_len, etag)
 
 
-async def _digest_slot(
-    gw: Gateway, bucket: str, key: str, env: Envelope, data_key: bytes, plain_len: int
-) -> bytes:
+async def _digest_slot(gw: Gateway, bucket: str, key: str, env: Envelope, data_key: bytes, plain_len: int) -> bytes:
     layout = Layout(env.segment_size)
     span = layout.span(plain_len, plain_len + DIGEST_SLOT, plain_len)
     resp = await gw.backend.request(
@@ -457,9 +453,7 @@ async def _stream_object(
     headers["Content-Length"] = str(span.length)
     if span.ciphertext_start < resp_start:
         raise S3Error("BadGateway", "backend returned a range that does not cover the request", 502)
-    decryptor = StreamDecryptor(
-        stream_key(opened.data_key, opened.envelope.salt, 0), layout, span, size
-    )
+    decryptor = StreamDecryptor(stream_key(opened.data_key, opened.envelope.salt, 0), layout, span, size)
     out = web.StreamResponse(status=status, headers=headers)
     await out.prepare(request)
     skip = span.ciphertext_start - resp_start
@@ -544,9 +538,5 @@ async def delete_object(gw: Gateway, request: web.Request, bucket: str, key: str
     if resp.status >= 300:
         raise await resp.error()
     resp.release()
-    headers = {
-        name: resp.headers[name]
-        for name in ("x-amz-version-id", "x-amz-delete-marker")
-        if name in resp.headers
-    }
+    headers = {name: resp.headers[name] for name in ("x-amz-version-id", "x-amz-delete-marker") if name in resp.headers}
     return web.Response(status=204, headers=headers)

@@ -123,7 +123,9 @@ def test_bad_content_md5(stack: Stack, bucket: str) -> None:
     s3 = stack.client(when_required=True)
     with pytest.raises(ClientError) as err:
         s3.put_object(
-            Bucket=bucket, Key="md5", Body=b"data",
+            Bucket=bucket,
+            Key="md5",
+            Body=b"data",
             ContentMD5=base64.b64encode(hashlib.md5(b"other").digest()).decode(),
         )
     assert err.value.response["Error"]["Code"] == "BadDigest"
@@ -141,11 +143,19 @@ def test_virtual_hosted_style(stack: Stack, bucket: str) -> None:
     port = stack.gate.running.tls_port
     host = f"{bucket}.localhost:{port}"
     body = b"virtual"
-    h = sign("PUT", f"https://{host}/vh/key", {"Content-Length": str(len(body)), "Host": host},
-             payload_hash=hashlib.sha256(body).hexdigest())
+    h = sign(
+        "PUT",
+        f"https://{host}/vh/key",
+        {"Content-Length": str(len(body)), "Host": host},
+        payload_hash=hashlib.sha256(body).hexdigest(),
+    )
     pool = urllib3.HTTPSConnectionPool(
-        "127.0.0.1", port, ca_certs=str(stack.ca_path), server_hostname="localhost",
-        assert_hostname="localhost", retries=False,
+        "127.0.0.1",
+        port,
+        ca_certs=str(stack.ca_path),
+        server_hostname="localhost",
+        assert_hostname="localhost",
+        retries=False,
     )
     r = pool.request("PUT", "/vh/key", headers=h, body=body)
     assert r.status == 200, r.data

@@ -38,8 +38,11 @@ def test_aws_kms_round_trip(moto_url: str, tls_files: dict[str, Path], tmp_path:
     import boto3
 
     kms_client = boto3.client(
-        "kms", endpoint_url=moto_url, region_name="us-east-1",
-        aws_access_key_id="testing", aws_secret_access_key="testing",
+        "kms",
+        endpoint_url=moto_url,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
     )
     key_id = kms_client.create_key()["KeyMetadata"]["KeyId"]
     kms = (
@@ -86,10 +89,10 @@ def test_client_disconnect_mid_upload_stores_nothing(stack: Stack, bucket: str) 
     h = sign("PUT", url, {"Content-Length": str(total), "Host": f"localhost:{port}"})
     ctx = ssl.create_default_context(cafile=str(stack.ca_path))
     with socket.create_connection(("127.0.0.1", port)) as raw, ctx.wrap_socket(raw, server_hostname="localhost") as tls:
-            head = f"PUT /{bucket}/half HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in h.items()) + "\r\n"
-            tls.sendall(head.encode())
-            tls.sendall(os.urandom(total // 2))
-            time.sleep(0.5)
+        head = f"PUT /{bucket}/half HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in h.items()) + "\r\n"
+        tls.sendall(head.encode())
+        tls.sendall(os.urandom(total // 2))
+        time.sleep(0.5)
     time.sleep(1.0)
     with pytest.raises(ClientError):
         stack.backend().head_object(Bucket=bucket, Key="half")

@@ -14,8 +14,11 @@ from tests.conftest import backend_client, start_stack
 @pytest.fixture(scope="module")
 def rclone_stack(rclone_s3: str, tls_files: dict[str, Path], tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     st = start_stack(
-        tmp_path_factory.mktemp("rc"), rclone_s3, tls_files,
-        backend_akid="rcloneaccess", backend_secret="rclonesecret0123456789",
+        tmp_path_factory.mktemp("rc"),
+        rclone_s3,
+        tls_files,
+        backend_akid="rcloneaccess",
+        backend_secret="rclonesecret0123456789",
     )
     yield st
     st.gate.stop()

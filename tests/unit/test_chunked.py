@@ -17,12 +17,19 @@ from proxy.s3.errors import S3Error
 from proxy.s3.sigv4 import ChunkSignatureVerifier, VerifiedRequest, signing_key
 
 
-def boto_body(data: bytes, cls: type = Crc32Checksum, name: str = "x-amz-checksum-crc32", chunk: int = 1024 * 1024) -> bytes:
+def boto_body(
+    data: bytes, cls: type = Crc32Checksum, name: str = "x-amz-checksum-crc32", chunk: int = 1024 * 1024
+) -> bytes:
     return AwsChunkedWrapper(io.BytesIO(data), checksum_cls=cls, checksum_name=name, chunk_size=chunk).read()
 
 
-def decode(wire: bytes, length: int, splits: list[int] | None = None, trailers: tuple[str, ...] = ("x-amz-checksum-crc32",),
-           signer: ChunkSignatureVerifier | None = None) -> tuple[bytes, dict[str, str]]:
+def decode(
+    wire: bytes,
+    length: int,
+    splits: list[int] | None = None,
+    trailers: tuple[str, ...] = ("x-amz-checksum-crc32",),
+    signer: ChunkSignatureVerifier | None = None,
+) -> tuple[bytes, dict[str, str]]:
     dec = AwsChunkedDecoder(decoded_length=length, trailer_names=trailers, signer=signer)
     out = b""
     pos = 0
@@ -43,8 +50,16 @@ def test_boto3_bodies(size: int) -> None:
 
 def test_other_checksums() -> None:
     data = os.urandom(5000)
-    assert decode(boto_body(data, CrtCrc32cChecksum, "x-amz-checksum-crc32c"), 5000, trailers=("x-amz-checksum-crc32c",))[0] == data
-    assert decode(boto_body(data, Sha256Checksum, "x-amz-checksum-sha256"), 5000, trailers=("x-amz-checksum-sha256",))[0] == data
+    assert (
+        decode(boto_body(data, CrtCrc32cChecksum, "x-amz-checksum-crc32c"), 5000, trailers=("x-amz-checksum-crc32c",))[
+            0
+        ]
+        == data
+    )
+    assert (
+        decode(boto_body(data, Sha256Checksum, "x-amz-checksum-sha256"), 5000, trailers=("x-amz-checksum-sha256",))[0]
+        == data
+    )
 
 
 @settings(max_examples=60, deadline=None)
@@ -112,8 +127,16 @@ SEED = "4f232c4386841ef735655705268965c44a0e4690baa4adea153f7db9fa80a0a9"
 
 
 def _verified() -> VerifiedRequest:
-    return VerifiedRequest("t", "AKIDEXAMPLE", "STREAMING-AWS4-HMAC-SHA256-PAYLOAD", DATE, SCOPE,
-                           signing_key(SECRET, "20130524", "us-east-1", "s3"), SEED, False)
+    return VerifiedRequest(
+        "t",
+        "AKIDEXAMPLE",
+        "STREAMING-AWS4-HMAC-SHA256-PAYLOAD",
+        DATE,
+        SCOPE,
+        signing_key(SECRET, "20130524", "us-east-1", "s3"),
+        SEED,
+        False,
+    )
 
 
 def signed_stream(chunks: list[bytes]) -> bytes:
@@ -121,8 +144,16 @@ def signed_stream(chunks: list[bytes]) -> bytes:
     prev = SEED
     out = b""
     for c in [*chunks, b""]:
-        sts = "\n".join(["AWS4-HMAC-SHA256-PAYLOAD", DATE, SCOPE, prev, hashlib.sha256(b"").hexdigest(),
-                         hashlib.sha256(c).hexdigest()])
+        sts = "\n".join(
+            [
+                "AWS4-HMAC-SHA256-PAYLOAD",
+                DATE,
+                SCOPE,
+                prev,
+                hashlib.sha256(b"").hexdigest(),
+                hashlib.sha256(c).hexdigest(),
+            ]
+        )
         prev = hmac.new(key, sts.encode(), hashlib.sha256).hexdigest()
         out += f"{len(c):x};chunk-signature={prev}\r\n".encode() + c + b"\r\n"
     return out

@@ -307,9 +307,9 @@ async def test_tampered_wrapped(keyring: LocalKeyring) -> None:
         bad[i] ^= 0x80
         with pytest.raises(InvalidWrappedKey):
             await keyring.decrypt_data_key(dk.key_ref, bytes(bad), CTX)
-    for bad in (b"", dk.wrapped[:-1], dk.wrapped + b"\x00"):
+    for wrong_length in (b"", dk.wrapped[:-1], dk.wrapped + b"\x00"):
         with pytest.raises(InvalidWrappedKey):
-            await keyring.decrypt_data_key(dk.key_ref, bad, CTX)
+            await keyring.decrypt_data_key(dk.key_ref, wrong_length, CTX)
 
 
 async def test_wrong_key_ref(store: LocalKeyStore, keyring: LocalKeyring) -> None:

@@ -27,8 +27,9 @@ def lookup(akid: str) -> ClientCredentials | None:
     return CREDS if akid == AKID else None
 
 
-def signed(method: str, url: str, headers: dict[str, str] | None = None, body: bytes = b"",
-           secret: str = SECRET) -> tuple[str, CIMultiDict[str], dt.datetime]:
+def signed(
+    method: str, url: str, headers: dict[str, str] | None = None, body: bytes = b"", secret: str = SECRET
+) -> tuple[str, CIMultiDict[str], dt.datetime]:
     req = AWSRequest(method=method, url=url, headers=headers or {}, data=body)
     S3SigV4Auth(Credentials(AKID, secret), "s3", "us-east-1").add_auth(req)
     parts = urlsplit(req.url)
@@ -40,9 +41,14 @@ def signed(method: str, url: str, headers: dict[str, str] | None = None, body: b
 
 def boto_url(key: str) -> str:
     """The URL boto3 itself builds for a key (its own encoding)."""
-    s3 = boto3.client("s3", endpoint_url="https://gate.example:8443", aws_access_key_id=AKID,
-                      aws_secret_access_key=SECRET, region_name="us-east-1",
-                      config=Config(s3={"addressing_style": "path"}))
+    s3 = boto3.client(
+        "s3",
+        endpoint_url="https://gate.example:8443",
+        aws_access_key_id=AKID,
+        aws_secret_access_key=SECRET,
+        region_name="us-east-1",
+        config=Config(s3={"addressing_style": "path"}),
+    )
     return str(s3.generate_presigned_url("get_object", Params={"Bucket": "b", "Key": key})).split("?")[0]
 
 
@@ -63,9 +69,14 @@ def test_query_strings(query: str) -> None:
 
 
 def test_presigned_url() -> None:
-    s3 = boto3.client("s3", endpoint_url="https://gate.example:8443", aws_access_key_id=AKID,
-                      aws_secret_access_key=SECRET, region_name="us-east-1",
-                      config=Config(signature_version="s3v4", s3={"addressing_style": "path"}))
+    s3 = boto3.client(
+        "s3",
+        endpoint_url="https://gate.example:8443",
+        aws_access_key_id=AKID,
+        aws_secret_access_key=SECRET,
+        region_name="us-east-1",
+        config=Config(signature_version="s3v4", s3={"addressing_style": "path"}),
+    )
     url = s3.generate_presigned_url("get_object", Params={"Bucket": "b", "Key": "k y"}, ExpiresIn=60)
     parts = urlsplit(url)
     h = CIMultiDict({"Host": parts.netloc})
@@ -85,8 +96,9 @@ def test_query_auth_oracle() -> None:
     req = AWSRequest(method="PUT", url="https://gate.example/b/k", headers={})
     S3SigV4QueryAuth(Credentials(AKID, SECRET), "s3", "us-east-1", expires=300).add_auth(req)
     parts = urlsplit(req.url)
-    verify_request("PUT", f"{parts.path}?{parts.query}", CIMultiDict({"Host": parts.netloc}), lookup,
-                   dt.datetime.now(dt.UTC))
+    verify_request(
+        "PUT", f"{parts.path}?{parts.query}", CIMultiDict({"Host": parts.netloc}), lookup, dt.datetime.now(dt.UTC)
+    )
 
 
 def test_failures() -> None:
@@ -142,7 +154,9 @@ def test_payload_hash_check() -> None:
 @settings(max_examples=150, deadline=None)
 @given(st.text(max_size=200), st.text(max_size=80), st.text(max_size=40))
 def test_hostile_input_is_an_s3_error(auth: str, path: str, date: str) -> None:
-    h = CIMultiDict({"Host": "gate", "Authorization": auth, "x-amz-date": date, "x-amz-content-sha256": "UNSIGNED-PAYLOAD"})
+    h = CIMultiDict(
+        {"Host": "gate", "Authorization": auth, "x-amz-date": date, "x-amz-content-sha256": "UNSIGNED-PAYLOAD"}
+    )
     try:
         verify_request("GET", "/" + path, h, lookup, dt.datetime.now(dt.UTC))
     except S3Error:
@@ -150,12 +164,27 @@ def test_hostile_input_is_an_s3_error(auth: str, path: str, date: str) -> None:
 
 
 @settings(max_examples=100, deadline=None)
-@given(st.dictionaries(st.sampled_from(["X-Amz-Algorithm", "X-Amz-Credential", "X-Amz-Date", "X-Amz-Expires",
-                                        "X-Amz-SignedHeaders", "X-Amz-Signature"]), st.text(max_size=60)))
+@given(
+    st.dictionaries(
+        st.sampled_from(
+            [
+                "X-Amz-Algorithm",
+                "X-Amz-Credential",
+                "X-Amz-Date",
+                "X-Amz-Expires",
+                "X-Amz-SignedHeaders",
+                "X-Amz-Signature",
+            ]
+        ),
+        st.text(max_size=60),
+    )
+)
 def test_hostile_presign_is_an_s3_error(params: dict[str, str]) -> None:
     from urllib.parse import urlencode
 
     try:
-        verify_request("GET", "/b/k?" + urlencode(params), CIMultiDict({"Host": "gate"}), lookup, dt.datetime.now(dt.UTC))
+        verify_request(
+            "GET", "/b/k?" + urlencode(params), CIMultiDict({"Host": "gate"}), lookup, dt.datetime.now(dt.UTC)
+        )
     except S3Error:
         pass
