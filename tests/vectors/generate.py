@@ -1,0 +1,79 @@
+"""Regenerate tests/vectors/v1.json (run by hand; the tests only read the JSON).
+
+Everything random in the format (data key, salt, metadata nonce) is fixed here, so the vectors
+are reproducible; the body is fully determined by them.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from pathlib import Path
+
+from proxy.crypto.format import (
+    DEFAULT_SEGMENT_SIZE,
+    Envelope,
+    SealedMetadata,
+    commitment,
+    stream_key,
+)
+from proxy.crypto.segments import StreamEncryptor
+
+DATA_KEY = bytes(range(32))
+SALT = bytes(range(100, 132))
+
+
+def _seal_meta(meta: SealedMetadata, nonce: bytes) -> bytes:
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    from proxy.crypto.format import _hkdf
+
+    key = _hkdf(DATA_KEY, SALT, b"sealgate/1/meta")
+    return nonce + AESGCM(key).encrypt(nonce, meta.to_json(), b"sealgate/1/meta")
+
+
+def vector(name: str, size: int, *, tail_md5: bool = False, user: dict[str, str] | None = None) -> dict[str, object]:
+    plaintext = bytes(i % 251 for i in range(size))
+    md5 = hashlib.md5(plaintext).digest()
+    meta = SealedMetadata(user=user or {}, etag="tail" if tail_md5 else None)
+    env = Envelope(
+        key_ref="local:default:1",
+        wrapped_key=b"(wrapped by the keyring: not part of this vector)",
+        salt=SALT,
+        commitment=commitment(DATA_KEY, SALT),
+        segment_size=DEFAULT_SEGMENT_SIZE,
+        sealed=_seal_meta(meta, bytes(12)),
+    )
+    enc = StreamEncryptor(stream_key(DATA_KEY, SALT, 0), DEFAULT_SEGMENT_SIZE)
+    body = b"".join(enc.feed(plaintext)) + b"".join(enc.finish(md5 if tail_md5 else bytes(16)))
+    return {
+        "name": name,
+        "data_key_hex": DATA_KEY.hex(),
+        "metadata": {f"x-amz-meta-{k}": v for k, v in env.to_metadata().items()},
+        "plaintext": f"bytes(i % 251 for i in range({size}))",
+        "plaintext_sha256": hashlib.sha256(plaintext).hexdigest(),
+        "plaintext_length": size,
+        "stream_key_hex": stream_key(DATA_KEY, SALT, 0).hex(),
+        "commitment_hex": commitment(DATA_KEY, SALT).hex(),
+        "body_b64": base64.b64encode(body).decode(),
+        "body_sha256": hashlib.sha256(body).hexdigest(),
+        "user_metadata": user or {},
+        "etag": md5.hex() if tail_md5 else None,
+    }
+
+
+def main() -> None:
+    vectors = [
+        vector("empty", 0),
+        vector("one-byte", 1, user={"colour": "blue"}),
+        vector("fills-one-segment-with-digest-slot", DEFAULT_SEGMENT_SIZE - 16),
+        vector("digest-slot-spans-two-segments", DEFAULT_SEGMENT_SIZE - 10, tail_md5=True),
+        vector("three-segments", 2 * DEFAULT_SEGMENT_SIZE + 100, tail_md5=True),
+    ]
+    out = Path(__file__).with_name("v1.json")
+    out.write_text(json.dumps({"format": "sealgate/1", "vectors": vectors}, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
