@@ -1,0 +1,121 @@
+"""The `sealgate` command as a user runs it: quickstart, serve, certs, keys."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import client_for, free_port, wait_port
+
+SEALGATE = [sys.executable, "-m", "proxy.cli"]
+
+
+def run(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        SEALGATE + args, cwd=cwd, env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=60
+    )
+
+
+def test_quickstart_serves_encrypted_round_trip(tmp_path: Path) -> None:
+    port, backend_port = free_port(), free_port()
+    proc = subprocess.Popen(
+        [*SEALGATE, "quickstart", "--port", str(port), "--backend-port", str(backend_port)],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        wait_port(port, 60)
+        state = tmp_path / ".sealgate"
+        assert (state / "passphrase").stat().st_mode & 0o777 == 0o600
+        assert (state / "keyring").stat().st_mode & 0o777 == 0o600
+        akid, secret = (state / "client-credentials").read_text().split()[:2]
+        # The config file references the secret; it does not contain it.
+        assert secret not in (state / "sealgate.toml").read_text()
+        s3 = client_for(f"https://localhost:{port}", state / "certs" / "ca.pem", akid=akid, secret=secret)
+        s3.create_bucket(Bucket="demo")
+        s3.put_object(Bucket="demo", Key="k", Body=b"QUICKSTART-PLAINTEXT" * 100)
+        assert s3.get_object(Bucket="demo", Key="k")["Body"].read() == b"QUICKSTART-PLAINTEXT" * 100
+        from tests.conftest import backend_client
+
+        raw = backend_client(f"http://127.0.0.1:{backend_port}").get_object(Bucket="demo", Key="k")["Body"].read()
+        assert b"QUICKSTART" not in raw
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=30)
+    assert f"https://localhost:{port}" in out
+    assert "IN-MEMORY DEMO STORE" in out
+    assert "aws --endpoint-url" in out and "boto3.client" in out
+
+
+def test_bad_config_is_one_clear_line(tmp_path: Path) -> None:
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text('[server]\nlistne = "x"\n')
+    r = run(["serve", "--config", str(cfg)], tmp_path)
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "listne" in lines[0], r.stderr
+
+
+def test_certs_init(tmp_path: Path) -> None:
+    r = run(["certs", "init", "--dir", "certs", "--hostname", "gate.example"], tmp_path)
+    assert r.returncode == 0, r.stderr
+    for name in ("ca.pem", "ca-key.pem", "server.pem", "server-key.pem"):
+        assert (tmp_path / "certs" / name).exists()
+    assert (tmp_path / "certs" / "server-key.pem").stat().st_mode & 0o777 == 0o600
+    again = run(["certs", "init", "--dir", "certs"], tmp_path)
+    assert again.returncode != 0 and "--force" in again.stderr
+
+
+def test_keys_create_and_list(tmp_path: Path) -> None:
+    env = {"SEALGATE_KEYRING_PASSPHRASE": "a long passphrase"}
+    assert run(["keys", "create", "default", "--keyring", "kr"], tmp_path, env).returncode == 0
+    assert run(["keys", "create", "finance", "--keyring", "kr"], tmp_path, env).returncode == 0
+    dup = run(["keys", "create", "finance", "--keyring", "kr"], tmp_path, env)
+    assert dup.returncode != 0 and "finance" in dup.stderr
+    listed = run(["keys", "list", "--keyring", "kr"], tmp_path, env)
+    assert listed.returncode == 0
+    assert re.search(r"^default\s+1\s+1", listed.stdout, re.M) and "finance" in listed.stdout
+    wrong = run(["keys", "list", "--keyring", "kr"], tmp_path, {"SEALGATE_KEYRING_PASSPHRASE": "wrong"})
+    assert wrong.returncode != 0 and "passphrase" in wrong.stderr
+    assert "Traceback" not in wrong.stderr
+
+
+@pytest.mark.parametrize("missing", ["keyring"])
+def test_serve_refuses_missing_keyring(tmp_path: Path, missing: str) -> None:
+    from tests.conftest import CLIENT_AKID, CLIENT_SECRET
+
+    run(["certs", "init", "--dir", "certs"], tmp_path)
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f"""
+[server]
+listen = "127.0.0.1:{free_port()}"
+tls_cert = "certs/server.pem"
+tls_key = "certs/server-key.pem"
+[backend]
+endpoint = "http://127.0.0.1:1"
+region = "us-east-1"
+access_key_id = "a"
+secret_access_key = "b"
+[kms]
+provider = "local"
+keyring = "nope/keyring"
+passphrase_env = "PP"
+default_key = "default"
+[[clients]]
+name = "t"
+access_key_id = "{CLIENT_AKID}"
+secret_access_key = "{CLIENT_SECRET}"
+""")
+    start = time.monotonic()
+    r = run(["serve", "--config", str(cfg)], tmp_path, {"PP": "x"})
+    assert r.returncode == 2 and "keyring" in r.stderr and "Traceback" not in r.stderr
+    assert time.monotonic() - start < 30
