@@ -122,3 +122,22 @@ def test_no_data_key_or_plaintext_on_backend(stack: Stack, bucket: str) -> None:
     everything = body + repr(meta).encode()
     for needle in (b"TOP-SECRET", dk, base64.b64encode(dk), dk.hex().encode(), b"hidden-value"):
         assert needle not in everything
+
+
+def test_logs_hold_no_secrets(stack: Stack, bucket: str, caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    from tests.conftest import BACKEND_SECRET, CLIENT_SECRET, PASSPHRASE, client_for
+
+    caplog.set_level(logging.DEBUG)
+    s3 = stack.client()
+    s3.put_object(Bucket=bucket, Key="logged", Body=b"LOGGED-PLAINTEXT", Metadata={"m": "LOGGED-META"})
+    s3.get_object(Bucket=bucket, Key="logged")["Body"].read()
+    with pytest.raises(ClientError):
+        client_for(stack.gate.url, stack.ca_path, secret="wrong-secret-wrong-secret-0").get_object(
+            Bucket=bucket, Key="logged"
+        )
+    text = "\n".join(r.getMessage() for r in caplog.records if r.name.startswith(("sealgate", "proxy", "aiohttp")))
+    assert "logged" in text  # the access log is there ...
+    for secret in (CLIENT_SECRET, BACKEND_SECRET, PASSPHRASE, "LOGGED-PLAINTEXT", "LOGGED-META"):
+        assert secret not in text  # ... and holds none of these
