@@ -78,6 +78,9 @@ def certs_init(directory: Path, hostnames: tuple[str, ...], force: bool) -> None
     except FileExistsError as exc:
         _fail(f"{exc}; use --force to replace")
         return
+    except ValueError as exc:
+        _fail(str(exc))
+        return
     click.echo(f"CA certificate:     {paths.ca_cert}  (give this to clients)")
     click.echo(f"server certificate: {paths.server_cert}")
     click.echo(f"server key:         {paths.server_key}")

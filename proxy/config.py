@@ -42,13 +42,6 @@ from pydantic import (
     model_validator,
 )
 
-from proxy.crypto.format import (
-    DEFAULT_SEGMENT_SIZE,
-    MAX_SEGMENT_SIZE,
-    MIN_SEGMENT_SIZE,
-    valid_segment_size,
-)
-
 __all__ = [
     "BackendConfig",
     "BucketRule",
@@ -399,18 +392,10 @@ class ClientConfig(_Model):
 class EncryptionConfig(_Model):
     """``[encryption]``: how new objects are sealed."""
 
-    segment_size: StrictInt = DEFAULT_SEGMENT_SIZE
+    # The segment size is not configurable: format v1 writes 64 KiB segments, so that listings
+    # can turn stored sizes into plaintext sizes without reading each object's metadata.
     #: ``md5`` makes every upload's ETag the plaintext MD5 (costs an MD5 pass over the body).
     etag: Literal["auto", "md5"] = "auto"
-
-    @field_validator("segment_size")
-    @classmethod
-    def _check_segment_size(cls, size: int) -> int:
-        if not valid_segment_size(size):
-            raise ValueError(
-                f"must be a power of two from {MIN_SEGMENT_SIZE} (4 KiB) to {MAX_SEGMENT_SIZE} (4 MiB), got {size}"
-            )
-        return size
 
 
 class BucketRule(_Model):

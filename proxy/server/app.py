@@ -6,7 +6,7 @@ import logging
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from aiohttp import web
 
@@ -94,6 +94,7 @@ def _authenticate(request: web.Request) -> VerifiedRequest:
         request.headers,
         gw_lookup(gw),
         datetime.now(UTC),
+        max_skew=timedelta(seconds=gw.config.server.client_max_skew_seconds),
     )
     request[_VERIFIED] = verified
     return verified
