@@ -59,6 +59,15 @@ ALL_META: Final = (
 )
 
 LAYOUT_SINGLE: Final = "single"
+LAYOUT_MULTIPART: Final = "multipart"
+LAYOUTS: Final = (LAYOUT_SINGLE, LAYOUT_MULTIPART)
+
+#: Every part of a multipart object starts with this 32-byte header (in the clear; it is bound
+#: to the part's key, so altering it fails authentication):
+#: magic "SGP1" ‖ uint32_be(part number) ‖ uint64_be(plaintext length) ‖ 16-byte random salt.
+PART_MAGIC: Final = b"SGP1"
+PART_HEADER: Final = struct.Struct(">4sIQ16s")
+PART_HEADER_SIZE: Final = PART_HEADER.size
 
 #: Encryption-context entries that bind a wrapped data key to one bucket and object key.
 CONTEXT_BUCKET: Final = "sealgate:bucket"
@@ -68,6 +77,9 @@ _INFO_COMMIT: Final = b"sealgate/1/commit"
 _INFO_META: Final = b"sealgate/1/meta"
 _INFO_STREAM: Final = b"sealgate/1/stream"
 _META_AAD: Final = b"sealgate/1/meta"
+_INFO_PART: Final = b"sealgate/1/part"
+_INFO_MANIFEST: Final = b"sealgate/1/manifest"
+_INFO_UPLOAD_ID: Final = b"sealgate/1/upload-id"
 
 
 class FormatError(Exception):
@@ -96,6 +108,44 @@ def stream_key(data_key: bytes, salt: bytes, stream_number: int, stream_salt: by
     """The AES-256-GCM key of one stream (stream 0 for a single PUT; part numbers later)."""
     info = _INFO_STREAM + struct.pack(">I", stream_number) + stream_salt
     return _hkdf(data_key, salt, info)
+
+
+def part_key(data_key: bytes, salt: bytes, header: bytes) -> bytes:
+    """The AES-256-GCM key of one multipart part, bound to its whole header."""
+    return _hkdf(data_key, salt, _INFO_PART + header)
+
+
+def manifest_key(data_key: bytes, salt: bytes) -> bytes:
+    """Key that seals a multipart object's manifest."""
+    return _hkdf(data_key, salt, _INFO_MANIFEST)
+
+
+def upload_id_key(data_key: bytes, salt: bytes) -> bytes:
+    """Key that authenticates the upload id handed to the client."""
+    return _hkdf(data_key, salt, _INFO_UPLOAD_ID)
+
+
+@dataclass(frozen=True)
+class PartHeader:
+    """The clear header at the start of each stored part."""
+
+    number: int
+    length: int
+    salt: bytes
+
+    def pack(self) -> bytes:
+        """The 32 header bytes."""
+        return PART_HEADER.pack(PART_MAGIC, self.number, self.length, self.salt)
+
+    @classmethod
+    def unpack(cls, raw: bytes) -> PartHeader:
+        """Parse; IntegrityError when it is not a part header."""
+        if len(raw) != PART_HEADER_SIZE:
+            raise IntegrityError("part header has the wrong size")
+        magic, number, length, salt = PART_HEADER.unpack(raw)
+        if magic != PART_MAGIC:
+            raise IntegrityError("part header is missing")
+        return cls(number, length, salt)
 
 
 def segment_nonce(index: int, last: bool) -> bytes:
@@ -272,7 +322,7 @@ class Envelope:
             raise FormatError(f"sealgate metadata field {exc.args[0]} is missing") from exc
         except (ValueError, binascii.Error) as exc:
             raise FormatError(f"sealgate metadata is malformed: {exc}") from exc
-        if layout != LAYOUT_SINGLE:
+        if layout not in LAYOUTS:
             raise FormatError(f"unsupported layout {layout!r}")
         if len(salt) != SALT_SIZE or len(commit) != COMMIT_SIZE:
             raise FormatError("sealgate metadata has a salt or commitment of the wrong size")
@@ -310,3 +360,86 @@ def _b64(raw: bytes) -> str:
 
 def _unb64(text: str) -> bytes:
     return base64.b64decode(text.encode("ascii"), validate=True)
+
+
+def seal_blob(key: bytes, plaintext: bytes, aad: bytes) -> bytes:
+    """nonce ‖ AES-256-GCM(key, nonce, plaintext, aad) with a random nonce."""
+    nonce = os.urandom(12)
+    return nonce + AESGCM(key).encrypt(nonce, plaintext, aad)
+
+
+def open_blob(key: bytes, sealed: bytes, aad: bytes) -> bytes:
+    """Inverse of `seal_blob`; IntegrityError when altered."""
+    if len(sealed) < 12 + TAG_SIZE:
+        raise IntegrityError("sealed blob is too short")
+    try:
+        return AESGCM(key).decrypt(sealed[:12], sealed[12:], aad)
+    except InvalidTag as exc:
+        raise IntegrityError("sealed blob failed authentication") from exc
+
+
+@dataclass(frozen=True)
+class ManifestPart:
+    """One part of a completed multipart object."""
+
+    number: int
+    length: int
+    #: The part ETag the client was given (unquoted).
+    etag: str
+    #: True when `etag` is the MD5 of the part's plaintext, which its digest slot then holds.
+    md5: bool = False
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """What a completed multipart object consists of; sealed, stored beside the object."""
+
+    parts: tuple[ManifestPart, ...]
+    #: The ETag the backend gives the completed object: binds the exact stored parts.
+    backend_etag: str
+    #: The ETag sealgate returns for the object (S3's multipart form).
+    etag: str
+
+    @property
+    def size(self) -> int:
+        """Plaintext size of the whole object."""
+        return sum(p.length for p in self.parts)
+
+    def to_json(self) -> bytes:
+        doc = {
+            "v": 1,
+            "p": [[p.number, p.length, p.etag, p.md5] for p in self.parts],
+            "b": self.backend_etag,
+            "e": self.etag,
+        }
+        return json.dumps(doc, separators=(",", ":")).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> Manifest:
+        try:
+            doc = json.loads(raw)
+            if doc.get("v") != 1:
+                raise FormatError("unsupported manifest version")
+            parts = tuple(ManifestPart(int(n), int(length), str(e), bool(m)) for n, length, e, m in doc["p"])
+            return cls(parts, str(doc["b"]), str(doc["e"]))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise FormatError("manifest is malformed") from exc
+
+    def seal(self, data_key: bytes, salt: bytes) -> bytes:
+        """The sealed manifest."""
+        return seal_blob(manifest_key(data_key, salt), self.to_json(), _INFO_MANIFEST)
+
+    @classmethod
+    def open(cls, data_key: bytes, salt: bytes, sealed: bytes) -> Manifest:
+        """Open a sealed manifest; IntegrityError when altered."""
+        return cls.from_json(open_blob(manifest_key(data_key, salt), sealed, _INFO_MANIFEST))
+
+
+def part_ciphertext_length(layout: Layout, plaintext_length: int) -> int:
+    """Stored size of one multipart part."""
+    return PART_HEADER_SIZE + layout.ciphertext_length(plaintext_length)
+
+
+def part_plaintext_length(layout: Layout, ciphertext_length: int) -> int:
+    """Inverse of `part_ciphertext_length`; FormatError when impossible."""
+    return layout.plaintext_length(ciphertext_length - PART_HEADER_SIZE)

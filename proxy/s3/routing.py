@@ -118,6 +118,8 @@ _NEUTRAL = {
     "version-id-marker",
     "max-uploads",
     "upload-id-marker",
+    "max-parts",
+    "part-number-marker",
 }
 
 
@@ -131,7 +133,7 @@ def _operation(method: str, bucket: str | None, key: str | None, query: Mapping[
         if subresources:
             if method == "GET" and len(subresources) == 1 and subresources[0] in _BUCKET_GET_OPS:
                 op = _BUCKET_GET_OPS[subresources[0]]
-                if op == "GetBucketLocation":
+                if op in ("GetBucketLocation", "ListMultipartUploads"):
                     return op
             raise S3Error(
                 "NotImplemented",
@@ -143,6 +145,19 @@ def _operation(method: str, bucket: str | None, key: str | None, query: Mapping[
         if method in ops:
             return ops[method]
         raise S3Error("MethodNotAllowed", f"{method} is not allowed on a bucket", 405)
+    if subresources == ["uploads"] and method == "POST":
+        return "CreateMultipartUpload"
+    if subresources == ["uploadId"]:
+        ops = {
+            "PUT": "UploadPart",
+            "POST": "CompleteMultipartUpload",
+            "DELETE": "AbortMultipartUpload",
+            "GET": "ListParts",
+        }
+        if method in ops:
+            if method == "PUT" and "partNumber" not in query:
+                raise S3Error("InvalidArgument", "UploadPart needs partNumber", 400)
+            return ops[method]
     if subresources:
         raise S3Error(
             "NotImplemented",

@@ -17,7 +17,7 @@ from proxy.kms.base import Keyring, KeyringError
 from proxy.s3.errors import S3Error
 from proxy.s3.routing import Route, route
 from proxy.s3.sigv4 import ClientCredentials, VerifiedRequest, verify_request
-from proxy.server import buckets, objects
+from proxy.server import buckets, multipart, objects
 from proxy.server.state import Gateway
 
 log = logging.getLogger("sealgate.access")
@@ -165,7 +165,10 @@ async def _run(gw: Gateway, request: web.Request, r: Route, verified: VerifiedRe
             return await buckets.get_bucket_location(gw, request, bucket)
         if op in ("ListObjects", "ListObjectsV2"):
             return await buckets.list_objects(gw, request, bucket)
+        if op == "ListMultipartUploads":
+            return await multipart.list_uploads(gw, request, bucket)
     else:
+        objects.check_reserved(key)
         if op == "PutObject":
             if "x-amz-copy-source" in request.headers:
                 raise S3Error("NotImplemented", "CopyObject is not implemented by sealgate yet", 501)
@@ -176,6 +179,16 @@ async def _run(gw: Gateway, request: web.Request, r: Route, verified: VerifiedRe
             return await objects.head_object(gw, request, bucket, key)
         if op == "DeleteObject":
             return await objects.delete_object(gw, request, bucket, key)
+        if op == "CreateMultipartUpload":
+            return await multipart.create(gw, request, bucket, key)
+        if op == "UploadPart":
+            return await multipart.upload_part(gw, request, bucket, key, verified)
+        if op == "CompleteMultipartUpload":
+            return await multipart.complete(gw, request, bucket, key)
+        if op == "AbortMultipartUpload":
+            return await multipart.abort(gw, request, bucket, key)
+        if op == "ListParts":
+            return await multipart.list_parts(gw, request, bucket, key)
     raise S3Error("NotImplemented", f"{op} is not implemented by sealgate", 501)
 
 

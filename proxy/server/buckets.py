@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from contextlib import suppress
 from xml.etree.ElementTree import Element, register_namespace, tostring
 
@@ -10,7 +11,7 @@ from defusedxml import ElementTree
 
 from proxy.crypto.format import DEFAULT_SEGMENT_SIZE, FormatError, Layout
 from proxy.s3.errors import S3Error
-from proxy.server.objects import opaque_etag
+from proxy.server.objects import RESERVED_PREFIX, opaque_etag, record_key
 from proxy.server.state import Gateway
 
 S3_NS = "http://s3.amazonaws.com/doc/2006-03-01/"
@@ -88,21 +89,67 @@ _LIST_PARAMS = (
 )
 
 
-def rewrite_listing(xml: bytes) -> bytes:
-    """Show plaintext sizes and non-MD5 ETags in a ListObjects(V2) document."""
-    root = ElementTree.fromstring(xml)
+def _ns(tag: str) -> str:
+    return f"{{{S3_NS}}}{tag}"
+
+
+def multipart_entries(root: Element) -> list[tuple[str, str]]:
+    """(key, backend ETag) of listed objects stored as multipart uploads (ETag ``…-N``)."""
+    out = []
+    for contents in root.iter(_ns("Contents")):
+        key = contents.findtext(_ns("Key")) or ""
+        etag = (contents.findtext(_ns("ETag")) or "").strip().strip('"')
+        if "-" in etag and not key.startswith(RESERVED_PREFIX):
+            out.append((key, etag))
+    return out
+
+
+def rewrite_listing(root: Element, multipart_sizes: dict[str, int]) -> bytes:
+    """Plaintext sizes, non-MD5 ETags, and no trace of sealgate's reserved prefix."""
     layout = Layout(DEFAULT_SEGMENT_SIZE)
-    for contents in root.iter(f"{{{S3_NS}}}Contents"):
-        size_el = contents.find(f"{{{S3_NS}}}Size")
-        etag_el = contents.find(f"{{{S3_NS}}}ETag")
-        if size_el is not None and size_el.text and size_el.text.strip().isdigit():
+    hidden = 0
+    for contents in list(root.iter(_ns("Contents"))):
+        key = contents.findtext(_ns("Key")) or ""
+        if key.startswith(RESERVED_PREFIX):
+            root.remove(contents)
+            hidden += 1
+            continue
+        size_el = contents.find(_ns("Size"))
+        etag_el = contents.find(_ns("ETag"))
+        if key in multipart_sizes and size_el is not None:
+            size_el.text = str(multipart_sizes[key])
+        elif size_el is not None and size_el.text and size_el.text.strip().isdigit():
             # An object that is not sealgate's (migration buckets) is shown as stored.
             with suppress(FormatError):
                 size_el.text = str(layout.plaintext_length(int(size_el.text)))
         if etag_el is not None and etag_el.text:
             etag_el.text = opaque_etag(etag_el.text)
-    out: bytes = tostring(_as_element(root), encoding="utf-8", xml_declaration=True)
+    for prefix in list(root.iter(_ns("CommonPrefixes"))):
+        if (prefix.findtext(_ns("Prefix")) or "").startswith(RESERVED_PREFIX):
+            root.remove(prefix)
+            hidden += 1
+    count = root.find(_ns("KeyCount"))
+    if count is not None and count.text and count.text.isdigit():
+        count.text = str(max(0, int(count.text) - hidden))
+    out: bytes = tostring(root, encoding="utf-8", xml_declaration=True)
     return out
+
+
+async def _multipart_sizes(gw: Gateway, bucket: str, entries: list[tuple[str, str]]) -> dict[str, int]:
+    """Plaintext sizes of multipart objects, from their manifests' clear size field."""
+    sem = asyncio.Semaphore(16)
+    sizes: dict[str, int] = {}
+
+    async def one(key: str, etag: str) -> None:
+        async with sem:
+            resp = await gw.backend.request("HEAD", bucket, record_key(key, etag))
+            resp.release()
+            raw = resp.headers.get("x-amz-meta-sg-size", "")
+            if resp.status == 200 and raw.isdigit():
+                sizes[key] = int(raw)
+
+    await asyncio.gather(*(one(k, e) for k, e in entries))
+    return sizes
 
 
 def _as_element(node: object) -> Element:
@@ -121,7 +168,8 @@ async def list_objects(gw: Gateway, request: web.Request, bucket: str) -> web.St
     finally:
         resp.release()
     try:
-        body = rewrite_listing(data)
+        root = _as_element(ElementTree.fromstring(data))
     except Exception as exc:  # noqa: BLE001 - any malformed listing from the backend
         raise S3Error("BadGateway", "backend sent a malformed listing", 502) from exc
+    body = rewrite_listing(root, await _multipart_sizes(gw, bucket, multipart_entries(root)))
     return web.Response(status=200, body=body, headers={"Content-Type": _XML})

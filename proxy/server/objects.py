@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import os
 import re
@@ -17,12 +18,14 @@ from proxy.backend import BackendResponse
 from proxy.crypto.format import (
     DEFAULT_SEGMENT_SIZE,
     DIGEST_SLOT,
+    LAYOUT_MULTIPART,
     LAYOUT_SINGLE,
     SALT_SIZE,
     Envelope,
     FormatError,
     IntegrityError,
     Layout,
+    Manifest,
     SealedMetadata,
     commitment,
     encryption_context,
@@ -31,6 +34,7 @@ from proxy.crypto.format import (
     seal_metadata,
     stream_key,
 )
+from proxy.crypto.multipart import MultipartDecryptor, stored_length
 from proxy.crypto.segments import StreamDecryptor, StreamEncryptor, read_digest_slot
 from proxy.kms.base import KeyringError
 from proxy.s3.errors import S3Error
@@ -43,6 +47,7 @@ log = logging.getLogger(__name__)
 
 MAX_PUT_SIZE = 5 * 1024**3
 MAX_USER_METADATA = 2048
+RESERVED_PREFIX = ".sealgate/"
 ETAG_TAIL = "tail"
 
 #: Request headers stored with the object as they are (S3 object properties).
@@ -105,49 +110,18 @@ def _keyring_error(exc: KeyringError) -> S3Error:
     return S3Error(exc.code, exc.message, exc.status)
 
 
-async def put_object(
-    gw: Gateway, request: web.Request, bucket: str, key: str, verified: VerifiedRequest
-) -> web.StreamResponse:
-    """Encrypt the body as it streams in and store it with its envelope metadata."""
-    if "If-Match" in request.headers:
-        raise S3Error("NotImplemented", "conditional PutObject with If-Match is not supported")
-    body = PlaintextBody(
-        request.content,
-        request.headers,
-        verified,
-        want_md5=gw.config.encryption.etag == "md5"
-        or (verified.payload_hash not in ("UNSIGNED-PAYLOAD",) and not verified.payload_hash.startswith("STREAMING-")),
+def wants_md5(gw: Gateway, verified: VerifiedRequest) -> bool:
+    """Whether to compute the plaintext MD5 although no Content-MD5 came: the client signed a
+    hex SHA-256 payload (such clients compare ETags with MD5s) or the config asks for it."""
+    payload = verified.payload_hash
+    return gw.config.encryption.etag == "md5" or (
+        payload != "UNSIGNED-PAYLOAD" and not payload.startswith("STREAMING-")
     )
-    if body.length > MAX_PUT_SIZE:
-        raise S3Error("EntityTooLarge", "Your proposed upload exceeds the maximum allowed size", 400)
-    user_meta = _user_metadata(request)
-    ctx = encryption_context(bucket, key)
-    try:
-        data_key = await gw.keyring.generate_data_key(gw.config.key_for_bucket(bucket), ctx)
-    except KeyringError as exc:
-        raise _keyring_error(exc) from exc
 
-    if body.content_md5 is not None:
-        etag_field: str | None = body.content_md5.hex()
-    elif body.md5_wanted:
-        etag_field = ETAG_TAIL
-    else:
-        etag_field = None
-    salt = os.urandom(SALT_SIZE)
-    sealed = seal_metadata(data_key.plaintext, salt, SealedMetadata(user=user_meta, etag=etag_field))
-    env = Envelope(
-        key_ref=data_key.key_ref,
-        wrapped_key=data_key.wrapped,
-        salt=salt,
-        commitment=commitment(data_key.plaintext, salt),
-        segment_size=DEFAULT_SEGMENT_SIZE,
-        sealed=sealed,
-        layout=LAYOUT_SINGLE,
-    )
-    headers = {f"x-amz-meta-{k}": v for k, v in env.to_metadata().items()}
-    for name in _STORED_HEADERS:
-        if name in request.headers:
-            headers[name] = request.headers[name]
+
+def stored_headers(request: web.Request) -> dict[str, str]:
+    """The client's content headers that the backend keeps as object properties."""
+    headers = {name: request.headers[name] for name in _STORED_HEADERS if name in request.headers}
     encoding = [
         t.strip()
         for t in request.headers.get("Content-Encoding", "").split(",")
@@ -155,35 +129,66 @@ async def put_object(
     ]
     if encoding:
         headers["Content-Encoding"] = ",".join(encoding)
-    if request.headers.get("If-None-Match") == "*":
-        headers["If-None-Match"] = "*"
+    return headers
 
-    layout = Layout(env.segment_size)
-    encryptor = StreamEncryptor(stream_key(data_key.plaintext, salt, 0), env.segment_size)
+
+async def new_envelope(
+    gw: Gateway, request: web.Request, bucket: str, key: str, *, layout: str, etag_field: str | None
+) -> tuple[bytes, Envelope]:
+    """A fresh data key (KMS first: nothing is sent to the backend if it fails) and envelope."""
+    user_meta = _user_metadata(request)
+    try:
+        data_key = await gw.keyring.generate_data_key(gw.config.key_for_bucket(bucket), encryption_context(bucket, key))
+    except KeyringError as exc:
+        raise _keyring_error(exc) from exc
+    salt = os.urandom(SALT_SIZE)
+    env = Envelope(
+        key_ref=data_key.key_ref,
+        wrapped_key=data_key.wrapped,
+        salt=salt,
+        commitment=commitment(data_key.plaintext, salt),
+        segment_size=DEFAULT_SEGMENT_SIZE,
+        sealed=seal_metadata(data_key.plaintext, salt, SealedMetadata(user=user_meta, etag=etag_field)),
+        layout=layout,
+    )
+    return data_key.plaintext, env
+
+
+async def send_sealed(
+    gw: Gateway,
+    bucket: str,
+    key: str,
+    body: PlaintextBody,
+    encryptor: StreamEncryptor,
+    *,
+    prefix: bytes = b"",
+    digest_md5: bool,
+    headers: dict[str, str],
+    query: list[tuple[str, str]] | None = None,
+) -> BackendResponse:
+    """PUT `prefix` and the encrypted body to the backend, holding back the final segment until
+    every check on the client's body has passed (without it the backend never receives
+    Content-Length bytes, so a failed check stores nothing)."""
     failure: list[BaseException] = []
 
     async def ciphertext() -> AsyncIterator[bytes]:
         try:
+            if prefix:
+                yield prefix
             async for piece in body:
                 for segment in encryptor.feed(piece):
                     yield segment
-            digest = body.md5 if etag_field == ETAG_TAIL and body.md5 else b"\x00" * DIGEST_SLOT
-            # Only now, with every client assertion checked, may the final segment go out:
-            # without it the backend never receives Content-Length bytes and stores nothing.
+            digest = body.md5 if digest_md5 and body.md5 else b"\x00" * DIGEST_SLOT
             for segment in encryptor.finish(digest):
                 yield segment
         except BaseException as exc:
             failure.append(exc)
             raise
 
+    length = len(prefix) + Layout(DEFAULT_SEGMENT_SIZE).ciphertext_length(body.length)
     try:
         resp = await gw.backend.request(
-            "PUT",
-            bucket,
-            key,
-            headers=headers,
-            body=ciphertext(),
-            content_length=layout.ciphertext_length(body.length),
+            "PUT", bucket, key, query=query or [], headers=headers, body=ciphertext(), content_length=length
         )
     except BaseException:
         if failure:
@@ -194,15 +199,46 @@ async def put_object(
         raise failure[0]
     if resp.status >= 300:
         raise await resp.error()
-    backend_etag = resp.headers.get("ETag", "")
     resp.release()
+    return resp
+
+
+def _put_etag_field(body: PlaintextBody) -> str | None:
+    if body.content_md5 is not None:
+        return body.content_md5.hex()
+    return ETAG_TAIL if body.md5_wanted else None
+
+
+def check_reserved(key: str) -> None:
+    """Keys under sealgate's own prefix are not for clients."""
+    if key.startswith(RESERVED_PREFIX):
+        raise S3Error("AccessDenied", f"keys under {RESERVED_PREFIX} are reserved by sealgate", 403)
+
+
+async def put_object(
+    gw: Gateway, request: web.Request, bucket: str, key: str, verified: VerifiedRequest
+) -> web.StreamResponse:
+    """Encrypt the body as it streams in and store it with its envelope metadata."""
+    if "If-Match" in request.headers:
+        raise S3Error("NotImplemented", "conditional PutObject with If-Match is not supported")
+    body = PlaintextBody(request.content, request.headers, verified, want_md5=wants_md5(gw, verified))
+    if body.length > MAX_PUT_SIZE:
+        raise S3Error("EntityTooLarge", "Your proposed upload exceeds the maximum allowed size", 400)
+    etag_field = _put_etag_field(body)
+    data_key, env = await new_envelope(gw, request, bucket, key, layout=LAYOUT_SINGLE, etag_field=etag_field)
+    headers = {f"x-amz-meta-{k}": v for k, v in env.to_metadata().items()}
+    headers.update(stored_headers(request))
+    if request.headers.get("If-None-Match") == "*":
+        headers["If-None-Match"] = "*"
+    encryptor = StreamEncryptor(stream_key(data_key, env.salt, 0), env.segment_size)
+    resp = await send_sealed(gw, bucket, key, body, encryptor, digest_md5=etag_field == ETAG_TAIL, headers=headers)
     if etag_field == ETAG_TAIL:
         assert body.md5 is not None
         etag = f'"{body.md5.hex()}"'
     elif etag_field is not None:
         etag = f'"{etag_field}"'
     else:
-        etag = opaque_etag(backend_etag)
+        etag = opaque_etag(resp.headers.get("ETag", ""))
     out = web.Response(status=200, headers={"ETag": etag})
     for name, value in body.checksums.items():
         out.headers[name] = value
@@ -220,6 +256,7 @@ class _Opened:
     meta: SealedMetadata
     plaintext_length: int
     etag: str
+    manifest: Manifest | None = None
 
 
 def _total_length(resp: BackendResponse) -> tuple[int, int]:
@@ -247,6 +284,11 @@ async def _open(gw: Gateway, bucket: str, key: str, resp: BackendResponse, total
     try:
         env.check_commitment(data_key)
         sealed = open_metadata(data_key, env.salt, env.sealed)
+        if env.layout == LAYOUT_MULTIPART:
+            manifest = await _manifest(gw, bucket, key, resp, data_key, env.salt)
+            if stored_length(manifest, layout) != total:
+                raise IntegrityError("stored size differs from the manifest's parts")
+            return _Opened(env, data_key, sealed, manifest.size, f'"{manifest.etag}"', manifest)
         plain_len = layout.plaintext_length(total)
     except FormatError as exc:
         raise S3Error("ObjectIntegrityError", f"stored object failed authentication: {exc}", 500) from exc
@@ -257,6 +299,33 @@ async def _open(gw: Gateway, bucket: str, key: str, resp: BackendResponse, total
     else:
         etag = opaque_etag(resp.headers.get("ETag", ""))
     return _Opened(env, data_key, sealed, plain_len, etag)
+
+
+def record_key(key: str, backend_etag: str) -> str:
+    """Where the manifest of the object stored as `key` with this backend ETag lives."""
+    digest = hashlib.sha256(key.encode()).hexdigest()
+    return f"{RESERVED_PREFIX}mp/{digest}/{backend_etag.strip().strip(chr(34))}"
+
+
+async def _manifest(
+    gw: Gateway, bucket: str, key: str, resp: BackendResponse, data_key: bytes, salt: bytes
+) -> Manifest:
+    """The sealed manifest of a multipart object; it must name the ETag the backend reports."""
+    etag = resp.headers.get("ETag", "").strip().strip('"')
+    rec = await gw.backend.request("GET", bucket, record_key(key, etag))
+    if rec.status == 404:
+        rec.release()
+        raise IntegrityError("the multipart manifest for this object is missing")
+    if rec.status >= 300:
+        raise await rec.error()
+    try:
+        sealed = await rec.read()
+    finally:
+        rec.release()
+    manifest = Manifest.open(data_key, salt, sealed)
+    if manifest.backend_etag != etag:
+        raise IntegrityError("the stored parts are not the ones the manifest names")
+    return manifest
 
 
 async def _digest_slot(gw: Gateway, bucket: str, key: str, env: Envelope, data_key: bytes, plain_len: int) -> bytes:
@@ -442,6 +511,8 @@ async def _stream_object(
     layout = Layout(opened.envelope.segment_size)
     headers = _object_headers(resp, opened)
     _response_overrides(request, headers)
+    if opened.manifest is not None:
+        return await _stream_multipart(gw, request, bucket, key, resp, opened, rng, headers)
     if rng is None:
         # A full read authenticates through the final segment, so truncation is always seen.
         span = dataclasses.replace(layout.span(0, size + DIGEST_SLOT, size), length=size)
@@ -480,6 +551,89 @@ async def _stream_object(
         log.warning("backend read failed mid-body on GET /%s/%s: %s", bucket, key, exc.__class__.__name__)
         _abort(request)
         return out
+    await out.write_eof()
+    return out
+
+
+async def _ranged(gw: Gateway, bucket: str, key: str, etag: str, start: int, end: int) -> BackendResponse:
+    """Backend bytes [start, end) of the object that still has this ETag."""
+    resp = await gw.backend.request("GET", bucket, key, headers={"Range": f"bytes={start}-{end - 1}", "If-Match": etag})
+    if resp.status == 412:
+        resp.release()
+        raise S3Error("ServiceUnavailable", "the object changed while it was read; retry", 503)
+    if resp.status >= 300:
+        raise await resp.error()
+    return resp
+
+
+async def _stream_multipart(
+    gw: Gateway,
+    request: web.Request,
+    bucket: str,
+    key: str,
+    resp: BackendResponse,
+    opened: _Opened,
+    rng: tuple[int, int] | None,
+    headers: dict[str, str],
+) -> web.StreamResponse:
+    """Serve a multipart object: the whole (each part's digest checked) or any range."""
+    assert opened.manifest is not None
+    size = opened.plaintext_length
+    start, end = rng or (0, size)
+    status = 200
+    if rng is not None:
+        status = 206
+        headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
+    headers["Content-Length"] = str(end - start)
+    layout = Layout(opened.envelope.segment_size)
+    dec = MultipartDecryptor(
+        opened.data_key, opened.envelope.salt, layout, opened.manifest, start, max(end, start), full=rng is None
+    )
+    etag = resp.headers.get("ETag", "")
+    source = resp
+    skip = 0
+    if rng is not None or resp.status != 200:
+        resp.close()
+        if dec.header_range:
+            h = await _ranged(gw, bucket, key, etag, *dec.header_range)
+            try:
+                raw = await h.read()
+            finally:
+                h.release()
+            try:
+                dec.set_first_header(raw[: dec.header_range[1] - dec.header_range[0]])
+            except FormatError as exc:
+                raise S3Error("ObjectIntegrityError", f"stored object failed authentication: {exc}", 500) from exc
+        source = await _ranged(gw, bucket, key, etag, *dec.fetch_range)
+        first, _ = _total_length(source)
+        skip = dec.fetch_range[0] - first
+    remaining = dec.fetch_range[1] - dec.fetch_range[0]
+    out = web.StreamResponse(status=status, headers=headers)
+    await out.prepare(request)
+    try:
+        async for chunk in source.raw.content.iter_any():
+            view = memoryview(chunk)
+            if skip:
+                take = min(skip, len(view))
+                view = view[take:]
+                skip -= take
+            view = view[:remaining]
+            remaining -= len(view)
+            for piece in dec.feed(view):
+                await out.write(piece)
+            if remaining == 0:
+                break
+        dec.finish()
+    except (IntegrityError, FormatError) as exc:
+        log.error("integrity failure on GET /%s/%s: %s; aborting the response", bucket, key, exc)
+        _abort(request)
+        return out
+    except Exception as exc:  # noqa: BLE001 - backend read errors mid-body
+        log.warning("backend read failed mid-body on GET /%s/%s: %s", bucket, key, exc.__class__.__name__)
+        _abort(request)
+        return out
+    finally:
+        source.close()
     await out.write_eof()
     return out
 

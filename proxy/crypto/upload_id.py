@@ -1,0 +1,74 @@
+"""Upload ids that carry, authenticated, what every replica needs to serve an upload.
+
+``SG1`` ‖ base64url(lp(backend upload id) ‖ lp(key ref) ‖ lp(wrapped data key) ‖ salt(32) ‖ mac(16))
+with ``lp(x) = uint16_be(len(x)) ‖ x`` and mac = HMAC-SHA256(upload-id key, bucket ‖ 0 ‖ key ‖ 0 ‖
+everything before the mac)[:16]. The upload-id key derives from the data key, which only unwraps
+for this bucket and key: a client can neither forge an id nor move one to another object.
+"""
+
+from __future__ import annotations
+
+import base64
+import hmac
+import struct
+from dataclasses import dataclass, field
+from hashlib import sha256
+
+from proxy.crypto.format import SALT_SIZE, FormatError, upload_id_key
+
+PREFIX = "SG1"
+_MAC = 16
+
+
+@dataclass(frozen=True)
+class UploadId:
+    """The fields an upload id carries."""
+
+    backend_id: str
+    key_ref: str
+    wrapped_key: bytes
+    salt: bytes
+    mac: bytes = field(default=b"", repr=False)
+
+    def _body(self) -> bytes:
+        out = b""
+        for item in (self.backend_id.encode(), self.key_ref.encode(), self.wrapped_key):
+            out += struct.pack(">H", len(item)) + item
+        return out + self.salt
+
+    def _mac(self, data_key: bytes, bucket: str, key: str) -> bytes:
+        msg = bucket.encode() + b"\0" + key.encode() + b"\0" + self._body()
+        return hmac.new(upload_id_key(data_key, self.salt), msg, sha256).digest()[:_MAC]
+
+    def encode(self, data_key: bytes, bucket: str, key: str) -> str:
+        """The id handed to the client."""
+        raw = self._body() + self._mac(data_key, bucket, key)
+        return PREFIX + base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+    def verify(self, data_key: bytes, bucket: str, key: str) -> None:
+        """FormatError unless this id was made by sealgate for this bucket and key."""
+        if not hmac.compare_digest(self._mac(data_key, bucket, key), self.mac):
+            raise FormatError("upload id is not valid for this object")
+
+    @classmethod
+    def decode(cls, text: str) -> UploadId:
+        """Parse (not yet authenticated: call `verify` with the unwrapped data key)."""
+        if not text.startswith(PREFIX):
+            raise FormatError("not a sealgate upload id")
+        try:
+            raw = base64.urlsafe_b64decode(text[len(PREFIX) :] + "=" * (-len(text) % 4))
+            items: list[bytes] = []
+            pos = 0
+            for _ in range(3):
+                (n,) = struct.unpack_from(">H", raw, pos)
+                items.append(raw[pos + 2 : pos + 2 + n])
+                if len(items[-1]) != n:
+                    raise ValueError("short")
+                pos += 2 + n
+            salt = raw[pos : pos + SALT_SIZE]
+            mac = raw[pos + SALT_SIZE :]
+            if len(salt) != SALT_SIZE or len(mac) != _MAC:
+                raise ValueError("bad length")
+            return cls(items[0].decode(), items[1].decode(), items[2], salt, mac)
+        except (ValueError, struct.error, UnicodeDecodeError) as exc:
+            raise FormatError("malformed upload id") from exc
