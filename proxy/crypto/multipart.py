@@ -100,6 +100,10 @@ class MultipartDecryptor:
             self._steps.append(_Step(p, first_segment == 0 or bool(self._steps), s, e, e - s))
         if not self._steps:
             raise ValueError("empty range")
+        for step in self._steps[:-1]:
+            # A part the range runs past is read to its end, digest slot included: its last
+            # segment(s) lie between this part's data and the next part's header.
+            step.end = step.part.length + DIGEST_SLOT
         first = self._steps[0]
         self.header_range: tuple[int, int] | None = None
         if first.inline_header:

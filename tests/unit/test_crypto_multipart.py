@@ -119,3 +119,11 @@ def test_manifest_seal() -> None:
     assert Manifest.open(DK, SALT, sealed) == m
     with pytest.raises(IntegrityError):
         Manifest.open(bytes(32), SALT, sealed)
+
+
+@pytest.mark.parametrize("size", [SEG, 2 * SEG, SEG - 16, SEG - 10, SEG - 17])
+def test_range_across_parts_at_awkward_sizes(size: int) -> None:
+    # Sizes where the digest slot fills or spills into a segment of its own.
+    plain, body, m = build([size, size, 7])
+    for a, b in [(size - 3, size + 3), (1, 2 * size + 7), (size - 1, size)]:
+        assert read(body, m, a, b) == plain[a:b], (size, a, b)
