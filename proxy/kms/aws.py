@@ -198,6 +198,22 @@ class AwsKmsKeyring:
             raise KeyUnavailable(f"KMS GenerateDataKey with key {key_id!r}: malformed response")
         return DataKey(plaintext=plaintext, wrapped=wrapped, key_ref=arn)
 
+    async def wrap_data_key(self, key_id: str, plaintext: bytes, context: Mapping[str, str]) -> DataKey:
+        """KMS Encrypt of an existing data key under `key_id` with `context` (copies, rewrap)."""
+        resp = await self._call(
+            "Encrypt",
+            key_id,
+            self._client.encrypt,
+            KeyId=key_id,
+            Plaintext=plaintext,
+            EncryptionContext=dict(context),
+        )
+        wrapped = resp.get("CiphertextBlob")
+        arn = resp.get("KeyId")
+        if not isinstance(wrapped, bytes) or not wrapped or not isinstance(arn, str) or not arn:
+            raise KeyUnavailable(f"KMS Encrypt with key {key_id!r}: malformed response")
+        return DataKey(plaintext=plaintext, wrapped=wrapped, key_ref=arn)
+
     async def decrypt_data_key(self, key_ref: str, wrapped: bytes, context: Mapping[str, str]) -> bytes:
         """Decrypt `wrapped` with KeyId pinned to `key_ref` and exactly `context`."""
         resp = await self._call(

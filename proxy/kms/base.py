@@ -59,6 +59,10 @@ class Keyring(Protocol):
         """Unwrap `wrapped` (made by this keyring under `key_ref`) with exactly `context`."""
         ...
 
+    async def wrap_data_key(self, key_id: str, plaintext: bytes, context: Mapping[str, str]) -> DataKey:
+        """Wrap an existing data key under master key `key_id` with `context` (for copies)."""
+        ...
+
     async def close(self) -> None:
         """Release clients and threads."""
         ...

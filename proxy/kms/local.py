@@ -454,6 +454,17 @@ class LocalKeyring:
         sealed = AESGCM(material).encrypt(nonce, plaintext, wrap_aad(key_ref, context))
         return DataKey(plaintext=plaintext, wrapped=nonce + sealed, key_ref=key_ref)
 
+    async def wrap_data_key(self, key_id: str, plaintext: bytes, context: Mapping[str, str]) -> DataKey:
+        """Wrap an existing data key under the newest version of `key_id` (copies, rewrap)."""
+        current = self._store._current(key_id)
+        if current is None:
+            raise KeyAccessDenied(f"no master key {key_id!r} in the local keyring")
+        version, material = current
+        key_ref = f"local:{key_id}:{version}"
+        nonce = os.urandom(NONCE_SIZE)
+        sealed = AESGCM(material).encrypt(nonce, plaintext, wrap_aad(key_ref, context))
+        return DataKey(plaintext=plaintext, wrapped=nonce + sealed, key_ref=key_ref)
+
     async def decrypt_data_key(self, key_ref: str, wrapped: bytes, context: Mapping[str, str]) -> bytes:
         """Unwrap `wrapped` with the master key version named by `key_ref` and `context`."""
         m = _KEY_REF.fullmatch(key_ref)

@@ -113,6 +113,9 @@ _NEUTRAL = {
     "X-Amz-SignedHeaders",
     "X-Amz-Signature",
     "X-Amz-Security-Token",
+    "AWSAccessKeyId",
+    "Signature",
+    "Expires",
     "x-amz-checksum-mode",
     "key-marker",
     "version-id-marker",
@@ -133,8 +136,10 @@ def _operation(method: str, bucket: str | None, key: str | None, query: Mapping[
         if subresources:
             if method == "GET" and len(subresources) == 1 and subresources[0] in _BUCKET_GET_OPS:
                 op = _BUCKET_GET_OPS[subresources[0]]
-                if op in ("GetBucketLocation", "ListMultipartUploads"):
+                if op in ("GetBucketLocation", "ListMultipartUploads", "ListObjectVersions"):
                     return op
+            if method == "POST" and subresources == ["delete"]:
+                return "DeleteObjects"
             raise S3Error(
                 "NotImplemented",
                 f"bucket subresource {'/'.join(sorted(subresources))} is not implemented by sealgate",
@@ -157,6 +162,10 @@ def _operation(method: str, bucket: str | None, key: str | None, query: Mapping[
         if method in ops:
             if method == "PUT" and "partNumber" not in query:
                 raise S3Error("InvalidArgument", "UploadPart needs partNumber", 400)
+            return ops[method]
+    if subresources == ["tagging"]:
+        ops = {"GET": "GetObjectTagging", "PUT": "PutObjectTagging", "DELETE": "DeleteObjectTagging"}
+        if method in ops:
             return ops[method]
     if subresources:
         raise S3Error(

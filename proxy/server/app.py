@@ -17,7 +17,7 @@ from proxy.kms.base import Keyring, KeyringError
 from proxy.s3.errors import S3Error
 from proxy.s3.routing import Route, route
 from proxy.s3.sigv4 import ClientCredentials, VerifiedRequest, verify_request
-from proxy.server import buckets, multipart, objects
+from proxy.server import buckets, copy, multipart, objects
 from proxy.server.state import Gateway
 
 log = logging.getLogger("sealgate.access")
@@ -165,13 +165,17 @@ async def _run(gw: Gateway, request: web.Request, r: Route, verified: VerifiedRe
             return await buckets.get_bucket_location(gw, request, bucket)
         if op in ("ListObjects", "ListObjectsV2"):
             return await buckets.list_objects(gw, request, bucket)
+        if op == "ListObjectVersions":
+            return await buckets.list_objects(gw, request, bucket, versions=True)
+        if op == "DeleteObjects":
+            return await buckets.delete_objects(gw, request, bucket)
         if op == "ListMultipartUploads":
             return await multipart.list_uploads(gw, request, bucket)
     else:
         objects.check_reserved(key)
         if op == "PutObject":
             if "x-amz-copy-source" in request.headers:
-                raise S3Error("NotImplemented", "CopyObject is not implemented by sealgate yet", 501)
+                return await copy.copy_object(gw, request, bucket, key)
             return await objects.put_object(gw, request, bucket, key, verified)
         if op == "GetObject":
             return await objects.get_object(gw, request, bucket, key)
@@ -187,6 +191,8 @@ async def _run(gw: Gateway, request: web.Request, r: Route, verified: VerifiedRe
             return await multipart.complete(gw, request, bucket, key)
         if op == "AbortMultipartUpload":
             return await multipart.abort(gw, request, bucket, key)
+        if op in ("GetObjectTagging", "PutObjectTagging", "DeleteObjectTagging"):
+            return await objects.object_tagging(gw, request, bucket, key)
         if op == "ListParts":
             return await multipart.list_parts(gw, request, bucket, key)
     raise S3Error("NotImplemented", f"{op} is not implemented by sealgate", 501)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 from contextlib import suppress
 from xml.etree.ElementTree import Element, register_namespace, tostring
 
@@ -96,7 +98,7 @@ def _ns(tag: str) -> str:
 def multipart_entries(root: Element) -> list[tuple[str, str]]:
     """(key, backend ETag) of listed objects stored as multipart uploads (ETag ``…-N``)."""
     out = []
-    for contents in root.iter(_ns("Contents")):
+    for contents in _entries(root):
         key = contents.findtext(_ns("Key")) or ""
         etag = (contents.findtext(_ns("ETag")) or "").strip().strip('"')
         if "-" in etag and not key.startswith(RESERVED_PREFIX):
@@ -104,11 +106,16 @@ def multipart_entries(root: Element) -> list[tuple[str, str]]:
     return out
 
 
-def rewrite_listing(root: Element, multipart_sizes: dict[str, int]) -> bytes:
+def _entries(root: Element) -> list[Element]:
+    """Listed objects: Contents (ListObjects) and Version (ListObjectVersions)."""
+    return [*root.iter(_ns("Contents")), *root.iter(_ns("Version"))]
+
+
+def rewrite_listing(root: Element, multipart_sizes: dict[tuple[str, str], int]) -> bytes:
     """Plaintext sizes, non-MD5 ETags, and no trace of sealgate's reserved prefix."""
     layout = Layout(DEFAULT_SEGMENT_SIZE)
     hidden = 0
-    for contents in list(root.iter(_ns("Contents"))):
+    for contents in list(_entries(root)):
         key = contents.findtext(_ns("Key")) or ""
         if key.startswith(RESERVED_PREFIX):
             root.remove(contents)
@@ -116,8 +123,9 @@ def rewrite_listing(root: Element, multipart_sizes: dict[str, int]) -> bytes:
             continue
         size_el = contents.find(_ns("Size"))
         etag_el = contents.find(_ns("ETag"))
-        if key in multipart_sizes and size_el is not None:
-            size_el.text = str(multipart_sizes[key])
+        backend_etag = (contents.findtext(_ns("ETag")) or "").strip().strip('"')
+        if (key, backend_etag) in multipart_sizes and size_el is not None:
+            size_el.text = str(multipart_sizes[(key, backend_etag)])
         elif size_el is not None and size_el.text and size_el.text.strip().isdigit():
             # An object that is not sealgate's (migration buckets) is shown as stored.
             with suppress(FormatError):
@@ -135,10 +143,10 @@ def rewrite_listing(root: Element, multipart_sizes: dict[str, int]) -> bytes:
     return out
 
 
-async def _multipart_sizes(gw: Gateway, bucket: str, entries: list[tuple[str, str]]) -> dict[str, int]:
+async def _multipart_sizes(gw: Gateway, bucket: str, entries: list[tuple[str, str]]) -> dict[tuple[str, str], int]:
     """Plaintext sizes of multipart objects, from their manifests' clear size field."""
     sem = asyncio.Semaphore(16)
-    sizes: dict[str, int] = {}
+    sizes: dict[tuple[str, str], int] = {}
 
     async def one(key: str, etag: str) -> None:
         async with sem:
@@ -146,7 +154,7 @@ async def _multipart_sizes(gw: Gateway, bucket: str, entries: list[tuple[str, st
             resp.release()
             raw = resp.headers.get("x-amz-meta-sg-size", "")
             if resp.status == 200 and raw.isdigit():
-                sizes[key] = int(raw)
+                sizes[(key, etag)] = int(raw)
 
     await asyncio.gather(*(one(k, e) for k, e in entries))
     return sizes
@@ -157,9 +165,15 @@ def _as_element(node: object) -> Element:
     return node
 
 
-async def list_objects(gw: Gateway, request: web.Request, bucket: str) -> web.StreamResponse:
-    """ListObjects and ListObjectsV2 with sizes and ETags rewritten."""
-    query = [(k, v) for k, v in request.query.items() if k in _LIST_PARAMS]
+_VERSION_PARAMS = ("prefix", "delimiter", "max-keys", "key-marker", "version-id-marker", "encoding-type")
+
+
+async def list_objects(gw: Gateway, request: web.Request, bucket: str, *, versions: bool = False) -> web.StreamResponse:
+    """ListObjects, ListObjectsV2 and ListObjectVersions with sizes and ETags rewritten."""
+    if versions:
+        query = [("versions", "")] + [(k, v) for k, v in request.query.items() if k in _VERSION_PARAMS]
+    else:
+        query = [(k, v) for k, v in request.query.items() if k in _LIST_PARAMS]
     resp = await gw.backend.request("GET", bucket, None, query=query)
     if resp.status >= 300:
         raise await resp.error()
@@ -173,3 +187,26 @@ async def list_objects(gw: Gateway, request: web.Request, bucket: str) -> web.St
         raise S3Error("BadGateway", "backend sent a malformed listing", 502) from exc
     body = rewrite_listing(root, await _multipart_sizes(gw, bucket, multipart_entries(root)))
     return web.Response(status=200, body=body, headers={"Content-Type": _XML})
+
+
+async def delete_objects(gw: Gateway, request: web.Request, bucket: str) -> web.StreamResponse:
+    """DeleteObjects (quiet or verbose) passes through once checked."""
+    body = await _read_small_body(request)
+    try:
+        root = ElementTree.fromstring(body)
+    except Exception as exc:  # noqa: BLE001 - defusedxml raises several types for hostile XML
+        raise S3Error("MalformedXML", "The XML you provided was not well-formed or did not validate", 400) from exc
+    keys = [el.text or "" for el in root.iter() if el.tag.rsplit("}", 1)[-1] == "Key"]
+    if not keys or len(keys) > 1000:
+        raise S3Error("MalformedXML", "A DeleteObjects request names 1 to 1000 keys", 400)
+    if any(k.startswith(RESERVED_PREFIX) for k in keys):
+        raise S3Error("AccessDenied", f"keys under {RESERVED_PREFIX} are reserved by sealgate", 403)
+    headers = {"Content-MD5": base64.b64encode(hashlib.md5(body).digest()).decode(), "Content-Type": _XML}
+    resp = await gw.backend.request("POST", bucket, None, query=[("delete", "")], headers=headers, body=body)
+    if resp.status >= 300:
+        raise await resp.error()
+    try:
+        data = await resp.read()
+    finally:
+        resp.release()
+    return web.Response(status=200, body=data, headers={"Content-Type": _XML})

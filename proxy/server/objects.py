@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import hashlib
 import logging
@@ -48,6 +49,7 @@ log = logging.getLogger(__name__)
 MAX_PUT_SIZE = 5 * 1024**3
 MAX_USER_METADATA = 2048
 RESERVED_PREFIX = ".sealgate/"
+MAX_CONTROL_BODY = 1024 * 1024
 ETAG_TAIL = "tail"
 
 #: Request headers stored with the object as they are (S3 object properties).
@@ -694,3 +696,28 @@ async def delete_object(gw: Gateway, request: web.Request, bucket: str, key: str
     resp.release()
     headers = {name: resp.headers[name] for name in ("x-amz-version-id", "x-amz-delete-marker") if name in resp.headers}
     return web.Response(status=204, headers=headers)
+
+
+async def object_tagging(gw: Gateway, request: web.Request, bucket: str, key: str) -> web.StreamResponse:
+    """Get/Put/DeleteObjectTagging pass through: tags are object properties, not sealed."""
+    query: list[tuple[str, str]] = [("tagging", "")]
+    if "versionId" in request.query:
+        query.append(("versionId", request.query["versionId"]))
+    body: bytes | None = None
+    headers: dict[str, str] = {}
+    if request.method == "PUT":
+        body = await request.content.read(MAX_CONTROL_BODY + 1)
+        if len(body) > MAX_CONTROL_BODY:
+            raise S3Error("MaxMessageLengthExceeded", "Your request was too big.", 400)
+        headers["Content-MD5"] = base64.b64encode(hashlib.md5(body).digest()).decode()
+    resp = await gw.backend.request(request.method, bucket, key, query=query, headers=headers, body=body)
+    if resp.status >= 300:
+        raise await resp.error()
+    try:
+        data = await resp.read()
+    finally:
+        resp.release()
+    out = {name: resp.headers[name] for name in ("x-amz-version-id",) if name in resp.headers}
+    if data:
+        out["Content-Type"] = "application/xml"
+    return web.Response(status=resp.status, body=data or None, headers=out)

@@ -1,0 +1,201 @@
+"""CopyObject: the body is copied by the backend, never streamed through sealgate.
+
+The body's keys derive from the data key and the object's salt, not from its name, so a copy
+needs only the data key re-wrapped for the destination's encryption context (and, with
+``REPLACE``, new sealed metadata). The backend copies the ciphertext server-side.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import quote, unquote
+from xml.sax.saxutils import escape
+
+from aiohttp import web
+from defusedxml import ElementTree
+
+from proxy.crypto.format import (
+    Envelope,
+    Manifest,
+    SealedMetadata,
+    encryption_context,
+    is_sealgate_object,
+    seal_metadata,
+)
+from proxy.kms.base import KeyringError
+from proxy.s3.errors import S3Error
+from proxy.s3.ranges import check_conditions
+from proxy.server.multipart import S3_NS, _find_text, _put_record
+from proxy.server.objects import (
+    _last_modified,
+    _open,
+    _total_length,
+    _user_metadata,
+    check_reserved,
+    opaque_etag,
+    stored_headers,
+)
+from proxy.server.state import Gateway
+
+_CONTENT_HEADERS = (
+    "Content-Type",
+    "Cache-Control",
+    "Content-Disposition",
+    "Content-Encoding",
+    "Content-Language",
+    "Expires",
+)
+
+
+MAX_COPY = 5 * 1024**3
+
+
+async def _xml_call(
+    gw: Gateway,
+    method: str,
+    bucket: str,
+    key: str,
+    *,
+    query: list[tuple[str, str]] | None = None,
+    headers: dict[str, str] | None = None,
+    body: bytes = b"",
+) -> Any:
+    """A backend call answered with XML; S3's errors inside a 200 become S3Errors too."""
+    resp = await gw.backend.request(method, bucket, key, query=query or [], headers=headers or {}, body=body)
+    if resp.status >= 300:
+        raise await resp.error()
+    try:
+        answer = await resp.read()
+    finally:
+        resp.release()
+    root = ElementTree.fromstring(answer)
+    if root.tag.rsplit("}", 1)[-1] == "Error":
+        code = _find_text(root, "Code") or "InternalError"
+        raise S3Error(code, _find_text(root, "Message") or code, 503 if code == "InternalError" else 400)
+    return root
+
+
+async def _multipart_copy(
+    gw: Gateway, bucket: str, key: str, headers: dict[str, str], source: str, total: int
+) -> tuple[str, str]:
+    """Copy `source` into `key` with UploadPartCopy in parts of at most 5 GiB."""
+    root = await _xml_call(gw, "POST", bucket, key, query=[("uploads", "")], headers=headers)
+    upload = _find_text(root, "UploadId") or ""
+    try:
+        parts = []
+        for number, start in enumerate(range(0, max(total, 1), MAX_COPY), 1):
+            end = min(start + MAX_COPY, total) - 1
+            part_headers = {"x-amz-copy-source": source}
+            if total:
+                part_headers["x-amz-copy-source-range"] = f"bytes={start}-{end}"
+            result = await _xml_call(
+                gw, "PUT", bucket, key, query=[("partNumber", str(number)), ("uploadId", upload)], headers=part_headers
+            )
+            parts.append((number, (_find_text(result, "ETag") or "").strip().strip('"')))
+        xml = "".join(f'<Part><PartNumber>{n}</PartNumber><ETag>"{e}"</ETag></Part>' for n, e in parts)
+        body = f'<CompleteMultipartUpload xmlns="{S3_NS}">{xml}</CompleteMultipartUpload>'.encode()
+        done = await _xml_call(gw, "POST", bucket, key, query=[("uploadId", upload)], body=body)
+    except BaseException:
+        abort = await gw.backend.request("DELETE", bucket, key, query=[("uploadId", upload)])
+        abort.release()
+        raise
+    head = await gw.backend.request("HEAD", bucket, key)
+    head.release()
+    etag = (_find_text(done, "ETag") or head.headers.get("ETag") or "").strip().strip('"')
+    modified = _last_modified(head) or datetime.now(UTC)
+    return etag, modified.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+
+
+def parse_copy_source(value: str) -> tuple[str, str, str | None]:
+    """(bucket, key, version id) from an x-amz-copy-source header."""
+    path, _, query = value.partition("?")
+    path = unquote(path).lstrip("/")
+    bucket, sep, key = path.partition("/")
+    if not bucket or not sep or not key:
+        raise S3Error(
+            "InvalidArgument", "Copy Source must mention the source bucket and key: sourcebucket/sourcekey", 400
+        )
+    version = None
+    if query.startswith("versionId="):
+        version = unquote(query[len("versionId=") :])
+    return bucket, key, version
+
+
+async def copy_object(gw: Gateway, request: web.Request, bucket: str, key: str) -> web.StreamResponse:
+    """Re-wrap the data key for the destination; let the backend copy the ciphertext."""
+    src_bucket, src_key, version = parse_copy_source(request.headers["x-amz-copy-source"])
+    check_reserved(src_key)
+    directive = request.headers.get("x-amz-metadata-directive", "COPY").upper()
+    if directive not in ("COPY", "REPLACE"):
+        raise S3Error("InvalidArgument", "Unknown metadata directive.", 400)
+    if (src_bucket, src_key) == (bucket, key) and directive == "COPY":
+        raise S3Error(
+            "InvalidRequest",
+            "This copy request is illegal because it is trying to copy an object to itself without changing the "
+            "object's metadata, storage class, website redirect location or encryption attributes.",
+            400,
+        )
+    query = [("versionId", version)] if version else []
+    head = await gw.backend.request("HEAD", src_bucket, src_key, query=query)
+    head.release()
+    if head.status >= 300:
+        raise await head.error()
+    if not is_sealgate_object(head.user_metadata()):
+        raise S3Error("InvalidObjectState", "sealgate copies only objects it wrote", 403)
+    _, total = _total_length(head)
+    opened = await _open(gw, src_bucket, src_key, head, total)
+    h = request.headers
+    check_conditions(
+        h.get("x-amz-copy-source-if-match"),
+        h.get("x-amz-copy-source-if-none-match"),
+        h.get("x-amz-copy-source-if-modified-since"),
+        h.get("x-amz-copy-source-if-unmodified-since"),
+        opened.etag,
+        _last_modified(head),
+        is_read=False,
+    )
+    env: Envelope = opened.envelope
+    try:
+        wrapped = await gw.keyring.wrap_data_key(
+            gw.config.key_for_bucket(bucket), opened.data_key, encryption_context(bucket, key)
+        )
+    except KeyringError as exc:
+        raise S3Error(exc.code, exc.message, exc.status) from exc
+    sealed = env.sealed
+    if directive == "REPLACE":
+        meta = SealedMetadata(user=_user_metadata(request), etag=opened.meta.etag)
+        sealed = seal_metadata(opened.data_key, env.salt, meta)
+    new_env = dataclasses.replace(env, key_ref=wrapped.key_ref, wrapped_key=wrapped.wrapped, sealed=sealed)
+    headers = {f"x-amz-meta-{k}": v for k, v in new_env.to_metadata().items()}
+    if directive == "REPLACE":
+        headers.update(stored_headers(request))
+    else:
+        headers.update({n: head.headers[n] for n in _CONTENT_HEADERS if n in head.headers})
+    source = "/" + quote(f"{src_bucket}/{src_key}", safe="/~")
+    if version:
+        source += "?versionId=" + quote(version, safe="")
+    if opened.manifest is not None or total > MAX_COPY:
+        # Multipart objects stay multipart (their ETag form tells listings so), and the backend
+        # copies at most 5 GiB in one CopyObject: both go part by part, still server-side.
+        backend_etag, last_modified = await _multipart_copy(gw, bucket, key, headers, source, total)
+    else:
+        headers["x-amz-copy-source"] = source
+        headers["x-amz-metadata-directive"] = "REPLACE"
+        root = await _xml_call(gw, "PUT", bucket, key, headers=headers)
+        backend_etag = (_find_text(root, "ETag") or "").strip().strip('"')
+        last_modified = _find_text(root, "LastModified") or ""
+    if opened.manifest is not None:
+        manifest = Manifest(opened.manifest.parts, backend_etag, opened.manifest.etag)
+        await _put_record(gw, bucket, key, manifest, manifest.seal(opened.data_key, env.salt))
+        etag = opened.etag
+    elif opened.meta.etag:
+        etag = opened.etag  # a plaintext MD5: the same bytes keep it
+    else:
+        etag = opaque_etag(backend_etag)
+    body = (
+        f'<?xml version="1.0" encoding="UTF-8"?>\n<CopyObjectResult xmlns="{S3_NS}">'
+        f"<LastModified>{escape(last_modified)}</LastModified><ETag>{escape(etag)}</ETag></CopyObjectResult>"
+    ).encode()
+    return web.Response(status=200, body=body, headers={"Content-Type": "application/xml"})
