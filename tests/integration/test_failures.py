@@ -65,6 +65,9 @@ def test_aws_kms_round_trip(moto_url: str, tls_files: dict[str, Path], tmp_path:
         )
         with pytest.raises(ClientError):
             s3.get_object(Bucket="kms-rt", Key="moved")["Body"].read()
+        # A copy through sealgate re-wraps the data key with KMS Encrypt for the new name.
+        s3.copy_object(Bucket="kms-rt", Key="copied", CopySource={"Bucket": "kms-rt", "Key": "k"})
+        assert s3.get_object(Bucket="kms-rt", Key="copied")["Body"].read() == data
     finally:
         st.gate.stop()
 
