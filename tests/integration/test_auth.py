@@ -160,3 +160,19 @@ def test_virtual_hosted_style(stack: Stack, bucket: str) -> None:
     r = pool.request("PUT", "/vh/key", headers=h, body=body)
     assert r.status == 200, r.data
     assert stack.client().get_object(Bucket=bucket, Key="vh/key")["Body"].read() == body
+
+
+def test_checksum_header_checked(stack: Stack, bucket: str) -> None:
+    url = f"{stack.gate.url}/{bucket}/crc-header"
+    body = os.urandom(5000)
+    for crc, status in ((zlib.crc32(body), 200), (zlib.crc32(body) ^ 1, 400)):
+        value = base64.b64encode(crc.to_bytes(4, "big")).decode()
+        h = sign("PUT", url, {"Content-Length": str(len(body)), "x-amz-checksum-crc32": value})
+        r = send(stack.ca_path, "PUT", url, h, body)
+        assert r.status == status, r.data
+        if status == 200:
+            assert r.headers["x-amz-checksum-crc32"] == value  # the plaintext's, as verified
+        else:
+            assert error_code(r) == "BadDigest"
+    # The object stored is the good one; the bad attempt changed nothing.
+    assert stack.client().get_object(Bucket=bucket, Key="crc-header")["Body"].read() == body

@@ -144,3 +144,26 @@ def test_logs_hold_no_secrets(stack: Stack, bucket: str, caplog: pytest.LogCaptu
     assert "logged" in text  # the access log is there ...
     for secret in (CLIENT_SECRET, BACKEND_SECRET, PASSPHRASE, "LOGGED-PLAINTEXT", "LOGGED-META"):
         assert secret not in text  # ... and holds none of these
+
+
+def test_plain_http_listener_only_when_asked(
+    moto_url: str, tls_files: dict[str, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    import urllib3
+
+    from tests.conftest import SealgateThread, write_config
+
+    plain = free_port()
+    cfg = write_config(tmp_path, backend=moto_url, tls=tls_files, port=free_port())
+    cfg.write_text(cfg.read_text().replace("[server]\n", f'[server]\nplain_http_listen = "127.0.0.1:{plain}"\n', 1))
+    caplog.set_level(logging.WARNING)
+    gate = SealgateThread(cfg).start()
+    try:
+        assert gate.running.plain_port == plain
+        r = urllib3.PoolManager().request("GET", f"http://127.0.0.1:{plain}/-/healthz")
+        assert r.status == 200
+        assert any("plain-HTTP listener" in rec.getMessage() for rec in caplog.records)
+    finally:
+        gate.stop()
