@@ -274,6 +274,21 @@ class BackendConfig(_Model):
         return self
 
 
+class KeyCacheConfig(_Model):
+    """``[kms.cache]``: sharing generated data keys and keeping unwrapped ones.
+
+    ``enabled`` defaults to on for ``aws-kms`` (each KMS call costs time and money) and off for
+    ``local``. A shared data key is wrapped for its bucket only; objects bind their names with a
+    tag instead, and each still has its own salt and derived keys.
+    """
+
+    enabled: StrictBool | None = None
+    max_objects: StrictInt = Field(default=1000, ge=1, le=1_000_000)
+    max_seconds: StrictInt = Field(default=300, ge=1, le=86_400)
+    max_bytes: StrictInt = Field(default=2**40, ge=1)
+    decrypt_seconds: StrictInt = Field(default=60, ge=0, le=3600)
+
+
 class KmsConfig(_Model):
     """``[kms]``: where master keys live, AWS KMS (``aws-kms``) or a local keyring file.
 
@@ -294,6 +309,14 @@ class KmsConfig(_Model):
     keyring: ConfigPath | None = None
     passphrase_file: ConfigPath | None = None
     passphrase_env: StrictStr | None = None
+    cache: KeyCacheConfig = KeyCacheConfig()
+
+    @property
+    def cache_enabled(self) -> bool:
+        """Whether data keys are shared and unwrapped keys kept (see KeyCacheConfig)."""
+        if self.cache.enabled is not None:
+            return self.cache.enabled
+        return self.provider == "aws-kms"
 
     _check_endpoint = field_validator("endpoint")(_check_url)
 

@@ -47,6 +47,12 @@ META_SALT: Final = "sg-salt"
 META_COMMITMENT: Final = "sg-cm"
 META_SEGMENT_SIZE: Final = "sg-seg"
 META_SEALED: Final = "sg-m"
+#: Present (value "bucket") when the data key is wrapped for the bucket only (a cached, shared
+#: data key); the object's name is then bound by the name tag instead.
+META_SCOPE: Final = "sg-scope"
+META_NAME_TAG: Final = "sg-nt"
+SCOPE_OBJECT: Final = "object"
+SCOPE_BUCKET: Final = "bucket"
 ALL_META: Final = (
     META_VERSION,
     META_LAYOUT,
@@ -56,6 +62,8 @@ ALL_META: Final = (
     META_COMMITMENT,
     META_SEGMENT_SIZE,
     META_SEALED,
+    META_SCOPE,
+    META_NAME_TAG,
 )
 
 LAYOUT_SINGLE: Final = "single"
@@ -78,6 +86,7 @@ _INFO_META: Final = b"sealgate/1/meta"
 _INFO_STREAM: Final = b"sealgate/1/stream"
 _META_AAD: Final = b"sealgate/1/meta"
 _INFO_PART: Final = b"sealgate/1/part"
+_INFO_NAME: Final = b"sealgate/1/name"
 _INFO_MANIFEST: Final = b"sealgate/1/manifest"
 _INFO_UPLOAD_ID: Final = b"sealgate/1/upload-id"
 
@@ -90,9 +99,21 @@ class IntegrityError(FormatError):
     """Authentication failed: the stored object was altered, truncated, moved or swapped."""
 
 
-def encryption_context(bucket: str, key: str) -> dict[str, str]:
-    """The context a data key is wrapped under: it names the object, so moved bodies fail."""
+def encryption_context(bucket: str, key: str, scope: str = SCOPE_OBJECT) -> dict[str, str]:
+    """The context a data key is wrapped under: it names the object, so moved bodies fail
+    (or, for a data key shared by several objects of a bucket, the bucket alone)."""
+    if scope == SCOPE_BUCKET:
+        return {CONTEXT_BUCKET: bucket}
     return {CONTEXT_BUCKET: bucket, CONTEXT_KEY: key}
+
+
+def name_tag(data_key: bytes, salt: bytes, bucket: str, key: str) -> bytes:
+    """Binds an object to its name when its data key is bucket-scoped."""
+    import hmac
+    from hashlib import sha256
+
+    msg = b"".join(struct.pack(">I", len(x)) + x for x in (bucket.encode(), key.encode()))
+    return hmac.new(_hkdf(data_key, salt, _INFO_NAME), msg, sha256).digest()
 
 
 def _hkdf(data_key: bytes, salt: bytes, info: bytes, length: int = 32) -> bytes:
@@ -288,10 +309,13 @@ class Envelope:
     segment_size: int
     sealed: bytes
     layout: str = LAYOUT_SINGLE
+    scope: str = SCOPE_OBJECT
+    name_tag: bytes = b""
 
     def to_metadata(self) -> dict[str, str]:
         """Backend user-metadata entries (names without ``x-amz-meta-``)."""
-        return {
+        extra = {META_SCOPE: self.scope, META_NAME_TAG: _b64(self.name_tag)} if self.scope == SCOPE_BUCKET else {}
+        return extra | {
             META_VERSION: VERSION,
             META_LAYOUT: self.layout,
             META_KEY_REF: self.key_ref,
@@ -318,10 +342,14 @@ class Envelope:
             commit = _unb64(meta[META_COMMITMENT])
             segment_size = int(meta[META_SEGMENT_SIZE])
             sealed = _unb64(meta[META_SEALED])
+            scope = meta.get(META_SCOPE, SCOPE_OBJECT)
+            tag = _unb64(meta[META_NAME_TAG]) if scope == SCOPE_BUCKET else b""
         except KeyError as exc:
             raise FormatError(f"sealgate metadata field {exc.args[0]} is missing") from exc
         except (ValueError, binascii.Error) as exc:
             raise FormatError(f"sealgate metadata is malformed: {exc}") from exc
+        if scope not in (SCOPE_OBJECT, SCOPE_BUCKET):
+            raise FormatError(f"unsupported key scope {scope!r}")
         if layout not in LAYOUTS:
             raise FormatError(f"unsupported layout {layout!r}")
         if len(salt) != SALT_SIZE or len(commit) != COMMIT_SIZE:
@@ -336,7 +364,20 @@ class Envelope:
             segment_size=segment_size,
             sealed=sealed,
             layout=layout,
+            scope=scope,
+            name_tag=tag,
         )
+
+    def context(self, bucket: str, key: str) -> dict[str, str]:
+        """The encryption context this object's data key was wrapped under."""
+        return encryption_context(bucket, key, self.scope)
+
+    def check_name(self, data_key: bytes, bucket: str, key: str) -> None:
+        """IntegrityError unless a bucket-scoped object was written under this name."""
+        if self.scope == SCOPE_BUCKET and not constant_time.bytes_eq(
+            name_tag(data_key, self.salt, bucket, key), self.name_tag
+        ):
+            raise IntegrityError("object was written under another name")
 
     def check_commitment(self, data_key: bytes) -> None:
         """IntegrityError unless `data_key` is the key this object was sealed under."""

@@ -13,7 +13,8 @@ from aiohttp import web
 from proxy.backend import Backend
 from proxy.config import Config
 from proxy.crypto.format import FormatError
-from proxy.kms.base import Keyring, KeyringError
+from proxy.kms.base import KeyringError
+from proxy.kms.materials import Materials
 from proxy.s3.errors import S3Error
 from proxy.s3.routing import Route, route
 from proxy.s3.sigv4 import ClientCredentials, VerifiedRequest, verify_request
@@ -24,8 +25,8 @@ log = logging.getLogger("sealgate.access")
 
 GATEWAY = web.AppKey("gateway", Gateway)
 HEALTH_PREFIX = "/-/"
-_VERIFIED = "sealgate.verified"
-_REQUEST_ID = "sealgate.request_id"
+_VERIFIED = web.RequestKey("sealgate.verified", VerifiedRequest)
+_REQUEST_ID = web.RequestKey("sealgate.request_id", str)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -204,18 +205,18 @@ async def _health(request: web.Request) -> web.StreamResponse:
     raise S3Error("NoSuchKey", "no such health path", 404)
 
 
-def build_app(config: Config, keyring: Keyring, backend: Backend) -> web.Application:
+def build_app(config: Config, materials: Materials, backend: Backend) -> web.Application:
     """The application; backend and keyring open and close with it."""
     app = web.Application(middlewares=[s3_errors], client_max_size=1024**2, handler_args={"auto_decompress": False})
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         await backend.start()
-        app[GATEWAY] = Gateway(config=config, backend=backend, keyring=keyring)
+        app[GATEWAY] = Gateway(config=config, backend=backend, materials=materials)
         try:
             yield
         finally:
             await backend.close()
-            await keyring.close()
+            await materials.close()
 
     app.cleanup_ctx.append(lifecycle)
     app.router.add_route("*", "/{tail:.*}", dispatch, expect_handler=expect_continue)

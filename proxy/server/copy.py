@@ -17,6 +17,7 @@ from aiohttp import web
 from defusedxml import ElementTree
 
 from proxy.crypto.format import (
+    SCOPE_OBJECT,
     Envelope,
     Manifest,
     SealedMetadata,
@@ -158,7 +159,7 @@ async def copy_object(gw: Gateway, request: web.Request, bucket: str, key: str) 
     )
     env: Envelope = opened.envelope
     try:
-        wrapped = await gw.keyring.wrap_data_key(
+        wrapped = await gw.materials.wrap(
             gw.config.key_for_bucket(bucket), opened.data_key, encryption_context(bucket, key)
         )
     except KeyringError as exc:
@@ -167,7 +168,10 @@ async def copy_object(gw: Gateway, request: web.Request, bucket: str, key: str) 
     if directive == "REPLACE":
         meta = SealedMetadata(user=_user_metadata(request), etag=opened.meta.etag)
         sealed = seal_metadata(opened.data_key, env.salt, meta)
-    new_env = dataclasses.replace(env, key_ref=wrapped.key_ref, wrapped_key=wrapped.wrapped, sealed=sealed)
+    # A copy's key is always wrapped for its own name (object scope), even if the source's was shared.
+    new_env = dataclasses.replace(
+        env, key_ref=wrapped.key_ref, wrapped_key=wrapped.wrapped, sealed=sealed, scope=SCOPE_OBJECT, name_tag=b""
+    )
     headers = {f"x-amz-meta-{k}": v for k, v in new_env.to_metadata().items()}
     if directive == "REPLACE":
         headers.update(stored_headers(request))

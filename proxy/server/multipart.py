@@ -70,7 +70,7 @@ async def _open_upload(gw: Gateway, bucket: str, key: str, text: str) -> tuple[U
     except FormatError:
         raise _no_upload() from None
     try:
-        data_key = await gw.keyring.decrypt_data_key(uid.key_ref, uid.wrapped_key, encryption_context(bucket, key))
+        data_key = await gw.materials.unwrap(uid.key_ref, uid.wrapped_key, encryption_context(bucket, key))
     except KeyringError as exc:
         if exc.status == 503:
             raise S3Error(exc.code, exc.message, exc.status) from exc

@@ -22,6 +22,7 @@ from proxy.crypto.format import (
     LAYOUT_MULTIPART,
     LAYOUT_SINGLE,
     SALT_SIZE,
+    SCOPE_BUCKET,
     Envelope,
     FormatError,
     IntegrityError,
@@ -29,8 +30,8 @@ from proxy.crypto.format import (
     Manifest,
     SealedMetadata,
     commitment,
-    encryption_context,
     is_sealgate_object,
+    name_tag,
     open_metadata,
     seal_metadata,
     stream_key,
@@ -135,12 +136,19 @@ def stored_headers(request: web.Request) -> dict[str, str]:
 
 
 async def new_envelope(
-    gw: Gateway, request: web.Request, bucket: str, key: str, *, layout: str, etag_field: str | None
+    gw: Gateway,
+    request: web.Request,
+    bucket: str,
+    key: str,
+    *,
+    layout: str,
+    etag_field: str | None,
+    size: int | None = None,
 ) -> tuple[bytes, Envelope]:
-    """A fresh data key (KMS first: nothing is sent to the backend if it fails) and envelope."""
+    """A data key (KMS first: nothing is sent to the backend if it fails) and envelope."""
     user_meta = _user_metadata(request)
     try:
-        data_key = await gw.keyring.generate_data_key(gw.config.key_for_bucket(bucket), encryption_context(bucket, key))
+        data_key, scope = await gw.materials.new_object_key(gw.config.key_for_bucket(bucket), bucket, key, size)
     except KeyringError as exc:
         raise _keyring_error(exc) from exc
     salt = os.urandom(SALT_SIZE)
@@ -152,6 +160,8 @@ async def new_envelope(
         segment_size=DEFAULT_SEGMENT_SIZE,
         sealed=seal_metadata(data_key.plaintext, salt, SealedMetadata(user=user_meta, etag=etag_field)),
         layout=layout,
+        scope=scope,
+        name_tag=name_tag(data_key.plaintext, salt, bucket, key) if scope == SCOPE_BUCKET else b"",
     )
     return data_key.plaintext, env
 
@@ -227,7 +237,9 @@ async def put_object(
     if body.length > MAX_PUT_SIZE:
         raise S3Error("EntityTooLarge", "Your proposed upload exceeds the maximum allowed size", 400)
     etag_field = _put_etag_field(body)
-    data_key, env = await new_envelope(gw, request, bucket, key, layout=LAYOUT_SINGLE, etag_field=etag_field)
+    data_key, env = await new_envelope(
+        gw, request, bucket, key, layout=LAYOUT_SINGLE, etag_field=etag_field, size=body.length
+    )
     headers = {f"x-amz-meta-{k}": v for k, v in env.to_metadata().items()}
     headers.update(stored_headers(request))
     if request.headers.get("If-None-Match") == "*":
@@ -279,12 +291,13 @@ async def _open(gw: Gateway, bucket: str, key: str, resp: BackendResponse, total
     except FormatError as exc:
         raise S3Error("ObjectIntegrityError", f"stored object is not readable: {exc}", 500) from exc
     try:
-        data_key = await gw.keyring.decrypt_data_key(env.key_ref, env.wrapped_key, encryption_context(bucket, key))
+        data_key = await gw.materials.unwrap(env.key_ref, env.wrapped_key, env.context(bucket, key))
     except KeyringError as exc:
         raise _keyring_error(exc) from exc
     layout = Layout(env.segment_size)
     try:
         env.check_commitment(data_key)
+        env.check_name(data_key, bucket, key)
         sealed = open_metadata(data_key, env.salt, env.sealed)
         if env.layout == LAYOUT_MULTIPART:
             manifest = await _manifest(gw, bucket, key, resp, data_key, env.salt)

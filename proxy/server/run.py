@@ -12,6 +12,7 @@ from aiohttp import web
 from proxy.backend import Backend, BackendSettings
 from proxy.config import Config
 from proxy.kms.base import Keyring
+from proxy.kms.materials import Materials, ReuseLimits
 from proxy.server.app import build_app
 from proxy.server.tls import backend_ssl_context, server_ssl_context
 
@@ -35,6 +36,18 @@ def make_keyring(config: Config) -> Keyring:
         access_key_id=kms.access_key_id.get_secret_value() if kms.access_key_id else None,
         secret_access_key=kms.secret_access_key.get_secret_value() if kms.secret_access_key else None,
         ca_bundle=str(kms.ca_bundle) if kms.ca_bundle else None,
+    )
+
+
+def make_materials(config: Config, keyring: Keyring) -> Materials:
+    """The keyring behind the data-key cache the config asks for."""
+    cache = config.kms.cache
+    if not config.kms.cache_enabled:
+        return Materials(keyring)
+    return Materials(
+        keyring,
+        reuse=ReuseLimits(cache.max_objects, cache.max_seconds, cache.max_bytes),
+        decrypt_seconds=cache.decrypt_seconds,
     )
 
 
@@ -68,7 +81,7 @@ class Running:
 
 async def start(config: Config, *, keyring: Keyring | None = None) -> Running:
     """Bind the listeners and start serving; returns once they accept connections."""
-    app = build_app(config, keyring or make_keyring(config), make_backend(config))
+    app = build_app(config, make_materials(config, keyring or make_keyring(config)), make_backend(config))
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     tls_port = plain_port = None

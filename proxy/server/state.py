@@ -6,13 +6,13 @@ from dataclasses import dataclass
 
 from proxy.backend import Backend
 from proxy.config import Config
-from proxy.kms.base import Keyring
+from proxy.kms.materials import Materials
 
 
 @dataclass
 class Gateway:
-    """The proxy's shared state: parsed config, backend client and keyring."""
+    """The proxy's shared state: parsed config, backend client and key materials."""
 
     config: Config
     backend: Backend
-    keyring: Keyring
+    materials: Materials
