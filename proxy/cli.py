@@ -50,7 +50,7 @@ def serve(config_path: Path, verbose: bool) -> None:
         _fail(str(exc))
         return
     try:
-        run_serve(config)
+        run_serve(config, config_path)
     except Exception as exc:  # noqa: BLE001 - a start-up failure is reported in one line
         from proxy.kms.local import KeyringFileError
 

@@ -389,6 +389,8 @@ class ClientConfig(_Model):
     name: StrictStr
     access_key_id: StrictStr
     secret_access_key: SecretStr
+    #: Groups this client belongs to, for key policies (``group:NAME``).
+    groups: tuple[StrictStr, ...] = ()
 
     @field_validator("name")
     @classmethod
@@ -421,10 +423,38 @@ class EncryptionConfig(_Model):
     etag: Literal["auto", "md5"] = "auto"
 
 
+class KeyPolicy(_Model):
+    """``[[keys]]``: who may use one master key. Principals are client names, ``group:NAME``
+    or ``*``. Once any ``[[keys]]`` table exists, a key without one may not be used at all."""
+
+    id: StrictStr
+    encrypt: tuple[StrictStr, ...] = ()
+    decrypt: tuple[StrictStr, ...] = ()
+    admin: tuple[StrictStr, ...] = ()
+
+    def names(self, key_ref: str) -> bool:
+        """Whether this policy is about the key a stored key reference points to.
+
+        Local references are ``local:<id>:<version>``; KMS references are key ARNs, which match a
+        policy written with the ARN or the bare key id (aliases cannot be matched offline)."""
+        if key_ref == self.id:
+            return True
+        if key_ref.startswith("local:"):
+            return key_ref.split(":")[1] == self.id
+        return key_ref.endswith("/" + self.id)
+
+    def allows(self, action: str, client: ClientConfig) -> bool:
+        """Whether `client` may `action` ("encrypt", "decrypt", "admin") with this key."""
+        principals: tuple[str, ...] = getattr(self, action)
+        return any(p == "*" or p == client.name or p in {f"group:{g}" for g in client.groups} for p in principals)
+
+
 class BucketRule(_Model):
     """``[[buckets]]``: settings for buckets whose name matches the glob `name`."""
 
     name: StrictStr
+    #: Only objects whose key starts with this prefix (default: all of the bucket).
+    prefix: StrictStr = ""
     #: Master key for new objects in these buckets (default: ``kms.default_key``).
     key: StrictStr | None = None
     #: Serve objects sealgate did not write as they are (for migrating existing buckets).
@@ -444,9 +474,9 @@ class BucketRule(_Model):
             raise ValueError("must not be empty")
         return key
 
-    def matches(self, bucket: str) -> bool:
-        """Whether this rule applies to `bucket`."""
-        return fnmatchcase(bucket, self.name)
+    def matches(self, bucket: str, key: str = "") -> bool:
+        """Whether this rule applies to `bucket` (and object `key`)."""
+        return fnmatchcase(bucket, self.name) and key.startswith(self.prefix)
 
 
 class Config(_Model):
@@ -458,6 +488,7 @@ class Config(_Model):
     clients: tuple[ClientConfig, ...] = ()
     encryption: EncryptionConfig = EncryptionConfig()
     buckets: tuple[BucketRule, ...] = ()
+    keys: tuple[KeyPolicy, ...] = ()
 
     _clients_by_akid: dict[str, ClientConfig] = PrivateAttr(default_factory=dict)
 
@@ -492,19 +523,32 @@ class Config(_Model):
         """The client with this access key id, if one is configured."""
         return self._clients_by_akid.get(access_key_id)
 
-    def rule_for_bucket(self, bucket: str) -> BucketRule | None:
-        """The first ``[[buckets]]`` rule whose glob matches `bucket`."""
+    def rule_for_bucket(self, bucket: str, key: str = "") -> BucketRule | None:
+        """The first ``[[buckets]]`` rule whose glob (and prefix) matches."""
         for rule in self.buckets:
-            if rule.matches(bucket):
+            if rule.matches(bucket, key):
                 return rule
         return None
 
-    def key_for_bucket(self, bucket: str) -> str:
-        """The master key for new objects in `bucket`."""
-        rule = self.rule_for_bucket(bucket)
+    def key_for_bucket(self, bucket: str, key: str = "") -> str:
+        """The master key for new objects in `bucket` (under `key`)."""
+        rule = self.rule_for_bucket(bucket, key)
         if rule is not None and rule.key is not None:
             return rule.key
         return self.kms.default_key
+
+    def may_use_key(self, identity: str, action: str, key: str) -> bool:
+        """Key policy: may client `identity` `action` with master key `key` (an id or a stored
+        key reference)? Without any ``[[keys]]`` table every client may use every key."""
+        if not self.keys:
+            return True
+        client = next((c for c in self.clients if c.name == identity), None)
+        if client is None:
+            return False
+        for policy in self.keys:
+            if policy.id == key or policy.names(key):
+                return policy.allows(action, client)
+        return False
 
 
 # --- loading ---------------------------------------------------------------------------------

@@ -19,23 +19,22 @@ from proxy.s3.errors import S3Error
 from proxy.s3.routing import Route, route
 from proxy.s3.sigv4 import ClientCredentials, VerifiedRequest, verify_request
 from proxy.server import buckets, copy, multipart, objects
-from proxy.server.state import Gateway
+from proxy.server.state import IDENTITY, REQUEST_ID, Gateway
 
 log = logging.getLogger("sealgate.access")
 
 GATEWAY = web.AppKey("gateway", Gateway)
 HEALTH_PREFIX = "/-/"
 _VERIFIED = web.RequestKey("sealgate.verified", VerifiedRequest)
-_REQUEST_ID = web.RequestKey("sealgate.request_id", str)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def _request_id(request: web.Request) -> str:
-    rid = request.get(_REQUEST_ID)
+    rid = request.get(REQUEST_ID)
     if rid is None:
         rid = secrets.token_hex(8).upper()
-        request[_REQUEST_ID] = rid
+        request[REQUEST_ID] = rid
     assert isinstance(rid, str)
     return rid
 
@@ -98,6 +97,7 @@ def _authenticate(request: web.Request) -> VerifiedRequest:
         max_skew=timedelta(seconds=gw.config.server.client_max_skew_seconds),
     )
     request[_VERIFIED] = verified
+    request[IDENTITY] = verified.identity
     return verified
 
 

@@ -38,7 +38,7 @@ from proxy.server.objects import (
     opaque_etag,
     stored_headers,
 )
-from proxy.server.state import Gateway
+from proxy.server.state import Gateway, require_key_use
 
 _CONTENT_HEADERS = (
     "Content-Type",
@@ -146,7 +146,7 @@ async def copy_object(gw: Gateway, request: web.Request, bucket: str, key: str) 
     if not is_sealgate_object(head.user_metadata()):
         raise S3Error("InvalidObjectState", "sealgate copies only objects it wrote", 403)
     _, total = _total_length(head)
-    opened = await _open(gw, src_bucket, src_key, head, total)
+    opened = await _open(gw, request, src_bucket, src_key, head, total)
     h = request.headers
     check_conditions(
         h.get("x-amz-copy-source-if-match"),
@@ -158,10 +158,10 @@ async def copy_object(gw: Gateway, request: web.Request, bucket: str, key: str) 
         is_read=False,
     )
     env: Envelope = opened.envelope
+    dest_key_id = gw.config.key_for_bucket(bucket, key)
+    require_key_use(gw, request, "encrypt", dest_key_id)
     try:
-        wrapped = await gw.materials.wrap(
-            gw.config.key_for_bucket(bucket), opened.data_key, encryption_context(bucket, key)
-        )
+        wrapped = await gw.materials.wrap(dest_key_id, opened.data_key, encryption_context(bucket, key))
     except KeyringError as exc:
         raise S3Error(exc.code, exc.message, exc.status) from exc
     sealed = env.sealed

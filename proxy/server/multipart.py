@@ -44,7 +44,7 @@ from proxy.server.objects import (
     stored_headers,
     wants_md5,
 )
-from proxy.server.state import Gateway
+from proxy.server.state import Gateway, require_key_use
 
 S3_NS = "http://s3.amazonaws.com/doc/2006-03-01/"
 MIN_PART_SIZE = 5 * 1024 * 1024
@@ -63,12 +63,13 @@ def _no_upload() -> S3Error:
     )
 
 
-async def _open_upload(gw: Gateway, bucket: str, key: str, text: str) -> tuple[UploadId, bytes]:
+async def _open_upload(gw: Gateway, request: web.Request, bucket: str, key: str, text: str) -> tuple[UploadId, bytes]:
     """The upload id's fields and its data key, after checking it was made for this object."""
     try:
         uid = UploadId.decode(text)
     except FormatError:
         raise _no_upload() from None
+    require_key_use(gw, request, "encrypt", uid.key_ref)
     try:
         data_key = await gw.materials.unwrap(uid.key_ref, uid.wrapped_key, encryption_context(bucket, key))
     except KeyringError as exc:
@@ -129,7 +130,7 @@ async def upload_part(
     if "x-amz-copy-source" in request.headers:
         raise S3Error("NotImplemented", "UploadPartCopy is not implemented by sealgate yet", 501)
     number = _part_number(request)
-    uid, data_key = await _open_upload(gw, bucket, key, request.query["uploadId"])
+    uid, data_key = await _open_upload(gw, request, bucket, key, request.query["uploadId"])
     body = PlaintextBody(request.content, request.headers, verified, want_md5=wants_md5(gw, verified))
     if body.length > MAX_PUT_SIZE:
         raise S3Error("EntityTooLarge", "Your proposed upload exceeds the maximum allowed size", 400)
@@ -229,7 +230,7 @@ async def complete(gw: Gateway, request: web.Request, bucket: str, key: str) -> 
     if len(doc) > MAX_XML:
         raise S3Error("MaxMessageLengthExceeded", "Your request was too big.", 400)
     wanted = _client_parts(doc)
-    uid, data_key = await _open_upload(gw, bucket, key, request.query["uploadId"])
+    uid, data_key = await _open_upload(gw, request, bucket, key, request.query["uploadId"])
     stored = await _backend_parts(gw, bucket, key, uid.backend_id)
     layout = Layout(DEFAULT_SEGMENT_SIZE)
     parts: list[ManifestPart] = []

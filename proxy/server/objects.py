@@ -43,7 +43,7 @@ from proxy.s3.errors import S3Error
 from proxy.s3.ranges import check_conditions, parse_range
 from proxy.s3.sigv4 import VerifiedRequest
 from proxy.server.body import PlaintextBody
-from proxy.server.state import Gateway
+from proxy.server.state import Gateway, require_key_use
 
 log = logging.getLogger(__name__)
 
@@ -147,8 +147,10 @@ async def new_envelope(
 ) -> tuple[bytes, Envelope]:
     """A data key (KMS first: nothing is sent to the backend if it fails) and envelope."""
     user_meta = _user_metadata(request)
+    key_id = gw.config.key_for_bucket(bucket, key)
+    require_key_use(gw, request, "encrypt", key_id)
     try:
-        data_key, scope = await gw.materials.new_object_key(gw.config.key_for_bucket(bucket), bucket, key, size)
+        data_key, scope = await gw.materials.new_object_key(key_id, bucket, key, size)
     except KeyringError as exc:
         raise _keyring_error(exc) from exc
     salt = os.urandom(SALT_SIZE)
@@ -284,12 +286,13 @@ def _total_length(resp: BackendResponse) -> tuple[int, int]:
     return 0, int(resp.headers.get("Content-Length", "0"))
 
 
-async def _open(gw: Gateway, bucket: str, key: str, resp: BackendResponse, total: int) -> _Opened:
+async def _open(gw: Gateway, request: web.Request, bucket: str, key: str, resp: BackendResponse, total: int) -> _Opened:
     meta = resp.user_metadata()
     try:
         env = Envelope.from_metadata(meta)
     except FormatError as exc:
         raise S3Error("ObjectIntegrityError", f"stored object is not readable: {exc}", 500) from exc
+    require_key_use(gw, request, "decrypt", env.key_ref)
     try:
         data_key = await gw.materials.unwrap(env.key_ref, env.wrapped_key, env.context(bucket, key))
     except KeyringError as exc:
@@ -445,7 +448,7 @@ async def head_object(gw: Gateway, request: web.Request, bucket: str, key: str) 
         headers["Content-Length"] = str(total)
         _conditions(request, headers["ETag"], _last_modified(resp))
         return web.Response(status=200, headers=headers)
-    opened = await _open(gw, bucket, key, resp, total)
+    opened = await _open(gw, request, bucket, key, resp, total)
     _conditions(request, opened.etag, _last_modified(resp))
     headers = _object_headers(resp, opened)
     _response_overrides(request, headers)
@@ -519,7 +522,7 @@ async def _stream_object(
         if not _allow_plain(gw, bucket):
             raise _not_sealgate(bucket, key)
         return await _stream_plain(request, resp, resp_start, total, range_header)
-    opened = await _open(gw, bucket, key, resp, total)
+    opened = await _open(gw, request, bucket, key, resp, total)
     _conditions(request, opened.etag, _last_modified(resp))
     size = opened.plaintext_length
     rng = parse_range(range_header, size)

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import signal
 from dataclasses import dataclass
+from pathlib import Path
 
 from aiohttp import web
 
@@ -13,7 +14,7 @@ from proxy.backend import Backend, BackendSettings
 from proxy.config import Config
 from proxy.kms.base import Keyring
 from proxy.kms.materials import Materials, ReuseLimits
-from proxy.server.app import build_app
+from proxy.server.app import GATEWAY, build_app
 from proxy.server.tls import backend_ssl_context, server_ssl_context
 
 log = logging.getLogger("sealgate")
@@ -115,14 +116,26 @@ def _bound_port(site: web.TCPSite) -> int:
     return int(sockets[0].getsockname()[1])
 
 
-def serve(config: Config) -> None:
-    """Run until SIGINT/SIGTERM."""
-    try:
-        import uvloop
+def reload_config(running: Running, path: Path) -> bool:
+    """Apply a changed config file to a running server: clients, key policies, bucket rules.
 
-        uvloop.install()
-    except ImportError:
-        pass
+    Connections stay up; requests already running finish under the old config. Listener, TLS,
+    backend and KMS settings need a restart. A config that does not load is logged and ignored.
+    """
+    from proxy.config import ConfigError, load_config
+
+    try:
+        new = load_config(path)
+    except ConfigError as exc:
+        log.error("config reload refused, keeping the running config: %s", exc)
+        return False
+    running.runner.app[GATEWAY].config = new
+    log.info("config reloaded from %s", path)
+    return True
+
+
+def serve(config: Config, config_path: Path | None = None) -> None:
+    """Run until SIGINT/SIGTERM; SIGHUP re-reads `config_path` (see reload_config)."""
 
     async def main() -> None:
         running = await start(config)
@@ -130,8 +143,15 @@ def serve(config: Config) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        if config_path is not None:
+            loop.add_signal_handler(signal.SIGHUP, reload_config, running, config_path)
         await stop.wait()
         log.info("shutting down")
         await running.stop()
 
-    asyncio.run(main())
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main())
+    else:
+        uvloop.run(main())

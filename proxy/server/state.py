@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
+
+from aiohttp import web
 
 from proxy.backend import Backend
 from proxy.config import Config
 from proxy.kms.materials import Materials
+from proxy.s3.errors import S3Error
+
+log = logging.getLogger("sealgate.policy")
 
 
 @dataclass
@@ -16,3 +22,17 @@ class Gateway:
     config: Config
     backend: Backend
     materials: Materials
+
+
+#: The identity (client name) of the request, set once its signature checked out.
+IDENTITY = web.RequestKey("sealgate.identity", str)
+#: The request id every response and log line carries.
+REQUEST_ID = web.RequestKey("sealgate.request_id", str)
+
+
+def require_key_use(gw: Gateway, request: web.Request, action: str, key: str) -> None:
+    """Key policy, checked before any keyring call: AccessDenied unless allowed."""
+    identity = request.get(IDENTITY, "")
+    if not gw.config.may_use_key(identity, action, key):
+        log.warning("policy denied %s: %s may not %s with key %s", request.get(REQUEST_ID, ""), identity, action, key)
+        raise S3Error("AccessDenied", f"client {identity!r} may not {action} with this object's key", 403)

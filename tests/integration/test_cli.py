@@ -119,3 +119,42 @@ secret_access_key = "{CLIENT_SECRET}"
     r = run(["serve", "--config", str(cfg)], tmp_path, {"PP": "x"})
     assert r.returncode == 2 and "keyring" in r.stderr and "Traceback" not in r.stderr
     assert time.monotonic() - start < 30
+
+
+def test_sighup_reloads_policy_without_dropping_connections(
+    moto_url: str, tls_files: dict[str, Path], tmp_path: Path
+) -> None:
+    from botocore.exceptions import ClientError
+
+    from tests.conftest import write_config
+
+    port = free_port()
+    cfg = write_config(tmp_path, backend=moto_url, tls=tls_files, port=port)
+    proc = subprocess.Popen([*SEALGATE, "serve", "--config", str(cfg)], cwd=tmp_path, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_port(port, 30)
+        s3 = client_for(f"https://localhost:{port}", tls_files["ca"])
+        s3.create_bucket(Bucket="reload")
+        s3.put_object(Bucket="reload", Key="k", Body=b"before")
+        cfg.write_text(cfg.read_text() + '\n[[keys]]\nid = "default"\nencrypt = ["tester"]\n')
+        proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                s3.get_object(Bucket="reload", Key="k")["Body"].read()
+            except ClientError as err:
+                assert err.response["Error"]["Code"] == "AccessDenied"
+                break
+            assert time.monotonic() < deadline, "reload did not take effect"
+            time.sleep(0.1)
+        s3.put_object(Bucket="reload", Key="k2", Body=b"still allowed to encrypt")
+        # A broken config is refused and the running one kept.
+        cfg.write_text("[server\n")
+        proc.send_signal(signal.SIGHUP)
+        time.sleep(0.5)
+        s3.put_object(Bucket="reload", Key="k3", Body=b"still serving")
+        assert proc.poll() is None
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    assert "config reload refused" in err

@@ -131,3 +131,37 @@ def test_expired_shared_key_is_not_reused(
         assert meta[0] == meta[1] != meta[2]
     finally:
         st.gate.stop()
+
+
+def test_denied_identity_makes_no_kms_call(
+    kms: tuple[CountingKms, str], moto_url: str, tls_files: dict[str, Path], tmp_path: Path
+) -> None:
+    from tests.conftest import client_for
+
+    counter, key_id = kms
+    extra = f"""
+[[clients]]
+name = "nodecrypt"
+access_key_id = "SGNODECRYPT000000001"
+secret_access_key = "nodecrypt-secret-00001"
+
+[[keys]]
+id = "{key_id}"
+encrypt = ["tester", "nodecrypt"]
+decrypt = ["tester"]
+"""
+    cache = "[kms.cache]\nenabled = false\n"
+    st = start_stack(tmp_path, moto_url, tls_files, kms=kms_config(counter.url, key_id, cache), extra=extra)
+    try:
+        st.client().create_bucket(Bucket="nodecrypt")
+        st.client().put_object(Bucket="nodecrypt", Key="k", Body=b"secret")
+        other = client_for(st.gate.url, st.ca_path, akid="SGNODECRYPT000000001", secret="nodecrypt-secret-00001")
+        counter.calls.clear()
+        with pytest.raises(ClientError) as err:
+            other.get_object(Bucket="nodecrypt", Key="k")
+        assert err.value.response["Error"]["Code"] == "AccessDenied"
+        assert counter.calls["Decrypt"] == 0
+        assert st.client().get_object(Bucket="nodecrypt", Key="k")["Body"].read() == b"secret"
+        assert counter.calls["Decrypt"] == 1
+    finally:
+        st.gate.stop()
