@@ -8,10 +8,14 @@ import secrets
 import string
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from proxy import __version__
+
+if TYPE_CHECKING:
+    from proxy.kms.local import LocalKeyStore
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -153,9 +157,94 @@ def keys_list(keyring: Path, passphrase_file: Path | None, passphrase_env: str) 
     except KeyringFileError as exc:
         _fail(str(exc))
         return
-    click.echo(f"{'ID':<24} {'VERSIONS':>8} {'CURRENT':>7}  {'ORIGIN':<10} CREATED")
+    click.echo(
+        f"{'ID':<20} {'TYPE':<8} {'VERSIONS':>8} {'CURRENT':>7}  {'ORIGIN':<10} {'ROTATION':<9} CREATED / LAST ROTATED"
+    )
     for info in store.list_keys():
-        click.echo(f"{info.id:<24} {info.versions:>8} {info.current_version:>7}  {info.origin:<10} {info.created}")
+        rotation = f"{info.rotation_period_days}d" if info.rotation_period_days else "manual"
+        last = info.last_rotated.isoformat() if info.last_rotated else "-"
+        click.echo(
+            f"{info.id:<20} {info.type:<8} {info.versions:>8} {info.current_version:>7}  {info.origin:<10} "
+            f"{rotation:<9} {info.created.isoformat()} / {last}"
+        )
+
+
+def _open_store(keyring: Path, passphrase_file: Path | None, passphrase_env: str) -> LocalKeyStore:
+    from proxy.kms.local import KeyringFileError, LocalKeyStore
+
+    passphrase = _passphrase(None if passphrase_file else passphrase_env, passphrase_file)
+    try:
+        return LocalKeyStore.open(keyring, passphrase)
+    except KeyringFileError as exc:
+        _fail(str(exc))
+        raise
+
+
+@keys.command("rotate")
+@click.argument("key_id", required=False)
+@click.option("--due", is_flag=True, help="Rotate every generated key whose rotation period has passed.")
+@_keyring_opt
+@_pass_file_opt
+@_pass_env_opt
+def keys_rotate(
+    key_id: str | None, due: bool, keyring: Path, passphrase_file: Path | None, passphrase_env: str
+) -> None:
+    """Give KEY_ID a new current version (older versions keep decrypting), or every --due key.
+
+    Run `keys rotate --due` daily (cron, a systemd timer) for scheduled rotation; running
+    sealgate processes pick up new versions from the file within a second."""
+    from proxy.kms.local import KeyringFileError
+
+    if due == bool(key_id):
+        _fail("give either KEY_ID or --due")
+    store = _open_store(keyring, passphrase_file, passphrase_env)
+    targets = store.due_for_rotation() if due else [key_id or ""]
+    try:
+        for target in targets:
+            info = store.rotate_key(target)
+            click.echo(f"rotated {info.id}: now version {info.current_version}")
+        store.save()
+    except KeyringFileError as exc:
+        _fail(str(exc))
+    if due and not targets:
+        click.echo("no key is due for rotation")
+
+
+@keys.command("import")
+@click.argument("key_id")
+@click.option(
+    "--material-file",
+    type=click.Path(path_type=Path, exists=True),
+    required=True,
+    help="32 raw bytes, or 64 hex characters, of AES-256 key material.",
+)
+@click.option("--rotate", "as_rotation", is_flag=True, help="Add as a new version of an existing imported key.")
+@_keyring_opt
+@_pass_file_opt
+@_pass_env_opt
+def keys_import(
+    key_id: str,
+    material_file: Path,
+    as_rotation: bool,
+    keyring: Path,
+    passphrase_file: Path | None,
+    passphrase_env: str,
+) -> None:
+    """Import AES-256 key material as KEY_ID; imported keys rotate only by hand (--rotate)."""
+    from proxy.kms.local import KeyringFileError
+
+    raw = material_file.read_bytes()
+    text = raw.strip()
+    is_hex = len(text) == 64 and all(c in b"0123456789abcdefABCDEF" for c in text)
+    material = bytes.fromhex(text.decode()) if is_hex else raw
+    store = _open_store(keyring, passphrase_file, passphrase_env)
+    try:
+        info = store.rotate_key(key_id, material) if as_rotation else store.import_key(key_id, material)
+        store.save()
+    except KeyringFileError as exc:
+        _fail(str(exc))
+        return
+    click.echo(f"imported {info.id} (version {info.current_version})")
 
 
 def _random_secret(n: int = 40) -> str:

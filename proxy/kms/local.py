@@ -53,10 +53,12 @@ import base64
 import binascii
 import contextlib
 import json
+import logging
 import os
 import re
 import stat
 import struct
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -91,6 +93,13 @@ _MAX_R = 32
 _MAX_P = 16
 
 
+#: Generated keys rotate yearly unless told otherwise (as AWS KMS does).
+DEFAULT_ROTATION_DAYS = 365
+
+
+log = logging.getLogger(__name__)
+
+
 class KeyringFileError(Exception):
     """The keyring file or passphrase cannot be used; the message says which and why."""
 
@@ -104,6 +113,10 @@ class KeyInfo:
     current_version: int
     created: datetime
     origin: str
+    type: str = "aes-256"
+    #: Days between automatic rotations; None for keys that rotate only by hand (imported ones).
+    rotation_period_days: int | None = None
+    last_rotated: datetime | None = None
 
 
 @dataclass
@@ -340,6 +353,21 @@ class LocalKeyStore:
             raise _malformed(path, "not valid JSON") from None
         return cls(path, kek, salt, (log2_n, r, p), _load_keys(path, doc))
 
+    def reload(self) -> bool:
+        """Re-read the file if another process changed it (e.g. `sealgate keys rotate`); True
+        when keys were reloaded. The file must still be sealed under the same passphrase."""
+        blob = _read_private(self.path, "keyring file")
+        header = blob[: _HEADER.size]
+        if header != _HEADER.pack(MAGIC, *self._params, self._salt):
+            raise KeyringFileError(f"keyring file {self.path} was re-keyed; restart sealgate to open it")
+        nonce = blob[_HEADER.size : _HEADER.size + NONCE_SIZE]
+        try:
+            plain = AESGCM(self._kek).decrypt(nonce, blob[_HEADER.size + NONCE_SIZE :], header)
+        except InvalidTag:
+            raise KeyringFileError(f"keyring file {self.path} is corrupted") from None
+        self._keys = _load_keys(self.path, json.loads(plain))
+        return True
+
     def create_key(self, key_id: str) -> KeyInfo:
         """Add master key `key_id` with fresh random material as version 1 (not yet saved)."""
         if not _KEY_ID.fullmatch(key_id):
@@ -352,10 +380,50 @@ class LocalKeyStore:
             now,
             "generated",
             [_Version(1, os.urandom(KEY_SIZE), now)],
-            {"type": "aes-256", "rotation_period_days": None},
+            {"type": "aes-256", "rotation_period_days": DEFAULT_ROTATION_DAYS},
         )
         self._keys[key_id] = key
         return self._info(key)
+
+    def import_key(self, key_id: str, material: bytes) -> KeyInfo:
+        """Add master key `key_id` with given 256-bit material; imported keys rotate only by hand."""
+        if not _KEY_ID.fullmatch(key_id):
+            raise KeyringFileError(f"invalid key id {key_id!r}: use 1-64 of the characters A-Z a-z 0-9 _ . -")
+        if key_id in self._keys:
+            raise KeyringFileError(f"key {key_id!r} already exists in {self.path}")
+        if len(material) != KEY_SIZE:
+            raise KeyringFileError(f"imported key material must be {KEY_SIZE} bytes, got {len(material)}")
+        now = _now()
+        key = _MasterKey(
+            key_id, now, "imported", [_Version(1, material, now)], {"type": "aes-256", "rotation_period_days": None}
+        )
+        self._keys[key_id] = key
+        return self._info(key)
+
+    def rotate_key(self, key_id: str, material: bytes | None = None) -> KeyInfo:
+        """A new current version (fresh material, or given material for imported keys); older
+        versions stay, so objects sealed under them still decrypt. Not yet saved."""
+        key = self._keys.get(key_id)
+        if key is None:
+            raise KeyringFileError(f"no key {key_id!r} in {self.path}")
+        if key.origin == "imported" and material is None:
+            raise KeyringFileError(f"key {key_id!r} is imported: rotate it with new material (keys import --rotate)")
+        if material is not None and len(material) != KEY_SIZE:
+            raise KeyringFileError(f"key material must be {KEY_SIZE} bytes, got {len(material)}")
+        key.versions.append(_Version(key.current.version + 1, material or os.urandom(KEY_SIZE), _now()))
+        return self._info(key)
+
+    def due_for_rotation(self, now: datetime | None = None) -> list[str]:
+        """Generated keys whose rotation period has passed since their current version."""
+        now = now or datetime.now(UTC)
+        due = []
+        for key in self._keys.values():
+            days = key.extra.get("rotation_period_days")
+            if key.origin != "generated" or not isinstance(days, int) or days <= 0:
+                continue
+            if (now - _parse_time(key.current.created)).total_seconds() >= days * 86400:
+                due.append(key.id)
+        return sorted(due)
 
     def list_keys(self) -> list[KeyInfo]:
         """All master keys, sorted by id, without material."""
@@ -367,12 +435,16 @@ class LocalKeyStore:
 
     @staticmethod
     def _info(key: _MasterKey) -> KeyInfo:
+        days = key.extra.get("rotation_period_days")
         return KeyInfo(
             id=key.id,
             versions=len(key.versions),
             current_version=key.current.version,
             created=_parse_time(key.created),
             origin=key.origin,
+            type=str(key.extra.get("type", "aes-256")),
+            rotation_period_days=days if isinstance(days, int) else None,
+            last_rotated=_parse_time(key.current.created) if len(key.versions) > 1 else None,
         )
 
     def _current(self, key_id: str) -> tuple[int, bytes] | None:
@@ -435,15 +507,39 @@ def wrap_aad(key_ref: str, context: Mapping[str, str]) -> bytes:
 class LocalKeyring:
     """A `Keyring` over the master keys of a `LocalKeyStore`."""
 
-    def __init__(self, store: LocalKeyStore) -> None:
-        """Serve data keys from `store`'s master keys."""
+    def __init__(self, store: LocalKeyStore, *, reload_seconds: float = 1.0) -> None:
+        """Serve data keys from `store`'s master keys, picking up changes to its file (new key
+        versions from `sealgate keys rotate`) at most every `reload_seconds`."""
         self._store = store
+        self._reload_seconds = reload_seconds
+        self._checked = time.monotonic()
+        self._mtime = self._stat()
+
+    def _stat(self) -> int:
+        try:
+            return self._store.path.stat().st_mtime_ns
+        except OSError:
+            return 0
+
+    def _refresh(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._checked < self._reload_seconds:
+            return
+        self._checked = now
+        mtime = self._stat()
+        if mtime and mtime != self._mtime:
+            self._mtime = mtime
+            try:
+                self._store.reload()
+            except KeyringFileError as exc:
+                log.error("keeping the loaded keyring: %s", exc)
 
     def __repr__(self) -> str:
         return f"LocalKeyring({self._store!r})"
 
     async def generate_data_key(self, key_id: str, context: Mapping[str, str]) -> DataKey:
         """A fresh data key wrapped under the newest version of master key `key_id`."""
+        self._refresh()
         current = self._store._current(key_id)
         if current is None:
             raise KeyAccessDenied(f"no master key {key_id!r} in the local keyring")
@@ -456,6 +552,7 @@ class LocalKeyring:
 
     async def wrap_data_key(self, key_id: str, plaintext: bytes, context: Mapping[str, str]) -> DataKey:
         """Wrap an existing data key under the newest version of `key_id` (copies, rewrap)."""
+        self._refresh()
         current = self._store._current(key_id)
         if current is None:
             raise KeyAccessDenied(f"no master key {key_id!r} in the local keyring")
@@ -471,7 +568,12 @@ class LocalKeyring:
         if m is None:
             raise InvalidWrappedKey(f"{key_ref[:100]!r} is not a local keyring reference")
         key_id, version = m.group(1), int(m.group(2))
+        self._refresh()
         material = self._store._material(key_id, version)
+        if material is None:
+            # Another process may just have added this version: look at the file now.
+            self._refresh(force=True)
+            material = self._store._material(key_id, version)
         if material is None:
             raise KeyAccessDenied(f"no version {version} of master key {key_id!r} in the local keyring")
         if len(wrapped) != WRAPPED_SIZE:
