@@ -83,7 +83,7 @@ def test_keys_create_and_list(tmp_path: Path) -> None:
     assert dup.returncode != 0 and "finance" in dup.stderr
     listed = run(["keys", "list", "--keyring", "kr"], tmp_path, env)
     assert listed.returncode == 0
-    assert re.search(r"^default\s+1\s+1", listed.stdout, re.M) and "finance" in listed.stdout
+    assert re.search(r"^default\s+aes-256\s+1\s+1\s+generated", listed.stdout, re.M) and "finance" in listed.stdout
     wrong = run(["keys", "list", "--keyring", "kr"], tmp_path, {"SEALGATE_KEYRING_PASSPHRASE": "wrong"})
     assert wrong.returncode != 0 and "passphrase" in wrong.stderr
     assert "Traceback" not in wrong.stderr
