@@ -447,15 +447,28 @@ class LocalKeyStore:
             last_rotated=_parse_time(key.current.created) if len(key.versions) > 1 else None,
         )
 
-    def _current(self, key_id: str) -> tuple[int, bytes] | None:
+    def set_enabled(self, key_id: str, enabled: bool) -> None:
+        """Disable (or re-enable) a key: a disabled key neither wraps nor unwraps. Not yet saved."""
         key = self._keys.get(key_id)
+        if key is None:
+            raise KeyringFileError(f"no key {key_id!r} in {self.path}")
+        key.extra["enabled"] = enabled
+
+    def _usable(self, key_id: str) -> _MasterKey | None:
+        key = self._keys.get(key_id)
+        if key is None or key.extra.get("enabled") is False:
+            return None
+        return key
+
+    def _current(self, key_id: str) -> tuple[int, bytes] | None:
+        key = self._usable(key_id)
         if key is None:
             return None
         current = key.current
         return current.version, current.material
 
     def _material(self, key_id: str, version: int) -> bytes | None:
-        key = self._keys.get(key_id)
+        key = self._usable(key_id)
         if key is None:
             return None
         for v in key.versions:
