@@ -230,6 +230,12 @@ class AwsKmsKeyring:
             raise InvalidWrappedKey(f"KMS Decrypt with key {key_ref!r}: not a 32-byte data key")
         return plaintext
 
+    async def ready(self, key_id: str) -> None:
+        """KeyringError unless KMS answers for `key_id` and the key is enabled (readiness)."""
+        resp = await self._call("DescribeKey", key_id, self._client.describe_key, KeyId=key_id)
+        if not resp.get("KeyMetadata", {}).get("Enabled", False):
+            raise KeyAccessDenied(f"KMS key {key_id!r} is disabled")
+
     async def close(self) -> None:
         """Wait for calls in flight, stop the thread pool and close the HTTP client."""
         if self._closed:

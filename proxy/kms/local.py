@@ -550,6 +550,12 @@ class LocalKeyring:
     def __repr__(self) -> str:
         return f"LocalKeyring({self._store!r})"
 
+    async def ready(self, key_id: str) -> None:
+        """KeyAccessDenied unless `key_id` is in the keyring and enabled (readiness)."""
+        self._refresh()
+        if self._store._current(key_id) is None:
+            raise KeyAccessDenied(f"no usable key {key_id!r} in the local keyring")
+
     async def generate_data_key(self, key_id: str, context: Mapping[str, str]) -> DataKey:
         """A fresh data key wrapped under the newest version of master key `key_id`."""
         self._refresh()

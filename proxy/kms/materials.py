@@ -12,11 +12,15 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from typing import TypeVar
 
 from proxy.crypto.format import SCOPE_BUCKET, SCOPE_OBJECT, encryption_context
-from proxy.kms.base import DataKey, Keyring
+from proxy.kms.base import DataKey, Keyring, KeyringError
+from proxy.metrics import KEY_CACHE, KMS_CALLS
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -62,7 +66,7 @@ class Materials:
         """A data key for a new object and the scope it is wrapped for (object or bucket)."""
         limits = self._reuse
         if limits is None or size is None or size > limits.max_bytes:
-            return await self.keyring.generate_data_key(key_id, encryption_context(bucket, key)), SCOPE_OBJECT
+            return await self._generate(key_id, encryption_context(bucket, key)), SCOPE_OBJECT
         now = self._clock()
         slot = (key_id, bucket)
         shared = self._shared.get(slot)
@@ -72,9 +76,12 @@ class Materials:
             or now - shared.created >= limits.max_seconds
             or shared.bytes + size > limits.max_bytes
         ):
-            fresh = await self.keyring.generate_data_key(key_id, encryption_context(bucket, key, SCOPE_BUCKET))
+            fresh = await self._generate(key_id, encryption_context(bucket, key, SCOPE_BUCKET))
             shared = _Shared(fresh, now)
             self._shared[slot] = shared
+            KEY_CACHE.labels("shared", "miss").inc()
+        else:
+            KEY_CACHE.labels("shared", "hit").inc()
         shared.objects += 1
         shared.bytes += size
         return shared.key, SCOPE_BUCKET
@@ -82,14 +89,16 @@ class Materials:
     async def unwrap(self, key_ref: str, wrapped: bytes, context: Mapping[str, str]) -> bytes:
         """The plaintext data key, from the cache while it is fresh."""
         if self._ttl <= 0:
-            return await self.keyring.decrypt_data_key(key_ref, wrapped, context)
+            return await self._decrypt(key_ref, wrapped, context)
         slot = (key_ref, wrapped, tuple(sorted(context.items())))
         now = self._clock()
         hit = self._unwrapped.get(slot)
         if hit is not None and now - hit[0] < self._ttl:
             self._unwrapped.move_to_end(slot)
+            KEY_CACHE.labels("unwrapped", "hit").inc()
             return hit[1]
-        plaintext = await self.keyring.decrypt_data_key(key_ref, wrapped, context)
+        KEY_CACHE.labels("unwrapped", "miss").inc()
+        plaintext = await self._decrypt(key_ref, wrapped, context)
         self._unwrapped[slot] = (now, plaintext)
         self._unwrapped.move_to_end(slot)
         while len(self._unwrapped) > self._max:
@@ -98,10 +107,26 @@ class Materials:
 
     async def wrap(self, key_id: str, plaintext: bytes, context: Mapping[str, str]) -> DataKey:
         """Wrap an existing data key (copies); not cached."""
-        return await self.keyring.wrap_data_key(key_id, plaintext, context)
+        return await _counted("wrap", self.keyring.wrap_data_key(key_id, plaintext, context))
+
+    async def _generate(self, key_id: str, context: Mapping[str, str]) -> DataKey:
+        return await _counted("generate", self.keyring.generate_data_key(key_id, context))
+
+    async def _decrypt(self, key_ref: str, wrapped: bytes, context: Mapping[str, str]) -> bytes:
+        return await _counted("decrypt", self.keyring.decrypt_data_key(key_ref, wrapped, context))
 
     async def close(self) -> None:
         """Forget every cached key and close the keyring."""
         self._shared.clear()
         self._unwrapped.clear()
         await self.keyring.close()
+
+
+async def _counted(operation: str, call: Awaitable[T]) -> T:
+    try:
+        result = await call
+    except KeyringError as exc:
+        KMS_CALLS.labels(operation, exc.code).inc()
+        raise
+    KMS_CALLS.labels(operation, "ok").inc()
+    return result

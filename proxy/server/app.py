@@ -15,6 +15,7 @@ from proxy.config import Config
 from proxy.crypto.format import FormatError
 from proxy.kms.base import KeyringError
 from proxy.kms.materials import Materials
+from proxy.metrics import ACTIVE, BYTES_OUT, LATENCY, REQUESTS, render
 from proxy.s3.errors import S3Error
 from proxy.s3.routing import Route, route
 from proxy.s3.sigv4 import ClientCredentials, VerifiedRequest, verify_request
@@ -24,6 +25,7 @@ from proxy.server.state import IDENTITY, REQUEST_ID, Gateway
 log = logging.getLogger("sealgate.access")
 
 GATEWAY = web.AppKey("gateway", Gateway)
+OPERATION = web.RequestKey("sealgate.operation", str)
 HEALTH_PREFIX = "/-/"
 _VERIFIED = web.RequestKey("sealgate.verified", VerifiedRequest)
 
@@ -55,6 +57,7 @@ async def s3_errors(request: web.Request, handler: Handler) -> web.StreamRespons
     """Every failure becomes an S3 XML error; every response carries a request id."""
     rid = _request_id(request)
     start = time.monotonic()
+    ACTIVE.inc()
     try:
         resp = await handler(request)
     except S3Error as err:
@@ -69,9 +72,16 @@ async def s3_errors(request: web.Request, handler: Handler) -> web.StreamRespons
     except Exception:
         log.exception("unhandled error in request %s", rid)
         resp = error_response(request, S3Error("InternalError", "We encountered an internal error. Please try again."))
+    finally:
+        ACTIVE.dec()
     if not resp.prepared:
         resp.headers.setdefault("x-amz-request-id", rid)
         resp.headers.setdefault("x-amz-id-2", rid)
+    operation = request.get(OPERATION, "Health" if request.path.startswith(HEALTH_PREFIX) else "Unrouted")
+    elapsed = time.monotonic() - start
+    REQUESTS.labels(operation, str(resp.status)).inc()
+    LATENCY.labels(operation).observe(elapsed)
+    BYTES_OUT.inc(resp.body_length)
     log.info(
         "%s %s %s %s %.1fms",
         rid,
@@ -147,6 +157,7 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
         request.headers.get("Host", ""),
         gw.config.server.virtual_host_domains,
     )
+    request[OPERATION] = r.operation
     return await _run(gw, request, r, verified)
 
 
@@ -200,9 +211,36 @@ async def _run(gw: Gateway, request: web.Request, r: Route, verified: VerifiedRe
 
 
 async def _health(request: web.Request) -> web.StreamResponse:
+    """/-/healthz: alive. /-/readyz: backend and key service reachable. /-/metrics: Prometheus."""
     if request.path == "/-/healthz":
         return web.Response(text="ok\n")
+    if request.path == "/-/metrics":
+        return web.Response(body=render(), content_type="text/plain", charset="utf-8")
+    if request.path == "/-/readyz":
+        gw = request.app[GATEWAY]
+        problems = []
+        try:
+            resp = await gw.backend.request("GET", None)
+            resp.release()
+        except S3Error as exc:
+            problems.append(f"backend: {exc.message}")
+        ready = getattr(gw.materials.keyring, "ready", None)
+        if ready is not None:
+            try:
+                await ready(gw.config.kms.default_key)
+            except KeyringError as exc:
+                problems.append(f"kms: {exc.message}")
+        if problems:
+            return web.Response(status=503, text="not ready\n" + "\n".join(problems) + "\n")
+        return web.Response(text="ready\n")
     raise S3Error("NoSuchKey", "no such health path", 404)
+
+
+async def _stamp_request_id(request: web.Request, response: web.StreamResponse) -> None:
+    """Streamed responses too carry the request id, as every S3 response does."""
+    rid = _request_id(request)
+    response.headers.setdefault("x-amz-request-id", rid)
+    response.headers.setdefault("x-amz-id-2", rid)
 
 
 def build_app(config: Config, materials: Materials, backend: Backend) -> web.Application:
@@ -219,5 +257,6 @@ def build_app(config: Config, materials: Materials, backend: Backend) -> web.App
             await materials.close()
 
     app.cleanup_ctx.append(lifecycle)
+    app.on_response_prepare.append(_stamp_request_id)
     app.router.add_route("*", "/{tail:.*}", dispatch, expect_handler=expect_continue)
     return app

@@ -17,6 +17,7 @@ from typing import Protocol
 
 from multidict import CIMultiDictProxy
 
+from proxy.metrics import BYTES_IN
 from proxy.s3.checksums import b64, new_checksum
 from proxy.s3.chunked import AwsChunkedDecoder
 from proxy.s3.errors import S3Error
@@ -127,6 +128,7 @@ class PlaintextBody:
 
     def _account(self, piece: bytes | memoryview) -> None:
         self.received += len(piece)
+        BYTES_IN.inc(len(piece))
         if self.received > self.length:
             raise S3Error("IncompleteBody", "The request body is longer than its declared length.")
         if self._md5 is not None:

@@ -166,3 +166,34 @@ def test_health(stack: Stack) -> None:
     http = urllib3.PoolManager(ca_certs=str(stack.ca_path))
     r = http.request("GET", stack.gate.url + "/-/healthz")
     assert r.status == 200 and r.data == b"ok\n"
+
+
+def test_readyz_and_metrics(stack: Stack, bucket: str) -> None:
+    import urllib3
+
+    http = urllib3.PoolManager(ca_certs=str(stack.ca_path))
+    r = http.request("GET", stack.gate.url + "/-/readyz")
+    assert r.status == 200 and r.data == b"ready\n"
+    s3 = stack.client()
+    s3.put_object(Bucket=bucket, Key="metered", Body=b"m" * 1000)
+    got = s3.get_object(Bucket=bucket, Key="metered")
+    assert got["ResponseMetadata"]["HTTPHeaders"].get("x-amz-request-id")  # streamed responses too
+    got["Body"].read()
+    text = http.request("GET", stack.gate.url + "/-/metrics").data.decode()
+    assert 'sealgate_requests_total{operation="PutObject",status="200"}' in text
+    assert 'sealgate_requests_total{operation="GetObject",status="200"}' in text
+    assert 'sealgate_keyring_calls_total{operation="generate",outcome="ok"}' in text
+    assert "sealgate_request_seconds_bucket" in text
+
+
+def test_readyz_reports_backend_down(tls_files, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import urllib3
+
+    from tests.conftest import free_port, start_stack
+
+    st = start_stack(tmp_path, f"http://127.0.0.1:{free_port()}", tls_files)
+    try:
+        r = urllib3.PoolManager(ca_certs=str(st.ca_path)).request("GET", st.gate.url + "/-/readyz")
+        assert r.status == 503 and b"backend" in r.data
+    finally:
+        st.gate.stop()

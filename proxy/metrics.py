@@ -1,0 +1,39 @@
+"""Prometheus metrics, served on /-/metrics: requests, bytes, latency, KMS calls, cache use."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+REQUESTS = Counter(
+    "sealgate_requests_total", "S3 requests by operation and HTTP status.", ["operation", "status"], registry=REGISTRY
+)
+LATENCY = Histogram(
+    "sealgate_request_seconds",
+    "Time to the end of the response, by operation.",
+    ["operation"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+    registry=REGISTRY,
+)
+BYTES_IN = Counter("sealgate_plaintext_bytes_received_total", "Object bytes received from clients.", registry=REGISTRY)
+BYTES_OUT = Counter("sealgate_response_bytes_sent_total", "Response body bytes sent to clients.", registry=REGISTRY)
+ACTIVE = Gauge("sealgate_requests_in_flight", "Requests being served now.", registry=REGISTRY)
+KMS_CALLS = Counter(
+    "sealgate_keyring_calls_total",
+    "Keyring / KMS calls by operation and outcome.",
+    ["operation", "outcome"],
+    registry=REGISTRY,
+)
+KEY_CACHE = Counter(
+    "sealgate_key_cache_total",
+    "Data-key cache lookups by kind (shared, unwrapped) and result.",
+    ["kind", "result"],
+    registry=REGISTRY,
+)
+
+
+def render() -> bytes:
+    """The text exposition of every metric."""
+    out: bytes = generate_latest(REGISTRY)
+    return out
