@@ -444,5 +444,14 @@ Ctrl-C stops sealgate and the demo store.
         store_server.stop()
 
 
+def _register_tools() -> None:
+    from proxy.offline import decrypt_cmd, encrypt_cmd
+
+    main.add_command(encrypt_cmd, "encrypt")
+    main.add_command(decrypt_cmd, "decrypt")
+
+
+_register_tools()
+
 if __name__ == "__main__":
     main()

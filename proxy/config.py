@@ -249,6 +249,10 @@ class BackendConfig(_Model):
     ca_bundle: ConfigPath | None = None
     addressing_style: Literal["path", "virtual"] = "path"
     verify_tls: StrictBool = True
+    #: Whether the backend lists multipart objects with S3's ``…-N`` ETags (AWS S3, MinIO, Ceph,
+    #: moto). If not (``rclone serve s3``), listings look up every object's manifest, which
+    #: costs one small request per listed object.
+    multipart_etag_suffix: StrictBool = True
 
     _check_endpoint = field_validator("endpoint")(_check_url)
 

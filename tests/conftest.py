@@ -136,6 +136,7 @@ def write_config(
     backend_akid: str = BACKEND_AKID,
     backend_secret: str = BACKEND_SECRET,
     extra: str = "",
+    backend_extra: str = "",
 ) -> Path:
     keyring = d / "keyring"
     if kms is None:
@@ -157,6 +158,7 @@ endpoint = "{backend}"
 region = "us-east-1"
 access_key_id = "{backend_akid}"
 secret_access_key = "{backend_secret}"
+{backend_extra}
 
 [kms]
 {kms}

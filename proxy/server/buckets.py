@@ -95,13 +95,14 @@ def _ns(tag: str) -> str:
     return f"{{{S3_NS}}}{tag}"
 
 
-def multipart_entries(root: Element) -> list[tuple[str, str]]:
-    """(key, backend ETag) of listed objects stored as multipart uploads (ETag ``…-N``)."""
+def multipart_entries(root: Element, *, suffixed: bool = True) -> list[tuple[str, str]]:
+    """(key, backend ETag) of listed objects that may be multipart: those with an ``…-N`` ETag,
+    or every object when the backend does not mark multipart ETags (`suffixed` false)."""
     out = []
     for contents in _entries(root):
         key = contents.findtext(_ns("Key")) or ""
         etag = (contents.findtext(_ns("ETag")) or "").strip().strip('"')
-        if "-" in etag and not key.startswith(RESERVED_PREFIX):
+        if (not suffixed or "-" in etag) and not key.startswith(RESERVED_PREFIX):
             out.append((key, etag))
     return out
 
@@ -185,7 +186,10 @@ async def list_objects(gw: Gateway, request: web.Request, bucket: str, *, versio
         root = _as_element(ElementTree.fromstring(data))
     except Exception as exc:  # noqa: BLE001 - any malformed listing from the backend
         raise S3Error("BadGateway", "backend sent a malformed listing", 502) from exc
-    body = rewrite_listing(root, await _multipart_sizes(gw, bucket, multipart_entries(root)))
+    body = rewrite_listing(
+        root,
+        await _multipart_sizes(gw, bucket, multipart_entries(root, suffixed=gw.config.backend.multipart_etag_suffix)),
+    )
     return web.Response(status=200, body=body, headers={"Content-Type": _XML})
 
 

@@ -170,7 +170,7 @@ async def _backend_parts(gw: Gateway, bucket: str, key: str, backend_id: str) ->
             root = ElementTree.fromstring(await resp.read())
         finally:
             resp.release()
-        for el in root.iter(f"{{{S3_NS}}}Part"):
+        for el in (e for e in root.iter() if e.tag.rsplit("}", 1)[-1] == "Part"):
             n = _find_text(el, "PartNumber")
             etag = _find_text(el, "ETag")
             size = _find_text(el, "Size")
@@ -275,11 +275,13 @@ async def complete(gw: Gateway, request: web.Request, bucket: str, key: str) -> 
         # S3 may report a failed completion inside a 200 response.
         code = _find_text(root, "Code") or "InternalError"
         raise S3Error(code, _find_text(root, "Message") or code, 503 if code == "InternalError" else 400)
-    actual = ((_find_text(root, "ETag") if root is not None else None) or "").strip().strip('"')
-    if not actual:
-        head = await gw.backend.request("HEAD", bucket, key)
-        head.release()
-        actual = head.headers.get("ETag", "").strip().strip('"')
+    # Name the manifest after the ETag that reads will see: some backends report another ETag
+    # on HEAD and GET than in their completion answer.
+    head = await gw.backend.request("HEAD", bucket, key)
+    head.release()
+    actual = head.headers.get("ETag", "").strip().strip('"')
+    if not actual and root is not None:
+        actual = (_find_text(root, "ETag") or "").strip().strip('"')
     if actual and actual != expected:
         # A backend with its own ETag scheme: the manifest must name the ETag it really gave.
         stale = manifest

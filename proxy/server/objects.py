@@ -278,7 +278,8 @@ class _Opened:
 def _total_length(resp: BackendResponse) -> tuple[int, int]:
     """(start offset of the body, total stored length) of a GET or HEAD response."""
     cr = resp.headers.get("Content-Range")
-    if resp.status == 206 and cr:
+    # Some backends (rclone serve s3) answer a ranged GET with 200 and a Content-Range.
+    if resp.status in (200, 206) and cr:
         m = _CONTENT_RANGE_RE.match(cr)
         if not m:
             raise S3Error("BadGateway", "backend sent a malformed Content-Range", 502)
