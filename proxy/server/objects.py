@@ -454,7 +454,37 @@ async def head_object(gw: Gateway, request: web.Request, bucket: str, key: str) 
     headers = _object_headers(resp, opened)
     _response_overrides(request, headers)
     headers["Content-Length"] = str(opened.plaintext_length)
+    part = _part_range(request, opened)
+    if part is not None:
+        (a, b), count = part
+        headers["x-amz-mp-parts-count"] = str(count)
+        if opened.manifest is not None:
+            headers["Content-Length"] = str(b - a)
+            headers["Content-Range"] = f"bytes {a}-{b - 1}/{opened.plaintext_length}"
+            return web.Response(status=206, headers=headers)
     return web.Response(status=200, headers=headers)
+
+
+def _part_range(request: web.Request, opened: _Opened) -> tuple[tuple[int, int], int] | None:
+    """[start, end) of the ``partNumber`` a request asks for, and the number of parts; None
+    without partNumber. Parts are counted 1..N in the completed object, as S3 numbers them."""
+    raw = request.query.get("partNumber")
+    if raw is None:
+        return None
+    if "Range" in request.headers:
+        raise S3Error("InvalidRequest", "Cannot specify both Range header and partNumber query parameter", 400)
+    if not raw.isdigit() or int(raw) < 1:
+        raise S3Error("InvalidArgument", "Part number must be a positive integer", 400)
+    number = int(raw)
+    if opened.manifest is None:
+        if number != 1:
+            raise S3Error("InvalidPartNumber", "The requested partnumber is not satisfiable", 416)
+        return (0, opened.plaintext_length), 1
+    parts = opened.manifest.parts
+    if number > len(parts):
+        raise S3Error("InvalidPartNumber", "The requested partnumber is not satisfiable", 416)
+    start = sum(p.length for p in parts[: number - 1])
+    return (start, start + parts[number - 1].length), len(parts)
 
 
 def _backend_range(header: str | None, segment_size: int) -> str | None:
@@ -526,10 +556,15 @@ async def _stream_object(
     opened = await _open(gw, request, bucket, key, resp, total)
     _conditions(request, opened.etag, _last_modified(resp))
     size = opened.plaintext_length
+    part = _part_range(request, opened)
+    if part is not None and opened.manifest is not None and part[0][1] > part[0][0]:
+        range_header = f"bytes={part[0][0]}-{part[0][1] - 1}"
     rng = parse_range(range_header, size)
     layout = Layout(opened.envelope.segment_size)
     headers = _object_headers(resp, opened)
     _response_overrides(request, headers)
+    if part is not None:
+        headers["x-amz-mp-parts-count"] = str(part[1])
     if opened.manifest is not None:
         return await _stream_multipart(gw, request, bucket, key, resp, opened, rng, headers)
     if rng is None:

@@ -203,3 +203,21 @@ def test_manifest_deleted(stack: Stack, bucket: str, three_parts: tuple[bytes, l
         b.delete_object(Bucket=bucket, Key=o["Key"])
     got, err = _read_all(stack.client(), bucket, "t")
     assert err is not None and got == b""
+
+
+def test_part_number_reads(stack: Stack, bucket: str) -> None:
+    s3 = stack.client()
+    parts = {1: os.urandom(5 * MiB), 2: os.urandom(5 * MiB + 3), 3: os.urandom(7)}
+    uid, done = _mpu(s3, bucket, "pn", parts)
+    s3.complete_multipart_upload(Bucket=bucket, Key="pn", UploadId=uid, MultipartUpload={"Parts": done})
+    for n, data in parts.items():
+        got = s3.get_object(Bucket=bucket, Key="pn", PartNumber=n)
+        assert got["Body"].read() == data
+        assert got["PartsCount"] == 3
+        head = s3.head_object(Bucket=bucket, Key="pn", PartNumber=n)
+        assert head["ContentLength"] == len(data) and head["PartsCount"] == 3
+    with pytest.raises(ClientError) as err:
+        s3.get_object(Bucket=bucket, Key="pn", PartNumber=4)
+    assert err.value.response["ResponseMetadata"]["HTTPStatusCode"] == 416
+    s3.put_object(Bucket=bucket, Key="single", Body=b"one part")
+    assert s3.get_object(Bucket=bucket, Key="single", PartNumber=1)["Body"].read() == b"one part"
