@@ -329,6 +329,48 @@ def rewrap(config_path: Path, bucket: str, prefix: str, to_key: str) -> None:
         sys.exit(1)
 
 
+@main.command("gc")
+@click.option("--config", "config_path", type=click.Path(path_type=Path), required=True, help="TOML config file.")
+@click.option("--bucket", required=True)
+@click.option("--older-than", default="24h", show_default=True, help="Age limit, e.g. 36h or 7d.")
+@click.option("--dry-run", is_flag=True, help="Only report what would be removed.")
+def gc_cmd(config_path: Path, bucket: str, older_than: str, dry_run: bool) -> None:
+    """Abort stale multipart uploads and delete manifests whose object is gone."""
+    import asyncio
+
+    from proxy.config import ConfigError, load_config
+    from proxy.gc import gc, parse_age
+    from proxy.server.run import make_backend, make_keyring, make_materials
+    from proxy.server.state import Gateway
+
+    try:
+        config = load_config(config_path)
+        age = parse_age(older_than)
+    except (ConfigError, ValueError) as exc:
+        _fail(str(exc))
+        return
+
+    async def go() -> object:
+        backend = make_backend(config)
+        materials = make_materials(config, make_keyring(config))
+        await backend.start()
+        try:
+            return await gc(Gateway(config, backend, materials), bucket, age, dry_run=dry_run)
+        finally:
+            await backend.close()
+            await materials.close()
+
+    report = asyncio.run(go())
+    from proxy.gc import GcReport
+
+    assert isinstance(report, GcReport)
+    verb = "would remove" if dry_run else "removed"
+    click.echo(
+        f"{verb} {len(report.uploads_aborted)} stale uploads and {len(report.manifests_deleted)} orphan manifests "
+        f"({report.kept_young} recent manifests kept)"
+    )
+
+
 def _random_secret(n: int = 40) -> str:
     alphabet = string.ascii_letters + string.digits
     return "".join(secrets.choice(alphabet) for _ in range(n))

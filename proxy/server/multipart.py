@@ -12,6 +12,7 @@ import hashlib
 import os
 import re
 from contextlib import suppress
+from urllib.parse import quote
 from xml.sax.saxutils import escape
 
 from aiohttp import web
@@ -216,7 +217,12 @@ async def _put_record(gw: Gateway, bucket: str, key: str, manifest: Manifest, se
         "PUT",
         bucket,
         record_key(key, manifest.backend_etag),
-        headers={"x-amz-meta-sg-size": str(manifest.size), "Content-Type": "application/octet-stream"},
+        headers={
+            "x-amz-meta-sg-size": str(manifest.size),
+            # The object's name (URL-quoted: header-safe), so `sealgate gc` can find orphans.
+            "x-amz-meta-sg-object": quote(key, safe=""),
+            "Content-Type": "application/octet-stream",
+        },
         body=sealed,
     )
     if resp.status >= 300:

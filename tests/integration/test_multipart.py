@@ -221,3 +221,28 @@ def test_part_number_reads(stack: Stack, bucket: str) -> None:
     assert err.value.response["ResponseMetadata"]["HTTPStatusCode"] == 416
     s3.put_object(Bucket=bucket, Key="single", Body=b"one part")
     assert s3.get_object(Bucket=bucket, Key="single", PartNumber=1)["Body"].read() == b"one part"
+
+
+def test_gc_aborts_stale_uploads_and_orphan_manifests(stack: Stack, bucket: str) -> None:
+    import subprocess
+    import sys
+    import time
+
+    s3 = stack.client()
+    keep_parts = {1: os.urandom(5 * MiB), 2: b"k"}
+    uid, done = _mpu(s3, bucket, "keep", keep_parts)
+    s3.complete_multipart_upload(Bucket=bucket, Key="keep", UploadId=uid, MultipartUpload={"Parts": done})
+    uid, done = _mpu(s3, bucket, "gone", {1: os.urandom(5 * MiB), 2: b"g"})
+    s3.complete_multipart_upload(Bucket=bucket, Key="gone", UploadId=uid, MultipartUpload={"Parts": done})
+    s3.delete_object(Bucket=bucket, Key="gone")
+    s3.create_multipart_upload(Bucket=bucket, Key="abandoned")
+    time.sleep(1.1)
+    cmd = [sys.executable, "-m", "proxy.cli", "gc", "--config", str(stack.dir / "sealgate.toml"), "--bucket", bucket]
+    dry = subprocess.run([*cmd, "--older-than", "0m", "--dry-run"], capture_output=True, text=True, timeout=60)
+    assert dry.returncode == 0 and "would remove 1 stale uploads and 1 orphan manifests" in dry.stdout, dry.stdout
+    real = subprocess.run([*cmd, "--older-than", "0m"], capture_output=True, text=True, timeout=60)
+    assert "removed 1 stale uploads and 1 orphan manifests" in real.stdout, real.stdout + real.stderr
+    assert not s3.list_multipart_uploads(Bucket=bucket).get("Uploads")
+    assert s3.get_object(Bucket=bucket, Key="keep")["Body"].read() == b"".join(keep_parts.values())
+    left = stack.backend().list_objects_v2(Bucket=bucket, Prefix=".sealgate/")["Contents"]
+    assert len(left) == 1

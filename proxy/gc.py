@@ -1,0 +1,118 @@
+"""`sealgate gc`: abort stale multipart uploads and delete manifests whose object is gone.
+
+Both only ever remove things that no reader can use: an upload nobody completed within the age
+limit, and a manifest whose object was deleted or overwritten (its name carries the ETag of the
+object it describes). Manifests younger than the age limit are kept, since completion writes the
+manifest just before the object appears.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from urllib.parse import unquote
+
+from defusedxml import ElementTree
+
+from proxy.server.objects import RESERVED_PREFIX
+from proxy.server.state import Gateway
+
+
+@dataclass
+class GcReport:
+    """What a run found and removed."""
+
+    uploads_aborted: list[tuple[str, str]] = field(default_factory=list)
+    manifests_deleted: list[str] = field(default_factory=list)
+    kept_young: int = 0
+
+
+def _tag(el: object) -> str:
+    return str(el.tag).rsplit("}", 1)[-1]  # type: ignore[attr-defined]
+
+
+def _text(el: object, name: str) -> str:
+    for child in el:  # type: ignore[attr-defined]
+        if _tag(child) == name:
+            return str(child.text or "")
+    return ""
+
+
+async def _xml(gw: Gateway, bucket: str, query: list[tuple[str, str]]) -> object:
+    resp = await gw.backend.request("GET", bucket, None, query=query)
+    if resp.status >= 300:
+        raise await resp.error()
+    try:
+        return ElementTree.fromstring(await resp.read())
+    finally:
+        resp.release()
+
+
+def _parse_time(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+async def gc(gw: Gateway, bucket: str, older_than: timedelta, *, dry_run: bool = False) -> GcReport:
+    """Clean one bucket; with `dry_run` only report."""
+    report = GcReport()
+    cutoff = datetime.now(UTC) - older_than
+    key_marker = upload_marker = ""
+    while True:
+        query = [("uploads", ""), ("key-marker", key_marker), ("upload-id-marker", upload_marker)]
+        root = await _xml(gw, bucket, query)
+        for up in (e for e in root.iter() if _tag(e) == "Upload"):  # type: ignore[attr-defined]
+            key, upload_id, initiated = _text(up, "Key"), _text(up, "UploadId"), _text(up, "Initiated")
+            if initiated and _parse_time(initiated) < cutoff:
+                report.uploads_aborted.append((key, upload_id))
+                if not dry_run:
+                    resp = await gw.backend.request("DELETE", bucket, key, query=[("uploadId", upload_id)])
+                    resp.release()
+        if _text(root, "IsTruncated").lower() != "true":
+            break
+        key_marker, upload_marker = _text(root, "NextKeyMarker"), _text(root, "NextUploadIdMarker")
+        if not key_marker:
+            break
+    token = ""
+    while True:
+        query = [("list-type", "2"), ("prefix", RESERVED_PREFIX + "mp/")]
+        if token:
+            query.append(("continuation-token", token))
+        root = await _xml(gw, bucket, query)
+        for item in (e for e in root.iter() if _tag(e) == "Contents"):  # type: ignore[attr-defined]
+            name = _text(item, "Key")
+            if _parse_time(_text(item, "LastModified")) >= cutoff:
+                report.kept_young += 1
+                continue
+            if await _orphan(gw, bucket, name):
+                report.manifests_deleted.append(name)
+                if not dry_run:
+                    resp = await gw.backend.request("DELETE", bucket, name)
+                    resp.release()
+        token = _text(root, "NextContinuationToken")
+        if not token:
+            break
+    return report
+
+
+async def _orphan(gw: Gateway, bucket: str, name: str) -> bool:
+    """Whether the object this manifest describes is gone or has another ETag now."""
+    head = await gw.backend.request("HEAD", bucket, name)
+    head.release()
+    quoted = head.headers.get("x-amz-meta-sg-object")
+    if head.status >= 300 or quoted is None:
+        return False  # cannot tell: keep it
+    obj = await gw.backend.request("HEAD", bucket, unquote(quoted))
+    obj.release()
+    if obj.status == 404:
+        return True
+    if obj.status >= 300:
+        return False
+    return obj.headers.get("ETag", "").strip().strip('"') != name.rsplit("/", 1)[-1]
+
+
+def parse_age(text: str) -> timedelta:
+    """'36h', '7d', '90m' -> timedelta."""
+    units = {"m": 60, "h": 3600, "d": 86400}
+    if not text or text[-1] not in units or not text[:-1].isdigit():
+        raise ValueError(f"{text!r}: use a number followed by m, h or d (e.g. 24h)")
+    return timedelta(seconds=int(text[:-1]) * units[text[-1]])
