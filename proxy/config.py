@@ -191,6 +191,13 @@ class ServerConfig(_Model):
     plain_http_listen: StrictStr | None = None
     client_max_skew_seconds: StrictInt = Field(default=900, ge=1, le=3600)
     workers: StrictInt = Field(default=1, ge=1, le=256)
+    #: A client body that sends nothing for this long is cut off (nothing is stored).
+    body_stall_timeout_seconds: StrictInt = Field(default=60, ge=1, le=3600)
+    #: Idle keep-alive connections are closed after this long.
+    keepalive_timeout_seconds: StrictInt = Field(default=75, ge=1, le=3600)
+    #: Longest request line or header line, and most header fields, accepted.
+    max_header_bytes: StrictInt = Field(default=16384, ge=1024, le=1048576)
+    max_headers: StrictInt = Field(default=128, ge=16, le=4096)
     #: Host suffixes for virtual-hosted-style requests (``bucket.<domain>``).
     virtual_host_domains: tuple[StrictStr, ...] = ("localhost",)
 

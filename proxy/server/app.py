@@ -245,7 +245,18 @@ async def _stamp_request_id(request: web.Request, response: web.StreamResponse) 
 
 def build_app(config: Config, materials: Materials, backend: Backend) -> web.Application:
     """The application; backend and keyring open and close with it."""
-    app = web.Application(middlewares=[s3_errors], client_max_size=1024**2, handler_args={"auto_decompress": False})
+    srv = config.server
+    app = web.Application(
+        middlewares=[s3_errors],
+        client_max_size=1024**2,
+        handler_args={
+            "auto_decompress": False,
+            "keepalive_timeout": srv.keepalive_timeout_seconds,
+            "max_line_size": srv.max_header_bytes,
+            "max_field_size": srv.max_header_bytes,
+            "max_headers": srv.max_headers,
+        },
+    )
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         await backend.start()

@@ -9,6 +9,7 @@ check leaves nothing stored on the backend.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hashlib
@@ -80,8 +81,10 @@ class PlaintextBody:
         verified: VerifiedRequest,
         *,
         want_md5: bool,
+        stall_timeout: float = 60.0,
     ) -> None:
         self._stream = stream
+        self._stall = stall_timeout
         payload = verified.payload_hash
         self.chunked = payload.startswith(STREAMING_PREFIX)
         encoding = headers.get("Content-Encoding", "")
@@ -141,7 +144,14 @@ class PlaintextBody:
     async def __aiter__(self) -> AsyncIterator[bytes | memoryview]:
         while True:
             try:
-                data = await self._stream.readany()
+                async with asyncio.timeout(self._stall):
+                    data = await self._stream.readany()
+            except TimeoutError as exc:
+                raise S3Error(
+                    "RequestTimeout",
+                    "Your socket connection to the server was not read from or written to within the timeout period.",
+                    400,
+                ) from exc
             except Exception as exc:  # noqa: BLE001 - aiohttp raises several types on disconnect
                 raise S3Error("IncompleteBody", "The client connection ended mid-body.") from exc
             if not data:

@@ -132,7 +132,13 @@ async def upload_part(
         raise S3Error("NotImplemented", "UploadPartCopy is not implemented by sealgate yet", 501)
     number = _part_number(request)
     uid, data_key = await _open_upload(gw, request, bucket, key, request.query["uploadId"])
-    body = PlaintextBody(request.content, request.headers, verified, want_md5=wants_md5(gw, verified))
+    body = PlaintextBody(
+        request.content,
+        request.headers,
+        verified,
+        want_md5=wants_md5(gw, verified),
+        stall_timeout=gw.config.server.body_stall_timeout_seconds,
+    )
     if body.length > MAX_PUT_SIZE:
         raise S3Error("EntityTooLarge", "Your proposed upload exceeds the maximum allowed size", 400)
     header = PartHeader(number, body.length, os.urandom(16)).pack()

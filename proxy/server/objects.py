@@ -235,7 +235,13 @@ async def put_object(
     """Encrypt the body as it streams in and store it with its envelope metadata."""
     if "If-Match" in request.headers:
         raise S3Error("NotImplemented", "conditional PutObject with If-Match is not supported")
-    body = PlaintextBody(request.content, request.headers, verified, want_md5=wants_md5(gw, verified))
+    body = PlaintextBody(
+        request.content,
+        request.headers,
+        verified,
+        want_md5=wants_md5(gw, verified),
+        stall_timeout=gw.config.server.body_stall_timeout_seconds,
+    )
     if body.length > MAX_PUT_SIZE:
         raise S3Error("EntityTooLarge", "Your proposed upload exceeds the maximum allowed size", 400)
     etag_field = _put_etag_field(body)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -135,16 +137,50 @@ def reload_config(running: Running, path: Path) -> bool:
 
 
 def serve(config: Config, config_path: Path | None = None) -> None:
-    """Run until SIGINT/SIGTERM; SIGHUP re-reads `config_path` (see reload_config)."""
+    """Run until SIGINT/SIGTERM; SIGHUP re-reads `config_path` (see reload_config).
+
+    With ``workers = N`` the process forks N-1 more before any event loop exists; all of them
+    listen on the same port (SO_REUSEPORT) and the kernel spreads connections. Signals sent to
+    the first process are passed on to the others. Every worker is a full, stateless sealgate.
+    """
+    children: list[int] = []
+    for _ in range(config.server.workers - 1):
+        pid = os.fork()
+        if pid == 0:
+            children = []
+            break
+        children.append(pid)
+    try:
+        _serve_one(config, config_path, children)
+    finally:
+        for pid in children:
+            with suppress(ChildProcessError):
+                os.waitpid(pid, 0)
+
+
+def _serve_one(config: Config, config_path: Path | None, children: list[int]) -> None:
+    def forward(sig: int) -> None:
+        for pid in children:
+            with suppress(ProcessLookupError):
+                os.kill(pid, sig)
 
     async def main() -> None:
         running = await start(config)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
+
+        def on_stop(sig: int) -> None:
+            forward(sig)
+            stop.set()
+
+        def on_hup() -> None:
+            forward(signal.SIGHUP)
+            if config_path is not None:
+                reload_config(running, config_path)
+
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        if config_path is not None:
-            loop.add_signal_handler(signal.SIGHUP, reload_config, running, config_path)
+            loop.add_signal_handler(sig, on_stop, sig)
+        loop.add_signal_handler(signal.SIGHUP, on_hup)
         await stop.wait()
         log.info("shutting down")
         await running.stop()

@@ -158,3 +158,28 @@ def test_sighup_reloads_policy_without_dropping_connections(
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=30)
     assert "config reload refused" in err
+
+
+def test_two_workers_share_the_port(moto_url: str, tls_files: dict[str, Path], tmp_path: Path) -> None:
+    from tests.conftest import write_config
+
+    port = free_port()
+    cfg = write_config(tmp_path, backend=moto_url, tls=tls_files, port=port)
+    cfg.write_text(cfg.read_text().replace("[server]\n", "[server]\nworkers = 2\n", 1))
+    proc = subprocess.Popen([*SEALGATE, "serve", "--config", str(cfg)], cwd=tmp_path, stderr=subprocess.DEVNULL)
+    try:
+        wait_port(port, 30)
+        time.sleep(1)
+        children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+        assert len(children) == 1  # one forked worker beside the first process
+        s3 = client_for(f"https://localhost:{port}", tls_files["ca"])
+        s3.create_bucket(Bucket="workers")
+        for i in range(20):
+            s3.put_object(Bucket="workers", Key=f"k{i}", Body=b"w" * i)
+        for i in range(20):
+            assert s3.get_object(Bucket="workers", Key=f"k{i}")["Body"].read() == b"w" * i
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+    time.sleep(0.5)
+    assert not any(Path(f"/proc/{c}/cmdline").exists() for c in children)

@@ -167,3 +167,42 @@ def test_plain_http_listener_only_when_asked(
         assert any("plain-HTTP listener" in rec.getMessage() for rec in caplog.records)
     finally:
         gate.stop()
+
+
+def test_stalled_upload_is_cut_off_and_stores_nothing(
+    moto_url: str, tls_files: dict[str, Path], tmp_path: Path
+) -> None:
+    from tests.conftest import SealgateThread, write_config
+
+    cfg = write_config(tmp_path, backend=moto_url, tls=tls_files, port=free_port())
+    cfg.write_text(cfg.read_text().replace("[server]\n", "[server]\nbody_stall_timeout_seconds = 1\n", 1))
+    gate = SealgateThread(cfg).start()
+    try:
+        port = gate.running.tls_port
+        backend_client(moto_url).create_bucket(Bucket="stall")
+        h = sign("PUT", f"https://localhost:{port}/stall/k", {"Content-Length": "100000", "Host": f"localhost:{port}"})
+        ctx = ssl.create_default_context(cafile=str(tls_files["ca"]))
+        with (
+            socket.create_connection(("127.0.0.1", port)) as raw,
+            ctx.wrap_socket(raw, server_hostname="localhost") as tls,
+        ):
+            tls.sendall(
+                ("PUT /stall/k HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in h.items()) + "\r\n").encode()
+            )
+            tls.sendall(b"x" * 1000)
+            tls.settimeout(10)
+            answer = tls.recv(65536)
+        assert answer.startswith(b"HTTP/1.1 400") and b"RequestTimeout" in answer
+        with pytest.raises(ClientError):
+            backend_client(moto_url).head_object(Bucket="stall", Key="k")
+    finally:
+        gate.stop()
+
+
+def test_oversized_headers_refused(stack: Stack) -> None:
+    import urllib3
+
+    http = urllib3.PoolManager(ca_certs=str(stack.ca_path), retries=False)
+    r = http.request("GET", stack.gate.url + "/-/healthz", headers={"X-Big": "a" * 20000})
+    assert r.status in (400, 431)
+    assert http.request("GET", stack.gate.url + "/-/healthz").status == 200
