@@ -136,6 +136,27 @@ def _parse_error(body: bytes) -> tuple[str, str]:
 class Backend:
     """Signs and sends requests to the storage; one pooled aiohttp session per process."""
 
+    async def read_ok(
+        self,
+        method: str,
+        bucket: str | None,
+        key: str | None = None,
+        *,
+        query: Sequence[tuple[str, str]] = (),
+        headers: Mapping[str, str] | None = None,
+        body: bytes | None = None,
+    ) -> tuple[BackendResponse, bytes]:
+        """A control request (XML in, XML out): the response and its whole, small body; the
+        backend's own S3 error is raised as an S3Error."""
+        resp = await self.request(method, bucket, key, query=query, headers=headers, body=body)
+        if resp.status >= 300:
+            raise await resp.error()
+        try:
+            data = await resp.read()
+        finally:
+            resp.release()
+        return resp, data
+
     def __init__(self, settings: BackendSettings) -> None:
         self.settings = settings
         parts = urlsplit(settings.endpoint.rstrip("/"))

@@ -42,13 +42,8 @@ async def list_keys(gw: Gateway, bucket: str, prefix: str) -> AsyncIterator[tupl
         query = [("list-type", "2"), ("prefix", prefix)]
         if token:
             query.append(("continuation-token", token))
-        resp = await gw.backend.request("GET", bucket, None, query=query)
-        if resp.status >= 300:
-            raise await resp.error()
-        try:
-            root = ElementTree.fromstring(await resp.read())
-        finally:
-            resp.release()
+        resp, raw_body = await gw.backend.read_ok("GET", bucket, None, query=query)
+        root = ElementTree.fromstring(raw_body)
         for item in root.iter(f"{S3_NS}Contents"):
             key = item.findtext(f"{S3_NS}Key") or ""
             if not key.startswith(RESERVED_PREFIX):

@@ -39,13 +39,8 @@ async def _relay(
     status: int | None = None,
     keep: tuple[str, ...] = (),
 ) -> web.Response:
-    resp = await gw.backend.request(method, bucket, None, query=query or [], body=body)
-    if resp.status >= 300:
-        raise await resp.error()
-    try:
-        data = b"" if method == "HEAD" else await resp.read()
-    finally:
-        resp.release()
+    resp, raw_body = await gw.backend.read_ok(method, bucket, None, query=query or [], body=body)
+    data = b"" if method == "HEAD" else raw_body
     headers = {k: resp.headers[k] for k in keep if k in resp.headers}
     if data:
         headers["Content-Type"] = _XML
@@ -175,13 +170,7 @@ async def list_objects(gw: Gateway, request: web.Request, bucket: str, *, versio
         query = [("versions", "")] + [(k, v) for k, v in request.query.items() if k in _VERSION_PARAMS]
     else:
         query = [(k, v) for k, v in request.query.items() if k in _LIST_PARAMS]
-    resp = await gw.backend.request("GET", bucket, None, query=query)
-    if resp.status >= 300:
-        raise await resp.error()
-    try:
-        data = await resp.read()
-    finally:
-        resp.release()
+    resp, data = await gw.backend.read_ok("GET", bucket, None, query=query)
     try:
         root = _as_element(ElementTree.fromstring(data))
     except Exception as exc:  # noqa: BLE001 - any malformed listing from the backend
@@ -206,11 +195,5 @@ async def delete_objects(gw: Gateway, request: web.Request, bucket: str) -> web.
     if any(k.startswith(RESERVED_PREFIX) for k in keys):
         raise S3Error("AccessDenied", f"keys under {RESERVED_PREFIX} are reserved by sealgate", 403)
     headers = {"Content-MD5": base64.b64encode(hashlib.md5(body).digest()).decode(), "Content-Type": _XML}
-    resp = await gw.backend.request("POST", bucket, None, query=[("delete", "")], headers=headers, body=body)
-    if resp.status >= 300:
-        raise await resp.error()
-    try:
-        data = await resp.read()
-    finally:
-        resp.release()
+    resp, data = await gw.backend.read_ok("POST", bucket, None, query=[("delete", "")], headers=headers, body=body)
     return web.Response(status=200, body=data, headers={"Content-Type": _XML})

@@ -64,13 +64,7 @@ async def _xml_call(
     body: bytes = b"",
 ) -> Any:
     """A backend call answered with XML; S3's errors inside a 200 become S3Errors too."""
-    resp = await gw.backend.request(method, bucket, key, query=query or [], headers=headers or {}, body=body)
-    if resp.status >= 300:
-        raise await resp.error()
-    try:
-        answer = await resp.read()
-    finally:
-        resp.release()
+    resp, answer = await gw.backend.read_ok(method, bucket, key, query=query or [], headers=headers or {}, body=body)
     root = ElementTree.fromstring(answer)
     if root.tag.rsplit("}", 1)[-1] == "Error":
         code = _find_text(root, "Code") or "InternalError"

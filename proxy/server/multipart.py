@@ -35,15 +35,14 @@ from proxy.crypto.upload_id import UploadId
 from proxy.kms.base import KeyringError
 from proxy.s3.errors import S3Error
 from proxy.s3.sigv4 import VerifiedRequest
-from proxy.server.body import PlaintextBody
 from proxy.server.objects import (
     MAX_PUT_SIZE,
     check_reserved,
+    client_body,
     new_envelope,
     record_key,
     send_sealed,
     stored_headers,
-    wants_md5,
 )
 from proxy.server.state import Gateway, require_key_use
 
@@ -102,13 +101,7 @@ async def create(gw: Gateway, request: web.Request, bucket: str, key: str) -> we
     data_key, env = await new_envelope(gw, request, bucket, key, layout=LAYOUT_MULTIPART, etag_field=None)
     headers = {f"x-amz-meta-{k}": v for k, v in env.to_metadata().items()}
     headers.update(stored_headers(request))
-    resp = await gw.backend.request("POST", bucket, key, query=[("uploads", "")], headers=headers, body=b"")
-    if resp.status >= 300:
-        raise await resp.error()
-    try:
-        doc = await resp.read()
-    finally:
-        resp.release()
+    resp, doc = await gw.backend.read_ok("POST", bucket, key, query=[("uploads", "")], headers=headers, body=b"")
     backend_id = _find_text(ElementTree.fromstring(doc), "UploadId")
     if not backend_id:
         raise S3Error("BadGateway", "backend returned no upload id", 502)
@@ -132,13 +125,7 @@ async def upload_part(
         raise S3Error("NotImplemented", "UploadPartCopy is not implemented by sealgate yet", 501)
     number = _part_number(request)
     uid, data_key = await _open_upload(gw, request, bucket, key, request.query["uploadId"])
-    body = PlaintextBody(
-        request.content,
-        request.headers,
-        verified,
-        want_md5=wants_md5(gw, verified),
-        stall_timeout=gw.config.server.body_stall_timeout_seconds,
-    )
+    body = client_body(gw, request, verified)
     if body.length > MAX_PUT_SIZE:
         raise S3Error("EntityTooLarge", "Your proposed upload exceeds the maximum allowed size", 400)
     header = PartHeader(number, body.length, os.urandom(16)).pack()
@@ -168,15 +155,10 @@ async def _backend_parts(gw: Gateway, bucket: str, key: str, backend_id: str) ->
     parts: dict[int, tuple[str, int]] = {}
     marker = "0"
     while True:
-        resp = await gw.backend.request(
+        resp, raw_body = await gw.backend.read_ok(
             "GET", bucket, key, query=[("part-number-marker", marker), ("uploadId", backend_id)]
         )
-        if resp.status >= 300:
-            raise await resp.error()
-        try:
-            root = ElementTree.fromstring(await resp.read())
-        finally:
-            resp.release()
+        root = ElementTree.fromstring(raw_body)
         for el in (e for e in root.iter() if e.tag.rsplit("}", 1)[-1] == "Part"):
             n = _find_text(el, "PartNumber")
             etag = _find_text(el, "ETag")
@@ -275,13 +257,7 @@ async def complete(gw: Gateway, request: web.Request, bucket: str, key: str) -> 
         for p, e in zip(parts, backend_etags, strict=True)
     )
     xml = f'<CompleteMultipartUpload xmlns="{S3_NS}">{body}</CompleteMultipartUpload>'.encode()
-    resp = await gw.backend.request("POST", bucket, key, query=[("uploadId", uid.backend_id)], body=xml)
-    if resp.status >= 300:
-        raise await resp.error()
-    try:
-        answer = await resp.read()
-    finally:
-        resp.release()
+    resp, answer = await gw.backend.read_ok("POST", bucket, key, query=[("uploadId", uid.backend_id)], body=xml)
     root = ElementTree.fromstring(answer) if answer.strip() else None
     if root is not None and root.tag.rsplit("}", 1)[-1] == "Error":
         # S3 may report a failed completion inside a 200 response.
@@ -331,13 +307,8 @@ async def list_parts(gw: Gateway, request: web.Request, bucket: str, key: str) -
     """ListParts, with plaintext part sizes."""
     query = [(k, v) for k, v in request.query.items() if k in ("max-parts", "part-number-marker")]
     query.append(("uploadId", _backend_id(request.query["uploadId"])))
-    resp = await gw.backend.request("GET", bucket, key, query=query)
-    if resp.status >= 300:
-        raise await resp.error()
-    try:
-        root = ElementTree.fromstring(await resp.read())
-    finally:
-        resp.release()
+    resp, raw_body = await gw.backend.read_ok("GET", bucket, key, query=query)
+    root = ElementTree.fromstring(raw_body)
     layout = Layout(DEFAULT_SEGMENT_SIZE)
     for el in root.iter():
         tag = el.tag.rsplit("}", 1)[-1]
@@ -355,11 +326,5 @@ async def list_uploads(gw: Gateway, request: web.Request, bucket: str) -> web.St
     """ListMultipartUploads (ids shown are the backend's; abort and list-parts accept them)."""
     names = ("delimiter", "encoding-type", "key-marker", "max-uploads", "prefix", "upload-id-marker")
     query = [("uploads", "")] + [(k, v) for k, v in request.query.items() if k in names]
-    resp = await gw.backend.request("GET", bucket, None, query=query)
-    if resp.status >= 300:
-        raise await resp.error()
-    try:
-        data = await resp.read()
-    finally:
-        resp.release()
+    resp, data = await gw.backend.read_ok("GET", bucket, None, query=query)
     return web.Response(status=200, body=data, headers=_XML)

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from contextlib import suppress
 from datetime import datetime
 from email.utils import parsedate_to_datetime
+from typing import Protocol
 
 from aiohttp import web
 
@@ -119,6 +120,17 @@ def wants_md5(gw: Gateway, verified: VerifiedRequest) -> bool:
     payload = verified.payload_hash
     return gw.config.encryption.etag == "md5" or (
         payload != "UNSIGNED-PAYLOAD" and not payload.startswith("STREAMING-")
+    )
+
+
+def client_body(gw: Gateway, request: web.Request, verified: VerifiedRequest) -> PlaintextBody:
+    """The request's body as verified plaintext, with the config's MD5 and stall settings."""
+    return PlaintextBody(
+        request.content,
+        request.headers,
+        verified,
+        want_md5=wants_md5(gw, verified),
+        stall_timeout=gw.config.server.body_stall_timeout_seconds,
     )
 
 
@@ -235,13 +247,7 @@ async def put_object(
     """Encrypt the body as it streams in and store it with its envelope metadata."""
     if "If-Match" in request.headers:
         raise S3Error("NotImplemented", "conditional PutObject with If-Match is not supported")
-    body = PlaintextBody(
-        request.content,
-        request.headers,
-        verified,
-        want_md5=wants_md5(gw, verified),
-        stall_timeout=gw.config.server.body_stall_timeout_seconds,
-    )
+    body = client_body(gw, request, verified)
     if body.length > MAX_PUT_SIZE:
         raise S3Error("EntityTooLarge", "Your proposed upload exceeds the maximum allowed size", 400)
     etag_field = _put_etag_field(body)
@@ -586,33 +592,10 @@ async def _stream_object(
         raise S3Error("BadGateway", "backend returned a range that does not cover the request", 502)
     decryptor = StreamDecryptor(stream_key(opened.data_key, opened.envelope.salt, 0), layout, span, size)
     out = web.StreamResponse(status=status, headers=headers)
-    await out.prepare(request)
     skip = span.ciphertext_start - resp_start
-    remaining = span.ciphertext_end - span.ciphertext_start
-    try:
-        async for chunk in resp.raw.content.iter_any():
-            view = memoryview(chunk)
-            if skip:
-                take = min(skip, len(view))
-                view = view[take:]
-                skip -= take
-            view = view[:remaining]
-            remaining -= len(view)
-            for piece in decryptor.feed(view):
-                await out.write(piece)
-            if remaining == 0:
-                break
-        decryptor.finish()
-    except (IntegrityError, FormatError) as exc:
-        log.error("integrity failure on GET /%s/%s: %s; aborting the response", bucket, key, exc)
-        _abort(request)
-        return out
-    except Exception as exc:  # noqa: BLE001 - backend read errors mid-body
-        log.warning("backend read failed mid-body on GET /%s/%s: %s", bucket, key, exc.__class__.__name__)
-        _abort(request)
-        return out
-    await out.write_eof()
-    return out
+    return await _pump(
+        request, out, resp, decryptor, skip, span.ciphertext_end - span.ciphertext_start, f"/{bucket}/{key}"
+    )
 
 
 async def _ranged(gw: Gateway, bucket: str, key: str, etag: str, start: int, end: int) -> BackendResponse:
@@ -667,8 +650,31 @@ async def _stream_multipart(
         source = await _ranged(gw, bucket, key, etag, *dec.fetch_range)
         first, _ = _total_length(source)
         skip = dec.fetch_range[0] - first
-    remaining = dec.fetch_range[1] - dec.fetch_range[0]
     out = web.StreamResponse(status=status, headers=headers)
+    try:
+        return await _pump(request, out, source, dec, skip, dec.fetch_range[1] - dec.fetch_range[0], f"/{bucket}/{key}")
+    finally:
+        source.close()
+
+
+class _Decryptor(Protocol):
+    def feed(self, data: memoryview) -> list[bytes]: ...
+
+    def finish(self) -> None: ...
+
+
+async def _pump(
+    request: web.Request,
+    out: web.StreamResponse,
+    source: BackendResponse,
+    decryptor: _Decryptor,
+    skip: int,
+    remaining: int,
+    name: str,
+) -> web.StreamResponse:
+    """Send the response: backend bytes (after `skip`, `remaining` of them) through the
+    decryptor to the client, only authenticated bytes. A failure once the response has started
+    aborts the connection, so the client never sees a body that ends cleanly but wrong."""
     await out.prepare(request)
     try:
         async for chunk in source.raw.content.iter_any():
@@ -679,21 +685,19 @@ async def _stream_multipart(
                 skip -= take
             view = view[:remaining]
             remaining -= len(view)
-            for piece in dec.feed(view):
+            for piece in decryptor.feed(view):
                 await out.write(piece)
             if remaining == 0:
                 break
-        dec.finish()
+        decryptor.finish()
     except (IntegrityError, FormatError) as exc:
-        log.error("integrity failure on GET /%s/%s: %s; aborting the response", bucket, key, exc)
+        log.error("integrity failure on GET %s: %s; aborting the response", name, exc)
         _abort(request)
         return out
     except Exception as exc:  # noqa: BLE001 - backend read errors mid-body
-        log.warning("backend read failed mid-body on GET /%s/%s: %s", bucket, key, exc.__class__.__name__)
+        log.warning("backend read failed mid-body on GET %s: %s", name, exc.__class__.__name__)
         _abort(request)
         return out
-    finally:
-        source.close()
     await out.write_eof()
     return out
 
@@ -768,13 +772,7 @@ async def object_tagging(gw: Gateway, request: web.Request, bucket: str, key: st
         if len(body) > MAX_CONTROL_BODY:
             raise S3Error("MaxMessageLengthExceeded", "Your request was too big.", 400)
         headers["Content-MD5"] = base64.b64encode(hashlib.md5(body).digest()).decode()
-    resp = await gw.backend.request(request.method, bucket, key, query=query, headers=headers, body=body)
-    if resp.status >= 300:
-        raise await resp.error()
-    try:
-        data = await resp.read()
-    finally:
-        resp.release()
+    resp, data = await gw.backend.read_ok(request.method, bucket, key, query=query, headers=headers, body=body)
     out = {name: resp.headers[name] for name in ("x-amz-version-id",) if name in resp.headers}
     if data:
         out["Content-Type"] = "application/xml"
