@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import socket
 import threading
 import time
@@ -18,43 +17,16 @@ import pytest
 
 from proxy.kms.aws import AwsKmsKeyring
 from proxy.kms.base import InvalidWrappedKey, KeyAccessDenied, KeyUnavailable
+from tests.conftest import free_port
 
 REGION = "us-east-1"
 CTX = {"bucket": "b1", "key": "photos/cat.jpg"}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _wait_port(port: int, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"nothing listening on 127.0.0.1:{port}")
-
-
 @pytest.fixture(scope="module")
-def kms_url() -> Iterator[str]:
-    """A real moto server on loopback: $SEALGATE_TEST_MOTO_URL, or started here."""
-    url = os.environ.get("SEALGATE_TEST_MOTO_URL")
-    if url:
-        yield url.rstrip("/")
-        return
-    from moto.server import ThreadedMotoServer
-
-    port = _free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    _wait_port(port)
-    yield f"http://127.0.0.1:{port}"
-    server.stop()
+def kms_url(moto_url: str) -> str:
+    """moto serves KMS on the same port as S3 (the session fixture in tests/conftest.py)."""
+    return moto_url
 
 
 def _admin(url: str) -> Any:
@@ -215,7 +187,7 @@ def test_bad_arguments() -> None:
 
 
 async def test_unreachable() -> None:
-    port = _free_port()  # bound then released: nothing listens there
+    port = free_port()  # bound then released: nothing listens there
     kr = _dead_endpoint_keyring(f"http://127.0.0.1:{port}")
     try:
         start = time.monotonic()
