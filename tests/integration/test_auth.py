@@ -176,3 +176,57 @@ def test_checksum_header_checked(stack: Stack, bucket: str) -> None:
             assert error_code(r) == "BadDigest"
     # The object stored is the good one; the bad attempt changed nothing.
     assert stack.client().get_object(Bucket=bucket, Key="crc-header")["Body"].read() == body
+
+
+def _signed_chunks(secret: str, amz_date: str, seed: str, chunks: list[bytes]) -> bytes:
+    """An aws-chunked body with a signature per chunk, per the SigV4 streaming specification."""
+    import hmac
+
+    def h(key: bytes, msg: str) -> bytes:
+        return hmac.new(key, msg.encode(), hashlib.sha256).digest()
+
+    k = h(h(h(h(("AWS4" + secret).encode(), amz_date[:8]), "us-east-1"), "s3"), "aws4_request")
+    scope = f"{amz_date[:8]}/us-east-1/s3/aws4_request"
+    prev, out = seed, b""
+    for c in [*chunks, b""]:
+        sts = "\n".join(
+            [
+                "AWS4-HMAC-SHA256-PAYLOAD",
+                amz_date,
+                scope,
+                prev,
+                hashlib.sha256(b"").hexdigest(),
+                hashlib.sha256(c).hexdigest(),
+            ]
+        )
+        prev = hmac.new(k, sts.encode(), hashlib.sha256).hexdigest()
+        out += f"{len(c):x};chunk-signature={prev}\r\n".encode() + c + b"\r\n"
+    return out
+
+
+@pytest.mark.parametrize("tamper", [False, True])
+def test_signed_chunk_upload(stack: Stack, bucket: str, tamper: bool) -> None:
+    from tests.conftest import CLIENT_SECRET
+
+    url = f"{stack.gate.url}/{bucket}/signed-chunks-{tamper}"
+    chunks = [os.urandom(65536), os.urandom(1000)]
+    total = sum(map(len, chunks))
+    h = sign(
+        "PUT",
+        url,
+        {"Content-Encoding": "aws-chunked", "X-Amz-Decoded-Content-Length": str(total)},
+        payload_hash="STREAMING-AWS4-HMAC-SHA256-PAYLOAD",
+    )
+    seed = h["Authorization"].rsplit("Signature=", 1)[1]
+    wire = bytearray(_signed_chunks(CLIENT_SECRET, h["X-Amz-Date"], seed, chunks))
+    if tamper:
+        wire[200] ^= 1
+    r = send(stack.ca_path, "PUT", url, h, [bytes(wire)], chunked=True)
+    if tamper:
+        assert r.status == 403 and error_code(r) == "SignatureDoesNotMatch"
+        assert not stored(stack, bucket, f"signed-chunks-{tamper}")
+    else:
+        assert r.status == 200, r.data
+        assert stack.client().get_object(Bucket=bucket, Key=f"signed-chunks-{tamper}")["Body"].read() == b"".join(
+            chunks
+        )
