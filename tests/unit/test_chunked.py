@@ -186,3 +186,27 @@ def test_signed_chunks_reordered() -> None:
 def test_missing_signature_when_required() -> None:
     with pytest.raises(S3Error):
         decode(boto_body(b"abc"), 3, signer=ChunkSignatureVerifier(_verified()))
+
+
+def test_signed_chunks_with_signed_trailer() -> None:
+    import base64
+    import zlib
+
+    chunks = [os.urandom(3000)]
+    body = signed_stream(chunks)[:-2]  # the final chunk's header line; trailers follow it
+    key = signing_key(SECRET, "20130524", "us-east-1", "s3")
+    last_sig = body.rsplit(b"chunk-signature=", 1)[1].split(b"\r\n", 1)[0].decode()
+    crc = base64.b64encode(zlib.crc32(chunks[0]).to_bytes(4, "big")).decode()
+    trailer_text = f"x-amz-checksum-crc32:{crc}\n"
+    sts = "\n".join(
+        ["AWS4-HMAC-SHA256-TRAILER", DATE, SCOPE, last_sig, hashlib.sha256(trailer_text.encode()).hexdigest()]
+    )
+    tsig = hmac.new(key, sts.encode(), hashlib.sha256).hexdigest()
+    good = body + f"x-amz-checksum-crc32:{crc}\r\nx-amz-trailer-signature:{tsig}\r\n\r\n".encode()
+    signer = ChunkSignatureVerifier(_verified())
+    out, trailers = decode(good, 3000, trailers=("x-amz-checksum-crc32",), signer=signer)
+    assert out == chunks[0] and trailers["x-amz-checksum-crc32"] == crc
+    bad = good.replace(tsig.encode(), ("0" * 64).encode())
+    with pytest.raises(S3Error) as err:
+        decode(bad, 3000, trailers=("x-amz-checksum-crc32",), signer=ChunkSignatureVerifier(_verified()))
+    assert err.value.code == "SignatureDoesNotMatch"
