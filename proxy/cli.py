@@ -119,23 +119,36 @@ _pass_env_opt = click.option(
 )
 
 
+def _open_or_create(keyring: Path, passphrase: bytes) -> LocalKeyStore:
+    from proxy.kms.local import LocalKeyStore
+
+    if keyring.exists():
+        return LocalKeyStore.open(keyring, passphrase)
+    keyring.parent.mkdir(parents=True, exist_ok=True)
+    return LocalKeyStore.create(keyring, passphrase)
+
+
 @keys.command("create")
 @click.argument("key_id")
+@click.option(
+    "--type",
+    "key_type",
+    type=click.Choice(["aes-256", "rsa-3072", "rsa-4096", "ec-p256", "ec-p384"]),
+    default="aes-256",
+    show_default=True,
+    help="Asymmetric keys let a gateway holding only the public key encrypt (see keys export-public).",
+)
 @_keyring_opt
 @_pass_file_opt
 @_pass_env_opt
-def keys_create(key_id: str, keyring: Path, passphrase_file: Path | None, passphrase_env: str) -> None:
+def keys_create(key_id: str, key_type: str, keyring: Path, passphrase_file: Path | None, passphrase_env: str) -> None:
     """Create a master key KEY_ID (creates the keyring file if needed)."""
-    from proxy.kms.local import KeyringFileError, LocalKeyStore
+    from proxy.kms.local import KeyringFileError
 
     passphrase = _passphrase(None if passphrase_file else passphrase_env, passphrase_file)
     try:
-        if keyring.exists():
-            store = LocalKeyStore.open(keyring, passphrase)
-        else:
-            keyring.parent.mkdir(parents=True, exist_ok=True)
-            store = LocalKeyStore.create(keyring, passphrase)
-        info = store.create_key(key_id)
+        store = _open_or_create(keyring, passphrase)
+        info = store.create_key(key_id) if key_type == "aes-256" else store.create_asymmetric_key(key_id, key_type)
         store.save()
     except (KeyringFileError, ValueError, KeyError) as exc:
         _fail(str(exc))
@@ -369,6 +382,46 @@ def gc_cmd(config_path: Path, bucket: str, older_than: str, dry_run: bool) -> No
         f"{verb} {len(report.uploads_aborted)} stale uploads and {len(report.manifests_deleted)} orphan manifests "
         f"({report.kept_young} recent manifests kept)"
     )
+
+
+@keys.command("export-public")
+@click.argument("key_id")
+@_keyring_opt
+@_pass_file_opt
+@_pass_env_opt
+def keys_export_public(key_id: str, keyring: Path, passphrase_file: Path | None, passphrase_env: str) -> None:
+    """Print the public key of an asymmetric KEY_ID (PEM), for an encrypt-only gateway."""
+    from proxy.kms.local import KeyringFileError
+
+    store = _open_store(keyring, passphrase_file, passphrase_env)
+    try:
+        click.echo(store.public_key_pem(key_id).decode(), nl=False)
+    except KeyringFileError as exc:
+        _fail(str(exc))
+
+
+@keys.command("import-pem")
+@click.argument("key_id")
+@click.argument("pem_file", type=click.Path(path_type=Path, exists=True))
+@_keyring_opt
+@_pass_file_opt
+@_pass_env_opt
+def keys_import_pem(
+    key_id: str, pem_file: Path, keyring: Path, passphrase_file: Path | None, passphrase_env: str
+) -> None:
+    """Import an RSA/EC key pair or a PUBLIC key (PEM). With only the public key, this keyring
+    encrypts uploads it can never read back: the MITM-safe upload gateway."""
+    from proxy.kms.local import KeyringFileError
+
+    passphrase = _passphrase(None if passphrase_file else passphrase_env, passphrase_file)
+    try:
+        store = _open_or_create(keyring, passphrase)
+        info = store.import_asymmetric_key(key_id, pem_file.read_bytes())
+        store.save()
+    except KeyringFileError as exc:
+        _fail(str(exc))
+        return
+    click.echo(f"imported {info.type} key {info.id}")
 
 
 def _random_secret(n: int = 40) -> str:

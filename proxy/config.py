@@ -432,6 +432,10 @@ class EncryptionConfig(_Model):
     # can turn stored sizes into plaintext sizes without reading each object's metadata.
     #: ``md5`` makes every upload's ETag the plaintext MD5 (costs an MD5 pass over the body).
     etag: Literal["auto", "md5"] = "auto"
+    #: Optional secret shared by all replicas. When set, a multipart upload id also carries the
+    #: data key sealed under it, so parts are served without a KMS call, and uploads work under
+    #: encrypt-only (public) keys that the gateway cannot unwrap. Give it as ${ENV}.
+    upload_secret: SecretStr | None = None
 
 
 class KeyPolicy(_Model):

@@ -1,6 +1,7 @@
 """Upload ids that carry, authenticated, what every replica needs to serve an upload.
 
-``SG1`` ‖ base64url(lp(backend upload id) ‖ lp(key ref) ‖ lp(wrapped data key) ‖ salt(32) ‖ mac(16))
+``SG1`` ‖ base64url(lp(backend upload id) ‖ lp(key ref) ‖ lp(wrapped data key) ‖ lp(sealed data key) ‖
+salt(32) ‖ mac(16))
 with ``lp(x) = uint16_be(len(x)) ‖ x`` and mac = HMAC-SHA256(upload-id key, bucket ‖ 0 ‖ key ‖ 0 ‖
 everything before the mac)[:16]. The upload-id key derives from the data key, which only unwraps
 for this bucket and key: a client can neither forge an id nor move one to another object.
@@ -29,10 +30,12 @@ class UploadId:
     wrapped_key: bytes
     salt: bytes
     mac: bytes = field(default=b"", repr=False)
+    #: The data key sealed under the replicas' shared upload secret (empty when none is set).
+    sealed_key: bytes = b""
 
     def _body(self) -> bytes:
         out = b""
-        for item in (self.backend_id.encode(), self.key_ref.encode(), self.wrapped_key):
+        for item in (self.backend_id.encode(), self.key_ref.encode(), self.wrapped_key, self.sealed_key):
             out += struct.pack(">H", len(item)) + item
         return out + self.salt
 
@@ -59,7 +62,7 @@ class UploadId:
             raw = base64.urlsafe_b64decode(text[len(PREFIX) :] + "=" * (-len(text) % 4))
             items: list[bytes] = []
             pos = 0
-            for _ in range(3):
+            for _ in range(4):
                 (n,) = struct.unpack_from(">H", raw, pos)
                 items.append(raw[pos + 2 : pos + 2 + n])
                 if len(items[-1]) != n:
@@ -69,6 +72,36 @@ class UploadId:
             mac = raw[pos + SALT_SIZE :]
             if len(salt) != SALT_SIZE or len(mac) != _MAC:
                 raise ValueError("bad length")
-            return cls(items[0].decode(), items[1].decode(), items[2], salt, mac)
+            return cls(items[0].decode(), items[1].decode(), items[2], salt, mac, items[3])
         except (ValueError, struct.error, UnicodeDecodeError) as exc:
             raise FormatError("malformed upload id") from exc
+
+
+def _secret_key(secret: bytes, salt: bytes) -> bytes:
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+    return HKDF(hashes.SHA256(), 32, salt, b"sealgate/1/upload-secret").derive(secret)
+
+
+def seal_for_replicas(secret: bytes, salt: bytes, data_key: bytes, bucket: str, key: str) -> bytes:
+    """The data key sealed under the replicas' shared upload secret, bound to the object."""
+    import os
+
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    nonce = os.urandom(12)
+    return nonce + AESGCM(_secret_key(secret, salt)).encrypt(nonce, data_key, bucket.encode() + b"\0" + key.encode())
+
+
+def open_for_replicas(secret: bytes, salt: bytes, sealed: bytes, bucket: str, key: str) -> bytes:
+    """Inverse of `seal_for_replicas`; FormatError when it does not open."""
+    from cryptography.exceptions import InvalidTag
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    try:
+        return AESGCM(_secret_key(secret, salt)).decrypt(
+            sealed[:12], sealed[12:], bucket.encode() + b"\0" + key.encode()
+        )
+    except (InvalidTag, ValueError) as exc:
+        raise FormatError("upload id does not open with this upload secret") from exc

@@ -69,6 +69,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
+from proxy.kms import asymmetric
 from proxy.kms.base import DataKey, InvalidWrappedKey, KeyAccessDenied
 
 FORMAT_VERSION = 1
@@ -279,7 +280,7 @@ def _load_keys(path: Path, doc: Any) -> dict[str, _MasterKey]:
                 or isinstance(number, bool)
                 or not 1 <= number < 10**9
                 or not isinstance(v_created, str)
-                or len(material) != KEY_SIZE
+                or (extra.get("type", "aes-256") == "aes-256" and len(material) != KEY_SIZE)
             ):
                 raise _malformed(path, f"key {key_id!r} has a malformed version")
             if any(v.version == number for v in versions):
@@ -385,6 +386,58 @@ class LocalKeyStore:
         self._keys[key_id] = key
         return self._info(key)
 
+    def key_type(self, key_id: str) -> str:
+        """aes-256, rsa-3072, rsa-4096, ec-p256 or ec-p384."""
+        key = self._keys.get(key_id)
+        return str(key.extra.get("type", "aes-256")) if key is not None else "aes-256"
+
+    def create_asymmetric_key(self, key_id: str, key_type: str) -> KeyInfo:
+        """A generated RSA or EC key pair (private key kept; `public_key_pem` gives the public)."""
+        if not _KEY_ID.fullmatch(key_id):
+            raise KeyringFileError(f"invalid key id {key_id!r}: use 1-64 of the characters A-Z a-z 0-9 _ . -")
+        if key_id in self._keys:
+            raise KeyringFileError(f"key {key_id!r} already exists in {self.path}")
+        try:
+            der = asymmetric.generate(key_type)
+        except ValueError as exc:
+            raise KeyringFileError(str(exc)) from None
+        now = _now()
+        self._keys[key_id] = _MasterKey(
+            key_id, now, "generated", [_Version(1, der, now)], {"type": key_type, "rotation_period_days": None}
+        )
+        return self._info(self._keys[key_id])
+
+    def import_asymmetric_key(self, key_id: str, pem: bytes) -> KeyInfo:
+        """Import a PEM key pair, or only a public key: then this keyring can encrypt, never decrypt."""
+        from cryptography.hazmat.primitives import serialization
+
+        if key_id in self._keys:
+            raise KeyringFileError(f"key {key_id!r} already exists in {self.path}")
+        try:
+            try:
+                loaded: Any = serialization.load_pem_private_key(pem, None)
+                der = loaded.private_bytes(
+                    serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+                )
+            except ValueError:
+                loaded = serialization.load_pem_public_key(pem)
+                der = loaded.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+            key_type = asymmetric.key_type_of(der)
+        except (ValueError, TypeError) as exc:
+            raise KeyringFileError(f"not a usable PEM key: {exc}") from None
+        now = _now()
+        self._keys[key_id] = _MasterKey(
+            key_id, now, "imported", [_Version(1, der, now)], {"type": key_type, "rotation_period_days": None}
+        )
+        return self._info(self._keys[key_id])
+
+    def public_key_pem(self, key_id: str) -> bytes:
+        """The current public key of an asymmetric key, PEM."""
+        key = self._keys.get(key_id)
+        if key is None or self.key_type(key_id) == "aes-256":
+            raise KeyringFileError(f"{key_id!r} is not an asymmetric key in {self.path}")
+        return asymmetric.public_pem(key.current.material)
+
     def import_key(self, key_id: str, material: bytes) -> KeyInfo:
         """Add master key `key_id` with given 256-bit material; imported keys rotate only by hand."""
         if not _KEY_ID.fullmatch(key_id):
@@ -410,7 +463,9 @@ class LocalKeyStore:
             raise KeyringFileError(f"key {key_id!r} is imported: rotate it with new material (keys import --rotate)")
         if material is not None and len(material) != KEY_SIZE:
             raise KeyringFileError(f"key material must be {KEY_SIZE} bytes, got {len(material)}")
-        key.versions.append(_Version(key.current.version + 1, material or os.urandom(KEY_SIZE), _now()))
+        kind = self.key_type(key_id)
+        fresh = material or (os.urandom(KEY_SIZE) if kind == "aes-256" else asymmetric.generate(kind))
+        key.versions.append(_Version(key.current.version + 1, fresh, _now()))
         return self._info(key)
 
     def due_for_rotation(self, now: datetime | None = None) -> list[str]:
@@ -562,11 +617,17 @@ class LocalKeyring:
         current = self._store._current(key_id)
         if current is None:
             raise KeyAccessDenied(f"no master key {key_id!r} in the local keyring")
+        return self._wrap(key_id, current, os.urandom(KEY_SIZE), context)
+
+    def _wrap(self, key_id: str, current: tuple[int, bytes], plaintext: bytes, context: Mapping[str, str]) -> DataKey:
         version, material = current
         key_ref = f"local:{key_id}:{version}"
-        plaintext = os.urandom(KEY_SIZE)
+        aad = wrap_aad(key_ref, context)
+        if self._store.key_type(key_id) != "aes-256":
+            # Public-key wrapping: only the private key's holder can unwrap it.
+            return DataKey(plaintext, asymmetric.wrap(asymmetric.load_public(material), plaintext, aad), key_ref)
         nonce = os.urandom(NONCE_SIZE)
-        sealed = AESGCM(material).encrypt(nonce, plaintext, wrap_aad(key_ref, context))
+        sealed = AESGCM(material).encrypt(nonce, plaintext, aad)
         return DataKey(plaintext=plaintext, wrapped=nonce + sealed, key_ref=key_ref)
 
     async def wrap_data_key(self, key_id: str, plaintext: bytes, context: Mapping[str, str]) -> DataKey:
@@ -575,11 +636,7 @@ class LocalKeyring:
         current = self._store._current(key_id)
         if current is None:
             raise KeyAccessDenied(f"no master key {key_id!r} in the local keyring")
-        version, material = current
-        key_ref = f"local:{key_id}:{version}"
-        nonce = os.urandom(NONCE_SIZE)
-        sealed = AESGCM(material).encrypt(nonce, plaintext, wrap_aad(key_ref, context))
-        return DataKey(plaintext=plaintext, wrapped=nonce + sealed, key_ref=key_ref)
+        return self._wrap(key_id, current, plaintext, context)
 
     async def decrypt_data_key(self, key_ref: str, wrapped: bytes, context: Mapping[str, str]) -> bytes:
         """Unwrap `wrapped` with the master key version named by `key_ref` and `context`."""
@@ -595,6 +652,14 @@ class LocalKeyring:
             material = self._store._material(key_id, version)
         if material is None:
             raise KeyAccessDenied(f"no version {version} of master key {key_id!r} in the local keyring")
+        if self._store.key_type(key_id) != "aes-256":
+            private = asymmetric.load_private(material)
+            if private is None:
+                raise KeyAccessDenied(
+                    f"key {key_id!r} is encrypt-only here: this keyring holds only its public key, so objects "
+                    "sealed under it can be read only where the private key is"
+                )
+            return asymmetric.unwrap(private, wrapped, wrap_aad(key_ref, context))
         if len(wrapped) != WRAPPED_SIZE:
             raise InvalidWrappedKey(f"wrapped key under {key_ref} has the wrong length")
         try:

@@ -31,7 +31,7 @@ from proxy.crypto.format import (
     part_plaintext_length,
 )
 from proxy.crypto.segments import StreamEncryptor
-from proxy.crypto.upload_id import UploadId
+from proxy.crypto.upload_id import UploadId, open_for_replicas, seal_for_replicas
 from proxy.kms.base import KeyringError
 from proxy.s3.errors import S3Error
 from proxy.s3.sigv4 import VerifiedRequest
@@ -70,8 +70,14 @@ async def _open_upload(gw: Gateway, request: web.Request, bucket: str, key: str,
     except FormatError:
         raise _no_upload() from None
     require_key_use(gw, request, "encrypt", uid.key_ref)
+    secret = gw.config.encryption.upload_secret
     try:
-        data_key = await gw.materials.unwrap(uid.key_ref, uid.wrapped_key, encryption_context(bucket, key))
+        if uid.sealed_key and secret is not None:
+            data_key = open_for_replicas(secret.get_secret_value().encode(), uid.salt, uid.sealed_key, bucket, key)
+        else:
+            data_key = await gw.materials.unwrap(uid.key_ref, uid.wrapped_key, encryption_context(bucket, key))
+    except FormatError:
+        raise _no_upload() from None
     except KeyringError as exc:
         if exc.status == 503:
             raise S3Error(exc.code, exc.message, exc.status) from exc
@@ -105,7 +111,11 @@ async def create(gw: Gateway, request: web.Request, bucket: str, key: str) -> we
     backend_id = _find_text(ElementTree.fromstring(doc), "UploadId")
     if not backend_id:
         raise S3Error("BadGateway", "backend returned no upload id", 502)
-    uid = UploadId(backend_id, env.key_ref, env.wrapped_key, env.salt).encode(data_key, bucket, key)
+    secret = gw.config.encryption.upload_secret
+    sealed = b""
+    if secret is not None:
+        sealed = seal_for_replicas(secret.get_secret_value().encode(), env.salt, data_key, bucket, key)
+    uid = UploadId(backend_id, env.key_ref, env.wrapped_key, env.salt, sealed_key=sealed).encode(data_key, bucket, key)
     body = _xml("InitiateMultipartUploadResult", [("Bucket", bucket), ("Key", key), ("UploadId", uid)])
     return web.Response(status=200, body=body, headers=_XML)
 

@@ -183,3 +183,16 @@ def test_two_workers_share_the_port(moto_url: str, tls_files: dict[str, Path], t
         proc.wait(timeout=30)
     time.sleep(0.5)
     assert not any(Path(f"/proc/{c}/cmdline").exists() for c in children)
+
+
+def test_keys_asymmetric_cli(tmp_path: Path) -> None:
+    env = {"SEALGATE_KEYRING_PASSPHRASE": "a long passphrase"}
+    r = run(["keys", "create", "pair", "--type", "ec-p384", "--keyring", "full"], tmp_path, env)
+    assert r.returncode == 0, r.stderr
+    pem = run(["keys", "export-public", "pair", "--keyring", "full"], tmp_path, env).stdout
+    assert pem.startswith("-----BEGIN PUBLIC KEY-----") and "PRIVATE" not in pem
+    (tmp_path / "pub.pem").write_text(pem)
+    r = run(["keys", "import-pem", "pair", "pub.pem", "--keyring", "public-only"], tmp_path, env)
+    assert r.returncode == 0 and "ec-p384" in r.stdout, r.stderr
+    listed = run(["keys", "list", "--keyring", "public-only"], tmp_path, env).stdout
+    assert "ec-p384" in listed and "imported" in listed
