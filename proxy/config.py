@@ -474,6 +474,11 @@ class BucketRule(_Model):
     key: StrictStr | None = None
     #: Serve objects sealgate did not write as they are (for migrating existing buckets).
     allow_unencrypted_reads: StrictBool = False
+    #: S3 Encryption Client objects above the verify-first limit (64 MiB) are served with the tag
+    #: checked at the end (a failure aborts the connection) instead of being refused.
+    s3ec_delayed_authentication: StrictBool = False
+    #: Read legacy S3EC V1 objects (AES/CBC, unauthenticated); logged as a warning each time.
+    s3ec_allow_v1: StrictBool = False
 
     @field_validator("name")
     @classmethod

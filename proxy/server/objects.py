@@ -43,6 +43,7 @@ from proxy.kms.base import KeyringError
 from proxy.s3.errors import S3Error
 from proxy.s3.ranges import check_conditions, parse_range
 from proxy.s3.sigv4 import VerifiedRequest
+from proxy.server import s3ec_read
 from proxy.server.body import PlaintextBody
 from proxy.server.state import Gateway, require_key_use
 
@@ -453,7 +454,16 @@ async def head_object(gw: Gateway, request: web.Request, bucket: str, key: str) 
         raise await resp.error()
     resp.release()
     _, total = _total_length(resp)
-    if not is_sealgate_object(resp.user_metadata()):
+    meta = resp.user_metadata()
+    if not is_sealgate_object(meta) and s3ec_read.is_s3ec_object(meta):
+        await s3ec_read.open_s3ec(gw, request, bucket, key, meta)
+        headers = _object_headers(resp, None)
+        headers["ETag"] = resp.headers.get("ETag", "")
+        headers.update({f"x-amz-meta-{k}": v for k, v in s3ec_read.user_metadata(meta).items()})
+        headers["Content-Length"] = str(max(0, total - 16))
+        _conditions(request, headers["ETag"], _last_modified(resp))
+        return web.Response(status=200, headers=headers)
+    if not is_sealgate_object(meta):
         if not _allow_plain(gw, bucket):
             raise _not_sealgate(bucket, key)
         headers = _object_headers(resp, None)
@@ -561,7 +571,15 @@ async def _stream_object(
     range_header: str | None,
 ) -> web.StreamResponse:
     resp_start, total = _total_length(resp)
-    if not is_sealgate_object(resp.user_metadata()):
+    meta = resp.user_metadata()
+    if not is_sealgate_object(meta) and s3ec_read.is_s3ec_object(meta):
+        headers = _object_headers(resp, None)
+        headers["ETag"] = resp.headers.get("ETag", "")
+        headers.update({f"x-amz-meta-{k}": v for k, v in s3ec_read.user_metadata(meta).items()})
+        _conditions(request, headers["ETag"], _last_modified(resp))
+        _response_overrides(request, headers)
+        return await s3ec_read.stream_s3ec(gw, request, bucket, key, resp, total, range_header, headers)
+    if not is_sealgate_object(meta):
         if not _allow_plain(gw, bucket):
             raise _not_sealgate(bucket, key)
         return await _stream_plain(request, resp, resp_start, total, range_header)

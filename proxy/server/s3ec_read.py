@@ -1,0 +1,140 @@
+"""Serving objects written by the AWS S3 Encryption Client (V2, V3; V1 only where opted in).
+
+An S3EC body is one AES-GCM stream whose tag comes last, so nothing can be authenticated before
+the end. Objects up to the verify-first limit (64 MiB by default, as the Java client) are read
+and checked whole before the first byte is released; larger ones are refused unless the bucket
+opts in to delayed authentication, where a failed tag aborts the connection. Ranges follow the
+same rule (S3EC itself decrypts ranges with unauthenticated CTR; sealgate does not).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+
+from aiohttp import web
+
+from proxy.backend import BackendResponse
+from proxy.crypto import s3ec
+from proxy.crypto.format import FormatError, IntegrityError
+from proxy.kms.base import KeyringError
+from proxy.s3.errors import S3Error
+from proxy.s3.ranges import parse_range
+from proxy.server.state import Gateway, require_key_use
+
+log = logging.getLogger(__name__)
+
+S3EC_FIELDS = frozenset(name for attr, name in vars(s3ec).items() if attr.startswith("META_") and isinstance(name, str))
+
+
+def is_s3ec_object(meta: Mapping[str, str]) -> bool:
+    """Whether backend metadata is an S3 Encryption Client envelope."""
+    return s3ec.detect(meta) is not None
+
+
+def user_metadata(meta: Mapping[str, str]) -> dict[str, str]:
+    """The client's own metadata: everything but the S3EC envelope fields."""
+    return {k: v for k, v in meta.items() if k not in S3EC_FIELDS}
+
+
+def _rule(gw: Gateway, bucket: str, key: str) -> tuple[bool, bool]:
+    rule = gw.config.rule_for_bucket(bucket, key)
+    if rule is None:
+        return False, False
+    return bool(getattr(rule, "s3ec_delayed_authentication", False)), bool(getattr(rule, "s3ec_allow_v1", False))
+
+
+async def open_s3ec(
+    gw: Gateway, request: web.Request, bucket: str, key: str, meta: Mapping[str, str]
+) -> s3ec.S3ecMaterials:
+    """Unwrap an S3EC object's data key with the bucket's KMS key (S3EC records no key id)."""
+    version = s3ec.detect(meta)
+    _, allow_v1 = _rule(gw, bucket, key)
+    if version == "v1" and not allow_v1:
+        raise S3Error(
+            "InvalidObjectState",
+            "legacy S3EC V1 (AES/CBC, unauthenticated) objects are read only with buckets.s3ec_allow_v1",
+            403,
+        )
+    if version == "v1":
+        log.warning("serving legacy S3EC V1 object /%s/%s (unauthenticated encryption)", bucket, key)
+    key_id = gw.config.key_for_bucket(bucket, key)
+    require_key_use(gw, request, "decrypt", key_id)
+    try:
+        return await s3ec.unwrap_s3ec(meta, keyring=gw.materials.keyring, kms_key_id=key_id)
+    except s3ec.S3ecUnsupported as exc:
+        raise S3Error("InvalidObjectState", f"cannot read this S3EC object here: {exc}", 403) from exc
+    except KeyringError as exc:
+        raise S3Error(exc.code, exc.message, exc.status) from exc
+    except FormatError as exc:
+        raise S3Error("ObjectIntegrityError", f"S3EC object failed authentication: {exc}", 500) from exc
+
+
+async def stream_s3ec(
+    gw: Gateway,
+    request: web.Request,
+    bucket: str,
+    key: str,
+    resp: BackendResponse,
+    total: int,
+    range_header: str | None,
+    headers: dict[str, str],
+) -> web.StreamResponse:
+    """GET of an S3EC object: verify-first up to the limit, delayed authentication if opted in."""
+    meta = resp.user_metadata()
+    materials = await open_s3ec(gw, request, bucket, key, meta)
+    size = s3ec.plaintext_length(total)
+    rng = parse_range(range_header, size)
+    start, end = rng if rng else (0, size)
+    if resp.status != 200 or resp.headers.get("Content-Range"):
+        # The first request asked for a sealgate-shaped range: S3EC needs the whole body.
+        resp.close()
+        resp = await gw.backend.request("GET", bucket, key, headers={"If-Match": resp.headers.get("ETag", "")})
+        if resp.status >= 300:
+            raise await resp.error()
+    delayed_ok, _ = _rule(gw, bucket, key)
+    try:
+        decryptor = s3ec.S3ecDecryptor(materials, total, mode="verify_first")
+    except s3ec.S3ecTooLarge as exc:
+        if not delayed_ok:
+            resp.close()
+            raise S3Error(
+                "InvalidObjectState",
+                f"{exc}; it cannot be authenticated before release (buckets.s3ec_delayed_authentication)",
+                403,
+            ) from exc
+        decryptor = s3ec.S3ecDecryptor(materials, total, mode="delayed")
+    status = 206 if rng else 200
+    if rng:
+        headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
+    headers["Content-Length"] = str(end - start)
+    out = web.StreamResponse(status=status, headers=headers)
+    position = 0
+
+    async def emit(pieces: list[bytes]) -> None:
+        nonlocal position
+        for piece in pieces:
+            lo, hi = max(start - position, 0), min(end - position, len(piece))
+            if hi > lo:
+                if not out.prepared:
+                    await out.prepare(request)
+                await out.write(piece[lo:hi])
+            position += len(piece)
+
+    try:
+        async for chunk in resp.raw.content.iter_any():
+            await emit(decryptor.feed(chunk))
+        await emit(decryptor.finish())
+    except (IntegrityError, FormatError) as exc:
+        if not out.prepared:
+            raise S3Error("ObjectIntegrityError", f"S3EC object failed authentication: {exc}", 500) from exc
+        log.error("S3EC authentication failed mid-body on /%s/%s; aborting", bucket, key)
+        if request.transport is not None:
+            request.transport.abort()
+        return out
+    finally:
+        resp.close()
+    if not out.prepared:
+        await out.prepare(request)
+    await out.write_eof()
+    return out
