@@ -479,6 +479,10 @@ class BucketRule(_Model):
     s3ec_delayed_authentication: StrictBool = False
     #: Read legacy S3EC V1 objects (AES/CBC, unauthenticated); logged as a warning each time.
     s3ec_allow_v1: StrictBool = False
+    #: How new objects are written: sealgate's own format, or the AWS S3 Encryption Client's V3
+    #: (kms+context; single PUTs only) so that the official client reads them straight from
+    #: the backend.
+    format: Literal["sealgate", "s3ec-v3"] = "sealgate"
 
     @field_validator("name")
     @classmethod

@@ -104,6 +104,14 @@ def _find_text(root: object, tag: str) -> str | None:
 async def create(gw: Gateway, request: web.Request, bucket: str, key: str) -> web.StreamResponse:
     """CreateMultipartUpload: a data key for the whole object, carried in the upload id."""
     check_reserved(key)
+    rule = gw.config.rule_for_bucket(bucket, key)
+    if rule is not None and rule.format == "s3ec-v3":
+        raise S3Error(
+            "NotImplemented",
+            "multipart uploads into an s3ec-v3 bucket are not supported: a single S3EC GCM stream cannot be "
+            "built from parts uploaded in parallel; upload with a single PUT (up to 5 GiB)",
+            501,
+        )
     data_key, env = await new_envelope(gw, request, bucket, key, layout=LAYOUT_MULTIPART, etag_field=None)
     headers = {f"x-amz-meta-{k}": v for k, v in env.to_metadata().items()}
     headers.update(stored_headers(request))

@@ -251,6 +251,9 @@ async def put_object(
     body = client_body(gw, request, verified)
     if body.length > MAX_PUT_SIZE:
         raise S3Error("EntityTooLarge", "Your proposed upload exceeds the maximum allowed size", 400)
+    rule = gw.config.rule_for_bucket(bucket, key)
+    if rule is not None and rule.format == "s3ec-v3":
+        return web.Response(status=200, headers={"ETag": await s3ec_read.put_s3ec_v3(gw, request, bucket, key, body)})
     etag_field = _put_etag_field(body)
     data_key, env = await new_envelope(
         gw, request, bucket, key, layout=LAYOUT_SINGLE, etag_field=etag_field, size=body.length

@@ -10,7 +10,7 @@ same rule (S3EC itself decrypts ranges with unauthenticated CTR; sealgate does n
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 
 from aiohttp import web
 
@@ -20,6 +20,7 @@ from proxy.crypto.format import FormatError, IntegrityError
 from proxy.kms.base import KeyringError
 from proxy.s3.errors import S3Error
 from proxy.s3.ranges import parse_range
+from proxy.server.body import PlaintextBody
 from proxy.server.state import Gateway, require_key_use
 
 log = logging.getLogger(__name__)
@@ -138,3 +139,54 @@ async def stream_s3ec(
         await out.prepare(request)
     await out.write_eof()
     return out
+
+
+async def put_s3ec_v3(gw: Gateway, request: web.Request, bucket: str, key: str, body: PlaintextBody) -> str:
+    """PutObject in S3EC V3 with kms+context: the official client reads it from the backend.
+
+    The tag (the body's last 16 bytes) is held back until every check on the client's body has
+    passed, so a failed check stores nothing. Returns the backend's ETag."""
+    if gw.config.kms.provider != "aws-kms":
+        raise S3Error("InvalidRequest", "S3EC V3 objects are written with kms+context: needs provider aws-kms", 400)
+    key_id = gw.config.key_for_bucket(bucket, key)
+    require_key_use(gw, request, "encrypt", key_id)
+    context = s3ec.kms_context()
+    try:
+        data_key = await gw.materials.keyring.generate_data_key(key_id, context)
+    except KeyringError as exc:
+        raise S3Error(exc.code, exc.message, exc.status) from exc
+    encryptor = s3ec.S3ecV3Encryptor(data_key.plaintext)
+    meta = encryptor.metadata(data_key.wrapped, s3ec.WRAP_KMS_CONTEXT, encryption_context=context)
+    headers = {f"x-amz-meta-{k}": v for k, v in meta.items()}
+    for name, value in request.headers.items():
+        if name.lower().startswith("x-amz-meta-"):
+            headers[name.lower()] = value  # S3EC keeps user metadata in the clear
+    for name in ("Content-Type", "Cache-Control", "Content-Disposition", "Content-Language", "Expires"):
+        if name in request.headers:
+            headers[name] = request.headers[name]
+    failure: list[BaseException] = []
+
+    async def ciphertext() -> AsyncIterator[bytes]:
+        try:
+            async for piece in body:
+                yield encryptor.update(bytes(piece))
+            yield encryptor.finish()
+        except BaseException as exc:
+            failure.append(exc)
+            raise
+
+    try:
+        resp = await gw.backend.request(
+            "PUT", bucket, key, headers=headers, body=ciphertext(), content_length=s3ec.ciphertext_length(body.length)
+        )
+    except BaseException:
+        if failure:
+            raise failure[0] from None
+        raise
+    if failure:
+        resp.close()
+        raise failure[0]
+    if resp.status >= 300:
+        raise await resp.error()
+    resp.release()
+    return resp.headers.get("ETag", "")

@@ -31,9 +31,12 @@ def s3ec_stack(moto_url: str, tls_files: dict[str, Path], tmp_path_factory: pyte
         f'provider = "aws-kms"\nregion = "us-east-1"\nendpoint = "{moto_url}"\ndefault_key = "{key_id}"\n'
         'access_key_id = "testing"\nsecret_access_key = "testing"\n'
     )
-    rules = '\n[[buckets]]\nname = "s3ec-delayed"\ns3ec_delayed_authentication = true\n'
+    rules = (
+        '\n[[buckets]]\nname = "s3ec-delayed"\ns3ec_delayed_authentication = true\n'
+        '\n[[buckets]]\nname = "s3ec-out"\nformat = "s3ec-v3"\n'
+    )
     st = start_stack(tmp_path_factory.mktemp("s3ec"), moto_url, tls_files, kms=kms, extra=rules)
-    for b in ("s3ec-data", "s3ec-delayed"):
+    for b in ("s3ec-data", "s3ec-delayed", "s3ec-out"):
         _client("s3", moto_url).create_bucket(Bucket=b)
     yield st, key_id
     st.gate.stop()
@@ -103,3 +106,19 @@ def test_large_objects_need_delayed_authentication(s3ec_stack: tuple[Stack, str]
     backend_client(moto_url).put_object(Bucket="s3ec-delayed", Key="big", Body=bytes(body), Metadata=raw["Metadata"])
     with pytest.raises((ClientError, BotoCoreError, OSError)):
         s3.get_object(Bucket="s3ec-delayed", Key="big")["Body"].read()
+
+
+@pytest.mark.parametrize("size", [0, 1, 17, MiB + 1])
+def test_sealgate_writes_s3ec_v3_the_official_client_reads(
+    s3ec_stack: tuple[Stack, str], moto_url: str, size: int
+) -> None:
+    st, key_id = s3ec_stack
+    data = os.urandom(size)
+    s3 = st.client()
+    s3.put_object(Bucket="s3ec-out", Key=f"w{size}", Body=data, Metadata={"who": "sealgate"})
+    got = official(moto_url, key_id).get_object(Bucket="s3ec-out", Key=f"w{size}")
+    assert got["Body"].read() == data
+    assert s3.get_object(Bucket="s3ec-out", Key=f"w{size}")["Body"].read() == data
+    with pytest.raises(ClientError) as err:
+        s3.create_multipart_upload(Bucket="s3ec-out", Key="mp")
+    assert err.value.response["Error"]["Code"] == "NotImplemented"
