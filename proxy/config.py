@@ -477,8 +477,6 @@ class BucketRule(_Model):
     #: S3 Encryption Client objects above the verify-first limit (64 MiB) are served with the tag
     #: checked at the end (a failure aborts the connection) instead of being refused.
     s3ec_delayed_authentication: StrictBool = False
-    #: Read legacy S3EC V1 objects (AES/CBC, unauthenticated); logged as a warning each time.
-    s3ec_allow_v1: StrictBool = False
     #: How new objects are written: sealgate's own format, or the AWS S3 Encryption Client's V3
     #: (kms+context; single PUTs only) so that the official client reads them straight from
     #: the backend.

@@ -1,4 +1,4 @@
-"""Serving objects written by the AWS S3 Encryption Client (V2, V3; V1 only where opted in).
+"""Serving objects written by the AWS S3 Encryption Client (V2 and V3; V1 is refused).
 
 An S3EC body is one AES-GCM stream whose tag comes last, so nothing can be authenticated before
 the end. Objects up to the verify-first limit (64 MiB by default, as the Java client) are read
@@ -38,27 +38,22 @@ def user_metadata(meta: Mapping[str, str]) -> dict[str, str]:
     return {k: v for k, v in meta.items() if k not in S3EC_FIELDS}
 
 
-def _rule(gw: Gateway, bucket: str, key: str) -> tuple[bool, bool]:
+def _delayed_ok(gw: Gateway, bucket: str, key: str) -> bool:
     rule = gw.config.rule_for_bucket(bucket, key)
-    if rule is None:
-        return False, False
-    return bool(getattr(rule, "s3ec_delayed_authentication", False)), bool(getattr(rule, "s3ec_allow_v1", False))
+    return rule is not None and rule.s3ec_delayed_authentication
 
 
 async def open_s3ec(
     gw: Gateway, request: web.Request, bucket: str, key: str, meta: Mapping[str, str]
 ) -> s3ec.S3ecMaterials:
     """Unwrap an S3EC object's data key with the bucket's KMS key (S3EC records no key id)."""
-    version = s3ec.detect(meta)
-    _, allow_v1 = _rule(gw, bucket, key)
-    if version == "v1" and not allow_v1:
+    if s3ec.detect(meta) == "v1":
         raise S3Error(
             "InvalidObjectState",
-            "legacy S3EC V1 (AES/CBC, unauthenticated) objects are read only with buckets.s3ec_allow_v1",
+            "legacy S3EC V1 objects (AES/CBC, unauthenticated encryption) are not served; convert them with the "
+            "S3 Encryption Client first",
             403,
         )
-    if version == "v1":
-        log.warning("serving legacy S3EC V1 object /%s/%s (unauthenticated encryption)", bucket, key)
     key_id = gw.config.key_for_bucket(bucket, key)
     require_key_use(gw, request, "decrypt", key_id)
     try:
@@ -93,7 +88,7 @@ async def stream_s3ec(
         resp = await gw.backend.request("GET", bucket, key, headers={"If-Match": resp.headers.get("ETag", "")})
         if resp.status >= 300:
             raise await resp.error()
-    delayed_ok, _ = _rule(gw, bucket, key)
+    delayed_ok = _delayed_ok(gw, bucket, key)
     try:
         decryptor = s3ec.S3ecDecryptor(materials, total, mode="verify_first")
     except s3ec.S3ecTooLarge as exc:
