@@ -501,6 +501,15 @@ class BucketRule(_Model):
         return fnmatchcase(bucket, self.name) and key.startswith(self.prefix)
 
 
+class AuditConfig(_Model):
+    """``[audit]``: the hash-chained record of every key use (off unless `path` is set)."""
+
+    #: The log file; with ``workers > 1`` each worker appends to ``<path>.w<N>``.
+    path: ConfigPath | None = None
+    #: Makes the chain an HMAC chain, so an edited file cannot be re-hashed (give as ${ENV}).
+    hmac_key: SecretStr | None = None
+
+
 class Config(_Model):
     """The whole validated config."""
 
@@ -511,6 +520,7 @@ class Config(_Model):
     encryption: EncryptionConfig = EncryptionConfig()
     buckets: tuple[BucketRule, ...] = ()
     keys: tuple[KeyPolicy, ...] = ()
+    audit: AuditConfig = AuditConfig()
 
     _clients_by_akid: dict[str, ClientConfig] = PrivateAttr(default_factory=dict)
 

@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 
 from aiohttp import web
 
+from proxy.audit import AuditContext, AuditLog, audit_context
 from proxy.backend import Backend
 from proxy.config import Config
 from proxy.crypto.format import FormatError
@@ -158,6 +159,15 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
         gw.config.server.virtual_host_domains,
     )
     request[OPERATION] = r.operation
+    audit_context.set(
+        AuditContext(
+            identity=verified.identity,
+            source=request.remote,
+            request_id=request.get(REQUEST_ID),
+            bucket=r.bucket,
+            object_key=r.key,
+        )
+    )
     return await _run(gw, request, r, verified)
 
 
@@ -243,7 +253,7 @@ async def _stamp_request_id(request: web.Request, response: web.StreamResponse) 
     response.headers.setdefault("x-amz-id-2", rid)
 
 
-def build_app(config: Config, materials: Materials, backend: Backend) -> web.Application:
+def build_app(config: Config, materials: Materials, backend: Backend, audit: AuditLog | None = None) -> web.Application:
     """The application; backend and keyring open and close with it."""
     srv = config.server
     app = web.Application(
@@ -260,12 +270,14 @@ def build_app(config: Config, materials: Materials, backend: Backend) -> web.App
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         await backend.start()
-        app[GATEWAY] = Gateway(config=config, backend=backend, materials=materials)
+        app[GATEWAY] = Gateway(config=config, backend=backend, materials=materials, audit=audit)
         try:
             yield
         finally:
             await backend.close()
             await materials.close()
+            if audit is not None:
+                audit.close()
 
     app.cleanup_ctx.append(lifecycle)
     app.on_response_prepare.append(_stamp_request_id)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from proxy.audit import AuditingKeyring, AuditLog
 from proxy.backend import Backend, BackendSettings
 from proxy.config import Config
 from proxy.kms.base import Keyring
@@ -54,6 +55,18 @@ def make_materials(config: Config, keyring: Keyring) -> Materials:
     )
 
 
+def open_audit(config: Config, worker: int | None = None) -> AuditLog | None:
+    """The audit log the config asks for (one file per worker process)."""
+    cfg = config.audit
+    if cfg.path is None:
+        return None
+    path = cfg.path
+    if config.server.workers > 1:
+        path = path.with_name(f"{path.name}.w{worker if worker is not None else os.getpid()}")
+    key = cfg.hmac_key.get_secret_value().encode() if cfg.hmac_key is not None else None
+    return AuditLog(path, hmac_key=key)
+
+
 def make_backend(config: Config) -> Backend:
     """The backend client the config describes."""
     b = config.backend
@@ -84,7 +97,11 @@ class Running:
 
 async def start(config: Config, *, keyring: Keyring | None = None) -> Running:
     """Bind the listeners and start serving; returns once they accept connections."""
-    app = build_app(config, make_materials(config, keyring or make_keyring(config)), make_backend(config))
+    base = keyring or make_keyring(config)
+    audit = open_audit(config)
+    if audit is not None:
+        base = AuditingKeyring(base, audit)
+    app = build_app(config, make_materials(config, base), make_backend(config), audit)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     tls_port = plain_port = None

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from proxy.audit import AuditLog
 from proxy.backend import Backend
 from proxy.config import Config
 from proxy.kms.materials import Materials
@@ -22,6 +23,7 @@ class Gateway:
     config: Config
     backend: Backend
     materials: Materials
+    audit: AuditLog | None = None
 
 
 #: The identity (client name) of the request, set once its signature checked out.
@@ -34,5 +36,7 @@ def require_key_use(gw: Gateway, request: web.Request, action: str, key: str) ->
     """Key policy, checked before any keyring call: AccessDenied unless allowed."""
     identity = request.get(IDENTITY, "")
     if not gw.config.may_use_key(identity, action, key):
+        if gw.audit is not None:
+            gw.audit.record(action, "denied", reason="policy", key_id=key)
         log.warning("policy denied %s: %s may not %s with key %s", request.get(REQUEST_ID, ""), identity, action, key)
         raise S3Error("AccessDenied", f"client {identity!r} may not {action} with this object's key", 403)
