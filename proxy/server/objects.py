@@ -181,41 +181,32 @@ async def new_envelope(
     return data_key.plaintext, env
 
 
-async def send_sealed(
+async def put_stream(
     gw: Gateway,
     bucket: str,
     key: str,
-    body: PlaintextBody,
-    encryptor: StreamEncryptor,
+    chunks: AsyncIterator[bytes],
+    length: int,
     *,
-    prefix: bytes = b"",
-    digest_md5: bool,
     headers: dict[str, str],
     query: list[tuple[str, str]] | None = None,
 ) -> BackendResponse:
-    """PUT `prefix` and the encrypted body to the backend, holding back the final segment until
-    every check on the client's body has passed (without it the backend never receives
-    Content-Length bytes, so a failed check stores nothing)."""
+    """PUT `length` bytes from `chunks` to the backend. If `chunks` fails (a check on the
+    client's body), that failure is what the caller sees, and the backend, short of its
+    Content-Length, stores nothing."""
     failure: list[BaseException] = []
 
-    async def ciphertext() -> AsyncIterator[bytes]:
+    async def guarded() -> AsyncIterator[bytes]:
         try:
-            if prefix:
-                yield prefix
-            async for piece in body:
-                for segment in encryptor.feed(piece):
-                    yield segment
-            digest = body.md5 if digest_md5 and body.md5 else b"\x00" * DIGEST_SLOT
-            for segment in encryptor.finish(digest):
-                yield segment
+            async for chunk in chunks:
+                yield chunk
         except BaseException as exc:
             failure.append(exc)
             raise
 
-    length = len(prefix) + Layout(DEFAULT_SEGMENT_SIZE).ciphertext_length(body.length)
     try:
         resp = await gw.backend.request(
-            "PUT", bucket, key, query=query or [], headers=headers, body=ciphertext(), content_length=length
+            "PUT", bucket, key, query=query or [], headers=headers, body=guarded(), content_length=length
         )
     except BaseException:
         if failure:
@@ -228,6 +219,35 @@ async def send_sealed(
         raise await resp.error()
     resp.release()
     return resp
+
+
+async def send_sealed(
+    gw: Gateway,
+    bucket: str,
+    key: str,
+    body: PlaintextBody,
+    encryptor: StreamEncryptor,
+    *,
+    prefix: bytes = b"",
+    digest_md5: bool,
+    headers: dict[str, str],
+    query: list[tuple[str, str]] | None = None,
+) -> BackendResponse:
+    """PUT `prefix` and the encrypted body, holding back the final segment until every check on
+    the client's body has passed (without it the backend never receives all its bytes)."""
+
+    async def ciphertext() -> AsyncIterator[bytes]:
+        if prefix:
+            yield prefix
+        async for piece in body:
+            for segment in encryptor.feed(piece):
+                yield segment
+        digest = body.md5 if digest_md5 and body.md5 else b"\x00" * DIGEST_SLOT
+        for segment in encryptor.finish(digest):
+            yield segment
+
+    length = len(prefix) + Layout(DEFAULT_SEGMENT_SIZE).ciphertext_length(body.length)
+    return await put_stream(gw, bucket, key, ciphertext(), length, headers=headers, query=query)
 
 
 def _put_etag_field(body: PlaintextBody) -> str | None:

@@ -159,29 +159,13 @@ async def put_s3ec_v3(gw: Gateway, request: web.Request, bucket: str, key: str, 
     for name in ("Content-Type", "Cache-Control", "Content-Disposition", "Content-Language", "Expires"):
         if name in request.headers:
             headers[name] = request.headers[name]
-    failure: list[BaseException] = []
 
     async def ciphertext() -> AsyncIterator[bytes]:
-        try:
-            async for piece in body:
-                yield encryptor.update(bytes(piece))
-            yield encryptor.finish()
-        except BaseException as exc:
-            failure.append(exc)
-            raise
+        async for piece in body:
+            yield encryptor.update(bytes(piece))
+        yield encryptor.finish()  # the tag: only once every check on the body has passed
 
-    try:
-        resp = await gw.backend.request(
-            "PUT", bucket, key, headers=headers, body=ciphertext(), content_length=s3ec.ciphertext_length(body.length)
-        )
-    except BaseException:
-        if failure:
-            raise failure[0] from None
-        raise
-    if failure:
-        resp.close()
-        raise failure[0]
-    if resp.status >= 300:
-        raise await resp.error()
-    resp.release()
+    from proxy.server.objects import put_stream
+
+    resp = await put_stream(gw, bucket, key, ciphertext(), s3ec.ciphertext_length(body.length), headers=headers)
     return resp.headers.get("ETag", "")
