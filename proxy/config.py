@@ -260,6 +260,9 @@ class BackendConfig(_Model):
     #: moto). If not (``rclone serve s3``), listings look up every object's manifest, which
     #: costs one small request per listed object.
     multipart_etag_suffix: StrictBool = True
+    #: Largest object the backend copies in one CopyObject (S3: 5 GiB); larger copies go part by
+    #: part with UploadPartCopy, still server-side.
+    max_copy_bytes: StrictInt = Field(default=5 * 1024**3, ge=5 * 1024**2)
 
     _check_endpoint = field_validator("endpoint")(_check_url)
 

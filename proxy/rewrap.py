@@ -17,7 +17,7 @@ from defusedxml import ElementTree
 from proxy.crypto.format import Envelope, FormatError, Manifest, is_sealgate_object
 from proxy.kms.base import KeyringError
 from proxy.s3.errors import S3Error
-from proxy.server.copy import MAX_COPY, _multipart_copy, _xml_call
+from proxy.server.copy import _multipart_copy, _xml_call
 from proxy.server.multipart import _find_text, _put_record
 from proxy.server.objects import RESERVED_PREFIX, _manifest, record_key
 from proxy.server.state import Gateway
@@ -83,7 +83,7 @@ async def rewrap_object(gw: Gateway, bucket: str, key: str, to_key: str) -> str:
 
     source = quote(source, safe="/~")
     total = int(head.headers.get("Content-Length", "0"))
-    if manifest is not None or total > MAX_COPY:
+    if manifest is not None or total > gw.config.backend.max_copy_bytes:
         new_etag, _ = await _multipart_copy(gw, bucket, key, headers, source, total)
     else:
         headers["x-amz-copy-source"] = source

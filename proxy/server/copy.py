@@ -50,9 +50,6 @@ _CONTENT_HEADERS = (
 )
 
 
-MAX_COPY = 5 * 1024**3
-
-
 async def _xml_call(
     gw: Gateway,
     method: str,
@@ -80,8 +77,9 @@ async def _multipart_copy(
     upload = _find_text(root, "UploadId") or ""
     try:
         parts = []
-        for number, start in enumerate(range(0, max(total, 1), MAX_COPY), 1):
-            end = min(start + MAX_COPY, total) - 1
+        step = gw.config.backend.max_copy_bytes
+        for number, start in enumerate(range(0, max(total, 1), step), 1):
+            end = min(start + step, total) - 1
             part_headers = {"x-amz-copy-source": source}
             if total:
                 part_headers["x-amz-copy-source-range"] = f"bytes={start}-{end}"
@@ -174,7 +172,7 @@ async def copy_object(gw: Gateway, request: web.Request, bucket: str, key: str) 
     source = "/" + quote(f"{src_bucket}/{src_key}", safe="/~")
     if version:
         source += "?versionId=" + quote(version, safe="")
-    if opened.manifest is not None or total > MAX_COPY:
+    if opened.manifest is not None or total > gw.config.backend.max_copy_bytes:
         # Multipart objects stay multipart (their ETag form tells listings so), and the backend
         # copies at most 5 GiB in one CopyObject: both go part by part, still server-side.
         backend_etag, last_modified = await _multipart_copy(gw, bucket, key, headers, source, total)

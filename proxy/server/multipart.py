@@ -11,7 +11,9 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+from collections.abc import AsyncIterator
 from contextlib import suppress
+from datetime import UTC, datetime
 from urllib.parse import quote
 from xml.sax.saxutils import escape
 
@@ -21,7 +23,9 @@ from defusedxml import ElementTree
 from proxy.crypto.format import (
     DEFAULT_SEGMENT_SIZE,
     LAYOUT_MULTIPART,
+    PART_HEADER_SIZE,
     FormatError,
+    IntegrityError,
     Layout,
     Manifest,
     ManifestPart,
@@ -34,12 +38,16 @@ from proxy.crypto.segments import StreamEncryptor
 from proxy.crypto.upload_id import UploadId, open_for_replicas, seal_for_replicas
 from proxy.kms.base import KeyringError
 from proxy.s3.errors import S3Error
+from proxy.s3.ranges import check_conditions
 from proxy.s3.sigv4 import VerifiedRequest
 from proxy.server.objects import (
     MAX_PUT_SIZE,
+    _last_modified,
     check_reserved,
     client_body,
     new_envelope,
+    put_stream,
+    read_plaintext,
     record_key,
     send_sealed,
     stored_headers,
@@ -140,7 +148,7 @@ async def upload_part(
 ) -> web.StreamResponse:
     """UploadPart: encrypt the part as it streams, under a key bound to its own header."""
     if "x-amz-copy-source" in request.headers:
-        raise S3Error("NotImplemented", "UploadPartCopy is not implemented by sealgate yet", 501)
+        return await upload_part_copy(gw, request, bucket, key)
     number = _part_number(request)
     uid, data_key = await _open_upload(gw, request, bucket, key, request.query["uploadId"])
     body = client_body(gw, request, verified)
@@ -166,6 +174,68 @@ async def upload_part(
     for name, value in body.checksums.items():
         out.headers[name] = value
     return out
+
+
+_COPY_RANGE = re.compile(r"^bytes=(\d+)-(\d+)$")
+
+
+async def upload_part_copy(gw: Gateway, request: web.Request, bucket: str, key: str) -> web.StreamResponse:
+    """UploadPartCopy: the source's plaintext (authenticated) re-encrypted as a part of this upload.
+
+    The bodies are under different data keys, so the bytes pass through sealgate; memory stays
+    bounded, as for any part."""
+    from proxy.server.copy import parse_copy_source
+
+    number = _part_number(request)
+    uid, data_key = await _open_upload(gw, request, bucket, key, request.query["uploadId"])
+    src_bucket, src_key, _version = parse_copy_source(request.headers["x-amz-copy-source"])
+    check_reserved(src_key)
+    byte_range = None
+    raw_range = request.headers.get("x-amz-copy-source-range")
+    if raw_range is not None:
+        m = _COPY_RANGE.match(raw_range.strip())
+        if not m or int(m.group(2)) < int(m.group(1)):
+            raise S3Error(
+                "InvalidArgument", "The x-amz-copy-source-range value must be of the form bytes=first-last", 400
+            )
+        byte_range = (int(m.group(1)), int(m.group(2)))
+    length, plaintext, opened, head = await read_plaintext(gw, request, src_bucket, src_key, byte_range)
+    h = request.headers
+    check_conditions(
+        h.get("x-amz-copy-source-if-match"),
+        h.get("x-amz-copy-source-if-none-match"),
+        h.get("x-amz-copy-source-if-modified-since"),
+        h.get("x-amz-copy-source-if-unmodified-since"),
+        opened.etag,
+        _last_modified(head),
+        is_read=False,
+    )
+    header = PartHeader(number, length, os.urandom(16)).pack()
+    encryptor = StreamEncryptor(part_key(data_key, uid.salt, header), DEFAULT_SEGMENT_SIZE)
+
+    async def ciphertext() -> AsyncIterator[bytes]:
+        yield header
+        async for piece in plaintext:
+            for segment in encryptor.feed(piece):
+                yield segment
+        for segment in encryptor.finish():
+            yield segment
+
+    try:
+        resp = await put_stream(
+            gw,
+            bucket,
+            key,
+            ciphertext(),
+            PART_HEADER_SIZE + Layout(DEFAULT_SEGMENT_SIZE).ciphertext_length(length),
+            headers={},
+            query=[("partNumber", str(number)), ("uploadId", uid.backend_id)],
+        )
+    except IntegrityError as exc:
+        raise S3Error("ObjectIntegrityError", f"copy source failed authentication: {exc}", 500) from exc
+    modified = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+    body = _xml("CopyPartResult", [("LastModified", modified), ("ETag", resp.headers.get("ETag", ""))])
+    return web.Response(status=200, body=body, headers=_XML)
 
 
 async def _backend_parts(gw: Gateway, bucket: str, key: str, backend_id: str) -> dict[int, tuple[str, int]]:

@@ -22,6 +22,7 @@ from proxy.crypto.format import (
     DIGEST_SLOT,
     LAYOUT_MULTIPART,
     LAYOUT_SINGLE,
+    PART_HEADER_SIZE,
     SALT_SIZE,
     SCOPE_BUCKET,
     Envelope,
@@ -818,3 +819,72 @@ async def object_tagging(gw: Gateway, request: web.Request, bucket: str, key: st
     if data:
         out["Content-Type"] = "application/xml"
     return web.Response(status=resp.status, body=data or None, headers=out)
+
+
+async def read_plaintext(
+    gw: Gateway, request: web.Request, bucket: str, key: str, byte_range: tuple[int, int] | None
+) -> tuple[int, AsyncIterator[bytes], _Opened, BackendResponse]:
+    """Authenticated plaintext of [first, last] (inclusive, like a Range) of a sealgate object, as
+    a stream, for server-side operations that must re-encrypt (UploadPartCopy)."""
+    head = await gw.backend.request("HEAD", bucket, key)
+    head.release()
+    if head.status >= 300:
+        raise await head.error()
+    if not is_sealgate_object(head.user_metadata()):
+        raise S3Error("InvalidObjectState", "sealgate copies only objects it wrote", 403)
+    _, total = _total_length(head)
+    opened = await _open(gw, request, bucket, key, head, total)
+    size = opened.plaintext_length
+    start, end = (0, size) if byte_range is None else (byte_range[0], byte_range[1] + 1)
+    if not 0 <= start < end <= size and not (start == end == size == 0):
+        raise S3Error("InvalidArgument", f"Range specified is not valid for source object of size: {size}", 400)
+    etag = head.headers.get("ETag", "")
+    layout = Layout(opened.envelope.segment_size)
+    decryptor: _Decryptor
+    if end == start:
+        fetch: tuple[int, int] | None = None
+        decryptor = _Nothing()
+    elif opened.manifest is not None:
+        mdec = MultipartDecryptor(opened.data_key, opened.envelope.salt, layout, opened.manifest, start, end)
+        if mdec.header_range:
+            h = await _ranged(gw, bucket, key, etag, *mdec.header_range)
+            try:
+                raw = await h.read()
+            finally:
+                h.release()
+            mdec.set_first_header(raw[:PART_HEADER_SIZE])
+        fetch, decryptor = mdec.fetch_range, mdec
+    else:
+        span = layout.span(start, end, size)
+        fetch = (span.ciphertext_start, span.ciphertext_end)
+        decryptor = StreamDecryptor(stream_key(opened.data_key, opened.envelope.salt, 0), layout, span, size)
+
+    async def plaintext() -> AsyncIterator[bytes]:
+        if fetch is None:
+            return
+        source = await _ranged(gw, bucket, key, etag, *fetch)
+        try:
+            first, _ = _total_length(source)
+            skip, remaining = fetch[0] - first, fetch[1] - fetch[0]
+            async for chunk in source.raw.content.iter_any():
+                view = memoryview(chunk)[skip:]
+                skip = max(0, skip - len(chunk))
+                view = view[:remaining]
+                remaining -= len(view)
+                for piece in decryptor.feed(view):
+                    yield piece
+                if remaining == 0:
+                    break
+            decryptor.finish()
+        finally:
+            source.close()
+
+    return end - start, plaintext(), opened, head
+
+
+class _Nothing:
+    def feed(self, data: memoryview) -> list[bytes]:
+        return []
+
+    def finish(self) -> None:
+        return None

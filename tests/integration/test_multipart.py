@@ -22,7 +22,7 @@ def pattern(n: int) -> bytes:
 
 
 def test_upload_file_download_file(stack: Stack, bucket: str, tmp_path: Path) -> None:
-    data = os.urandom(10 * MiB) + pattern(10 * MiB + 5)
+    data = os.urandom(50 * MiB) + pattern(50 * MiB + 5)  # 100 MiB and 5 bytes: 13 parts of 8 MiB
     src, dst = tmp_path / "src", tmp_path / "dst"
     src.write_bytes(data)
     s3 = stack.client()
@@ -31,7 +31,7 @@ def test_upload_file_download_file(stack: Stack, bucket: str, tmp_path: Path) ->
     assert dst.read_bytes() == data
     head = s3.head_object(Bucket=bucket, Key="big")
     assert head["ContentLength"] == len(data)
-    assert head["ETag"].strip('"').endswith("-3")
+    assert head["ETag"].strip('"').endswith("-13")
     listed = {o["Key"]: o for o in s3.list_objects_v2(Bucket=bucket)["Contents"]}
     assert listed["big"]["Size"] == len(data)
     assert list(listed) == ["big"]  # sealgate's manifests never show
@@ -246,3 +246,58 @@ def test_gc_aborts_stale_uploads_and_orphan_manifests(stack: Stack, bucket: str)
     assert s3.get_object(Bucket=bucket, Key="keep")["Body"].read() == b"".join(keep_parts.values())
     left = stack.backend().list_objects_v2(Bucket=bucket, Prefix=".sealgate/")["Contents"]
     assert len(left) == 1
+
+
+def test_upload_part_copy(stack: Stack, bucket: str) -> None:
+    s3 = stack.client()
+    single = os.urandom(6 * MiB + 11)
+    s3.put_object(Bucket=bucket, Key="src-single", Body=single)
+    parts = {1: os.urandom(5 * MiB), 2: os.urandom(77)}
+    uid, done = _mpu(s3, bucket, "src-mp", parts)
+    s3.complete_multipart_upload(Bucket=bucket, Key="src-mp", UploadId=uid, MultipartUpload={"Parts": done})
+    mp_data = parts[1] + parts[2]
+
+    uid = s3.create_multipart_upload(Bucket=bucket, Key="assembled")["UploadId"]
+    copies = [
+        ({"Bucket": bucket, "Key": "src-single"}, f"bytes=0-{5 * MiB - 1}", single[: 5 * MiB]),
+        (
+            {"Bucket": bucket, "Key": "src-mp"},
+            f"bytes={5 * MiB - 10}-{5 * MiB + 20}",
+            mp_data[5 * MiB - 10 : 5 * MiB + 21],
+        ),
+        ({"Bucket": bucket, "Key": "src-single"}, None, single),
+    ]
+    done = []
+    for n, (source, rng, _) in enumerate(copies, 1):
+        kw = {"CopySourceRange": rng} if rng else {}
+        r = s3.upload_part_copy(Bucket=bucket, Key="assembled", UploadId=uid, PartNumber=n, CopySource=source, **kw)
+        done.append({"PartNumber": n, "ETag": r["CopyPartResult"]["ETag"]})
+    # Part 2 is small and not last: S3 would refuse it too, so complete with parts 1 and 3 only.
+    s3.complete_multipart_upload(
+        Bucket=bucket, Key="assembled", UploadId=uid, MultipartUpload={"Parts": [done[0], done[2]]}
+    )
+    assert s3.get_object(Bucket=bucket, Key="assembled")["Body"].read() == copies[0][2] + copies[2][2]
+    with pytest.raises(ClientError) as err:
+        s3.upload_part_copy(
+            Bucket=bucket,
+            Key="assembled",
+            UploadId=uid,
+            PartNumber=1,
+            CopySource={"Bucket": bucket, "Key": "src-single"},
+            CopySourceRange="bytes=0-999999999",
+        )
+    assert err.value.response["ResponseMetadata"]["HTTPStatusCode"] in (400, 404)
+    raw = stack.backend().get_object(Bucket=bucket, Key="assembled")["Body"].read()
+    assert single[:1000] not in raw
+    # A range across the source's part boundary, as the only (so last) part of another upload.
+    uid = s3.create_multipart_upload(Bucket=bucket, Key="across")["UploadId"]
+    r = s3.upload_part_copy(
+        Bucket=bucket, Key="across", UploadId=uid, PartNumber=1, CopySource=copies[1][0], CopySourceRange=copies[1][1]
+    )
+    s3.complete_multipart_upload(
+        Bucket=bucket,
+        Key="across",
+        UploadId=uid,
+        MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": r["CopyPartResult"]["ETag"]}]},
+    )
+    assert s3.get_object(Bucket=bucket, Key="across")["Body"].read() == copies[1][2]

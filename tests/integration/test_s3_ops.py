@@ -153,3 +153,27 @@ def test_presigned_get_and_put(stack: Stack, bucket: str, version: str) -> None:
     time.sleep(2.1)
     r = http.request("GET", short)
     assert r.status == 403 and b"expired" in r.data
+
+
+def test_copy_above_the_backend_copy_limit(moto_url: str, tls_files, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Objects above backend.max_copy_bytes (5 GiB on S3; 5 MiB here) are copied part by part."""
+    from tests.conftest import start_stack
+
+    st = start_stack(tmp_path, moto_url, tls_files, backend_extra="max_copy_bytes = 5242880")
+    try:
+        s3 = st.client()
+        s3.create_bucket(Bucket="bigcopy")
+        data = os.urandom(13 * MiB + 7)
+        s3.put_object(Bucket="bigcopy", Key="src", Body=data)
+        s3.copy_object(Bucket="bigcopy", Key="dst", CopySource={"Bucket": "bigcopy", "Key": "src"})
+        assert s3.get_object(Bucket="bigcopy", Key="dst")["Body"].read() == data
+        assert (
+            s3.get_object(Bucket="bigcopy", Key="dst", Range="bytes=5242870-5242899")["Body"].read()
+            == data[5242870:5242900]
+        )
+        assert {o["Key"]: o["Size"] for o in s3.list_objects_v2(Bucket="bigcopy")["Contents"]} == {
+            "src": len(data),
+            "dst": len(data),
+        }
+    finally:
+        st.gate.stop()
