@@ -7,6 +7,7 @@ import os
 import secrets
 import string
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -18,11 +19,32 @@ if TYPE_CHECKING:
     from proxy.kms.local import LocalKeyStore
 
 
-def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message (and the exception, if any)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        import json
+
+        doc = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            doc["exception"] = self.formatException(record.exc_info)
+        return json.dumps(doc, ensure_ascii=False)
+
+
+def _setup_logging(verbose: bool, json_logs: bool = False) -> None:
+    handler = logging.StreamHandler()
+    if json_logs:
+        formatter: logging.Formatter = JsonFormatter()
+        formatter.converter = time.gmtime
+    else:
+        formatter = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    handler.setFormatter(formatter)
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler])
     # botocore logs request details (headers) at DEBUG; never let them through.
     logging.getLogger("botocore").setLevel(logging.WARNING)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
@@ -42,12 +64,13 @@ def main() -> None:
 @main.command()
 @click.option("--config", "config_path", type=click.Path(path_type=Path), required=True, help="TOML config file.")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
-def serve(config_path: Path, verbose: bool) -> None:
+@click.option("--json-logs", is_flag=True, help="One JSON object per log line (for log shippers).")
+def serve(config_path: Path, verbose: bool, json_logs: bool) -> None:
     """Run the proxy with the given config."""
     from proxy.config import ConfigError, load_config
     from proxy.server.run import serve as run_serve
 
-    _setup_logging(verbose)
+    _setup_logging(verbose, json_logs)
     try:
         config = load_config(config_path)
     except ConfigError as exc:

@@ -196,3 +196,27 @@ def test_keys_asymmetric_cli(tmp_path: Path) -> None:
     assert r.returncode == 0 and "ec-p384" in r.stdout, r.stderr
     listed = run(["keys", "list", "--keyring", "public-only"], tmp_path, env).stdout
     assert "ec-p384" in listed and "imported" in listed
+
+
+def test_json_logs(moto_url: str, tls_files: dict[str, Path], tmp_path: Path) -> None:
+    import json
+
+    from tests.conftest import CLIENT_SECRET, write_config
+
+    port = free_port()
+    cfg = write_config(tmp_path, backend=moto_url, tls=tls_files, port=port)
+    proc = subprocess.Popen(
+        [*SEALGATE, "serve", "--config", str(cfg), "--json-logs"], cwd=tmp_path, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        wait_port(port, 30)
+        s3 = client_for(f"https://localhost:{port}", tls_files["ca"])
+        s3.create_bucket(Bucket="jsonlogs")
+        s3.put_object(Bucket="jsonlogs", Key="k", Body=b"JSON-LOGGED-PLAINTEXT")
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    lines = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+    assert any("PUT /jsonlogs/k 200" in rec["message"] for rec in lines)
+    assert all({"time", "level", "logger", "message"} <= rec.keys() for rec in lines)
+    assert CLIENT_SECRET not in err and "JSON-LOGGED-PLAINTEXT" not in err
