@@ -22,20 +22,17 @@ from proxy.crypto.format import (
     Manifest,
     SealedMetadata,
     encryption_context,
-    is_sealgate_object,
     seal_metadata,
 )
 from proxy.kms.base import KeyringError
 from proxy.s3.errors import S3Error
-from proxy.s3.ranges import check_conditions
 from proxy.server.multipart import S3_NS, _find_text, _put_record
 from proxy.server.objects import (
     _last_modified,
-    _open,
-    _total_length,
     _user_metadata,
     check_reserved,
     opaque_etag,
+    open_copy_source,
     stored_headers,
 )
 from proxy.server.state import Gateway, require_key_use
@@ -130,25 +127,7 @@ async def copy_object(gw: Gateway, request: web.Request, bucket: str, key: str) 
             "object's metadata, storage class, website redirect location or encryption attributes.",
             400,
         )
-    query = [("versionId", version)] if version else []
-    head = await gw.backend.request("HEAD", src_bucket, src_key, query=query)
-    head.release()
-    if head.status >= 300:
-        raise await head.error()
-    if not is_sealgate_object(head.user_metadata()):
-        raise S3Error("InvalidObjectState", "sealgate copies only objects it wrote", 403)
-    _, total = _total_length(head)
-    opened = await _open(gw, request, src_bucket, src_key, head, total)
-    h = request.headers
-    check_conditions(
-        h.get("x-amz-copy-source-if-match"),
-        h.get("x-amz-copy-source-if-none-match"),
-        h.get("x-amz-copy-source-if-modified-since"),
-        h.get("x-amz-copy-source-if-unmodified-since"),
-        opened.etag,
-        _last_modified(head),
-        is_read=False,
-    )
+    opened, head, total = await open_copy_source(gw, request, src_bucket, src_key, version)
     env: Envelope = opened.envelope
     dest_key_id = gw.config.key_for_bucket(bucket, key)
     require_key_use(gw, request, "encrypt", dest_key_id)

@@ -38,11 +38,9 @@ from proxy.crypto.segments import StreamEncryptor
 from proxy.crypto.upload_id import UploadId, open_for_replicas, seal_for_replicas
 from proxy.kms.base import KeyringError
 from proxy.s3.errors import S3Error
-from proxy.s3.ranges import check_conditions
 from proxy.s3.sigv4 import VerifiedRequest
 from proxy.server.objects import (
     MAX_PUT_SIZE,
-    _last_modified,
     check_reserved,
     client_body,
     new_envelope,
@@ -199,17 +197,7 @@ async def upload_part_copy(gw: Gateway, request: web.Request, bucket: str, key: 
                 "InvalidArgument", "The x-amz-copy-source-range value must be of the form bytes=first-last", 400
             )
         byte_range = (int(m.group(1)), int(m.group(2)))
-    length, plaintext, opened, head = await read_plaintext(gw, request, src_bucket, src_key, byte_range)
-    h = request.headers
-    check_conditions(
-        h.get("x-amz-copy-source-if-match"),
-        h.get("x-amz-copy-source-if-none-match"),
-        h.get("x-amz-copy-source-if-modified-since"),
-        h.get("x-amz-copy-source-if-unmodified-since"),
-        opened.etag,
-        _last_modified(head),
-        is_read=False,
-    )
+    length, plaintext, _opened, _head = await read_plaintext(gw, request, src_bucket, src_key, byte_range)
     header = PartHeader(number, length, os.urandom(16)).pack()
     encryptor = StreamEncryptor(part_key(data_key, uid.salt, header), DEFAULT_SEGMENT_SIZE)
 

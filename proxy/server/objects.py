@@ -821,12 +821,12 @@ async def object_tagging(gw: Gateway, request: web.Request, bucket: str, key: st
     return web.Response(status=resp.status, body=data or None, headers=out)
 
 
-async def read_plaintext(
-    gw: Gateway, request: web.Request, bucket: str, key: str, byte_range: tuple[int, int] | None
-) -> tuple[int, AsyncIterator[bytes], _Opened, BackendResponse]:
-    """Authenticated plaintext of [first, last] (inclusive, like a Range) of a sealgate object, as
-    a stream, for server-side operations that must re-encrypt (UploadPartCopy)."""
-    head = await gw.backend.request("HEAD", bucket, key)
+async def open_copy_source(
+    gw: Gateway, request: web.Request, bucket: str, key: str, version: str | None = None
+) -> tuple[_Opened, BackendResponse, int]:
+    """The source of a copy: opened (data key unwrapped, checked) once the request's
+    x-amz-copy-source-if-* conditions hold against the ETag sealgate shows for it."""
+    head = await gw.backend.request("HEAD", bucket, key, query=[("versionId", version)] if version else [])
     head.release()
     if head.status >= 300:
         raise await head.error()
@@ -834,6 +834,25 @@ async def read_plaintext(
         raise S3Error("InvalidObjectState", "sealgate copies only objects it wrote", 403)
     _, total = _total_length(head)
     opened = await _open(gw, request, bucket, key, head, total)
+    h = request.headers
+    check_conditions(
+        h.get("x-amz-copy-source-if-match"),
+        h.get("x-amz-copy-source-if-none-match"),
+        h.get("x-amz-copy-source-if-modified-since"),
+        h.get("x-amz-copy-source-if-unmodified-since"),
+        opened.etag,
+        _last_modified(head),
+        is_read=False,
+    )
+    return opened, head, total
+
+
+async def read_plaintext(
+    gw: Gateway, request: web.Request, bucket: str, key: str, byte_range: tuple[int, int] | None
+) -> tuple[int, AsyncIterator[bytes], _Opened, BackendResponse]:
+    """Authenticated plaintext of [first, last] (inclusive, like a Range) of a sealgate object, as
+    a stream, for server-side operations that must re-encrypt (UploadPartCopy)."""
+    opened, head, _ = await open_copy_source(gw, request, bucket, key)
     size = opened.plaintext_length
     start, end = (0, size) if byte_range is None else (byte_range[0], byte_range[1] + 1)
     if not 0 <= start < end <= size and not (start == end == size == 0):
