@@ -16,7 +16,6 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 import aiohttp
-import botocore.session
 from botocore.auth import S3SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials, ReadOnlyCredentials
@@ -171,6 +170,10 @@ class Backend:
     async def start(self) -> None:
         """Open the connection pool and resolve credentials (config or AWS default chain)."""
         if self._credentials is None:
+            # Imported here: botocore's session machinery costs ~30 MiB and is only needed for
+            # the AWS default credential chain.
+            import botocore.session
+
             creds = await asyncio.to_thread(botocore.session.get_session().get_credentials)
             if creds is None:
                 raise RuntimeError("no backend credentials in the config or the AWS default chain")

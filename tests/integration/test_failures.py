@@ -206,3 +206,19 @@ def test_oversized_headers_refused(stack: Stack) -> None:
     r = http.request("GET", stack.gate.url + "/-/healthz", headers={"X-Big": "a" * 20000})
     assert r.status in (400, 431)
     assert http.request("GET", stack.gate.url + "/-/healthz").status == 200
+
+
+async def test_backend_credentials_from_the_default_chain(moto_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from proxy.backend import Backend, BackendSettings
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "chainkey")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "chainsecret")
+    backend = Backend(BackendSettings(endpoint=moto_url, region="us-east-1", ssl=False))
+    await backend.start()
+    try:
+        resp = await backend.request("GET", None)
+        assert resp.status == 200
+        assert "Credential=chainkey/" in resp.raw.request_info.headers["Authorization"]
+        resp.release()
+    finally:
+        await backend.close()
