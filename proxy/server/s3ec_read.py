@@ -106,8 +106,17 @@ async def stream_s3ec(
     headers["Content-Length"] = str(end - start)
     out = web.StreamResponse(status=status, headers=headers)
     position = 0
+    held = b""
 
-    async def emit(pieces: list[bytes]) -> None:
+    async def emit(pieces: list[bytes], *, final: bool = False) -> None:
+        # In delayed mode the last plaintext piece waits for the tag: a body must never end
+        # cleanly before it is authenticated, so a failure can still cut the connection short.
+        nonlocal held
+        queue = [held, *pieces] if held else list(pieces)
+        held = b"" if final or not queue else queue.pop()
+        await _write(queue)
+
+    async def _write(pieces: list[bytes]) -> None:
         nonlocal position
         for piece in pieces:
             lo, hi = max(start - position, 0), min(end - position, len(piece))
@@ -120,7 +129,7 @@ async def stream_s3ec(
     try:
         async for chunk in resp.raw.content.iter_any():
             await emit(decryptor.feed(chunk))
-        await emit(decryptor.finish())
+        await emit(decryptor.finish(), final=True)
     except (IntegrityError, FormatError) as exc:
         if not out.prepared:
             raise S3Error("ObjectIntegrityError", f"S3EC object failed authentication: {exc}", 500) from exc
