@@ -86,8 +86,8 @@ def route(
     return Route(op, bucket, key)
 
 
-# Query parameters that do not change the operation (they tune it).
-_NEUTRAL = {
+#: The parameters of ListObjects and ListObjectsV2 (passed on to the backend as they are).
+LIST_PARAMS = (
     "list-type",
     "prefix",
     "delimiter",
@@ -97,6 +97,11 @@ _NEUTRAL = {
     "fetch-owner",
     "encoding-type",
     "marker",
+)
+
+# Query parameters that do not change the operation (they tune it).
+_NEUTRAL = {
+    *LIST_PARAMS,
     "versionId",
     "partNumber",
     "response-content-type",

@@ -13,6 +13,7 @@ from defusedxml import ElementTree
 
 from proxy.crypto.format import DEFAULT_SEGMENT_SIZE, FormatError, Layout
 from proxy.s3.errors import S3Error
+from proxy.s3.routing import LIST_PARAMS
 from proxy.server.objects import RESERVED_PREFIX, opaque_etag, record_key
 from proxy.server.state import Gateway
 
@@ -71,19 +72,6 @@ async def head_bucket(gw: Gateway, request: web.Request, bucket: str) -> web.Str
 async def get_bucket_location(gw: Gateway, request: web.Request, bucket: str) -> web.StreamResponse:
     """GetBucketLocation."""
     return await _relay(gw, "GET", bucket, query=[("location", "")])
-
-
-_LIST_PARAMS = (
-    "list-type",
-    "prefix",
-    "delimiter",
-    "max-keys",
-    "continuation-token",
-    "start-after",
-    "fetch-owner",
-    "encoding-type",
-    "marker",
-)
 
 
 def _ns(tag: str) -> str:
@@ -169,7 +157,7 @@ async def list_objects(gw: Gateway, request: web.Request, bucket: str, *, versio
     if versions:
         query = [("versions", "")] + [(k, v) for k, v in request.query.items() if k in _VERSION_PARAMS]
     else:
-        query = [(k, v) for k, v in request.query.items() if k in _LIST_PARAMS]
+        query = [(k, v) for k, v in request.query.items() if k in LIST_PARAMS]
     resp, data = await gw.backend.read_ok("GET", bucket, None, query=query)
     try:
         root = _as_element(ElementTree.fromstring(data))
