@@ -125,7 +125,24 @@ def _parse_amz_date(text: str | None, query: bool) -> datetime:
         if query:
             raise S3Error("AuthorizationQueryParametersError", "X-Amz-Date must be in ISO 8601 basic format.", 400)
         raise _denied("AWS authentication requires a valid Date or x-amz-date header")
-    return datetime.strptime(text, "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
+    try:
+        # Slicing, not strptime: strptime was a visible share of a small request's CPU.
+        return datetime(
+            int(text[0:4]),
+            int(text[4:6]),
+            int(text[6:8]),
+            int(text[9:11]),
+            int(text[11:13]),
+            int(text[13:15]),
+            tzinfo=UTC,
+        )
+    except ValueError:
+        # Digits in the right places but no such time (month 13, second 61).
+        if query:
+            raise S3Error(
+                "AuthorizationQueryParametersError", "X-Amz-Date must be in ISO 8601 basic format.", 400
+            ) from None
+        raise _denied("AWS authentication requires a valid Date or x-amz-date header") from None
 
 
 def verify_request(

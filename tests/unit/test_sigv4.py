@@ -188,3 +188,12 @@ def test_hostile_presign_is_an_s3_error(params: dict[str, str]) -> None:
         )
     except S3Error:
         pass
+
+
+@pytest.mark.parametrize("date", ["20261328T000000Z", "20260230T120000Z", "20260101T250000Z", "20260101T000061Z"])
+def test_impossible_dates_are_an_s3_error(date: str) -> None:
+    path, h, when = signed("GET", "https://gate.example/b/k")
+    h["X-Amz-Date"] = date
+    with pytest.raises(S3Error) as err:
+        verify_request("GET", path, h, lookup, when)
+    assert err.value.status in (400, 403)
