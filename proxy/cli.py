@@ -76,6 +76,7 @@ def serve(config_path: Path, verbose: bool, json_logs: bool) -> None:
     except ConfigError as exc:
         _fail(str(exc))
         return
+    _tune_gc()
     try:
         run_serve(config, config_path)
     except Exception as exc:  # noqa: BLE001 - a start-up failure is reported in one line
@@ -84,6 +85,20 @@ def serve(config_path: Path, verbose: bool, json_logs: bool) -> None:
         if isinstance(exc, (KeyringFileError, OSError, RuntimeError)):
             _fail(str(exc))
         raise
+
+
+def _tune_gc() -> None:
+    """Fewer, cheaper garbage collections for a long-running server.
+
+    Request handling frees almost everything by reference counting; the cyclic collector mostly
+    re-scans the ~300k long-lived objects from imports (6% of a small request's CPU). Freezing
+    them moves them out of its sight (and keeps forked workers' copies of those pages shared),
+    and a larger first-generation threshold runs it less often."""
+    import gc
+
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(20_000, 20, 20)
 
 
 @main.group()
