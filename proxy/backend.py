@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import ssl
 from collections.abc import AsyncIterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -22,9 +23,13 @@ from botocore.credentials import Credentials, ReadOnlyCredentials
 from defusedxml import ElementTree
 from yarl import URL
 
+from proxy.metrics import BACKEND_RETRIES
 from proxy.s3.errors import S3Error
 
 log = logging.getLogger(__name__)
+
+#: Backend answers worth another attempt: the backend's own transient failures.
+RETRY_STATUSES = frozenset({500, 502, 503, 504})
 
 Body = bytes | AsyncIterable[bytes] | None
 
@@ -141,6 +146,9 @@ class BackendSettings:
     connect_timeout: float = 5.0
     read_timeout: float = 60.0
     pool_size: int = 256
+    max_attempts: int = 3
+    #: Seconds before the first retry; doubled each time, with jitter.
+    retry_base_delay: float = 0.05
 
 
 def quote_key(key: str) -> str:
@@ -345,22 +353,50 @@ class Backend:
                 else:
                     raise ValueError("streamed bodies need a computed Content-Length")
             hdrs["Content-Length"] = str(content_length)
-        send_headers = dict(sign_request(self._frozen(), self.settings.region, method, url, hdrs))
-        try:
-            resp = await self._session.request(
+        # Only a body that can be sent again may be retried: a streamed upload is consumed.
+        attempts = self.settings.max_attempts if body is None or isinstance(body, bytes) else 1
+        for attempt in range(1, attempts + 1):
+            last = attempt == attempts
+            # Signed per attempt: a retry after a long backoff must not carry a stale date.
+            send_headers = dict(sign_request(self._frozen(), self.settings.region, method, url, hdrs))
+            try:
+                resp = await self._session.request(
+                    method,
+                    URL(url, encoded=True),
+                    headers=send_headers,
+                    data=body if body is not None else (b"" if "Content-Length" in hdrs else None),
+                    allow_redirects=False,
+                    compress=None,
+                )
+            except TimeoutError as exc:
+                if last:
+                    raise S3Error("ServiceUnavailable", "the storage backend timed out", 503) from exc
+                reason = "timeout"
+            except aiohttp.ClientConnectorError as exc:
+                log.warning("backend unreachable: %s", exc.__class__.__name__)
+                if last:
+                    raise S3Error("ServiceUnavailable", "the storage backend is unreachable", 503) from exc
+                reason = exc.__class__.__name__
+            except aiohttp.ClientError as exc:
+                log.warning("backend request failed: %s", exc.__class__.__name__)
+                if last:
+                    raise S3Error("BadGateway", "the storage backend connection failed", 502) from exc
+                reason = exc.__class__.__name__
+            else:
+                if last or resp.status not in RETRY_STATUSES:
+                    return BackendResponse(resp)
+                reason = f"HTTP {resp.status}"
+                resp.release()
+            delay = self.settings.retry_base_delay * 2 ** (attempt - 1) * (0.5 + random.random())
+            log.info(
+                "backend %s %s: %s, retrying in %.2f s (attempt %d of %d)",
                 method,
-                URL(url, encoded=True),
-                headers=send_headers,
-                data=body if body is not None else (b"" if "Content-Length" in hdrs else None),
-                allow_redirects=False,
-                compress=None,
+                bucket or "/",
+                reason,
+                delay,
+                attempt,
+                attempts,
             )
-        except TimeoutError as exc:
-            raise S3Error("ServiceUnavailable", "the storage backend timed out", 503) from exc
-        except aiohttp.ClientConnectorError as exc:
-            log.warning("backend unreachable: %s", exc.__class__.__name__)
-            raise S3Error("ServiceUnavailable", "the storage backend is unreachable", 503) from exc
-        except aiohttp.ClientError as exc:
-            log.warning("backend request failed: %s", exc.__class__.__name__)
-            raise S3Error("BadGateway", "the storage backend connection failed", 502) from exc
-        return BackendResponse(resp)
+            BACKEND_RETRIES.inc()
+            await asyncio.sleep(delay)
+        raise AssertionError("unreachable")

@@ -263,6 +263,12 @@ class BackendConfig(_Model):
     #: Largest object the backend copies in one CopyObject (S3: 5 GiB); larger copies go part by
     #: part with UploadPartCopy, still server-side.
     max_copy_bytes: StrictInt = Field(default=5 * 1024**3, ge=5 * 1024**2)
+    #: Attempts for a request whose body can be sent again (everything but streamed uploads)
+    #: when the backend cannot be reached or answers 500/502/503/504; with backoff between.
+    max_attempts: StrictInt = Field(default=3, ge=1, le=10)
+    connect_timeout_seconds: float = Field(default=5.0, gt=0, le=300)
+    #: Longest wait for the backend's next bytes (headers or body) before the request fails.
+    read_timeout_seconds: float = Field(default=60.0, gt=0, le=3600)
 
     _check_endpoint = field_validator("endpoint")(_check_url)
 
@@ -319,6 +325,10 @@ class KmsConfig(_Model):
     access_key_id: SecretStr | None = None
     secret_access_key: SecretStr | None = None
     ca_bundle: ConfigPath | None = None
+    #: Longest wait for one KMS answer; a slow KMS fails the request (503) rather than hanging it.
+    timeout_seconds: float | None = Field(default=None, gt=0, le=300)
+    #: Attempts per KMS call (botocore's standard retry mode: throttling and 5xx, with backoff).
+    max_attempts: StrictInt | None = Field(default=None, ge=1, le=10)
     # local
     keyring: ConfigPath | None = None
     passphrase_file: ConfigPath | None = None
@@ -373,7 +383,15 @@ class KmsConfig(_Model):
         else:
             _not_set_unless(
                 self,
-                ("region", "endpoint", "access_key_id", "secret_access_key", "ca_bundle"),
+                (
+                    "region",
+                    "endpoint",
+                    "access_key_id",
+                    "secret_access_key",
+                    "ca_bundle",
+                    "timeout_seconds",
+                    "max_attempts",
+                ),
                 'provider = "aws-kms"',
             )
             if self.keyring is None:

@@ -32,6 +32,12 @@ KEY_CACHE = Counter(
     registry=REGISTRY,
 )
 
+BACKEND_RETRIES = Counter(
+    "sealgate_backend_retries_total",
+    "Backend requests sent again after a connection failure or a 500/502/503/504.",
+    registry=REGISTRY,
+)
+
 
 def render() -> bytes:
     """The text exposition of every metric."""

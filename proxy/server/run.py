@@ -40,6 +40,9 @@ def make_keyring(config: Config) -> Keyring:
         access_key_id=kms.access_key_id.get_secret_value() if kms.access_key_id else None,
         secret_access_key=kms.secret_access_key.get_secret_value() if kms.secret_access_key else None,
         ca_bundle=str(kms.ca_bundle) if kms.ca_bundle else None,
+        read_timeout=kms.timeout_seconds or 10.0,
+        connect_timeout=min(kms.timeout_seconds or 3.0, 3.0),
+        max_attempts=kms.max_attempts or 3,
     )
 
 
@@ -78,6 +81,9 @@ def make_backend(config: Config) -> Backend:
             secret_access_key=b.secret_access_key.get_secret_value() if b.secret_access_key else None,
             ssl=backend_ssl_context(b.ca_bundle, b.verify_tls) if b.endpoint.startswith("https") else False,
             addressing_style=b.addressing_style,
+            connect_timeout=b.connect_timeout_seconds,
+            read_timeout=b.read_timeout_seconds,
+            max_attempts=b.max_attempts,
         )
     )
 

@@ -18,7 +18,7 @@ from aiohttp import web
 from botocore.exceptions import BotoCoreError, ClientError
 
 from tests.conftest import Stack, backend_client, free_port, start_stack
-from tests.signing import sign
+from tests.signing import send, sign
 
 
 class FaultyRelay:
@@ -28,18 +28,47 @@ class FaultyRelay:
         self.upstream = upstream
         self.fault: str | None = None
         self.match = ""
+        #: How many matching requests still get the fault (None: all of them).
+        self.remaining: int | None = None
+        #: Matching requests seen while a fault was set.
+        self.hits = 0
+        self.delay = 0.0
         self.port = free_port()
         self.loop = asyncio.new_event_loop()
         ready = threading.Event()
         threading.Thread(target=self._run, args=(ready,), daemon=True).start()
         ready.wait(10)
 
+    def arm(self, fault: str, match: str, *, times: int | None = None, delay: float = 0.0) -> None:
+        """Fail requests whose path contains `match` with `fault` (the next `times` of them)."""
+        self.fault, self.match, self.remaining, self.delay, self.hits = fault, match, times, delay, 0
+
+    def _hit(self, request: web.Request) -> bool:
+        if not self.fault or self.match not in request.path_qs:
+            return False
+        self.hits += 1
+        if self.remaining is None:
+            return True
+        if self.remaining <= 0:
+            return False
+        self.remaining -= 1
+        return True
+
     async def _handle(self, request: web.Request) -> web.StreamResponse:
+        hit = self._hit(request)
+        if hit and self.fault == "reset-upload" and request.method == "PUT":
+            await request.content.readexactly(min(200_000, request.content_length or 0))
+            assert request.transport is not None
+            request.transport.abort()
+            return web.Response(status=500)
+        if hit and self.fault == "slow":
+            await asyncio.sleep(self.delay)
         body = await request.read()
-        hit = self.fault and self.match in request.path_qs
         target = request.headers.get("X-Amz-Target", "")
-        if hit and self.fault == "503":
-            return web.Response(status=503, body=b"<Error><Code>ServiceUnavailable</Code><Message>x</Message></Error>")
+        if hit and self.fault in ("503", "500"):
+            return web.Response(
+                status=int(self.fault), body=b"<Error><Code>ServiceUnavailable</Code><Message>x</Message></Error>"
+            )
         if hit and self.fault == "throttle" and target:
             return web.json_response({"__type": "ThrottlingException", "message": "slow down"}, status=400)
         headers = {k: v for k, v in request.headers.items() if k.lower() not in ("host", "content-length")}
@@ -60,6 +89,12 @@ class FaultyRelay:
                 assert request.transport is not None
                 request.transport.abort()
                 return resp
+            if request.method == "HEAD" and "Content-Length" in r.headers:
+                head = web.StreamResponse(status=r.status, headers=out_headers)
+                head.content_length = int(r.headers["Content-Length"])
+                await head.prepare(request)
+                await head.write_eof()
+                return head
             return web.Response(status=r.status, body=data, headers=out_headers)
 
     def _run(self, ready: threading.Event) -> None:
@@ -87,6 +122,16 @@ def faulty(
     yield relay, st
     st.gate.stop()
     relay.loop.call_soon_threadsafe(relay.loop.stop)
+
+
+def _once(st: Stack, method: str, key: str, body: bytes | None = None) -> tuple[int, bytes]:
+    """One signed request with no client-side retry: (status, body)."""
+    url = f"https://localhost:{st.gate.running.tls_port}/{key}"
+    headers = {"Host": f"localhost:{st.gate.running.tls_port}"}
+    if body is not None:
+        headers["Content-Length"] = str(len(body))
+    r = send(st.ca_path, method, url, sign(method, url, headers), body)
+    return r.status, r.data
 
 
 def _fds() -> int:
@@ -178,6 +223,127 @@ def test_kms_throttling_is_retried_then_503(moto_url: str, tls_files: dict[str, 
         relay.fault = None
         s3.put_object(Bucket="throttle", Key="k", Body=b"secret")
         assert s3.get_object(Bucket="throttle", Key="k")["Body"].read() == b"secret"
+    finally:
+        st.gate.stop()
+        relay.loop.call_soon_threadsafe(relay.loop.stop)
+
+
+def test_backend_transient_5xx_is_retried(faulty: tuple[FaultyRelay, Stack]) -> None:
+    """Two 503s then an answer: the client never sees the backend's hiccup."""
+    relay, st = faulty
+    st.client().put_object(Bucket="faults", Key="flaky", Body=b"steady")
+    relay.arm("503", "/faults/flaky", times=2)
+    try:
+        assert _once(st, "GET", "faults/flaky") == (200, b"steady")
+        assert relay.hits == 3
+        relay.arm("500", "/faults/flaky", times=1)
+        assert _once(st, "HEAD", "faults/flaky")[0] == 200
+        assert relay.hits == 2
+    finally:
+        relay.fault = None
+
+
+def test_backend_persistent_5xx_gives_up_after_max_attempts(faulty: tuple[FaultyRelay, Stack]) -> None:
+    relay, st = faulty
+    st.client().put_object(Bucket="faults", Key="down", Body=b"x")
+    relay.arm("500", "/faults/down")
+    try:
+        status, body = _once(st, "GET", "faults/down")
+        assert status == 502 and b"<Code>" in body
+        assert relay.hits == 3  # backend.max_attempts defaults to 3
+    finally:
+        relay.fault = None
+
+
+def test_streamed_upload_is_not_retried(faulty: tuple[FaultyRelay, Stack], moto_url: str) -> None:
+    """A streamed body is consumed by the first attempt: one attempt, a 503, nothing stored."""
+    relay, st = faulty
+    relay.arm("503", "/faults/once")
+    try:
+        status, _ = _once(st, "PUT", "faults/once", b"y" * 300_000)
+        assert status == 503
+        assert relay.hits == 1
+    finally:
+        relay.fault = None
+    with pytest.raises(ClientError):
+        backend_client(moto_url).head_object(Bucket="faults", Key="once")
+
+
+def test_backend_reset_mid_upload_stores_nothing(faulty: tuple[FaultyRelay, Stack], moto_url: str) -> None:
+    relay, st = faulty
+    relay.arm("reset-upload", "/faults/cut")
+    try:
+        with pytest.raises(ClientError) as err:
+            st.client().put_object(Bucket="faults", Key="cut", Body=os.urandom(2_000_000))
+        assert err.value.response["ResponseMetadata"]["HTTPStatusCode"] in (502, 503)
+    finally:
+        relay.fault = None
+    with pytest.raises(ClientError):
+        backend_client(moto_url).head_object(Bucket="faults", Key="cut")
+    with pytest.raises(ClientError):
+        st.client().head_object(Bucket="faults", Key="cut")
+    st.client().put_object(Bucket="faults", Key="cut", Body=b"whole")
+    assert st.client().get_object(Bucket="faults", Key="cut")["Body"].read() == b"whole"
+
+
+def test_slow_backend_times_out_and_sealgate_keeps_serving(
+    moto_url: str, tls_files: dict[str, Path], tmp_path: Path
+) -> None:
+    relay = FaultyRelay(moto_url)
+    st = start_stack(tmp_path, relay.url, tls_files, backend_extra="read_timeout_seconds = 0.5\nmax_attempts = 2")
+    try:
+        s3 = st.client()
+        s3.create_bucket(Bucket="slow")
+        s3.put_object(Bucket="slow", Key="k", Body=b"data")
+        relay.arm("slow", "/slow/k", delay=3.0)
+        import time
+
+        t0 = time.monotonic()
+        status, body = _once(st, "GET", "slow/k")
+        assert status == 503 and b"<Code>ServiceUnavailable</Code>" in body
+        assert time.monotonic() - t0 < 2.5  # two attempts of 0.5 s plus backoff, not 2 x 3 s
+        assert relay.hits == 2
+        # Other requests are served meanwhile and after.
+        s3.put_object(Bucket="slow", Key="other", Body=b"fine")
+        relay.fault = None
+        assert s3.get_object(Bucket="slow", Key="k")["Body"].read() == b"data"
+    finally:
+        st.gate.stop()
+        relay.loop.call_soon_threadsafe(relay.loop.stop)
+
+
+def test_slow_kms_fails_closed_within_its_timeout(moto_url: str, tls_files: dict[str, Path], tmp_path: Path) -> None:
+    import time
+
+    import boto3
+
+    relay = FaultyRelay(moto_url)
+    key_id = boto3.client(
+        "kms",
+        endpoint_url=moto_url,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    ).create_key()["KeyMetadata"]["KeyId"]
+    kms = (
+        f'provider = "aws-kms"\nregion = "us-east-1"\nendpoint = "{relay.url}"\ndefault_key = "{key_id}"\n'
+        'access_key_id = "testing"\nsecret_access_key = "testing"\ntimeout_seconds = 0.5\nmax_attempts = 2\n'
+        "[kms.cache]\nenabled = false\n"
+    )
+    st = start_stack(tmp_path, moto_url, tls_files, kms=kms)
+    try:
+        s3 = st.client()
+        s3.create_bucket(Bucket="slowkms")
+        relay.arm("slow", "/", delay=3.0)
+        t0 = time.monotonic()
+        status, _ = _once(st, "PUT", "slowkms/k", b"secret")
+        assert status == 503
+        assert time.monotonic() - t0 < 2.9  # two attempts of 0.5 s plus backoff, not 3 s each
+        with pytest.raises(ClientError):
+            backend_client(moto_url).head_object(Bucket="slowkms", Key="k")
+        relay.fault = None
+        s3.put_object(Bucket="slowkms", Key="k", Body=b"secret")
+        assert s3.get_object(Bucket="slowkms", Key="k")["Body"].read() == b"secret"
     finally:
         st.gate.stop()
         relay.loop.call_soon_threadsafe(relay.loop.stop)
