@@ -498,9 +498,17 @@ class BucketRule(_Model):
     #: S3 Encryption Client objects above the verify-first limit (64 MiB) are served with the tag
     #: checked at the end (a failure aborts the connection) instead of being refused.
     s3ec_delayed_authentication: StrictBool = False
+    #: Objects with neither a sealgate nor an S3EC envelope in their metadata are looked up in
+    #: ``KEY.instruction`` (S3EC V1/V2 instruction files; one extra backend GET per such read).
+    #: Always on in ``format = "s3ec-v3"`` buckets. V3 objects that need their instruction file
+    #: say so in their own metadata and are always served.
+    s3ec_instruction_files: StrictBool = False
+    #: Serve legacy S3EC V1 objects (``x-amz-key``, AES-CBC: unauthenticated, so tampering goes
+    #: unnoticed). Off by default; each such read is logged as a warning.
+    allow_s3ec_v1: StrictBool = False
     #: How new objects are written: sealgate's own format, or the AWS S3 Encryption Client's V3
-    #: (kms+context; single PUTs only) so that the official client reads them straight from
-    #: the backend.
+    #: (kms+context) so that the official client reads them straight from the backend.
+    #: Multipart uploads then need their parts in order, sent to one sealgate process.
     format: Literal["sealgate", "s3ec-v3"] = "sealgate"
 
     @field_validator("name")

@@ -52,7 +52,7 @@ from dataclasses import dataclass, field
 from typing import Final, Literal
 
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hashes, padding
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
@@ -194,6 +194,8 @@ def detect(metadata: Mapping[str, str]) -> str | None:
     """
     if META_V3_KEY in metadata or META_V3_CIPHER in metadata:
         return FORMAT_V3
+    if META_KEY_V1 in metadata and META_KEY_V2 not in metadata:
+        return FORMAT_V1  # V1 objects may carry x-amz-wrap-alg ("kms") and x-amz-cek-alg too
     if META_KEY_V2 in metadata or META_CEK_ALG in metadata or META_WRAP_ALG in metadata:
         return FORMAT_V2
     if META_KEY_V1 in metadata:
@@ -643,3 +645,271 @@ def v3_metadata(
     elif material_description:
         meta[META_V3_MATDESC] = json.dumps(dict(material_description))
     return meta
+
+
+# -- writing V3 in parts (multipart uploads) --------------------------------------------------
+#
+# GCM = CTR + GHASH. The CTR keystream of any byte offset is known from the IV alone, and GHASH
+# is linear: GHASH over X || Y = GHASH(X) * H^blocks(Y) + GHASH(Y). So a part can be encrypted
+# from a small state (plaintext offset, GHASH accumulator, < 16 pending ciphertext bytes) and
+# the state after it computed without touching earlier parts. OpenSSL computes each part's own
+# GHASH (fed as AAD to a helper GCM context under the same key; its tag = GHASH ^ E_K(J0) is
+# never released), and only a few GF(2^128) products per part run in Python. Because the state
+# is plain values, a failed or retried part just starts again from the state before it.
+
+_GF_R: Final = 0xE1 << 120
+#: GCM's limit on one message: 2^39 - 256 bits of plaintext.
+GCM_MAX_PLAINTEXT: Final = (1 << 36) - 32
+
+
+def _gf_mult(x: int, y: int) -> int:
+    """Multiplication in GCM's GF(2^128) (bit-reflected, blocks as big-endian integers)."""
+    z = 0
+    v = y
+    for i in range(127, -1, -1):
+        if (x >> i) & 1:
+            z ^= v
+        v = (v >> 1) ^ _GF_R if v & 1 else v >> 1
+    return z
+
+
+def _gf_pow(x: int, n: int) -> int:
+    result = 1 << 127  # the field's one, bit-reflected
+    while n:
+        if n & 1:
+            result = _gf_mult(result, x)
+        x = _gf_mult(x, x)
+        n >>= 1
+    return result
+
+
+def _ecb(key: bytes, block: bytes) -> int:
+    enc = Cipher(algorithms.AES(key), modes.ECB()).encryptor()  # noqa: S305 - one block: H and E_K(J0)
+    return int.from_bytes(enc.update(block) + enc.finalize(), "big")
+
+
+@dataclass(frozen=True)
+class GcmStreamState:
+    """Where a V3 body being written in parts stands: plaintext bytes so far, the GHASH
+    accumulator and the ciphertext bytes (< 16) not yet in a whole GHASH block."""
+
+    offset: int
+    ghash: int = field(repr=False)
+    pending: bytes = field(default=b"", repr=False)
+
+
+class S3ecV3Multipart:
+    """One S3EC V3 body written as consecutive parts, each encrypted from a `GcmStreamState`.
+
+    The concatenation of the parts' ciphertexts followed by `tag(final state)` is byte for byte
+    what `S3ecV3Encryptor` writes for the concatenated plaintext.
+    """
+
+    def __init__(self, data_key: bytes, *, message_id: bytes | None = None) -> None:
+        self.message_id = os.urandom(MESSAGE_ID_SIZE) if message_id is None else message_id
+        self._key, self.commitment = derive_v3_keys(data_key, self.message_id)
+        self._h = _ecb(self._key, b"\x00" * 16)
+        self._h_inv = _gf_pow(self._h, (1 << 128) - 2)
+        self._ek_j0 = _ecb(self._key, V3_IV + b"\x00\x00\x00\x01")
+        aad_block = int.from_bytes(SUITE_V3_ID.ljust(16, b"\x00"), "big")
+        self.start = GcmStreamState(offset=0, ghash=_gf_mult(aad_block, self._h))
+
+    def part(self, state: GcmStreamState) -> S3ecPartEncryptor:
+        """An encryptor for the part that starts at `state`."""
+        return S3ecPartEncryptor(self, state)
+
+    def tag(self, state: GcmStreamState) -> bytes:
+        """The GCM tag (the body's last 16 bytes) once every part has been encrypted."""
+        y = state.ghash
+        if state.pending:
+            y = _gf_mult(y ^ int.from_bytes(state.pending.ljust(16, b"\x00"), "big"), self._h)
+        lengths = (len(SUITE_V3_ID) * 8) << 64 | state.offset * 8
+        y = _gf_mult(y ^ lengths, self._h)
+        return (y ^ self._ek_j0).to_bytes(16, "big")
+
+    def metadata(
+        self,
+        wrapped_key: bytes,
+        wrap_alg: str,
+        *,
+        encryption_context: Mapping[str, str] | None = None,
+        material_description: Mapping[str, str] | None = None,
+    ) -> dict[str, str]:
+        """`v3_metadata` for this body."""
+        return v3_metadata(
+            wrapped_key=wrapped_key,
+            wrap_alg=wrap_alg,
+            message_id=self.message_id,
+            commitment=self.commitment,
+            encryption_context=encryption_context,
+            material_description=material_description,
+        )
+
+    def _advance(
+        self, state: GcmStreamState, length: int, part_ghash: int, blocks: int, pending: bytes
+    ) -> GcmStreamState:
+        y = _gf_mult(state.ghash, _gf_pow(self._h, blocks)) ^ part_ghash if blocks else state.ghash
+        return GcmStreamState(offset=state.offset + length, ghash=y, pending=pending)
+
+
+class S3ecPartEncryptor:
+    """Encrypts one part from a known state; `finish` gives the state after it."""
+
+    def __init__(self, body: S3ecV3Multipart, state: GcmStreamState) -> None:
+        self._body = body
+        self._state = state
+        block, skip = divmod(state.offset, 16)
+        if block + 2 >= 1 << 32:
+            raise S3ecFormatError("S3EC body too long for one GCM stream")
+        nonce = V3_IV + (block + 2).to_bytes(4, "big")
+        self._ctr = Cipher(algorithms.AES(body._key), modes.CTR(nonce)).encryptor()
+        if skip:
+            self._ctr.update(b"\x00" * skip)
+        self._ghash = Cipher(algorithms.AES(body._key), modes.GCM(V3_IV)).encryptor()
+        self._pending = state.pending
+        self._hashed = 0
+        self._length = 0
+        self._done = False
+
+    def update(self, plaintext: bytes) -> bytes:
+        """Ciphertext for the next plaintext piece (same length)."""
+        if self._done:
+            raise RuntimeError("update() after finish()")
+        self._length += len(plaintext)
+        if self._state.offset + self._length > GCM_MAX_PLAINTEXT:
+            raise S3ecFormatError("S3EC body too long for one GCM stream")
+        ct = self._ctr.update(plaintext)
+        view = memoryview(ct)
+        if self._pending:
+            need = 16 - len(self._pending)
+            if len(view) < need:
+                self._pending += ct
+                return ct
+            self._feed(self._pending + bytes(view[:need]))
+            self._pending = b""
+            view = view[need:]
+        whole = len(view) - len(view) % 16
+        if whole:
+            self._feed(view[:whole])
+        self._pending = bytes(view[whole:])
+        return ct
+
+    def _feed(self, blocks: bytes | memoryview) -> None:
+        self._ghash.authenticate_additional_data(blocks)
+        self._hashed += len(blocks)
+
+    @property
+    def length(self) -> int:
+        """Plaintext bytes so far."""
+        return self._length
+
+    def finish(self) -> GcmStreamState:
+        """The state after this part."""
+        if self._done:
+            raise RuntimeError("finish() twice")
+        self._done = True
+        self._ctr.finalize()
+        self._ghash.finalize()
+        part_ghash = 0
+        if self._hashed:
+            # helper tag = GHASH(A || len block) ^ E_K(J0); peel off E_K(J0) and the length block.
+            g = int.from_bytes(self._ghash.tag, "big") ^ self._body._ek_j0
+            part_ghash = _gf_mult(g, self._body._h_inv) ^ ((self._hashed * 8) << 64)
+        return self._body._advance(self._state, self._length, part_ghash, self._hashed // 16, self._pending)
+
+
+# -- legacy AES-CBC objects (V1, and V2 with AES/CBC content) ---------------------------------
+#
+# Unauthenticated: anyone who can write to the bucket can change the plaintext undetected. Read
+# only when a bucket opts in (the server's job). V1 metadata: x-amz-key (wrapped data key),
+# x-amz-iv (16 bytes), x-amz-matdesc (for KMS: {"kms_cmk_id": key}), x-amz-wrap-alg "kms";
+# body = AES-256-CBC with PKCS#7 padding. Only KMS-wrapped data keys are opened here
+# ("kms", "kms+context"); V1's client-side master keys (no x-amz-wrap-alg) are not.
+
+CBC_IV_SIZE: Final = 16
+CBC_BLOCK: Final = 16
+
+
+def is_legacy(metadata: Mapping[str, str]) -> bool:
+    """Whether (merged) metadata describes AES-CBC content: V1, or V2 with AES/CBC."""
+    version = detect(metadata)
+    return version == FORMAT_V1 or (version == FORMAT_V2 and metadata.get(META_CEK_ALG) == CEK_ALG_CBC)
+
+
+def parse_legacy(metadata: Mapping[str, str]) -> S3ecEnvelope:
+    """The envelope of an AES-CBC object (see `is_legacy`)."""
+    if not is_legacy(metadata):
+        raise S3ecFormatError("not a legacy S3EC (AES/CBC) envelope")
+    version = FORMAT_V1 if detect(metadata) == FORMAT_V1 else FORMAT_V2
+    key_name = META_KEY_V1 if version == FORMAT_V1 else META_KEY_V2
+    if version == FORMAT_V1 and META_KEY_V2 in metadata:
+        raise S3ecFormatError("S3EC metadata mixes format versions")
+    cek = metadata.get(META_CEK_ALG, CEK_ALG_CBC)
+    if cek != CEK_ALG_CBC:
+        raise S3ecFormatError(f"S3EC V1 content cipher {cek!r} is not {CEK_ALG_CBC}")
+    wrap_alg = metadata.get(META_WRAP_ALG)
+    if wrap_alg not in (WRAP_KMS_V1, WRAP_KMS_CONTEXT):
+        raise S3ecUnsupported(
+            f"S3EC legacy data key wrapped with {wrap_alg or 'a client-side master key'}; only KMS is supported"
+        )
+    return S3ecEnvelope(
+        version=version,
+        wrap_alg=wrap_alg,
+        wrapped_key=_b64(metadata, key_name),
+        context=_json_map(metadata, META_MATDESC),
+        iv=_b64(metadata, META_IV, CBC_IV_SIZE),
+    )
+
+
+async def unwrap_legacy(metadata: Mapping[str, str], keyring: Keyring, key_id: str) -> S3ecMaterials:
+    """Materials for an AES-CBC object: KMS Decrypt pinned to `key_id` with the stored context
+    (for "kms" wrapping that is the material description, ``{"kms_cmk_id": ...}``)."""
+    envelope = parse_legacy(metadata)
+    data_key = await keyring.decrypt_data_key(key_id, envelope.wrapped_key, envelope.context)
+    if len(data_key) != DATA_KEY_SIZE:
+        raise InvalidWrappedKey(f"S3EC data key is {len(data_key)} bytes, not {DATA_KEY_SIZE}")
+    return S3ecMaterials(version=FORMAT_V1, content_key=data_key, iv=envelope.iv, aad=b"")
+
+
+def cbc_plaintext_length(materials: S3ecMaterials, total: int, tail: bytes) -> int:
+    """Plaintext length of a CBC body of `total` bytes from its last 32 bytes (16 if it is one
+    block): the last block decrypted with the one before it (or the IV) gives the padding."""
+    if total < CBC_BLOCK or total % CBC_BLOCK:
+        raise S3ecFormatError(f"S3EC CBC body of {total} bytes is not a whole number of blocks")
+    want = min(total, 2 * CBC_BLOCK)
+    if len(tail) != want:
+        raise S3ecFormatError("S3EC CBC body tail has the wrong length")
+    prev = materials.iv if total == CBC_BLOCK else tail[:CBC_BLOCK]
+    dec = Cipher(algorithms.AES(materials.content_key), modes.CBC(prev)).decryptor()
+    last = dec.update(tail[-CBC_BLOCK:]) + dec.finalize()
+    pad = last[-1]
+    if not 1 <= pad <= CBC_BLOCK or last[-pad:] != bytes([pad]) * pad:
+        raise S3ecFormatError("S3EC CBC body has bad padding (wrong key or damaged object)")
+    return total - pad
+
+
+class S3ecCbcDecryptor:
+    """Decrypts an AES-CBC body (unauthenticated) fed in pieces of any size."""
+
+    def __init__(self, materials: S3ecMaterials, plaintext_length: int) -> None:
+        self._cipher = Cipher(algorithms.AES(materials.content_key), modes.CBC(materials.iv)).decryptor()
+        self._unpadder = padding.PKCS7(128).unpadder()
+        self._expected = plaintext_length
+        self._out = 0
+
+    def feed(self, data: bytes) -> list[bytes]:
+        """Plaintext for the next ciphertext bytes (the last block waits for `finish`)."""
+        out = self._unpadder.update(self._cipher.update(bytes(data)))
+        self._out += len(out)
+        return [out] if out else []
+
+    def finish(self) -> list[bytes]:
+        """The rest of the plaintext; `S3ecFormatError` if the padding or length is wrong."""
+        try:
+            out = self._unpadder.update(self._cipher.finalize()) + self._unpadder.finalize()
+        except ValueError:
+            raise S3ecFormatError("S3EC CBC body has bad padding or length") from None
+        self._out += len(out)
+        if self._out != self._expected:
+            raise S3ecFormatError("S3EC CBC body changed length while being read")
+        return [out] if out else []

@@ -39,6 +39,7 @@ from proxy.crypto.upload_id import UploadId, open_for_replicas, seal_for_replica
 from proxy.kms.base import KeyringError
 from proxy.s3.errors import S3Error
 from proxy.s3.sigv4 import VerifiedRequest
+from proxy.server import s3ec_read
 from proxy.server.objects import (
     MAX_PUT_SIZE,
     check_reserved,
@@ -112,12 +113,7 @@ async def create(gw: Gateway, request: web.Request, bucket: str, key: str) -> we
     check_reserved(key)
     rule = gw.config.rule_for_bucket(bucket, key)
     if rule is not None and rule.format == "s3ec-v3":
-        raise S3Error(
-            "NotImplemented",
-            "multipart uploads into an s3ec-v3 bucket are not supported: a single S3EC GCM stream cannot be "
-            "built from parts uploaded in parallel; upload with a single PUT (up to 5 GiB)",
-            501,
-        )
+        return await s3ec_read.create_multipart(gw, request, bucket, key)
     data_key, env = await new_envelope(gw, request, bucket, key, layout=LAYOUT_MULTIPART, etag_field=None)
     headers = {f"x-amz-meta-{k}": v for k, v in env.to_metadata().items()}
     headers.update(stored_headers(request))
@@ -145,6 +141,8 @@ async def upload_part(
     gw: Gateway, request: web.Request, bucket: str, key: str, verified: VerifiedRequest
 ) -> web.StreamResponse:
     """UploadPart: encrypt the part as it streams, under a key bound to its own header."""
+    if s3ec_read.is_s3ec_upload(request.query["uploadId"]):
+        return await s3ec_read.upload_part(gw, request, bucket, key, verified)
     if "x-amz-copy-source" in request.headers:
         return await upload_part_copy(gw, request, bucket, key)
     number = _part_number(request)
@@ -296,6 +294,8 @@ async def _put_record(gw: Gateway, bucket: str, key: str, manifest: Manifest, se
 
 async def complete(gw: Gateway, request: web.Request, bucket: str, key: str) -> web.StreamResponse:
     """CompleteMultipartUpload: check the parts, seal a manifest, complete on the backend."""
+    if s3ec_read.is_s3ec_upload(request.query["uploadId"]):
+        return await s3ec_read.complete_multipart(gw, request, bucket, key)
     doc = await request.content.read(MAX_XML + 1)
     if len(doc) > MAX_XML:
         raise S3Error("MaxMessageLengthExceeded", "Your request was too big.", 400)
@@ -364,6 +364,8 @@ async def complete(gw: Gateway, request: web.Request, bucket: str, key: str) -> 
 def _backend_id(text: str) -> str:
     """The backend's id inside a sealgate upload id (or the id itself, as ListMultipartUploads
     shows backend ids: abort and list-parts need no data key)."""
+    if s3ec_read.is_s3ec_upload(text):
+        return s3ec_read.backend_upload_id(text)
     try:
         return UploadId.decode(text).backend_id
     except FormatError:
@@ -376,6 +378,7 @@ async def abort(gw: Gateway, request: web.Request, bucket: str, key: str) -> web
     if resp.status >= 300:
         raise await resp.error()
     resp.release()
+    s3ec_read.forget_upload(gw, request.query["uploadId"])
     return web.Response(status=204)
 
 
@@ -388,7 +391,12 @@ async def list_parts(gw: Gateway, request: web.Request, bucket: str, key: str) -
     layout = Layout(DEFAULT_SEGMENT_SIZE)
     for el in root.iter():
         tag = el.tag.rsplit("}", 1)[-1]
-        if tag == "Size" and el.text and el.text.strip().isdigit():
+        if (
+            tag == "Size"
+            and el.text
+            and el.text.strip().isdigit()
+            and not s3ec_read.is_s3ec_upload(request.query["uploadId"])
+        ):
             with suppress(FormatError):
                 el.text = str(part_plaintext_length(layout, int(el.text)))
         elif tag == "UploadId":

@@ -163,6 +163,21 @@ async def new_envelope(
     user_meta = _user_metadata(request)
     key_id = gw.config.key_for_bucket(bucket, key)
     require_key_use(gw, request, "encrypt", key_id)
+    return await seal_envelope(gw, key_id, bucket, key, user_meta, layout=layout, etag_field=etag_field, size=size)
+
+
+async def seal_envelope(
+    gw: Gateway,
+    key_id: str,
+    bucket: str,
+    key: str,
+    user_meta: dict[str, str],
+    *,
+    layout: str,
+    etag_field: str | None,
+    size: int | None = None,
+) -> tuple[bytes, Envelope]:
+    """`new_envelope` without a client request (key policy is the caller's business)."""
     try:
         data_key, scope = await gw.materials.new_object_key(key_id, bucket, key, size)
     except KeyringError as exc:
@@ -226,7 +241,7 @@ async def send_sealed(
     gw: Gateway,
     bucket: str,
     key: str,
-    body: PlaintextBody,
+    body: SealableBody,
     encryptor: StreamEncryptor,
     *,
     prefix: bytes = b"",
@@ -324,13 +339,18 @@ def _total_length(resp: BackendResponse) -> tuple[int, int]:
     return 0, int(resp.headers.get("Content-Length", "0"))
 
 
-async def _open(gw: Gateway, request: web.Request, bucket: str, key: str, resp: BackendResponse, total: int) -> _Opened:
+async def _open(
+    gw: Gateway, request: web.Request | None, bucket: str, key: str, resp: BackendResponse, total: int
+) -> _Opened:
+    """Check the envelope and unwrap the data key; without a request (operator tools such as
+    `sealgate convert`) no client key policy applies."""
     meta = resp.user_metadata()
     try:
         env = Envelope.from_metadata(meta)
     except FormatError as exc:
         raise S3Error("ObjectIntegrityError", f"stored object is not readable: {exc}", 500) from exc
-    require_key_use(gw, request, "decrypt", env.key_ref)
+    if request is not None:
+        require_key_use(gw, request, "decrypt", env.key_ref)
     try:
         data_key = await gw.materials.unwrap(env.key_ref, env.wrapped_key, env.context(bucket, key))
     except KeyringError as exc:
@@ -479,12 +499,15 @@ async def head_object(gw: Gateway, request: web.Request, bucket: str, key: str) 
     resp.release()
     _, total = _total_length(resp)
     meta = resp.user_metadata()
-    if not is_sealgate_object(meta) and s3ec_read.is_s3ec_object(meta):
-        await s3ec_read.open_s3ec(gw, request, bucket, key, meta)
+    s3ec_meta = None if is_sealgate_object(meta) else await s3ec_read.s3ec_metadata(gw, bucket, key, meta)
+    if s3ec_meta is not None:
+        s3ec_materials = await s3ec_read.open_s3ec(gw, request, bucket, key, s3ec_meta)
         headers = _object_headers(resp, None)
         headers["ETag"] = resp.headers.get("ETag", "")
         headers.update({f"x-amz-meta-{k}": v for k, v in s3ec_read.user_metadata(meta).items()})
-        headers["Content-Length"] = str(max(0, total - 16))
+        headers["Content-Length"] = str(
+            await s3ec_read.plaintext_size(gw, bucket, key, s3ec_materials, total, resp.headers.get("ETag", ""))
+        )
         _conditions(request, headers["ETag"], _last_modified(resp))
         return web.Response(status=200, headers=headers)
     if not is_sealgate_object(meta):
@@ -596,13 +619,14 @@ async def _stream_object(
 ) -> web.StreamResponse:
     resp_start, total = _total_length(resp)
     meta = resp.user_metadata()
-    if not is_sealgate_object(meta) and s3ec_read.is_s3ec_object(meta):
+    s3ec_meta = None if is_sealgate_object(meta) else await s3ec_read.s3ec_metadata(gw, bucket, key, meta)
+    if s3ec_meta is not None:
         headers = _object_headers(resp, None)
         headers["ETag"] = resp.headers.get("ETag", "")
         headers.update({f"x-amz-meta-{k}": v for k, v in s3ec_read.user_metadata(meta).items()})
         _conditions(request, headers["ETag"], _last_modified(resp))
         _response_overrides(request, headers)
-        return await s3ec_read.stream_s3ec(gw, request, bucket, key, resp, total, range_header, headers)
+        return await s3ec_read.stream_s3ec(gw, request, bucket, key, resp, total, range_header, headers, s3ec_meta)
     if not is_sealgate_object(meta):
         if not _allow_plain(gw, bucket):
             raise _not_sealgate(bucket, key)
@@ -697,6 +721,17 @@ async def _stream_multipart(
         return await _pump(request, out, source, dec, skip, dec.fetch_range[1] - dec.fetch_range[0], f"/{bucket}/{key}")
     finally:
         source.close()
+
+
+class SealableBody(Protocol):
+    """What `send_sealed` reads: plaintext of a known length whose MD5 is known at its end."""
+
+    length: int
+
+    @property
+    def md5(self) -> bytes | None: ...
+
+    def __aiter__(self) -> AsyncIterator[bytes | memoryview]: ...
 
 
 class _Decryptor(Protocol):
@@ -822,7 +857,7 @@ async def object_tagging(gw: Gateway, request: web.Request, bucket: str, key: st
 
 
 async def open_copy_source(
-    gw: Gateway, request: web.Request, bucket: str, key: str, version: str | None = None
+    gw: Gateway, request: web.Request | None, bucket: str, key: str, version: str | None = None
 ) -> tuple[_Opened, BackendResponse, int]:
     """The source of a copy: opened (data key unwrapped, checked) once the request's
     x-amz-copy-source-if-* conditions hold against the ETag sealgate shows for it."""
@@ -834,6 +869,8 @@ async def open_copy_source(
         raise S3Error("InvalidObjectState", "sealgate copies only objects it wrote", 403)
     _, total = _total_length(head)
     opened = await _open(gw, request, bucket, key, head, total)
+    if request is None:
+        return opened, head, total
     h = request.headers
     check_conditions(
         h.get("x-amz-copy-source-if-match"),
@@ -848,7 +885,7 @@ async def open_copy_source(
 
 
 async def read_plaintext(
-    gw: Gateway, request: web.Request, bucket: str, key: str, byte_range: tuple[int, int] | None
+    gw: Gateway, request: web.Request | None, bucket: str, key: str, byte_range: tuple[int, int] | None
 ) -> tuple[int, AsyncIterator[bytes], _Opened, BackendResponse]:
     """Authenticated plaintext of [first, last] (inclusive, like a Range) of a sealgate object, as
     a stream, for server-side operations that must re-encrypt (UploadPartCopy)."""

@@ -1,4 +1,4 @@
-"""Serving objects written by the AWS S3 Encryption Client (V2 and V3; V1 is refused).
+"""Serving and writing AWS S3 Encryption Client objects (V2, V3; legacy V1/CBC only if opted in).
 
 An S3EC body is one AES-GCM stream whose tag comes last, so nothing can be authenticated before
 the end. Objects up to the verify-first limit (64 MiB by default, as the Java client) are read
@@ -9,10 +9,17 @@ same rule (S3EC itself decrypts ranges with unauthenticated CTR; sealgate does n
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import AsyncIterator, Mapping
+import time
+import weakref
+from collections.abc import AsyncIterable, AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from aiohttp import web
+from defusedxml import ElementTree
 
 from proxy.backend import BackendResponse
 from proxy.crypto import s3ec
@@ -20,8 +27,12 @@ from proxy.crypto.format import FormatError, IntegrityError
 from proxy.kms.base import KeyringError
 from proxy.s3.errors import S3Error
 from proxy.s3.ranges import parse_range
+from proxy.s3.sigv4 import VerifiedRequest
 from proxy.server.body import PlaintextBody
 from proxy.server.state import Gateway, require_key_use
+
+if TYPE_CHECKING:
+    from proxy.config import BucketRule
 
 log = logging.getLogger(__name__)
 
@@ -38,25 +49,89 @@ def user_metadata(meta: Mapping[str, str]) -> dict[str, str]:
     return {k: v for k, v in meta.items() if k not in S3EC_FIELDS}
 
 
+def _rule(gw: Gateway, bucket: str, key: str) -> BucketRule | None:
+    return gw.config.rule_for_bucket(bucket, key)
+
+
 def _delayed_ok(gw: Gateway, bucket: str, key: str) -> bool:
     rule = gw.config.rule_for_bucket(bucket, key)
     return rule is not None and rule.s3ec_delayed_authentication
 
 
+#: Instruction files are small JSON documents; anything bigger is not one.
+MAX_INSTRUCTION_FILE = 64 * 1024
+
+
+def _probe_instruction_files(gw: Gateway, bucket: str, key: str) -> bool:
+    rule = gw.config.rule_for_bucket(bucket, key)
+    return rule is not None and (rule.s3ec_instruction_files or rule.format == "s3ec-v3")
+
+
+async def s3ec_metadata(gw: Gateway, bucket: str, key: str, meta: Mapping[str, str]) -> dict[str, str] | None:
+    """The S3EC envelope of an object (backend user metadata, merged with ``KEY.instruction``
+    where the envelope lives there), or None if it is not an S3EC object.
+
+    V3 objects name their need for an instruction file in their own metadata. V1/V2 objects
+    with an instruction file leave no trace, so ``KEY.instruction`` is probed only for objects
+    without an envelope in buckets that ask for it (``s3ec_instruction_files`` or
+    ``format = "s3ec-v3"``): plain reads elsewhere pay no extra request."""
+    version = s3ec.detect(meta)
+    if version is not None and not s3ec.needs_instruction_file(meta):
+        return dict(meta)
+    if version is None and not _probe_instruction_files(gw, bucket, key):
+        return None
+    resp = await gw.backend.request("GET", bucket, key + s3ec.INSTRUCTION_SUFFIX)
+    if resp.status == 404:
+        resp.release()
+        if version is None:
+            return None
+        raise S3Error("ObjectIntegrityError", "S3EC object's instruction file is missing", 500)
+    if resp.status >= 300:
+        raise await resp.error()
+    try:
+        body = await resp.raw.content.read(MAX_INSTRUCTION_FILE + 1)
+    finally:
+        resp.release()
+    try:
+        if len(body) > MAX_INSTRUCTION_FILE:
+            raise s3ec.S3ecFormatError("S3EC instruction file is too large")
+        merged = s3ec.merge_instruction_file(meta, s3ec.parse_instruction_file(body))
+        if s3ec.detect(merged) is None:
+            raise s3ec.S3ecFormatError("S3EC instruction file holds no envelope")
+    except s3ec.S3ecFormatError as exc:
+        if version is None:
+            log.info("/%s/%s%s is not an S3EC instruction file: %s", bucket, key, s3ec.INSTRUCTION_SUFFIX, exc)
+            return None
+        raise S3Error("ObjectIntegrityError", f"S3EC object failed authentication: {exc}", 500) from exc
+    return merged
+
+
 async def open_s3ec(
-    gw: Gateway, request: web.Request, bucket: str, key: str, meta: Mapping[str, str]
+    gw: Gateway, request: web.Request | None, bucket: str, key: str, meta: Mapping[str, str]
 ) -> s3ec.S3ecMaterials:
-    """Unwrap an S3EC object's data key with the bucket's KMS key (S3EC records no key id)."""
-    if s3ec.detect(meta) == "v1":
-        raise S3Error(
-            "InvalidObjectState",
-            "legacy S3EC V1 objects (AES/CBC, unauthenticated encryption) are not served; convert them with the "
-            "S3 Encryption Client first",
-            403,
+    """Unwrap an S3EC object's data key with the bucket's KMS key (S3EC records no key id).
+
+    `meta` is the merged envelope (`s3ec_metadata`). Without a request (operator tools such as
+    `sealgate convert`) no client key policy applies."""
+    legacy = s3ec.is_legacy(meta)
+    if legacy:
+        rule = gw.config.rule_for_bucket(bucket, key)
+        if rule is None or not rule.allow_s3ec_v1:
+            raise S3Error(
+                "InvalidObjectState",
+                "legacy S3EC objects (V1, AES/CBC: unauthenticated encryption) are served only from buckets that "
+                "set allow_s3ec_v1 = true",
+                403,
+            )
+        log.warning(
+            "reading legacy S3EC AES/CBC object /%s/%s: unauthenticated encryption (buckets.allow_s3ec_v1)", bucket, key
         )
     key_id = gw.config.key_for_bucket(bucket, key)
-    require_key_use(gw, request, "decrypt", key_id)
+    if request is not None:
+        require_key_use(gw, request, "decrypt", key_id)
     try:
+        if legacy:
+            return await s3ec.unwrap_legacy(meta, gw.materials.keyring, key_id)
         return await s3ec.unwrap_s3ec(meta, keyring=gw.materials.keyring, kms_key_id=key_id)
     except s3ec.S3ecUnsupported as exc:
         raise S3Error("InvalidObjectState", f"cannot read this S3EC object here: {exc}", 403) from exc
@@ -64,6 +139,64 @@ async def open_s3ec(
         raise S3Error(exc.code, exc.message, exc.status) from exc
     except FormatError as exc:
         raise S3Error("ObjectIntegrityError", f"S3EC object failed authentication: {exc}", 500) from exc
+
+
+async def s3ec_plaintext(
+    gw: Gateway, bucket: str, key: str, meta: Mapping[str, str], etag: str, total: int
+) -> tuple[int, AsyncIterator[bytes]]:
+    """(plaintext length, plaintext stream) of a whole S3EC object, for operator tools that
+    re-encrypt it: released as decrypted, and the stream raises `IntegrityError` at the end if
+    the tag fails, so a writer that holds back its own last bytes stores nothing."""
+    materials = await open_s3ec(gw, None, bucket, key, meta)
+    size = await plaintext_size(gw, bucket, key, materials, total, etag)
+    decryptor: s3ec.S3ecDecryptor | s3ec.S3ecCbcDecryptor
+    if materials.version == s3ec.FORMAT_V1:
+        decryptor = s3ec.S3ecCbcDecryptor(materials, size)
+    else:
+        decryptor = s3ec.S3ecDecryptor(materials, total, mode="delayed")
+
+    async def plaintext() -> AsyncIterator[bytes]:
+        resp = await gw.backend.request("GET", bucket, key, headers={"If-Match": etag} if etag else {})
+        if resp.status >= 300:
+            raise await resp.error()
+        try:
+            async for chunk in resp.raw.content.iter_any():
+                for piece in decryptor.feed(chunk):
+                    yield piece
+            for piece in decryptor.finish():
+                yield piece
+        finally:
+            resp.close()
+
+    return size, plaintext()
+
+
+async def plaintext_size(
+    gw: Gateway, bucket: str, key: str, materials: s3ec.S3ecMaterials, total: int, etag: str
+) -> int:
+    """Plaintext length of an S3EC object of `total` stored bytes. GCM: total - 16. Legacy CBC:
+    its padding, found by decrypting the last block (one ranged GET of at most 32 bytes)."""
+    try:
+        if materials.version != s3ec.FORMAT_V1:
+            return s3ec.plaintext_length(total)
+        if total < s3ec.CBC_BLOCK or total % s3ec.CBC_BLOCK:
+            raise s3ec.S3ecFormatError(f"S3EC CBC body of {total} bytes is not a whole number of blocks")
+        n = min(total, 2 * s3ec.CBC_BLOCK)
+        headers = {"Range": f"bytes={total - n}-{total - 1}"}
+        if etag:
+            headers["If-Match"] = etag
+        resp = await gw.backend.request("GET", bucket, key, headers=headers)
+        if resp.status >= 300:
+            raise await resp.error()
+        tail = b""
+        try:
+            async for chunk in resp.raw.content.iter_any():  # a backend may ignore the Range
+                tail = (tail + chunk)[-n:]
+        finally:
+            resp.close()
+        return s3ec.cbc_plaintext_length(materials, total, tail)
+    except FormatError as exc:
+        raise S3Error("ObjectIntegrityError", f"S3EC object is not readable: {exc}", 500) from exc
 
 
 async def stream_s3ec(
@@ -75,11 +208,12 @@ async def stream_s3ec(
     total: int,
     range_header: str | None,
     headers: dict[str, str],
+    meta: Mapping[str, str],
 ) -> web.StreamResponse:
-    """GET of an S3EC object: verify-first up to the limit, delayed authentication if opted in."""
-    meta = resp.user_metadata()
+    """GET of an S3EC object (`meta`: its envelope metadata, from `s3ec_metadata`):
+    verify-first up to the limit, delayed authentication if opted in."""
     materials = await open_s3ec(gw, request, bucket, key, meta)
-    size = s3ec.plaintext_length(total)
+    size = await plaintext_size(gw, bucket, key, materials, total, resp.headers.get("ETag", ""))
     rng = parse_range(range_header, size)
     start, end = rng if rng else (0, size)
     if resp.status != 200 or resp.headers.get("Content-Range"):
@@ -89,8 +223,12 @@ async def stream_s3ec(
         if resp.status >= 300:
             raise await resp.error()
     delayed_ok = _delayed_ok(gw, bucket, key)
+    decryptor: s3ec.S3ecDecryptor | s3ec.S3ecCbcDecryptor
     try:
-        decryptor = s3ec.S3ecDecryptor(materials, total, mode="verify_first")
+        if materials.version == s3ec.FORMAT_V1:
+            decryptor = s3ec.S3ecCbcDecryptor(materials, size)  # nothing to verify: streamed
+        else:
+            decryptor = s3ec.S3ecDecryptor(materials, total, mode="verify_first")
     except s3ec.S3ecTooLarge as exc:
         if not delayed_ok:
             resp.close()
@@ -145,36 +283,371 @@ async def stream_s3ec(
     return out
 
 
-async def put_s3ec_v3(gw: Gateway, request: web.Request, bucket: str, key: str, body: PlaintextBody) -> str:
-    """PutObject in S3EC V3 with kms+context: the official client reads it from the backend.
-
-    The tag (the body's last 16 bytes) is held back until every check on the client's body has
-    passed, so a failed check stores nothing. Returns the backend's ETag."""
+async def _new_data_key(
+    gw: Gateway, request: web.Request | None, bucket: str, key: str
+) -> tuple[bytes, bytes, dict[str, str]]:
+    """(data key, wrapped data key, KMS encryption context) for a new S3EC V3 object."""
     if gw.config.kms.provider != "aws-kms":
         raise S3Error("InvalidRequest", "S3EC V3 objects are written with kms+context: needs provider aws-kms", 400)
     key_id = gw.config.key_for_bucket(bucket, key)
-    require_key_use(gw, request, "encrypt", key_id)
+    if request is not None:
+        require_key_use(gw, request, "encrypt", key_id)
     context = s3ec.kms_context()
     try:
         data_key = await gw.materials.keyring.generate_data_key(key_id, context)
     except KeyringError as exc:
         raise S3Error(exc.code, exc.message, exc.status) from exc
-    encryptor = s3ec.S3ecV3Encryptor(data_key.plaintext)
-    meta = encryptor.metadata(data_key.wrapped, s3ec.WRAP_KMS_CONTEXT, encryption_context=context)
-    headers = {f"x-amz-meta-{k}": v for k, v in meta.items()}
+    return data_key.plaintext, data_key.wrapped, context
+
+
+def _object_headers(request: web.Request, s3ec_meta: Mapping[str, str]) -> dict[str, str]:
+    headers = {f"x-amz-meta-{k}": v for k, v in s3ec_meta.items()}
     for name, value in request.headers.items():
-        if name.lower().startswith("x-amz-meta-"):
-            headers[name.lower()] = value  # S3EC keeps user metadata in the clear
+        lname = name.lower()
+        if lname.startswith("x-amz-meta-") and lname[len("x-amz-meta-") :] not in S3EC_FIELDS:
+            headers[lname] = value  # S3EC keeps user metadata in the clear
     for name in ("Content-Type", "Cache-Control", "Content-Disposition", "Content-Language", "Expires"):
         if name in request.headers:
             headers[name] = request.headers[name]
+    return headers
+
+
+async def write_s3ec_v3(
+    gw: Gateway,
+    request: web.Request | None,
+    bucket: str,
+    key: str,
+    plaintext: AsyncIterable[bytes | memoryview],
+    length: int,
+    headers: Mapping[str, str],
+) -> str:
+    """PUT `length` bytes of plaintext as an S3EC V3 object with kms+context; `headers` are the
+    object's own (user metadata, Content-Type, ...). The tag (the body's last 16 bytes) is sent
+    only after `plaintext` has ended without error (every check on it passed), so a failure
+    stores nothing. Returns the backend's ETag."""
+    plain_key, wrapped, context = await _new_data_key(gw, request, bucket, key)
+    encryptor = s3ec.S3ecV3Encryptor(plain_key)
+    meta = encryptor.metadata(wrapped, s3ec.WRAP_KMS_CONTEXT, encryption_context=context)
+    out = {k: v for k, v in headers.items() if k.lower().removeprefix("x-amz-meta-") not in S3EC_FIELDS}
+    out.update({f"x-amz-meta-{k}": v for k, v in meta.items()})
 
     async def ciphertext() -> AsyncIterator[bytes]:
-        async for piece in body:
+        async for piece in plaintext:
             yield encryptor.update(bytes(piece))
-        yield encryptor.finish()  # the tag: only once every check on the body has passed
+        yield encryptor.finish()
 
     from proxy.server.objects import put_stream
 
-    resp = await put_stream(gw, bucket, key, ciphertext(), s3ec.ciphertext_length(body.length), headers=headers)
+    resp = await put_stream(gw, bucket, key, ciphertext(), s3ec.ciphertext_length(length), headers=out)
     return resp.headers.get("ETag", "")
+
+
+async def put_s3ec_v3(gw: Gateway, request: web.Request, bucket: str, key: str, body: PlaintextBody) -> str:
+    """PutObject in S3EC V3 with kms+context: the official client reads it from the backend."""
+    return await write_s3ec_v3(gw, request, bucket, key, body, body.length, _object_headers(request, {}))
+
+
+# -- multipart uploads in s3ec-v3 buckets -----------------------------------------------------
+#
+# An S3EC body is one GCM stream, so part N is encrypted from the stream state after part N-1
+# (`s3ec.GcmStreamState`: offset, GHASH accumulator, < 16 pending bytes) and the tag ends the
+# body. That state lives in the memory of the sealgate process that created the upload: parts
+# must come to that process, in order (1, 2, 3, ...). A part that arrives early waits a little
+# for its predecessor to start; one that is still out of order is refused (InvalidPartOrder),
+# never stored where it would make the object unreadable. The state before each part is kept,
+# so the latest part can be retried (after a failed check or a backend error).
+#
+# Where the tag goes: S3 requires every part but the last to be at least 5 MiB, so a smaller
+# part must be the last one and gets the tag appended. If the last part is 5 MiB or more, the
+# tag is uploaded at CompleteMultipartUpload as one more part (16 bytes, allowed as the last).
+
+UPLOAD_PREFIX = "s3ec3-"
+#: How long a part waits for the part before it to start before it is refused as out of order.
+PART_ORDER_WAIT = 30.0
+MAX_LIVE_UPLOADS = 4096
+UPLOAD_TTL = 7 * 24 * 3600.0
+
+
+@dataclass
+class _Part:
+    number: int
+    length: int
+    backend_etag: str
+    client_etag: str
+    before: s3ec.GcmStreamState
+
+
+@dataclass
+class _Upload:
+    bucket: str
+    key: str
+    backend_id: str
+    body: s3ec.S3ecV3Multipart
+    state: s3ec.GcmStreamState
+    created: float = field(default_factory=time.monotonic)
+    parts: list[_Part] = field(default_factory=list)
+    tagged: bool = False
+    tag_part: tuple[int, str] | None = None
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    #: Part numbers that have queued for the lock (a successor waits for its predecessor's).
+    queued: set[int] = field(default_factory=set)
+
+    @property
+    def last(self) -> int:
+        return self.parts[-1].number if self.parts else 0
+
+
+_registries: dict[int, dict[str, _Upload]] = {}
+
+
+def _uploads(gw: Gateway) -> dict[str, _Upload]:
+    """This process's s3ec-v3 uploads for this gateway (tests run several in one process)."""
+    reg = _registries.get(id(gw))
+    if reg is None:
+        reg = _registries[id(gw)] = {}
+        weakref.finalize(gw, _registries.pop, id(gw), None)
+    return reg
+
+
+def is_s3ec_upload(upload_id: str) -> bool:
+    """Whether a client-visible upload id is one of sealgate's s3ec-v3 uploads."""
+    return upload_id.startswith(UPLOAD_PREFIX)
+
+
+def backend_upload_id(upload_id: str) -> str:
+    """The backend's id inside an s3ec-v3 upload id."""
+    return upload_id[len(UPLOAD_PREFIX) :]
+
+
+def forget_upload(gw: Gateway, upload_id: str) -> None:
+    """Drop an upload's state (after abort)."""
+    _uploads(gw).pop(upload_id, None)
+
+
+def _lost_upload() -> S3Error:
+    return S3Error(
+        "NoSuchUpload",
+        "this s3ec-v3 multipart upload is not known to this sealgate process (it was started by another "
+        "replica, sealgate restarted, or it was completed or aborted): its parts form one GCM stream whose "
+        "state stays in the process that created it, so they must go there, in order; abort it and upload again",
+        404,
+    )
+
+
+def _find_upload(gw: Gateway, bucket: str, key: str, upload_id: str) -> _Upload:
+    up = _uploads(gw).get(upload_id)
+    if up is None or up.bucket != bucket or up.key != key:
+        raise _lost_upload()
+    return up
+
+
+async def create_multipart(gw: Gateway, request: web.Request, bucket: str, key: str) -> web.StreamResponse:
+    """CreateMultipartUpload into an s3ec-v3 bucket: S3EC metadata on the upload, state here."""
+    from proxy.server.multipart import _XML, _find_text, _xml
+
+    reg = _uploads(gw)
+    now = time.monotonic()
+    for stale in [u for u, up in reg.items() if now - up.created > UPLOAD_TTL]:
+        del reg[stale]
+    if len(reg) >= MAX_LIVE_UPLOADS:
+        raise S3Error("SlowDown", "too many s3ec-v3 multipart uploads in progress on this sealgate process", 503)
+    plain_key, wrapped, context = await _new_data_key(gw, request, bucket, key)
+    body = s3ec.S3ecV3Multipart(plain_key)
+    headers = _object_headers(request, body.metadata(wrapped, s3ec.WRAP_KMS_CONTEXT, encryption_context=context))
+    _, doc = await gw.backend.read_ok("POST", bucket, key, query=[("uploads", "")], headers=headers, body=b"")
+    backend_id = _find_text(ElementTree.fromstring(doc), "UploadId")
+    if not backend_id:
+        raise S3Error("BadGateway", "backend returned no upload id", 502)
+    upload_id = UPLOAD_PREFIX + backend_id
+    reg[upload_id] = _Upload(bucket, key, backend_id, body, body.start)
+    xml = _xml("InitiateMultipartUploadResult", [("Bucket", bucket), ("Key", key), ("UploadId", upload_id)])
+    return web.Response(status=200, body=xml, headers=_XML)
+
+
+async def _encrypt_part(
+    gw: Gateway, up: _Upload, number: int, length: int, plaintext: AsyncIterable[bytes | memoryview]
+) -> str:
+    """Encrypt and store part `number` in order; returns the backend's ETag of the part."""
+    from proxy.server.multipart import MAX_PARTS, MIN_PART_SIZE
+    from proxy.server.objects import put_stream
+
+    # A part that arrives early waits (briefly) until its predecessor queues on the lock, which
+    # is FIFO, so it then queues behind it. Nothing is read from its body meanwhile.
+    deadline = time.monotonic() + PART_ORDER_WAIT
+    while number > up.last + 1 and number - 1 not in up.queued and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    up.queued.add(number)
+    async with up.lock:
+        if number == up.last + 1:
+            if up.tagged:
+                raise S3Error(
+                    "InvalidPartOrder",
+                    f"part {up.last} was smaller than 5 MiB and so was the last part of this s3ec-v3 upload "
+                    "(it carries the GCM tag); no part can follow it",
+                    400,
+                )
+            start = up.state
+            retry = False
+        elif up.parts and number == up.last:
+            start, retry = up.parts[-1].before, True
+        else:
+            raise _out_of_order(up, number)
+        is_last = length < MIN_PART_SIZE or number == MAX_PARTS
+        enc = up.body.part(start)
+        after: list[s3ec.GcmStreamState] = []
+
+        async def ciphertext() -> AsyncIterator[bytes]:
+            async for piece in plaintext:
+                yield enc.update(bytes(piece))
+            if enc.length != length:
+                raise S3Error("IncompleteBody", "The request body is shorter than its stated length", 400)
+            after.append(enc.finish())
+            if is_last:
+                yield up.body.tag(after[0])
+
+        resp = await put_stream(
+            gw,
+            up.bucket,
+            up.key,
+            ciphertext(),
+            length + (s3ec.TAG_SIZE if is_last else 0),
+            headers={},
+            query=[("partNumber", str(number)), ("uploadId", up.backend_id)],
+        )
+        etag = resp.headers.get("ETag", "").strip().strip('"')
+        part = _Part(number, length, etag, etag, start)
+        if retry:
+            up.parts[-1] = part
+        else:
+            up.parts.append(part)
+        up.state, up.tagged, up.tag_part = after[0], is_last, None
+        return etag
+
+
+def _out_of_order(up: _Upload, number: int) -> S3Error:
+    return S3Error(
+        "InvalidPartOrder",
+        f"part {number} is out of order for this s3ec-v3 upload (last part stored: {up.last}): an S3 Encryption "
+        "Client object is one GCM stream, so parts must be uploaded one after the other, numbered 1, 2, 3, ... "
+        "(only the latest part may be sent again)",
+        400,
+    )
+
+
+async def upload_part(
+    gw: Gateway, request: web.Request, bucket: str, key: str, verified: VerifiedRequest
+) -> web.StreamResponse:
+    """UploadPart (or UploadPartCopy) of an s3ec-v3 upload: encrypted in order, in this process."""
+    from proxy.server.multipart import _part_number
+    from proxy.server.objects import MAX_PUT_SIZE, client_body
+
+    number = _part_number(request)
+    up = _find_upload(gw, bucket, key, request.query["uploadId"])
+    if "x-amz-copy-source" in request.headers:
+        return await _upload_part_copy(gw, request, up, number)
+    body = client_body(gw, request, verified)
+    if body.length > MAX_PUT_SIZE:
+        raise S3Error("EntityTooLarge", "Your proposed upload exceeds the maximum allowed size", 400)
+    backend_etag = await _encrypt_part(gw, up, number, body.length, body)
+    md5 = body.md5
+    if (body.md5_wanted or body.content_md5 is not None) and md5 is not None:
+        # Clients that check part ETags compare them with the plaintext MD5.
+        up.parts[-1].client_etag = md5.hex()
+    out = web.Response(status=200, headers={"ETag": f'"{up.parts[-1].client_etag}"'})
+    if not backend_etag:
+        out.headers["ETag"] = '""'
+    for name, value in body.checksums.items():
+        out.headers[name] = value
+    return out
+
+
+async def _upload_part_copy(gw: Gateway, request: web.Request, up: _Upload, number: int) -> web.StreamResponse:
+    from proxy.server.copy import parse_copy_source
+    from proxy.server.multipart import _COPY_RANGE, _XML, _xml
+    from proxy.server.objects import check_reserved, read_plaintext
+
+    src_bucket, src_key, _version = parse_copy_source(request.headers["x-amz-copy-source"])
+    check_reserved(src_key)
+    byte_range = None
+    raw_range = request.headers.get("x-amz-copy-source-range")
+    if raw_range is not None:
+        m = _COPY_RANGE.match(raw_range.strip())
+        if not m or int(m.group(2)) < int(m.group(1)):
+            raise S3Error("InvalidArgument", "The x-amz-copy-source-range value must be of the form bytes=first-last")
+        byte_range = (int(m.group(1)), int(m.group(2)))
+    length, plaintext, _opened, _head = await read_plaintext(gw, request, src_bucket, src_key, byte_range)
+    try:
+        etag = await _encrypt_part(gw, up, number, length, plaintext)
+    except IntegrityError as exc:
+        raise S3Error("ObjectIntegrityError", f"copy source failed authentication: {exc}", 500) from exc
+    modified = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+    xml = _xml("CopyPartResult", [("LastModified", modified), ("ETag", f'"{etag}"')])
+    return web.Response(status=200, body=xml, headers=_XML)
+
+
+async def complete_multipart(gw: Gateway, request: web.Request, bucket: str, key: str) -> web.StreamResponse:
+    """CompleteMultipartUpload of an s3ec-v3 upload: the parts stored, then the tag if no part
+    carried it, completed on the backend; the object then reads as one S3EC V3 body."""
+    from proxy.server.multipart import _XML, MAX_PARTS, MAX_XML, MIN_PART_SIZE, S3_NS, _client_parts, _find_text, _xml
+
+    doc = await request.content.read(MAX_XML + 1)
+    if len(doc) > MAX_XML:
+        raise S3Error("MaxMessageLengthExceeded", "Your request was too big.", 400)
+    wanted = _client_parts(doc)
+    upload_id = request.query["uploadId"]
+    up = _find_upload(gw, bucket, key, upload_id)
+    async with up.lock:
+        stored = [p.number for p in up.parts]
+        if [n for n, _ in wanted] != stored:
+            raise S3Error(
+                "InvalidPart",
+                f"an s3ec-v3 upload is one GCM stream and must be completed with exactly the parts stored, in "
+                f"order: {_ranges(stored)}",
+                400,
+            )
+        for part, (_, etag) in zip(up.parts, wanted, strict=True):
+            if etag not in (part.client_etag.lower(), part.backend_etag.lower()):
+                raise S3Error("InvalidPart", f"The ETag of part {part.number} does not match.", 400)
+        for part in up.parts[:-1]:
+            if part.length < MIN_PART_SIZE:
+                raise S3Error("EntityTooSmall", "Your proposed upload is smaller than the minimum allowed size.", 400)
+        listed = [(p.number, p.backend_etag) for p in up.parts]
+        if not up.tagged:
+            if up.tag_part is None:
+                number = up.last + 1
+                if number > MAX_PARTS:
+                    raise S3Error("InvalidPart", "no part number is left for the S3EC tag", 400)
+                resp = await gw.backend.request(
+                    "PUT",
+                    bucket,
+                    key,
+                    query=[("partNumber", str(number)), ("uploadId", up.backend_id)],
+                    body=up.body.tag(up.state),
+                )
+                if resp.status >= 300:
+                    raise await resp.error()
+                resp.release()
+                up.tag_part = (number, resp.headers.get("ETag", "").strip().strip('"'))
+            listed.append(up.tag_part)
+        xml_parts = "".join(f'<Part><PartNumber>{n}</PartNumber><ETag>"{e}"</ETag></Part>' for n, e in listed)
+        xml = f'<CompleteMultipartUpload xmlns="{S3_NS}">{xml_parts}</CompleteMultipartUpload>'.encode()
+        _, answer = await gw.backend.read_ok("POST", bucket, key, query=[("uploadId", up.backend_id)], body=xml)
+        root = ElementTree.fromstring(answer) if answer.strip() else None
+        if root is not None and root.tag.rsplit("}", 1)[-1] == "Error":
+            code = _find_text(root, "Code") or "InternalError"
+            raise S3Error(code, _find_text(root, "Message") or code, 503 if code == "InternalError" else 400)
+        forget_upload(gw, upload_id)
+    etag = (_find_text(root, "ETag") or "").strip() if root is not None else ""
+    out = _xml(
+        "CompleteMultipartUploadResult",
+        [("Location", f"/{bucket}/{key}"), ("Bucket", bucket), ("Key", key), ("ETag", etag)],
+    )
+    return web.Response(status=200, body=out, headers=_XML)
+
+
+def _ranges(numbers: list[int]) -> str:
+    if not numbers:
+        return "none"
+    if numbers == list(range(numbers[0], numbers[-1] + 1)):
+        return f"parts {numbers[0]} to {numbers[-1]}" if len(numbers) > 1 else f"part {numbers[0]}"
+    return "parts " + ", ".join(map(str, numbers))

@@ -1,0 +1,361 @@
+"""`sealgate convert`: re-encrypt objects between sealgate's format and the S3EC's V3.
+
+Each object is read with the proxy's own decrypt code (`objects.read_plaintext` for sealgate
+objects, `s3ec_read.s3ec_plaintext` for S3EC ones, instruction files included) and written back
+under the same key with its own encrypt code (`objects.send_sealed` / `s3ec_read.write_s3ec_v3`),
+streaming: nothing is held in memory but a segment. The writer holds back its last bytes (the
+final segment, the GCM tag) until the reader has authenticated the whole source, so an object
+that fails authentication is left as it was. Each object changes in one backend PUT.
+
+Safe to interrupt and re-run: objects already in the target format are skipped, and an
+interrupted object is still the old one. Like `rewrap`, run it while nothing else writes under
+the prefix (a write that lands between the read and the PUT would be overwritten). In a
+versioned bucket the old version stays, in the old format.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import sys
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlencode
+
+import aiohttp
+import click
+from defusedxml import ElementTree
+
+from proxy.crypto import s3ec
+from proxy.crypto.format import LAYOUT_SINGLE, FormatError, is_sealgate_object, stream_key
+from proxy.crypto.segments import StreamEncryptor
+from proxy.kms.base import KeyringError
+from proxy.rewrap import S3_NS, list_keys
+from proxy.s3.errors import S3Error
+from proxy.server import s3ec_read
+from proxy.server.objects import (
+    ETAG_TAIL,
+    MAX_PUT_SIZE,
+    read_plaintext,
+    record_key,
+    seal_envelope,
+    send_sealed,
+)
+from proxy.server.state import Gateway
+
+log = logging.getLogger(__name__)
+
+Target = Literal["sealgate", "s3ec-v3"]
+TARGETS: tuple[Target, ...] = ("sealgate", "s3ec-v3")
+
+#: Object properties carried over to the converted object (user metadata and tags as well).
+_CONTENT_HEADERS = (
+    "Content-Type",
+    "Cache-Control",
+    "Content-Disposition",
+    "Content-Encoding",
+    "Content-Language",
+    "Expires",
+    "x-amz-storage-class",
+    "x-amz-website-redirect-location",
+)
+
+
+class ConvertError(Exception):
+    """A problem with the run as a whole (not with one object)."""
+
+
+@dataclass
+class ConvertReport:
+    """What a run did: counts, and each skipped or failed key with the reason."""
+
+    converted: int = 0
+    bytes: int = 0
+    already: int = 0
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    #: True when `limit` stopped the run before the listing ended.
+    stopped_at_limit: bool = False
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One object's result: "converted", "already", "skipped" or "failed" (and why)."""
+
+    status: Literal["converted", "already", "skipped", "failed"]
+    reason: str = ""
+    size: int = 0
+
+
+class _Source:
+    """Plaintext of a known length, its MD5 computed on the way (what `send_sealed` reads)."""
+
+    def __init__(self, pieces: AsyncIterator[bytes], length: int) -> None:
+        self._pieces = pieces
+        self.length = length
+        self._md5 = hashlib.md5(usedforsecurity=False)
+        self._done = False
+
+    @property
+    def md5(self) -> bytes | None:
+        return self._md5.digest() if self._done else None
+
+    async def __aiter__(self) -> AsyncIterator[bytes | memoryview]:
+        seen = 0
+        async for piece in self._pieces:
+            self._md5.update(piece)
+            seen += len(piece)
+            yield piece
+        if seen != self.length:
+            raise FormatError(f"source gave {seen} bytes, not {self.length}")
+        self._done = True
+
+
+def _carried_headers(head_headers: Mapping[str, str]) -> dict[str, str]:
+    headers: dict[str, str] = {}
+    for name in _CONTENT_HEADERS:
+        value = head_headers.get(name)
+        if value:
+            headers[name] = value
+    return headers
+
+
+async def _tagging(gw: Gateway, bucket: str, key: str, tag_count: str | None) -> dict[str, str]:
+    """The object's tags as an ``x-amz-tagging`` header (a PUT would drop them otherwise)."""
+    if not tag_count or tag_count == "0":
+        return {}
+    _, doc = await gw.backend.read_ok("GET", bucket, key, query=[("tagging", "")])
+    root = ElementTree.fromstring(doc)
+    pairs = [(t.findtext(f"{S3_NS}Key") or "", t.findtext(f"{S3_NS}Value") or "") for t in root.iter(f"{S3_NS}Tag")]
+    return {"x-amz-tagging": urlencode(pairs)} if pairs else {}
+
+
+async def _delete(gw: Gateway, bucket: str, key: str) -> None:
+    resp = await gw.backend.request("DELETE", bucket, key)
+    resp.release()
+    if resp.status >= 300 and resp.status != 404:
+        log.warning("could not delete /%s/%s after converting (status %d)", bucket, key, resp.status)
+
+
+async def _to_s3ec(gw: Gateway, bucket: str, key: str) -> int:
+    """A sealgate object, rewritten as S3EC V3 (kms+context). Returns the plaintext size."""
+    length, plaintext, opened, head = await read_plaintext(gw, None, bucket, key, None)
+    if length > MAX_PUT_SIZE - s3ec.TAG_SIZE:
+        raise ConvertObjectError(f"{length} bytes is more than one PUT takes (5 GiB)")
+    headers = _carried_headers(head.headers)
+    # The S3EC keeps user metadata in the clear: it leaves the sealed envelope here.
+    headers.update({f"x-amz-meta-{k}": v for k, v in opened.meta.user.items()})
+    headers.update(await _tagging(gw, bucket, key, head.headers.get("x-amz-tagging-count")))
+    await s3ec_read.write_s3ec_v3(gw, None, bucket, key, plaintext, length, headers)
+    if opened.manifest is not None:
+        await _delete(gw, bucket, record_key(key, head.headers.get("ETag", "")))
+    return length
+
+
+async def _from_s3ec(
+    gw: Gateway,
+    bucket: str,
+    key: str,
+    head_headers: Mapping[str, str],
+    meta: dict[str, str],
+    envelope: dict[str, str],
+    to: Target,
+) -> int:
+    """An S3EC object (V2, or V3 with its envelope in an instruction file...), rewritten in
+    sealgate's format or as S3EC V3 with its metadata in the object. Returns the plaintext size."""
+    total = int(head_headers.get("Content-Length") or "0")
+    length, plaintext = await s3ec_read.s3ec_plaintext(gw, bucket, key, envelope, head_headers.get("ETag") or "", total)
+    if length > MAX_PUT_SIZE - s3ec.TAG_SIZE:
+        raise ConvertObjectError(f"{length} bytes is more than one PUT takes (5 GiB)")
+    user = s3ec_read.user_metadata(meta)
+    carried = _carried_headers(head_headers)
+    carried.update(await _tagging(gw, bucket, key, head_headers.get("x-amz-tagging-count")))
+    if to == "s3ec-v3":
+        carried.update({f"x-amz-meta-{k}": v for k, v in user.items()})
+        await s3ec_read.write_s3ec_v3(gw, None, bucket, key, plaintext, length, carried)
+    else:
+        key_id = gw.config.key_for_bucket(bucket, key)
+        data_key, env = await seal_envelope(
+            gw, key_id, bucket, key, user, layout=LAYOUT_SINGLE, etag_field=ETAG_TAIL, size=length
+        )
+        headers = {f"x-amz-meta-{k}": v for k, v in env.to_metadata().items()}
+        headers.update(carried)
+        encryptor = StreamEncryptor(stream_key(data_key, env.salt, 0), env.segment_size)
+        await send_sealed(gw, bucket, key, _Source(plaintext, length), encryptor, digest_md5=True, headers=headers)
+    if s3ec.META_V3_KEY not in meta and s3ec.META_KEY_V2 not in meta and s3ec.META_KEY_V1 not in meta:
+        # The envelope came from KEY.instruction: it describes nothing any more.
+        await _delete(gw, bucket, key + s3ec.INSTRUCTION_SUFFIX)
+    return length
+
+
+class ConvertObjectError(Exception):
+    """This object cannot be converted (reported, the run goes on)."""
+
+
+async def convert_object(gw: Gateway, bucket: str, key: str, to: Target) -> Outcome:
+    """Convert one object to `to`; failures come back as an `Outcome`, never raised."""
+    try:
+        head = await gw.backend.request("HEAD", bucket, key)
+        head.release()
+        if head.status == 404:
+            # Deleted since it was listed, such as the instruction file of an object just converted.
+            return Outcome("skipped", "gone since it was listed")
+        if head.status >= 300:
+            raise await head.error()
+        meta = head.user_metadata()
+        if is_sealgate_object(meta):
+            if to == "sealgate":
+                return Outcome("already")
+            return Outcome("converted", size=await _to_s3ec(gw, bucket, key))
+        envelope = await s3ec_read.s3ec_metadata(gw, bucket, key, meta)
+        if envelope is None:
+            if key.endswith(s3ec.INSTRUCTION_SUFFIX):
+                return Outcome("skipped", "an S3EC instruction file (converted with its object)")
+            instr = await gw.backend.request("HEAD", bucket, key + s3ec.INSTRUCTION_SUFFIX)
+            instr.release()
+            if instr.status == 200:
+                return Outcome(
+                    "skipped",
+                    f"has an S3EC instruction file ({key}{s3ec.INSTRUCTION_SUFFIX}): set s3ec_instruction_files = true "
+                    "in the bucket's rule to read or convert it",
+                )
+            return Outcome("skipped", "not encrypted (neither a sealgate nor an S3EC object)")
+        if to == "s3ec-v3" and s3ec.detect(envelope) == s3ec.FORMAT_V3:
+            return Outcome("already")
+        # S3EC V1/V2 become V3 too: the official client's default policy reads only V3.
+        return Outcome("converted", size=await _from_s3ec(gw, bucket, key, head.headers, meta, envelope, to))
+    except S3Error as exc:
+        return Outcome("failed", f"{exc.code}: {exc.message}")
+    except KeyringError as exc:
+        return Outcome("failed", f"{exc.code}: {exc.message}")
+    except FormatError as exc:
+        return Outcome("failed", f"not converted, left as it was: {exc}")
+    except ConvertObjectError as exc:
+        return Outcome("failed", str(exc))
+    except (OSError, aiohttp.ClientError) as exc:
+        # The backend went away mid-object: the PUT did not complete, the object is as it was.
+        return Outcome("failed", f"backend connection failed, left as it was: {type(exc).__name__}")
+
+
+async def convert(
+    gw: Gateway,
+    bucket: str,
+    prefix: str,
+    to: Target,
+    *,
+    limit: int | None = None,
+    progress: Callable[[str, Outcome], None] | None = None,
+) -> ConvertReport:
+    """Convert every object under `prefix` to `to`, at most `limit` of them in this run;
+    failures are reported, not fatal."""
+    if to not in TARGETS:
+        raise ConvertError(f"unknown target format {to!r} (one of {', '.join(TARGETS)})")
+    if to == "s3ec-v3" and gw.config.kms.provider != "aws-kms":
+        raise ConvertError("S3EC V3 objects are written with kms+context: converting to s3ec-v3 needs provider aws-kms")
+    report = ConvertReport()
+    async for key, _size in list_keys(gw, bucket, prefix):
+        if limit is not None and report.converted >= limit:
+            report.stopped_at_limit = True
+            break
+        outcome = await convert_object(gw, bucket, key, to)
+        if outcome.status == "converted":
+            report.converted += 1
+            report.bytes += outcome.size
+        elif outcome.status == "already":
+            report.already += 1
+        elif outcome.status == "skipped":
+            report.skipped.append((key, outcome.reason))
+        else:
+            report.failed.append((key, outcome.reason))
+        if progress is not None:
+            progress(key, outcome)
+    return report
+
+
+# --- the command -------------------------------------------------------------------------------
+
+
+@click.command("convert")
+@click.option("--config", "config_path", type=click.Path(path_type=Path), required=True, help="TOML config file.")
+@click.option("--bucket", required=True)
+@click.option("--prefix", default="", help="Only objects whose key starts with this.")
+@click.option(
+    "--to",
+    "to",
+    type=click.Choice(TARGETS),
+    required=True,
+    help="Target format: sealgate's own, or the AWS S3 Encryption Client's V3 (kms+context).",
+)
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Convert at most this many objects, then stop.")
+@click.option(
+    "--progress/--no-progress",
+    default=None,
+    help="Progress bar on stderr. [default: when stderr is a terminal]",
+)
+def convert_cmd(
+    config_path: Path, bucket: str, prefix: str, to: Target, limit: int | None, progress: bool | None
+) -> None:
+    """Re-encrypt objects from one format to the other (sealgate <-> S3EC V3), in place.
+
+    Talks to the backend and KMS with the config's credentials (no client key policy applies).
+    Objects already in the target format are skipped, so it is safe to interrupt and re-run.
+    For S3EC objects the bucket's key (buckets.key or kms.default_key) is the KMS key."""
+    import asyncio
+
+    from proxy.config import ConfigError, load_config
+    from proxy.server.run import make_backend, make_keyring, make_materials
+
+    logging.basicConfig(level=logging.WARNING)
+    try:
+        config = load_config(config_path)
+    except ConfigError as exc:
+        click.echo(f"sealgate: {exc}", err=True)
+        sys.exit(1)
+    show = sys.stderr.isatty() if progress is None else progress
+    bar = None
+    if show:
+        from tqdm import tqdm
+
+        bar = tqdm(desc=f"convert to {to}", unit="obj", file=sys.stderr, dynamic_ncols=True, total=limit)
+    counts = {"converted": 0, "already": 0, "skipped": 0, "failed": 0}
+
+    def on_object(key: str, outcome: Outcome) -> None:
+        counts[outcome.status] += 1
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(counts, refresh=False)
+
+    async def go() -> ConvertReport:
+        backend = make_backend(config)
+        materials = make_materials(config, make_keyring(config))
+        await backend.start()
+        try:
+            return await convert(
+                Gateway(config, backend, materials), bucket, prefix, to, limit=limit, progress=on_object
+            )
+        finally:
+            await backend.close()
+            await materials.close()
+
+    try:
+        report = asyncio.run(go())
+    except ConvertError as exc:
+        click.echo(f"sealgate: {exc}", err=True)
+        sys.exit(1)
+    finally:
+        if bar is not None:
+            bar.close()
+    click.echo(
+        f"converted {report.converted} objects ({report.bytes} bytes) to {to}, {report.already} already {to}, "
+        f"{len(report.skipped)} skipped, {len(report.failed)} failed"
+    )
+    for key, why in report.skipped:
+        click.echo(f"  skipped {key}: {why}")
+    for key, why in report.failed:
+        click.echo(f"  failed {key}: {why}")
+    if report.stopped_at_limit:
+        click.echo(f"stopped after --limit {limit}; run again to go on")
+    if report.failed:
+        sys.exit(1)

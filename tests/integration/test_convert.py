@@ -1,0 +1,221 @@
+"""`sealgate convert`: objects move between sealgate's format and S3EC V3, both ways, resumably.
+
+Real TLS, real moto S3 + KMS, the real CLI command, and the official ``s3_encryption`` client
+writing S3EC objects and reading converted ones straight from the backend.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from click.testing import CliRunner
+from s3_encryption import S3EncryptionClient, S3EncryptionClientConfig
+from s3_encryption.materials.kms_keyring import KmsKeyring
+from s3_encryption.materials.materials import AlgorithmSuite, CommitmentPolicy
+
+from proxy.cli import main
+from proxy.crypto import s3ec
+from tests.conftest import Stack, backend_client, start_stack
+
+MiB = 1024 * 1024
+
+
+def _client(service: str, url: str) -> Any:
+    return boto3.client(
+        service, endpoint_url=url, region_name="us-east-1", aws_access_key_id="testing", aws_secret_access_key="testing"
+    )
+
+
+def official(url: str, key_id: str, *, v2: bool = False) -> Any:
+    kr = KmsKeyring(kms_client=_client("kms", url), kms_key_id=key_id)
+    if v2:
+        cfg = S3EncryptionClientConfig(
+            keyring=kr,
+            encryption_algorithm=AlgorithmSuite.ALG_AES_256_GCM_IV12_TAG16_NO_KDF,
+            commitment_policy=CommitmentPolicy.FORBID_ENCRYPT_ALLOW_DECRYPT,
+        )
+    else:
+        cfg = S3EncryptionClientConfig(keyring=kr)
+    return S3EncryptionClient(wrapped_s3_client=_client("s3", url), config=cfg)
+
+
+@pytest.fixture(scope="module")
+def kms_stack(
+    moto_url: str, tls_files: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Stack, str]]:
+    key_id = _client("kms", moto_url).create_key()["KeyMetadata"]["KeyId"]
+    kms = (
+        f'provider = "aws-kms"\nregion = "us-east-1"\nendpoint = "{moto_url}"\ndefault_key = "{key_id}"\n'
+        'access_key_id = "testing"\nsecret_access_key = "testing"\n'
+    )
+    rules = '\n[[buckets]]\nname = "convert-if"\ns3ec_instruction_files = true\n'
+    st = start_stack(tmp_path_factory.mktemp("convert"), moto_url, tls_files, kms=kms, extra=rules)
+    yield st, key_id
+    st.gate.stop()
+
+
+def run_convert(st: Stack, bucket: str, to: str, *extra: str) -> Any:
+    args = ["convert", "--config", str(st.dir / "sealgate.toml"), "--bucket", bucket, "--to", to, *extra]
+    return CliRunner().invoke(main, args, catch_exceptions=False)
+
+
+def _format(raw: Any, bucket: str, key: str) -> str:
+    meta = raw.head_object(Bucket=bucket, Key=key)["Metadata"]
+    if "x-amz-c" in meta:
+        return "s3ec-v3"
+    if "x-amz-key-v2" in meta:
+        return "s3ec-v2"
+    return "sealgate" if any(k.startswith("sg-") for k in meta) else "plain"
+
+
+def test_convert_mixed_objects_both_ways_interrupted_and_resumed(kms_stack: tuple[Stack, str], moto_url: str) -> None:
+    st, key_id = kms_stack
+    bucket = "convert-mixed"
+    raw = backend_client(moto_url)
+    raw.create_bucket(Bucket=bucket)
+    s3 = st.client()
+    bodies: dict[str, bytes] = {}
+    for i, size in enumerate([0, 1, 16, 17, 1000, 70_000, MiB + 1, 3]):
+        key = f"d/sg-{i}"
+        bodies[key] = os.urandom(size)
+        s3.put_object(Bucket=bucket, Key=key, Body=bodies[key], Metadata={"n": str(i)}, ContentType="text/x-test")
+    # A multipart sealgate object: its manifest goes away with it.
+    parts = [os.urandom(5 * MiB), b"tail"]
+    uid = s3.create_multipart_upload(Bucket=bucket, Key="d/sg-mp")["UploadId"]
+    done = [
+        {
+            "PartNumber": n,
+            "ETag": s3.upload_part(Bucket=bucket, Key="d/sg-mp", UploadId=uid, PartNumber=n, Body=p)["ETag"],
+        }
+        for n, p in enumerate(parts, 1)
+    ]
+    s3.complete_multipart_upload(Bucket=bucket, Key="d/sg-mp", UploadId=uid, MultipartUpload={"Parts": done})
+    bodies["d/sg-mp"] = b"".join(parts)
+    for i, size in enumerate([0, 1, 17, 4096, 100_000, 12]):
+        key = f"d/ec3-{i}"
+        bodies[key] = os.urandom(size)
+        official(moto_url, key_id).put_object(Bucket=bucket, Key=key, Body=bodies[key], Metadata={"n": str(i)})
+    for i in range(3):
+        key = f"d/ec2-{i}"
+        bodies[key] = os.urandom(100 * i + 5)
+        official(moto_url, key_id, v2=True).put_object(Bucket=bucket, Key=key, Body=bodies[key])
+    raw.put_object_tagging(Bucket=bucket, Key="d/sg-3", Tagging={"TagSet": [{"Key": "team", "Value": "a b"}]})
+    raw.put_object(Bucket=bucket, Key="d/plain", Body=b"never encrypted")
+    assert len(bodies) == 18
+
+    # To S3EC V3, interrupted after 4 objects, then resumed.
+    first = run_convert(st, bucket, "s3ec-v3", "--limit", "4", "--no-progress")
+    assert first.exit_code == 0, first.output
+    assert "converted 4 objects" in first.output and "stopped after --limit 4" in first.output
+    formats = [_format(raw, bucket, k) for k in bodies]
+    assert formats.count("s3ec-v3") == 6 + 4, formats
+    second = run_convert(st, bucket, "s3ec-v3", "--progress")
+    assert second.exit_code == 0, second.output
+    # 9 sealgate + 3 V2 objects in all, 4 of them in the first run; 6 V3 + 4 already done.
+    assert "converted 8 objects" in second.output and "10 already s3ec-v3" in second.output, second.output
+    assert "skipped d/plain: not encrypted" in second.output
+    for key, data in bodies.items():
+        assert _format(raw, bucket, key) == "s3ec-v3"
+        got = official(moto_url, key_id).get_object(Bucket=bucket, Key=key)
+        assert got["Body"].read() == data, key
+        assert s3.get_object(Bucket=bucket, Key=key)["Body"].read() == data
+    assert official(moto_url, key_id).get_object(Bucket=bucket, Key="d/sg-2")["Metadata"]["n"] == "2"
+    assert raw.head_object(Bucket=bucket, Key="d/sg-2")["ContentType"] == "text/x-test"
+    assert raw.get_object_tagging(Bucket=bucket, Key="d/sg-3")["TagSet"] == [{"Key": "team", "Value": "a b"}]
+    assert not raw.list_objects_v2(Bucket=bucket, Prefix=".sealgate/").get("Contents")
+    again = run_convert(st, bucket, "s3ec-v3", "--no-progress")
+    assert "converted 0 objects" in again.output and "18 already" in again.output
+
+    # And back to sealgate's format, interrupted once more.
+    back = run_convert(st, bucket, "sealgate", "--limit", "9", "--no-progress")
+    assert "converted 9 objects" in back.output
+    back = run_convert(st, bucket, "sealgate", "--no-progress")
+    assert back.exit_code == 0 and "converted 9 objects" in back.output and "9 already sealgate" in back.output
+    for key, data in bodies.items():
+        assert _format(raw, bucket, key) == "sealgate"
+        if len(data) >= 16:
+            assert data not in raw.get_object(Bucket=bucket, Key=key)["Body"].read()
+        got = s3.get_object(Bucket=bucket, Key=key)
+        assert got["Body"].read() == data, key
+    got = s3.get_object(Bucket=bucket, Key="d/ec3-4")
+    assert got["Metadata"] == {"n": "4"}
+    assert s3.head_object(Bucket=bucket, Key="d/sg-1")["ContentType"] == "text/x-test"
+    assert raw.get_object(Bucket=bucket, Key="d/plain")["Body"].read() == b"never encrypted"
+
+
+def test_tampered_object_is_reported_and_left_as_it_was(kms_stack: tuple[Stack, str], moto_url: str) -> None:
+    st, key_id = kms_stack
+    bucket = "convert-tampered"
+    raw = backend_client(moto_url)
+    raw.create_bucket(Bucket=bucket)
+    good, bad = os.urandom(3000), os.urandom(200_000)
+    official(moto_url, key_id).put_object(Bucket=bucket, Key="good", Body=good)
+    official(moto_url, key_id).put_object(Bucket=bucket, Key="bad", Body=bad)
+    stored = raw.get_object(Bucket=bucket, Key="bad")
+    body = bytearray(stored["Body"].read())
+    body[-1] ^= 1  # the GCM tag: detected only after every plaintext byte went by
+    raw.put_object(Bucket=bucket, Key="bad", Body=bytes(body), Metadata=stored["Metadata"])
+    result = run_convert(st, bucket, "sealgate", "--no-progress")
+    assert result.exit_code == 1
+    assert "converted 1 objects" in result.output and "failed bad:" in result.output
+    assert raw.get_object(Bucket=bucket, Key="bad")["Body"].read() == bytes(body)
+    assert _format(raw, bucket, "bad") == "s3ec-v3"
+    assert st.client().get_object(Bucket=bucket, Key="good")["Body"].read() == good
+
+
+def test_s3ec_target_needs_kms(moto_url: str, tls_files: dict[str, Path], tmp_path: Path) -> None:
+    st = start_stack(tmp_path, moto_url, tls_files)
+    try:
+        backend_client(moto_url).create_bucket(Bucket="convert-local")
+        result = run_convert(st, "convert-local", "s3ec-v3", "--no-progress")
+        assert result.exit_code == 1 and "needs provider aws-kms" in result.output
+    finally:
+        st.gate.stop()
+
+
+def _move_to_instruction_file(raw: Any, bucket: str, key: str) -> None:
+    """Rewrite an official object so that its envelope is in KEY.instruction (V3 keeps c/d/i):
+    the official Python client reads such objects but does not write them."""
+    obj = raw.get_object(Bucket=bucket, Key=key)
+    meta = obj["Metadata"]
+    keep = s3ec.V3_OBJECT_ONLY if s3ec.detect(meta) == s3ec.FORMAT_V3 else frozenset()
+    moved = {k: v for k, v in meta.items() if k in s3ec.ALL_META and k not in keep}
+    raw.put_object(
+        Bucket=bucket, Key=key, Body=obj["Body"].read(), Metadata={k: v for k, v in meta.items() if k not in moved}
+    )
+    raw.put_object(Bucket=bucket, Key=key + s3ec.INSTRUCTION_SUFFIX, Body=json.dumps(moved).encode())
+
+
+@pytest.mark.parametrize("bucket", ["convert-if", "convert-noif"])
+def test_instruction_file_objects_convert_with_their_file(
+    kms_stack: tuple[Stack, str], moto_url: str, bucket: str
+) -> None:
+    st, key_id = kms_stack
+    raw = backend_client(moto_url)
+    raw.create_bucket(Bucket=bucket)
+    v3, v2 = os.urandom(40_000), os.urandom(333)
+    official(moto_url, key_id).put_object(Bucket=bucket, Key="a-v3", Body=v3, Metadata={"m": "3"})
+    official(moto_url, key_id, v2=True).put_object(Bucket=bucket, Key="b-v2", Body=v2)
+    for key in ("a-v3", "b-v2"):
+        _move_to_instruction_file(raw, bucket, key)
+    result = run_convert(st, bucket, "sealgate", "--no-progress")
+    assert result.exit_code == 0, result.output
+    s3 = st.client()
+    got = s3.get_object(Bucket=bucket, Key="a-v3")
+    assert got["Body"].read() == v3 and got["Metadata"] == {"m": "3"}
+    left = {o["Key"] for o in raw.list_objects_v2(Bucket=bucket)["Contents"]}
+    if bucket == "convert-if":
+        # V1/V2 instruction files are looked for only where the bucket rule asks for them.
+        assert "converted 2 objects" in result.output
+        assert s3.get_object(Bucket=bucket, Key="b-v2")["Body"].read() == v2
+        assert left == {"a-v3", "b-v2"}
+    else:
+        assert "converted 1 objects" in result.output
+        assert "skipped b-v2: has an S3EC instruction file" in result.output
+        assert left == {"a-v3", "b-v2", "b-v2.instruction"}

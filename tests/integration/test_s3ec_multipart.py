@@ -1,0 +1,176 @@
+"""Multipart uploads into an ``format = "s3ec-v3"`` bucket, read back by the official client.
+
+Real TLS, real moto S3 + KMS, the official ``s3_encryption`` client reading straight from the
+backend. An S3EC body is one GCM stream: parts must come in order to the process that created
+the upload, and everything else is refused with a clear error.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from boto3.s3.transfer import TransferConfig
+from botocore.exceptions import ClientError
+from s3_encryption import S3EncryptionClient, S3EncryptionClientConfig
+from s3_encryption.materials.kms_keyring import KmsKeyring
+
+from proxy.server import s3ec_read
+from tests.conftest import Stack, backend_client, start_stack
+
+MiB = 1024 * 1024
+BUCKET = "s3ec-mp"
+
+
+def _client(service: str, url: str) -> Any:
+    return boto3.client(
+        service, endpoint_url=url, region_name="us-east-1", aws_access_key_id="testing", aws_secret_access_key="testing"
+    )
+
+
+def _kms_config(moto_url: str, key_id: str) -> str:
+    return (
+        f'provider = "aws-kms"\nregion = "us-east-1"\nendpoint = "{moto_url}"\ndefault_key = "{key_id}"\n'
+        'access_key_id = "testing"\nsecret_access_key = "testing"\n'
+    )
+
+
+RULES = f'\n[[buckets]]\nname = "{BUCKET}"\nformat = "s3ec-v3"\n'
+
+
+@pytest.fixture(scope="module")
+def mp_stack(
+    moto_url: str, tls_files: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Stack, str]]:
+    key_id = _client("kms", moto_url).create_key()["KeyMetadata"]["KeyId"]
+    st = start_stack(
+        tmp_path_factory.mktemp("s3ecmp"), moto_url, tls_files, kms=_kms_config(moto_url, key_id), extra=RULES
+    )
+    _client("s3", moto_url).create_bucket(Bucket=BUCKET)
+    yield st, key_id
+    st.gate.stop()
+
+
+def official(url: str, key_id: str) -> Any:
+    kr = KmsKeyring(kms_client=_client("kms", url), kms_key_id=key_id)
+    return S3EncryptionClient(wrapped_s3_client=_client("s3", url), config=S3EncryptionClientConfig(keyring=kr))
+
+
+def _upload(s3: Any, key: str, parts: list[bytes]) -> str:
+    uid = s3.create_multipart_upload(Bucket=BUCKET, Key=key, Metadata={"who": "mp"})["UploadId"]
+    done = []
+    for n, data in enumerate(parts, 1):
+        etag = s3.upload_part(Bucket=BUCKET, Key=key, UploadId=uid, PartNumber=n, Body=data)["ETag"]
+        done.append({"PartNumber": n, "ETag": etag})
+    s3.complete_multipart_upload(Bucket=BUCKET, Key=key, UploadId=uid, MultipartUpload={"Parts": done})
+    return uid
+
+
+@pytest.mark.parametrize(
+    "sizes",
+    [[0], [17], [5 * MiB, 5 * MiB + 3, 1], [5 * MiB + 1, 5 * MiB]],
+    ids=["empty", "one-small-part", "small-last-part-carries-tag", "tag-as-extra-part"],
+)
+def test_multipart_object_reads_with_official_client(
+    mp_stack: tuple[Stack, str], moto_url: str, sizes: list[int]
+) -> None:
+    st, key_id = mp_stack
+    parts = [os.urandom(n) for n in sizes]
+    data = b"".join(parts)
+    key = "mp-" + "-".join(map(str, sizes))
+    _upload(st.client(), key, parts)
+    got = official(moto_url, key_id).get_object(Bucket=BUCKET, Key=key)
+    assert got["Body"].read() == data
+    assert got["Metadata"].get("who") == "mp"
+    assert st.client().get_object(Bucket=BUCKET, Key=key)["Body"].read() == data
+    assert backend_client(moto_url).head_object(Bucket=BUCKET, Key=key)["ContentLength"] == len(data) + 16
+
+
+def test_parallel_transfer_manager_upload(mp_stack: tuple[Stack, str], moto_url: str) -> None:
+    """boto3's transfer manager sends parts from several threads: early parts wait their turn."""
+    st, key_id = mp_stack
+    data = os.urandom(3 * 5 * MiB + 123)
+    cfg = TransferConfig(multipart_threshold=5 * MiB, multipart_chunksize=5 * MiB, max_concurrency=4)
+    st.client().upload_fileobj(io.BytesIO(data), BUCKET, "parallel", Config=cfg)
+    assert official(moto_url, key_id).get_object(Bucket=BUCKET, Key="parallel")["Body"].read() == data
+
+
+def test_latest_part_can_be_sent_again(mp_stack: tuple[Stack, str], moto_url: str) -> None:
+    st, key_id = mp_stack
+    s3 = st.client()
+    first, second, retry = os.urandom(5 * MiB), os.urandom(1000), os.urandom(2000)
+    uid = s3.create_multipart_upload(Bucket=BUCKET, Key="retry")["UploadId"]
+    e1 = s3.upload_part(Bucket=BUCKET, Key="retry", UploadId=uid, PartNumber=1, Body=first)["ETag"]
+    s3.upload_part(Bucket=BUCKET, Key="retry", UploadId=uid, PartNumber=2, Body=second)
+    e2 = s3.upload_part(Bucket=BUCKET, Key="retry", UploadId=uid, PartNumber=2, Body=retry)["ETag"]
+    parts = [{"PartNumber": 1, "ETag": e1}, {"PartNumber": 2, "ETag": e2}]
+    s3.complete_multipart_upload(Bucket=BUCKET, Key="retry", UploadId=uid, MultipartUpload={"Parts": parts})
+    assert official(moto_url, key_id).get_object(Bucket=BUCKET, Key="retry")["Body"].read() == first + retry
+
+
+def _code(err: pytest.ExceptionInfo[ClientError]) -> tuple[str, str]:
+    return err.value.response["Error"]["Code"], err.value.response["Error"]["Message"]
+
+
+def test_out_of_order_parts_are_refused(mp_stack: tuple[Stack, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    st, _ = mp_stack
+    monkeypatch.setattr(s3ec_read, "PART_ORDER_WAIT", 0.3)
+    s3 = st.client()
+    uid = s3.create_multipart_upload(Bucket=BUCKET, Key="order")["UploadId"]
+    with pytest.raises(ClientError) as err:
+        s3.upload_part(Bucket=BUCKET, Key="order", UploadId=uid, PartNumber=2, Body=b"x" * 100)
+    code, message = _code(err)
+    assert code == "InvalidPartOrder" and "1, 2, 3" in message
+    e1 = s3.upload_part(Bucket=BUCKET, Key="order", UploadId=uid, PartNumber=1, Body=os.urandom(5 * MiB))["ETag"]
+    s3.upload_part(Bucket=BUCKET, Key="order", UploadId=uid, PartNumber=2, Body=os.urandom(5 * MiB))
+    with pytest.raises(ClientError) as err:  # an earlier part, once a later one is stored
+        s3.upload_part(Bucket=BUCKET, Key="order", UploadId=uid, PartNumber=1, Body=b"y")
+    assert _code(err)[0] == "InvalidPartOrder"
+    with pytest.raises(ClientError) as err:  # completing with a part left out
+        s3.complete_multipart_upload(
+            Bucket=BUCKET, Key="order", UploadId=uid, MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": e1}]}
+        )
+    code, message = _code(err)
+    assert code == "InvalidPart" and "parts 1 to 2" in message
+    s3.upload_part(Bucket=BUCKET, Key="order", UploadId=uid, PartNumber=3, Body=b"small")
+    with pytest.raises(ClientError) as err:  # a part under 5 MiB was the last one
+        s3.upload_part(Bucket=BUCKET, Key="order", UploadId=uid, PartNumber=4, Body=b"more")
+    code, message = _code(err)
+    assert code == "InvalidPartOrder" and "last part" in message
+    s3.abort_multipart_upload(Bucket=BUCKET, Key="order", UploadId=uid)
+    assert not backend_client(st.backend_url).list_multipart_uploads(Bucket=BUCKET, Prefix="order").get("Uploads")
+    with pytest.raises(ClientError) as err:
+        s3.upload_part(Bucket=BUCKET, Key="order", UploadId=uid, PartNumber=1, Body=b"z")
+    assert _code(err)[0] == "NoSuchUpload"
+    with pytest.raises(ClientError):
+        s3.head_object(Bucket=BUCKET, Key="order")  # nothing unreadable was ever completed
+
+
+def test_parts_to_another_process_are_refused(
+    mp_stack: tuple[Stack, str], moto_url: str, tls_files: dict[str, Path], tmp_path: Path
+) -> None:
+    st, key_id = mp_stack
+    other = start_stack(tmp_path, moto_url, tls_files, kms=_kms_config(moto_url, key_id), extra=RULES)
+    try:
+        uid = st.client().create_multipart_upload(Bucket=BUCKET, Key="elsewhere")["UploadId"]
+        s3 = other.client()
+        with pytest.raises(ClientError) as err:
+            s3.upload_part(Bucket=BUCKET, Key="elsewhere", UploadId=uid, PartNumber=1, Body=b"data")
+        code, message = _code(err)
+        assert code == "NoSuchUpload" and "another replica" in message and "restarted" in message
+        with pytest.raises(ClientError) as err:
+            s3.complete_multipart_upload(
+                Bucket=BUCKET,
+                Key="elsewhere",
+                UploadId=uid,
+                MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": "x"}]},
+            )
+        assert _code(err)[0] == "NoSuchUpload"
+        s3.abort_multipart_upload(Bucket=BUCKET, Key="elsewhere", UploadId=uid)  # any process can abort
+    finally:
+        other.gate.stop()
