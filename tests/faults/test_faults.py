@@ -195,10 +195,10 @@ def test_client_disconnect_mid_download(faulty: tuple[FaultyRelay, Stack]) -> No
     assert _fds() <= before + 5
 
 
-def test_kms_throttling_is_retried_then_503(moto_url: str, tls_files: dict[str, Path], tmp_path: Path) -> None:
+def _kms_through(relay: FaultyRelay, moto_url: str, extra: str = "") -> str:
+    """A [kms] table for a new moto KMS key, reached through `relay`, with the cache off."""
     import boto3
 
-    relay = FaultyRelay(moto_url)
     key_id = boto3.client(
         "kms",
         endpoint_url=moto_url,
@@ -206,10 +206,15 @@ def test_kms_throttling_is_retried_then_503(moto_url: str, tls_files: dict[str, 
         aws_access_key_id="testing",
         aws_secret_access_key="testing",
     ).create_key()["KeyMetadata"]["KeyId"]
-    kms = (
+    return (
         f'provider = "aws-kms"\nregion = "us-east-1"\nendpoint = "{relay.url}"\ndefault_key = "{key_id}"\n'
-        'access_key_id = "testing"\nsecret_access_key = "testing"\n[kms.cache]\nenabled = false\n'
+        f'access_key_id = "testing"\nsecret_access_key = "testing"\n{extra}[kms.cache]\nenabled = false\n'
     )
+
+
+def test_kms_throttling_is_retried_then_503(moto_url: str, tls_files: dict[str, Path], tmp_path: Path) -> None:
+    relay = FaultyRelay(moto_url)
+    kms = _kms_through(relay, moto_url)
     st = start_stack(tmp_path, moto_url, tls_files, kms=kms)
     try:
         s3 = st.client()
@@ -315,21 +320,8 @@ def test_slow_backend_times_out_and_sealgate_keeps_serving(
 def test_slow_kms_fails_closed_within_its_timeout(moto_url: str, tls_files: dict[str, Path], tmp_path: Path) -> None:
     import time
 
-    import boto3
-
     relay = FaultyRelay(moto_url)
-    key_id = boto3.client(
-        "kms",
-        endpoint_url=moto_url,
-        region_name="us-east-1",
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    ).create_key()["KeyMetadata"]["KeyId"]
-    kms = (
-        f'provider = "aws-kms"\nregion = "us-east-1"\nendpoint = "{relay.url}"\ndefault_key = "{key_id}"\n'
-        'access_key_id = "testing"\nsecret_access_key = "testing"\ntimeout_seconds = 0.5\nmax_attempts = 2\n'
-        "[kms.cache]\nenabled = false\n"
-    )
+    kms = _kms_through(relay, moto_url, "timeout_seconds = 0.5\nmax_attempts = 2\n")
     st = start_stack(tmp_path, moto_url, tls_files, kms=kms)
     try:
         s3 = st.client()
