@@ -562,7 +562,32 @@ def decrypt_body(
 # -- writing V3 --------------------------------------------------------------------------------
 
 
-class S3ecV3Encryptor:
+class _V3Body:
+    """What every V3 body writer has: its message id and key commitment, and so its metadata."""
+
+    message_id: bytes
+    commitment: bytes
+
+    def metadata(
+        self,
+        wrapped_key: bytes,
+        wrap_alg: str,
+        *,
+        encryption_context: Mapping[str, str] | None = None,
+        material_description: Mapping[str, str] | None = None,
+    ) -> dict[str, str]:
+        """`v3_metadata` for this body."""
+        return v3_metadata(
+            wrapped_key=wrapped_key,
+            wrap_alg=wrap_alg,
+            message_id=self.message_id,
+            commitment=self.commitment,
+            encryption_context=encryption_context,
+            material_description=material_description,
+        )
+
+
+class S3ecV3Encryptor(_V3Body):
     """Encrypts one object as an S3EC V3 (suite 115) body, piece by piece.
 
     The body is the ciphertext of each piece in order, then the 16-byte tag from `finish`; it is
@@ -590,24 +615,6 @@ class S3ecV3Encryptor:
         self._done = True
         rest = self._cipher.finalize()
         return rest + self._cipher.tag
-
-    def metadata(
-        self,
-        wrapped_key: bytes,
-        wrap_alg: str,
-        *,
-        encryption_context: Mapping[str, str] | None = None,
-        material_description: Mapping[str, str] | None = None,
-    ) -> dict[str, str]:
-        """`v3_metadata` for this body."""
-        return v3_metadata(
-            wrapped_key=wrapped_key,
-            wrap_alg=wrap_alg,
-            message_id=self.message_id,
-            commitment=self.commitment,
-            encryption_context=encryption_context,
-            material_description=material_description,
-        )
 
 
 def v3_metadata(
@@ -698,7 +705,7 @@ class GcmStreamState:
     pending: bytes = field(default=b"", repr=False)
 
 
-class S3ecV3Multipart:
+class S3ecV3Multipart(_V3Body):
     """One S3EC V3 body written as consecutive parts, each encrypted from a `GcmStreamState`.
 
     The concatenation of the parts' ciphertexts followed by `tag(final state)` is byte for byte
@@ -726,24 +733,6 @@ class S3ecV3Multipart:
         lengths = (len(SUITE_V3_ID) * 8) << 64 | state.offset * 8
         y = _gf_mult(y ^ lengths, self._h)
         return (y ^ self._ek_j0).to_bytes(16, "big")
-
-    def metadata(
-        self,
-        wrapped_key: bytes,
-        wrap_alg: str,
-        *,
-        encryption_context: Mapping[str, str] | None = None,
-        material_description: Mapping[str, str] | None = None,
-    ) -> dict[str, str]:
-        """`v3_metadata` for this body."""
-        return v3_metadata(
-            wrapped_key=wrapped_key,
-            wrap_alg=wrap_alg,
-            message_id=self.message_id,
-            commitment=self.commitment,
-            encryption_context=encryption_context,
-            material_description=material_description,
-        )
 
     def _advance(
         self, state: GcmStreamState, length: int, part_ghash: int, blocks: int, pending: bytes

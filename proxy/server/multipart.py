@@ -175,15 +175,11 @@ async def upload_part(
 _COPY_RANGE = re.compile(r"^bytes=(\d+)-(\d+)$")
 
 
-async def upload_part_copy(gw: Gateway, request: web.Request, bucket: str, key: str) -> web.StreamResponse:
-    """UploadPartCopy: the source's plaintext (authenticated) re-encrypted as a part of this upload.
-
-    The bodies are under different data keys, so the bytes pass through sealgate; memory stays
-    bounded, as for any part."""
+async def read_copy_source(gw: Gateway, request: web.Request) -> tuple[int, AsyncIterator[bytes]]:
+    """The length and authenticated plaintext stream that an UploadPartCopy names
+    (x-amz-copy-source and its optional x-amz-copy-source-range)."""
     from proxy.server.copy import parse_copy_source
 
-    number = _part_number(request)
-    uid, data_key = await _open_upload(gw, request, bucket, key, request.query["uploadId"])
     src_bucket, src_key, _version = parse_copy_source(request.headers["x-amz-copy-source"])
     check_reserved(src_key)
     byte_range = None
@@ -196,6 +192,17 @@ async def upload_part_copy(gw: Gateway, request: web.Request, bucket: str, key: 
             )
         byte_range = (int(m.group(1)), int(m.group(2)))
     length, plaintext, _opened, _head = await read_plaintext(gw, request, src_bucket, src_key, byte_range)
+    return length, plaintext
+
+
+async def upload_part_copy(gw: Gateway, request: web.Request, bucket: str, key: str) -> web.StreamResponse:
+    """UploadPartCopy: the source's plaintext (authenticated) re-encrypted as a part of this upload.
+
+    The bodies are under different data keys, so the bytes pass through sealgate; memory stays
+    bounded, as for any part."""
+    number = _part_number(request)
+    uid, data_key = await _open_upload(gw, request, bucket, key, request.query["uploadId"])
+    length, plaintext = await read_copy_source(gw, request)
     header = PartHeader(number, length, os.urandom(16)).pack()
     encryptor = StreamEncryptor(part_key(data_key, uid.salt, header), DEFAULT_SEGMENT_SIZE)
 

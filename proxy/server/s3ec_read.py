@@ -562,20 +562,9 @@ async def upload_part(
 
 
 async def _upload_part_copy(gw: Gateway, request: web.Request, up: _Upload, number: int) -> web.StreamResponse:
-    from proxy.server.copy import parse_copy_source
-    from proxy.server.multipart import _COPY_RANGE, _XML, _xml
-    from proxy.server.objects import check_reserved, read_plaintext
+    from proxy.server.multipart import _XML, _xml, read_copy_source
 
-    src_bucket, src_key, _version = parse_copy_source(request.headers["x-amz-copy-source"])
-    check_reserved(src_key)
-    byte_range = None
-    raw_range = request.headers.get("x-amz-copy-source-range")
-    if raw_range is not None:
-        m = _COPY_RANGE.match(raw_range.strip())
-        if not m or int(m.group(2)) < int(m.group(1)):
-            raise S3Error("InvalidArgument", "The x-amz-copy-source-range value must be of the form bytes=first-last")
-        byte_range = (int(m.group(1)), int(m.group(2)))
-    length, plaintext, _opened, _head = await read_plaintext(gw, request, src_bucket, src_key, byte_range)
+    length, plaintext = await read_copy_source(gw, request)
     try:
         etag = await _encrypt_part(gw, up, number, length, plaintext)
     except IntegrityError as exc:
