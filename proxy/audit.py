@@ -29,6 +29,8 @@ the file does not have. Neither detects lines cut off the *end* of the file; com
 
 A record never holds a key, a secret or plaintext: `AuditRecord` has only the fields above and
 `AuditingKeyring` passes it no key material and no encryption context beyond bucket and key.
+Uses served from the data-key cache (no keyring call) are recorded too, with reason "cached"
+(`record_cache_hit`), so there is one line per key use, not only per KMS call.
 
 One writer per file
 -------------------
@@ -549,6 +551,26 @@ class AuditingKeyring:
     async def close(self) -> None:
         """Close the inner keyring (the audit log belongs to the caller)."""
         await self._inner.close()
+
+
+def record_cache_hit(
+    audit: AuditLog, operation: str, key_ref: str, context: Mapping[str, str], key_id: str | None = None
+) -> None:
+    """Record a key use served from the data-key cache (no keyring call), reason "cached", so
+    that every use has its line; KeyUnavailable if it cannot be written (no use unrecorded)."""
+    try:
+        audit.record(
+            operation,
+            "allowed",
+            reason="cached",
+            key_id=key_id or _key_id_of(key_ref),
+            key_version=key_ref,
+            bucket=context.get(CONTEXT_BUCKET),
+            object_key=context.get(CONTEXT_KEY),
+        )
+    except (AuditError, OSError) as exc:
+        log.error("refusing a cached key use that cannot be audited: %s", exc)
+        raise KeyUnavailable("the audit log cannot be written") from exc
 
 
 @click.group("audit")

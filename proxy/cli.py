@@ -580,12 +580,14 @@ Ctrl-C stops sealgate and the demo store.
 def _register_tools() -> None:
     from proxy.audit import audit_group
     from proxy.convert import convert_cmd
+    from proxy.copy_tool import copy_cmd
     from proxy.offline import decrypt_cmd, encrypt_cmd
 
     main.add_command(encrypt_cmd, "encrypt")
     main.add_command(decrypt_cmd, "decrypt")
     main.add_command(audit_group, "audit")
     main.add_command(convert_cmd, "convert")
+    main.add_command(copy_cmd, "copy")
 
 
 _register_tools()

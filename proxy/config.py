@@ -329,6 +329,10 @@ class KmsConfig(_Model):
     timeout_seconds: float | None = Field(default=None, gt=0, le=300)
     #: Attempts per KMS call (botocore's standard retry mode: throttling and 5xx, with backoff).
     max_attempts: StrictInt | None = Field(default=None, ge=1, le=10)
+    #: Asymmetric KMS keys (KeySpec RSA_3072/RSA_4096, KeyUsage ENCRYPT_DECRYPT), as named in
+    #: ``default_key`` / bucket rules: data keys are wrapped here with the public key
+    #: (GetPublicKey, once) and unwrapped by KMS Decrypt (RSAES_OAEP_SHA_256).
+    rsa_keys: tuple[StrictStr, ...] = ()
     # local
     keyring: ConfigPath | None = None
     passphrase_file: ConfigPath | None = None
@@ -380,7 +384,13 @@ class KmsConfig(_Model):
             problem = aws_key_problem(self.default_key)
             if problem:
                 raise _Invalid(("default_key",), problem)
+            for i, key in enumerate(self.rsa_keys):
+                problem = aws_key_problem(key)
+                if problem:
+                    raise _Invalid(("rsa_keys", i), problem)
         else:
+            if self.rsa_keys:
+                raise _Invalid(("rsa_keys",), 'only used when provider = "aws-kms"; remove it')
             _not_set_unless(
                 self,
                 (
@@ -467,12 +477,17 @@ class KeyPolicy(_Model):
     encrypt: tuple[StrictStr, ...] = ()
     decrypt: tuple[StrictStr, ...] = ()
     admin: tuple[StrictStr, ...] = ()
+    #: ``encrypt-only``: this gateway encrypts new objects under the key but refuses every read
+    #: of objects under it (403), whatever ``decrypt`` says.
+    mode: Literal["read-write", "encrypt-only"] = "read-write"
 
     def names(self, key_ref: str) -> bool:
         """Whether this policy is about the key a stored key reference points to.
 
         Local references are ``local:<id>:<version>``; KMS references are key ARNs, which match a
         policy written with the ARN or the bare key id (aliases cannot be matched offline)."""
+        if key_ref.startswith("kms-rsa:"):
+            key_ref = key_ref[len("kms-rsa:") :]  # an RSA KMS key's ARN, marked as such
         if key_ref == self.id:
             return True
         if key_ref.startswith("local:"):
@@ -597,6 +612,10 @@ class Config(_Model):
         if rule is not None and rule.key is not None:
             return rule.key
         return self.kms.default_key
+
+    def encrypt_only(self, key: str) -> bool:
+        """Whether master key `key` (an id or a stored key reference) has ``mode = "encrypt-only"``."""
+        return any(p.mode == "encrypt-only" and (p.id == key or p.names(key)) for p in self.keys)
 
     def may_use_key(self, identity: str, action: str, key: str) -> bool:
         """Key policy: may client `identity` `action` with master key `key` (an id or a stored

@@ -7,10 +7,17 @@ Wrapped layouts (the AAD is the keyring's unambiguous encoding of key reference 
 - EC: ``u16be(len(E)) ‖ E ‖ nonce(12) ‖ AES-256-GCM(k, nonce, data key, aad)`` where ``E`` is an
   ephemeral public point (X9.62 uncompressed) and ``k = HKDF-SHA256(ECDH(e, R), salt = none,
   info = "sealgate-ecdh-wrap/1" ‖ E ‖ R ‖ aad)`` with ``R`` the recipient's public point.
+- RSA for AWS KMS (`wrap_for_kms`): ``RSAES-OAEP(SHA-256, MGF1-SHA-256, no label)`` of
+  ``data key ‖ HMAC-SHA256(data key, "sealgate-kms-rsa/1" ‖ aad)[:16]`` (48 bytes). KMS Decrypt
+  (RSAES_OAEP_SHA_256) takes neither a label nor an encryption context, so the tag binds the
+  context instead: opened for another context, the tag does not match. As with the label, this
+  stops moved objects, not forgery (anyone with the public key can wrap).
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 import struct
 
@@ -25,6 +32,7 @@ from proxy.kms.base import InvalidWrappedKey
 TYPES = ("rsa-3072", "rsa-4096", "ec-p256", "ec-p384")
 _CURVES: dict[str, ec.EllipticCurve] = {"ec-p256": ec.SECP256R1(), "ec-p384": ec.SECP384R1()}
 _ECDH_INFO = b"sealgate-ecdh-wrap/1"
+_KMS_TAG = b"sealgate-kms-rsa/1"
 PublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey
 PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
 
@@ -117,3 +125,23 @@ def unwrap(private: PrivateKey, wrapped: bytes, aad: bytes) -> bytes:
         return AESGCM(key).decrypt(nonce, sealed, aad)
     except (ValueError, InvalidTag, struct.error) as exc:
         raise InvalidWrappedKey("wrapped data key does not open under this key and context") from exc
+
+
+
+def _kms_tag(data_key: bytes, aad: bytes) -> bytes:
+    return hmac.new(data_key, _KMS_TAG + aad, hashlib.sha256).digest()[:16]
+
+
+def wrap_for_kms(public: rsa.RSAPublicKey, data_key: bytes, aad: bytes) -> bytes:
+    """Wrap `data_key` so that AWS KMS Decrypt (RSAES_OAEP_SHA_256) opens it; `aad` is bound by
+    a tag inside the encrypted message (see module doc), since KMS takes no OAEP label."""
+    return public.encrypt(data_key + _kms_tag(data_key, aad), _oaep(b""))
+
+
+def open_from_kms(plaintext: bytes, aad: bytes) -> bytes:
+    """The data key in what KMS Decrypt returned for a `wrap_for_kms` blob; InvalidWrappedKey
+    unless it was wrapped for exactly `aad`."""
+    data_key, tag = plaintext[:32], plaintext[32:]
+    if len(plaintext) != 48 or not hmac.compare_digest(tag, _kms_tag(data_key, aad)):
+        raise InvalidWrappedKey("wrapped data key was not made for this key and context")
+    return data_key

@@ -5,13 +5,20 @@ with the object's encryption context, which KMS binds to the ciphertext. ``key_r
 key ARN KMS returns, and ``Decrypt`` is pinned to it. botocore errors become keyring errors
 here: unreachable, throttled or failing -> `KeyUnavailable` (503); refused key ->
 `KeyAccessDenied` (403); a ciphertext that does not open -> `InvalidWrappedKey`.
+
+Asymmetric KMS keys (KeySpec RSA_3072 / RSA_4096, KeyUsage ENCRYPT_DECRYPT), listed in
+``rsa_keys``: the public key is fetched once with ``GetPublicKey`` and each data key is wrapped
+locally (`asymmetric.wrap_for_kms`), so uploads cost no KMS call; ``key_ref`` is
+``kms-rsa:<key ARN>``. Reads unwrap with ``Decrypt`` (``RSAES_OAEP_SHA_256``), unless the key is
+encrypt-only at this gateway (checked by the key policy before any keyring call).
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Callable, Mapping
+import os
+from collections.abc import Callable, Collection, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -29,7 +36,9 @@ from botocore.exceptions import (
 from botocore.exceptions import (
     ConnectionError as BotoConnectionError,
 )
+from cryptography.hazmat.primitives.asymmetric import rsa
 
+from proxy.kms import asymmetric
 from proxy.kms.base import (
     DataKey,
     InvalidWrappedKey,
@@ -37,8 +46,12 @@ from proxy.kms.base import (
     KeyringError,
     KeyUnavailable,
 )
+from proxy.kms.local import wrap_aad
 
 DATA_KEY_SIZE = 32
+#: Prefix of the key reference of a data key wrapped locally under an RSA KMS key's public key.
+RSA_REF_PREFIX = "kms-rsa:"
+_RSA_ALGORITHM = "RSAES_OAEP_SHA_256"
 # Matches botocore's default connection pool, so no call waits for a connection while
 # holding a thread.
 _WORKERS = 10
@@ -121,8 +134,10 @@ class AwsKmsKeyring:
         connect_timeout: float = 3,
         read_timeout: float = 10,
         max_attempts: int = 3,
+        rsa_keys: Collection[str] = (),
     ) -> None:
-        """Create the KMS client. Credentials are explicit if given, else boto3's chain."""
+        """Create the KMS client. Credentials are explicit if given, else boto3's chain.
+        Keys in `rsa_keys` (as written in the config) are asymmetric RSA KMS keys."""
         if (access_key_id is None) != (secret_access_key is None):
             raise ValueError("give both access_key_id and secret_access_key, or neither")
         if max_attempts < 1:
@@ -149,6 +164,9 @@ class AwsKmsKeyring:
         # the whole timeout-and-retry budget and must not starve unrelated blocking work.
         self._pool = ThreadPoolExecutor(max_workers=_WORKERS, thread_name_prefix="sealgate-kms")
         self._closed = False
+        self._rsa_keys = frozenset(rsa_keys)
+        self._public: dict[str, tuple[rsa.RSAPublicKey, str]] = {}
+        self._public_lock: asyncio.Lock | None = None
 
     def __repr__(self) -> str:
         return f"AwsKmsKeyring(endpoint={self._client.meta.endpoint_url!r})"
@@ -174,8 +192,50 @@ class AwsKmsKeyring:
         except Exception as exc:
             raise _translate(exc, operation, key) from None
 
+    async def _public_key(self, key_id: str) -> tuple[rsa.RSAPublicKey, str]:
+        """The RSA public key and ARN of asymmetric KMS key `key_id`: one GetPublicKey per key."""
+        cached = self._public.get(key_id)
+        if cached is not None:
+            return cached
+        if self._public_lock is None:
+            self._public_lock = asyncio.Lock()
+        async with self._public_lock:  # concurrent first uses share one call
+            cached = self._public.get(key_id)
+            if cached is not None:
+                return cached
+            resp = await self._call("GetPublicKey", key_id, self._client.get_public_key, KeyId=key_id)
+            der, arn = resp.get("PublicKey"), resp.get("KeyId")
+            where = f"KMS key {key_id!r}"
+            if resp.get("KeyUsage") != "ENCRYPT_DECRYPT" or _RSA_ALGORITHM not in resp.get("EncryptionAlgorithms", []):
+                raise KeyAccessDenied(f"{where} is not an RSA key for ENCRYPT_DECRYPT with {_RSA_ALGORITHM}")
+            try:
+                public = asymmetric.load_public(der) if isinstance(der, bytes) else None
+            except ValueError:
+                public = None
+            if not isinstance(public, rsa.RSAPublicKey) or public.key_size not in (3072, 4096):
+                raise KeyAccessDenied(f"{where}: GetPublicKey gave no RSA 3072/4096 public key")
+            if not isinstance(arn, str) or not arn.startswith("arn:"):
+                # AWS answers with the ARN; some KMS-compatible servers with the bare key id.
+                described = await self._call("DescribeKey", key_id, self._client.describe_key, KeyId=key_id)
+                arn = described.get("KeyMetadata", {}).get("Arn")
+                if not isinstance(arn, str) or not arn:
+                    raise KeyUnavailable(f"KMS DescribeKey with key {key_id!r}: malformed response")
+            self._public[key_id] = (public, arn)
+            return public, arn
+
+    async def _wrap_rsa(self, key_id: str, plaintext: bytes, context: Mapping[str, str]) -> DataKey:
+        public, arn = await self._public_key(key_id)
+        key_ref = RSA_REF_PREFIX + arn
+        wrapped = asymmetric.wrap_for_kms(public, plaintext, wrap_aad(key_ref, context))
+        return DataKey(plaintext=plaintext, wrapped=wrapped, key_ref=key_ref)
+
     async def generate_data_key(self, key_id: str, context: Mapping[str, str]) -> DataKey:
-        """A fresh AES-256 data key from KMS under `key_id`, bound to `context`."""
+        """A fresh AES-256 data key from KMS under `key_id`, bound to `context` (for an RSA key:
+        made here and wrapped with its public key)."""
+        if key_id in self._rsa_keys:
+            if self._closed:
+                raise KeyUnavailable("the KMS keyring is closed")
+            return await self._wrap_rsa(key_id, os.urandom(DATA_KEY_SIZE), context)
         resp = await self._call(
             "GenerateDataKey",
             key_id,
@@ -200,6 +260,10 @@ class AwsKmsKeyring:
 
     async def wrap_data_key(self, key_id: str, plaintext: bytes, context: Mapping[str, str]) -> DataKey:
         """KMS Encrypt of an existing data key under `key_id` with `context` (copies, rewrap)."""
+        if key_id in self._rsa_keys:
+            if self._closed:
+                raise KeyUnavailable("the KMS keyring is closed")
+            return await self._wrap_rsa(key_id, plaintext, context)
         resp = await self._call(
             "Encrypt",
             key_id,
@@ -216,6 +280,8 @@ class AwsKmsKeyring:
 
     async def decrypt_data_key(self, key_ref: str, wrapped: bytes, context: Mapping[str, str]) -> bytes:
         """Decrypt `wrapped` with KeyId pinned to `key_ref` and exactly `context`."""
+        if key_ref.startswith(RSA_REF_PREFIX):
+            return await self._decrypt_rsa(key_ref, wrapped, context)
         resp = await self._call(
             "Decrypt",
             key_ref,
@@ -229,6 +295,21 @@ class AwsKmsKeyring:
             # Not a key this keyring made: KMS data keys are always 32 bytes here.
             raise InvalidWrappedKey(f"KMS Decrypt with key {key_ref!r}: not a 32-byte data key")
         return plaintext
+
+    async def _decrypt_rsa(self, key_ref: str, wrapped: bytes, context: Mapping[str, str]) -> bytes:
+        arn = key_ref[len(RSA_REF_PREFIX) :]
+        resp = await self._call(
+            "Decrypt",
+            arn,
+            self._client.decrypt,
+            CiphertextBlob=wrapped,
+            KeyId=arn,
+            EncryptionAlgorithm=_RSA_ALGORITHM,
+        )
+        plaintext = resp.get("Plaintext")
+        if not isinstance(plaintext, bytes):
+            raise InvalidWrappedKey(f"KMS Decrypt with key {arn!r}: malformed response")
+        return asymmetric.open_from_kms(plaintext, wrap_aad(key_ref, context))
 
     async def ready(self, key_id: str) -> None:
         """KeyringError unless KMS answers for `key_id` and the key is enabled (readiness)."""

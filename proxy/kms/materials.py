@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import TypeVar
 
+from proxy.audit import AuditLog, record_cache_hit
 from proxy.crypto.format import SCOPE_BUCKET, SCOPE_OBJECT, encryption_context
 from proxy.kms.base import DataKey, Keyring, KeyringError
 from proxy.metrics import KEY_CACHE, KMS_CALLS
@@ -51,8 +52,12 @@ class Materials:
         decrypt_seconds: float = 0.0,
         max_entries: int = 10_000,
         clock: Callable[[], float] = time.monotonic,
+        audit: AuditLog | None = None,
     ) -> None:
+        """`audit`: where uses served from the cache are recorded (keyring calls are recorded by
+        an AuditingKeyring under this cache)."""
         self.keyring = keyring
+        self._audit = audit
         self._reuse = reuse
         self._ttl = decrypt_seconds
         self._max = max_entries
@@ -81,6 +86,10 @@ class Materials:
             self._shared[slot] = shared
             KEY_CACHE.labels("shared", "miss").inc()
         else:
+            if self._audit is not None:
+                record_cache_hit(
+                    self._audit, "generate", shared.key.key_ref, encryption_context(bucket, key), key_id=key_id
+                )
             KEY_CACHE.labels("shared", "hit").inc()
         shared.objects += 1
         shared.bytes += size
@@ -94,6 +103,8 @@ class Materials:
         now = self._clock()
         hit = self._unwrapped.get(slot)
         if hit is not None and now - hit[0] < self._ttl:
+            if self._audit is not None:
+                record_cache_hit(self._audit, "decrypt", key_ref, context)
             self._unwrapped.move_to_end(slot)
             KEY_CACHE.labels("unwrapped", "hit").inc()
             return hit[1]

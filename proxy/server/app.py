@@ -20,7 +20,7 @@ from proxy.metrics import ACTIVE, BYTES_OUT, LATENCY, REQUESTS, render
 from proxy.s3.errors import S3Error
 from proxy.s3.routing import Route, route
 from proxy.s3.sigv4 import ClientCredentials, VerifiedRequest, verify_request
-from proxy.server import buckets, copy, multipart, objects
+from proxy.server import admin, buckets, copy, multipart, objects
 from proxy.server.state import IDENTITY, REQUEST_ID, Gateway
 
 log = logging.getLogger("sealgate.access")
@@ -131,7 +131,7 @@ def gw_lookup(gw: Gateway) -> Callable[[str], ClientCredentials | None]:
 async def expect_continue(request: web.Request) -> web.StreamResponse | None:
     """Check the signature before telling the client to send its body (Expect: 100-continue)."""
     try:
-        if not request.path.startswith(HEALTH_PREFIX):
+        if not request.path.startswith(HEALTH_PREFIX) or request.path.startswith(admin.PREFIX):
             _authenticate(request)
     except S3Error as err:
         resp = error_response(request, err)
@@ -147,6 +147,9 @@ async def expect_continue(request: web.Request) -> web.StreamResponse | None:
 
 async def dispatch(request: web.Request) -> web.StreamResponse:
     """Authenticate, route and run one S3 request."""
+    if request.path.startswith(admin.PREFIX):
+        request[OPERATION] = "Admin"
+        return await admin.handle(request.app[GATEWAY], request, _authenticate(request))
     if request.path.startswith(HEALTH_PREFIX):
         return await _health(request)
     gw = request.app[GATEWAY]

@@ -43,11 +43,12 @@ def make_keyring(config: Config) -> Keyring:
         read_timeout=kms.timeout_seconds or 10.0,
         connect_timeout=min(kms.timeout_seconds or 3.0, 3.0),
         max_attempts=kms.max_attempts or 3,
+        rsa_keys=kms.rsa_keys,
     )
 
 
-def make_materials(config: Config, keyring: Keyring) -> Materials:
-    """The keyring behind the data-key cache the config asks for."""
+def make_materials(config: Config, keyring: Keyring, audit: AuditLog | None = None) -> Materials:
+    """The keyring behind the data-key cache the config asks for (cache hits audited into `audit`)."""
     cache = config.kms.cache
     if not config.kms.cache_enabled:
         return Materials(keyring)
@@ -55,6 +56,7 @@ def make_materials(config: Config, keyring: Keyring) -> Materials:
         keyring,
         reuse=ReuseLimits(cache.max_objects, cache.max_seconds, cache.max_bytes),
         decrypt_seconds=cache.decrypt_seconds,
+        audit=audit,
     )
 
 
@@ -107,7 +109,7 @@ async def start(config: Config, *, keyring: Keyring | None = None) -> Running:
     audit = open_audit(config)
     if audit is not None:
         base = AuditingKeyring(base, audit)
-    app = build_app(config, make_materials(config, base), make_backend(config), audit)
+    app = build_app(config, make_materials(config, base, audit), make_backend(config), audit)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     tls_port = plain_port = None

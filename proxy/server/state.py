@@ -35,6 +35,15 @@ REQUEST_ID = web.RequestKey("sealgate.request_id", str)
 def require_key_use(gw: Gateway, request: web.Request, action: str, key: str) -> None:
     """Key policy, checked before any keyring call: AccessDenied unless allowed."""
     identity = request.get(IDENTITY, "")
+    if action == "decrypt" and gw.config.encrypt_only(key):
+        if gw.audit is not None:
+            gw.audit.record(action, "denied", reason="encrypt-only", key_id=key)
+        raise S3Error(
+            "AccessDenied",
+            "this object's key is encrypt-only at this gateway: it stores uploads but cannot read them back; "
+            "read the object where its key may decrypt",
+            403,
+        )
     if not gw.config.may_use_key(identity, action, key):
         if gw.audit is not None:
             gw.audit.record(action, "denied", reason="policy", key_id=key)

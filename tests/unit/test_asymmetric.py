@@ -43,3 +43,23 @@ def test_public_only_material_has_no_private_key() -> None:
     )
     assert asymmetric.load_private(pub_der) is None
     assert asymmetric.key_type_of(pub_der) == "ec-p256"
+
+
+@pytest.mark.parametrize("bits", [3072, 4096])
+def test_kms_layout_opens_with_plain_oaep_sha256(bits: int) -> None:
+    """What AWS KMS Decrypt (RSAES_OAEP_SHA_256: MGF1-SHA-256, no label) returns opens the key."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import padding, rsa
+
+    private = rsa.generate_private_key(public_exponent=65537, key_size=bits)
+    dk = os.urandom(32)
+    wrapped = asymmetric.wrap_for_kms(private.public_key(), dk, b"aad-1")
+    assert len(wrapped) == bits // 8
+    kms_plaintext = private.decrypt(
+        wrapped, padding.OAEP(mgf=padding.MGF1(hashes.SHA256()), algorithm=hashes.SHA256(), label=None)
+    )
+    assert len(kms_plaintext) == 48 and kms_plaintext[:32] == dk
+    assert asymmetric.open_from_kms(kms_plaintext, b"aad-1") == dk
+    for bad_aad, bad_plain in ((b"aad-2", kms_plaintext), (b"aad-1", kms_plaintext[:32]), (b"aad-1", dk + bytes(16))):
+        with pytest.raises(InvalidWrappedKey):
+            asymmetric.open_from_kms(bad_plain, bad_aad)

@@ -1,0 +1,237 @@
+"""`sealgate copy`: copy objects into another bucket (or name) under another master key.
+
+The body is copied by the backend (CopyObject, or UploadPartCopy for multipart objects and
+objects above ``backend.max_copy_bytes``), never streamed through sealgate: as for a client's
+CopyObject (proxy/server/copy.py), only the data key is re-wrapped, under the target key and the
+destination's encryption context. A multipart object gets its manifest written for the
+destination. Idempotent: a destination that already holds the source's body (same salt and key
+commitment, hence the same data key) wrapped under the target key is left alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import quote
+
+import click
+
+from proxy.crypto.format import (
+    SCOPE_OBJECT,
+    Envelope,
+    FormatError,
+    Manifest,
+    encryption_context,
+    is_sealgate_object,
+)
+from proxy.kms.base import KeyringError
+from proxy.rewrap import list_keys
+from proxy.s3.errors import S3Error
+from proxy.server.copy import _CONTENT_HEADERS, _multipart_copy, _xml_call
+from proxy.server.multipart import _find_text, _put_record
+from proxy.server.objects import check_reserved, open_copy_source, record_key
+from proxy.server.state import Gateway
+
+
+@dataclass
+class CopyReport:
+    """What a run did."""
+
+    copied: int = 0
+    bytes: int = 0
+    already: int = 0
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+
+def parse_s3_url(url: str) -> tuple[str, str]:
+    """(bucket, key) from ``s3://bucket/key`` (the key may be empty: a whole bucket)."""
+    if not url.startswith("s3://"):
+        raise ValueError(f"{url!r} is not an s3://bucket/key URL")
+    bucket, _, key = url[len("s3://") :].partition("/")
+    if not bucket:
+        raise ValueError(f"{url!r} names no bucket")
+    return bucket, key
+
+
+def _check_policy(gw: Gateway, identity: str | None, action: str, key: str) -> None:
+    if identity is not None and not gw.config.may_use_key(identity, action, key):
+        raise S3Error("AccessDenied", f"client {identity!r} may not {action} with key {key}", 403)
+
+
+async def _already_there(gw: Gateway, bucket: str, key: str, src: Envelope, key_ref: str) -> bool:
+    """Whether `key` already holds this very body (same salt and commitment, so the same data
+    key) wrapped under `key_ref`, with its manifest if it is multipart: a finished copy."""
+    head = await gw.backend.request("HEAD", bucket, key)
+    head.release()
+    if head.status == 404:
+        return False
+    if head.status >= 300:
+        raise await head.error()
+    meta = head.user_metadata()
+    if not is_sealgate_object(meta):
+        return False
+    try:
+        dest = Envelope.from_metadata(meta)
+    except FormatError:
+        return False
+    if (dest.salt, dest.commitment, dest.key_ref, dest.layout) != (src.salt, src.commitment, key_ref, src.layout):
+        return False
+    if dest.layout != "multipart":
+        return True
+    record = await gw.backend.request("HEAD", bucket, record_key(key, head.headers.get("ETag", "")))
+    record.release()
+    return record.status < 300
+
+
+async def copy_object(
+    gw: Gateway,
+    src_bucket: str,
+    src_key: str,
+    dst_bucket: str,
+    dst_key: str,
+    to_key: str,
+    *,
+    identity: str | None = None,
+) -> tuple[str, int]:
+    """Copy one object under `to_key`: ("copied" or "already", stored size). Nothing is written
+    unless the source opens and its data key wraps under `to_key` (and, with `identity`, that
+    client's key policy allows both)."""
+    check_reserved(src_key)
+    check_reserved(dst_key)
+    if (src_bucket, src_key) == (dst_bucket, dst_key):
+        raise S3Error("InvalidRequest", "source and destination are the same object: use `sealgate rewrap`", 400)
+    if identity is not None:
+        # Policy first, before any keyring call, as the server does.
+        probe = await gw.backend.request("HEAD", src_bucket, src_key)
+        probe.release()
+        if probe.status < 300 and is_sealgate_object(probe.user_metadata()):
+            _check_policy(gw, identity, "decrypt", Envelope.from_metadata(probe.user_metadata()).key_ref)
+        _check_policy(gw, identity, "encrypt", to_key)
+    opened, head, total = await open_copy_source(gw, None, src_bucket, src_key)
+    env = opened.envelope
+    # A copy's key is always wrapped for its own name (object scope), as server/copy.py does.
+    wrapped = await gw.materials.wrap(to_key, opened.data_key, encryption_context(dst_bucket, dst_key))
+    if await _already_there(gw, dst_bucket, dst_key, env, wrapped.key_ref):
+        return "already", total
+    new_env = dataclasses.replace(
+        env, key_ref=wrapped.key_ref, wrapped_key=wrapped.wrapped, scope=SCOPE_OBJECT, name_tag=b""
+    )
+    headers = {f"x-amz-meta-{k}": v for k, v in new_env.to_metadata().items()}
+    headers.update({n: head.headers[n] for n in _CONTENT_HEADERS if n in head.headers})
+    source = "/" + quote(f"{src_bucket}/{src_key}", safe="/~")
+    if opened.manifest is not None or total > gw.config.backend.max_copy_bytes:
+        backend_etag, _ = await _multipart_copy(gw, dst_bucket, dst_key, headers, source, total)
+    else:
+        headers["x-amz-copy-source"] = source
+        headers["x-amz-metadata-directive"] = "REPLACE"
+        root = await _xml_call(gw, "PUT", dst_bucket, dst_key, headers=headers)
+        backend_etag = (_find_text(root, "ETag") or "").strip().strip('"')
+    if opened.manifest is not None:
+        manifest = Manifest(opened.manifest.parts, backend_etag, opened.manifest.etag)
+        await _put_record(gw, dst_bucket, dst_key, manifest, manifest.seal(opened.data_key, env.salt))
+    return "copied", total
+
+
+async def copy(
+    gw: Gateway,
+    src: tuple[str, str],
+    dst: tuple[str, str],
+    to_key: str,
+    *,
+    recursive: bool = False,
+    identity: str | None = None,
+    progress: Callable[[str, int], None] | None = None,
+) -> CopyReport:
+    """Copy one object, or with `recursive` every object under the source prefix (the rest of
+    each key is appended to the destination prefix). Failures are reported, not fatal."""
+    report = CopyReport()
+    (src_bucket, src_prefix), (dst_bucket, dst_prefix) = src, dst
+    if recursive:
+        items = [(k, size) async for k, size in list_keys(gw, src_bucket, src_prefix)]
+        pairs = [(k, dst_prefix + k[len(src_prefix) :], size) for k, size in items]
+    else:
+        pairs = [(src_prefix, dst_prefix or src_prefix, 0)]
+    for src_key, dst_key, size in pairs:
+        try:
+            outcome, size = await copy_object(gw, src_bucket, src_key, dst_bucket, dst_key, to_key, identity=identity)
+        except (S3Error, KeyringError, FormatError) as exc:
+            report.skipped.append((src_key, exc.message if isinstance(exc, S3Error | KeyringError) else str(exc)))
+            outcome = "skipped"
+        if outcome == "copied":
+            report.copied += 1
+            report.bytes += size
+        elif outcome == "already":
+            report.already += 1
+        if progress is not None:
+            progress(outcome, size)
+    return report
+
+
+@click.command("copy")
+@click.argument("source")
+@click.argument("destination")
+@click.option("--to-key", required=True, help="Master key to wrap the copies' data keys under (id, alias or ARN).")
+@click.option("--config", "config_path", type=click.Path(path_type=Path), required=True, help="TOML config file.")
+@click.option("--recursive", is_flag=True, help="SOURCE and DESTINATION are prefixes: copy every object below.")
+@click.option("--as", "identity", default=None, help="Apply the [[keys]] policy of this client name.")
+def copy_cmd(
+    source: str, destination: str, to_key: str, config_path: Path, recursive: bool, identity: str | None
+) -> None:
+    """Copy s3://A/k to s3://B/k2 under master key --to-key; the backend copies the body.
+
+    Safe to interrupt and re-run: finished copies are recognised and skipped."""
+    from proxy.config import ConfigError, load_config
+    from proxy.server.run import make_backend, make_keyring, make_materials
+
+    logging.basicConfig(level=logging.WARNING)
+    try:
+        config = load_config(config_path)
+        src, dst = parse_s3_url(source), parse_s3_url(destination)
+    except (ConfigError, ValueError) as exc:
+        click.echo(f"sealgate: {exc}", err=True)
+        sys.exit(2)
+    if not recursive and not src[1]:
+        click.echo("sealgate: SOURCE names no object (use --recursive for a prefix)", err=True)
+        sys.exit(2)
+    tty = sys.stderr.isatty()
+    counts = {"copied": 0, "already": 0, "skipped": 0, "bytes": 0}
+
+    def progress(outcome: str, size: int) -> None:
+        counts[outcome] += 1
+        if outcome == "copied":
+            counts["bytes"] += size
+        if tty:
+            click.echo(
+                f"\rcopied {counts['copied']} ({counts['bytes'] / 1e6:.1f} MB), "
+                f"already done {counts['already']}, skipped {counts['skipped']}",
+                nl=False,
+                err=True,
+            )
+
+    async def go() -> CopyReport:
+        backend = make_backend(config)
+        materials = make_materials(config, make_keyring(config))
+        await backend.start()
+        try:
+            gw = Gateway(config, backend, materials)
+            return await copy(gw, src, dst, to_key, recursive=recursive, identity=identity, progress=progress)
+        finally:
+            await backend.close()
+            await materials.close()
+
+    report = asyncio.run(go())
+    if tty:
+        click.echo("", err=True)
+    click.echo(
+        f"copied {report.copied} objects ({report.bytes} bytes), {report.already} already copied, "
+        f"{len(report.skipped)} skipped"
+    )
+    for key, why in report.skipped:
+        click.echo(f"  skipped {key}: {why}")
+    if report.skipped:
+        sys.exit(1)

@@ -1,0 +1,129 @@
+"""Key administration over the proxy, for identities with ``admin`` rights in ``[[keys]]``.
+
+As in AWS KMS, administering a key (seeing its metadata, rotating it) is a right of its own,
+separate from using it to encrypt or decrypt. Requests are SigV4-signed like S3 requests:
+
+- ``GET /-/keys``: JSON list of the keys the caller may administer, with their versions.
+- ``POST /-/keys/<id>/rotate``: a new current version of local key ``<id>``; new objects use it
+  (every sealgate process on the keyring file picks it up within a second), older versions
+  still decrypt.
+
+Admin rights exist only where granted: without ``[[keys]]`` tables nobody is an admin (unlike
+encrypt/decrypt, which are open to every client then). Every call is audited; a refusal is a
+403 AccessDenied S3 error and a "denied" audit record. Responses never hold key material.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+from typing import Any
+
+from aiohttp import web
+
+from proxy.audit import AuditContext, Outcome, audit_context
+from proxy.s3.errors import S3Error
+from proxy.s3.sigv4 import VerifiedRequest
+from proxy.server.state import REQUEST_ID, Gateway
+
+log = logging.getLogger("sealgate.admin")
+
+PREFIX = "/-/keys"
+_ROTATE = re.compile(r"/-/keys/([A-Za-z0-9_.-]{1,64})/rotate")
+
+
+def may_admin(gw: Gateway, identity: str, key_id: str) -> bool:
+    """Whether `identity` holds an explicit ``admin`` grant on `key_id` (default deny)."""
+    return bool(gw.config.keys) and gw.config.may_use_key(identity, "admin", key_id)
+
+
+def _audit(gw: Gateway, operation: str, outcome: Outcome, *, key_id: str | None, **kw: Any) -> None:
+    if gw.audit is not None:
+        gw.audit.record(operation, outcome, key_id=key_id, **kw)
+
+
+def _deny(gw: Gateway, identity: str, operation: str, key_id: str | None, why: str) -> S3Error:
+    _audit(gw, operation, "denied", key_id=key_id, reason=why)
+    log.warning("admin denied: %s may not %s key %s (%s)", identity, operation, key_id, why)
+    return S3Error("AccessDenied", f"client {identity!r} may not administer this key", 403)
+
+
+def _json(doc: Any) -> web.Response:
+    return web.Response(body=json.dumps(doc, indent=1).encode() + b"\n", content_type="application/json")
+
+
+def _open_store(gw: Gateway) -> Any:
+    """The local keyring file, opened afresh (it may have changed since start-up)."""
+    from proxy.kms.local import LocalKeyStore, passphrase_from
+
+    kms = gw.config.kms
+    assert kms.keyring is not None
+    return LocalKeyStore.open(kms.keyring, passphrase_from(kms.passphrase_env, kms.passphrase_file))
+
+
+def _info_doc(info: Any) -> dict[str, Any]:
+    return {
+        "id": info.id,
+        "provider": "local",
+        "type": info.type,
+        "origin": info.origin,
+        "versions": info.versions,
+        "current_version": info.current_version,
+        "rotation_period_days": info.rotation_period_days,
+        "created": info.created.isoformat(),
+        "last_rotated": info.last_rotated.isoformat() if info.last_rotated else None,
+    }
+
+
+async def handle(gw: Gateway, request: web.Request, verified: VerifiedRequest) -> web.StreamResponse:
+    """Serve one admin request from an authenticated client."""
+    identity = verified.identity
+    audit_context.set(AuditContext(identity=identity, source=request.remote, request_id=request.get(REQUEST_ID)))
+    if request.content_length:
+        raise S3Error("InvalidRequest", "admin requests take no body", 400)
+    path = request.path.rstrip("/")
+    if path == PREFIX and request.method == "GET":
+        return await _list(gw, identity)
+    m = _ROTATE.fullmatch(path)
+    if m is not None and request.method == "POST":
+        return await _rotate(gw, identity, m.group(1))
+    raise S3Error("InvalidRequest", "unknown admin request (GET /-/keys, POST /-/keys/<id>/rotate)", 400)
+
+
+async def _list(gw: Gateway, identity: str) -> web.StreamResponse:
+    if gw.config.kms.provider == "local":
+        infos = await asyncio.to_thread(lambda: _open_store(gw).list_keys())
+        keys = [_info_doc(i) for i in infos if may_admin(gw, identity, i.id)]
+    else:
+        # KMS keeps versions and metadata itself; list the keys this identity administers.
+        keys = [{"id": p.id, "provider": "aws-kms"} for p in gw.config.keys if may_admin(gw, identity, p.id)]
+    _audit(gw, "list-keys", "allowed", key_id=None, reason=f"{len(keys)} keys")
+    return _json({"keys": keys})
+
+
+async def _rotate(gw: Gateway, identity: str, key_id: str) -> web.StreamResponse:
+    if not may_admin(gw, identity, key_id):
+        raise _deny(gw, identity, "rotate", key_id, "policy")
+    if gw.config.kms.provider != "local":
+        _audit(gw, "rotate", "error", key_id=key_id, reason="NotImplemented")
+        raise S3Error("NotImplemented", "aws-kms keys rotate in KMS (automatic rotation or RotateKeyOnDemand)", 501)
+    from proxy.kms.local import KeyringFileError
+
+    def rotate() -> Any:
+        # Opened afresh so a rotation by another process (or `sealgate keys rotate`) is kept.
+        store = _open_store(gw)
+        info = store.rotate_key(key_id)
+        store.save()
+        return info
+
+    try:
+        info = await asyncio.to_thread(rotate)
+    except KeyringFileError as exc:
+        _audit(gw, "rotate", "error", key_id=key_id, reason="KeyringFileError")
+        # The message names the key and why (no such key, imported), never material.
+        raise S3Error("InvalidRequest", str(exc).rsplit(" in /", 1)[0], 400) from None
+    _audit(gw, "rotate", "allowed", key_id=key_id, key_version=f"local:{key_id}:{info.current_version}")
+    log.info("key %s rotated by %s: now version %s", key_id, identity, info.current_version)
+    return _json({"key": _info_doc(info)})
