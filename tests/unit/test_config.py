@@ -518,3 +518,36 @@ def test_model_validate_without_a_file() -> None:
     )
     assert config.backend.endpoint == "https://s3.example"
     assert config.kms.region is None
+
+
+# --- asymmetric aws-kms keys and encrypt-only keys ----------------------------------------------
+
+RSA_ARN = "arn:aws:kms:eu-west-2:111122223333:key/11111111-2222-3333-4444-555555555555"
+
+
+def test_rsa_keys_and_encrypt_only_mode(workdir: Path) -> None:
+    kms = AWS_KMS + f'default_key = "{RSA_ARN}"\nrsa_keys = ["{RSA_ARN}"]\n'
+    keys = [f'id = "{RSA_ARN}"\nencrypt = ["alice"]\nmode = "encrypt-only"\n']
+    config = load_config(write(workdir, render(kms=kms, keys=keys)), ENV)
+    assert config.kms.rsa_keys == (RSA_ARN,)
+    # Stored references of RSA KMS keys are marked; the policy still names them by ARN.
+    assert config.encrypt_only(f"kms-rsa:{RSA_ARN}")
+    assert config.encrypt_only(RSA_ARN)
+    assert not config.encrypt_only("arn:aws:kms:eu-west-2:111122223333:key/other")
+    assert config.may_use_key("alice", "encrypt", f"kms-rsa:{RSA_ARN}")
+    assert not config.may_use_key("alice", "decrypt", f"kms-rsa:{RSA_ARN}")
+
+
+@pytest.mark.parametrize(
+    ("sections", "expected"),
+    [
+        (
+            {"kms": AWS_KMS + 'default_key = "alias/a"\nrsa_keys = ["not a key"]\n'},
+            "kms.rsa_keys[0]: must be a KMS key id",
+        ),
+        ({"kms": KMS + 'rsa_keys = ["alias/a"]\n'}, 'kms.rsa_keys: only used when provider = "aws-kms"'),
+        ({"keys": ['id = "default"\nmode = "write-only"\n']}, 'keys[0].mode: must be "read-write" or "encrypt-only"'),
+    ],
+)
+def test_rsa_keys_and_mode_errors(workdir: Path, sections: dict[str, str | list[str]], expected: str) -> None:
+    assert expected in error_of(write(workdir, render(**sections)))
