@@ -89,6 +89,8 @@ _CLIENT_NAME = re.compile(r"^[A-Za-z0-9._@-]{1,64}$")
 _BUCKET_GLOB = re.compile(r"^[a-z0-9.\-*?\[\]!]{1,63}$")
 _AWS_KEY_ID = re.compile(r"^(?:[0-9a-f]{8}-(?:[0-9a-f]{4}-){3}[0-9a-f]{12}|mrk-[0-9a-f]{32})$")
 MIN_SECRET_LENGTH = 16
+#: How ``[[clients]] cert_identities`` name a certificate: subject CN, or a SAN of that type.
+CERT_IDENTITY_KINDS = ("CN=", "DNS:", "email:", "URI:")
 
 
 def parse_address(value: str) -> tuple[str, int]:
@@ -200,6 +202,18 @@ class ServerConfig(_Model):
     max_headers: StrictInt = Field(default=128, ge=16, le=4096)
     #: Host suffixes for virtual-hosted-style requests (``bucket.<domain>``).
     virtual_host_domains: tuple[StrictStr, ...] = ("localhost",)
+    #: Mutual TLS: clients must present a certificate issued by this CA (PEM bundle).
+    tls_client_ca: ConfigPath | None = None
+    #: How often the certificate, key and client CA files are checked for changes (0: only on
+    #: SIGHUP). A changed set that does not load is logged and the running one kept.
+    tls_reload_seconds: float = Field(default=5.0, ge=0, le=3600)
+    #: The TLS handshake, and each request's headers, must be complete within this long
+    #: (counted from the connection, or from the first byte of a request on a kept-alive one).
+    header_timeout_seconds: float = Field(default=15.0, gt=0, le=3600)
+    #: Open client connections per process; at the cap sealgate stops accepting until one closes.
+    max_connections: StrictInt = Field(default=1024, ge=1, le=1_000_000)
+    #: On SIGTERM: how long requests in flight may still run before their connections are cut.
+    shutdown_timeout_seconds: float = Field(default=30.0, ge=0, le=3600)
 
     _check_listen = field_validator("listen", "plain_http_listen")(_check_address)
 
@@ -220,7 +234,7 @@ class ServerConfig(_Model):
         else:
             if self.plain_http_listen is None:
                 raise _Invalid(("plain_http_listen",), "required when tls = false")
-            for key in ("listen", "tls_cert", "tls_key"):
+            for key in ("listen", "tls_cert", "tls_key", "tls_client_ca"):
                 if getattr(self, key) is not None:
                     raise _Invalid((key,), "not used when tls = false; remove it or set tls = true")
         plain = self.plain_http_listen
@@ -433,6 +447,10 @@ class ClientConfig(_Model):
     secret_access_key: SecretStr
     #: Groups this client belongs to, for key policies (``group:NAME``).
     groups: tuple[StrictStr, ...] = ()
+    #: Mutual TLS: client certificates that are this client, as ``CN=name`` (subject common
+    #: name) or a subject alternative name ``DNS:host``, ``email:addr``, ``URI:uri``. When set,
+    #: this client's keys are accepted only over a connection with such a certificate.
+    cert_identities: tuple[StrictStr, ...] = ()
 
     @field_validator("name")
     @classmethod
@@ -440,6 +458,15 @@ class ClientConfig(_Model):
         if not _CLIENT_NAME.match(name):
             raise ValueError(f'must be 1-64 characters of A-Z a-z 0-9 . _ @ -, got "{name}"')
         return name
+
+    @field_validator("cert_identities")
+    @classmethod
+    def _check_cert_identities(cls, names: tuple[str, ...]) -> tuple[str, ...]:
+        for i, name in enumerate(names):
+            kind = next((k for k in CERT_IDENTITY_KINDS if name.startswith(k)), None)
+            if kind is None or not name[len(kind) :].strip():
+                raise _Invalid((i,), f'must be "CN=name", "DNS:host", "email:addr" or "URI:uri", got "{name}"')
+        return names
 
     @field_validator("access_key_id")
     @classmethod

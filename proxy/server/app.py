@@ -22,6 +22,7 @@ from proxy.s3.routing import Route, route
 from proxy.s3.sigv4 import ClientCredentials, VerifiedRequest, verify_request
 from proxy.server import admin, buckets, copy, multipart, objects
 from proxy.server.state import IDENTITY, REQUEST_ID, Gateway
+from proxy.server.tls import check_client_certificate
 
 log = logging.getLogger("sealgate.access")
 
@@ -107,6 +108,9 @@ def _authenticate(request: web.Request) -> VerifiedRequest:
         datetime.now(UTC),
         max_skew=timedelta(seconds=gw.config.server.client_max_skew_seconds),
     )
+    # Mutual TLS: a client certificate and the SigV4 key must name the same client.
+    peercert = request.transport.get_extra_info("peercert") if request.transport is not None else None
+    check_client_certificate(gw.config, peercert, verified.identity)
     request[_VERIFIED] = verified
     request[IDENTITY] = verified.identity
     return verified

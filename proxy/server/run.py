@@ -7,7 +7,7 @@ import logging
 import os
 import signal
 from contextlib import suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from aiohttp import web
@@ -18,7 +18,8 @@ from proxy.config import Config
 from proxy.kms.base import Keyring
 from proxy.kms.materials import Materials, ReuseLimits
 from proxy.server.app import GATEWAY, build_app
-from proxy.server.tls import backend_ssl_context, server_ssl_context
+from proxy.server.listener import Connections, GuardedSite, bind
+from proxy.server.tls import CertificateReloader, TLSConfigError, backend_ssl_context, cert_binding_problem
 
 log = logging.getLogger("sealgate")
 
@@ -92,62 +93,85 @@ def make_backend(config: Config) -> Backend:
 
 @dataclass
 class Running:
-    """A started server: its runner and the addresses it listens on."""
+    """A started server: its runner, listeners, connections and the addresses it listens on."""
 
     runner: web.AppRunner
     tls_port: int | None
     plain_port: int | None
+    connections: Connections | None = None
+    certificates: CertificateReloader | None = None
+    shutdown_timeout: float = 30.0
+    sites: list[GuardedSite] = field(default_factory=list)
+    watch: asyncio.Task[None] | None = None
 
-    async def stop(self) -> None:
-        """Stop listening and close the backend and keyring."""
+    async def stop(self, timeout: float | None = None) -> None:
+        """Graceful shutdown: stop accepting (new connections are refused), let requests in flight
+        finish for up to `timeout` seconds (default ``server.shutdown_timeout_seconds``), cut
+        the rest, then close the backend and keyring."""
+        if self.watch is not None:
+            self.watch.cancel()
+        for site in self.sites:
+            await site.stop()
+        if self.connections is not None:
+            await self.connections.drain(self.shutdown_timeout if timeout is None else timeout)
         await self.runner.cleanup()
+
+    def reload_tls(self) -> bool | None:
+        """Load the certificate, key and client CA files again (None without TLS)."""
+        return self.certificates.reload() if self.certificates is not None else None
 
 
 async def start(config: Config, *, keyring: Keyring | None = None) -> Running:
     """Bind the listeners and start serving; returns once they accept connections."""
+    srv = config.server
+    problem = cert_binding_problem(config)
+    if problem is not None:
+        raise TLSConfigError(problem)
+    certificates = CertificateReloader.from_config(srv) if srv.tls else None
     base = keyring or make_keyring(config)
     audit = open_audit(config)
     if audit is not None:
         base = AuditingKeyring(base, audit)
     app = build_app(config, make_materials(config, base, audit), make_backend(config), audit)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    connections = Connections(srv.max_connections, srv.header_timeout_seconds)
+    app.on_response_prepare.append(connections.on_response_prepare)
+    # Requests in flight get their time in Connections.drain; this only bounds handlers that
+    # outlive their cut connection.
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=2.0)
     await runner.setup()
-    tls_port = plain_port = None
-    srv = config.server
-    if srv.tls:
+    running = Running(runner, None, None, connections, certificates, srv.shutdown_timeout_seconds)
+    if certificates is not None:
         host, port = srv.listen_address
-        assert srv.tls_cert is not None and srv.tls_key is not None
-        ctx = server_ssl_context(srv.tls_cert, srv.tls_key)
-        site = web.TCPSite(runner, host, port, ssl_context=ctx, reuse_port=srv.workers > 1)
+        site = GuardedSite(
+            runner, bind(host, port, reuse_port=srv.workers > 1), connections, lambda: certificates.context
+        )
         await site.start()
-        tls_port = _bound_port(site)
-        log.info("sealgate serving https on %s:%s", host, tls_port)
+        running.sites.append(site)
+        running.tls_port = site.port
+        log.info("sealgate serving https on %s:%s", host, site.port)
+        if srv.tls_reload_seconds > 0:
+            running.watch = asyncio.get_running_loop().create_task(certificates.watch(srv.tls_reload_seconds))
     if srv.plain_http_listen:
         host, port = srv.plain_http_address
-        site = web.TCPSite(runner, host, port, reuse_port=srv.workers > 1)
+        site = GuardedSite(runner, bind(host, port, reuse_port=srv.workers > 1), connections)
         await site.start()
-        plain_port = _bound_port(site)
+        running.sites.append(site)
+        plain_port = running.plain_port = site.port
         log.warning(
             "plain-HTTP listener on %s:%s: requests and bodies cross it unencrypted; "
             "use it only on loopback or inside a pod",
             host,
             plain_port,
         )
-    return Running(runner, tls_port, plain_port)
-
-
-def _bound_port(site: web.TCPSite) -> int:
-    server = site._server  # aiohttp exposes no public accessor for the bound socket
-    assert server is not None
-    sockets = getattr(server, "sockets", None) or []
-    return int(sockets[0].getsockname()[1])
+    return running
 
 
 def reload_config(running: Running, path: Path) -> bool:
     """Apply a changed config file to a running server: clients, key policies, bucket rules.
 
     Connections stay up; requests already running finish under the old config. Listener, TLS,
-    backend and KMS settings need a restart. A config that does not load is logged and ignored.
+    backend and KMS settings need a restart (SIGHUP re-reads the certificate files themselves,
+    see `Running.reload_tls`). A config that does not load is logged and ignored.
     """
     from proxy.config import ConfigError, load_config
 
@@ -156,13 +180,18 @@ def reload_config(running: Running, path: Path) -> bool:
     except ConfigError as exc:
         log.error("config reload refused, keeping the running config: %s", exc)
         return False
+    problem = cert_binding_problem(new)
+    if problem is not None:
+        log.error("config reload refused, keeping the running config: %s: %s", path, problem)
+        return False
     running.runner.app[GATEWAY].config = new
     log.info("config reloaded from %s", path)
     return True
 
 
 def serve(config: Config, config_path: Path | None = None) -> None:
-    """Run until SIGINT/SIGTERM; SIGHUP re-reads `config_path` (see reload_config).
+    """Run until SIGINT/SIGTERM (graceful: see `Running.stop`); SIGHUP re-reads `config_path`
+    (see reload_config) and the TLS certificate and key.
 
     With ``workers = N`` the process forks N-1 more before any event loop exists; all of them
     listen on the same port (SO_REUSEPORT) and the kernel spreads connections. Signals sent to
@@ -202,12 +231,13 @@ def _serve_one(config: Config, config_path: Path | None, children: list[int]) ->
             forward(signal.SIGHUP)
             if config_path is not None:
                 reload_config(running, config_path)
+            running.reload_tls()
 
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, on_stop, sig)
         loop.add_signal_handler(signal.SIGHUP, on_hup)
         await stop.wait()
-        log.info("shutting down")
+        log.info("shutting down: no new connections; requests in flight get %ss", running.shutdown_timeout)
         await running.stop()
 
     try:

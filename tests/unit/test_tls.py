@@ -17,7 +17,17 @@ from pathlib import Path
 import pytest
 import trustme
 
-from proxy.server.tls import TLSConfigError, backend_ssl_context, server_ssl_context
+from proxy.config import Config
+from proxy.s3.errors import S3Error
+from proxy.server.tls import (
+    CertificateReloader,
+    TLSConfigError,
+    backend_ssl_context,
+    cert_binding_problem,
+    check_client_certificate,
+    peer_identities,
+    server_ssl_context,
+)
 
 
 @dataclass
@@ -204,6 +214,15 @@ def test_context_settings(server_ctx: ssl.SSLContext) -> None:
     assert server_ctx.verify_mode == ssl.CERT_NONE
 
 
+@pytest.mark.parametrize(
+    ("group", "accepted"),
+    [("X25519", True), ("prime256v1", True), ("secp384r1", True), ("secp521r1", False), ("X448", False)],
+)
+def test_key_exchange_groups(ca: trustme.CA, server_ctx: ssl.SSLContext, group: str, accepted: bool) -> None:
+    out = handshake(server_ctx, client(ca, lambda ctx: ctx.set_ecdh_curve(group)))
+    assert out.ok is accepted, out
+
+
 def test_alpn_is_http11(ca: trustme.CA, server_ctx: ssl.SSLContext) -> None:
     out = handshake(server_ctx, client(ca, lambda ctx: ctx.set_alpn_protocols(["h2", "http/1.1"])))
     assert out.ok, out
@@ -308,3 +327,125 @@ def test_backend_ca_bundle_errors(tmp_path: Path) -> None:
     junk.write_text("junk\n")
     with pytest.raises(TLSConfigError, match="cannot load backend CA bundle"):
         backend_ssl_context(junk)
+
+
+# --- mutual TLS identities -------------------------------------------------------------------
+
+
+def peercert_of(cert: trustme.LeafCert, client_ca: trustme.CA, tmp_path: Path) -> dict[str, object]:
+    """What the server's ssl module reports for `cert` after a real handshake."""
+    server = trustme.CA()
+    ca_path = tmp_path / "client-ca.pem"
+    client_ca.cert_pem.write_to_path(str(ca_path))
+    ctx = server_ssl_context(*write_chain(server.issue_cert("localhost"), tmp_path), client_ca=ca_path)
+    seen: dict[str, object] = {}
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+
+        def serve() -> None:
+            conn, _ = listener.accept()
+            with ctx.wrap_socket(conn, server_side=True) as tls:
+                seen.update(tls.getpeercert() or {})
+                tls.sendall(b"ok")
+
+        thread = threading.Thread(target=serve, daemon=True)
+        thread.start()
+        with (
+            socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
+            client(server, cert.configure_cert).wrap_socket(raw, server_hostname="localhost") as tls,
+        ):
+            tls.recv(2)
+        thread.join(10)
+    return seen
+
+
+def test_peer_identities_from_a_real_certificate(tmp_path: Path) -> None:
+    client_ca = trustme.CA()
+    cert = client_ca.issue_cert("Alice.Example", "alice@example.com", common_name="alice")
+    names = peer_identities(peercert_of(cert, client_ca, tmp_path))
+    assert names == {"CN=alice", "DNS:alice.example", "email:alice@example.com"}
+    assert peer_identities(None) == frozenset() and peer_identities({}) == frozenset()
+
+
+def config_with(clients: list[dict[str, object]], client_ca: bool = True) -> Config:
+    server: dict[str, object] = {"tls": False, "plain_http_listen": "127.0.0.1:8080"}
+    if client_ca:
+        server = {"listen": "127.0.0.1:8443", "tls_cert": "c.pem", "tls_key": "k.pem", "tls_client_ca": "ca.pem"}
+    return Config.model_validate(
+        {
+            "server": server,
+            "backend": {"endpoint": "http://127.0.0.1:9000", "region": "us-east-1"},
+            "kms": {"provider": "local", "default_key": "k", "keyring": "kr", "passphrase_env": "P"},
+            "clients": [
+                {"access_key_id": f"SGUNITCLIENT{i:08d}", "secret_access_key": "s" * 16, **c}
+                for i, c in enumerate(clients)
+            ],
+        }
+    )
+
+
+def cert_named(*names: tuple[str, str]) -> dict[str, object]:
+    sans = tuple((kind, value) for kind, value in names if kind != "commonName")
+    subject = tuple(((kind, value),) for kind, value in names if kind == "commonName")
+    return {"subject": subject, "subjectAltName": sans}
+
+
+def test_certificate_binding() -> None:
+    cfg = config_with(
+        [
+            {"name": "alice", "cert_identities": ["CN=alice", "DNS:Alice.example"]},
+            {"name": "bob", "cert_identities": ["URI:spiffe://corp/bob"]},
+            {"name": "carol"},
+        ]
+    )
+    alice = cert_named(("commonName", "alice"))
+    by_dns = cert_named(("DNS", "ALICE.example"))
+    bob = cert_named(("URI", "spiffe://corp/bob"), ("commonName", "alice-lookalike"))
+    nobody = cert_named(("commonName", "dave"))
+    check_client_certificate(cfg, alice, "alice")
+    check_client_certificate(cfg, by_dns, "alice")
+    check_client_certificate(cfg, bob, "bob")
+    check_client_certificate(cfg, nobody, "carol")
+    check_client_certificate(cfg, None, "carol")  # plain listener, unbound client
+    for cert, name in [(alice, "bob"), (alice, "carol"), (bob, "alice"), (nobody, "alice"), (None, "bob")]:
+        with pytest.raises(S3Error) as err:
+            check_client_certificate(cfg, cert, name)
+        assert err.value.code == "AccessDenied" and err.value.status == 403
+
+
+def test_certificate_binding_config_problems() -> None:
+    assert cert_binding_problem(config_with([{"name": "a", "cert_identities": ["CN=a"]}])) is None
+    twice = config_with(
+        [{"name": "a", "cert_identities": ["DNS:x.example"]}, {"name": "b", "cert_identities": ["DNS:X.example"]}]
+    )
+    assert "also client a's" in (cert_binding_problem(twice) or "")
+    without_ca = config_with([{"name": "a", "cert_identities": ["CN=a"]}], client_ca=False)
+    assert "server.tls_client_ca" in (cert_binding_problem(without_ca) or "")
+    with pytest.raises(ValueError, match="cert_identities"):
+        config_with([{"name": "a", "cert_identities": ["alice"]}])
+
+
+# --- hot reload ------------------------------------------------------------------------------
+
+
+def test_reloader_swaps_context_and_keeps_it_on_bad_files(ca: trustme.CA, tmp_path: Path) -> None:
+    cert_path, key_path = write_chain(ca.issue_cert("localhost"), tmp_path)
+    reloader = CertificateReloader(cert_path, key_path)
+    first = reloader.context
+    assert reloader.reload_if_changed() is None
+    assert handshake(first, client(ca)).ok
+
+    other_ca = trustme.CA()
+    write_chain(other_ca.issue_cert("localhost"), tmp_path)
+    assert reloader.reload_if_changed() is True
+    assert reloader.context is not first
+    assert handshake(reloader.context, client(other_ca)).ok
+    assert handshake(first, client(ca)).ok  # the old context, held by old connections, still works
+
+    good = reloader.context
+    cert_path.write_bytes(ca.issue_cert("localhost").cert_chain_pems[0].bytes())  # key does not match
+    assert reloader.reload_if_changed() is False
+    assert reloader.context is good
+    assert reloader.reload_if_changed() is None  # no retry until the files change again
+    key_path.unlink()
+    assert reloader.reload() is False and reloader.context is good
