@@ -19,6 +19,7 @@ LATENCY = Histogram(
 BYTES_IN = Counter("sealgate_plaintext_bytes_received_total", "Object bytes received from clients.", registry=REGISTRY)
 BYTES_OUT = Counter("sealgate_response_bytes_sent_total", "Response body bytes sent to clients.", registry=REGISTRY)
 ACTIVE = Gauge("sealgate_requests_in_flight", "Requests being served now.", registry=REGISTRY)
+CONNECTIONS = Gauge("sealgate_connections_open", "Client connections open now.", registry=REGISTRY)
 KMS_CALLS = Counter(
     "sealgate_keyring_calls_total",
     "Keyring / KMS calls by operation and outcome.",

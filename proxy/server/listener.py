@@ -29,6 +29,8 @@ from typing import Any, cast
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
+from proxy.metrics import CONNECTIONS
+
 log = logging.getLogger("sealgate.listener")
 
 __all__ = ["Connections", "GuardedSite", "bind"]
@@ -59,6 +61,7 @@ class _Guard(asyncio.Protocol):
         # uvloop's transports do not derive from asyncio.Transport, but have its methods.
         self.transport = cast(asyncio.Transport, transport)
         self._connections.open.add(self)
+        CONNECTIONS.inc()
         self.inner.connection_made(self.transport)
         self._arm()
 
@@ -138,6 +141,8 @@ class _Guard(asyncio.Protocol):
         """Give back the connection slot (once)."""
         if not self._released:
             self._released = True
+            if self in self._connections.open:
+                CONNECTIONS.dec()
             self._connections.open.discard(self)
             self._connections.slots.release()
 

@@ -184,6 +184,9 @@ def test_readyz_and_metrics(stack: Stack, bucket: str) -> None:
     assert 'sealgate_requests_total{operation="GetObject",status="200"}' in text
     assert 'sealgate_keyring_calls_total{operation="generate",outcome="ok"}' in text
     assert "sealgate_request_seconds_bucket" in text
+    # The connection asking for the metrics is open while they are rendered.
+    open_now = [line for line in text.splitlines() if line.startswith("sealgate_connections_open ")]
+    assert open_now and float(open_now[0].split()[1]) >= 1
 
 
 def test_readyz_reports_backend_down(tls_files, tmp_path) -> None:  # type: ignore[no-untyped-def]
