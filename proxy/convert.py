@@ -252,8 +252,7 @@ async def convert(
     failures are reported, not fatal."""
     if to not in TARGETS:
         raise ConvertError(f"unknown target format {to!r} (one of {', '.join(TARGETS)})")
-    if to == "s3ec-v3" and gw.config.kms.provider != "aws-kms":
-        raise ConvertError("S3EC V3 objects are written with kms+context: converting to s3ec-v3 needs provider aws-kms")
+
     report = ConvertReport()
     async for key, _size in list_keys(gw, bucket, prefix):
         if limit is not None and report.converted >= limit:

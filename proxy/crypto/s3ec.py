@@ -53,6 +53,8 @@ from typing import Final, Literal
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes, padding
+from cryptography.hazmat.primitives.asymmetric import padding as rsa_padding
+from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
@@ -378,6 +380,31 @@ def unwrap_aes_gcm(envelope: S3ecEnvelope, kek: bytes) -> bytes:
     raise InvalidWrappedKey("S3EC AES/GCM wrapped key does not unwrap under this key")
 
 
+def wrap_rsa_oaep_sha1(public_key: rsa.RSAPublicKey, data_key: bytes) -> bytes:
+    """RSA-OAEP-SHA1 key wrapping as the Java client's RsaOaepKeyring does it: OAEP with SHA-1
+    and MGF1-SHA1, no label, over a "pseudo data key" = key length (1 byte) || data key ||
+    content cipher name ("AES/GCM/NoPadding", for V2 and V3 alike)."""
+    pseudo = bytes([len(data_key)]) + data_key + CEK_ALG_V2.encode()
+    return public_key.encrypt(pseudo, _OAEP_SHA1)
+
+
+def unwrap_rsa_oaep_sha1(envelope: S3ecEnvelope, private_key: rsa.RSAPrivateKey) -> bytes:
+    """The data key of an RSA-OAEP-SHA1-wrapped envelope (see `wrap_rsa_oaep_sha1`)."""
+    if envelope.wrap_alg != WRAP_RSA_OAEP_SHA1:
+        raise S3ecFormatError(f"S3EC data key is wrapped with {envelope.wrap_alg}, not {WRAP_RSA_OAEP_SHA1}")
+    try:
+        pseudo = private_key.decrypt(envelope.wrapped_key, _OAEP_SHA1)
+    except ValueError:
+        raise InvalidWrappedKey("S3EC RSA-OAEP-SHA1 wrapped key does not unwrap under this key") from None
+    size = pseudo[0] if pseudo else 0
+    if size != DATA_KEY_SIZE or pseudo[1 + size :] != CEK_ALG_V2.encode():
+        raise InvalidWrappedKey("S3EC RSA-OAEP-SHA1 wrapped key names another key size or content cipher")
+    return pseudo[1 : 1 + size]
+
+
+_OAEP_SHA1: Final = rsa_padding.OAEP(mgf=rsa_padding.MGF1(hashes.SHA1()), algorithm=hashes.SHA1(), label=None)
+
+
 def unwrap_with_key(metadata: Mapping[str, str], kek: bytes) -> S3ecMaterials:
     """Materials for an AES/GCM-wrapped object, given the raw 256-bit wrapping key."""
     envelope = parse(metadata)
@@ -429,10 +456,12 @@ async def unwrap_s3ec(
     keyring: Keyring | None = None,
     kms_key_id: str | None = None,
     aes_key: bytes | None = None,
+    rsa_key: rsa.RSAPrivateKey | None = None,
     expected_context: Mapping[str, str] | None = None,
 ) -> S3ecMaterials:
     """Materials for any supported envelope: kms+context through `keyring`/`kms_key_id`,
-    AES/GCM with the raw `aes_key`. `S3ecUnsupported` for what cannot be opened here."""
+    AES/GCM with the raw `aes_key`, RSA-OAEP-SHA1 with `rsa_key`. `S3ecUnsupported` for what
+    cannot be opened here."""
     envelope = parse(metadata)
     if envelope.wrap_alg == WRAP_KMS_CONTEXT:
         if keyring is None or kms_key_id is None:
@@ -442,6 +471,10 @@ async def unwrap_s3ec(
         if aes_key is None:
             raise S3ecUnsupported("S3EC object is wrapped with AES/GCM; no raw AES key configured")
         return materials(envelope, unwrap_aes_gcm(envelope, aes_key))
+    if envelope.wrap_alg == WRAP_RSA_OAEP_SHA1:
+        if rsa_key is None:
+            raise S3ecUnsupported("S3EC object is wrapped with RSA-OAEP-SHA1; no RSA private key configured")
+        return materials(envelope, unwrap_rsa_oaep_sha1(envelope, rsa_key))
     raise S3ecUnsupported(f"S3EC key wrapping {envelope.wrap_alg} is not supported")
 
 

@@ -127,7 +127,6 @@ def unwrap(private: PrivateKey, wrapped: bytes, aad: bytes) -> bytes:
         raise InvalidWrappedKey("wrapped data key does not open under this key and context") from exc
 
 
-
 def _kms_tag(data_key: bytes, aad: bytes) -> bytes:
     return hmac.new(data_key, _KMS_TAG + aad, hashlib.sha256).digest()[:16]
 

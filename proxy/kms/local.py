@@ -66,6 +66,7 @@ from pathlib import Path
 from typing import Any
 
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
@@ -668,6 +669,38 @@ class LocalKeyring:
             raise InvalidWrappedKey(
                 f"wrapped key does not unwrap under {key_ref} with this encryption context"
             ) from None
+
+    def s3ec_wrapping_key(self, key_id: str) -> tuple[str, bytes]:
+        """(key reference, raw 256-bit material) of the newest version of symmetric key `key_id`,
+        for the AWS S3 Encryption Client's AES/GCM key wrapping, which needs the raw key."""
+        self._refresh()
+        current = self._store._current(key_id)
+        if current is None:
+            raise KeyAccessDenied(f"no master key {key_id!r} in the local keyring")
+        if self._store.key_type(key_id) != "aes-256":
+            raise KeyAccessDenied(f"key {key_id!r} is not an AES-256 key: S3EC AES/GCM wrapping needs one")
+        version, material = current
+        return f"local:{key_id}:{version}", material
+
+    def s3ec_unwrapping_keys(self, key_id: str) -> list[tuple[str, bytes | rsa.RSAPrivateKey]]:
+        """Every version of `key_id`, newest first, as S3EC unwraps with it: raw material of an
+        AES-256 key (AES/GCM), or the private key of an RSA key (RSA-OAEP-SHA1). S3EC objects
+        record no key id or version, so a reader tries each."""
+        self._refresh()
+        key = self._store._usable(key_id)
+        if key is None:
+            raise KeyAccessDenied(f"no usable master key {key_id!r} in the local keyring")
+        symmetric = self._store.key_type(key_id) == "aes-256"
+        out: list[tuple[str, bytes | rsa.RSAPrivateKey]] = []
+        for v in sorted(key.versions, key=lambda v: v.version, reverse=True):
+            ref = f"local:{key_id}:{v.version}"
+            if symmetric:
+                out.append((ref, v.material))
+                continue
+            private = asymmetric.load_private(v.material)
+            if isinstance(private, rsa.RSAPrivateKey):
+                out.append((ref, private))
+        return out
 
     async def close(self) -> None:
         """Nothing to release: the keys live in memory."""

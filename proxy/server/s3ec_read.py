@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 import weakref
 from collections.abc import AsyncIterable, AsyncIterator, Mapping
@@ -21,10 +22,12 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 from defusedxml import ElementTree
 
+from proxy.audit import AuditingKeyring
 from proxy.backend import BackendResponse
 from proxy.crypto import s3ec
 from proxy.crypto.format import FormatError, IntegrityError
-from proxy.kms.base import KeyringError
+from proxy.kms.base import InvalidWrappedKey, KeyringError
+from proxy.kms.local import LocalKeyring
 from proxy.s3.errors import S3Error
 from proxy.s3.ranges import parse_range
 from proxy.s3.sigv4 import VerifiedRequest
@@ -132,6 +135,9 @@ async def open_s3ec(
     try:
         if legacy:
             return await s3ec.unwrap_legacy(meta, gw.materials.keyring, key_id)
+        wrap_alg = s3ec.parse(meta).wrap_alg
+        if wrap_alg in (s3ec.WRAP_AES_GCM, s3ec.WRAP_RSA_OAEP_SHA1):
+            return await _unwrap_with_local_key(gw, bucket, key, meta, key_id, wrap_alg)
         return await s3ec.unwrap_s3ec(meta, keyring=gw.materials.keyring, kms_key_id=key_id)
     except s3ec.S3ecUnsupported as exc:
         raise S3Error("InvalidObjectState", f"cannot read this S3EC object here: {exc}", 403) from exc
@@ -139,6 +145,44 @@ async def open_s3ec(
         raise S3Error(exc.code, exc.message, exc.status) from exc
     except FormatError as exc:
         raise S3Error("ObjectIntegrityError", f"S3EC object failed authentication: {exc}", 500) from exc
+
+
+def _local_keyring(gw: Gateway) -> LocalKeyring | None:
+    keyring: object = gw.materials.keyring
+    if isinstance(keyring, AuditingKeyring):
+        keyring = keyring.inner
+    return keyring if isinstance(keyring, LocalKeyring) else None
+
+
+async def _unwrap_with_local_key(
+    gw: Gateway, bucket: str, key: str, meta: Mapping[str, str], key_id: str, wrap_alg: str
+) -> s3ec.S3ecMaterials:
+    """An AES/GCM- or RSA-OAEP-SHA1-wrapped S3EC object, opened with the bucket's local key.
+
+    S3EC records no key id or version for these wrappings: each version of the bucket's key is
+    tried, newest first (a wrong one fails its AES-GCM tag or OAEP check). The use is audited
+    like a keyring call."""
+    local = _local_keyring(gw)
+    if local is None:
+        raise s3ec.S3ecUnsupported(f"S3EC object is wrapped with {wrap_alg}: needs the local keyring's key")
+    for ref, material in local.s3ec_unwrapping_keys(key_id):
+        if isinstance(material, bytes) != (wrap_alg == s3ec.WRAP_AES_GCM):
+            continue
+        try:
+            if isinstance(material, bytes):
+                opened = await s3ec.unwrap_s3ec(meta, aes_key=material)
+            else:
+                opened = await s3ec.unwrap_s3ec(meta, rsa_key=material)
+        except InvalidWrappedKey:
+            continue
+        if gw.audit is not None:
+            key_name, _, version = ref.rpartition(":")
+            gw.audit.record(
+                "decrypt", "allowed", reason=f"s3ec {wrap_alg}", key_id=key_name, key_version=version,
+                bucket=bucket, object_key=key,
+            )  # fmt: skip
+        return opened
+    raise InvalidWrappedKey(f"S3EC {wrap_alg} wrapped key does not unwrap under any version of key {key_id!r}")
 
 
 async def s3ec_plaintext(
@@ -285,19 +329,34 @@ async def stream_s3ec(
 
 async def _new_data_key(
     gw: Gateway, request: web.Request | None, bucket: str, key: str
-) -> tuple[bytes, bytes, dict[str, str]]:
-    """(data key, wrapped data key, KMS encryption context) for a new S3EC V3 object."""
-    if gw.config.kms.provider != "aws-kms":
-        raise S3Error("InvalidRequest", "S3EC V3 objects are written with kms+context: needs provider aws-kms", 400)
+) -> tuple[bytes, bytes, str, dict[str, str] | None]:
+    """(data key, wrapped data key, wrapping, KMS encryption context) for a new S3EC V3 object:
+    kms+context with aws-kms, AES/GCM under the bucket's AES-256 key with the local keyring."""
     key_id = gw.config.key_for_bucket(bucket, key)
     if request is not None:
         require_key_use(gw, request, "encrypt", key_id)
+    if gw.config.kms.provider != "aws-kms":
+        local = _local_keyring(gw)
+        if local is None:
+            raise S3Error("InvalidRequest", "S3EC V3 objects need aws-kms or the local keyring", 400)
+        try:
+            ref, kek = local.s3ec_wrapping_key(key_id)
+        except KeyringError as exc:
+            raise S3Error(exc.code, exc.message, exc.status) from exc
+        data_key = os.urandom(s3ec.DATA_KEY_SIZE)
+        if gw.audit is not None:
+            key_name, _, version = ref.rpartition(":")
+            gw.audit.record(
+                "generate", "allowed", reason=f"s3ec {s3ec.WRAP_AES_GCM}", key_id=key_name, key_version=version,
+                bucket=bucket, object_key=key,
+            )  # fmt: skip
+        return data_key, s3ec.wrap_aes_gcm(kek, data_key), s3ec.WRAP_AES_GCM, None
     context = s3ec.kms_context()
     try:
-        data_key = await gw.materials.keyring.generate_data_key(key_id, context)
+        generated = await gw.materials.keyring.generate_data_key(key_id, context)
     except KeyringError as exc:
         raise S3Error(exc.code, exc.message, exc.status) from exc
-    return data_key.plaintext, data_key.wrapped, context
+    return generated.plaintext, generated.wrapped, s3ec.WRAP_KMS_CONTEXT, context
 
 
 def _object_headers(request: web.Request, s3ec_meta: Mapping[str, str]) -> dict[str, str]:
@@ -325,9 +384,9 @@ async def write_s3ec_v3(
     object's own (user metadata, Content-Type, ...). The tag (the body's last 16 bytes) is sent
     only after `plaintext` has ended without error (every check on it passed), so a failure
     stores nothing. Returns the backend's ETag."""
-    plain_key, wrapped, context = await _new_data_key(gw, request, bucket, key)
+    plain_key, wrapped, wrap_alg, context = await _new_data_key(gw, request, bucket, key)
     encryptor = s3ec.S3ecV3Encryptor(plain_key)
-    meta = encryptor.metadata(wrapped, s3ec.WRAP_KMS_CONTEXT, encryption_context=context)
+    meta = encryptor.metadata(wrapped, wrap_alg, encryption_context=context)
     out = {k: v for k, v in headers.items() if k.lower().removeprefix("x-amz-meta-") not in S3EC_FIELDS}
     out.update({f"x-amz-meta-{k}": v for k, v in meta.items()})
 
@@ -451,9 +510,9 @@ async def create_multipart(gw: Gateway, request: web.Request, bucket: str, key: 
         del reg[stale]
     if len(reg) >= MAX_LIVE_UPLOADS:
         raise S3Error("SlowDown", "too many s3ec-v3 multipart uploads in progress on this sealgate process", 503)
-    plain_key, wrapped, context = await _new_data_key(gw, request, bucket, key)
+    plain_key, wrapped, wrap_alg, context = await _new_data_key(gw, request, bucket, key)
     body = s3ec.S3ecV3Multipart(plain_key)
-    headers = _object_headers(request, body.metadata(wrapped, s3ec.WRAP_KMS_CONTEXT, encryption_context=context))
+    headers = _object_headers(request, body.metadata(wrapped, wrap_alg, encryption_context=context))
     _, doc = await gw.backend.read_ok("POST", bucket, key, query=[("uploads", "")], headers=headers, body=b"")
     backend_id = _find_text(ElementTree.fromstring(doc), "UploadId")
     if not backend_id:

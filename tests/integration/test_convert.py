@@ -169,12 +169,22 @@ def test_tampered_object_is_reported_and_left_as_it_was(kms_stack: tuple[Stack, 
     assert st.client().get_object(Bucket=bucket, Key="good")["Body"].read() == good
 
 
-def test_s3ec_target_needs_kms(moto_url: str, tls_files: dict[str, Path], tmp_path: Path) -> None:
+def test_local_keyring_converts_with_aes_gcm(moto_url: str, tls_files: dict[str, Path], tmp_path: Path) -> None:
+    """With the local keyring, s3ec-v3 objects are wrapped with AES/GCM under the bucket's key."""
     st = start_stack(tmp_path, moto_url, tls_files)
     try:
-        backend_client(moto_url).create_bucket(Bucket="convert-local")
+        s3, raw = st.client(), backend_client(moto_url)
+        s3.create_bucket(Bucket="convert-local")
+        data = os.urandom(70_000)
+        s3.put_object(Bucket="convert-local", Key="k", Body=data)
         result = run_convert(st, "convert-local", "s3ec-v3", "--no-progress")
-        assert result.exit_code == 1 and "needs provider aws-kms" in result.output
+        assert result.exit_code == 0, result.output
+        assert _format(raw, "convert-local", "k") == "s3ec-v3"
+        assert raw.head_object(Bucket="convert-local", Key="k")["Metadata"]["x-amz-w"] == "02"
+        assert s3.get_object(Bucket="convert-local", Key="k")["Body"].read() == data
+        assert run_convert(st, "convert-local", "sealgate", "--no-progress").exit_code == 0
+        assert _format(raw, "convert-local", "k") == "sealgate"
+        assert s3.get_object(Bucket="convert-local", Key="k")["Body"].read() == data
     finally:
         st.gate.stop()
 
