@@ -330,8 +330,7 @@ def rewrap(config_path: Path, bucket: str, prefix: str, to_key: str) -> None:
 
     from proxy.config import ConfigError, load_config
     from proxy.rewrap import rewrap as run_rewrap
-    from proxy.server.run import make_backend, make_keyring, make_materials
-    from proxy.server.state import Gateway
+    from proxy.server.run import operator_gateway
 
     logging.basicConfig(level=logging.WARNING)
     try:
@@ -355,14 +354,8 @@ def rewrap(config_path: Path, bucket: str, prefix: str, to_key: str) -> None:
             )
 
     async def go() -> object:
-        backend = make_backend(config)
-        materials = make_materials(config, make_keyring(config))
-        await backend.start()
-        try:
-            return await run_rewrap(Gateway(config, backend, materials), bucket, prefix, to_key, progress=progress)
-        finally:
-            await backend.close()
-            await materials.close()
+        async with operator_gateway(config) as gw:
+            return await run_rewrap(gw, bucket, prefix, to_key, progress=progress)
 
     report = asyncio.run(go())
     from proxy.rewrap import RewrapReport
@@ -391,8 +384,7 @@ def gc_cmd(config_path: Path, bucket: str, older_than: str, dry_run: bool) -> No
 
     from proxy.config import ConfigError, load_config
     from proxy.gc import gc, parse_age
-    from proxy.server.run import make_backend, make_keyring, make_materials
-    from proxy.server.state import Gateway
+    from proxy.server.run import operator_gateway
 
     try:
         config = load_config(config_path)
@@ -402,14 +394,8 @@ def gc_cmd(config_path: Path, bucket: str, older_than: str, dry_run: bool) -> No
         return
 
     async def go() -> object:
-        backend = make_backend(config)
-        materials = make_materials(config, make_keyring(config))
-        await backend.start()
-        try:
-            return await gc(Gateway(config, backend, materials), bucket, age, dry_run=dry_run)
-        finally:
-            await backend.close()
-            await materials.close()
+        async with operator_gateway(config) as gw:
+            return await gc(gw, bucket, age, dry_run=dry_run)
 
     report = asyncio.run(go())
     from proxy.gc import GcReport

@@ -304,7 +304,7 @@ def convert_cmd(
     import asyncio
 
     from proxy.config import ConfigError, load_config
-    from proxy.server.run import make_backend, make_keyring, make_materials
+    from proxy.server.run import operator_gateway
 
     logging.basicConfig(level=logging.WARNING)
     try:
@@ -327,16 +327,8 @@ def convert_cmd(
             bar.set_postfix(counts, refresh=False)
 
     async def go() -> ConvertReport:
-        backend = make_backend(config)
-        materials = make_materials(config, make_keyring(config))
-        await backend.start()
-        try:
-            return await convert(
-                Gateway(config, backend, materials), bucket, prefix, to, limit=limit, progress=on_object
-            )
-        finally:
-            await backend.close()
-            await materials.close()
+        async with operator_gateway(config) as gw:
+            return await convert(gw, bucket, prefix, to, limit=limit, progress=on_object)
 
     try:
         report = asyncio.run(go())

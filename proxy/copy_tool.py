@@ -186,7 +186,7 @@ def copy_cmd(
 
     Safe to interrupt and re-run: finished copies are recognised and skipped."""
     from proxy.config import ConfigError, load_config
-    from proxy.server.run import make_backend, make_keyring, make_materials
+    from proxy.server.run import operator_gateway
 
     logging.basicConfig(level=logging.WARNING)
     try:
@@ -214,15 +214,8 @@ def copy_cmd(
             )
 
     async def go() -> CopyReport:
-        backend = make_backend(config)
-        materials = make_materials(config, make_keyring(config))
-        await backend.start()
-        try:
-            gw = Gateway(config, backend, materials)
+        async with operator_gateway(config) as gw:
             return await copy(gw, src, dst, to_key, recursive=recursive, identity=identity, progress=progress)
-        finally:
-            await backend.close()
-            await materials.close()
 
     report = asyncio.run(go())
     if tty:

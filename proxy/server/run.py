@@ -6,7 +6,8 @@ import asyncio
 import logging
 import os
 import signal
-from contextlib import suppress
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from proxy.kms.base import Keyring
 from proxy.kms.materials import Materials, ReuseLimits
 from proxy.server.app import GATEWAY, build_app
 from proxy.server.listener import Connections, GuardedSite, bind
+from proxy.server.state import Gateway
 from proxy.server.tls import CertificateReloader, TLSConfigError, backend_ssl_context, cert_binding_problem
 
 log = logging.getLogger("sealgate")
@@ -59,6 +61,20 @@ def make_materials(config: Config, keyring: Keyring, audit: AuditLog | None = No
         decrypt_seconds=cache.decrypt_seconds,
         audit=audit,
     )
+
+
+@asynccontextmanager
+async def operator_gateway(config: Config) -> AsyncIterator[Gateway]:
+    """The backend and keys of `config` for an operator tool (rewrap, gc, copy, convert): a
+    `Gateway` without a server, closed when the block ends."""
+    backend = make_backend(config)
+    materials = make_materials(config, make_keyring(config))
+    await backend.start()
+    try:
+        yield Gateway(config, backend, materials)
+    finally:
+        await backend.close()
+        await materials.close()
 
 
 def open_audit(config: Config, worker: int | None = None) -> AuditLog | None:

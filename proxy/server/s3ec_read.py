@@ -154,6 +154,16 @@ def _local_keyring(gw: Gateway) -> LocalKeyring | None:
     return keyring if isinstance(keyring, LocalKeyring) else None
 
 
+def _audit_local_use(gw: Gateway, operation: str, ref: str, wrap_alg: str, bucket: str, key: str) -> None:
+    """The audit line of a local key used directly for S3EC wrapping (no keyring call)."""
+    if gw.audit is not None:
+        key_name, _, version = ref.rpartition(":")
+        gw.audit.record(
+            operation, "allowed", reason=f"s3ec {wrap_alg}", key_id=key_name, key_version=version,
+            bucket=bucket, object_key=key,
+        )  # fmt: skip
+
+
 async def _unwrap_with_local_key(
     gw: Gateway, bucket: str, key: str, meta: Mapping[str, str], key_id: str, wrap_alg: str
 ) -> s3ec.S3ecMaterials:
@@ -175,12 +185,7 @@ async def _unwrap_with_local_key(
                 opened = await s3ec.unwrap_s3ec(meta, rsa_key=material)
         except InvalidWrappedKey:
             continue
-        if gw.audit is not None:
-            key_name, _, version = ref.rpartition(":")
-            gw.audit.record(
-                "decrypt", "allowed", reason=f"s3ec {wrap_alg}", key_id=key_name, key_version=version,
-                bucket=bucket, object_key=key,
-            )  # fmt: skip
+        _audit_local_use(gw, "decrypt", ref, wrap_alg, bucket, key)
         return opened
     raise InvalidWrappedKey(f"S3EC {wrap_alg} wrapped key does not unwrap under any version of key {key_id!r}")
 
@@ -344,12 +349,7 @@ async def _new_data_key(
         except KeyringError as exc:
             raise S3Error(exc.code, exc.message, exc.status) from exc
         data_key = os.urandom(s3ec.DATA_KEY_SIZE)
-        if gw.audit is not None:
-            key_name, _, version = ref.rpartition(":")
-            gw.audit.record(
-                "generate", "allowed", reason=f"s3ec {s3ec.WRAP_AES_GCM}", key_id=key_name, key_version=version,
-                bucket=bucket, object_key=key,
-            )  # fmt: skip
+        _audit_local_use(gw, "generate", ref, s3ec.WRAP_AES_GCM, bucket, key)
         return data_key, s3ec.wrap_aes_gcm(kek, data_key), s3ec.WRAP_AES_GCM, None
     context = s3ec.kms_context()
     try:
