@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 from defusedxml import ElementTree
 
-from proxy.audit import AuditingKeyring
+from proxy.audit import AuditError, AuditingKeyring
 from proxy.backend import BackendResponse
 from proxy.crypto import s3ec
 from proxy.crypto.format import FormatError, IntegrityError
@@ -155,13 +155,18 @@ def _local_keyring(gw: Gateway) -> LocalKeyring | None:
 
 
 def _audit_local_use(gw: Gateway, operation: str, ref: str, wrap_alg: str, bucket: str, key: str) -> None:
-    """The audit line of a local key used directly for S3EC wrapping (no keyring call)."""
+    """The audit line of a local key used directly for S3EC wrapping (no keyring call); as for
+    keyring calls, a use that cannot be recorded does not happen (503)."""
     if gw.audit is not None:
         key_name, _, version = ref.rpartition(":")
-        gw.audit.record(
-            operation, "allowed", reason=f"s3ec {wrap_alg}", key_id=key_name, key_version=version,
-            bucket=bucket, object_key=key,
-        )  # fmt: skip
+        try:
+            gw.audit.record(
+                operation, "allowed", reason=f"s3ec {wrap_alg}", key_id=key_name, key_version=version,
+                bucket=bucket, object_key=key,
+            )  # fmt: skip
+        except (AuditError, OSError) as exc:
+            log.error("refusing a key use that cannot be audited: %s", exc)
+            raise S3Error("ServiceUnavailable", "the audit log cannot be written", 503) from exc
 
 
 async def _unwrap_with_local_key(

@@ -158,3 +158,30 @@ def test_rsa_oaep_sha1_objects_read_through_sealgate(st: Stack) -> None:
     with pytest.raises(ClientError) as err:
         st.client().get_object(Bucket="s3ec-rsa", Key="rsa/other-cipher")
     assert err.value.response["ResponseMetadata"]["HTTPStatusCode"] >= 400
+
+
+def test_local_key_use_that_cannot_be_audited_does_not_happen(
+    moto_url: str, tls_files: dict[str, Path], tmp_path: Path
+) -> None:
+    from proxy.server.app import GATEWAY
+
+    audit_path = tmp_path / "audit.jsonl"
+    stack = start_stack(tmp_path, moto_url, tls_files, extra=RULES + f'\n[audit]\npath = "{audit_path}"\n')
+    try:
+        s3 = stack.client()
+        s3.create_bucket(Bucket="s3ec-local")
+        s3.put_object(Bucket="s3ec-local", Key="seen", Body=b"audited")
+        lines = [json.loads(line) for line in audit_path.read_text().splitlines()]
+        assert any(r.get("reason") == "s3ec AES/GCM" and r.get("operation") == "generate" for r in lines), lines
+        # The audit log fails (here: closed under the running gateway): no more key uses.
+        stack.gate.running.runner.app[GATEWAY].audit.close()
+        with pytest.raises(ClientError) as err:
+            s3.put_object(Bucket="s3ec-local", Key="unseen", Body=b"x")
+        assert err.value.response["ResponseMetadata"]["HTTPStatusCode"] == 503
+        with pytest.raises(ClientError):
+            backend_client(moto_url).head_object(Bucket="s3ec-local", Key="unseen")
+        with pytest.raises(ClientError) as err:
+            s3.get_object(Bucket="s3ec-local", Key="seen")
+        assert err.value.response["ResponseMetadata"]["HTTPStatusCode"] == 503
+    finally:
+        stack.gate.stop()
