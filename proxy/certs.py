@@ -22,8 +22,10 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 __all__ = ["CA_DAYS", "SERVER_CERT_DAYS", "CertPaths", "init_certs"]
 
-#: 825 days is the longest lifetime Apple platforms accept for a TLS server certificate.
-SERVER_CERT_DAYS = 825
+#: Mozilla's "intermediate" profile wants server certificates of 90 to 366 days (Apple platforms
+#: refuse more than 398); `sealgate certs init --force` issues a new one under the same CA, and
+#: a running sealgate picks it up without a restart (server.tls_reload_seconds).
+SERVER_CERT_DAYS = 365
 CA_DAYS = 10 * 365
 # Backdating absorbs small clock differences between this machine and its clients.
 _BACKDATE = dt.timedelta(hours=1)
