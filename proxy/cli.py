@@ -245,18 +245,21 @@ def keys_rotate(
     Run `keys rotate --due` daily (cron, a systemd timer) for scheduled rotation; running
     sealgate processes pick up new versions from the file within a second."""
     from proxy.kms.local import KeyringFileError
+    from proxy.server.admin import keyring_lock
 
     if due == bool(key_id):
         _fail("give either KEY_ID or --due")
-    store = _open_store(keyring, passphrase_file, passphrase_env)
-    targets = store.due_for_rotation() if due else [key_id or ""]
-    try:
-        for target in targets:
-            info = store.rotate_key(target)
-            click.echo(f"rotated {info.id}: now version {info.current_version}")
-        store.save()
-    except KeyringFileError as exc:
-        _fail(str(exc))
+    # Locked against concurrent rotations (another cron run, POST /-/keys/<id>/rotate).
+    with keyring_lock(keyring):
+        store = _open_store(keyring, passphrase_file, passphrase_env)
+        targets = store.due_for_rotation() if due else [key_id or ""]
+        try:
+            for target in targets:
+                info = store.rotate_key(target)
+                click.echo(f"rotated {info.id}: now version {info.current_version}")
+            store.save()
+        except KeyringFileError as exc:
+            _fail(str(exc))
     if due and not targets:
         click.echo("no key is due for rotation")
 
@@ -328,9 +331,10 @@ def rewrap(config_path: Path, bucket: str, prefix: str, to_key: str) -> None:
     Talks to the backend and KMS with the config's credentials; safe to interrupt and re-run."""
     import asyncio
 
+    from proxy.audit import AuditError
     from proxy.config import ConfigError, load_config
+    from proxy.rewrap import audited_gateway
     from proxy.rewrap import rewrap as run_rewrap
-    from proxy.server.run import operator_gateway
 
     logging.basicConfig(level=logging.WARNING)
     try:
@@ -354,10 +358,14 @@ def rewrap(config_path: Path, bucket: str, prefix: str, to_key: str) -> None:
             )
 
     async def go() -> object:
-        async with operator_gateway(config) as gw:
+        async with audited_gateway(config, "rewrap") as gw:  # key uses to <audit.path>.rewrap
             return await run_rewrap(gw, bucket, prefix, to_key, progress=progress)
 
-    report = asyncio.run(go())
+    try:
+        report = asyncio.run(go())
+    except AuditError as exc:
+        _fail(str(exc))
+        return
     from proxy.rewrap import RewrapReport
 
     assert isinstance(report, RewrapReport)

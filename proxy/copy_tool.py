@@ -5,7 +5,8 @@ objects above ``backend.max_copy_bytes``), never streamed through sealgate: as f
 CopyObject (proxy/server/copy.py), only the data key is re-wrapped, under the target key and the
 destination's encryption context. A multipart object gets its manifest written for the
 destination. Idempotent: a destination that already holds the source's body (same salt and key
-commitment, hence the same data key) wrapped under the target key is left alone.
+commitment, hence the same data key) wrapped under the target key is left alone. Key uses and
+refusals are audited into ``<audit.path>.copy`` (see `proxy.rewrap.audited_gateway`).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from proxy.crypto.format import (
     is_sealgate_object,
 )
 from proxy.kms.base import KeyringError
-from proxy.rewrap import list_keys
+from proxy.rewrap import audited_gateway, list_keys
 from proxy.s3.errors import S3Error
 from proxy.server.copy import _CONTENT_HEADERS, _multipart_copy, _xml_call
 from proxy.server.multipart import _find_text, _put_record
@@ -58,9 +59,17 @@ def parse_s3_url(url: str) -> tuple[str, str]:
     return bucket, key
 
 
-def _check_policy(gw: Gateway, identity: str | None, action: str, key: str) -> None:
+def _deny(gw: Gateway, action: str, key: str, bucket: str, name: str, reason: str, message: str) -> S3Error:
+    if gw.audit is not None:
+        gw.audit.record(action, "denied", reason=reason, key_id=key, bucket=bucket, object_key=name)
+    return S3Error("AccessDenied", message, 403)
+
+
+def _check_policy(gw: Gateway, identity: str | None, action: str, key: str, bucket: str, name: str) -> None:
+    """AccessDenied (and a "denied" audit line) unless `identity` (None: the operator,
+    unrestricted) may `action` with `key` on object `name` of `bucket`."""
     if identity is not None and not gw.config.may_use_key(identity, action, key):
-        raise S3Error("AccessDenied", f"client {identity!r} may not {action} with key {key}", 403)
+        raise _deny(gw, action, key, bucket, name, "policy", f"client {identity!r} may not {action} with key {key}")
 
 
 async def _already_there(gw: Gateway, bucket: str, key: str, src: Envelope, key_ref: str) -> bool:
@@ -105,13 +114,16 @@ async def copy_object(
     check_reserved(dst_key)
     if (src_bucket, src_key) == (dst_bucket, dst_key):
         raise S3Error("InvalidRequest", "source and destination are the same object: use `sealgate rewrap`", 400)
-    if identity is not None:
-        # Policy first, before any keyring call, as the server does.
-        probe = await gw.backend.request("HEAD", src_bucket, src_key)
-        probe.release()
-        if probe.status < 300 and is_sealgate_object(probe.user_metadata()):
-            _check_policy(gw, identity, "decrypt", Envelope.from_metadata(probe.user_metadata()).key_ref)
-        _check_policy(gw, identity, "encrypt", to_key)
+    # Policy first, before any keyring call, as the server does.
+    probe = await gw.backend.request("HEAD", src_bucket, src_key)
+    probe.release()
+    if probe.status < 300 and is_sealgate_object(probe.user_metadata()):
+        src_ref = Envelope.from_metadata(probe.user_metadata()).key_ref
+        if gw.config.encrypt_only(src_ref):
+            message = "the source's key is encrypt-only in this config"
+            raise _deny(gw, "decrypt", src_ref, src_bucket, src_key, "encrypt-only", message)
+        _check_policy(gw, identity, "decrypt", src_ref, src_bucket, src_key)
+    _check_policy(gw, identity, "encrypt", to_key, dst_bucket, dst_key)
     opened, head, total = await open_copy_source(gw, None, src_bucket, src_key)
     env = opened.envelope
     # A copy's key is always wrapped for its own name (object scope), as server/copy.py does.
@@ -155,7 +167,10 @@ async def copy(
         items = [(k, size) async for k, size in list_keys(gw, src_bucket, src_prefix)]
         pairs = [(k, dst_prefix + k[len(src_prefix) :], size) for k, size in items]
     else:
-        pairs = [(src_prefix, dst_prefix or src_prefix, 0)]
+        # As `aws s3 cp`: a destination ending in "/" (or none) keeps the source's base name.
+        basename = src_prefix.rsplit("/", 1)[-1]
+        target = dst_prefix + basename if dst_prefix.endswith("/") or not dst_prefix else dst_prefix
+        pairs = [(src_prefix, target, 0)]
     for src_key, dst_key, size in pairs:
         try:
             outcome, size = await copy_object(gw, src_bucket, src_key, dst_bucket, dst_key, to_key, identity=identity)
@@ -185,8 +200,8 @@ def copy_cmd(
     """Copy s3://A/k to s3://B/k2 under master key --to-key; the backend copies the body.
 
     Safe to interrupt and re-run: finished copies are recognised and skipped."""
+    from proxy.audit import AuditError
     from proxy.config import ConfigError, load_config
-    from proxy.server.run import operator_gateway
 
     logging.basicConfig(level=logging.WARNING)
     try:
@@ -214,10 +229,14 @@ def copy_cmd(
             )
 
     async def go() -> CopyReport:
-        async with operator_gateway(config) as gw:
+        async with audited_gateway(config, "copy", identity) as gw:
             return await copy(gw, src, dst, to_key, recursive=recursive, identity=identity, progress=progress)
 
-    report = asyncio.run(go())
+    try:
+        report = asyncio.run(go())
+    except AuditError as exc:
+        click.echo(f"sealgate: {exc}", err=True)
+        sys.exit(2)
     if tty:
         click.echo("", err=True)
     click.echo(

@@ -3,21 +3,33 @@
 Each object's data key is unwrapped and wrapped again under the target key (same encryption
 context), and only the metadata is rewritten, by an in-place server-side copy. Safe to
 interrupt and re-run: an object already under the target key (its current version) is skipped,
-and each object changes in one backend operation.
+and each object changes in one backend operation. A multipart object's manifest is recorded
+under the object's backend ETag, which only the copy itself reveals, so it follows the object
+one step later; a run interrupted in between leaves it under the previous ETag, and the next run
+records it again (`_follow_manifest`) before calling the object done. Run `sealgate gc` only
+after an interrupted rewrap has been re-run: gc deletes manifests whose ETag is gone.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import getpass
+import uuid
 from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from urllib.parse import quote
 
 from defusedxml import ElementTree
 
-from proxy.crypto.format import Envelope, FormatError, Manifest, is_sealgate_object
+from proxy.audit import AuditContext, AuditingKeyring, AuditLog, audit_context
+from proxy.backend import BackendResponse
+from proxy.config import Config
+from proxy.crypto.format import Envelope, FormatError, IntegrityError, Layout, Manifest, is_sealgate_object
+from proxy.crypto.multipart import stored_length
 from proxy.kms.base import KeyringError
 from proxy.s3.errors import S3Error
-from proxy.server.copy import _multipart_copy, _xml_call
+from proxy.server.copy import _CONTENT_HEADERS, _multipart_copy, _xml_call
 from proxy.server.multipart import _find_text, _put_record
 from proxy.server.objects import RESERVED_PREFIX, _manifest, record_key
 from proxy.server.state import Gateway
@@ -35,8 +47,49 @@ class RewrapReport:
     skipped: list[tuple[str, str]] = field(default_factory=list)
 
 
-async def list_keys(gw: Gateway, bucket: str, prefix: str) -> AsyncIterator[tuple[str, int]]:
-    """(key, stored size) of every object under `prefix`, across listing pages."""
+def _login() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no login name in the environment nor the password database
+        return "unknown"
+
+
+@asynccontextmanager
+async def audited_gateway(config: Config, tool: str, identity: str | None = None) -> AsyncIterator[Gateway]:
+    """An operator tool's `Gateway` whose key uses are audited, as the server's are.
+
+    With ``[audit] path`` set, every keyring call (decrypt, wrap) and policy denial of this run
+    goes to ``<path>.<tool>`` (a file of its own: one writer per file, and the server holds
+    ``<path>``), with identity `identity` or ``operator:<login>`` and one request id for the run.
+    A log that cannot be opened (another run of the same tool holds it) stops the run before
+    any key use: `AuditError`."""
+    from proxy.server.run import operator_gateway
+
+    audit: AuditLog | None = None
+    if config.audit.path is not None:
+        secret = config.audit.hmac_key.get_secret_value().encode() if config.audit.hmac_key else None
+        audit = AuditLog(config.audit.path.with_name(f"{config.audit.path.name}.{tool}"), hmac_key=secret)
+    try:
+        async with operator_gateway(config) as gw:
+            if audit is not None:
+                gw.materials.keyring = AuditingKeyring(gw.materials.keyring, audit)
+                gw = dataclasses.replace(gw, audit=audit)
+            who = identity or f"operator:{_login()}"
+            token = audit_context.set(
+                AuditContext(identity=who, source=f"sealgate {tool}", request_id=uuid.uuid4().hex)
+            )
+            try:
+                yield gw
+            finally:
+                audit_context.reset(token)
+    finally:
+        if audit is not None:
+            audit.close()
+
+
+async def list_keys(gw: Gateway, bucket: str, prefix: str, *, reserved: bool = False) -> AsyncIterator[tuple[str, int]]:
+    """(key, stored size) of every object under `prefix`, across listing pages; sealgate's own
+    records (under the reserved prefix) only with `reserved`."""
     token = ""
     while True:
         query = [("list-type", "2"), ("prefix", prefix)]
@@ -46,7 +99,7 @@ async def list_keys(gw: Gateway, bucket: str, prefix: str) -> AsyncIterator[tupl
         root = ElementTree.fromstring(raw_body)
         for item in root.iter(f"{S3_NS}Contents"):
             key = item.findtext(f"{S3_NS}Key") or ""
-            if not key.startswith(RESERVED_PREFIX):
+            if reserved or not key.startswith(RESERVED_PREFIX):
                 yield key, int(item.findtext(f"{S3_NS}Size") or 0)
         token = root.findtext(f"{S3_NS}NextContinuationToken") or ""
         if not token:
@@ -63,25 +116,28 @@ async def rewrap_object(gw: Gateway, bucket: str, key: str, to_key: str) -> str:
     if not is_sealgate_object(meta):
         raise S3Error("InvalidObjectState", "not a sealgate object", 403)
     env = Envelope.from_metadata(meta)
+    if gw.config.encrypt_only(env.key_ref):
+        if gw.audit is not None:
+            gw.audit.record(
+                "decrypt", "denied", reason="encrypt-only", key_id=env.key_ref, bucket=bucket, object_key=key
+            )
+        raise S3Error("AccessDenied", "the object's key is encrypt-only in this config", 403)
     context = env.context(bucket, key)
     data_key = await gw.materials.unwrap(env.key_ref, env.wrapped_key, context)
     env.check_commitment(data_key)
     env.check_name(data_key, bucket, key)
     wrapped = await gw.materials.wrap(to_key, data_key, context)
     if wrapped.key_ref == env.key_ref:
+        if env.layout == "multipart" and await _follow_manifest(gw, bucket, key, head, data_key, env):
+            return "rewrapped"  # finishes a run interrupted between object and manifest
         return "already"
     manifest: Manifest | None = None
     if env.layout == "multipart":
         manifest = await _manifest(gw, bucket, key, head, data_key, env.salt)
     new_env = dataclasses.replace(env, key_ref=wrapped.key_ref, wrapped_key=wrapped.wrapped)
     headers = {f"x-amz-meta-{k}": v for k, v in new_env.to_metadata().items()}
-    for name in ("Content-Type", "Cache-Control", "Content-Disposition", "Content-Encoding", "Content-Language"):
-        if name in head.headers:
-            headers[name] = head.headers[name]
-    source = "/" + bucket + "/" + key
-    from urllib.parse import quote
-
-    source = quote(source, safe="/~")
+    headers.update({n: head.headers[n] for n in _CONTENT_HEADERS if n in head.headers})
+    source = "/" + quote(f"{bucket}/{key}", safe="/~")
     total = int(head.headers.get("Content-Length", "0"))
     if manifest is not None or total > gw.config.backend.max_copy_bytes:
         new_etag, _ = await _multipart_copy(gw, bucket, key, headers, source, total)
@@ -96,6 +152,45 @@ async def rewrap_object(gw: Gateway, bucket: str, key: str, to_key: str) -> str:
         old = await gw.backend.request("DELETE", bucket, record_key(key, manifest.backend_etag))
         old.release()
     return "rewrapped"
+
+
+async def _follow_manifest(
+    gw: Gateway, bucket: str, key: str, head: BackendResponse, data_key: bytes, env: Envelope
+) -> bool:
+    """Make sure a multipart object's manifest is recorded under its current backend ETag; True
+    when it had to be moved there from an earlier ETag of the same body.
+
+    Only a record that opens under this object's data key and salt (so it describes this very
+    body: copies keep both) and implies the stored size is taken; without one the object is
+    reported, not guessed at."""
+    etag = head.headers.get("ETag", "").strip().strip('"')
+    probe = await gw.backend.request("HEAD", bucket, record_key(key, etag))
+    probe.release()
+    if probe.status < 300:
+        return False
+    if probe.status != 404:
+        raise await probe.error()
+    size = int(head.headers.get("Content-Length", "-1"))
+    async for name, _ in list_keys(gw, bucket, record_key(key, ""), reserved=True):
+        rec = await gw.backend.request("GET", bucket, name)
+        try:
+            if rec.status >= 300:
+                continue
+            sealed = await rec.read()
+        finally:
+            rec.release()
+        try:
+            earlier = Manifest.open(data_key, env.salt, sealed)
+        except FormatError:
+            continue
+        if stored_length(earlier, Layout(env.segment_size)) != size:
+            continue
+        moved = Manifest(earlier.parts, etag, earlier.etag)
+        await _put_record(gw, bucket, key, moved, moved.seal(data_key, env.salt))
+        old = await gw.backend.request("DELETE", bucket, name)
+        old.release()
+        return True
+    raise IntegrityError("the multipart manifest for this object is missing")
 
 
 async def rewrap(

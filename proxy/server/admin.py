@@ -16,9 +16,14 @@ encrypt/decrypt, which are open to every client then). Every call is audited; a 
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
 import logging
+import os
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -54,6 +59,31 @@ def _json(doc: Any) -> web.Response:
     return web.Response(body=json.dumps(doc, indent=1).encode() + b"\n", content_type="application/json")
 
 
+class _Refused(Exception):
+    """A rotation the keyring cannot do; the message names no path and no material."""
+
+
+@contextmanager
+def keyring_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock for a read-modify-write of the keyring file at `path`.
+
+    Two rotations that each read the file and write it back would both create "version N+1"
+    with different material; a process that picked up the first one in between would seal
+    objects under material the second write erases. The lock (``flock`` on a sibling file, so
+    atomic replacement of the keyring does not drop it) serialises them across threads and
+    processes that take it."""
+    try:
+        fd = os.open(path.with_name(f".{path.name}.lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    except FileNotFoundError:
+        yield  # no such directory, so no keyring: opening it reports that
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
 def _open_store(gw: Gateway) -> Any:
     """The local keyring file, opened afresh (it may have changed since start-up)."""
     from proxy.kms.local import LocalKeyStore, passphrase_from
@@ -81,7 +111,7 @@ async def handle(gw: Gateway, request: web.Request, verified: VerifiedRequest) -
     """Serve one admin request from an authenticated client."""
     identity = verified.identity
     audit_context.set(AuditContext(identity=identity, source=request.remote, request_id=request.get(REQUEST_ID)))
-    if request.content_length:
+    if request.can_read_body:  # a Content-Length or a chunked body
         raise S3Error("InvalidRequest", "admin requests take no body", 400)
     path = request.path.rstrip("/")
     if path == PREFIX and request.method == "GET":
@@ -111,19 +141,33 @@ async def _rotate(gw: Gateway, identity: str, key_id: str) -> web.StreamResponse
         raise S3Error("NotImplemented", "aws-kms keys rotate in KMS (automatic rotation or RotateKeyOnDemand)", 501)
     from proxy.kms.local import KeyringFileError
 
+    keyring = gw.config.kms.keyring
+    assert keyring is not None
+
     def rotate() -> Any:
-        # Opened afresh so a rotation by another process (or `sealgate keys rotate`) is kept.
-        store = _open_store(gw)
-        info = store.rotate_key(key_id)
-        store.save()
-        return info
+        with keyring_lock(keyring):
+            # Opened afresh under the lock, so another rotation (any process) is kept.
+            store = _open_store(gw)
+            info = next((i for i in store.list_keys() if i.id == key_id), None)
+            if info is None:
+                raise _Refused(f"no key {key_id!r} in the keyring")
+            if info.origin != "generated":
+                raise _Refused(
+                    f"key {key_id!r} is imported: rotate it with new material (sealgate keys import --rotate)"
+                )
+            info = store.rotate_key(key_id)
+            store.save()
+            return info
 
     try:
         info = await asyncio.to_thread(rotate)
-    except KeyringFileError as exc:
-        _audit(gw, "rotate", "error", key_id=key_id, reason="KeyringFileError")
-        # The message names the key and why (no such key, imported), never material.
-        raise S3Error("InvalidRequest", str(exc).rsplit(" in /", 1)[0], 400) from None
+    except _Refused as exc:
+        _audit(gw, "rotate", "error", key_id=key_id, reason="InvalidRequest")
+        raise S3Error("InvalidRequest", str(exc), 400) from None
+    except (KeyringFileError, OSError) as exc:
+        _audit(gw, "rotate", "error", key_id=key_id, reason="KeyringUnavailable")
+        log.error("rotating key %s failed: %s", key_id, exc)
+        raise S3Error("ServiceUnavailable", "the keyring file cannot be updated now", 503) from None
     _audit(gw, "rotate", "allowed", key_id=key_id, key_version=f"local:{key_id}:{info.current_version}")
     log.info("key %s rotated by %s: now version %s", key_id, identity, info.current_version)
     return _json({"key": _info_doc(info)})

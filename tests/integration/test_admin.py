@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from defusedxml import ElementTree
@@ -59,6 +60,11 @@ def test_admin_rotates_and_non_admin_is_refused(moto_url: str, tls_files: dict[s
         # Unsigned or wrongly signed requests never reach the handler.
         assert send(st.ca_path, "GET", st.gate.url + "/-/keys", {}).status == 403
         assert _call(st.gate.url, st.ca_path, "GET", "/-/keys", (ADMIN[0], "wrong-secret-0000000000"))[0] == 403
+        # A body (sized or chunked) is refused before anything happens.
+        url = st.gate.url + "/-/keys/default/rotate"
+        for body in (b"x", iter([b"x"])):
+            resp = send(st.ca_path, "POST", url, sign("POST", url, {}, akid=ADMIN[0], secret=ADMIN[1]), body)
+            assert resp.status == 400, resp.data
         # The admin may not administer a key it has no grant on (or that does not exist).
         assert _call(st.gate.url, st.ca_path, "POST", "/-/keys/other/rotate", ADMIN)[0] == 403
 
@@ -76,6 +82,15 @@ def test_admin_rotates_and_non_admin_is_refused(moto_url: str, tls_files: dict[s
         assert raw.head_object(Bucket="admin-rot", Key="after")["Metadata"]["sg-kr"] == "local:default:2"
         assert s3.get_object(Bucket="admin-rot", Key="before")["Body"].read() == b"old version"
         assert s3.get_object(Bucket="admin-rot", Key="after")["Body"].read() == b"new version"
+
+        # Concurrent rotations each get a version of their own: none is lost or made twice.
+        with ThreadPoolExecutor(5) as pool:
+            answers = list(
+                pool.map(lambda _: _call(st.gate.url, st.ca_path, "POST", "/-/keys/default/rotate", ADMIN), range(5))
+            )
+        assert [status for status, _ in answers] == [200] * 5
+        assert sorted(json.loads(body)["key"]["current_version"] for _, body in answers) == [3, 4, 5, 6, 7]
+        assert LocalKeyStore.open(tmp_path / "keyring", PASSPHRASE.encode()).list_keys()[0].versions == 7
     finally:
         st.gate.stop()
     records = [json.loads(line) for line in audit.read_text().splitlines()]
@@ -84,12 +99,14 @@ def test_admin_rotates_and_non_admin_is_refused(moto_url: str, tls_files: dict[s
         for r in records
         if r["operation"] in ("rotate", "list-keys")
     ]
+    admin_ops[5:] = sorted(admin_ops[5:])  # the concurrent rotations, in any order
     assert admin_ops == [
         ("rotate", "denied", "tester", "default", None),
         ("list-keys", "allowed", "tester", None, None),
         ("rotate", "denied", "keyadmin", "other", None),
         ("list-keys", "allowed", "keyadmin", None, None),
         ("rotate", "allowed", "keyadmin", "default", "local:default:2"),
+        *sorted(("rotate", "allowed", "keyadmin", "default", f"local:default:{v}") for v in range(3, 8)),
     ]
     assert all(r["request_id"] and r["source"] for r in records if r["operation"] == "rotate")
     assert verify_file(audit).ok

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import time
 from pathlib import Path
@@ -12,6 +13,7 @@ import pytest
 from botocore.exceptions import ClientError
 from click.testing import CliRunner
 
+from proxy.audit import verify_file
 from proxy.cli import main
 from tests.conftest import PASSPHRASE, backend_client, start_stack
 
@@ -51,7 +53,8 @@ def _copy(cfg: Path, *args: str) -> Any:
 def test_copy_to_another_bucket_under_another_key(moto_url: str, tls_files: dict[str, Path], tmp_path: Path) -> None:
     from proxy.kms.local import LocalKeyStore
 
-    st = start_stack(tmp_path, moto_url, tls_files, extra=POLICY)
+    audit = tmp_path / "audit.jsonl"
+    st = start_stack(tmp_path, moto_url, tls_files, extra=POLICY + f'[audit]\npath = "{audit}"\n')
     cfg = tmp_path / "sealgate.toml"
     try:
         store = LocalKeyStore.open(tmp_path / "keyring", PASSPHRASE.encode())
@@ -84,7 +87,7 @@ def test_copy_to_another_bucket_under_another_key(moto_url: str, tls_files: dict
         assert s3.list_multipart_uploads(Bucket="cp-refused").get("Uploads", []) == []
 
         # One object by name, then the whole prefix (the single one is recognised as done).
-        r = _copy(cfg, "s3://cp-src/a/one", "s3://cp-dst/b/one", "--to-key", "key2")
+        r = _copy(cfg, "s3://cp-src/a/one", "s3://cp-dst/b/", "--to-key", "key2")  # to b/one
         assert r.exit_code == 0 and "copied 1 objects" in r.output, r.output
         r = _copy(cfg, "--recursive", "s3://cp-src/a/", "s3://cp-dst/b/", "--to-key", "key2")
         assert r.exit_code == 0 and "copied 1 objects" in r.output and "1 already copied" in r.output, r.output
@@ -113,6 +116,25 @@ def test_copy_to_another_bucket_under_another_key(moto_url: str, tls_files: dict
         assert err.value.response["ResponseMetadata"]["HTTPStatusCode"] == 403
     finally:
         st.gate.stop()
+
+    # Every key use and refusal of the copy runs is audited, in a file of their own.
+    tool_log = audit.with_name(audit.name + ".copy")
+    assert verify_file(tool_log).ok
+    records = [json.loads(line) for line in tool_log.read_text().splitlines()]
+    denied = {
+        (r["operation"], r["identity"], r["key_id"], r["object_key"]) for r in records if r["outcome"] != "allowed"
+    }
+    assert denied == {
+        ("wrap", records[0]["identity"], "no-such-key", "x"),
+        ("encrypt", "limited", "key2", "b/one"),
+        ("encrypt", "limited", "key2", "b/mp"),
+    }
+    wraps = [(r["bucket"], r["object_key"], r["key_version"]) for r in records if r["operation"] == "wrap"]
+    # Three runs over b/one, two over b/mp: a finished copy is recognised after the wrap.
+    assert sorted(w[:2] for w in wraps if w[2]) == [("cp-dst", "b/mp")] * 2 + [("cp-dst", "b/one")] * 3
+    assert all(w[2].startswith("local:key2:") for w in wraps if w[2])
+    assert all(r["identity"].startswith("operator:") for r in records if r["identity"] != "limited")
+    assert all(r["request_id"] and r["source"] == "sealgate copy" for r in records)
 
 
 def test_bad_arguments(tmp_path: Path, moto_url: str, tls_files: dict[str, Path]) -> None:
