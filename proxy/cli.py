@@ -181,13 +181,15 @@ def _open_or_create(keyring: Path, passphrase: bytes) -> LocalKeyStore:
 @_pass_env_opt
 def keys_create(key_id: str, key_type: str, keyring: Path, passphrase_file: Path | None, passphrase_env: str) -> None:
     """Create a master key KEY_ID (creates the keyring file if needed)."""
-    from proxy.kms.local import KeyringFileError
+    from proxy.kms.local import KeyringFileError, keyring_lock
 
     passphrase = _passphrase(None if passphrase_file else passphrase_env, passphrase_file)
     try:
-        store = _open_or_create(keyring, passphrase)
-        info = store.create_key(key_id) if key_type == "aes-256" else store.create_asymmetric_key(key_id, key_type)
-        store.save()
+        keyring.parent.mkdir(parents=True, exist_ok=True)
+        with keyring_lock(keyring):
+            store = _open_or_create(keyring, passphrase)
+            info = store.create_key(key_id) if key_type == "aes-256" else store.create_asymmetric_key(key_id, key_type)
+            store.save()
     except (KeyringFileError, ValueError, KeyError) as exc:
         _fail(str(exc))
         return
@@ -244,8 +246,7 @@ def keys_rotate(
 
     Run `keys rotate --due` daily (cron, a systemd timer) for scheduled rotation; running
     sealgate processes pick up new versions from the file within a second."""
-    from proxy.kms.local import KeyringFileError
-    from proxy.server.admin import keyring_lock
+    from proxy.kms.local import KeyringFileError, keyring_lock
 
     if due == bool(key_id):
         _fail("give either KEY_ID or --due")
@@ -285,19 +286,20 @@ def keys_import(
     passphrase_env: str,
 ) -> None:
     """Import AES-256 key material as KEY_ID; imported keys rotate only by hand (--rotate)."""
-    from proxy.kms.local import KeyringFileError
+    from proxy.kms.local import KeyringFileError, keyring_lock
 
     raw = material_file.read_bytes()
     text = raw.strip()
     is_hex = len(text) == 64 and all(c in b"0123456789abcdefABCDEF" for c in text)
     material = bytes.fromhex(text.decode()) if is_hex else raw
-    store = _open_store(keyring, passphrase_file, passphrase_env)
-    try:
-        info = store.rotate_key(key_id, material) if as_rotation else store.import_key(key_id, material)
-        store.save()
-    except KeyringFileError as exc:
-        _fail(str(exc))
-        return
+    with keyring_lock(keyring):
+        store = _open_store(keyring, passphrase_file, passphrase_env)
+        try:
+            info = store.rotate_key(key_id, material) if as_rotation else store.import_key(key_id, material)
+            store.save()
+        except KeyringFileError as exc:
+            _fail(str(exc))
+            return
     click.echo(f"imported {info.id} (version {info.current_version})")
 
 
@@ -309,14 +311,15 @@ def keys_import(
 @_pass_env_opt
 def keys_disable(key_id: str, enable: bool, keyring: Path, passphrase_file: Path | None, passphrase_env: str) -> None:
     """Disable KEY_ID: it no longer wraps or unwraps anything (until --enable)."""
-    from proxy.kms.local import KeyringFileError
+    from proxy.kms.local import KeyringFileError, keyring_lock
 
-    store = _open_store(keyring, passphrase_file, passphrase_env)
-    try:
-        store.set_enabled(key_id, enable)
-        store.save()
-    except KeyringFileError as exc:
-        _fail(str(exc))
+    with keyring_lock(keyring):
+        store = _open_store(keyring, passphrase_file, passphrase_env)
+        try:
+            store.set_enabled(key_id, enable)
+            store.save()
+        except KeyringFileError as exc:
+            _fail(str(exc))
     click.echo(f"{key_id} {'enabled' if enable else 'disabled'}")
 
 
@@ -443,13 +446,15 @@ def keys_import_pem(
 ) -> None:
     """Import an RSA/EC key pair or a PUBLIC key (PEM). With only the public key, this keyring
     encrypts uploads it can never read back: the MITM-safe upload gateway."""
-    from proxy.kms.local import KeyringFileError
+    from proxy.kms.local import KeyringFileError, keyring_lock
 
     passphrase = _passphrase(None if passphrase_file else passphrase_env, passphrase_file)
     try:
-        store = _open_or_create(keyring, passphrase)
-        info = store.import_asymmetric_key(key_id, pem_file.read_bytes())
-        store.save()
+        keyring.parent.mkdir(parents=True, exist_ok=True)
+        with keyring_lock(keyring):
+            store = _open_or_create(keyring, passphrase)
+            info = store.import_asymmetric_key(key_id, pem_file.read_bytes())
+            store.save()
     except KeyringFileError as exc:
         _fail(str(exc))
         return

@@ -52,6 +52,7 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -59,7 +60,7 @@ import re
 import stat
 import struct
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -289,6 +290,27 @@ def _load_keys(path: Path, doc: Any) -> dict[str, _MasterKey]:
             versions.append(_Version(number, material, v_created))
         keys[key_id] = _MasterKey(key_id, created, origin, versions, extra)
     return keys
+
+
+@contextlib.contextmanager
+def keyring_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock for a read-modify-write of the keyring file at `path`.
+
+    Two rotations that each read the file and write it back would both create "version N+1"
+    with different material; a process that picked up the first one in between would seal
+    objects under material the second write erases. The lock (``flock`` on a sibling file, so
+    atomic replacement of the keyring does not drop it) serialises them across threads and
+    processes that take it."""
+    try:
+        fd = os.open(path.with_name(f".{path.name}.lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    except FileNotFoundError:
+        yield  # no such directory, so no keyring: opening it reports that
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 class LocalKeyStore:

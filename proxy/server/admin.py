@@ -16,14 +16,9 @@ encrypt/decrypt, which are open to every client then). Every call is audited; a 
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import json
 import logging
-import os
 import re
-from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -61,27 +56,6 @@ def _json(doc: Any) -> web.Response:
 
 class _Refused(Exception):
     """A rotation the keyring cannot do; the message names no path and no material."""
-
-
-@contextmanager
-def keyring_lock(path: Path) -> Iterator[None]:
-    """Hold an exclusive lock for a read-modify-write of the keyring file at `path`.
-
-    Two rotations that each read the file and write it back would both create "version N+1"
-    with different material; a process that picked up the first one in between would seal
-    objects under material the second write erases. The lock (``flock`` on a sibling file, so
-    atomic replacement of the keyring does not drop it) serialises them across threads and
-    processes that take it."""
-    try:
-        fd = os.open(path.with_name(f".{path.name}.lock"), os.O_RDWR | os.O_CREAT, 0o600)
-    except FileNotFoundError:
-        yield  # no such directory, so no keyring: opening it reports that
-        return
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # releases the lock
 
 
 def _open_store(gw: Gateway) -> Any:
@@ -139,7 +113,7 @@ async def _rotate(gw: Gateway, identity: str, key_id: str) -> web.StreamResponse
     if gw.config.kms.provider != "local":
         _audit(gw, "rotate", "error", key_id=key_id, reason="NotImplemented")
         raise S3Error("NotImplemented", "aws-kms keys rotate in KMS (automatic rotation or RotateKeyOnDemand)", 501)
-    from proxy.kms.local import KeyringFileError
+    from proxy.kms.local import KeyringFileError, keyring_lock
 
     keyring = gw.config.kms.keyring
     assert keyring is not None

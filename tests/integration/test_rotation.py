@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import os
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+import pytest
 
 from tests.conftest import PASSPHRASE, Stack
 
@@ -79,3 +82,38 @@ def test_cli_import_and_due(tmp_path: Path) -> None:
     assert r.returncode == 0 and "no key is due" in r.stdout
     listed = run("list").stdout
     assert "imported" in listed and "manual" in listed
+
+
+def test_concurrent_keyring_edits_are_all_kept(tmp_path: Path) -> None:
+    """Every command that rewrites the keyring file holds its lock: edits started together
+    (cron jobs, an operator, admin rotations) all survive; none overwrites another."""
+    from proxy.kms.base import KeyAccessDenied
+    from proxy.kms.local import LocalKeyring, LocalKeyStore
+
+    env = {**os.environ, "SEALGATE_KEYRING_PASSPHRASE": "pass phrase for test"}
+    ring = tmp_path / "kr"
+    material = tmp_path / "m.hex"
+    material.write_text(os.urandom(32).hex() + "\n")
+    base = [*SEALGATE, "keys"]
+    assert subprocess.run([*base, "create", "k0", "--keyring", str(ring)], env=env).returncode == 0
+    edits = [
+        *(["create", f"k{i}"] for i in range(1, 5)),
+        ["rotate", "k0"],
+        ["import", "imp", "--material-file", str(material)],
+        ["disable", "k0"],
+    ]
+    procs = [
+        subprocess.Popen([*base, *args, "--keyring", str(ring)], env=env, stderr=subprocess.PIPE, text=True)
+        for args in edits
+    ]
+    for proc in procs:
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+    store = LocalKeyStore.open(ring, b"pass phrase for test")
+    infos = {i.id: i for i in store.list_keys()}
+    assert sorted(infos) == ["imp", "k0", "k1", "k2", "k3", "k4"]
+    assert infos["k0"].versions == 2
+    keyring = LocalKeyring(store)
+    with pytest.raises(KeyAccessDenied):
+        asyncio.run(keyring.ready("k0"))
+    asyncio.run(keyring.ready("k1"))
