@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import random
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -34,10 +36,16 @@ _VERIFIED = web.RequestKey("sealgate.verified", VerifiedRequest)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+# Request ids need to be unique, not secret: a generator seeded once per process is enough
+# (secrets.token_hex costs a getrandom syscall per request).
+_ids = random.Random(secrets.randbits(128))
+os.register_at_fork(after_in_child=lambda: _ids.seed(secrets.randbits(128)))  # workers differ
+
+
 def _request_id(request: web.Request) -> str:
     rid = request.get(REQUEST_ID)
     if rid is None:
-        rid = secrets.token_hex(8).upper()
+        rid = f"{_ids.getrandbits(64):016X}"
         request[REQUEST_ID] = rid
     assert isinstance(rid, str)
     return rid
