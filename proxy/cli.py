@@ -7,7 +7,6 @@ import os
 import secrets
 import string
 import sys
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -19,35 +18,10 @@ if TYPE_CHECKING:
     from proxy.kms.local import LocalKeyStore
 
 
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, message (and the exception, if any)."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        import json
-
-        doc = {
-            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        if record.exc_info:
-            doc["exception"] = self.formatException(record.exc_info)
-        return json.dumps(doc, ensure_ascii=False)
-
-
 def _setup_logging(verbose: bool, json_logs: bool = False) -> None:
-    handler = logging.StreamHandler()
-    if json_logs:
-        formatter: logging.Formatter = JsonFormatter()
-        formatter.converter = time.gmtime
-    else:
-        formatter = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
-    handler.setFormatter(formatter)
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler])
-    # botocore logs request details (headers) at DEBUG; never let them through.
-    logging.getLogger("botocore").setLevel(logging.WARNING)
-    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    from proxy.logs import setup_logging
+
+    setup_logging(verbose, json_logs)
 
 
 def _fail(message: str) -> None:

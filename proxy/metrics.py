@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 REGISTRY = CollectorRegistry(auto_describe=True)
@@ -44,3 +46,16 @@ def render() -> bytes:
     """The text exposition of every metric."""
     out: bytes = generate_latest(REGISTRY)
     return out
+
+
+_finished: dict[tuple[str, int], tuple[Any, Any]] = {}
+
+
+def request_finished(operation: str, status: int, seconds: float) -> None:
+    """Count one request and its latency; the labelled series are looked up once per
+    (operation, status) rather than per request (prometheus_client's `labels` is not free)."""
+    series = _finished.get((operation, status))
+    if series is None:
+        series = _finished[(operation, status)] = (REQUESTS.labels(operation, str(status)), LATENCY.labels(operation))
+    series[0].inc()
+    series[1].observe(seconds)

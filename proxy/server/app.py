@@ -18,7 +18,7 @@ from proxy.config import Config
 from proxy.crypto.format import FormatError
 from proxy.kms.base import KeyringError
 from proxy.kms.materials import Materials
-from proxy.metrics import ACTIVE, BYTES_OUT, LATENCY, REQUESTS, render
+from proxy.metrics import ACTIVE, BYTES_OUT, render, request_finished
 from proxy.s3.errors import S3Error
 from proxy.s3.routing import Route, route
 from proxy.s3.sigv4 import ClientCredentials, VerifiedRequest, verify_request
@@ -89,8 +89,7 @@ async def s3_errors(request: web.Request, handler: Handler) -> web.StreamRespons
         resp.headers.setdefault("x-amz-id-2", rid)
     operation = request.get(OPERATION, "Health" if request.path.startswith(HEALTH_PREFIX) else "Unrouted")
     elapsed = time.monotonic() - start
-    REQUESTS.labels(operation, str(resp.status)).inc()
-    LATENCY.labels(operation).observe(elapsed)
+    request_finished(operation, resp.status, elapsed)
     BYTES_OUT.inc(resp.body_length)
     log.info(
         "%s %s %s %s %.1fms",

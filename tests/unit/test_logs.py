@@ -1,0 +1,81 @@
+"""The batching log handler: every line arrives, in order, at the latest one loop iteration late."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import logging
+from collections.abc import Iterator
+
+import pytest
+
+from proxy.logs import BatchingStreamHandler, JsonFormatter
+
+
+@pytest.fixture
+def logger() -> Iterator[tuple[logging.Logger, io.StringIO, BatchingStreamHandler]]:
+    out = io.StringIO()
+    handler = BatchingStreamHandler(out)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    log = logging.getLogger("sealgate.test-logs")
+    log.propagate = False
+    log.setLevel(logging.DEBUG)
+    log.addHandler(handler)
+    try:
+        yield log, out, handler
+    finally:
+        log.removeHandler(handler)
+
+
+def test_lines_of_one_loop_iteration_are_written_together(
+    logger: tuple[logging.Logger, io.StringIO, BatchingStreamHandler],
+) -> None:
+    log, out, _ = logger
+
+    async def serve() -> list[str]:
+        seen = []
+        for i in range(3):
+            log.info("request %d", i)
+        seen.append(out.getvalue())  # nothing yet: the iteration has not ended
+        await asyncio.sleep(0)
+        seen.append(out.getvalue())
+        log.info("request 3")
+        log.warning("backend slow")  # a warning goes out at once, with what was gathered
+        seen.append(out.getvalue())
+        return seen
+
+    before, after, warned = asyncio.run(serve())
+    assert before == ""
+    assert after == "INFO request 0\nINFO request 1\nINFO request 2\n"
+    assert warned == after + "INFO request 3\nWARNING backend slow\n"
+
+
+def test_without_a_loop_lines_are_written_at_once(
+    logger: tuple[logging.Logger, io.StringIO, BatchingStreamHandler],
+) -> None:
+    log, out, _ = logger
+    log.info("from a thread or a tool")
+    assert out.getvalue() == "INFO from a thread or a tool\n"
+
+
+def test_flush_writes_what_is_gathered(logger: tuple[logging.Logger, io.StringIO, BatchingStreamHandler]) -> None:
+    """logging.shutdown() at exit flushes: a loop that stops early loses no line."""
+    log, out, handler = logger
+
+    async def last_words() -> None:
+        log.info("last request")
+        handler.flush()
+        assert out.getvalue() == "INFO last request\n"
+
+    asyncio.run(last_words())
+    assert out.getvalue() == "INFO last request\n"  # the scheduled write found nothing left
+
+
+def test_json_lines() -> None:
+    formatter = JsonFormatter()
+    record = logging.makeLogRecord(
+        {"name": "sealgate.access", "levelno": 20, "levelname": "INFO", "msg": "a %s", "args": ("b",)}
+    )
+    doc = json.loads(formatter.format(record))
+    assert doc["message"] == "a b" and doc["level"] == "info" and doc["logger"] == "sealgate.access"
