@@ -33,12 +33,21 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 from benchmarks import client as C  # noqa: E402
-from benchmarks.procs import CLIENT_AKID, CLIENT_SECRET, Server, cpu_seconds, free_port, servers  # noqa: E402
+from benchmarks.procs import (  # noqa: E402
+    CLIENT_AKID,
+    CLIENT_SECRET,
+    Server,
+    Servers,
+    cpu_seconds,
+    descendants,
+    free_port,
+    servers,
+)
 
 SEGMENT = 64 * 1024
 
 
-def proxy_main(mode: str, port: int, backend: str, cert: str, key: str) -> None:
+def proxy_main(mode: str, port: int, backend: str, cert: str, key: str, reuse_port: bool = False) -> None:
     """The stripped-down proxy (run in its own process by `main`)."""
     import ssl
 
@@ -162,7 +171,7 @@ def proxy_main(mode: str, port: int, backend: str, cert: str, key: str) -> None:
         async with session.put(url, data=sealed(), headers=headers) as resp:
             await resp.read()
         out = web.Response(status=resp.status)
-        if mode == "buffered":
+        if mode == "buffered" and size:
             out.force_close()  # aiohttp's parser never saw the body: the connection ends here
         return out
 
@@ -179,7 +188,7 @@ def proxy_main(mode: str, port: int, backend: str, cert: str, key: str) -> None:
     app.on_startup.append(on_startup)
     app.on_cleanup.append(on_cleanup)
     uvloop.install()
-    web.run_app(app, host="127.0.0.1", port=port, ssl_context=tls, print=None, access_log=None)
+    web.run_app(app, host="127.0.0.1", port=port, ssl_context=tls, print=None, access_log=None, reuse_port=reuse_port)
 
 
 async def measure(target: C.Target, proc: Server, size: int, runs: int) -> tuple[float, float]:
@@ -199,15 +208,79 @@ async def measure(target: C.Target, proc: Server, size: int, runs: int) -> tuple
     return statistics.median(rates), statistics.median(cpus)
 
 
+async def measure_small(target: C.Target, pids: list[int], seconds: float, runs: int) -> dict[str, float]:
+    """4 KiB PUTs on 64 keep-alive connections, as run.py's small load: medians of `runs`."""
+    keys = [f"k{i}" for i in range(256)]
+    body = bytes(4096)
+    rows: list[dict[str, float]] = []
+    async with C.session_for(target) as session:
+        await C.create_bucket(session, target, "floor")
+    for _ in range(runs):
+        signed = C.presign_small(target, "floor", "PUT", keys, len(body))
+        c0 = sum(cpu_seconds(pid) for pid in pids)
+        result = await C.small_load(target, "PUT", signed, connections=64, seconds=seconds, warmup=1.0, body=body)
+        summary = result.summary()
+        cpu = sum(cpu_seconds(pid) for pid in pids) - c0
+        summary["cpu_us"] = cpu / max(1, summary["requests"]) * 1e6
+        rows.append(summary)
+    return {k: statistics.median(r[k] for r in rows) for k in ("req_per_s", "p50_ms", "p99_ms", "cpu_us")}
+
+
+def small_floor(run: Servers, sink: Server, files: dict[str, Path], workers: int, seconds: float, runs: int) -> None:
+    """The 4 KiB PUT load against `workers` floor-readany processes and as many sealgate workers."""
+    port = free_port()
+    tls = [str(files["cert"]), str(files["key"])]
+    floor = [
+        run._spawn(
+            f"floor-small-{i}",
+            [sys.executable, __file__, "--proxy", "readany", str(port), sink.endpoint, *tls, "reuse"],
+            port,
+            "https",
+        )
+        for i in range(workers)
+    ]
+    sealgate = run.start_sealgate(files, sink.endpoint, workers=workers)
+    results = {
+        "floor-readany": asyncio.run(
+            measure_small(
+                C.Target("floor", floor[0].endpoint, str(files["ca"]), CLIENT_AKID, CLIENT_SECRET),
+                [p.pid for p in floor],
+                seconds,
+                runs,
+            )
+        ),
+        "sealgate": asyncio.run(
+            measure_small(
+                C.Target("sealgate", sealgate.endpoint, str(files["ca"]), CLIENT_AKID, CLIENT_SECRET),
+                descendants(sealgate.pid),
+                seconds,
+                runs,
+            )
+        ),
+    }
+    print(f"4 KiB PUT, 64 connections, {workers} worker(s), medians of {runs} x {seconds:.0f} s")
+    print(f"{'':16}{'req/s':>8}{'p50 ms':>8}{'p99 ms':>8}{'CPU us/req':>12}")
+    for name, r in results.items():
+        print(f"{name:16}{r['req_per_s']:8.0f}{r['p50_ms']:8.1f}{r['p99_ms']:8.1f}{r['cpu_us']:12.0f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size-mib", type=int, default=1024)
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--proxy", nargs=5, metavar=("MODE", "PORT", "BACKEND", "CERT", "KEY"), help=argparse.SUPPRESS)
+    parser.add_argument("--small", action="store_true", help="4 KiB PUT loads instead of the 1 GiB upload")
+    parser.add_argument("--workers", type=int, default=2, help="processes per proxy for --small")
+    parser.add_argument("--small-seconds", type=float, default=8.0)
+    parser.add_argument("--proxy", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.proxy:
-        mode, port, backend, cert, key = args.proxy
-        proxy_main(mode, int(port), backend, cert, key)
+        mode, port, backend, cert, key, *reuse = args.proxy
+        proxy_main(mode, int(port), backend, cert, key, reuse_port=bool(reuse))
+        return
+    if args.small:
+        with tempfile.TemporaryDirectory(prefix="sgfloor-") as tmp, servers(Path(tmp)) as run:
+            sink = run.start_sink()
+            small_floor(run, sink, run.prepare_sealgate_files(), args.workers, args.small_seconds, args.runs)
         return
     size = args.size_mib * 2**20
     with tempfile.TemporaryDirectory(prefix="sgfloor-") as tmp, servers(Path(tmp)) as run:
