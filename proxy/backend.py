@@ -100,7 +100,12 @@ class _UnsignedPayloadAuth(S3SigV4Auth):  # type: ignore[misc]
         return False
 
     def headers_to_sign(self, request: _SigningRequest) -> _HeadersToSign:
-        out = _HeadersToSign()
+        # botocore asks twice per signature (canonical request, Authorization header); the
+        # headers do not change in between.
+        cached = request.context.get("sealgate.headers_to_sign")
+        if cached is not None:
+            return cached  # type: ignore[no-any-return]
+        out = request.context["sealgate.headers_to_sign"] = _HeadersToSign()
         for name, value in request.headers.items():
             lname = name.lower()
             if lname not in SIGNED_HEADERS_BLACKLIST:

@@ -32,6 +32,10 @@ READ_SIZE = 1024 * 1024
 class _Stream(Protocol):
     async def readany(self) -> bytes: ...
 
+    def read_nowait(self, n: int = -1) -> bytes: ...
+
+    def at_eof(self) -> bool: ...
+
 
 def _declared_length(headers: CIMultiDictProxy[str], chunked: bool) -> int:
     name = "x-amz-decoded-content-length" if chunked else "Content-Length"
@@ -144,8 +148,12 @@ class PlaintextBody:
     async def __aiter__(self) -> AsyncIterator[bytes | memoryview]:
         while True:
             try:
-                async with asyncio.timeout(self._stall):
-                    data = await self._stream.readany()
+                # What has arrived is taken without arming a timer (a small body usually has
+                # all arrived by now); only a read that has to wait is bounded by the stall timeout.
+                data = self._stream.read_nowait()
+                if not data and not self._stream.at_eof():
+                    async with asyncio.timeout(self._stall):
+                        data = await self._stream.readany()
             except TimeoutError as exc:
                 raise S3Error(
                     "RequestTimeout",
