@@ -274,6 +274,23 @@ def test_streamed_upload_is_not_retried(faulty: tuple[FaultyRelay, Stack], moto_
         backend_client(moto_url).head_object(Bucket="faults", Key="once")
 
 
+def test_small_upload_is_retried(faulty: tuple[FaultyRelay, Stack], moto_url: str) -> None:
+    """A small upload (sealed body up to 256 KiB) is sealed whole before it is sent, so a
+    backend hiccup is retried like a GET, and the object is stored once, intact."""
+    relay, st = faulty
+    data = os.urandom(200_000)
+    relay.arm("503", "/faults/small", times=2)
+    try:
+        status, _ = _once(st, "PUT", "faults/small", data)
+        assert status == 200
+        assert relay.hits == 3
+    finally:
+        relay.fault = None
+    assert st.client().get_object(Bucket="faults", Key="small")["Body"].read() == data
+    stored = backend_client(moto_url).get_object(Bucket="faults", Key="small")["Body"].read()
+    assert data[:4096] not in stored  # ciphertext on the backend
+
+
 def test_backend_reset_mid_upload_stores_nothing(faulty: tuple[FaultyRelay, Stack], moto_url: str) -> None:
     relay, st = faulty
     relay.arm("reset-upload", "/faults/cut")
