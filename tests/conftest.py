@@ -113,6 +113,17 @@ def client_for(endpoint: str, ca_path: Path, *, when_required: bool = False, **k
     )
 
 
+def multipart_put(s3: Any, bucket: str, key: str, parts: list[bytes]) -> bytes:
+    """Upload `parts` as one multipart object through client `s3`; returns the whole body."""
+    uid = s3.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]
+    done = [
+        {"PartNumber": n, "ETag": s3.upload_part(Bucket=bucket, Key=key, UploadId=uid, PartNumber=n, Body=p)["ETag"]}
+        for n, p in enumerate(parts, 1)
+    ]
+    s3.complete_multipart_upload(Bucket=bucket, Key=key, UploadId=uid, MultipartUpload={"Parts": done})
+    return b"".join(parts)
+
+
 def make_keyring(path: Path) -> Path:
     """A local keyring with key `default`, and its passphrase file (both 0600)."""
     from proxy.kms.local import LocalKeyStore

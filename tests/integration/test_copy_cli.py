@@ -15,7 +15,7 @@ from click.testing import CliRunner
 
 from proxy.audit import verify_file
 from proxy.cli import main
-from tests.conftest import PASSPHRASE, backend_client, start_stack
+from tests.conftest import PASSPHRASE, backend_client, multipart_put, start_stack
 
 MiB = 1024 * 1024
 
@@ -66,15 +66,7 @@ def test_copy_to_another_bucket_under_another_key(moto_url: str, tls_files: dict
         single = os.urandom(70_000)
         s3.put_object(Bucket="cp-src", Key="a/one", Body=single, ContentType="image/png")
         parts = [os.urandom(5 * MiB), b"tail"]
-        uid = s3.create_multipart_upload(Bucket="cp-src", Key="a/mp")["UploadId"]
-        done = [
-            {
-                "PartNumber": n,
-                "ETag": s3.upload_part(Bucket="cp-src", Key="a/mp", UploadId=uid, PartNumber=n, Body=p)["ETag"],
-            }
-            for n, p in enumerate(parts, 1)
-        ]
-        s3.complete_multipart_upload(Bucket="cp-src", Key="a/mp", UploadId=uid, MultipartUpload={"Parts": done})
+        multipart_put(s3, "cp-src", "a/mp", parts)
         bodies = {"one": single, "mp": b"".join(parts)}
         before = _snapshot(raw, "cp-src")
 

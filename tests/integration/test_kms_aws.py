@@ -20,7 +20,7 @@ from aiohttp import web
 
 from proxy.kms.aws import AwsKmsKeyring
 from proxy.kms.base import InvalidWrappedKey, KeyAccessDenied, KeyUnavailable
-from tests.conftest import backend_client, free_port, start_stack
+from tests.conftest import backend_client, free_port, multipart_put, start_stack
 from tests.integration.test_key_cache import CountingKms
 
 REGION = "us-east-1"
@@ -458,15 +458,7 @@ upload_secret = "shared-upload-secret-0123456789"
         for i in range(3):
             s3.put_object(Bucket="eo-kms-rsa", Key=f"small{i}", Body=os.urandom(1000 + i))
         parts = [os.urandom(5 * 1024 * 1024), b"tail"]
-        uid = s3.create_multipart_upload(Bucket="eo-kms-rsa", Key="big")["UploadId"]
-        done = [
-            {
-                "PartNumber": n,
-                "ETag": s3.upload_part(Bucket="eo-kms-rsa", Key="big", UploadId=uid, PartNumber=n, Body=p)["ETag"],
-            }
-            for n, p in enumerate(parts, 1)
-        ]
-        s3.complete_multipart_upload(Bucket="eo-kms-rsa", Key="big", UploadId=uid, MultipartUpload={"Parts": done})
+        multipart_put(s3, "eo-kms-rsa", "big", parts)
         ref = backend_client(moto_url).head_object(Bucket="eo-kms-rsa", Key="small0")["Metadata"]["sg-kr"]
         assert ref.startswith("kms-rsa:arn:aws:kms:") and ref.endswith("/" + moto_rsa_key)
         for key in ("small0", "big"):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import PASSPHRASE, backend_client, start_stack
+from tests.conftest import PASSPHRASE, backend_client, multipart_put, start_stack
 
 MiB = 1024 * 1024
 
@@ -39,15 +39,7 @@ def test_rewrap_200_objects_interrupted_and_resumed(moto_url: str, tls_files: di
             s3.put_object(Bucket="rewrap", Key=k, Body=v)
         # One multipart object too: its manifest must follow it.
         parts = [os.urandom(5 * MiB), b"tail"]
-        uid = s3.create_multipart_upload(Bucket="rewrap", Key="obj/mp")["UploadId"]
-        done = [
-            {
-                "PartNumber": n,
-                "ETag": s3.upload_part(Bucket="rewrap", Key="obj/mp", UploadId=uid, PartNumber=n, Body=p)["ETag"],
-            }
-            for n, p in enumerate(parts, 1)
-        ]
-        s3.complete_multipart_upload(Bucket="rewrap", Key="obj/mp", UploadId=uid, MultipartUpload={"Parts": done})
+        multipart_put(s3, "rewrap", "obj/mp", parts)
         bodies["obj/mp"] = b"".join(parts)
         raw = backend_client(moto_url)
         before = {k: hashlib.sha256(raw.get_object(Bucket="rewrap", Key=k)["Body"].read()).hexdigest() for k in bodies}

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from proxy.audit import verify_file
 from proxy.cli import main
-from tests.conftest import PASSPHRASE, backend_client, free_port, start_stack, write_config
+from tests.conftest import PASSPHRASE, backend_client, free_port, multipart_put, start_stack, write_config
 
 MiB = 1024 * 1024
 MP = ".sealgate/mp/"
@@ -47,15 +47,7 @@ def test_interrupted_multipart_rewrap_is_finished_by_a_rerun(
         s3, raw = st.client(), backend_client(moto_url)
         s3.create_bucket(Bucket="rw-mp")
         parts = [os.urandom(5 * MiB), os.urandom(1000)]
-        uid = s3.create_multipart_upload(Bucket="rw-mp", Key="obj/mp")["UploadId"]
-        done = [
-            {
-                "PartNumber": n,
-                "ETag": s3.upload_part(Bucket="rw-mp", Key="obj/mp", UploadId=uid, PartNumber=n, Body=p)["ETag"],
-            }
-            for n, p in enumerate(parts, 1)
-        ]
-        s3.complete_multipart_upload(Bucket="rw-mp", Key="obj/mp", UploadId=uid, MultipartUpload={"Parts": done})
+        multipart_put(s3, "rw-mp", "obj/mp", parts)
         body = b"".join(parts)
         (before,) = _records(raw).items()
 
