@@ -8,6 +8,7 @@ always with a computed Content-Length: several S3 implementations refuse chunked
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 import random
 import ssl
@@ -126,7 +127,7 @@ class _UnsignedPayloadAuth(S3SigV4Auth):  # type: ignore[misc]
             if len(_SIGNING_KEYS) > 16:
                 _SIGNING_KEYS.clear()
             _SIGNING_KEYS[cache_key] = signing_key
-        return str(self._sign(signing_key, string_to_sign, hex=True))
+        return hmac.digest(signing_key, string_to_sign.encode("utf-8"), "sha256").hex()
 
 
 def sign_request(

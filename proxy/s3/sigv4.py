@@ -69,7 +69,7 @@ def signing_key(secret: str, date: str, region: str, service: str) -> bytes:
 
 
 def _hmac_hex(key: bytes, msg: str) -> str:
-    return hmac.new(key, msg.encode(), hashlib.sha256).hexdigest()
+    return hmac.digest(key, msg.encode(), "sha256").hex()  # one-shot: no HMAC object per request
 
 
 def _denied(message: str = "Access Denied") -> S3Error:
