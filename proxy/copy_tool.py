@@ -33,8 +33,8 @@ from proxy.crypto.format import (
 from proxy.kms.base import KeyringError
 from proxy.rewrap import audited_gateway, list_keys
 from proxy.s3.errors import S3Error
-from proxy.server.copy import _CONTENT_HEADERS, _multipart_copy, _xml_call
-from proxy.server.multipart import _find_text, _put_record
+from proxy.server.copy import CONTENT_HEADERS, multipart_copy, xml_call
+from proxy.server.multipart import find_text, put_record
 from proxy.server.objects import check_reserved, open_copy_source, record_key
 from proxy.server.state import Gateway
 
@@ -134,18 +134,18 @@ async def copy_object(
         env, key_ref=wrapped.key_ref, wrapped_key=wrapped.wrapped, scope=SCOPE_OBJECT, name_tag=b""
     )
     headers = {f"x-amz-meta-{k}": v for k, v in new_env.to_metadata().items()}
-    headers.update({n: head.headers[n] for n in _CONTENT_HEADERS if n in head.headers})
+    headers.update({n: head.headers[n] for n in CONTENT_HEADERS if n in head.headers})
     source = "/" + quote(f"{src_bucket}/{src_key}", safe="/~")
     if opened.manifest is not None or total > gw.config.backend.max_copy_bytes:
-        backend_etag, _ = await _multipart_copy(gw, dst_bucket, dst_key, headers, source, total)
+        backend_etag, _ = await multipart_copy(gw, dst_bucket, dst_key, headers, source, total)
     else:
         headers["x-amz-copy-source"] = source
         headers["x-amz-metadata-directive"] = "REPLACE"
-        root = await _xml_call(gw, "PUT", dst_bucket, dst_key, headers=headers)
-        backend_etag = (_find_text(root, "ETag") or "").strip().strip('"')
+        root = await xml_call(gw, "PUT", dst_bucket, dst_key, headers=headers)
+        backend_etag = (find_text(root, "ETag") or "").strip().strip('"')
     if opened.manifest is not None:
         manifest = Manifest(opened.manifest.parts, backend_etag, opened.manifest.etag)
-        await _put_record(gw, dst_bucket, dst_key, manifest, manifest.seal(opened.data_key, env.salt))
+        await put_record(gw, dst_bucket, dst_key, manifest, manifest.seal(opened.data_key, env.salt))
     return "copied", total
 
 

@@ -29,9 +29,9 @@ from proxy.crypto.format import Envelope, FormatError, IntegrityError, Layout, M
 from proxy.crypto.multipart import stored_length
 from proxy.kms.base import KeyringError
 from proxy.s3.errors import S3Error
-from proxy.server.copy import _CONTENT_HEADERS, _multipart_copy, _xml_call
-from proxy.server.multipart import _find_text, _put_record
-from proxy.server.objects import RESERVED_PREFIX, _manifest, record_key
+from proxy.server.copy import CONTENT_HEADERS, multipart_copy, xml_call
+from proxy.server.multipart import find_text, put_record
+from proxy.server.objects import RESERVED_PREFIX, read_manifest, record_key
 from proxy.server.state import Gateway
 
 S3_NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
@@ -133,22 +133,22 @@ async def rewrap_object(gw: Gateway, bucket: str, key: str, to_key: str) -> str:
         return "already"
     manifest: Manifest | None = None
     if env.layout == "multipart":
-        manifest = await _manifest(gw, bucket, key, head, data_key, env.salt)
+        manifest = await read_manifest(gw, bucket, key, head, data_key, env.salt)
     new_env = dataclasses.replace(env, key_ref=wrapped.key_ref, wrapped_key=wrapped.wrapped)
     headers = {f"x-amz-meta-{k}": v for k, v in new_env.to_metadata().items()}
-    headers.update({n: head.headers[n] for n in _CONTENT_HEADERS if n in head.headers})
+    headers.update({n: head.headers[n] for n in CONTENT_HEADERS if n in head.headers})
     source = "/" + quote(f"{bucket}/{key}", safe="/~")
     total = int(head.headers.get("Content-Length", "0"))
     if manifest is not None or total > gw.config.backend.max_copy_bytes:
-        new_etag, _ = await _multipart_copy(gw, bucket, key, headers, source, total)
+        new_etag, _ = await multipart_copy(gw, bucket, key, headers, source, total)
     else:
         headers["x-amz-copy-source"] = source
         headers["x-amz-metadata-directive"] = "REPLACE"
-        root = await _xml_call(gw, "PUT", bucket, key, headers=headers)
-        new_etag = (_find_text(root, "ETag") or "").strip().strip('"')
+        root = await xml_call(gw, "PUT", bucket, key, headers=headers)
+        new_etag = (find_text(root, "ETag") or "").strip().strip('"')
     if manifest is not None:
         moved = Manifest(manifest.parts, new_etag, manifest.etag)
-        await _put_record(gw, bucket, key, moved, moved.seal(data_key, env.salt))
+        await put_record(gw, bucket, key, moved, moved.seal(data_key, env.salt))
         old = await gw.backend.request("DELETE", bucket, record_key(key, manifest.backend_etag))
         old.release()
     return "rewrapped"
@@ -186,7 +186,7 @@ async def _follow_manifest(
         if stored_length(earlier, Layout(env.segment_size)) != size:
             continue
         moved = Manifest(earlier.parts, etag, earlier.etag)
-        await _put_record(gw, bucket, key, moved, moved.seal(data_key, env.salt))
+        await put_record(gw, bucket, key, moved, moved.seal(data_key, env.salt))
         old = await gw.backend.request("DELETE", bucket, name)
         old.release()
         return True

@@ -26,7 +26,7 @@ from proxy.crypto.format import (
 )
 from proxy.kms.base import KeyringError
 from proxy.s3.errors import S3Error
-from proxy.server.multipart import S3_NS, _find_text, _put_record
+from proxy.server.multipart import S3_NS, find_text, put_record
 from proxy.server.objects import (
     _last_modified,
     _user_metadata,
@@ -37,7 +37,7 @@ from proxy.server.objects import (
 )
 from proxy.server.state import Gateway, require_key_use
 
-_CONTENT_HEADERS = (
+CONTENT_HEADERS = (
     "Content-Type",
     "Cache-Control",
     "Content-Disposition",
@@ -47,7 +47,7 @@ _CONTENT_HEADERS = (
 )
 
 
-async def _xml_call(
+async def xml_call(
     gw: Gateway,
     method: str,
     bucket: str,
@@ -61,17 +61,17 @@ async def _xml_call(
     resp, answer = await gw.backend.read_ok(method, bucket, key, query=query or [], headers=headers or {}, body=body)
     root = ElementTree.fromstring(answer)
     if root.tag.rsplit("}", 1)[-1] == "Error":
-        code = _find_text(root, "Code") or "InternalError"
-        raise S3Error(code, _find_text(root, "Message") or code, 503 if code == "InternalError" else 400)
+        code = find_text(root, "Code") or "InternalError"
+        raise S3Error(code, find_text(root, "Message") or code, 503 if code == "InternalError" else 400)
     return root
 
 
-async def _multipart_copy(
+async def multipart_copy(
     gw: Gateway, bucket: str, key: str, headers: dict[str, str], source: str, total: int
 ) -> tuple[str, str]:
     """Copy `source` into `key` with UploadPartCopy in parts of at most 5 GiB."""
-    root = await _xml_call(gw, "POST", bucket, key, query=[("uploads", "")], headers=headers)
-    upload = _find_text(root, "UploadId") or ""
+    root = await xml_call(gw, "POST", bucket, key, query=[("uploads", "")], headers=headers)
+    upload = find_text(root, "UploadId") or ""
     try:
         parts = []
         step = gw.config.backend.max_copy_bytes
@@ -80,20 +80,20 @@ async def _multipart_copy(
             part_headers = {"x-amz-copy-source": source}
             if total:
                 part_headers["x-amz-copy-source-range"] = f"bytes={start}-{end}"
-            result = await _xml_call(
+            result = await xml_call(
                 gw, "PUT", bucket, key, query=[("partNumber", str(number)), ("uploadId", upload)], headers=part_headers
             )
-            parts.append((number, (_find_text(result, "ETag") or "").strip().strip('"')))
+            parts.append((number, (find_text(result, "ETag") or "").strip().strip('"')))
         xml = "".join(f'<Part><PartNumber>{n}</PartNumber><ETag>"{e}"</ETag></Part>' for n, e in parts)
         body = f'<CompleteMultipartUpload xmlns="{S3_NS}">{xml}</CompleteMultipartUpload>'.encode()
-        done = await _xml_call(gw, "POST", bucket, key, query=[("uploadId", upload)], body=body)
+        done = await xml_call(gw, "POST", bucket, key, query=[("uploadId", upload)], body=body)
     except BaseException:
         abort = await gw.backend.request("DELETE", bucket, key, query=[("uploadId", upload)])
         abort.release()
         raise
     head = await gw.backend.request("HEAD", bucket, key)
     head.release()
-    etag = (_find_text(done, "ETag") or head.headers.get("ETag") or "").strip().strip('"')
+    etag = (find_text(done, "ETag") or head.headers.get("ETag") or "").strip().strip('"')
     modified = _last_modified(head) or datetime.now(UTC)
     return etag, modified.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z")
 
@@ -147,23 +147,23 @@ async def copy_object(gw: Gateway, request: web.Request, bucket: str, key: str) 
     if directive == "REPLACE":
         headers.update(stored_headers(request))
     else:
-        headers.update({n: head.headers[n] for n in _CONTENT_HEADERS if n in head.headers})
+        headers.update({n: head.headers[n] for n in CONTENT_HEADERS if n in head.headers})
     source = "/" + quote(f"{src_bucket}/{src_key}", safe="/~")
     if version:
         source += "?versionId=" + quote(version, safe="")
     if opened.manifest is not None or total > gw.config.backend.max_copy_bytes:
         # Multipart objects stay multipart (their ETag form tells listings so), and the backend
         # copies at most 5 GiB in one CopyObject: both go part by part, still server-side.
-        backend_etag, last_modified = await _multipart_copy(gw, bucket, key, headers, source, total)
+        backend_etag, last_modified = await multipart_copy(gw, bucket, key, headers, source, total)
     else:
         headers["x-amz-copy-source"] = source
         headers["x-amz-metadata-directive"] = "REPLACE"
-        root = await _xml_call(gw, "PUT", bucket, key, headers=headers)
-        backend_etag = (_find_text(root, "ETag") or "").strip().strip('"')
-        last_modified = _find_text(root, "LastModified") or ""
+        root = await xml_call(gw, "PUT", bucket, key, headers=headers)
+        backend_etag = (find_text(root, "ETag") or "").strip().strip('"')
+        last_modified = find_text(root, "LastModified") or ""
     if opened.manifest is not None:
         manifest = Manifest(opened.manifest.parts, backend_etag, opened.manifest.etag)
-        await _put_record(gw, bucket, key, manifest, manifest.seal(opened.data_key, env.salt))
+        await put_record(gw, bucket, key, manifest, manifest.seal(opened.data_key, env.salt))
         etag = opened.etag
     elif opened.meta.etag:
         etag = opened.etag  # a plaintext MD5: the same bytes keep it

@@ -58,7 +58,7 @@ MIN_PART_SIZE = 5 * 1024 * 1024
 MAX_PARTS = 10000
 MAX_XML = 2 * 1024 * 1024
 _HEX32 = re.compile(r"^[0-9a-f]{32}$")
-_XML = {"Content-Type": "application/xml"}
+XML_HEADERS = {"Content-Type": "application/xml"}
 
 
 def _no_upload() -> S3Error:
@@ -96,12 +96,14 @@ async def _open_upload(gw: Gateway, request: web.Request, bucket: str, key: str,
     return uid, data_key
 
 
-def _xml(root: str, fields: list[tuple[str, str]]) -> bytes:
+def xml_doc(root: str, fields: list[tuple[str, str]]) -> bytes:
+    """An S3 XML document `<root>` holding `fields` as escaped child elements."""
     inner = "".join(f"<{k}>{escape(v)}</{k}>" for k, v in fields)
     return f'<?xml version="1.0" encoding="UTF-8"?>\n<{root} xmlns="{S3_NS}">{inner}</{root}>'.encode()
 
 
-def _find_text(root: object, tag: str) -> str | None:
+def find_text(root: object, tag: str) -> str | None:
+    """Text of the first element named `tag` (any namespace) under `root`; None if absent."""
     for el in root.iter():  # type: ignore[attr-defined]
         if el.tag.rsplit("}", 1)[-1] == tag:
             return str(el.text or "")
@@ -118,7 +120,7 @@ async def create(gw: Gateway, request: web.Request, bucket: str, key: str) -> we
     headers = {f"x-amz-meta-{k}": v for k, v in env.to_metadata().items()}
     headers.update(stored_headers(request))
     resp, doc = await gw.backend.read_ok("POST", bucket, key, query=[("uploads", "")], headers=headers, body=b"")
-    backend_id = _find_text(ElementTree.fromstring(doc), "UploadId")
+    backend_id = find_text(ElementTree.fromstring(doc), "UploadId")
     if not backend_id:
         raise S3Error("BadGateway", "backend returned no upload id", 502)
     secret = gw.config.encryption.upload_secret
@@ -126,11 +128,12 @@ async def create(gw: Gateway, request: web.Request, bucket: str, key: str) -> we
     if secret is not None:
         sealed = seal_for_replicas(secret.get_secret_value().encode(), env.salt, data_key, bucket, key)
     uid = UploadId(backend_id, env.key_ref, env.wrapped_key, env.salt, sealed_key=sealed).encode(data_key, bucket, key)
-    body = _xml("InitiateMultipartUploadResult", [("Bucket", bucket), ("Key", key), ("UploadId", uid)])
-    return web.Response(status=200, body=body, headers=_XML)
+    body = xml_doc("InitiateMultipartUploadResult", [("Bucket", bucket), ("Key", key), ("UploadId", uid)])
+    return web.Response(status=200, body=body, headers=XML_HEADERS)
 
 
-def _part_number(request: web.Request) -> int:
+def parse_part_number(request: web.Request) -> int:
+    """The request's ``partNumber`` (1-10000), or S3's InvalidArgument."""
     raw = request.query.get("partNumber", "")
     if not raw.isdigit() or not 1 <= int(raw) <= MAX_PARTS:
         raise S3Error("InvalidArgument", "Part number must be an integer between 1 and 10000, inclusive", 400)
@@ -145,7 +148,7 @@ async def upload_part(
         return await s3ec_read.upload_part(gw, request, bucket, key, verified)
     if "x-amz-copy-source" in request.headers:
         return await upload_part_copy(gw, request, bucket, key)
-    number = _part_number(request)
+    number = parse_part_number(request)
     uid, data_key = await _open_upload(gw, request, bucket, key, request.query["uploadId"])
     body = client_body(gw, request, verified)
     if body.length > MAX_PUT_SIZE:
@@ -200,7 +203,7 @@ async def upload_part_copy(gw: Gateway, request: web.Request, bucket: str, key: 
 
     The bodies are under different data keys, so the bytes pass through sealgate; memory stays
     bounded, as for any part."""
-    number = _part_number(request)
+    number = parse_part_number(request)
     uid, data_key = await _open_upload(gw, request, bucket, key, request.query["uploadId"])
     length, plaintext = await read_copy_source(gw, request)
     header = PartHeader(number, length, os.urandom(16)).pack()
@@ -227,8 +230,8 @@ async def upload_part_copy(gw: Gateway, request: web.Request, bucket: str, key: 
     except IntegrityError as exc:
         raise S3Error("ObjectIntegrityError", f"copy source failed authentication: {exc}", 500) from exc
     modified = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z")
-    body = _xml("CopyPartResult", [("LastModified", modified), ("ETag", resp.headers.get("ETag", ""))])
-    return web.Response(status=200, body=body, headers=_XML)
+    body = xml_doc("CopyPartResult", [("LastModified", modified), ("ETag", resp.headers.get("ETag", ""))])
+    return web.Response(status=200, body=body, headers=XML_HEADERS)
 
 
 async def _backend_parts(gw: Gateway, bucket: str, key: str, backend_id: str) -> dict[int, tuple[str, int]]:
@@ -241,19 +244,20 @@ async def _backend_parts(gw: Gateway, bucket: str, key: str, backend_id: str) ->
         )
         root = ElementTree.fromstring(raw_body)
         for el in (e for e in root.iter() if e.tag.rsplit("}", 1)[-1] == "Part"):
-            n = _find_text(el, "PartNumber")
-            etag = _find_text(el, "ETag")
-            size = _find_text(el, "Size")
+            n = find_text(el, "PartNumber")
+            etag = find_text(el, "ETag")
+            size = find_text(el, "Size")
             if n and etag is not None and size:
                 parts[int(n)] = (etag.strip().strip('"'), int(size))
-        if (_find_text(root, "IsTruncated") or "false").lower() != "true":
+        if (find_text(root, "IsTruncated") or "false").lower() != "true":
             return parts
-        marker = _find_text(root, "NextPartNumberMarker") or ""
+        marker = find_text(root, "NextPartNumberMarker") or ""
         if not marker:
             return parts
 
 
-def _client_parts(doc: bytes) -> list[tuple[int, str]]:
+def client_parts(doc: bytes) -> list[tuple[int, str]]:
+    """(part number, ETag) pairs of a CompleteMultipartUpload body; MalformedXML on bad input."""
     try:
         root = ElementTree.fromstring(doc)
     except Exception as exc:  # noqa: BLE001 - defusedxml raises several types for hostile XML
@@ -262,8 +266,8 @@ def _client_parts(doc: bytes) -> list[tuple[int, str]]:
     for el in root.iter():
         if el.tag.rsplit("}", 1)[-1] != "Part":
             continue
-        n = _find_text(el, "PartNumber")
-        etag = _find_text(el, "ETag")
+        n = find_text(el, "PartNumber")
+        etag = find_text(el, "ETag")
         if not n or not n.strip().isdigit() or etag is None:
             raise S3Error("MalformedXML", "Each Part needs a PartNumber and an ETag", 400)
         out.append((int(n), etag.strip().strip('"').lower()))
@@ -281,7 +285,8 @@ def _multipart_etag(etags: list[str]) -> str | None:
     return hashlib.md5(b"".join(bytes.fromhex(e) for e in etags)).hexdigest() + f"-{len(etags)}"
 
 
-async def _put_record(gw: Gateway, bucket: str, key: str, manifest: Manifest, sealed: bytes) -> None:
+async def put_record(gw: Gateway, bucket: str, key: str, manifest: Manifest, sealed: bytes) -> None:
+    """Store a sealed multipart manifest under its reserved key (named by the backend ETag)."""
     resp = await gw.backend.request(
         "PUT",
         bucket,
@@ -306,7 +311,7 @@ async def complete(gw: Gateway, request: web.Request, bucket: str, key: str) -> 
     doc = await request.content.read(MAX_XML + 1)
     if len(doc) > MAX_XML:
         raise S3Error("MaxMessageLengthExceeded", "Your request was too big.", 400)
-    wanted = _client_parts(doc)
+    wanted = client_parts(doc)
     uid, data_key = await _open_upload(gw, request, bucket, key, request.query["uploadId"])
     stored = await _backend_parts(gw, bucket, key, uid.backend_id)
     layout = Layout(DEFAULT_SEGMENT_SIZE)
@@ -333,7 +338,7 @@ async def complete(gw: Gateway, request: web.Request, bucket: str, key: str) -> 
     final_etag = _multipart_etag([p.etag for p in parts]) or hashlib.md5(os.urandom(16)).hexdigest() + f"-{len(parts)}"
     expected = _multipart_etag([e.lower() for e in backend_etags]) or "unknown"
     manifest = Manifest(tuple(parts), expected, final_etag)
-    await _put_record(gw, bucket, key, manifest, manifest.seal(data_key, uid.salt))
+    await put_record(gw, bucket, key, manifest, manifest.seal(data_key, uid.salt))
 
     body = "".join(
         f'<Part><PartNumber>{p.number}</PartNumber><ETag>"{e}"</ETag></Part>'
@@ -344,28 +349,28 @@ async def complete(gw: Gateway, request: web.Request, bucket: str, key: str) -> 
     root = ElementTree.fromstring(answer) if answer.strip() else None
     if root is not None and root.tag.rsplit("}", 1)[-1] == "Error":
         # S3 may report a failed completion inside a 200 response.
-        code = _find_text(root, "Code") or "InternalError"
-        raise S3Error(code, _find_text(root, "Message") or code, 503 if code == "InternalError" else 400)
+        code = find_text(root, "Code") or "InternalError"
+        raise S3Error(code, find_text(root, "Message") or code, 503 if code == "InternalError" else 400)
     # Name the manifest after the ETag that reads will see: some backends report another ETag
     # on HEAD and GET than in their completion answer.
     head = await gw.backend.request("HEAD", bucket, key)
     head.release()
     actual = head.headers.get("ETag", "").strip().strip('"')
     if not actual and root is not None:
-        actual = (_find_text(root, "ETag") or "").strip().strip('"')
+        actual = (find_text(root, "ETag") or "").strip().strip('"')
     if actual and actual != expected:
         # A backend with its own ETag scheme: the manifest must name the ETag it really gave.
         stale = manifest
         manifest = Manifest(tuple(parts), actual, final_etag)
-        await _put_record(gw, bucket, key, manifest, manifest.seal(data_key, uid.salt))
+        await put_record(gw, bucket, key, manifest, manifest.seal(data_key, uid.salt))
         old = await gw.backend.request("DELETE", bucket, record_key(key, stale.backend_etag))
         old.release()
     location = f"/{bucket}/{key}"
-    out = _xml(
+    out = xml_doc(
         "CompleteMultipartUploadResult",
         [("Location", location), ("Bucket", bucket), ("Key", key), ("ETag", f'"{final_etag}"')],
     )
-    return web.Response(status=200, body=out, headers=_XML)
+    return web.Response(status=200, body=out, headers=XML_HEADERS)
 
 
 def _backend_id(text: str) -> str:
@@ -410,7 +415,7 @@ async def list_parts(gw: Gateway, request: web.Request, bucket: str, key: str) -
             el.text = request.query["uploadId"]
     from xml.etree.ElementTree import tostring
 
-    return web.Response(status=200, body=tostring(root, encoding="utf-8", xml_declaration=True), headers=_XML)
+    return web.Response(status=200, body=tostring(root, encoding="utf-8", xml_declaration=True), headers=XML_HEADERS)
 
 
 async def list_uploads(gw: Gateway, request: web.Request, bucket: str) -> web.StreamResponse:
@@ -418,4 +423,4 @@ async def list_uploads(gw: Gateway, request: web.Request, bucket: str) -> web.St
     names = ("delimiter", "encoding-type", "key-marker", "max-uploads", "prefix", "upload-id-marker")
     query = [("uploads", "")] + [(k, v) for k, v in request.query.items() if k in names]
     resp, data = await gw.backend.read_ok("GET", bucket, None, query=query)
-    return web.Response(status=200, body=data, headers=_XML)
+    return web.Response(status=200, body=data, headers=XML_HEADERS)

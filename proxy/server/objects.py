@@ -378,7 +378,7 @@ async def _open(
         env.check_name(data_key, bucket, key)
         sealed = open_metadata(data_key, env.salt, env.sealed)
         if env.layout == LAYOUT_MULTIPART:
-            manifest = await _manifest(gw, bucket, key, resp, data_key, env.salt)
+            manifest = await read_manifest(gw, bucket, key, resp, data_key, env.salt)
             if stored_length(manifest, layout) != total:
                 raise IntegrityError("stored size differs from the manifest's parts")
             return _Opened(env, data_key, sealed, manifest.size, f'"{manifest.etag}"', manifest)
@@ -400,7 +400,7 @@ def record_key(key: str, backend_etag: str) -> str:
     return f"{RESERVED_PREFIX}mp/{digest}/{backend_etag.strip().strip(chr(34))}"
 
 
-async def _manifest(
+async def read_manifest(
     gw: Gateway, bucket: str, key: str, resp: BackendResponse, data_key: bytes, salt: bytes
 ) -> Manifest:
     """The sealed manifest of a multipart object; it must name the ETag the backend reports."""

@@ -507,7 +507,7 @@ def _find_upload(gw: Gateway, bucket: str, key: str, upload_id: str) -> _Upload:
 
 async def create_multipart(gw: Gateway, request: web.Request, bucket: str, key: str) -> web.StreamResponse:
     """CreateMultipartUpload into an s3ec-v3 bucket: S3EC metadata on the upload, state here."""
-    from proxy.server.multipart import _XML, _find_text, _xml
+    from proxy.server.multipart import XML_HEADERS, find_text, xml_doc
 
     reg = _uploads(gw)
     now = time.monotonic()
@@ -519,13 +519,13 @@ async def create_multipart(gw: Gateway, request: web.Request, bucket: str, key: 
     body = s3ec.S3ecV3Multipart(plain_key)
     headers = _object_headers(request, body.metadata(wrapped, wrap_alg, encryption_context=context))
     _, doc = await gw.backend.read_ok("POST", bucket, key, query=[("uploads", "")], headers=headers, body=b"")
-    backend_id = _find_text(ElementTree.fromstring(doc), "UploadId")
+    backend_id = find_text(ElementTree.fromstring(doc), "UploadId")
     if not backend_id:
         raise S3Error("BadGateway", "backend returned no upload id", 502)
     upload_id = UPLOAD_PREFIX + backend_id
     reg[upload_id] = _Upload(bucket, key, backend_id, body, body.start)
-    xml = _xml("InitiateMultipartUploadResult", [("Bucket", bucket), ("Key", key), ("UploadId", upload_id)])
-    return web.Response(status=200, body=xml, headers=_XML)
+    xml = xml_doc("InitiateMultipartUploadResult", [("Bucket", bucket), ("Key", key), ("UploadId", upload_id)])
+    return web.Response(status=200, body=xml, headers=XML_HEADERS)
 
 
 async def _encrypt_part(
@@ -602,10 +602,10 @@ async def upload_part(
     gw: Gateway, request: web.Request, bucket: str, key: str, verified: VerifiedRequest
 ) -> web.StreamResponse:
     """UploadPart (or UploadPartCopy) of an s3ec-v3 upload: encrypted in order, in this process."""
-    from proxy.server.multipart import _part_number
+    from proxy.server.multipart import parse_part_number
     from proxy.server.objects import MAX_PUT_SIZE, client_body
 
-    number = _part_number(request)
+    number = parse_part_number(request)
     up = _find_upload(gw, bucket, key, request.query["uploadId"])
     if "x-amz-copy-source" in request.headers:
         return await _upload_part_copy(gw, request, up, number)
@@ -626,7 +626,7 @@ async def upload_part(
 
 
 async def _upload_part_copy(gw: Gateway, request: web.Request, up: _Upload, number: int) -> web.StreamResponse:
-    from proxy.server.multipart import _XML, _xml, read_copy_source
+    from proxy.server.multipart import XML_HEADERS, read_copy_source, xml_doc
 
     length, plaintext = await read_copy_source(gw, request)
     try:
@@ -634,19 +634,28 @@ async def _upload_part_copy(gw: Gateway, request: web.Request, up: _Upload, numb
     except IntegrityError as exc:
         raise S3Error("ObjectIntegrityError", f"copy source failed authentication: {exc}", 500) from exc
     modified = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z")
-    xml = _xml("CopyPartResult", [("LastModified", modified), ("ETag", f'"{etag}"')])
-    return web.Response(status=200, body=xml, headers=_XML)
+    xml = xml_doc("CopyPartResult", [("LastModified", modified), ("ETag", f'"{etag}"')])
+    return web.Response(status=200, body=xml, headers=XML_HEADERS)
 
 
 async def complete_multipart(gw: Gateway, request: web.Request, bucket: str, key: str) -> web.StreamResponse:
     """CompleteMultipartUpload of an s3ec-v3 upload: the parts stored, then the tag if no part
     carried it, completed on the backend; the object then reads as one S3EC V3 body."""
-    from proxy.server.multipart import _XML, MAX_PARTS, MAX_XML, MIN_PART_SIZE, S3_NS, _client_parts, _find_text, _xml
+    from proxy.server.multipart import (
+        MAX_PARTS,
+        MAX_XML,
+        MIN_PART_SIZE,
+        S3_NS,
+        XML_HEADERS,
+        client_parts,
+        find_text,
+        xml_doc,
+    )
 
     doc = await request.content.read(MAX_XML + 1)
     if len(doc) > MAX_XML:
         raise S3Error("MaxMessageLengthExceeded", "Your request was too big.", 400)
-    wanted = _client_parts(doc)
+    wanted = client_parts(doc)
     upload_id = request.query["uploadId"]
     up = _find_upload(gw, bucket, key, upload_id)
     async with up.lock:
@@ -687,15 +696,15 @@ async def complete_multipart(gw: Gateway, request: web.Request, bucket: str, key
         _, answer = await gw.backend.read_ok("POST", bucket, key, query=[("uploadId", up.backend_id)], body=xml)
         root = ElementTree.fromstring(answer) if answer.strip() else None
         if root is not None and root.tag.rsplit("}", 1)[-1] == "Error":
-            code = _find_text(root, "Code") or "InternalError"
-            raise S3Error(code, _find_text(root, "Message") or code, 503 if code == "InternalError" else 400)
+            code = find_text(root, "Code") or "InternalError"
+            raise S3Error(code, find_text(root, "Message") or code, 503 if code == "InternalError" else 400)
         forget_upload(gw, upload_id)
-    etag = (_find_text(root, "ETag") or "").strip() if root is not None else ""
-    out = _xml(
+    etag = (find_text(root, "ETag") or "").strip() if root is not None else ""
+    out = xml_doc(
         "CompleteMultipartUploadResult",
         [("Location", f"/{bucket}/{key}"), ("Bucket", bucket), ("Key", key), ("ETag", etag)],
     )
-    return web.Response(status=200, body=out, headers=_XML)
+    return web.Response(status=200, body=out, headers=XML_HEADERS)
 
 
 def _ranges(numbers: list[int]) -> str:
