@@ -16,7 +16,6 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
-import boto3
 import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
@@ -32,27 +31,18 @@ from proxy.crypto import s3ec
 from proxy.crypto.format import IntegrityError
 from proxy.kms.aws import AwsKmsKeyring
 from proxy.kms.base import InvalidWrappedKey
+from tests.integration.s3ec_support import moto_client
 
 REGION = "us-east-1"
 SIZES = [0, 1, 16, 17, 1024 * 1024 + 1]
 CONTEXTS: list[dict[str, str] | None] = [None, {"tenant": "acme", "purpose": "interop"}]
 
 
-def _client(service: str, url: str) -> Any:
-    return boto3.client(
-        service,
-        endpoint_url=url,
-        region_name=REGION,
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    )
-
-
 @pytest.fixture(scope="module")
 def env(moto_url: str) -> Iterator[dict[str, str]]:
     bucket = f"s3ec-{uuid.uuid4().hex[:12]}"
-    _client("s3", moto_url).create_bucket(Bucket=bucket)
-    key_id = _client("kms", moto_url).create_key(Description="s3ec interop")["KeyMetadata"]["KeyId"]
+    moto_client("s3", moto_url).create_bucket(Bucket=bucket)
+    key_id = moto_client("kms", moto_url).create_key(Description="s3ec interop")["KeyMetadata"]["KeyId"]
     yield {"url": moto_url, "bucket": bucket, "key_id": key_id}
 
 
@@ -65,7 +55,7 @@ async def keyring(env: dict[str, str]) -> AsyncIterator[AwsKmsKeyring]:
 
 def official(env: dict[str, str], *, v2: bool = False, keyring: Any = None, delayed: bool = False) -> Any:
     """The official client on its own boto3 S3 client (it hooks that client's events)."""
-    kr = keyring or KmsKeyring(kms_client=_client("kms", env["url"]), kms_key_id=env["key_id"])
+    kr = keyring or KmsKeyring(kms_client=moto_client("kms", env["url"]), kms_key_id=env["key_id"])
     if v2:
         config = S3EncryptionClientConfig(
             keyring=kr,
@@ -75,11 +65,11 @@ def official(env: dict[str, str], *, v2: bool = False, keyring: Any = None, dela
         )
     else:
         config = S3EncryptionClientConfig(keyring=kr, enable_delayed_authentication=delayed)
-    return S3EncryptionClient(wrapped_s3_client=_client("s3", env["url"]), config=config)
+    return S3EncryptionClient(wrapped_s3_client=moto_client("s3", env["url"]), config=config)
 
 
 def raw_get(env: dict[str, str], key: str) -> tuple[bytes, dict[str, str]]:
-    resp = _client("s3", env["url"]).get_object(Bucket=env["bucket"], Key=key)
+    resp = moto_client("s3", env["url"]).get_object(Bucket=env["bucket"], Key=key)
     return resp["Body"].read(), dict(resp["Metadata"])
 
 
@@ -171,7 +161,7 @@ async def sealgate_put_v3_kms(
     body = b"".join(enc.update(p) for p in pieces(data, piece)) + enc.finish()
     assert len(body) == s3ec.ciphertext_length(len(data))
     meta = enc.metadata(dk.wrapped, s3ec.WRAP_KMS_CONTEXT, encryption_context=kctx)
-    _client("s3", env["url"]).put_object(Bucket=env["bucket"], Key=key, Body=body, Metadata=meta)
+    moto_client("s3", env["url"]).put_object(Bucket=env["bucket"], Key=key, Body=body, Metadata=meta)
     return meta
 
 
@@ -234,7 +224,7 @@ async def test_sealgate_v3_aes_gcm_wrapping(env: dict[str, str], size: int) -> N
     meta = enc.metadata(s3ec.wrap_aes_gcm(kek, data_key), s3ec.WRAP_AES_GCM, material_description=matdesc)
     assert meta["x-amz-w"] == "02" and json.loads(meta["x-amz-m"]) == matdesc and "x-amz-t" not in meta
     key = f"sg-v3-aes/{uuid.uuid4().hex}"
-    _client("s3", env["url"]).put_object(Bucket=env["bucket"], Key=key, Body=body, Metadata=meta)
+    moto_client("s3", env["url"]).put_object(Bucket=env["bucket"], Key=key, Body=body, Metadata=meta)
     aes_keyring = _TestAesKeyring(kek)
     assert official_get(env, key, None, keyring=aes_keyring) == data
     assert aes_keyring.seen_context == matdesc  # the official reader takes x-amz-m for 02
@@ -329,7 +319,7 @@ async def test_v3_tampered_commitment_or_message_id_refused_before_decrypting(
         await s3ec.unwrap_kms(bad, keyring, env["key_id"])
     # the official client agrees
     key = f"tamper/{uuid.uuid4().hex}"
-    _client("s3", env["url"]).put_object(Bucket=env["bucket"], Key=key, Body=v3_object[1], Metadata=bad)
+    moto_client("s3", env["url"]).put_object(Bucket=env["bucket"], Key=key, Body=v3_object[1], Metadata=bad)
     with pytest.raises((S3EncryptionClientError, S3EncryptionClientSecurityError)):
         official_get(env, key, {"tenant": "acme"})
 
@@ -391,7 +381,7 @@ async def test_v3_instruction_file_read_by_both(env: dict[str, str], keyring: Aw
     obj_meta = {k: v for k, v in meta.items() if k in s3ec.V3_OBJECT_ONLY}
     instr = {k: v for k, v in meta.items() if k not in s3ec.V3_OBJECT_ONLY}
     key = f"instr/{uuid.uuid4().hex}"
-    s3 = _client("s3", env["url"])
+    s3 = moto_client("s3", env["url"])
     s3.put_object(Bucket=env["bucket"], Key=key, Body=body, Metadata=obj_meta)
     s3.put_object(
         Bucket=env["bucket"],

@@ -11,56 +11,28 @@ import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-import boto3
 import pytest
 from botocore.exceptions import ClientError
-from s3_encryption import S3EncryptionClient, S3EncryptionClientConfig
-from s3_encryption.materials.kms_keyring import KmsKeyring
-from s3_encryption.materials.materials import AlgorithmSuite, CommitmentPolicy
 
 from proxy.crypto import s3ec
-from tests.conftest import Stack, backend_client, start_stack
+from tests.conftest import Stack, backend_client
+from tests.integration.s3ec_support import official, start_kms_stack
 
 PLAIN = "s3ec-if"  # no opt-in: V1/V2 instruction files are not looked for
 PROBE = "s3ec-if-on"  # s3ec_instruction_files = true
-
-
-def _client(service: str, url: str) -> Any:
-    return boto3.client(
-        service, endpoint_url=url, region_name="us-east-1", aws_access_key_id="testing", aws_secret_access_key="testing"
-    )
 
 
 @pytest.fixture(scope="module")
 def if_stack(
     moto_url: str, tls_files: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[Stack, str]]:
-    key_id = _client("kms", moto_url).create_key()["KeyMetadata"]["KeyId"]
-    kms = (
-        f'provider = "aws-kms"\nregion = "us-east-1"\nendpoint = "{moto_url}"\ndefault_key = "{key_id}"\n'
-        'access_key_id = "testing"\nsecret_access_key = "testing"\n'
-    )
     rules = f'\n[[buckets]]\nname = "{PROBE}"\ns3ec_instruction_files = true\n'
-    st = start_stack(tmp_path_factory.mktemp("s3ecif"), moto_url, tls_files, kms=kms, extra=rules)
-    for b in (PLAIN, PROBE):
-        _client("s3", moto_url).create_bucket(Bucket=b)
+    st, key_id = start_kms_stack(
+        tmp_path_factory.mktemp("s3ecif"), moto_url, tls_files, rules=rules, buckets=(PLAIN, PROBE)
+    )
     yield st, key_id
     st.gate.stop()
-
-
-def official(url: str, key_id: str, *, v2: bool = False) -> Any:
-    kr = KmsKeyring(kms_client=_client("kms", url), kms_key_id=key_id)
-    if v2:
-        cfg = S3EncryptionClientConfig(
-            keyring=kr,
-            encryption_algorithm=AlgorithmSuite.ALG_AES_256_GCM_IV12_TAG16_NO_KDF,
-            commitment_policy=CommitmentPolicy.FORBID_ENCRYPT_ALLOW_DECRYPT,
-        )
-    else:
-        cfg = S3EncryptionClientConfig(keyring=kr)
-    return S3EncryptionClient(wrapped_s3_client=_client("s3", url), config=cfg)
 
 
 def _move_to_instruction_file(url: str, bucket: str, key: str, *, extra: dict[str, str] | None = None) -> None:

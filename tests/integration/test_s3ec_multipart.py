@@ -13,31 +13,16 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
 from boto3.s3.transfer import TransferConfig
 from botocore.exceptions import ClientError
-from s3_encryption import S3EncryptionClient, S3EncryptionClientConfig
-from s3_encryption.materials.kms_keyring import KmsKeyring
 
 from proxy.server import s3ec_read
 from tests.conftest import Stack, backend_client, start_stack
+from tests.integration.s3ec_support import kms_config, official, start_kms_stack
 
 MiB = 1024 * 1024
 BUCKET = "s3ec-mp"
-
-
-def _client(service: str, url: str) -> Any:
-    return boto3.client(
-        service, endpoint_url=url, region_name="us-east-1", aws_access_key_id="testing", aws_secret_access_key="testing"
-    )
-
-
-def _kms_config(moto_url: str, key_id: str) -> str:
-    return (
-        f'provider = "aws-kms"\nregion = "us-east-1"\nendpoint = "{moto_url}"\ndefault_key = "{key_id}"\n'
-        'access_key_id = "testing"\nsecret_access_key = "testing"\n'
-    )
 
 
 RULES = f'\n[[buckets]]\nname = "{BUCKET}"\nformat = "s3ec-v3"\n'
@@ -47,18 +32,9 @@ RULES = f'\n[[buckets]]\nname = "{BUCKET}"\nformat = "s3ec-v3"\n'
 def mp_stack(
     moto_url: str, tls_files: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[Stack, str]]:
-    key_id = _client("kms", moto_url).create_key()["KeyMetadata"]["KeyId"]
-    st = start_stack(
-        tmp_path_factory.mktemp("s3ecmp"), moto_url, tls_files, kms=_kms_config(moto_url, key_id), extra=RULES
-    )
-    _client("s3", moto_url).create_bucket(Bucket=BUCKET)
+    st, key_id = start_kms_stack(tmp_path_factory.mktemp("s3ecmp"), moto_url, tls_files, rules=RULES, buckets=(BUCKET,))
     yield st, key_id
     st.gate.stop()
-
-
-def official(url: str, key_id: str) -> Any:
-    kr = KmsKeyring(kms_client=_client("kms", url), kms_key_id=key_id)
-    return S3EncryptionClient(wrapped_s3_client=_client("s3", url), config=S3EncryptionClientConfig(keyring=kr))
 
 
 def _upload(s3: Any, key: str, parts: list[bytes]) -> str:
@@ -155,7 +131,7 @@ def test_parts_to_another_process_are_refused(
     mp_stack: tuple[Stack, str], moto_url: str, tls_files: dict[str, Path], tmp_path: Path
 ) -> None:
     st, key_id = mp_stack
-    other = start_stack(tmp_path, moto_url, tls_files, kms=_kms_config(moto_url, key_id), extra=RULES)
+    other = start_stack(tmp_path, moto_url, tls_files, kms=kms_config(moto_url, key_id), extra=RULES)
     try:
         uid = st.client().create_multipart_upload(Bucket=BUCKET, Key="elsewhere")["UploadId"]
         s3 = other.client()

@@ -15,7 +15,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
 from botocore.exceptions import ClientError
 from cryptography.hazmat.primitives import padding
@@ -24,30 +23,18 @@ from s3_encryption import S3EncryptionClient, S3EncryptionClientConfig
 from s3_encryption.materials.kms_keyring import KmsKeyring
 from s3_encryption.materials.materials import AlgorithmSuite, CommitmentPolicy
 
-from tests.conftest import Stack, backend_client, start_stack
+from tests.conftest import Stack, backend_client
+from tests.integration.s3ec_support import moto_client, start_kms_stack
 
 ON, OFF = "s3ec-v1-on", "s3ec-v1-off"
-
-
-def _client(service: str, url: str) -> Any:
-    return boto3.client(
-        service, endpoint_url=url, region_name="us-east-1", aws_access_key_id="testing", aws_secret_access_key="testing"
-    )
 
 
 @pytest.fixture(scope="module")
 def v1_stack(
     moto_url: str, tls_files: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[Stack, str]]:
-    key_id = _client("kms", moto_url).create_key()["KeyMetadata"]["KeyId"]
-    kms = (
-        f'provider = "aws-kms"\nregion = "us-east-1"\nendpoint = "{moto_url}"\ndefault_key = "{key_id}"\n'
-        'access_key_id = "testing"\nsecret_access_key = "testing"\n'
-    )
     rules = f'\n[[buckets]]\nname = "{ON}"\nallow_s3ec_v1 = true\n'
-    st = start_stack(tmp_path_factory.mktemp("s3ecv1"), moto_url, tls_files, kms=kms, extra=rules)
-    for b in (ON, OFF):
-        _client("s3", moto_url).create_bucket(Bucket=b)
+    st, key_id = start_kms_stack(tmp_path_factory.mktemp("s3ecv1"), moto_url, tls_files, rules=rules, buckets=(ON, OFF))
     yield st, key_id
     st.gate.stop()
 
@@ -55,7 +42,7 @@ def v1_stack(
 def put_v1(url: str, key_id: str, bucket: str, key: str, data: bytes) -> None:
     """A V1 object as the Java client writes it with a KMS key (kms wrapping, AES-CBC body)."""
     matdesc = {"kms_cmk_id": key_id}
-    dk = _client("kms", url).generate_data_key(KeyId=key_id, KeySpec="AES_256", EncryptionContext=matdesc)
+    dk = moto_client("kms", url).generate_data_key(KeyId=key_id, KeySpec="AES_256", EncryptionContext=matdesc)
     iv = os.urandom(16)
     padder = padding.PKCS7(128).padder()
     enc = Cipher(algorithms.AES(dk["Plaintext"]), modes.CBC(iv)).encryptor()
@@ -73,14 +60,14 @@ def put_v1(url: str, key_id: str, bucket: str, key: str, data: bytes) -> None:
 
 
 def official_legacy(url: str, key_id: str) -> Any:
-    kr = KmsKeyring(kms_client=_client("kms", url), kms_key_id=key_id, enable_legacy_wrapping_algorithms=True)
+    kr = KmsKeyring(kms_client=moto_client("kms", url), kms_key_id=key_id, enable_legacy_wrapping_algorithms=True)
     cfg = S3EncryptionClientConfig(
         keyring=kr,
         enable_legacy_unauthenticated_modes=True,
         encryption_algorithm=AlgorithmSuite.ALG_AES_256_GCM_IV12_TAG16_NO_KDF,
         commitment_policy=CommitmentPolicy.FORBID_ENCRYPT_ALLOW_DECRYPT,
     )
-    return S3EncryptionClient(wrapped_s3_client=_client("s3", url), config=cfg)
+    return S3EncryptionClient(wrapped_s3_client=moto_client("s3", url), config=cfg)
 
 
 @pytest.mark.parametrize("size", [0, 1, 15, 16, 17, 100_000])
