@@ -310,7 +310,7 @@ def rewrap(config_path: Path, bucket: str, prefix: str, to_key: str) -> None:
 
     from proxy.audit import AuditError
     from proxy.config import ConfigError, load_config
-    from proxy.rewrap import audited_gateway
+    from proxy.rewrap import ProgressLine, audited_gateway
     from proxy.rewrap import rewrap as run_rewrap
 
     logging.basicConfig(level=logging.WARNING)
@@ -319,20 +319,7 @@ def rewrap(config_path: Path, bucket: str, prefix: str, to_key: str) -> None:
     except ConfigError as exc:
         _fail(str(exc))
         return
-    tty = sys.stderr.isatty()
-    counts = {"rewrapped": 0, "already": 0, "skipped": 0, "bytes": 0}
-
-    def progress(outcome: str, size: int) -> None:
-        counts[outcome] += 1
-        if outcome == "rewrapped":
-            counts["bytes"] += size
-        if tty:
-            click.echo(
-                f"\rrewrapped {counts['rewrapped']} ({counts['bytes'] / 1e6:.1f} MB), "
-                f"already done {counts['already']}, skipped {counts['skipped']}",
-                nl=False,
-                err=True,
-            )
+    progress = ProgressLine("rewrapped")
 
     async def go() -> object:
         async with audited_gateway(config, "rewrap") as gw:  # key uses to <audit.path>.rewrap
@@ -346,8 +333,7 @@ def rewrap(config_path: Path, bucket: str, prefix: str, to_key: str) -> None:
     from proxy.rewrap import RewrapReport
 
     assert isinstance(report, RewrapReport)
-    if tty:
-        click.echo("", err=True)
+    progress.end()
     click.echo(
         f"rewrapped {report.rewrapped} objects ({report.bytes} bytes), {report.already} already under {to_key}, "
         f"{len(report.skipped)} skipped"

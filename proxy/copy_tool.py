@@ -31,7 +31,7 @@ from proxy.crypto.format import (
     is_sealgate_object,
 )
 from proxy.kms.base import KeyringError
-from proxy.rewrap import audited_gateway, list_keys
+from proxy.rewrap import ProgressLine, audited_gateway, list_keys
 from proxy.s3.errors import S3Error
 from proxy.server.copy import CONTENT_HEADERS, multipart_copy, xml_call
 from proxy.server.multipart import find_text, put_record
@@ -213,20 +213,7 @@ def copy_cmd(
     if not recursive and not src[1]:
         click.echo("sealgate: SOURCE names no object (use --recursive for a prefix)", err=True)
         sys.exit(2)
-    tty = sys.stderr.isatty()
-    counts = {"copied": 0, "already": 0, "skipped": 0, "bytes": 0}
-
-    def progress(outcome: str, size: int) -> None:
-        counts[outcome] += 1
-        if outcome == "copied":
-            counts["bytes"] += size
-        if tty:
-            click.echo(
-                f"\rcopied {counts['copied']} ({counts['bytes'] / 1e6:.1f} MB), "
-                f"already done {counts['already']}, skipped {counts['skipped']}",
-                nl=False,
-                err=True,
-            )
+    progress = ProgressLine("copied")
 
     async def go() -> CopyReport:
         async with audited_gateway(config, "copy", identity) as gw:
@@ -237,8 +224,7 @@ def copy_cmd(
     except AuditError as exc:
         click.echo(f"sealgate: {exc}", err=True)
         sys.exit(2)
-    if tty:
-        click.echo("", err=True)
+    progress.end()
     click.echo(
         f"copied {report.copied} objects ({report.bytes} bytes), {report.already} already copied, "
         f"{len(report.skipped)} skipped"

@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import dataclasses
 import getpass
+import sys
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from urllib.parse import quote
 
+import click
 from defusedxml import ElementTree
 
 from proxy.audit import AuditContext, AuditingKeyring, AuditLog, audit_context
@@ -52,6 +54,35 @@ def _login() -> str:
         return getpass.getuser()
     except (KeyError, OSError):  # no login name in the environment nor the password database
         return "unknown"
+
+
+class ProgressLine:
+    """The progress line an operator tool keeps rewriting on a terminal's stderr:
+    ``<verb> N (X MB), already done N, skipped N``. Call it with each object's outcome (`verb`,
+    ``already`` or ``skipped``) and size; it prints nothing when stderr is not a terminal."""
+
+    def __init__(self, verb: str) -> None:
+        self.verb = verb
+        self.counts = {verb: 0, "already": 0, "skipped": 0}
+        self.bytes = 0
+        self.tty = sys.stderr.isatty()
+
+    def __call__(self, outcome: str, size: int) -> None:
+        self.counts[outcome] += 1
+        if outcome == self.verb:
+            self.bytes += size
+        if self.tty:
+            click.echo(
+                f"\r{self.verb} {self.counts[self.verb]} ({self.bytes / 1e6:.1f} MB), "
+                f"already done {self.counts['already']}, skipped {self.counts['skipped']}",
+                nl=False,
+                err=True,
+            )
+
+    def end(self) -> None:
+        """Finish the line (before the summary)."""
+        if self.tty:
+            click.echo("", err=True)
 
 
 @asynccontextmanager
