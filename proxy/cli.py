@@ -333,15 +333,11 @@ def rewrap(config_path: Path, bucket: str, prefix: str, to_key: str) -> None:
     from proxy.rewrap import RewrapReport
 
     assert isinstance(report, RewrapReport)
-    progress.end()
-    click.echo(
+    progress.finish(
         f"rewrapped {report.rewrapped} objects ({report.bytes} bytes), {report.already} already under {to_key}, "
-        f"{len(report.skipped)} skipped"
+        f"{len(report.skipped)} skipped",
+        report.skipped,
     )
-    for key, why in report.skipped:
-        click.echo(f"  skipped {key}: {why}")
-    if report.skipped:
-        sys.exit(1)
 
 
 @main.command("gc")

@@ -33,8 +33,8 @@ from proxy.crypto.format import (
 from proxy.kms.base import KeyringError
 from proxy.rewrap import ProgressLine, audited_gateway, list_keys
 from proxy.s3.errors import S3Error
-from proxy.server.copy import CONTENT_HEADERS, multipart_copy, xml_call
-from proxy.server.multipart import find_text, put_record
+from proxy.server.copy import CONTENT_HEADERS, backend_copy
+from proxy.server.multipart import put_record
 from proxy.server.objects import check_reserved, open_copy_source, record_key
 from proxy.server.state import Gateway
 
@@ -136,13 +136,8 @@ async def copy_object(
     headers = {f"x-amz-meta-{k}": v for k, v in new_env.to_metadata().items()}
     headers.update({n: head.headers[n] for n in CONTENT_HEADERS if n in head.headers})
     source = "/" + quote(f"{src_bucket}/{src_key}", safe="/~")
-    if opened.manifest is not None or total > gw.config.backend.max_copy_bytes:
-        backend_etag, _ = await multipart_copy(gw, dst_bucket, dst_key, headers, source, total)
-    else:
-        headers["x-amz-copy-source"] = source
-        headers["x-amz-metadata-directive"] = "REPLACE"
-        root = await xml_call(gw, "PUT", dst_bucket, dst_key, headers=headers)
-        backend_etag = (find_text(root, "ETag") or "").strip().strip('"')
+    multipart = opened.manifest is not None
+    backend_etag, _ = await backend_copy(gw, dst_bucket, dst_key, headers, source, total, multipart=multipart)
     if opened.manifest is not None:
         manifest = Manifest(opened.manifest.parts, backend_etag, opened.manifest.etag)
         await put_record(gw, dst_bucket, dst_key, manifest, manifest.seal(opened.data_key, env.salt))
@@ -224,12 +219,8 @@ def copy_cmd(
     except AuditError as exc:
         click.echo(f"sealgate: {exc}", err=True)
         sys.exit(2)
-    progress.end()
-    click.echo(
+    progress.finish(
         f"copied {report.copied} objects ({report.bytes} bytes), {report.already} already copied, "
-        f"{len(report.skipped)} skipped"
+        f"{len(report.skipped)} skipped",
+        report.skipped,
     )
-    for key, why in report.skipped:
-        click.echo(f"  skipped {key}: {why}")
-    if report.skipped:
-        sys.exit(1)

@@ -31,8 +31,8 @@ from proxy.crypto.format import Envelope, FormatError, IntegrityError, Layout, M
 from proxy.crypto.multipart import stored_length
 from proxy.kms.base import KeyringError
 from proxy.s3.errors import S3Error
-from proxy.server.copy import CONTENT_HEADERS, multipart_copy, xml_call
-from proxy.server.multipart import find_text, put_record
+from proxy.server.copy import CONTENT_HEADERS, backend_copy
+from proxy.server.multipart import put_record
 from proxy.server.objects import RESERVED_PREFIX, read_manifest, record_key
 from proxy.server.state import Gateway
 
@@ -83,6 +83,16 @@ class ProgressLine:
         """Finish the line (before the summary)."""
         if self.tty:
             click.echo("", err=True)
+
+    def finish(self, summary: str, skipped: list[tuple[str, str]]) -> None:
+        """End the line, print the run's `summary` and each skipped object (key: why) on stdout,
+        and exit with status 1 when any was skipped."""
+        self.end()
+        click.echo(summary)
+        for key, why in skipped:
+            click.echo(f"  skipped {key}: {why}")
+        if skipped:
+            sys.exit(1)
 
 
 @asynccontextmanager
@@ -170,13 +180,7 @@ async def rewrap_object(gw: Gateway, bucket: str, key: str, to_key: str) -> str:
     headers.update({n: head.headers[n] for n in CONTENT_HEADERS if n in head.headers})
     source = "/" + quote(f"{bucket}/{key}", safe="/~")
     total = int(head.headers.get("Content-Length", "0"))
-    if manifest is not None or total > gw.config.backend.max_copy_bytes:
-        new_etag, _ = await multipart_copy(gw, bucket, key, headers, source, total)
-    else:
-        headers["x-amz-copy-source"] = source
-        headers["x-amz-metadata-directive"] = "REPLACE"
-        root = await xml_call(gw, "PUT", bucket, key, headers=headers)
-        new_etag = (find_text(root, "ETag") or "").strip().strip('"')
+    new_etag, _ = await backend_copy(gw, bucket, key, headers, source, total, multipart=manifest is not None)
     if manifest is not None:
         moved = Manifest(manifest.parts, new_etag, manifest.etag)
         await put_record(gw, bucket, key, moved, moved.seal(data_key, env.salt))

@@ -98,6 +98,20 @@ async def multipart_copy(
     return etag, modified.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z")
 
 
+async def backend_copy(
+    gw: Gateway, bucket: str, key: str, headers: dict[str, str], source: str, total: int, *, multipart: bool
+) -> tuple[str, str]:
+    """Copy `source` (`total` bytes) into `key` server-side with `headers` as its metadata:
+    (backend ETag, LastModified)."""
+    if multipart or total > gw.config.backend.max_copy_bytes:
+        # Multipart objects stay multipart (their ETag form tells listings so), and the backend
+        # copies at most 5 GiB in one CopyObject: both go part by part, still server-side.
+        return await multipart_copy(gw, bucket, key, headers, source, total)
+    copy_headers = {**headers, "x-amz-copy-source": source, "x-amz-metadata-directive": "REPLACE"}
+    root = await xml_call(gw, "PUT", bucket, key, headers=copy_headers)
+    return (find_text(root, "ETag") or "").strip().strip('"'), find_text(root, "LastModified") or ""
+
+
 def parse_copy_source(value: str) -> tuple[str, str, str | None]:
     """(bucket, key, version id) from an x-amz-copy-source header."""
     path, _, query = value.partition("?")
@@ -151,16 +165,8 @@ async def copy_object(gw: Gateway, request: web.Request, bucket: str, key: str) 
     source = "/" + quote(f"{src_bucket}/{src_key}", safe="/~")
     if version:
         source += "?versionId=" + quote(version, safe="")
-    if opened.manifest is not None or total > gw.config.backend.max_copy_bytes:
-        # Multipart objects stay multipart (their ETag form tells listings so), and the backend
-        # copies at most 5 GiB in one CopyObject: both go part by part, still server-side.
-        backend_etag, last_modified = await multipart_copy(gw, bucket, key, headers, source, total)
-    else:
-        headers["x-amz-copy-source"] = source
-        headers["x-amz-metadata-directive"] = "REPLACE"
-        root = await xml_call(gw, "PUT", bucket, key, headers=headers)
-        backend_etag = (find_text(root, "ETag") or "").strip().strip('"')
-        last_modified = find_text(root, "LastModified") or ""
+    multipart = opened.manifest is not None
+    backend_etag, last_modified = await backend_copy(gw, bucket, key, headers, source, total, multipart=multipart)
     if opened.manifest is not None:
         manifest = Manifest(opened.manifest.parts, backend_etag, opened.manifest.etag)
         await put_record(gw, bucket, key, manifest, manifest.seal(opened.data_key, env.salt))

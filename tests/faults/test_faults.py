@@ -10,6 +10,7 @@ import socket
 import ssl
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import aiohttp
@@ -112,16 +113,34 @@ class FaultyRelay:
         return f"http://127.0.0.1:{self.port}"
 
 
+@contextmanager
+def relayed(
+    moto_url: str, tls_files: dict[str, Path], directory: Path, *, kms_extra: str | None = None, backend_extra: str = ""
+) -> Iterator[tuple[FaultyRelay, Stack]]:
+    """A new `FaultyRelay` in front of moto and a sealgate that reaches its backend through it
+    (with `backend_extra`), or with `kms_extra` its KMS instead (see `_kms_through`); both stop
+    on exit."""
+    relay = FaultyRelay(moto_url)
+    try:
+        if kms_extra is None:
+            st = start_stack(directory, relay.url, tls_files, backend_extra=backend_extra)
+        else:
+            st = start_stack(directory, moto_url, tls_files, kms=_kms_through(relay, moto_url, kms_extra))
+        try:
+            yield relay, st
+        finally:
+            st.gate.stop()
+    finally:
+        relay.loop.call_soon_threadsafe(relay.loop.stop)
+
+
 @pytest.fixture(scope="module")
 def faulty(
     moto_url: str, tls_files: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[FaultyRelay, Stack]]:
-    relay = FaultyRelay(moto_url)
-    st = start_stack(tmp_path_factory.mktemp("faults"), relay.url, tls_files)
-    st.client().create_bucket(Bucket="faults")
-    yield relay, st
-    st.gate.stop()
-    relay.loop.call_soon_threadsafe(relay.loop.stop)
+    with relayed(moto_url, tls_files, tmp_path_factory.mktemp("faults")) as (relay, st):
+        st.client().create_bucket(Bucket="faults")
+        yield relay, st
 
 
 def _once(st: Stack, method: str, key: str, body: bytes | None = None) -> tuple[int, bytes]:
@@ -213,10 +232,7 @@ def _kms_through(relay: FaultyRelay, moto_url: str, extra: str = "") -> str:
 
 
 def test_kms_throttling_is_retried_then_503(moto_url: str, tls_files: dict[str, Path], tmp_path: Path) -> None:
-    relay = FaultyRelay(moto_url)
-    kms = _kms_through(relay, moto_url)
-    st = start_stack(tmp_path, moto_url, tls_files, kms=kms)
-    try:
+    with relayed(moto_url, tls_files, tmp_path, kms_extra="") as (relay, st):
         s3 = st.client()
         s3.create_bucket(Bucket="throttle")
         relay.fault, relay.match = "throttle", "/"
@@ -228,9 +244,6 @@ def test_kms_throttling_is_retried_then_503(moto_url: str, tls_files: dict[str, 
         relay.fault = None
         s3.put_object(Bucket="throttle", Key="k", Body=b"secret")
         assert s3.get_object(Bucket="throttle", Key="k")["Body"].read() == b"secret"
-    finally:
-        st.gate.stop()
-        relay.loop.call_soon_threadsafe(relay.loop.stop)
 
 
 def test_backend_transient_5xx_is_retried(faulty: tuple[FaultyRelay, Stack]) -> None:
@@ -311,9 +324,8 @@ def test_backend_reset_mid_upload_stores_nothing(faulty: tuple[FaultyRelay, Stac
 def test_slow_backend_times_out_and_sealgate_keeps_serving(
     moto_url: str, tls_files: dict[str, Path], tmp_path: Path
 ) -> None:
-    relay = FaultyRelay(moto_url)
-    st = start_stack(tmp_path, relay.url, tls_files, backend_extra="read_timeout_seconds = 0.5\nmax_attempts = 2")
-    try:
+    backend_extra = "read_timeout_seconds = 0.5\nmax_attempts = 2"
+    with relayed(moto_url, tls_files, tmp_path, backend_extra=backend_extra) as (relay, st):
         s3 = st.client()
         s3.create_bucket(Bucket="slow")
         s3.put_object(Bucket="slow", Key="k", Body=b"data")
@@ -329,18 +341,12 @@ def test_slow_backend_times_out_and_sealgate_keeps_serving(
         s3.put_object(Bucket="slow", Key="other", Body=b"fine")
         relay.fault = None
         assert s3.get_object(Bucket="slow", Key="k")["Body"].read() == b"data"
-    finally:
-        st.gate.stop()
-        relay.loop.call_soon_threadsafe(relay.loop.stop)
 
 
 def test_slow_kms_fails_closed_within_its_timeout(moto_url: str, tls_files: dict[str, Path], tmp_path: Path) -> None:
     import time
 
-    relay = FaultyRelay(moto_url)
-    kms = _kms_through(relay, moto_url, "timeout_seconds = 0.5\nmax_attempts = 2\n")
-    st = start_stack(tmp_path, moto_url, tls_files, kms=kms)
-    try:
+    with relayed(moto_url, tls_files, tmp_path, kms_extra="timeout_seconds = 0.5\nmax_attempts = 2\n") as (relay, st):
         s3 = st.client()
         s3.create_bucket(Bucket="slowkms")
         relay.arm("slow", "/", delay=3.0)
@@ -354,6 +360,3 @@ def test_slow_kms_fails_closed_within_its_timeout(moto_url: str, tls_files: dict
         relay.fault = None
         s3.put_object(Bucket="slowkms", Key="k", Body=b"secret")
         assert s3.get_object(Bucket="slowkms", Key="k")["Body"].read() == b"secret"
-    finally:
-        st.gate.stop()
-        relay.loop.call_soon_threadsafe(relay.loop.stop)
