@@ -201,6 +201,41 @@ async def seal_envelope(
 SMALL_BODY_BYTES = 256 * 1024
 
 
+async def _put_streamed(
+    gw: Gateway,
+    bucket: str,
+    key: str,
+    chunks: AsyncIterator[bytes],
+    length: int,
+    *,
+    headers: dict[str, str],
+    query: list[tuple[str, str]],
+) -> BackendResponse:
+    """`put_stream`'s streamed send: a failure of `chunks` wins over the backend's answer."""
+    failure: list[BaseException] = []
+
+    async def guarded() -> AsyncIterator[bytes]:
+        try:
+            async for chunk in chunks:
+                yield chunk
+        except BaseException as exc:
+            failure.append(exc)
+            raise
+
+    try:
+        resp = await gw.backend.request(
+            "PUT", bucket, key, query=query, headers=headers, body=guarded(), content_length=length
+        )
+    except BaseException:
+        if failure:
+            raise failure[0] from None
+        raise
+    if failure:
+        resp.close()
+        raise failure[0]
+    return resp
+
+
 async def put_stream(
     gw: Gateway,
     bucket: str,
@@ -223,31 +258,8 @@ async def put_stream(
         if len(whole) != length:
             raise AssertionError(f"sealed body is {len(whole)} bytes, not the {length} declared")
         resp = await gw.backend.request("PUT", bucket, key, query=query or [], headers=headers, body=whole)
-        if resp.status >= 300:
-            raise await resp.error()
-        resp.release()
-        return resp
-    failure: list[BaseException] = []
-
-    async def guarded() -> AsyncIterator[bytes]:
-        try:
-            async for chunk in chunks:
-                yield chunk
-        except BaseException as exc:
-            failure.append(exc)
-            raise
-
-    try:
-        resp = await gw.backend.request(
-            "PUT", bucket, key, query=query or [], headers=headers, body=guarded(), content_length=length
-        )
-    except BaseException:
-        if failure:
-            raise failure[0] from None
-        raise
-    if failure:
-        resp.close()
-        raise failure[0]
+    else:
+        resp = await _put_streamed(gw, bucket, key, chunks, length, headers=headers, query=query or [])
     if resp.status >= 300:
         raise await resp.error()
     resp.release()
