@@ -38,7 +38,9 @@ class BatchingStreamHandler(logging.StreamHandler[TextIO]):
     def __init__(self, stream: TextIO | None = None) -> None:
         super().__init__(stream)
         self._pending: list[str] = []
-        self._scheduled = False
+        #: The loop that has a write of the gathered lines queued (a loop closed before it ran
+        #: the write does not hold back the lines of the next one).
+        self._scheduled: asyncio.AbstractEventLoop | None = None
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -55,13 +57,13 @@ class BatchingStreamHandler(logging.StreamHandler[TextIO]):
                 loop = None
         if loop is None or loop.is_closed():
             self._write_pending()
-        elif not self._scheduled:
-            self._scheduled = True
+        elif self._scheduled is not loop:
+            self._scheduled = loop
             loop.call_soon(self._flush_from_loop)
 
     def _flush_from_loop(self) -> None:
         with self.lock:  # type: ignore[union-attr]
-            self._scheduled = False
+            self._scheduled = None
             self._write_pending()
 
     def _write_pending(self) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import logging
@@ -79,3 +80,26 @@ def test_json_lines() -> None:
     )
     doc = json.loads(formatter.format(record))
     assert doc["message"] == "a b" and doc["level"] == "info" and doc["logger"] == "sealgate.access"
+
+
+def test_a_loop_closed_before_its_write_holds_back_nothing(
+    logger: tuple[logging.Logger, io.StringIO, BatchingStreamHandler],
+) -> None:
+    log, out, _ = logger
+    loop = asyncio.new_event_loop()
+
+    async def stopped_early() -> None:
+        log.info("from the first loop")
+        loop.stop()  # the loop ends before it runs the queued write
+
+    with contextlib.suppress(RuntimeError):  # "stopped before Future completed", on some versions
+        loop.run_until_complete(stopped_early())
+    loop.close()
+    assert out.getvalue() == ""
+
+    async def next_loop() -> None:
+        log.info("from the second loop")
+        await asyncio.sleep(0)
+
+    asyncio.run(next_loop())
+    assert out.getvalue() == "INFO from the first loop\nINFO from the second loop\n"
