@@ -148,6 +148,7 @@ def write_config(
     backend_secret: str = BACKEND_SECRET,
     extra: str = "",
     backend_extra: str = "",
+    server_extra: str = "",
 ) -> Path:
     keyring = d / "keyring"
     if kms is None:
@@ -163,6 +164,7 @@ def write_config(
 listen = "127.0.0.1:{port}"
 tls_cert = "{tls["cert"]}"
 tls_key = "{tls["key"]}"
+{server_extra}
 
 [backend]
 endpoint = "{backend}"

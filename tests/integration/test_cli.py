@@ -164,8 +164,7 @@ def test_two_workers_share_the_port(moto_url: str, tls_files: dict[str, Path], t
     from tests.conftest import write_config
 
     port = free_port()
-    cfg = write_config(tmp_path, backend=moto_url, tls=tls_files, port=port)
-    cfg.write_text(cfg.read_text().replace("[server]\n", "[server]\nworkers = 2\n", 1))
+    cfg = write_config(tmp_path, backend=moto_url, tls=tls_files, port=port, server_extra="workers = 2")
     proc = subprocess.Popen([*SEALGATE, "serve", "--config", str(cfg)], cwd=tmp_path, stderr=subprocess.DEVNULL)
     try:
         wait_port(port, 30)

@@ -156,8 +156,13 @@ def test_plain_http_listener_only_when_asked(
     from tests.conftest import SealgateThread, write_config
 
     plain = free_port()
-    cfg = write_config(tmp_path, backend=moto_url, tls=tls_files, port=free_port())
-    cfg.write_text(cfg.read_text().replace("[server]\n", f'[server]\nplain_http_listen = "127.0.0.1:{plain}"\n', 1))
+    cfg = write_config(
+        tmp_path,
+        backend=moto_url,
+        tls=tls_files,
+        port=free_port(),
+        server_extra=f'plain_http_listen = "127.0.0.1:{plain}"',
+    )
     caplog.set_level(logging.WARNING)
     gate = SealgateThread(cfg).start()
     try:
@@ -174,8 +179,9 @@ def test_stalled_upload_is_cut_off_and_stores_nothing(
 ) -> None:
     from tests.conftest import SealgateThread, write_config
 
-    cfg = write_config(tmp_path, backend=moto_url, tls=tls_files, port=free_port())
-    cfg.write_text(cfg.read_text().replace("[server]\n", "[server]\nbody_stall_timeout_seconds = 1\n", 1))
+    cfg = write_config(
+        tmp_path, backend=moto_url, tls=tls_files, port=free_port(), server_extra="body_stall_timeout_seconds = 1"
+    )
     gate = SealgateThread(cfg).start()
     try:
         port = gate.running.tls_port

@@ -26,14 +26,8 @@ from tests.conftest import SealgateThread, Stack, backend_client, client_for, fr
 from tests.signing import sign
 
 
-def server_options(cfg: Path, options: str) -> None:
-    """Add keys to the ``[server]`` table of a config from `write_config`."""
-    cfg.write_text(cfg.read_text().replace("[server]\n", "[server]\n" + options + "\n", 1))
-
-
 def start(d: Path, moto_url: str, tls: dict[str, Path], options: str) -> Stack:
-    cfg = write_config(d, backend=moto_url, tls=tls, port=free_port())
-    server_options(cfg, options)
+    cfg = write_config(d, backend=moto_url, tls=tls, port=free_port(), server_extra=options)
     return Stack(SealgateThread(cfg).start(), moto_url, tls["ca"], d)
 
 
@@ -202,8 +196,13 @@ def test_sighup_reloads_certificate_sigterm_finishes_uploads(
     tls = {"ca": tls_files["ca"], "cert": tmp_path / "server.pem", "key": tmp_path / "server-key.pem"}
     shutil.copy(tls_files["cert"], tls["cert"])
     shutil.copy(tls_files["key"], tls["key"])
-    cfg = write_config(tmp_path, backend=moto_url, tls=tls, port=port)
-    server_options(cfg, "shutdown_timeout_seconds = 20\ntls_reload_seconds = 0")
+    cfg = write_config(
+        tmp_path,
+        backend=moto_url,
+        tls=tls,
+        port=port,
+        server_extra="shutdown_timeout_seconds = 20\ntls_reload_seconds = 0",
+    )
     log = (tmp_path / "sealgate.log").open("wb")
     proc = subprocess.Popen(
         [sys.executable, "-m", "proxy.cli", "serve", "--config", str(cfg)], stdout=log, stderr=subprocess.STDOUT

@@ -25,11 +25,6 @@ BOB_AKID, BOB_SECRET = "SGTESTBOB00000000001", "bob-secret-0123456789abcdef"
 CAROL_AKID, CAROL_SECRET = "SGTESTCAROL000000001", "carol-secret-0123456789abcdef"
 
 
-def server_options(cfg: Path, options: str) -> None:
-    """Add keys to the ``[server]`` table of a config from `write_config`."""
-    cfg.write_text(cfg.read_text().replace("[server]\n", "[server]\n" + options + "\n", 1))
-
-
 def write_cert(cert: trustme.LeafCert, d: Path, name: str) -> tuple[str, str]:
     cert_path, key_path = d / f"{name}.pem", d / f"{name}-key.pem"
     cert.cert_chain_pems[0].write_to_path(str(cert_path))
@@ -81,8 +76,14 @@ name = "carol"
 access_key_id = "{CAROL_AKID}"
 secret_access_key = "{CAROL_SECRET}"
 """
-    cfg = write_config(d, backend=moto_url, tls=tls_files, port=free_port(), extra=extra)
-    server_options(cfg, f'tls_client_ca = "{d / "client-ca.pem"}"')
+    cfg = write_config(
+        d,
+        backend=moto_url,
+        tls=tls_files,
+        port=free_port(),
+        extra=extra,
+        server_extra=f'tls_client_ca = "{d / "client-ca.pem"}"',
+    )
     gate = SealgateThread(cfg).start()
     yield MTLS(gate, tls_files["ca"], certs)
     gate.stop()

@@ -51,8 +51,7 @@ def test_reload_on_file_change_keeps_open_connections(
     files = {"cert": tmp_path / "server.pem", "key": tmp_path / "server-key.pem", "ca": tmp_path / "unused.pem"}
     install(old, files["cert"], files["key"])
     port = free_port()
-    cfg = write_config(tmp_path, backend=moto_url, tls=files, port=port)
-    cfg.write_text(cfg.read_text().replace("[server]\n", "[server]\ntls_reload_seconds = 0.1\n", 1))
+    cfg = write_config(tmp_path, backend=moto_url, tls=files, port=port, server_extra="tls_reload_seconds = 0.1")
     gate = SealgateThread(cfg).start()
 
     def connect() -> http.client.HTTPSConnection:
