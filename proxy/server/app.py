@@ -23,6 +23,7 @@ from proxy.s3.errors import S3Error
 from proxy.s3.routing import Route, route
 from proxy.s3.sigv4 import ClientCredentials, VerifiedRequest, verify_request
 from proxy.server import admin, buckets, copy, multipart, objects
+from proxy.server.direct import closes_connection
 from proxy.server.state import IDENTITY, REQUEST_ID, Gateway
 from proxy.server.tls import check_client_certificate
 
@@ -267,6 +268,14 @@ async def _stamp_request_id(request: web.Request, response: web.StreamResponse) 
     response.headers.setdefault("x-amz-id-2", rid)
 
 
+async def _close_after_direct_body(request: web.Request, response: web.StreamResponse) -> None:
+    """A body read past aiohttp's parser leaves the connection unusable for another request."""
+    if closes_connection(request):
+        response.force_close()
+        # aiohttp has already derived the Connection header by the time this signal runs.
+        response.headers["Connection"] = "close"
+
+
 def build_app(config: Config, materials: Materials, backend: Backend, audit: AuditLog | None = None) -> web.Application:
     """The application; backend and keyring open and close with it."""
     srv = config.server
@@ -295,5 +304,6 @@ def build_app(config: Config, materials: Materials, backend: Backend, audit: Aud
 
     app.cleanup_ctx.append(lifecycle)
     app.on_response_prepare.append(_stamp_request_id)
+    app.on_response_prepare.append(_close_after_direct_body)
     app.router.add_route("*", "/{tail:.*}", dispatch, expect_handler=expect_continue)
     return app

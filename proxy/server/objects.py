@@ -46,6 +46,7 @@ from proxy.s3.ranges import check_conditions, parse_range
 from proxy.s3.sigv4 import VerifiedRequest
 from proxy.server import s3ec_read
 from proxy.server.body import PlaintextBody
+from proxy.server.direct import take_over
 from proxy.server.state import Gateway, require_key_use
 
 log = logging.getLogger(__name__)
@@ -127,8 +128,9 @@ def wants_md5(gw: Gateway, verified: VerifiedRequest) -> bool:
 
 def client_body(gw: Gateway, request: web.Request, verified: VerifiedRequest) -> PlaintextBody:
     """The request's body as verified plaintext, with the config's MD5 and stall settings."""
+    direct = take_over(request, gw.config.server.direct_body_min_bytes, DEFAULT_SEGMENT_SIZE)
     return PlaintextBody(
-        request.content,
+        request.content if direct is None else direct,
         request.headers,
         verified,
         want_md5=wants_md5(gw, verified),

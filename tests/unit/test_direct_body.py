@@ -1,0 +1,192 @@
+"""DirectBody on real TLS connections, on asyncio's event loop and on uvloop's (which sealgate
+uses when installed): the bytes read are the bytes sent, in order, with block reuse; reading
+pauses the client while too much waits; the connection's end reaches the replaced protocol."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import ssl
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import pytest
+import trustme
+
+from proxy.server.direct import BLOCK, HIGH_WATER, DirectBody
+
+SEGMENT = 64 * 1024
+
+
+def loops() -> list[Any]:
+    out: list[Any] = [pytest.param(asyncio.new_event_loop, id="asyncio")]
+    try:
+        import uvloop
+    except ImportError:
+        out.append(pytest.param(None, id="uvloop", marks=pytest.mark.skip(reason="uvloop not installed")))
+    else:
+        out.append(pytest.param(uvloop.new_event_loop, id="uvloop"))
+    return out
+
+
+class Previous(asyncio.Protocol):
+    """The protocol DirectBody replaces: records what is passed on to it."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.lost: list[Exception | None] = []
+        self.received = b""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.received += data
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost.append(exc)
+
+
+Scenario = Callable[[Previous, asyncio.StreamWriter], Coroutine[Any, Any, None]]
+
+
+def run(new_loop: Callable[[], asyncio.AbstractEventLoop], scenario: Scenario) -> None:
+    """A TLS server whose one connection starts with `Previous`; `scenario` gets it and the
+    client's writer."""
+    ca = trustme.CA()
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("localhost").configure_cert(server_ctx)
+    client_ctx = ssl.create_default_context()
+    ca.configure_trust(client_ctx)
+
+    async def main() -> None:
+        accepted: asyncio.Future[Previous] = asyncio.get_running_loop().create_future()
+
+        def factory() -> Previous:
+            p = Previous()
+            accepted.set_result(p)
+            return p
+
+        server = await asyncio.get_running_loop().create_server(factory, "127.0.0.1", 0, ssl=server_ctx)
+        port = server.sockets[0].getsockname()[1]
+        _, writer = await asyncio.open_connection("127.0.0.1", port, ssl=client_ctx, server_hostname="localhost")
+        previous = await asyncio.wait_for(accepted, 5)
+        try:
+            await asyncio.wait_for(scenario(previous, writer), 30)
+        finally:
+            writer.close()
+            server.close()
+
+    loop = new_loop()
+    try:
+        loop.run_until_complete(main())
+    finally:
+        loop.close()
+
+
+async def read_all(body: DirectBody) -> tuple[bytes, list[int]]:
+    """Everything the body yields (each piece copied before the next read), and piece sizes."""
+    out = bytearray()
+    sizes = []
+    while piece := await body.readany():
+        out += piece
+        sizes.append(len(piece))
+    return bytes(out), sizes
+
+
+@pytest.mark.parametrize("new_loop", loops())
+def test_reads_exactly_the_body_in_order_across_reused_blocks(new_loop: Any) -> None:
+    data = os.urandom(9 * BLOCK + 12345)  # more blocks than are kept for reuse, and a partial one
+    head = data[:1000]  # as if aiohttp had parsed these before the take-over
+
+    async def scenario(previous: Previous, writer: asyncio.StreamWriter) -> None:
+        assert previous.transport is not None
+        body = DirectBody(previous.transport, head, len(data) - len(head), SEGMENT)
+        writer.write(data[len(head) :] + b"GET /next HTTP/1.1\r\n\r\n")  # a pipelined request
+        got, _ = await read_all(body)
+        assert hashlib.sha256(got).digest() == hashlib.sha256(data).digest()
+        assert body.at_eof()
+        # Bytes after the declared body were dropped, not handed to the old protocol.
+        assert previous.received == b""
+
+    run(new_loop, scenario)
+
+
+@pytest.mark.parametrize("new_loop", loops())
+def test_a_reader_that_is_behind_gets_whole_segments(new_loop: Any) -> None:
+    data = os.urandom(3 * BLOCK + 4321)
+    head = data[:777]
+
+    async def scenario(previous: Previous, writer: asyncio.StreamWriter) -> None:
+        assert previous.transport is not None
+        body = DirectBody(previous.transport, head, len(data) - len(head), SEGMENT)
+        writer.write(data[len(head) :])
+        while body.remaining:  # everything arrives before the first read
+            await asyncio.sleep(0.01)
+        got, sizes = await read_all(body)
+        assert got == data
+        # The pieces end on the body's segment boundaries (the sealing code then seals them
+        # without copying), apart from the end of the body.
+        ends = [sum(sizes[: i + 1]) for i in range(len(sizes))]
+        assert all(end % SEGMENT == 0 for end in ends[:-1]), ends
+        assert ends[-1] == len(data)
+
+    run(new_loop, scenario)
+
+
+@pytest.mark.parametrize("new_loop", loops())
+def test_pauses_reading_while_too_much_waits(new_loop: Any) -> None:
+    data = os.urandom(6 * HIGH_WATER)
+
+    async def scenario(previous: Previous, writer: asyncio.StreamWriter) -> None:
+        assert previous.transport is not None
+        transport = previous.transport
+        body = DirectBody(transport, b"", len(data), SEGMENT)
+        writer.write(data)
+        # Nobody reads: the connection stops being read at the high-water mark ...
+        for _ in range(200):
+            await asyncio.sleep(0.02)
+            if not transport.is_reading():
+                break
+        assert not transport.is_reading()
+        await asyncio.sleep(0.2)
+        got = bytearray()
+        while piece := body.read_nowait():  # ... so what waits stays bounded
+            got += piece
+        assert len(got) <= HIGH_WATER + 2 * BLOCK
+        # Reading on resumes it, and nothing is lost.
+        rest, _ = await read_all(body)
+        assert bytes(got) + rest == data
+
+    run(new_loop, scenario)
+
+
+@pytest.mark.parametrize("end", ["abort", "close"])
+@pytest.mark.parametrize("new_loop", loops())
+def test_a_client_gone_mid_body_is_a_short_body_and_reaches_the_old_protocol(new_loop: Any, end: str) -> None:
+    async def scenario(previous: Previous, writer: asyncio.StreamWriter) -> None:
+        assert previous.transport is not None
+        body = DirectBody(previous.transport, b"", 10 * SEGMENT, SEGMENT)
+        sent = os.urandom(3 * SEGMENT + 5)
+        writer.write(sent)
+        await writer.drain()
+        await asyncio.sleep(0.1)
+        if end == "abort":
+            writer.transport.abort()
+        else:
+            writer.close()  # TLS close_notify, then FIN
+        got = b""
+        try:
+            while piece := await body.readany():
+                got += piece
+        except ConnectionError:
+            pass  # a reset is an error; a close is the end of a too-short body
+        assert got == sent  # the reader's length check then fails the request
+        for _ in range(100):
+            if previous.lost:
+                break
+            await asyncio.sleep(0.01)
+        assert len(previous.lost) == 1  # so aiohttp and the listener learn the connection ended
+
+    run(new_loop, scenario)
