@@ -176,6 +176,15 @@ class _Model(BaseModel):
 # --- the sections ----------------------------------------------------------------------------
 
 
+def available_cores() -> int:
+    """The cores this process may run on (its CPU affinity where the OS has one), 1 to 256."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS: no affinity API
+        cores = os.cpu_count() or 1
+    return max(1, min(cores, 256))
+
+
 class ServerConfig(_Model):
     """``[server]``: where sealgate listens.
 
@@ -192,7 +201,8 @@ class ServerConfig(_Model):
     tls_key: ConfigPath | None = None
     plain_http_listen: StrictStr | None = None
     client_max_skew_seconds: StrictInt = Field(default=900, ge=1, le=3600)
-    workers: StrictInt = Field(default=1, ge=1, le=256)
+    #: Processes sharing the listening port; by default one per core this process may use.
+    workers: StrictInt = Field(default_factory=available_cores, ge=1, le=256)
     #: A client body that sends nothing for this long is cut off (nothing is stored).
     body_stall_timeout_seconds: StrictInt = Field(default=60, ge=1, le=3600)
     #: Request bodies at least this long are read straight off the connection, past aiohttp's

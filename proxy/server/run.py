@@ -77,14 +77,15 @@ async def operator_gateway(config: Config) -> AsyncIterator[Gateway]:
         await materials.close()
 
 
-def open_audit(config: Config, worker: int | None = None) -> AuditLog | None:
-    """The audit log the config asks for (one file per worker process)."""
+def open_audit(config: Config, *, per_process: bool = False) -> AuditLog | None:
+    """The audit log the config asks for; `per_process` (several workers serve) gives each
+    process its own file, ``<path>.w<pid>``."""
     cfg = config.audit
     if cfg.path is None:
         return None
     path = cfg.path
-    if config.server.workers > 1:
-        path = path.with_name(f"{path.name}.w{worker if worker is not None else os.getpid()}")
+    if per_process:
+        path = path.with_name(f"{path.name}.w{os.getpid()}")
     key = cfg.hmac_key.get_secret_value().encode() if cfg.hmac_key is not None else None
     return AuditLog(path, hmac_key=key)
 
@@ -137,15 +138,17 @@ class Running:
         return self.certificates.reload() if self.certificates is not None else None
 
 
-async def start(config: Config, *, keyring: Keyring | None = None) -> Running:
-    """Bind the listeners and start serving; returns once they accept connections."""
+async def start(config: Config, *, keyring: Keyring | None = None, processes: int = 1) -> Running:
+    """Bind the listeners and start serving; returns once they accept connections. `processes`
+    is how many processes serve this config (`serve` forks ``server.workers`` of them): with
+    more than one, they share the port and each writes its own audit file."""
     srv = config.server
     problem = cert_binding_problem(config)
     if problem is not None:
         raise TLSConfigError(problem)
     certificates = CertificateReloader.from_config(srv) if srv.tls else None
     base = keyring or make_keyring(config)
-    audit = open_audit(config)
+    audit = open_audit(config, per_process=processes > 1)
     if audit is not None:
         base = AuditingKeyring(base, audit)
     app = build_app(config, make_materials(config, base, audit), make_backend(config), audit)
@@ -159,7 +162,7 @@ async def start(config: Config, *, keyring: Keyring | None = None) -> Running:
     if certificates is not None:
         host, port = srv.listen_address
         site = GuardedSite(
-            runner, bind(host, port, reuse_port=srv.workers > 1), connections, lambda: certificates.context
+            runner, bind(host, port, reuse_port=processes > 1), connections, lambda: certificates.context
         )
         await site.start()
         running.sites.append(site)
@@ -169,7 +172,7 @@ async def start(config: Config, *, keyring: Keyring | None = None) -> Running:
             running.watch = asyncio.get_running_loop().create_task(certificates.watch(srv.tls_reload_seconds))
     if srv.plain_http_listen:
         host, port = srv.plain_http_address
-        site = GuardedSite(runner, bind(host, port, reuse_port=srv.workers > 1), connections)
+        site = GuardedSite(runner, bind(host, port, reuse_port=processes > 1), connections)
         await site.start()
         running.sites.append(site)
         plain_port = running.plain_port = site.port
@@ -235,7 +238,7 @@ def _serve_one(config: Config, config_path: Path | None, children: list[int]) ->
                 os.kill(pid, sig)
 
     async def main() -> None:
-        running = await start(config)
+        running = await start(config, processes=config.server.workers)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
 

@@ -165,6 +165,7 @@ def test_two_workers_share_the_port(moto_url: str, tls_files: dict[str, Path], t
 
     port = free_port()
     cfg = write_config(tmp_path, backend=moto_url, tls=tls_files, port=port, server_extra="workers = 2")
+    cfg.write_text(cfg.read_text() + f'\n[audit]\npath = "{tmp_path / "audit.jsonl"}"\n')
     proc = subprocess.Popen([*SEALGATE, "serve", "--config", str(cfg)], cwd=tmp_path, stderr=subprocess.DEVNULL)
     try:
         wait_port(port, 30)
@@ -182,6 +183,10 @@ def test_two_workers_share_the_port(moto_url: str, tls_files: dict[str, Path], t
         proc.wait(timeout=30)
     time.sleep(0.5)
     assert not any(Path(f"/proc/{c}/cmdline").exists() for c in children)
+    # Each worker keeps its own audit file (one appender per file), named by its pid.
+    assert sorted(p.name for p in tmp_path.glob("audit.jsonl*")) == sorted(
+        f"audit.jsonl.w{pid}" for pid in [proc.pid, *map(int, children)]
+    )
 
 
 def test_keys_asymmetric_cli(tmp_path: Path) -> None:
