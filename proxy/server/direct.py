@@ -49,8 +49,9 @@ class DirectBody(asyncio.BufferedProtocol):
     """
 
     def __init__(self, transport: asyncio.Transport, head: bytes, remaining: int, segment: int) -> None:
-        self._transport = transport
-        self._previous = cast(asyncio.Protocol, transport.get_protocol())
+        # Both are let go of when the connection ends (see connection_lost).
+        self._transport: asyncio.Transport | None = transport
+        self._previous: asyncio.Protocol | None = cast(asyncio.Protocol, transport.get_protocol())
         self._segment = segment
         #: Body bytes not yet received.
         self._remaining = remaining
@@ -96,7 +97,7 @@ class DirectBody(asyncio.BufferedProtocol):
         # While nobody waits, only whole segments are queued; the rest follows with the next
         # bytes. A reader that waits gets whatever is there.
         self._enqueue(everything=self._remaining == 0 or self._waiter is not None)
-        if self._queued >= HIGH_WATER and not self._paused:
+        if self._queued >= HIGH_WATER and not self._paused and self._transport is not None:
             self._paused = True
             self._transport.pause_reading()
 
@@ -110,13 +111,20 @@ class DirectBody(asyncio.BufferedProtocol):
             self._error = exc or ConnectionResetError("the client closed the connection mid-body")
         self._eof = True
         self._wake()
-        self._previous.connection_lost(exc)
+        # The transport holds this protocol and this protocol held the transport and the protocol
+        # before it: a reference cycle with the blocks in it, which the garbage collector (run
+        # rarely, see proxy/gc.py) would free only much later. Cut it now.
+        previous, self._previous, self._transport = self._previous, None, None
+        if previous is not None:
+            previous.connection_lost(exc)
 
     def pause_writing(self) -> None:
-        self._previous.pause_writing()
+        if self._previous is not None:
+            self._previous.pause_writing()
 
     def resume_writing(self) -> None:
-        self._previous.resume_writing()
+        if self._previous is not None:
+            self._previous.resume_writing()
 
     # -- the reads PlaintextBody makes ------------------------------------------------------------
 
@@ -130,7 +138,7 @@ class DirectBody(asyncio.BufferedProtocol):
         if lent is not None and lent is not block and len(self._spare) < _SPARE_BLOCKS:
             self._spare.append(lent)  # every piece of it has been read and used
         self._queued -= len(piece)
-        if self._paused and self._queued <= HIGH_WATER // 4:
+        if self._paused and self._queued <= HIGH_WATER // 4 and self._transport is not None:
             self._paused = False
             self._transport.resume_reading()
         return piece
