@@ -7,10 +7,12 @@ segments, seal each with AES-256-GCM, and stream them to the sink over a pooled 
 connection. No SigV4, no envelope, no metadata, no checks, no logging, no metrics:
 
 - ``floor-readany``: reads the body with aiohttp's public API (`request.content.readany()`),
-  as sealgate does;
+  as sealgate does for bodies under ``server.direct_body_min_bytes``;
 - ``floor-buffered``: takes the body off aiohttp's parser and has uvloop's TLS layer decrypt
   straight into the proxy's own buffer (`transport.set_protocol` with an
-  `asyncio.BufferedProtocol`): the fewest copies Python's `ssl` memory BIOs allow.
+  `asyncio.BufferedProtocol`): the fewest copies Python's `ssl` memory BIOs allow. Sealgate
+  does the same for bodies of at least 64 MiB (`proxy/server/direct.py`), so its 1 GiB
+  upload is measured on that path.
 
 Each uploads the same 1 GiB (default) with the same lean client as `run.py`; the table gives
 MB/s, the proxy's CPU-seconds per GiB and the ratio to nginx, medians over `--runs`. If the
