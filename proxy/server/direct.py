@@ -201,6 +201,8 @@ def take_over(request: web.Request, min_bytes: int, segment: int) -> DirectBody 
         or request.content.is_eof()
     ):
         return None
+    # Every body byte aiohttp has received is in request.content by now: its parser hands a
+    # Content-Length body's bytes over as they arrive and only pauses between them.
     head = request.content.read_nowait(-1)
     # aiohttp's stream gets nothing more: ended now, aiohttp does not wait for the rest of it
     # (lingering) before it closes the connection after the response.
