@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import difflib
 import ipaddress
+import math
 import os
 import re
 import tomllib
@@ -176,12 +177,32 @@ class _Model(BaseModel):
 # --- the sections ----------------------------------------------------------------------------
 
 
-def available_cores() -> int:
-    """The cores this process may run on (its CPU affinity where the OS has one), 1 to 256."""
+def _cgroup_cpu_limit(root: Path) -> float | None:
+    """The CPUs a cgroup quota allows this process (a container's ``--cpus``): cgroup v2's
+    ``cpu.max``, else v1's CFS quota and period; None without a quota."""
+    try:
+        quota, period = (root / "cpu.max").read_text().split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError, ZeroDivisionError):
+        pass
+    try:
+        quota_us = int((root / "cpu" / "cpu.cfs_quota_us").read_text())
+        period_us = int((root / "cpu" / "cpu.cfs_period_us").read_text())
+    except (OSError, ValueError):
+        return None
+    return quota_us / period_us if quota_us > 0 and period_us > 0 else None
+
+
+def available_cores(cgroup: Path = Path("/sys/fs/cgroup")) -> int:
+    """The cores this process may use, 1 to 256: its CPU affinity (a cpuset) where the OS has
+    one, and no more than a cgroup CPU quota allows, rounded up."""
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # macOS: no affinity API
         cores = os.cpu_count() or 1
+    limit = _cgroup_cpu_limit(cgroup)
+    if limit is not None and limit > 0:
+        cores = min(cores, math.ceil(limit))
     return max(1, min(cores, 256))
 
 
@@ -201,7 +222,8 @@ class ServerConfig(_Model):
     tls_key: ConfigPath | None = None
     plain_http_listen: StrictStr | None = None
     client_max_skew_seconds: StrictInt = Field(default=900, ge=1, le=3600)
-    #: Processes sharing the listening port; by default one per core this process may use.
+    #: Processes sharing the listening port; by default one per core this process may use
+    #: (CPU affinity, capped by a cgroup CPU quota).
     workers: StrictInt = Field(default_factory=available_cores, ge=1, le=256)
     #: A client body that sends nothing for this long is cut off (nothing is stored).
     body_stall_timeout_seconds: StrictInt = Field(default=60, ge=1, le=3600)

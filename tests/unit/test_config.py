@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from proxy.config import Config, ConfigError, load_config, parse_address
+from proxy.config import Config, ConfigError, available_cores, load_config, parse_address
 
 REPO = Path(__file__).resolve().parents[2]
 ALICE_SECRET = "alice-secret-0123456789-XYZZY"
@@ -452,6 +452,25 @@ def test_defaults(workdir: Path) -> None:
     assert config.backend.verify_tls and config.backend.addressing_style == "path"
     assert config.encryption.etag == "auto"
     assert config.buckets == ()
+
+
+@pytest.mark.parametrize(
+    ("files", "expected"),
+    [
+        ({}, None),  # no cgroup files: the affinity alone
+        ({"cpu.max": "max 100000\n"}, None),  # v2 without a quota
+        ({"cpu.max": "50000 100000\n"}, 1),  # v2, half a CPU: one worker
+        ({"cpu.max": "150000 100000\n"}, 2),  # v2, 1.5 CPUs: rounded up
+        ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None),  # v1, none
+        ({"cpu/cpu.cfs_quota_us": "100000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 1),  # v1, one CPU
+    ],
+)
+def test_default_workers_respect_a_cpu_quota(tmp_path: Path, files: dict[str, str], expected: int | None) -> None:
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    affinity = len(os.sched_getaffinity(0))
+    assert available_cores(tmp_path) == (affinity if expected is None else min(affinity, expected))
 
 
 def test_frozen(workdir: Path) -> None:
