@@ -39,7 +39,13 @@ def main() -> None:
 @click.option("--config", "config_path", type=click.Path(path_type=Path), required=True, help="TOML config file.")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 @click.option("--json-logs", is_flag=True, help="One JSON object per log line (for log shippers).")
-def serve(config_path: Path, verbose: bool, json_logs: bool) -> None:
+@click.option(
+    "--join",
+    is_flag=True,
+    help="Share the port with a sealgate already running there (zero-downtime restart: start the "
+    "new one with --join, then SIGTERM the old one).",
+)
+def serve(config_path: Path, verbose: bool, json_logs: bool, join: bool) -> None:
     """Run the proxy with the given config."""
     from proxy.config import ConfigError, load_config
     from proxy.server.run import serve as run_serve
@@ -52,7 +58,7 @@ def serve(config_path: Path, verbose: bool, json_logs: bool) -> None:
         return
     _tune_gc()
     try:
-        run_serve(config, config_path)
+        run_serve(config, config_path, join=join)
     except Exception as exc:  # noqa: BLE001 - a start-up failure is reported in one line
         from proxy.kms.local import KeyringFileError
 

@@ -33,7 +33,7 @@ from proxy.metrics import CONNECTIONS
 
 log = logging.getLogger("sealgate.listener")
 
-__all__ = ["Connections", "GuardedSite", "bind"]
+__all__ = ["Connections", "GuardedSite", "bind", "port_in_use"]
 
 _DRAIN_POLL = 0.05
 
@@ -213,6 +213,23 @@ def bind(host: str, port: int, *, reuse_port: bool = False, backlog: int = 511) 
             sock.close()
         raise
     return sockets
+
+
+def port_in_use(host: str, port: int) -> bool:
+    """Whether something already listens on `host`:`port`: a test bind without SO_REUSEPORT
+    fails even where every listener there set it (Linux lets only same-user SO_REUSEPORT
+    sockets share a port)."""
+    if port == 0:
+        return False
+    try:
+        probe = bind(host, port)
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            return True
+        raise
+    for sock in probe:
+        sock.close()
+    return False
 
 
 class GuardedSite(web.BaseSite):

@@ -19,7 +19,7 @@ from proxy.config import Config
 from proxy.kms.base import Keyring
 from proxy.kms.materials import Materials, ReuseLimits
 from proxy.server.app import GATEWAY, build_app
-from proxy.server.listener import Connections, GuardedSite, bind
+from proxy.server.listener import Connections, GuardedSite, bind, port_in_use
 from proxy.server.state import Gateway
 from proxy.server.tls import CertificateReloader, TLSConfigError, backend_ssl_context, cert_binding_problem
 
@@ -138,10 +138,14 @@ class Running:
         return self.certificates.reload() if self.certificates is not None else None
 
 
-async def start(config: Config, *, keyring: Keyring | None = None, processes: int = 1) -> Running:
+async def start(
+    config: Config, *, keyring: Keyring | None = None, processes: int = 1, reuse_port: bool = False
+) -> Running:
     """Bind the listeners and start serving; returns once they accept connections. `processes`
     is how many processes serve this config (`serve` forks ``server.workers`` of them): with
-    more than one, they share the port and each writes its own audit file."""
+    more than one, each writes its own audit file. `reuse_port` (SO_REUSEPORT) lets the
+    listeners share their port with the other workers, and with a sealgate started with
+    ``--join``."""
     srv = config.server
     problem = cert_binding_problem(config)
     if problem is not None:
@@ -161,9 +165,7 @@ async def start(config: Config, *, keyring: Keyring | None = None, processes: in
     running = Running(runner, None, None, connections, certificates, srv.shutdown_timeout_seconds)
     if certificates is not None:
         host, port = srv.listen_address
-        site = GuardedSite(
-            runner, bind(host, port, reuse_port=processes > 1), connections, lambda: certificates.context
-        )
+        site = GuardedSite(runner, bind(host, port, reuse_port=reuse_port), connections, lambda: certificates.context)
         await site.start()
         running.sites.append(site)
         running.tls_port = site.port
@@ -172,7 +174,7 @@ async def start(config: Config, *, keyring: Keyring | None = None, processes: in
             running.watch = asyncio.get_running_loop().create_task(certificates.watch(srv.tls_reload_seconds))
     if srv.plain_http_listen:
         host, port = srv.plain_http_address
-        site = GuardedSite(runner, bind(host, port, reuse_port=processes > 1), connections)
+        site = GuardedSite(runner, bind(host, port, reuse_port=reuse_port), connections)
         await site.start()
         running.sites.append(site)
         plain_port = running.plain_port = site.port
@@ -208,14 +210,30 @@ def reload_config(running: Running, path: Path) -> bool:
     return True
 
 
-def serve(config: Config, config_path: Path | None = None) -> None:
+class PortInUse(RuntimeError):
+    """A listen address is taken and ``--join`` was not given."""
+
+
+def serve(config: Config, config_path: Path | None = None, *, join: bool = False) -> None:
     """Run until SIGINT/SIGTERM (graceful: see `Running.stop`); SIGHUP re-reads `config_path`
     (see reload_config) and the TLS certificate and key.
 
     With ``workers = N`` the process forks N-1 more before any event loop exists; all of them
     listen on the same port (SO_REUSEPORT) and the kernel spreads connections. Signals sent to
     the first process are passed on to the others. Every worker is a full, stateless sealgate.
+
+    A port something already listens on is refused (`PortInUse`) unless `join` is set: then this
+    sealgate shares it with the running one (same user only), and stopping that one with SIGTERM
+    hands its traffic over without downtime.
     """
+    if not join:
+        for host, port in _listen_addresses(config):
+            if port_in_use(host, port):
+                raise PortInUse(
+                    f"{host}:{port} is already in use (another sealgate?). To replace a running "
+                    "sealgate without downtime, start the new one with `sealgate serve --join`, "
+                    "then stop the old one with SIGTERM."
+                )
     children: list[int] = []
     for _ in range(config.server.workers - 1):
         pid = os.fork()
@@ -231,6 +249,12 @@ def serve(config: Config, config_path: Path | None = None) -> None:
                 os.waitpid(pid, 0)
 
 
+def _listen_addresses(config: Config) -> list[tuple[str, int]]:
+    srv = config.server
+    out = [srv.listen_address] if srv.tls else []
+    return out + ([srv.plain_http_address] if srv.plain_http_listen else [])
+
+
 def _serve_one(config: Config, config_path: Path | None, children: list[int]) -> None:
     def forward(sig: int) -> None:
         for pid in children:
@@ -238,7 +262,7 @@ def _serve_one(config: Config, config_path: Path | None, children: list[int]) ->
                 os.kill(pid, sig)
 
     async def main() -> None:
-        running = await start(config, processes=config.server.workers)
+        running = await start(config, processes=config.server.workers, reuse_port=True)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
 

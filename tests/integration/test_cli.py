@@ -7,6 +7,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -224,3 +225,87 @@ def test_json_logs(moto_url: str, tls_files: dict[str, Path], tmp_path: Path) ->
     assert any("PUT /jsonlogs/k 200" in rec["message"] for rec in lines)
     assert all({"time", "level", "logger", "message"} <= rec.keys() for rec in lines)
     assert CLIENT_SECRET not in err and "JSON-LOGGED-PLAINTEXT" not in err
+
+
+def test_a_used_port_is_refused_and_join_restarts_without_downtime(
+    moto_url: str, tls_files: dict[str, Path], tmp_path: Path
+) -> None:
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    from tests.conftest import write_config
+
+    port = free_port()
+    old_dir, new_dir = tmp_path / "old", tmp_path / "new"
+    old_dir.mkdir()
+    new_dir.mkdir()
+    old_cfg = write_config(old_dir, backend=moto_url, tls=tls_files, port=port)
+    keyring = old_dir / "keyring"
+    # The new sealgate shares the keyring and knows one more client: a request signed with that
+    # client's keys can only be answered by it.
+    new_cfg = write_config(
+        new_dir,
+        backend=moto_url,
+        tls=tls_files,
+        port=port,
+        kms=f'provider = "local"\nkeyring = "{keyring}"\npassphrase_file = "{keyring}.pass"\ndefault_key = "default"\n',
+        extra='[[clients]]\nname = "second"\naccess_key_id = "SGSECOND000000000001"\n'
+        'secret_access_key = "second-secret-0123456789abcdef"\n',
+    )
+    url = f"https://localhost:{port}"
+    old = subprocess.Popen([*SEALGATE, "serve", "--config", str(old_cfg)], cwd=tmp_path, stderr=subprocess.DEVNULL)
+    new: subprocess.Popen[bytes] | None = None
+    try:
+        wait_port(port, 30)
+        s3 = client_for(url, tls_files["ca"])
+        s3.create_bucket(Bucket="restart")
+        s3.put_object(Bucket="restart", Key="before", Body=b"written by the old one")
+
+        # Without --join, a second sealgate on the same port refuses to start, in one line.
+        refused = run(["serve", "--config", str(new_cfg)], tmp_path)
+        assert refused.returncode != 0
+        assert "already in use" in refused.stderr and "--join" in refused.stderr
+
+        new_log = new_dir / "serve.log"
+        with new_log.open("wb") as log:
+            new = subprocess.Popen([*SEALGATE, "serve", "--join", "--config", str(new_cfg)], cwd=tmp_path, stderr=log)
+        deadline = time.monotonic() + 30
+        while "sealgate serving https" not in new_log.read_text():
+            assert time.monotonic() < deadline and new.poll() is None, new_log.read_text()
+            time.sleep(0.1)
+
+        # Requests run without a pause while the old sealgate drains and exits.
+        stop = threading.Event()
+        done: list[int] = []
+        failed: list[BaseException] = []
+
+        def traffic() -> None:
+            client = client_for(url, tls_files["ca"])
+            i = 0
+            while not stop.is_set():
+                try:
+                    client.put_object(Bucket="restart", Key=f"k{i % 4}", Body=b"x" * i)
+                    assert client.get_object(Bucket="restart", Key=f"k{i % 4}")["Body"].read() == b"x" * i
+                    done.append(i)
+                except (BotoCoreError, ClientError, AssertionError) as exc:
+                    failed.append(exc)
+                i += 1
+
+        worker = threading.Thread(target=traffic, daemon=True)
+        worker.start()
+        time.sleep(0.5)
+        old.send_signal(signal.SIGTERM)
+        assert old.wait(30) == 0
+        before_exit = len(done)
+        time.sleep(1.0)
+        stop.set()
+        worker.join(30)
+        assert failed == []
+        assert len(done) > before_exit > 0  # requests were served before and after the switch
+        # Only the new sealgate is left, and it reads what the old one wrote.
+        second = client_for(url, tls_files["ca"], akid="SGSECOND000000000001", secret="second-secret-0123456789abcdef")
+        assert second.get_object(Bucket="restart", Key="before")["Body"].read() == b"written by the old one"
+    finally:
+        for proc in (old, new):
+            if proc is not None and proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(30)
