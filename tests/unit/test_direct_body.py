@@ -54,9 +54,9 @@ class Previous(asyncio.Protocol):
 Scenario = Callable[[Previous, asyncio.StreamWriter], Coroutine[Any, Any, None]]
 
 
-def run(new_loop: Callable[[], asyncio.AbstractEventLoop], scenario: Scenario) -> None:
-    """A TLS server whose one connection starts with `Previous`; `scenario` gets it and the
-    client's writer."""
+def run(new_loop: Callable[[], asyncio.AbstractEventLoop], scenario: Scenario, *, tls: bool = True) -> None:
+    """A TLS server (plain TCP with `tls` false, as for ``plain_http_listen``) whose one
+    connection starts with `Previous`; `scenario` gets it and the client's writer."""
     ca = trustme.CA()
     server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ca.issue_cert("localhost").configure_cert(server_ctx)
@@ -71,9 +71,13 @@ def run(new_loop: Callable[[], asyncio.AbstractEventLoop], scenario: Scenario) -
             accepted.set_result(p)
             return p
 
-        server = await asyncio.get_running_loop().create_server(factory, "127.0.0.1", 0, ssl=server_ctx)
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(factory, "127.0.0.1", 0, ssl=server_ctx if tls else None)
         port = server.sockets[0].getsockname()[1]
-        _, writer = await asyncio.open_connection("127.0.0.1", port, ssl=client_ctx, server_hostname="localhost")
+        if tls:
+            _, writer = await asyncio.open_connection("127.0.0.1", port, ssl=client_ctx, server_hostname="localhost")
+        else:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
         previous = await asyncio.wait_for(accepted, 5)
         try:
             await asyncio.wait_for(scenario(previous, writer), 30)
@@ -98,8 +102,9 @@ async def read_all(body: DirectBody) -> tuple[bytes, list[int]]:
     return bytes(out), sizes
 
 
+@pytest.mark.parametrize("tls", [True, False], ids=["tls", "plain"])
 @pytest.mark.parametrize("new_loop", loops())
-def test_reads_exactly_the_body_in_order_across_reused_blocks(new_loop: Any) -> None:
+def test_reads_exactly_the_body_in_order_across_reused_blocks(new_loop: Any, tls: bool) -> None:
     data = os.urandom(9 * BLOCK + 12345)  # more blocks than are kept for reuse, and a partial one
     head = data[:1000]  # as if aiohttp had parsed these before the take-over
 
@@ -113,7 +118,7 @@ def test_reads_exactly_the_body_in_order_across_reused_blocks(new_loop: Any) -> 
         # Bytes after the declared body were dropped, not handed to the old protocol.
         assert previous.received == b""
 
-    run(new_loop, scenario)
+    run(new_loop, scenario, tls=tls)
 
 
 @pytest.mark.parametrize("new_loop", loops())
