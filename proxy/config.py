@@ -230,7 +230,7 @@ class ServerConfig(_Model):
     #: Request bodies at least this long are read straight off the connection, past aiohttp's
     #: parser (fewer copies; see proxy/server/direct.py), and their connection closes after the
     #: response. 0 turns this off.
-    direct_body_min_bytes: StrictInt = Field(default=64 * 1024 * 1024, ge=0)
+    direct_body_min_bytes: StrictInt = Field(default=1024 * 1024, ge=0)
     #: Idle keep-alive connections are closed after this long.
     keepalive_timeout_seconds: StrictInt = Field(default=75, ge=1, le=3600)
     #: Longest request line or header line, and most header fields, accepted.

@@ -1,4 +1,4 @@
-"""Large request bodies read straight off the connection, past aiohttp's HTTP parser.
+"""Request bodies read straight off the connection, past aiohttp's HTTP parser.
 
 aiohttp hands a request body over in three copies: its TLS layer decrypts each record into a
 fresh bytes object and joins them, the HTTP parser slices its own copy for the payload stream,
@@ -10,13 +10,20 @@ it has the TLS layer decrypt straight into 512 KiB blocks, and it hands out view
 cut at segment boundaries, so segments are sealed from the received bytes without another copy.
 Blocks are reused once read, so no fresh memory has to be cleared either.
 
-The price is the connection: aiohttp's parser never sees the body, so it cannot know where a
-next request would start. The response therefore says ``Connection: close``
-(`closes_connection`), and bytes after the declared body are dropped. That is why only bodies of
-at least ``server.direct_body_min_bytes`` (64 MiB by default) take this path: the client's next
-request pays one TLS handshake, which is noise against tens of MiB. Multipart parts of the usual
-5–16 MiB keep their connection. Closing also means a body's length can never be misjudged in a
-way that lets its bytes be read as another request.
+When the declared body has arrived, the connection goes back to aiohttp with a fresh request
+parser (`renew_parser`): the old one still expects the body it never saw. The next request on
+the connection, pipelined or not, is then parsed as on a new connection, so multipart parts and
+runs of uploads keep their connections. The fresh parser is built as aiohttp's RequestHandler
+builds its own, with the handler's settings; `renew_parser` first checks, once per process,
+that aiohttp's code still builds it that way, and if not (an aiohttp it does not know, or no
+source to read) the connection closes after the response instead (`closes_connection`), with
+bytes after the declared body dropped. So does a body that ended early. Every read is cut at
+the declared body's end, so the next request starts exactly where aiohttp's own parser would
+have started it.
+
+Bodies of at least ``server.direct_body_min_bytes`` (1 MiB by default) take this path: from
+there on it costs 15–20% less CPU per uploaded GiB (`benchmarks/README.md`, session 5); below,
+the fixed costs of a request dominate and it gains nothing measurable.
 
 `DirectBody` offers the reads `proxy.server.body.PlaintextBody` makes, so every check on a body
 (length, hashes, aws-chunked framing and signatures, stall timeout) runs unchanged on top.
@@ -24,13 +31,21 @@ way that lets its bytes be read as another request.
 
 from __future__ import annotations
 
+import ast
 import asyncio
+import functools
+import inspect
+import logging
+import textwrap
 from collections import deque
-from typing import cast
+from collections.abc import Callable
+from typing import Any, cast
 
-from aiohttp import web
+from aiohttp import web, web_protocol
 
-__all__ = ["BLOCK", "HIGH_WATER", "DirectBody", "closes_connection", "take_over"]
+__all__ = ["BLOCK", "HIGH_WATER", "DirectBody", "closes_connection", "renew_parser", "take_over"]
+
+log = logging.getLogger(__name__)
 
 #: Size of the blocks the TLS layer decrypts into: a multiple of the segment size.
 BLOCK = 512 * 1024
@@ -48,7 +63,18 @@ class DirectBody(asyncio.BufferedProtocol):
     so aiohttp still writes the response and the listener still frees the connection's slot.
     """
 
-    def __init__(self, transport: asyncio.Transport, head: bytes, remaining: int, segment: int) -> None:
+    def __init__(
+        self,
+        transport: asyncio.Transport,
+        head: bytes,
+        remaining: int,
+        segment: int,
+        *,
+        hand_back: Callable[[], bool] | None = None,
+    ) -> None:
+        """`hand_back`, called once the whole body has arrived, readies the replaced protocol for
+        the connection's next bytes; if it returns True the connection goes back to it.
+        Without it, or if it returns False, bytes after the body are read and dropped."""
         # Both are let go of when the connection ends (see connection_lost).
         self._transport: asyncio.Transport | None = transport
         self._previous: asyncio.Protocol | None = cast(asyncio.Protocol, transport.get_protocol())
@@ -72,7 +98,10 @@ class DirectBody(asyncio.BufferedProtocol):
         self._eof = False
         self._paused = False
         self._discard: memoryview | None = None
-        self._enqueue(everything=False)
+        self._hand_back = hand_back
+        #: Whether the connection went back to the replaced protocol after the body.
+        self.handed_back = False
+        self._enqueue(everything=remaining <= 0)
         transport.set_protocol(self)
 
     # -- asyncio protocol -------------------------------------------------------------------------
@@ -97,7 +126,9 @@ class DirectBody(asyncio.BufferedProtocol):
         # While nobody waits, only whole segments are queued; the rest follows with the next
         # bytes. A reader that waits gets whatever is there.
         self._enqueue(everything=self._remaining == 0 or self._waiter is not None)
-        if self._queued >= HIGH_WATER and not self._paused and self._transport is not None:
+        if self._remaining == 0:
+            self._give_back()
+        elif self._queued >= HIGH_WATER and not self._paused and self._transport is not None:
             self._paused = True
             self._transport.pause_reading()
 
@@ -180,6 +211,21 @@ class DirectBody(asyncio.BufferedProtocol):
             self._cut = end
             self._wake()
 
+    def _give_back(self) -> None:
+        """The body is complete: the connection's next bytes go to the replaced protocol, if it
+        is ready for them. The transport's own buffers keep whatever followed the body, as every
+        read was cut at the body's end."""
+        transport, previous, ready = self._transport, self._previous, self._hand_back
+        self._hand_back = None
+        if transport is None or previous is None or ready is None or transport.is_closing() or not ready():
+            return
+        if self._paused:
+            self._paused = False
+            transport.resume_reading()
+        self.handed_back = True
+        self._previous = self._transport = None
+        transport.set_protocol(previous)
+
     def _wake(self) -> None:
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
@@ -187,7 +233,8 @@ class DirectBody(asyncio.BufferedProtocol):
 
 def take_over(request: web.Request, min_bytes: int, segment: int) -> DirectBody | None:
     """The request's body as a `DirectBody` if it declares at least `min_bytes` and has not all
-    arrived yet; None leaves it with aiohttp."""
+    arrived yet; None leaves it with aiohttp. After the body the connection goes back to aiohttp
+    (`renew_parser`) or, where that cannot be done, closes after the response."""
     length = request.content_length
     transport = request.transport
     if (
@@ -199,6 +246,8 @@ def take_over(request: web.Request, min_bytes: int, segment: int) -> DirectBody 
         or transport.is_closing()
         or request.content.exception() is not None
         or request.content.is_eof()
+        # All of it is with aiohttp already (its parser may not have marked the end yet).
+        or request.content.total_bytes >= length
     ):
         return None
     # Every body byte aiohttp has received is in request.content by now: its parser hands a
@@ -207,10 +256,102 @@ def take_over(request: web.Request, min_bytes: int, segment: int) -> DirectBody 
     # aiohttp's stream gets nothing more: ended now, aiohttp does not wait for the rest of it
     # (lingering) before it closes the connection after the response.
     request.content.feed_eof()
-    return DirectBody(transport, head, length - len(head), segment)
+    handler = request.protocol
+    return DirectBody(transport, head, length - len(head), segment, hand_back=lambda: renew_parser(handler))
 
 
 def closes_connection(request: web.Request) -> bool:
     """Whether this request's body was taken over, so its connection cannot carry another."""
     transport = request.transport
     return transport is not None and isinstance(transport.get_protocol(), DirectBody)
+
+
+# -- the connection back to aiohttp ---------------------------------------------------------------
+
+
+def renew_parser(handler: web_protocol.RequestHandler) -> bool:
+    """Give aiohttp's `handler` a fresh request parser, built as its constructor built the one it
+    has, for the next request on its connection; False (nothing changed) where that cannot be
+    done safely. The parser it has still expects the body that `DirectBody` read instead."""
+    recipe = _parser_recipe()
+    old = getattr(handler, "_parser", None)
+    manager = getattr(handler, "_manager", None)
+    options = getattr(manager, "_kwargs", None)
+    if recipe is None or old is None or not isinstance(options, dict):
+        return False
+    if type(old) is not getattr(web_protocol, "HttpRequestParser", None):
+        return False
+    settings = {**recipe.defaults, **options}
+    values: dict[str, Any] = {"self": handler, "loop": getattr(handler, "_loop", None)}
+
+    def value(name: str) -> Any:
+        if name in values:
+            return values[name]
+        if name in recipe.defaults:
+            return settings[name]
+        return getattr(web_protocol, name)
+
+    try:
+        parser = type(old)(*(value(n) for n in recipe.args), **{k: value(n) for k, n in recipe.kwargs.items()})
+    except Exception:  # noqa: BLE001 - an aiohttp this code does not know: close instead
+        log.debug("cannot renew aiohttp's request parser; the connection closes", exc_info=True)
+        return False
+    handler._parser = parser
+    return True
+
+
+class _Recipe:
+    """How aiohttp's RequestHandler builds its parser: argument names, each one of its own
+    parameters (with their defaults) or a name in `aiohttp.web_protocol`."""
+
+    def __init__(self, args: list[str], kwargs: dict[str, str], defaults: dict[str, Any]) -> None:
+        self.args = args
+        self.kwargs = kwargs
+        self.defaults = defaults
+
+
+@functools.cache
+def _parser_recipe() -> _Recipe | None:
+    """How this aiohttp's `RequestHandler` builds its parser, read once per process."""
+    return parser_recipe(web_protocol.RequestHandler.__init__, web_protocol)
+
+
+def parser_recipe(init: Callable[..., None], module: object) -> _Recipe | None:
+    """How the constructor `init` (defined in `module`) calls `HttpRequestParser`. Only a call
+    whose arguments are all plain names, each the handler itself, its loop, one of the
+    constructor's own parameters left as passed, or a name in `module`, is understood; anything
+    else (or no source to read) gives None, and connections close after a direct body."""
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(init)))
+        params = inspect.signature(init).parameters
+    except (OSError, TypeError, SyntaxError, ValueError):
+        return None
+    calls = [
+        node
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "HttpRequestParser"
+    ]
+    if len(calls) != 1:
+        return None
+    call = calls[0]
+    if not all(isinstance(a, ast.Name) for a in call.args) or not all(
+        k.arg is not None and isinstance(k.value, ast.Name) for k in call.keywords
+    ):
+        return None
+    args = [cast(ast.Name, a).id for a in call.args]
+    kwargs = {cast(str, k.arg): cast(ast.Name, k.value).id for k in call.keywords}
+    # A parameter that the constructor rebinds before the call would not be the value passed.
+    rebound = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
+    defaults = {
+        name: p.default
+        for name, p in params.items()
+        if name not in ("self", "loop") and p.default is not inspect.Parameter.empty
+    }
+    for name in [*args, *kwargs.values()]:
+        if name in ("self", "loop"):
+            continue
+        if name in rebound or (name not in defaults and not hasattr(module, name)):
+            return None
+    if args[:2] != ["self", "loop"]:
+        return None
+    return _Recipe(args, kwargs, defaults)

@@ -447,7 +447,7 @@ def test_defaults(workdir: Path) -> None:
     config = load_config(write(workdir, render()), ENV)
     assert config.server.client_max_skew_seconds == 900
     assert config.server.workers == len(os.sched_getaffinity(0))  # one per core it may use
-    assert config.server.direct_body_min_bytes == 64 * 1024 * 1024
+    assert config.server.direct_body_min_bytes == 1024 * 1024
     assert config.server.plain_http_listen is None
     assert config.backend.verify_tls and config.backend.addressing_style == "path"
     assert config.encryption.etag == "auto"
