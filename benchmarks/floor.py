@@ -11,7 +11,7 @@ connection. No SigV4, no envelope, no metadata, no checks, no logging, no metric
 - ``floor-buffered``: takes the body off aiohttp's parser and has uvloop's TLS layer decrypt
   straight into the proxy's own buffer (`transport.set_protocol` with an
   `asyncio.BufferedProtocol`): the fewest copies Python's `ssl` memory BIOs allow. Sealgate
-  does the same for bodies of at least 64 MiB (`proxy/server/direct.py`), so its 1 GiB
+  does the same for bodies of at least 1 MiB (`proxy/server/direct.py`), so its 1 GiB
   upload is measured on that path.
 
 Each uploads the same 1 GiB (default) with the same lean client as `run.py`; the table gives
