@@ -228,8 +228,8 @@ class ServerConfig(_Model):
     #: A client body that sends nothing for this long is cut off (nothing is stored).
     body_stall_timeout_seconds: StrictInt = Field(default=60, ge=1, le=3600)
     #: Request bodies at least this long are read straight off the connection, past aiohttp's
-    #: parser (fewer copies; see proxy/server/direct.py), and their connection closes after the
-    #: response. 0 turns this off.
+    #: parser (fewer copies; see proxy/server/direct.py); the connection then carries on, unless
+    #: the body ended early. 0 turns this off.
     direct_body_min_bytes: StrictInt = Field(default=1024 * 1024, ge=0)
     #: Idle keep-alive connections are closed after this long.
     keepalive_timeout_seconds: StrictInt = Field(default=75, ge=1, le=3600)

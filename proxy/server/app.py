@@ -269,7 +269,8 @@ async def _stamp_request_id(request: web.Request, response: web.StreamResponse) 
 
 
 async def _close_after_direct_body(request: web.Request, response: web.StreamResponse) -> None:
-    """A body read past aiohttp's parser leaves the connection unusable for another request."""
+    """A body read past aiohttp's parser and not handed back (proxy/server/direct.py) leaves the
+    connection unusable for another request."""
     if closes_connection(request):
         response.force_close()
         # aiohttp has already derived the Connection header by the time this signal runs.

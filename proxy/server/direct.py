@@ -39,6 +39,7 @@ import logging
 import textwrap
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, cast
 
 from aiohttp import web, web_protocol
@@ -261,7 +262,8 @@ def take_over(request: web.Request, min_bytes: int, segment: int) -> DirectBody 
 
 
 def closes_connection(request: web.Request) -> bool:
-    """Whether this request's body was taken over, so its connection cannot carry another."""
+    """Whether this request's body was taken over and the connection not given back to aiohttp
+    (the body ended early, or the parser could not be renewed), so it cannot carry another."""
     transport = request.transport
     return transport is not None and isinstance(transport.get_protocol(), DirectBody)
 
@@ -275,20 +277,21 @@ def renew_parser(handler: web_protocol.RequestHandler) -> bool:
     done safely. The parser it has still expects the body that `DirectBody` read instead."""
     recipe = _parser_recipe()
     old = getattr(handler, "_parser", None)
-    manager = getattr(handler, "_manager", None)
-    options = getattr(manager, "_kwargs", None)
-    if recipe is None or old is None or not isinstance(options, dict):
+    loop = getattr(handler, "_loop", None)
+    # What the handler was constructed with: the aiohttp server passes the same to each one.
+    options = getattr(getattr(handler, "_manager", None), "_kwargs", None)
+    if recipe is None or loop is None or not isinstance(options, dict):
         return False
-    if type(old) is not getattr(web_protocol, "HttpRequestParser", None):
+    if old is None or type(old) is not getattr(web_protocol, "HttpRequestParser", None):
         return False
-    settings = {**recipe.defaults, **options}
-    values: dict[str, Any] = {"self": handler, "loop": getattr(handler, "_loop", None)}
 
     def value(name: str) -> Any:
-        if name in values:
-            return values[name]
+        if name == "self":
+            return handler
+        if name == "loop":
+            return loop
         if name in recipe.defaults:
-            return settings[name]
+            return options.get(name, recipe.defaults[name])
         return getattr(web_protocol, name)
 
     try:
@@ -300,14 +303,15 @@ def renew_parser(handler: web_protocol.RequestHandler) -> bool:
     return True
 
 
+@dataclass(frozen=True)
 class _Recipe:
-    """How aiohttp's RequestHandler builds its parser: argument names, each one of its own
-    parameters (with their defaults) or a name in `aiohttp.web_protocol`."""
+    """How aiohttp's RequestHandler builds its parser: the names passed as arguments, each
+    ``self``, ``loop``, one of the constructor's parameters (`defaults` has those) or a name in
+    `aiohttp.web_protocol`."""
 
-    def __init__(self, args: list[str], kwargs: dict[str, str], defaults: dict[str, Any]) -> None:
-        self.args = args
-        self.kwargs = kwargs
-        self.defaults = defaults
+    args: list[str]
+    kwargs: dict[str, str]
+    defaults: dict[str, Any]
 
 
 @functools.cache
