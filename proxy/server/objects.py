@@ -8,7 +8,7 @@ import hashlib
 import logging
 import os
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import suppress
 from datetime import datetime
 from email.utils import parsedate_to_datetime
@@ -203,17 +203,11 @@ async def seal_envelope(
 SMALL_BODY_BYTES = 256 * 1024
 
 
-async def _put_streamed(
-    gw: Gateway,
-    bucket: str,
-    key: str,
-    chunks: AsyncIterator[bytes],
-    length: int,
-    *,
-    headers: dict[str, str],
-    query: list[tuple[str, str]],
+async def _failure_first(
+    chunks: AsyncIterator[bytes], send: Callable[[AsyncIterator[bytes]], Awaitable[BackendResponse]]
 ) -> BackendResponse:
-    """`put_stream`'s streamed send: a failure of `chunks` wins over the backend's answer."""
+    """`send(body)` with `chunks` as the streamed body: a failure of `chunks` wins over the
+    backend's answer."""
     failure: list[BaseException] = []
 
     async def guarded() -> AsyncIterator[bytes]:
@@ -225,9 +219,7 @@ async def _put_streamed(
             raise
 
     try:
-        resp = await gw.backend.request(
-            "PUT", bucket, key, query=query, headers=headers, body=guarded(), content_length=length
-        )
+        resp = await send(guarded())
     except BaseException:
         if failure:
             raise failure[0] from None
@@ -261,7 +253,12 @@ async def put_stream(
             raise AssertionError(f"sealed body is {len(whole)} bytes, not the {length} declared")
         resp = await gw.backend.request("PUT", bucket, key, query=query or [], headers=headers, body=whole)
     else:
-        resp = await _put_streamed(gw, bucket, key, chunks, length, headers=headers, query=query or [])
+        resp = await _failure_first(
+            chunks,
+            lambda body: gw.backend.request(
+                "PUT", bucket, key, query=query or [], headers=headers, body=body, content_length=length
+            ),
+        )
     if resp.status >= 300:
         raise await resp.error()
     resp.release()
