@@ -31,7 +31,7 @@ from proxy.crypto.format import Envelope, FormatError, IntegrityError, Layout, M
 from proxy.crypto.multipart import stored_length
 from proxy.kms.base import KeyringError
 from proxy.s3.errors import S3Error
-from proxy.server.copy import CONTENT_HEADERS, backend_copy
+from proxy.server.copy import CONTENT_HEADERS, SourceChanged, backend_copy
 from proxy.server.multipart import put_record
 from proxy.server.objects import RESERVED_PREFIX, read_manifest, record_key
 from proxy.server.state import Gateway
@@ -147,8 +147,26 @@ async def list_keys(gw: Gateway, bucket: str, prefix: str, *, reserved: bool = F
             return
 
 
+#: How often an object overwritten while it is rewrapped is tried again from the start.
+CHANGED_ATTEMPTS = 3
+
+
 async def rewrap_object(gw: Gateway, bucket: str, key: str, to_key: str) -> str:
-    """Re-wrap one object's data key under `to_key`; returns "rewrapped" or "already"."""
+    """Re-wrap one object's data key under `to_key`; returns "rewrapped" or "already".
+
+    A client may overwrite the object while this runs; the backend copy is pinned to the body
+    that was read (see `backend_copy`), so the new object is refused rather than stored
+    with the old one's envelope, and the rewrap starts again with the new object."""
+    for attempt in range(1, CHANGED_ATTEMPTS + 1):
+        try:
+            return await _rewrap_once(gw, bucket, key, to_key)
+        except SourceChanged:
+            if attempt == CHANGED_ATTEMPTS:
+                raise
+    raise AssertionError("unreachable")
+
+
+async def _rewrap_once(gw: Gateway, bucket: str, key: str, to_key: str) -> str:
     head = await gw.backend.request("HEAD", bucket, key)
     head.release()
     if head.status >= 300:
@@ -180,7 +198,10 @@ async def rewrap_object(gw: Gateway, bucket: str, key: str, to_key: str) -> str:
     headers.update({n: head.headers[n] for n in CONTENT_HEADERS if n in head.headers})
     source = "/" + quote(f"{bucket}/{key}", safe="/~")
     total = int(head.headers.get("Content-Length", "0"))
-    new_etag, _ = await backend_copy(gw, bucket, key, headers, source, total, multipart=manifest is not None)
+    pinned = head.headers.get("ETag", "")
+    new_etag, _ = await backend_copy(
+        gw, bucket, key, headers, source, total, multipart=manifest is not None, source_etag=pinned
+    )
     if manifest is not None:
         moved = Manifest(manifest.parts, new_etag, manifest.etag)
         await put_record(gw, bucket, key, moved, moved.seal(data_key, env.salt))

@@ -48,7 +48,8 @@ def _unsatisfiable(length: int) -> S3Error:
     )
 
 
-def _etag_matches(header: str, etag: str) -> bool:
+def etag_matches(header: str, etag: str) -> bool:
+    """Whether an If-Match / If-None-Match value (a list of ETags, or *) names `etag`."""
     bare = etag.strip('"')
     for item in header.split(","):
         token = item.strip()
@@ -76,14 +77,14 @@ def check_conditions(
 ) -> None:
     """Raise PreconditionFailed (412) or NotModified (304) as S3 does for GET and HEAD."""
     if if_match is not None:
-        if not _etag_matches(if_match, etag):
+        if not etag_matches(if_match, etag):
             raise S3Error("PreconditionFailed", "At least one of the pre-conditions you specified did not hold", 412)
     elif if_unmodified_since and last_modified is not None:
         since = _parse_date(if_unmodified_since)
         if since is not None and last_modified > since:
             raise S3Error("PreconditionFailed", "At least one of the pre-conditions you specified did not hold", 412)
     if if_none_match is not None:
-        if _etag_matches(if_none_match, etag):
+        if etag_matches(if_none_match, etag):
             if is_read:
                 raise S3Error("NotModified", "Not Modified", 304)
             raise S3Error("PreconditionFailed", "At least one of the pre-conditions you specified did not hold", 412)

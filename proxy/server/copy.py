@@ -34,6 +34,7 @@ from proxy.server.objects import (
     opaque_etag,
     open_copy_source,
     stored_headers,
+    write_conditions,
 )
 from proxy.server.state import Gateway, require_key_use
 
@@ -67,9 +68,18 @@ async def xml_call(
 
 
 async def multipart_copy(
-    gw: Gateway, bucket: str, key: str, headers: dict[str, str], source: str, total: int
+    gw: Gateway,
+    bucket: str,
+    key: str,
+    headers: dict[str, str],
+    source: str,
+    total: int,
+    *,
+    pin: dict[str, str],
+    conditions: dict[str, str],
 ) -> tuple[str, str]:
-    """Copy `source` into `key` with UploadPartCopy in parts of at most 5 GiB."""
+    """Copy `source` into `key` with UploadPartCopy in parts of at most 5 GiB; every part is
+    pinned to the source's ETag (`pin`), the completion carries the destination `conditions`."""
     root = await xml_call(gw, "POST", bucket, key, query=[("uploads", "")], headers=headers)
     upload = find_text(root, "UploadId") or ""
     try:
@@ -77,7 +87,7 @@ async def multipart_copy(
         step = gw.config.backend.max_copy_bytes
         for number, start in enumerate(range(0, max(total, 1), step), 1):
             end = min(start + step, total) - 1
-            part_headers = {"x-amz-copy-source": source}
+            part_headers = {"x-amz-copy-source": source, **pin}
             if total:
                 part_headers["x-amz-copy-source-range"] = f"bytes={start}-{end}"
             result = await xml_call(
@@ -86,7 +96,7 @@ async def multipart_copy(
             parts.append((number, (find_text(result, "ETag") or "").strip().strip('"')))
         xml = "".join(f'<Part><PartNumber>{n}</PartNumber><ETag>"{e}"</ETag></Part>' for n, e in parts)
         body = f'<CompleteMultipartUpload xmlns="{S3_NS}">{xml}</CompleteMultipartUpload>'.encode()
-        done = await xml_call(gw, "POST", bucket, key, query=[("uploadId", upload)], body=body)
+        done = await xml_call(gw, "POST", bucket, key, query=[("uploadId", upload)], headers=conditions, body=body)
     except BaseException:
         abort = await gw.backend.request("DELETE", bucket, key, query=[("uploadId", upload)])
         abort.release()
@@ -98,18 +108,63 @@ async def multipart_copy(
     return etag, modified.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z")
 
 
+class SourceChanged(S3Error):
+    """The copy source was overwritten between sealgate reading its envelope and the backend
+    copying its body: the backend refused, and nothing was written."""
+
+    def __init__(self) -> None:
+        super().__init__("ServiceUnavailable", "the copy source changed while it was copied; retry", 503)
+
+
 async def backend_copy(
-    gw: Gateway, bucket: str, key: str, headers: dict[str, str], source: str, total: int, *, multipart: bool
+    gw: Gateway,
+    bucket: str,
+    key: str,
+    headers: dict[str, str],
+    source: str,
+    total: int,
+    *,
+    multipart: bool,
+    source_etag: str,
+    conditions: dict[str, str] | None = None,
 ) -> tuple[str, str]:
     """Copy `source` (`total` bytes) into `key` server-side with `headers` as its metadata:
-    (backend ETag, LastModified)."""
-    if multipart or total > gw.config.backend.max_copy_bytes:
-        # Multipart objects stay multipart (their ETag form tells listings so), and the backend
-        # copies at most 5 GiB in one CopyObject: both go part by part, still server-side.
-        return await multipart_copy(gw, bucket, key, headers, source, total)
-    copy_headers = {**headers, "x-amz-copy-source": source, "x-amz-metadata-directive": "REPLACE"}
-    root = await xml_call(gw, "PUT", bucket, key, headers=copy_headers)
+    (backend ETag, LastModified).
+
+    `headers` hold the envelope of the source as sealgate read it, so the backend must copy
+    that very body: the copy is pinned to `source_etag` (the backend's ETag of what was read)
+    with x-amz-copy-source-if-match. If the source was overwritten since, the backend refuses
+    and `SourceChanged` is raised; without the pin, a body would be stored with another
+    body's data key and could never be read again. `conditions` are the destination's
+    If-Match / If-None-Match as `write_conditions` gives them."""
+    pin = {"x-amz-copy-source-if-match": '"' + source_etag.strip().strip('"') + '"'}
+    conditions = conditions or {}
+    try:
+        if multipart or total > gw.config.backend.max_copy_bytes:
+            # Multipart objects stay multipart (their ETag form tells listings so), and the backend
+            # copies at most 5 GiB in one CopyObject: both go part by part, still server-side.
+            return await multipart_copy(gw, bucket, key, headers, source, total, pin=pin, conditions=conditions)
+        copy_headers = {
+            **headers,
+            **conditions,
+            **pin,
+            "x-amz-copy-source": source,
+            "x-amz-metadata-directive": "REPLACE",
+        }
+        root = await xml_call(gw, "PUT", bucket, key, headers=copy_headers)
+    except S3Error as exc:
+        if exc.status == 412 and await _source_etag(gw, source) != source_etag.strip().strip('"'):
+            raise SourceChanged() from exc
+        raise
     return (find_text(root, "ETag") or "").strip().strip('"'), find_text(root, "LastModified") or ""
+
+
+async def _source_etag(gw: Gateway, source: str) -> str | None:
+    """The backend's ETag of a copy source now (None if it is gone)."""
+    src_bucket, src_key, version = parse_copy_source(source)
+    head = await gw.backend.request("HEAD", src_bucket, src_key, query=[("versionId", version)] if version else [])
+    head.release()
+    return head.headers.get("ETag", "").strip().strip('"') if head.status < 300 else None
 
 
 def parse_copy_source(value: str) -> tuple[str, str, str | None]:
@@ -142,6 +197,7 @@ async def copy_object(gw: Gateway, request: web.Request, bucket: str, key: str) 
             400,
         )
     opened, head, total = await open_copy_source(gw, request, src_bucket, src_key, version)
+    conditions = await write_conditions(gw, request, bucket, key)
     env: Envelope = opened.envelope
     dest_key_id = gw.config.key_for_bucket(bucket, key)
     require_key_use(gw, request, "encrypt", dest_key_id)
@@ -166,7 +222,17 @@ async def copy_object(gw: Gateway, request: web.Request, bucket: str, key: str) 
     if version:
         source += "?versionId=" + quote(version, safe="")
     multipart = opened.manifest is not None
-    backend_etag, last_modified = await backend_copy(gw, bucket, key, headers, source, total, multipart=multipart)
+    backend_etag, last_modified = await backend_copy(
+        gw,
+        bucket,
+        key,
+        headers,
+        source,
+        total,
+        multipart=multipart,
+        source_etag=head.headers.get("ETag", ""),
+        conditions=conditions,
+    )
     if opened.manifest is not None:
         manifest = Manifest(opened.manifest.parts, backend_etag, opened.manifest.etag)
         await put_record(gw, bucket, key, manifest, manifest.seal(opened.data_key, env.salt))

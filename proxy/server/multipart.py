@@ -50,6 +50,7 @@ from proxy.server.objects import (
     record_key,
     send_sealed,
     stored_headers,
+    write_conditions,
 )
 from proxy.server.state import Gateway, require_key_use
 
@@ -313,6 +314,8 @@ async def complete(gw: Gateway, request: web.Request, bucket: str, key: str) -> 
         raise S3Error("MaxMessageLengthExceeded", "Your request was too big.", 400)
     wanted = client_parts(doc)
     uid, data_key = await _open_upload(gw, request, bucket, key, request.query["uploadId"])
+    # Checked before the manifest is written; the backend checks again as it completes.
+    conditions = await write_conditions(gw, request, bucket, key)
     stored = await _backend_parts(gw, bucket, key, uid.backend_id)
     layout = Layout(DEFAULT_SEGMENT_SIZE)
     parts: list[ManifestPart] = []
@@ -345,7 +348,9 @@ async def complete(gw: Gateway, request: web.Request, bucket: str, key: str) -> 
         for p, e in zip(parts, backend_etags, strict=True)
     )
     xml = f'<CompleteMultipartUpload xmlns="{S3_NS}">{body}</CompleteMultipartUpload>'.encode()
-    resp, answer = await gw.backend.read_ok("POST", bucket, key, query=[("uploadId", uid.backend_id)], body=xml)
+    resp, answer = await gw.backend.read_ok(
+        "POST", bucket, key, query=[("uploadId", uid.backend_id)], headers=conditions, body=xml
+    )
     root = ElementTree.fromstring(answer) if answer.strip() else None
     if root is not None and root.tag.rsplit("}", 1)[-1] == "Error":
         # S3 may report a failed completion inside a 200 response.

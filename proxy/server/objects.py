@@ -42,7 +42,7 @@ from proxy.crypto.multipart import MultipartDecryptor, stored_length
 from proxy.crypto.segments import StreamDecryptor, StreamEncryptor, read_digest_slot
 from proxy.kms.base import KeyringError
 from proxy.s3.errors import S3Error
-from proxy.s3.ranges import check_conditions, parse_range
+from proxy.s3.ranges import check_conditions, etag_matches, parse_range
 from proxy.s3.sigv4 import VerifiedRequest
 from proxy.server import s3ec_read
 from proxy.server.body import PlaintextBody
@@ -296,6 +296,63 @@ async def send_sealed(
     return await put_stream(gw, bucket, key, ciphertext(), length, headers=headers, query=query)
 
 
+async def shown_etag(
+    gw: Gateway, request: web.Request, bucket: str, key: str, version: str | None = None
+) -> tuple[str, str] | None:
+    """(the ETag sealgate shows for what is stored as `bucket`/`key` now, the backend's own ETag
+    for it), or None if nothing is. Raises what a HEAD of the object would."""
+    resp = await gw.backend.request("HEAD", bucket, key, query=[("versionId", version)] if version else [])
+    resp.release()
+    if resp.status == 404:
+        return None
+    if resp.status >= 300:
+        raise await resp.error()
+    stored = resp.headers.get("ETag", "")
+    meta = resp.user_metadata()
+    if is_sealgate_object(meta):
+        _, total = _total_length(resp)
+        return (await _open(gw, request, bucket, key, resp, total)).etag, stored
+    if _allow_plain(gw, bucket) or await s3ec_read.s3ec_metadata(gw, bucket, key, meta) is not None:
+        return stored, stored  # shown as stored (see head_object)
+    raise _not_sealgate(bucket, key)
+
+
+async def write_conditions(
+    gw: Gateway, request: web.Request, bucket: str, key: str, *, version: str | None = None
+) -> dict[str, str]:
+    """Backend headers that carry out the client's If-Match / If-None-Match on a write.
+
+    The client's ETags are the ones sealgate shows (of the plaintext), which the backend has
+    never seen. An If-Match is checked here against the current object's shown ETag, then sent
+    on as an If-Match on the backend's ETag of that same object, so that a write racing with
+    ours makes the backend refuse (412) rather than overwrite a version the client never
+    saw. If-None-Match takes only ``*`` on a write, as on S3: checked here and sent on as it is."""
+    if_match = request.headers.get("If-Match")
+    if_none_match = request.headers.get("If-None-Match")
+    out: dict[str, str] = {}
+    if if_none_match is not None:
+        if if_none_match.strip() != "*":
+            raise S3Error("NotImplemented", "If-None-Match on a write takes only '*' (the object must not exist)", 501)
+        # Checked here too, for backends that do not check it themselves (not all do on every
+        # operation); where the backend does, it also closes the gap between here and the write.
+        head = await gw.backend.request("HEAD", bucket, key)
+        head.release()
+        if head.status < 300:
+            raise S3Error("PreconditionFailed", "At least one of the pre-conditions you specified did not hold", 412)
+        if head.status != 404:
+            raise await head.error()
+        out["If-None-Match"] = "*"
+    if if_match is not None:
+        current = await shown_etag(gw, request, bucket, key, version)
+        if current is None:
+            raise S3Error("NoSuchKey", "The specified key does not exist.", 404, resource=f"/{bucket}/{key}")
+        shown, stored = current
+        if not etag_matches(if_match, shown):
+            raise S3Error("PreconditionFailed", "At least one of the pre-conditions you specified did not hold", 412)
+        out["If-Match"] = stored
+    return out
+
+
 def _put_etag_field(body: PlaintextBody) -> str | None:
     if body.content_md5 is not None:
         return body.content_md5.hex()
@@ -312,22 +369,21 @@ async def put_object(
     gw: Gateway, request: web.Request, bucket: str, key: str, verified: VerifiedRequest
 ) -> web.StreamResponse:
     """Encrypt the body as it streams in and store it with its envelope metadata."""
-    if "If-Match" in request.headers:
-        raise S3Error("NotImplemented", "conditional PutObject with If-Match is not supported")
+    conditions = await write_conditions(gw, request, bucket, key)
     body = client_body(gw, request, verified)
     if body.length > MAX_PUT_SIZE:
         raise S3Error("EntityTooLarge", "Your proposed upload exceeds the maximum allowed size", 400)
     rule = gw.config.rule_for_bucket(bucket, key)
     if rule is not None and rule.format == "s3ec-v3":
-        return web.Response(status=200, headers={"ETag": await s3ec_read.put_s3ec_v3(gw, request, bucket, key, body)})
+        etag = await s3ec_read.put_s3ec_v3(gw, request, bucket, key, body, conditions)
+        return web.Response(status=200, headers={"ETag": etag})
     etag_field = _put_etag_field(body)
     data_key, env = await new_envelope(
         gw, request, bucket, key, layout=LAYOUT_SINGLE, etag_field=etag_field, size=body.length
     )
     headers = {f"x-amz-meta-{k}": v for k, v in env.to_metadata().items()}
     headers.update(stored_headers(request))
-    if request.headers.get("If-None-Match") == "*":
-        headers["If-None-Match"] = "*"
+    headers.update(conditions)
     encryptor = StreamEncryptor(stream_key(data_key, env.salt, 0), env.segment_size)
     resp = await send_sealed(gw, bucket, key, body, encryptor, digest_md5=etag_field == ETAG_TAIL, headers=headers)
     if etag_field == ETAG_TAIL:
@@ -857,9 +913,16 @@ async def _stream_plain(
 
 
 async def delete_object(gw: Gateway, request: web.Request, bucket: str, key: str) -> web.StreamResponse:
-    """Delete passes through."""
+    """Delete passes through; an If-Match is checked against the ETag sealgate shows."""
     query = [(k, v) for k, v in request.query.items() if k == "versionId"]
-    resp = await gw.backend.request("DELETE", bucket, key, query=query)
+    for name in ("x-amz-if-match-size", "x-amz-if-match-last-modified-time"):
+        if name in request.headers:
+            # Both would need the stored object's plaintext figures mapped onto the backend's.
+            raise S3Error("NotImplemented", f"sealgate does not implement the {name} condition on DeleteObject", 501)
+    headers = {}
+    if "If-Match" in request.headers:
+        headers = await write_conditions(gw, request, bucket, key, version=request.query.get("versionId"))
+    resp = await gw.backend.request("DELETE", bucket, key, query=query, headers=headers)
     if resp.status >= 300:
         raise await resp.error()
     resp.release()

@@ -406,9 +406,13 @@ async def write_s3ec_v3(
     return resp.headers.get("ETag", "")
 
 
-async def put_s3ec_v3(gw: Gateway, request: web.Request, bucket: str, key: str, body: PlaintextBody) -> str:
-    """PutObject in S3EC V3 with kms+context: the official client reads it from the backend."""
-    return await write_s3ec_v3(gw, request, bucket, key, body, body.length, _object_headers(request, {}))
+async def put_s3ec_v3(
+    gw: Gateway, request: web.Request, bucket: str, key: str, body: PlaintextBody, conditions: dict[str, str]
+) -> str:
+    """PutObject in S3EC V3 with kms+context: the official client reads it from the backend.
+    `conditions` are the backend headers of the client's If-Match / If-None-Match."""
+    headers = {**_object_headers(request, {}), **conditions}
+    return await write_s3ec_v3(gw, request, bucket, key, body, body.length, headers)
 
 
 # -- multipart uploads in s3ec-v3 buckets -----------------------------------------------------
@@ -658,6 +662,9 @@ async def complete_multipart(gw: Gateway, request: web.Request, bucket: str, key
     wanted = client_parts(doc)
     upload_id = request.query["uploadId"]
     up = _find_upload(gw, bucket, key, upload_id)
+    from proxy.server.objects import write_conditions
+
+    conditions = await write_conditions(gw, request, bucket, key)
     async with up.lock:
         stored = [p.number for p in up.parts]
         if [n for n, _ in wanted] != stored:
@@ -693,7 +700,9 @@ async def complete_multipart(gw: Gateway, request: web.Request, bucket: str, key
             listed.append(up.tag_part)
         xml_parts = "".join(f'<Part><PartNumber>{n}</PartNumber><ETag>"{e}"</ETag></Part>' for n, e in listed)
         xml = f'<CompleteMultipartUpload xmlns="{S3_NS}">{xml_parts}</CompleteMultipartUpload>'.encode()
-        _, answer = await gw.backend.read_ok("POST", bucket, key, query=[("uploadId", up.backend_id)], body=xml)
+        _, answer = await gw.backend.read_ok(
+            "POST", bucket, key, query=[("uploadId", up.backend_id)], headers=conditions, body=xml
+        )
         root = ElementTree.fromstring(answer) if answer.strip() else None
         if root is not None and root.tag.rsplit("}", 1)[-1] == "Error":
             code = find_text(root, "Code") or "InternalError"

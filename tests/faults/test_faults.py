@@ -9,7 +9,7 @@ import os
 import socket
 import ssl
 import threading
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -34,6 +34,8 @@ class FaultyRelay:
         #: Matching requests seen while a fault was set.
         self.hits = 0
         self.delay = 0.0
+        #: Runs before every request is handled; a response it returns is sent instead.
+        self.before: Callable[[web.Request], Awaitable[web.StreamResponse | None]] | None = None
         self.port = free_port()
         self.loop = asyncio.new_event_loop()
         ready = threading.Event()
@@ -56,6 +58,8 @@ class FaultyRelay:
         return True
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
+        if self.before is not None and (answer := await self.before(request)) is not None:
+            return answer
         hit = self._hit(request)
         if hit and self.fault == "reset-upload" and request.method == "PUT":
             await request.content.readexactly(min(200_000, request.content_length or 0))

@@ -150,3 +150,16 @@ def test_parts_to_another_process_are_refused(
         s3.abort_multipart_upload(Bucket=BUCKET, Key="elsewhere", UploadId=uid)  # any process can abort
     finally:
         other.gate.stop()
+
+
+def test_complete_if_none_match(mp_stack: tuple[Stack, str]) -> None:
+    st, _ = mp_stack
+    s3 = st.client()
+    s3.put_object(Bucket=BUCKET, Key="taken", Body=b"already here")
+    uid = s3.create_multipart_upload(Bucket=BUCKET, Key="taken")["UploadId"]
+    etag = s3.upload_part(Bucket=BUCKET, Key="taken", UploadId=uid, PartNumber=1, Body=b"late")["ETag"]
+    parts = {"Parts": [{"PartNumber": 1, "ETag": etag}]}
+    with pytest.raises(ClientError) as exc:
+        s3.complete_multipart_upload(Bucket=BUCKET, Key="taken", UploadId=uid, MultipartUpload=parts, IfNoneMatch="*")
+    assert exc.value.response["ResponseMetadata"]["HTTPStatusCode"] == 412
+    assert s3.get_object(Bucket=BUCKET, Key="taken")["Body"].read() == b"already here"
