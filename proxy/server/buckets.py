@@ -13,8 +13,9 @@ from defusedxml import ElementTree
 
 from proxy.crypto.format import DEFAULT_SEGMENT_SIZE, FormatError, Layout
 from proxy.s3.errors import S3Error
+from proxy.s3.ranges import etag_matches
 from proxy.s3.routing import LIST_PARAMS
-from proxy.server.objects import RESERVED_PREFIX, opaque_etag, record_key
+from proxy.server.objects import RESERVED_PREFIX, opaque_etag, record_key, shown_etag
 from proxy.server.state import Gateway
 
 S3_NS = "http://s3.amazonaws.com/doc/2006-03-01/"
@@ -171,17 +172,86 @@ async def list_objects(gw: Gateway, request: web.Request, bucket: str, *, versio
 
 
 async def delete_objects(gw: Gateway, request: web.Request, bucket: str) -> web.StreamResponse:
-    """DeleteObjects (quiet or verbose) passes through once checked."""
+    """DeleteObjects (quiet or verbose) passes through once checked. An object listed with an
+    ETag is deleted only if that is the ETag sealgate shows for it (see `_conditional_deletes`)."""
     body = await _read_small_body(request)
     try:
         root = ElementTree.fromstring(body)
     except Exception as exc:  # noqa: BLE001 - defusedxml raises several types for hostile XML
         raise S3Error("MalformedXML", "The XML you provided was not well-formed or did not validate", 400) from exc
-    keys = [el.text or "" for el in root.iter() if el.tag.rsplit("}", 1)[-1] == "Key"]
+    keys = [el.text or "" for el in root.iter() if _local(el.tag) == "Key"]
     if not keys or len(keys) > 1000:
         raise S3Error("MalformedXML", "A DeleteObjects request names 1 to 1000 keys", 400)
     if any(k.startswith(RESERVED_PREFIX) for k in keys):
         raise S3Error("AccessDenied", f"keys under {RESERVED_PREFIX} are reserved by sealgate", 403)
+    refused: list[tuple[str, str, str]] = []
+    if any(_local(el.tag) in _OBJECT_CONDITIONS for el in root.iter()):
+        refused = await _conditional_deletes(gw, request, bucket, root)
+        if not any(_local(el.tag) == "Object" for el in root):
+            return web.Response(status=200, body=_delete_result(b"", refused), headers={"Content-Type": _XML})
+        body = tostring(root, encoding="utf-8", xml_declaration=True)
     headers = {"Content-MD5": base64.b64encode(hashlib.md5(body).digest()).decode(), "Content-Type": _XML}
     resp, data = await gw.backend.read_ok("POST", bucket, None, query=[("delete", "")], headers=headers, body=body)
+    if refused:
+        data = _delete_result(data, refused)
     return web.Response(status=200, body=data, headers={"Content-Type": _XML})
+
+
+#: Per-object conditions of DeleteObjects (ETag; the other two are for directory buckets).
+_OBJECT_CONDITIONS = ("ETag", "Size", "LastModifiedTime")
+
+
+def _local(tag: str) -> str:
+    return tag.rsplit("}", 1)[-1]
+
+
+def _child(el: Element, name: str) -> Element | None:
+    return next((c for c in el if _local(c.tag) == name), None)
+
+
+async def _conditional_deletes(
+    gw: Gateway, request: web.Request, bucket: str, root: Element
+) -> list[tuple[str, str, str]]:
+    """Check the objects listed with an ETag against the ETags sealgate shows. Those that match
+    stay in `root` with the backend's ETag for the object instead (so the backend refuses if it
+    changed since); the others are taken out of `root` and returned as (key, code, message)."""
+    refused: list[tuple[str, str, str]] = []
+    for obj in [el for el in root if _local(el.tag) == "Object"]:
+        if any(_child(obj, name) is not None for name in ("Size", "LastModifiedTime")):
+            raise S3Error(
+                "NotImplemented", "sealgate does not implement Size or LastModifiedTime in DeleteObjects", 501
+            )
+        etag_el = _child(obj, "ETag")
+        if etag_el is None:
+            continue
+        key_el, version_el = _child(obj, "Key"), _child(obj, "VersionId")
+        key = key_el.text or "" if key_el is not None else ""
+        try:
+            current = await shown_etag(gw, request, bucket, key, version_el.text if version_el is not None else None)
+        except S3Error as exc:
+            refused.append((key, exc.code, exc.message))
+            root.remove(obj)
+            continue
+        if current is None:
+            refused.append((key, "NoSuchKey", "The specified key does not exist."))
+            root.remove(obj)
+        elif not etag_matches(etag_el.text or "", current[0]):
+            refused.append((key, "PreconditionFailed", "At least one of the pre-conditions you specified did not hold"))
+            root.remove(obj)
+        else:
+            etag_el.text = '"' + current[1].strip().strip('"') + '"'
+    return refused
+
+
+def _delete_result(backend_answer: bytes, refused: list[tuple[str, str, str]]) -> bytes:
+    """The backend's DeleteResult (or an empty one) with an Error entry for each refused key."""
+    result = ElementTree.fromstring(backend_answer) if backend_answer.strip() else Element(f"{{{S3_NS}}}DeleteResult")
+    ns = result.tag[: result.tag.index("}") + 1] if result.tag.startswith("{") else ""
+    for key, code, message in refused:
+        error = Element(f"{ns}Error")
+        for name, text in (("Key", key), ("Code", code), ("Message", message)):
+            child = Element(f"{ns}{name}")
+            child.text = text
+            error.append(child)
+        result.append(error)
+    return bytes(tostring(result, encoding="utf-8", xml_declaration=True))

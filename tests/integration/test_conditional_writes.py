@@ -144,3 +144,39 @@ def test_copy_destination_conditions(stack: Stack, bucket: str) -> None:
     assert _body(s3, bucket, "dst") == b"source body"
     s3.copy_object(Bucket=bucket, Key="new", CopySource=source, IfNoneMatch="*")
     assert _body(s3, bucket, "new") == b"source body"
+
+
+@pytest.mark.parametrize("quiet", [False, True])
+def test_delete_objects_with_etags(stack: Stack, bucket: str, quiet: bool) -> None:
+    s3 = stack.client()
+    right = s3.put_object(Bucket=bucket, Key="right", Body=b"1")["ETag"]
+    stale = s3.put_object(Bucket=bucket, Key="stale", Body=b"2")["ETag"]
+    s3.put_object(Bucket=bucket, Key="stale", Body=b"2, rewritten")
+    s3.put_object(Bucket=bucket, Key="plain", Body=b"3")
+    s3.put_object(Bucket=bucket, Key="kept", Body=b"4")
+    out = s3.delete_objects(
+        Bucket=bucket,
+        Delete={
+            "Objects": [
+                {"Key": "right", "ETag": right},
+                {"Key": "stale", "ETag": stale},
+                {"Key": "plain"},
+                {"Key": "missing", "ETag": right},
+            ],
+            "Quiet": quiet,
+        },
+    )
+    errors = {e["Key"]: e["Code"] for e in out.get("Errors", [])}
+    assert errors == {"stale": "PreconditionFailed", "missing": "NoSuchKey"}
+    if not quiet:
+        assert sorted(d["Key"] for d in out["Deleted"]) == ["plain", "right"]
+    assert sorted(o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]) == ["kept", "stale"]
+    assert _body(s3, bucket, "stale") == b"2, rewritten"
+    # Every listed object refused: the backend is not asked at all.
+    out = s3.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": "kept", "ETag": stale}]})
+    assert [(e["Key"], e["Code"]) for e in out["Errors"]] == [("kept", "PreconditionFailed")]
+    assert _body(s3, bucket, "kept") == b"4"
+    with pytest.raises(ClientError) as exc:
+        s3.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": "kept", "Size": 1}]})
+    assert _code(exc) == (501, "NotImplemented")
+    assert _body(s3, bucket, "kept") == b"4"
