@@ -186,8 +186,24 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
     return await _run(gw, request, r, verified)
 
 
+#: SSE-C: a key the client keeps, without which S3 refuses to read the object. Dropping these
+#: headers would leave objects readable without that key, so such requests are refused.
+_SSE_C_HEADERS = (
+    "x-amz-server-side-encryption-customer-algorithm",
+    "x-amz-server-side-encryption-customer-key",
+    "x-amz-copy-source-server-side-encryption-customer-algorithm",
+    "x-amz-copy-source-server-side-encryption-customer-key",
+)
+
+
 async def _run(gw: Gateway, request: web.Request, r: Route, verified: VerifiedRequest) -> web.StreamResponse:
     op, bucket, key = r.operation, r.bucket, r.key
+    if any(name in request.headers for name in _SSE_C_HEADERS):
+        raise S3Error(
+            "NotImplemented",
+            "sealgate encrypts every object with its own keys; customer-provided keys (SSE-C) are not supported",
+            501,
+        )
     if op == "ListBuckets":
         return await buckets.list_buckets(gw, request)
     assert bucket is not None

@@ -177,3 +177,19 @@ def test_copy_above_the_backend_copy_limit(moto_url: str, tls_files, tmp_path) -
         }
     finally:
         st.gate.stop()
+
+
+def test_customer_provided_keys_are_refused_not_ignored(stack: Stack, bucket: str) -> None:
+    """With SSE-C, S3 reads an object only for a client that sends its key again. Sealgate would
+    store and serve the object without it, so it refuses SSE-C rather than drop the headers."""
+    s3 = stack.client()
+    key = os.urandom(32)
+    with pytest.raises(ClientError) as err:
+        s3.put_object(Bucket=bucket, Key="ssec", Body=b"secret", SSECustomerAlgorithm="AES256", SSECustomerKey=key)
+    assert err.value.response["ResponseMetadata"]["HTTPStatusCode"] == 501
+    assert err.value.response["Error"]["Code"] == "NotImplemented"
+    assert "Contents" not in s3.list_objects_v2(Bucket=bucket)
+    s3.put_object(Bucket=bucket, Key="plain", Body=b"x")
+    with pytest.raises(ClientError) as err:
+        s3.get_object(Bucket=bucket, Key="plain", SSECustomerAlgorithm="AES256", SSECustomerKey=key)
+    assert err.value.response["Error"]["Code"] == "NotImplemented"
