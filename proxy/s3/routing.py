@@ -145,6 +145,8 @@ def _operation(method: str, bucket: str | None, key: str | None, query: Mapping[
                     return op
             if method == "POST" and subresources == ["delete"]:
                 return "DeleteObjects"
+            if subresources == ["versioning"] and method in ("GET", "PUT"):
+                return "GetBucketVersioning" if method == "GET" else "PutBucketVersioning"
             raise S3Error(
                 "NotImplemented",
                 f"bucket subresource {'/'.join(sorted(subresources))} is not implemented by sealgate",

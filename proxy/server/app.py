@@ -222,6 +222,8 @@ async def _run(gw: Gateway, request: web.Request, r: Route, verified: VerifiedRe
             return await buckets.list_objects(gw, request, bucket, versions=True)
         if op == "DeleteObjects":
             return await buckets.delete_objects(gw, request, bucket)
+        if op in ("GetBucketVersioning", "PutBucketVersioning"):
+            return await buckets.bucket_versioning(gw, request, bucket)
         if op == "ListMultipartUploads":
             return await multipart.list_uploads(gw, request, bucket)
     else:

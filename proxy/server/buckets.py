@@ -171,6 +171,17 @@ async def list_objects(gw: Gateway, request: web.Request, bucket: str, *, versio
     return web.Response(status=200, body=body, headers={"Content-Type": _XML})
 
 
+async def bucket_versioning(gw: Gateway, request: web.Request, bucket: str) -> web.StreamResponse:
+    """Get/PutBucketVersioning pass through (a PUT's document gets the Content-MD5 S3 requires).
+    Every version is a whole sealgate object: reads name one with ``versionId``."""
+    if request.method == "GET":
+        return await _relay(gw, "GET", bucket, query=[("versioning", "")])
+    body = await _read_small_body(request)
+    headers = {"Content-MD5": base64.b64encode(hashlib.md5(body).digest()).decode(), "Content-Type": _XML}
+    resp, _ = await gw.backend.read_ok("PUT", bucket, None, query=[("versioning", "")], headers=headers, body=body)
+    return web.Response(status=resp.status)
+
+
 async def delete_objects(gw: Gateway, request: web.Request, bucket: str) -> web.StreamResponse:
     """DeleteObjects (quiet or verbose) passes through once checked. An object listed with an
     ETag is deleted only if that is the ETag sealgate shows for it (see `_conditional_deletes`)."""

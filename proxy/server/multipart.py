@@ -184,7 +184,7 @@ async def read_copy_source(gw: Gateway, request: web.Request) -> tuple[int, Asyn
     (x-amz-copy-source and its optional x-amz-copy-source-range)."""
     from proxy.server.copy import parse_copy_source
 
-    src_bucket, src_key, _version = parse_copy_source(request.headers["x-amz-copy-source"])
+    src_bucket, src_key, version = parse_copy_source(request.headers["x-amz-copy-source"])
     check_reserved(src_key)
     byte_range = None
     raw_range = request.headers.get("x-amz-copy-source-range")
@@ -195,7 +195,7 @@ async def read_copy_source(gw: Gateway, request: web.Request) -> tuple[int, Asyn
                 "InvalidArgument", "The x-amz-copy-source-range value must be of the form bytes=first-last", 400
             )
         byte_range = (int(m.group(1)), int(m.group(2)))
-    length, plaintext, _opened, _head = await read_plaintext(gw, request, src_bucket, src_key, byte_range)
+    length, plaintext, _opened, _head = await read_plaintext(gw, request, src_bucket, src_key, byte_range, version)
     return length, plaintext
 
 

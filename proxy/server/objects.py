@@ -86,6 +86,11 @@ _RELAYED_HEADERS = (
 _CONTENT_RANGE_RE = re.compile(r"bytes (\d+)-(\d+)/(\d+)")
 
 
+def version_query(version: str | None) -> list[tuple[str, str]]:
+    """The backend query that names one version of an object (none: the current one)."""
+    return [("versionId", version)] if version else []
+
+
 def opaque_etag(backend_etag: str) -> str:
     """An ETag that names this stored version but is plainly no MD5 of the plaintext.
 
@@ -301,7 +306,7 @@ async def shown_etag(
 ) -> tuple[str, str] | None:
     """(the ETag sealgate shows for what is stored as `bucket`/`key` now, the backend's own ETag
     for it), or None if nothing is. Raises what a HEAD of the object would."""
-    resp = await gw.backend.request("HEAD", bucket, key, query=[("versionId", version)] if version else [])
+    resp = await gw.backend.request("HEAD", bucket, key, query=version_query(version))
     resp.release()
     if resp.status == 404:
         return None
@@ -311,7 +316,7 @@ async def shown_etag(
     meta = resp.user_metadata()
     if is_sealgate_object(meta):
         _, total = _total_length(resp)
-        return (await _open(gw, request, bucket, key, resp, total)).etag, stored
+        return (await _open(gw, request, bucket, key, resp, total, version)).etag, stored
     if _allow_plain(gw, bucket) or await s3ec_read.s3ec_metadata(gw, bucket, key, meta) is not None:
         return stored, stored  # shown as stored (see head_object)
     raise _not_sealgate(bucket, key)
@@ -426,10 +431,17 @@ def _total_length(resp: BackendResponse) -> tuple[int, int]:
 
 
 async def _open(
-    gw: Gateway, request: web.Request | None, bucket: str, key: str, resp: BackendResponse, total: int
+    gw: Gateway,
+    request: web.Request | None,
+    bucket: str,
+    key: str,
+    resp: BackendResponse,
+    total: int,
+    version: str | None = None,
 ) -> _Opened:
     """Check the envelope and unwrap the data key; without a request (operator tools such as
-    `sealgate convert`) no client key policy applies."""
+    `sealgate convert`) no client key policy applies. `version`: the object version `resp`
+    describes, if the client named one (later reads of the body must read that version)."""
     meta = resp.user_metadata()
     try:
         env = Envelope.from_metadata(meta)
@@ -455,7 +467,7 @@ async def _open(
     except FormatError as exc:
         raise S3Error("ObjectIntegrityError", f"stored object failed authentication: {exc}", 500) from exc
     if sealed.etag == ETAG_TAIL:
-        etag = f'"{(await _digest_slot(gw, bucket, key, env, data_key, plain_len)).hex()}"'
+        etag = f'"{(await _digest_slot(gw, bucket, key, env, data_key, plain_len, version)).hex()}"'
     elif sealed.etag:
         etag = f'"{sealed.etag}"'
     else:
@@ -490,13 +502,16 @@ async def read_manifest(
     return manifest
 
 
-async def _digest_slot(gw: Gateway, bucket: str, key: str, env: Envelope, data_key: bytes, plain_len: int) -> bytes:
+async def _digest_slot(
+    gw: Gateway, bucket: str, key: str, env: Envelope, data_key: bytes, plain_len: int, version: str | None = None
+) -> bytes:
     layout = Layout(env.segment_size)
     span = layout.span(plain_len, plain_len + DIGEST_SLOT, plain_len)
     resp = await gw.backend.request(
         "GET",
         bucket,
         key,
+        query=version_query(version),
         headers={"Range": f"bytes={span.ciphertext_start}-{span.ciphertext_end - 1}"},
     )
     if resp.status >= 300:
@@ -578,7 +593,8 @@ def _not_sealgate(bucket: str, key: str) -> S3Error:
 
 async def head_object(gw: Gateway, request: web.Request, bucket: str, key: str) -> web.StreamResponse:
     """Plaintext size, ETag, content headers and decrypted user metadata."""
-    resp = await gw.backend.request("HEAD", bucket, key)
+    version = request.query.get("versionId")
+    resp = await gw.backend.request("HEAD", bucket, key, query=version_query(version))
     if resp.status >= 300:
         resp.release()
         raise await resp.error()
@@ -592,7 +608,9 @@ async def head_object(gw: Gateway, request: web.Request, bucket: str, key: str) 
         headers["ETag"] = resp.headers.get("ETag", "")
         headers.update({f"x-amz-meta-{k}": v for k, v in s3ec_read.user_metadata(meta).items()})
         headers["Content-Length"] = str(
-            await s3ec_read.plaintext_size(gw, bucket, key, s3ec_materials, total, resp.headers.get("ETag", ""))
+            await s3ec_read.plaintext_size(
+                gw, bucket, key, s3ec_materials, total, resp.headers.get("ETag", ""), version
+            )
         )
         _conditions(request, headers["ETag"], _last_modified(resp))
         return web.Response(status=200, headers=headers)
@@ -604,7 +622,7 @@ async def head_object(gw: Gateway, request: web.Request, bucket: str, key: str) 
         headers["Content-Length"] = str(total)
         _conditions(request, headers["ETag"], _last_modified(resp))
         return web.Response(status=200, headers=headers)
-    opened = await _open(gw, request, bucket, key, resp, total)
+    opened = await _open(gw, request, bucket, key, resp, total, version)
     _conditions(request, opened.etag, _last_modified(resp))
     headers = _object_headers(resp, opened)
     _response_overrides(request, headers)
@@ -668,15 +686,16 @@ def _backend_range(header: str | None, segment_size: int) -> str | None:
 async def get_object(gw: Gateway, request: web.Request, bucket: str, key: str) -> web.StreamResponse:
     """Stream the object back, authenticating each segment before releasing its bytes."""
     range_header = request.headers.get("Range")
+    version = request.query.get("versionId")
     backend_headers: dict[str, str] = {}
     want = _backend_range(range_header, DEFAULT_SEGMENT_SIZE)
     if want:
         backend_headers["Range"] = want
-    resp = await gw.backend.request("GET", bucket, key, headers=backend_headers)
+    resp = await gw.backend.request("GET", bucket, key, query=version_query(version), headers=backend_headers)
     if resp.status == 416:
         resp.release()
         # The range starts past the stored object: find the plaintext size for the error.
-        head = await gw.backend.request("HEAD", bucket, key)
+        head = await gw.backend.request("HEAD", bucket, key, query=version_query(version))
         head.release()
         if head.status >= 300:
             raise await head.error()
@@ -690,7 +709,7 @@ async def get_object(gw: Gateway, request: web.Request, bucket: str, key: str) -
     if resp.status >= 300:
         raise await resp.error()
     try:
-        return await _stream_object(gw, request, bucket, key, resp, range_header)
+        return await _stream_object(gw, request, bucket, key, resp, range_header, version)
     finally:
         resp.close()
 
@@ -702,6 +721,7 @@ async def _stream_object(
     key: str,
     resp: BackendResponse,
     range_header: str | None,
+    version: str | None,
 ) -> web.StreamResponse:
     resp_start, total = _total_length(resp)
     meta = resp.user_metadata()
@@ -712,12 +732,14 @@ async def _stream_object(
         headers.update({f"x-amz-meta-{k}": v for k, v in s3ec_read.user_metadata(meta).items()})
         _conditions(request, headers["ETag"], _last_modified(resp))
         _response_overrides(request, headers)
-        return await s3ec_read.stream_s3ec(gw, request, bucket, key, resp, total, range_header, headers, s3ec_meta)
+        return await s3ec_read.stream_s3ec(
+            gw, request, bucket, key, resp, total, range_header, headers, s3ec_meta, version
+        )
     if not is_sealgate_object(meta):
         if not _allow_plain(gw, bucket):
             raise _not_sealgate(bucket, key)
         return await _stream_plain(request, resp, resp_start, total, range_header)
-    opened = await _open(gw, request, bucket, key, resp, total)
+    opened = await _open(gw, request, bucket, key, resp, total, version)
     _conditions(request, opened.etag, _last_modified(resp))
     size = opened.plaintext_length
     part = _part_range(request, opened)
@@ -730,7 +752,7 @@ async def _stream_object(
     if part is not None:
         headers["x-amz-mp-parts-count"] = str(part[1])
     if opened.manifest is not None:
-        return await _stream_multipart(gw, request, bucket, key, resp, opened, rng, headers)
+        return await _stream_multipart(gw, request, bucket, key, resp, opened, rng, headers, version)
     if rng is None:
         # A full read authenticates through the final segment, so truncation is always seen.
         span = dataclasses.replace(layout.span(0, size + DIGEST_SLOT, size), length=size)
@@ -750,9 +772,17 @@ async def _stream_object(
     )
 
 
-async def _ranged(gw: Gateway, bucket: str, key: str, etag: str, start: int, end: int) -> BackendResponse:
-    """Backend bytes [start, end) of the object that still has this ETag."""
-    resp = await gw.backend.request("GET", bucket, key, headers={"Range": f"bytes={start}-{end - 1}", "If-Match": etag})
+async def _ranged(
+    gw: Gateway, bucket: str, key: str, etag: str, start: int, end: int, version: str | None = None
+) -> BackendResponse:
+    """Backend bytes [start, end) of the object (that version of it) that still has this ETag."""
+    resp = await gw.backend.request(
+        "GET",
+        bucket,
+        key,
+        query=version_query(version),
+        headers={"Range": f"bytes={start}-{end - 1}", "If-Match": etag},
+    )
     if resp.status == 412:
         resp.release()
         raise S3Error("ServiceUnavailable", "the object changed while it was read; retry", 503)
@@ -770,6 +800,7 @@ async def _stream_multipart(
     opened: _Opened,
     rng: tuple[int, int] | None,
     headers: dict[str, str],
+    version: str | None,
 ) -> web.StreamResponse:
     """Serve a multipart object: the whole (each part's digest checked) or any range."""
     assert opened.manifest is not None
@@ -790,7 +821,7 @@ async def _stream_multipart(
     if rng is not None or resp.status != 200:
         resp.close()
         if dec.header_range:
-            h = await _ranged(gw, bucket, key, etag, *dec.header_range)
+            h = await _ranged(gw, bucket, key, etag, *dec.header_range, version=version)
             try:
                 raw = await h.read()
             finally:
@@ -799,7 +830,7 @@ async def _stream_multipart(
                 dec.set_first_header(raw[: dec.header_range[1] - dec.header_range[0]])
             except FormatError as exc:
                 raise S3Error("ObjectIntegrityError", f"stored object failed authentication: {exc}", 500) from exc
-        source = await _ranged(gw, bucket, key, etag, *dec.fetch_range)
+        source = await _ranged(gw, bucket, key, etag, *dec.fetch_range, version=version)
         first, _ = _total_length(source)
         skip = dec.fetch_range[0] - first
     out = web.StreamResponse(status=status, headers=headers)
@@ -954,14 +985,14 @@ async def open_copy_source(
 ) -> tuple[_Opened, BackendResponse, int]:
     """The source of a copy: opened (data key unwrapped, checked) once the request's
     x-amz-copy-source-if-* conditions hold against the ETag sealgate shows for it."""
-    head = await gw.backend.request("HEAD", bucket, key, query=[("versionId", version)] if version else [])
+    head = await gw.backend.request("HEAD", bucket, key, query=version_query(version))
     head.release()
     if head.status >= 300:
         raise await head.error()
     if not is_sealgate_object(head.user_metadata()):
         raise S3Error("InvalidObjectState", "sealgate copies only objects it wrote", 403)
     _, total = _total_length(head)
-    opened = await _open(gw, request, bucket, key, head, total)
+    opened = await _open(gw, request, bucket, key, head, total, version)
     if request is None:
         return opened, head, total
     h = request.headers
@@ -978,11 +1009,17 @@ async def open_copy_source(
 
 
 async def read_plaintext(
-    gw: Gateway, request: web.Request | None, bucket: str, key: str, byte_range: tuple[int, int] | None
+    gw: Gateway,
+    request: web.Request | None,
+    bucket: str,
+    key: str,
+    byte_range: tuple[int, int] | None,
+    version: str | None = None,
 ) -> tuple[int, AsyncIterator[bytes], _Opened, BackendResponse]:
-    """Authenticated plaintext of [first, last] (inclusive, like a Range) of a sealgate object, as
-    a stream, for server-side operations that must re-encrypt (UploadPartCopy)."""
-    opened, head, _ = await open_copy_source(gw, request, bucket, key)
+    """Authenticated plaintext of [first, last] (inclusive, like a Range) of a sealgate object
+    (of that `version` of it), as a stream, for server-side operations that must re-encrypt
+    (UploadPartCopy)."""
+    opened, head, _ = await open_copy_source(gw, request, bucket, key, version)
     size = opened.plaintext_length
     start, end = (0, size) if byte_range is None else (byte_range[0], byte_range[1] + 1)
     if not 0 <= start < end <= size and not (start == end == size == 0):
@@ -996,7 +1033,7 @@ async def read_plaintext(
     elif opened.manifest is not None:
         mdec = MultipartDecryptor(opened.data_key, opened.envelope.salt, layout, opened.manifest, start, end)
         if mdec.header_range:
-            h = await _ranged(gw, bucket, key, etag, *mdec.header_range)
+            h = await _ranged(gw, bucket, key, etag, *mdec.header_range, version=version)
             try:
                 raw = await h.read()
             finally:
@@ -1011,7 +1048,7 @@ async def read_plaintext(
     async def plaintext() -> AsyncIterator[bytes]:
         if fetch is None:
             return
-        source = await _ranged(gw, bucket, key, etag, *fetch)
+        source = await _ranged(gw, bucket, key, etag, *fetch, version=version)
         try:
             first, _ = _total_length(source)
             skip, remaining = fetch[0] - first, fetch[1] - fetch[0]

@@ -226,7 +226,13 @@ async def s3ec_plaintext(
 
 
 async def plaintext_size(
-    gw: Gateway, bucket: str, key: str, materials: s3ec.S3ecMaterials, total: int, etag: str
+    gw: Gateway,
+    bucket: str,
+    key: str,
+    materials: s3ec.S3ecMaterials,
+    total: int,
+    etag: str,
+    version: str | None = None,
 ) -> int:
     """Plaintext length of an S3EC object of `total` stored bytes. GCM: total - 16. Legacy CBC:
     its padding, found by decrypting the last block (one ranged GET of at most 32 bytes)."""
@@ -239,7 +245,8 @@ async def plaintext_size(
         headers = {"Range": f"bytes={total - n}-{total - 1}"}
         if etag:
             headers["If-Match"] = etag
-        resp = await gw.backend.request("GET", bucket, key, headers=headers)
+        query = [("versionId", version)] if version else []
+        resp = await gw.backend.request("GET", bucket, key, query=query, headers=headers)
         if resp.status >= 300:
             raise await resp.error()
         tail = b""
@@ -263,17 +270,25 @@ async def stream_s3ec(
     range_header: str | None,
     headers: dict[str, str],
     meta: Mapping[str, str],
+    version: str | None = None,
 ) -> web.StreamResponse:
     """GET of an S3EC object (`meta`: its envelope metadata, from `s3ec_metadata`):
-    verify-first up to the limit, delayed authentication if opted in."""
+    verify-first up to the limit, delayed authentication if opted in. `version`: the object
+    version the client named, which every further read of the body must name too."""
     materials = await open_s3ec(gw, request, bucket, key, meta)
-    size = await plaintext_size(gw, bucket, key, materials, total, resp.headers.get("ETag", ""))
+    size = await plaintext_size(gw, bucket, key, materials, total, resp.headers.get("ETag", ""), version)
     rng = parse_range(range_header, size)
     start, end = rng if rng else (0, size)
     if resp.status != 200 or resp.headers.get("Content-Range"):
         # The first request asked for a sealgate-shaped range: S3EC needs the whole body.
         resp.close()
-        resp = await gw.backend.request("GET", bucket, key, headers={"If-Match": resp.headers.get("ETag", "")})
+        resp = await gw.backend.request(
+            "GET",
+            bucket,
+            key,
+            query=[("versionId", version)] if version else [],
+            headers={"If-Match": resp.headers.get("ETag", "")},
+        )
         if resp.status >= 300:
             raise await resp.error()
     delayed_ok = _delayed_ok(gw, bucket, key)
