@@ -147,6 +147,8 @@ def _operation(method: str, bucket: str | None, key: str | None, query: Mapping[
                 return "DeleteObjects"
             if subresources == ["versioning"] and method in ("GET", "PUT"):
                 return "GetBucketVersioning" if method == "GET" else "PutBucketVersioning"
+            if subresources == ["object-lock"] and method in ("GET", "PUT"):
+                return "GetObjectLockConfiguration" if method == "GET" else "PutObjectLockConfiguration"
             raise S3Error(
                 "NotImplemented",
                 f"bucket subresource {'/'.join(sorted(subresources))} is not implemented by sealgate",
@@ -174,6 +176,10 @@ def _operation(method: str, bucket: str | None, key: str | None, query: Mapping[
         ops = {"GET": "GetObjectTagging", "PUT": "PutObjectTagging", "DELETE": "DeleteObjectTagging"}
         if method in ops:
             return ops[method]
+    if subresources == ["retention"] and method in ("GET", "PUT"):
+        return "GetObjectRetention" if method == "GET" else "PutObjectRetention"
+    if subresources == ["legal-hold"] and method in ("GET", "PUT"):
+        return "GetObjectLegalHold" if method == "GET" else "PutObjectLegalHold"
     if subresources:
         raise S3Error(
             "NotImplemented",

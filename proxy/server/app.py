@@ -223,7 +223,9 @@ async def _run(gw: Gateway, request: web.Request, r: Route, verified: VerifiedRe
         if op == "DeleteObjects":
             return await buckets.delete_objects(gw, request, bucket)
         if op in ("GetBucketVersioning", "PutBucketVersioning"):
-            return await buckets.bucket_versioning(gw, request, bucket)
+            return await buckets.bucket_config(gw, request, bucket, "versioning")
+        if op in ("GetObjectLockConfiguration", "PutObjectLockConfiguration"):
+            return await buckets.bucket_config(gw, request, bucket, "object-lock")
         if op == "ListMultipartUploads":
             return await multipart.list_uploads(gw, request, bucket)
     else:
@@ -247,7 +249,11 @@ async def _run(gw: Gateway, request: web.Request, r: Route, verified: VerifiedRe
         if op == "AbortMultipartUpload":
             return await multipart.abort(gw, request, bucket, key)
         if op in ("GetObjectTagging", "PutObjectTagging", "DeleteObjectTagging"):
-            return await objects.object_tagging(gw, request, bucket, key)
+            return await objects.object_property(gw, request, bucket, key, "tagging")
+        if op in ("GetObjectRetention", "PutObjectRetention"):
+            return await objects.object_property(gw, request, bucket, key, "retention")
+        if op in ("GetObjectLegalHold", "PutObjectLegalHold"):
+            return await objects.object_property(gw, request, bucket, key, "legal-hold")
         if op == "ListParts":
             return await multipart.list_parts(gw, request, bucket, key)
     raise S3Error("NotImplemented", f"{op} is not implemented by sealgate", 501)

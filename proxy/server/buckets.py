@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
-import hashlib
 from contextlib import suppress
 from xml.etree.ElementTree import Element, register_namespace, tostring
 
@@ -15,7 +13,7 @@ from proxy.crypto.format import DEFAULT_SEGMENT_SIZE, FormatError, Layout
 from proxy.s3.errors import S3Error
 from proxy.s3.ranges import etag_matches
 from proxy.s3.routing import LIST_PARAMS
-from proxy.server.objects import RESERVED_PREFIX, opaque_etag, record_key, shown_etag
+from proxy.server.objects import RESERVED_PREFIX, content_md5, opaque_etag, record_key, shown_etag
 from proxy.server.state import Gateway
 
 S3_NS = "http://s3.amazonaws.com/doc/2006-03-01/"
@@ -55,9 +53,14 @@ async def list_buckets(gw: Gateway, request: web.Request) -> web.StreamResponse:
 
 
 async def create_bucket(gw: Gateway, request: web.Request, bucket: str) -> web.StreamResponse:
-    """CreateBucket with its optional LocationConstraint document."""
+    """CreateBucket with its optional LocationConstraint document (and Object Lock, if asked)."""
     body = await _read_small_body(request)
-    return await _relay(gw, "PUT", bucket, body=body, keep=("Location",))
+    lock = request.headers.get("x-amz-bucket-object-lock-enabled")
+    if lock is None:
+        return await _relay(gw, "PUT", bucket, body=body, keep=("Location",))
+    headers = {"x-amz-bucket-object-lock-enabled": lock}
+    resp, _ = await gw.backend.read_ok("PUT", bucket, None, headers=headers, body=body or None)
+    return web.Response(status=resp.status, headers={k: resp.headers[k] for k in ("Location",) if k in resp.headers})
 
 
 async def delete_bucket(gw: Gateway, request: web.Request, bucket: str) -> web.StreamResponse:
@@ -171,14 +174,15 @@ async def list_objects(gw: Gateway, request: web.Request, bucket: str, *, versio
     return web.Response(status=200, body=body, headers={"Content-Type": _XML})
 
 
-async def bucket_versioning(gw: Gateway, request: web.Request, bucket: str) -> web.StreamResponse:
-    """Get/PutBucketVersioning pass through (a PUT's document gets the Content-MD5 S3 requires).
-    Every version is a whole sealgate object: reads name one with ``versionId``."""
+async def bucket_config(gw: Gateway, request: web.Request, bucket: str, subresource: str) -> web.StreamResponse:
+    """Bucket settings that pass through, GET and PUT (a PUT's document gets the Content-MD5 S3
+    requires): versioning (every version is a whole sealgate object: reads name one with
+    ``versionId``) and the Object Lock configuration (default retention)."""
     if request.method == "GET":
-        return await _relay(gw, "GET", bucket, query=[("versioning", "")])
+        return await _relay(gw, "GET", bucket, query=[(subresource, "")])
     body = await _read_small_body(request)
-    headers = {"Content-MD5": base64.b64encode(hashlib.md5(body).digest()).decode(), "Content-Type": _XML}
-    resp, _ = await gw.backend.read_ok("PUT", bucket, None, query=[("versioning", "")], headers=headers, body=body)
+    headers = {"Content-MD5": content_md5(body), "Content-Type": _XML}
+    resp, _ = await gw.backend.read_ok("PUT", bucket, None, query=[(subresource, "")], headers=headers, body=body)
     return web.Response(status=resp.status)
 
 
@@ -201,7 +205,7 @@ async def delete_objects(gw: Gateway, request: web.Request, bucket: str) -> web.
         if not any(_local(el.tag) == "Object" for el in root):
             return web.Response(status=200, body=_delete_result(b"", refused), headers={"Content-Type": _XML})
         body = tostring(root, encoding="utf-8", xml_declaration=True)
-    headers = {"Content-MD5": base64.b64encode(hashlib.md5(body).digest()).decode(), "Content-Type": _XML}
+    headers = {"Content-MD5": content_md5(body), "Content-Type": _XML}
     resp, data = await gw.backend.read_ok("POST", bucket, None, query=[("delete", "")], headers=headers, body=body)
     if refused:
         data = _delete_result(data, refused)

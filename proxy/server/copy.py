@@ -28,6 +28,7 @@ from proxy.kms.base import KeyringError
 from proxy.s3.errors import S3Error
 from proxy.server.multipart import S3_NS, find_text, put_record
 from proxy.server.objects import (
+    LOCK_HEADERS,
     _last_modified,
     _user_metadata,
     check_reserved,
@@ -218,6 +219,8 @@ async def copy_object(gw: Gateway, request: web.Request, bucket: str, key: str) 
         headers.update(stored_headers(request))
     else:
         headers.update({n: head.headers[n] for n in CONTENT_HEADERS if n in head.headers})
+        # Lock settings are the copy's own, whatever the directive (as on S3).
+        headers.update({n: request.headers[n] for n in LOCK_HEADERS if n in request.headers})
     source = "/" + quote(f"{src_bucket}/{src_key}", safe="/~")
     if version:
         source += "?versionId=" + quote(version, safe="")

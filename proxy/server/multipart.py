@@ -44,6 +44,7 @@ from proxy.server.objects import (
     MAX_PUT_SIZE,
     check_reserved,
     client_body,
+    content_md5,
     new_envelope,
     put_stream,
     read_plaintext,
@@ -297,6 +298,7 @@ async def put_record(gw: Gateway, bucket: str, key: str, manifest: Manifest, sea
             # The object's name (URL-quoted: header-safe), so `sealgate gc` can find orphans.
             "x-amz-meta-sg-object": quote(key, safe=""),
             "Content-Type": "application/octet-stream",
+            "Content-MD5": content_md5(sealed),
         },
         body=sealed,
     )
