@@ -385,9 +385,9 @@ def _object_headers(request: web.Request, s3ec_meta: Mapping[str, str]) -> dict[
         lname = name.lower()
         if lname.startswith("x-amz-meta-") and lname[len("x-amz-meta-") :] not in S3EC_FIELDS:
             headers[lname] = value  # S3EC keeps user metadata in the clear
-    for name in ("Content-Type", "Cache-Control", "Content-Disposition", "Content-Language", "Expires"):
-        if name in request.headers:
-            headers[name] = request.headers[name]
+    from proxy.server.objects import stored_headers
+
+    headers.update(stored_headers(request))  # content headers, storage class, tags, Object Lock
     return headers
 
 

@@ -113,3 +113,14 @@ def test_conditional_writes_into_an_s3ec_bucket(s3ec_stack: tuple[Stack, str]) -
         s3.put_object(Bucket="s3ec-out", Key="cond", Body=b"four", IfMatch=first)
     assert exc.value.response["ResponseMetadata"]["HTTPStatusCode"] == 412
     assert s3.get_object(Bucket="s3ec-out", Key="cond")["Body"].read() == b"three"
+
+
+def test_object_properties_kept_in_s3ec_format(s3ec_stack: tuple[Stack, str], moto_url: str) -> None:
+    """Tags, storage class and content headers reach the backend for S3EC objects too."""
+    st, _ = s3ec_stack
+    props = {"Tagging": "team=blue", "StorageClass": "STANDARD_IA", "CacheControl": "no-store"}
+    st.client().put_object(Bucket="s3ec-out", Key="props", Body=b"p", **props)
+    raw = backend_client(moto_url)
+    head = raw.head_object(Bucket="s3ec-out", Key="props")
+    assert (head["StorageClass"], head["CacheControl"]) == ("STANDARD_IA", "no-store")
+    assert raw.get_object_tagging(Bucket="s3ec-out", Key="props")["TagSet"] == [{"Key": "team", "Value": "blue"}]
