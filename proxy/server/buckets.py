@@ -197,6 +197,8 @@ async def delete_objects(gw: Gateway, request: web.Request, bucket: str) -> web.
     keys = [el.text or "" for el in root.iter() if _local(el.tag) == "Key"]
     if not keys or len(keys) > 1000:
         raise S3Error("MalformedXML", "A DeleteObjects request names 1 to 1000 keys", 400)
+    if any(_child(obj, "Key") is None for obj in root if _local(obj.tag) == "Object"):
+        raise S3Error("MalformedXML", "Every Object in a DeleteObjects request names a Key", 400)
     if any(k.startswith(RESERVED_PREFIX) for k in keys):
         raise S3Error("AccessDenied", f"keys under {RESERVED_PREFIX} are reserved by sealgate", 403)
     refused: list[tuple[str, str, str]] = []

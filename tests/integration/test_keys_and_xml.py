@@ -57,8 +57,9 @@ LAUGHS = b"""<?xml version="1.0"?>
         ("delete", LAUGHS),
         ("delete", b"<Delete><Object><Key>unclosed"),
         ("delete", b"x" * (2 * 1024 * 1024)),
+        ("delete", b'<Delete><Object><Key>k</Key></Object><Object><ETag>"0"</ETag></Object></Delete>'),
     ],
-    ids=["xxe", "billion-laughs", "truncated", "huge"],
+    ids=["xxe", "billion-laughs", "truncated", "huge", "object-without-key"],
 )
 def test_hostile_delete_xml(stack: Stack, bucket: str, query: str, body: bytes) -> None:
     import base64
