@@ -319,6 +319,12 @@ class BackendConfig(_Model):
     connect_timeout_seconds: float = Field(default=5.0, gt=0, le=300)
     #: Longest wait for the backend's next bytes (headers or body) before the request fails.
     read_timeout_seconds: float = Field(default=60.0, gt=0, le=3600)
+    #: Send streamed uploads (above 256 KiB, multipart parts) aws-chunked with a CRC32C of the
+    #: ciphertext in a trailer, which the backend checks before storing (S3, MinIO; not
+    #: ``rclone serve s3``, which refuses chunked uploads). Needed for buckets with Object Lock
+    #: retention, which take uploads only with a checksum. Bodies sent whole always carry
+    #: Content-MD5.
+    upload_checksum: StrictBool = False
 
     _check_endpoint = field_validator("endpoint")(_check_url)
 

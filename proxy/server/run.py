@@ -104,6 +104,7 @@ def make_backend(config: Config) -> Backend:
             connect_timeout=b.connect_timeout_seconds,
             read_timeout=b.read_timeout_seconds,
             max_attempts=b.max_attempts,
+            upload_checksum=b.upload_checksum,
         )
     )
 

@@ -76,7 +76,8 @@ class FaultyRelay:
             )
         if hit and self.fault == "throttle" and target:
             return web.json_response({"__type": "ThrottlingException", "message": "slow down"}, status=400)
-        headers = {k: v for k, v in request.headers.items() if k.lower() not in ("host", "content-length")}
+        hop = ("host", "content-length", "transfer-encoding")
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in hop}
         async with (
             aiohttp.ClientSession(auto_decompress=False) as s,
             s.request(request.method, self.upstream + request.path_qs, data=body, headers=headers) as r,

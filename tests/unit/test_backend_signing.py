@@ -76,3 +76,25 @@ def test_same_signature_as_botocore(method: str, key: str, query: list[tuple[str
     headers = {"Host": "localhost:9000", **{k: v.strip() for k, v in meta.items()}}
     ours, theirs = _both(method, url, headers)
     assert ours["Authorization"] == theirs["Authorization"]
+
+
+def test_trailer_uploads_sign_as_botocore_signs_its_own() -> None:
+    """With a checksum trailer the payload is STREAMING-UNSIGNED-PAYLOAD-TRAILER, as botocore
+    signs when its flexible-checksum handler puts a trailer in the request context."""
+    url = "http://127.0.0.1:9000/bucket/key"
+    headers = {
+        "Host": "127.0.0.1:9000",
+        "Content-Encoding": "aws-chunked",
+        "x-amz-decoded-content-length": "3145728",
+        "x-amz-trailer": "x-amz-checksum-crc32c",
+        "x-amz-sdk-checksum-algorithm": "CRC32C",
+    }
+    for _ in range(5):
+        ours = dict(sign_request(CREDS, "us-east-1", "PUT", url, headers, trailer=True))
+        ref = AWSRequest(method="PUT", url=url, headers=dict(headers))
+        ref.context["checksum"] = {"request_algorithm": {"in": "trailer", "algorithm": "crc32c"}}
+        S3SigV4Auth(CREDS, "s3", "us-east-1").add_auth(ref)
+        if ours["X-Amz-Date"] == ref.headers["X-Amz-Date"]:
+            break
+    assert ours["X-Amz-Content-SHA256"] == "STREAMING-UNSIGNED-PAYLOAD-TRAILER"
+    assert ours["Authorization"] == ref.headers["Authorization"]
