@@ -197,6 +197,11 @@ class BackendSettings:
     upload_checksum: bool = False
 
 
+def version_query(version: str | None) -> list[tuple[str, str]]:
+    """The query that names one version of an object (none: the current one)."""
+    return [("versionId", version)] if version else []
+
+
 def quote_key(key: str) -> str:
     """Encode an object key for a URL path the way S3 signs it (slashes kept)."""
     return quote(key, safe="/~")

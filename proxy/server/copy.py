@@ -16,6 +16,7 @@ from xml.sax.saxutils import escape
 from aiohttp import web
 from defusedxml import ElementTree
 
+from proxy.backend import version_query
 from proxy.crypto.format import (
     SCOPE_OBJECT,
     Envelope,
@@ -163,7 +164,7 @@ async def backend_copy(
 async def _source_etag(gw: Gateway, source: str) -> str | None:
     """The backend's ETag of a copy source now (None if it is gone)."""
     src_bucket, src_key, version = parse_copy_source(source)
-    head = await gw.backend.request("HEAD", src_bucket, src_key, query=[("versionId", version)] if version else [])
+    head = await gw.backend.request("HEAD", src_bucket, src_key, query=version_query(version))
     head.release()
     return head.headers.get("ETag", "").strip().strip('"') if head.status < 300 else None
 

@@ -16,7 +16,7 @@ from typing import Protocol
 
 from aiohttp import web
 
-from proxy.backend import BackendResponse
+from proxy.backend import BackendResponse, version_query
 from proxy.crypto.format import (
     DEFAULT_SEGMENT_SIZE,
     DIGEST_SLOT,
@@ -63,6 +63,8 @@ LOCK_HEADERS = (
     "x-amz-object-lock-retain-until-date",
     "x-amz-object-lock-legal-hold",
 )
+#: Lets a client allowed to do so delete or shorten a version under governance-mode retention.
+BYPASS_GOVERNANCE = "x-amz-bypass-governance-retention"
 #: Request headers stored with the object as they are (S3 object properties).
 _STORED_HEADERS = (
     *LOCK_HEADERS,
@@ -97,11 +99,6 @@ _CONTENT_RANGE_RE = re.compile(r"bytes (\d+)-(\d+)/(\d+)")
 def content_md5(body: bytes) -> str:
     """The Content-MD5 header value of `body`."""
     return base64.b64encode(hashlib.md5(body).digest()).decode()
-
-
-def version_query(version: str | None) -> list[tuple[str, str]]:
-    """The backend query that names one version of an object (none: the current one)."""
-    return [("versionId", version)] if version else []
 
 
 def opaque_etag(backend_etag: str) -> str:
@@ -961,17 +958,17 @@ async def _stream_plain(
 
 async def delete_object(gw: Gateway, request: web.Request, bucket: str, key: str) -> web.StreamResponse:
     """Delete passes through; an If-Match is checked against the ETag sealgate shows."""
-    query = [(k, v) for k, v in request.query.items() if k == "versionId"]
+    version = request.query.get("versionId")
     for name in ("x-amz-if-match-size", "x-amz-if-match-last-modified-time"):
         if name in request.headers:
             # Both would need the stored object's plaintext figures mapped onto the backend's.
             raise S3Error("NotImplemented", f"sealgate does not implement the {name} condition on DeleteObject", 501)
-    headers = {}
+    backend_headers: dict[str, str] = {}
     if "If-Match" in request.headers:
-        headers = await write_conditions(gw, request, bucket, key, version=request.query.get("versionId"))
+        backend_headers = await write_conditions(gw, request, bucket, key, version=version)
     if BYPASS_GOVERNANCE in request.headers:
-        headers[BYPASS_GOVERNANCE] = request.headers[BYPASS_GOVERNANCE]
-    resp = await gw.backend.request("DELETE", bucket, key, query=query, headers=headers)
+        backend_headers[BYPASS_GOVERNANCE] = request.headers[BYPASS_GOVERNANCE]
+    resp = await gw.backend.request("DELETE", bucket, key, query=version_query(version), headers=backend_headers)
     if resp.status >= 300:
         raise await resp.error()
     resp.release()
@@ -979,18 +976,12 @@ async def delete_object(gw: Gateway, request: web.Request, bucket: str, key: str
     return web.Response(status=204, headers=headers)
 
 
-#: Lets a client allowed to do so delete or shorten a version under governance-mode retention.
-BYPASS_GOVERNANCE = "x-amz-bypass-governance-retention"
-
-
 async def object_property(
     gw: Gateway, request: web.Request, bucket: str, key: str, subresource: str
 ) -> web.StreamResponse:
     """Object properties that are not sealed pass through: tags (Get/Put/DeleteObjectTagging),
     Object Lock retention and legal hold (Get/PutObjectRetention, Get/PutObjectLegalHold)."""
-    query: list[tuple[str, str]] = [(subresource, "")]
-    if "versionId" in request.query:
-        query.append(("versionId", request.query["versionId"]))
+    query = [(subresource, ""), *version_query(request.query.get("versionId"))]
     body: bytes | None = None
     headers: dict[str, str] = {}
     if BYPASS_GOVERNANCE in request.headers:

@@ -23,7 +23,7 @@ from aiohttp import web
 from defusedxml import ElementTree
 
 from proxy.audit import AuditError, AuditingKeyring
-from proxy.backend import BackendResponse
+from proxy.backend import BackendResponse, version_query
 from proxy.crypto import s3ec
 from proxy.crypto.format import FormatError, IntegrityError
 from proxy.kms.base import InvalidWrappedKey, KeyringError
@@ -245,8 +245,7 @@ async def plaintext_size(
         headers = {"Range": f"bytes={total - n}-{total - 1}"}
         if etag:
             headers["If-Match"] = etag
-        query = [("versionId", version)] if version else []
-        resp = await gw.backend.request("GET", bucket, key, query=query, headers=headers)
+        resp = await gw.backend.request("GET", bucket, key, query=version_query(version), headers=headers)
         if resp.status >= 300:
             raise await resp.error()
         tail = b""
@@ -286,7 +285,7 @@ async def stream_s3ec(
             "GET",
             bucket,
             key,
-            query=[("versionId", version)] if version else [],
+            query=version_query(version),
             headers={"If-Match": resp.headers.get("ETag", "")},
         )
         if resp.status >= 300:
