@@ -226,37 +226,46 @@ def _child(el: Element, name: str) -> Element | None:
     return next((c for c in el if _local(c.tag) == name), None)
 
 
+#: How many objects of one DeleteObjects request are checked against their ETags at once.
+_CONDITION_CHECKS = 16
+
+
 async def _conditional_deletes(
     gw: Gateway, request: web.Request, bucket: str, root: Element
 ) -> list[tuple[str, str, str]]:
     """Check the objects listed with an ETag against the ETags sealgate shows. Those that match
     stay in `root` with the backend's ETag for the object instead (so the backend refuses if it
     changed since); the others are taken out of `root` and returned as (key, code, message)."""
-    refused: list[tuple[str, str, str]] = []
-    for obj in [el for el in root if _local(el.tag) == "Object"]:
-        if any(_child(obj, name) is not None for name in ("Size", "LastModifiedTime")):
-            raise S3Error(
-                "NotImplemented", "sealgate does not implement Size or LastModifiedTime in DeleteObjects", 501
-            )
+    objects = [el for el in root if _local(el.tag) == "Object"]
+    if any(_child(obj, name) is not None for obj in objects for name in ("Size", "LastModifiedTime")):
+        raise S3Error("NotImplemented", "sealgate does not implement Size or LastModifiedTime in DeleteObjects", 501)
+    conditional = [obj for obj in objects if _child(obj, "ETag") is not None]
+    slots = asyncio.Semaphore(_CONDITION_CHECKS)
+
+    async def check(obj: Element) -> tuple[str, str, str] | None:
+        key_el = _child(obj, "Key")
+        key = (key_el.text or "") if key_el is not None else ""
         etag_el = _child(obj, "ETag")
-        if etag_el is None:
-            continue
-        key_el, version_el = _child(obj, "Key"), _child(obj, "VersionId")
-        key = key_el.text or "" if key_el is not None else ""
-        try:
-            current = await shown_etag(gw, request, bucket, key, version_el.text if version_el is not None else None)
-        except S3Error as exc:
-            refused.append((key, exc.code, exc.message))
-            root.remove(obj)
-            continue
+        assert etag_el is not None
+        version_el = _child(obj, "VersionId")
+        version = version_el.text if version_el is not None else None
+        async with slots:
+            try:
+                current = await shown_etag(gw, request, bucket, key, version)
+            except S3Error as exc:
+                return key, exc.code, exc.message
         if current is None:
-            refused.append((key, "NoSuchKey", "The specified key does not exist."))
+            return key, "NoSuchKey", "The specified key does not exist."
+        if not etag_matches(etag_el.text or "", current[0]):
+            return key, "PreconditionFailed", "At least one of the pre-conditions you specified did not hold"
+        etag_el.text = '"' + current[1].strip().strip('"') + '"'
+        return None
+
+    refused: list[tuple[str, str, str]] = []
+    for obj, outcome in zip(conditional, await asyncio.gather(*(check(o) for o in conditional)), strict=True):
+        if outcome is not None:
+            refused.append(outcome)
             root.remove(obj)
-        elif not etag_matches(etag_el.text or "", current[0]):
-            refused.append((key, "PreconditionFailed", "At least one of the pre-conditions you specified did not hold"))
-            root.remove(obj)
-        else:
-            etag_el.text = '"' + current[1].strip().strip('"') + '"'
     return refused
 
 
