@@ -33,6 +33,7 @@ GATEWAY = web.AppKey("gateway", Gateway)
 OPERATION = web.RequestKey("sealgate.operation", str)
 HEALTH_PREFIX = "/-/"
 _VERIFIED = web.RequestKey("sealgate.verified", VerifiedRequest)
+_ROUTE = web.RequestKey("sealgate.route", Route)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -140,11 +141,38 @@ def gw_lookup(gw: Gateway) -> Callable[[str], ClientCredentials | None]:
     return lookup
 
 
+def _route(request: web.Request) -> Route:
+    """The S3 operation, bucket and key of a request (worked out once)."""
+    r = request.get(_ROUTE)
+    if isinstance(r, Route):
+        return r
+    gw = request.app[GATEWAY]
+    r = request[_ROUTE] = route(
+        request.method,
+        request.raw_path.split("?", 1)[0],
+        request.query,
+        request.headers.get("Host", ""),
+        gw.config.server.virtual_host_domains,
+    )
+    return r
+
+
 async def expect_continue(request: web.Request) -> web.StreamResponse | None:
-    """Check the signature before telling the client to send its body (Expect: 100-continue)."""
+    """Check what can be checked before telling the client to send its body (Expect:
+    100-continue): the signature, that the operation is one sealgate serves, and a PutObject's
+    If-Match / If-None-Match, so that a request bound to fail does not send its body first."""
     try:
         if not request.path.startswith(HEALTH_PREFIX) or request.path.startswith(admin.PREFIX):
             _authenticate(request)
+        if not request.path.startswith((HEALTH_PREFIX, admin.PREFIX)):
+            r = _route(request)
+            _refuse_sse_c(request)
+            conditional = "If-Match" in request.headers or "If-None-Match" in request.headers
+            upload = r.operation == "PutObject" and "x-amz-copy-source" not in request.headers
+            if upload and conditional and r.bucket and r.key:
+                objects.check_reserved(r.key)
+                gw = request.app[GATEWAY]
+                request[objects.WRITE_CONDITIONS] = await objects.write_conditions(gw, request, r.bucket, r.key)
     except S3Error as err:
         resp = error_response(request, err)
         resp.force_close()
@@ -166,13 +194,7 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
         return await _health(request)
     gw = request.app[GATEWAY]
     verified = _authenticate(request)
-    r = route(
-        request.method,
-        request.raw_path.split("?", 1)[0],
-        request.query,
-        request.headers.get("Host", ""),
-        gw.config.server.virtual_host_domains,
-    )
+    r = _route(request)
     request[OPERATION] = r.operation
     audit_context.set(
         AuditContext(
@@ -196,14 +218,18 @@ _SSE_C_HEADERS = (
 )
 
 
-async def _run(gw: Gateway, request: web.Request, r: Route, verified: VerifiedRequest) -> web.StreamResponse:
-    op, bucket, key = r.operation, r.bucket, r.key
+def _refuse_sse_c(request: web.Request) -> None:
     if any(name in request.headers for name in _SSE_C_HEADERS):
         raise S3Error(
             "NotImplemented",
             "sealgate encrypts every object with its own keys; customer-provided keys (SSE-C) are not supported",
             501,
         )
+
+
+async def _run(gw: Gateway, request: web.Request, r: Route, verified: VerifiedRequest) -> web.StreamResponse:
+    op, bucket, key = r.operation, r.bucket, r.key
+    _refuse_sse_c(request)
     if op == "ListBuckets":
         return await buckets.list_buckets(gw, request)
     assert bucket is not None

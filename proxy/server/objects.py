@@ -335,6 +335,11 @@ async def shown_etag(
     raise _not_sealgate(bucket, key)
 
 
+#: The backend headers `write_conditions` gave for this request, when they were worked out
+#: before 100 Continue.
+WRITE_CONDITIONS = web.RequestKey("sealgate.write_conditions", dict[str, str])
+
+
 async def write_conditions(
     gw: Gateway, request: web.Request, bucket: str, key: str, *, version: str | None = None
 ) -> dict[str, str]:
@@ -387,7 +392,9 @@ async def put_object(
     gw: Gateway, request: web.Request, bucket: str, key: str, verified: VerifiedRequest
 ) -> web.StreamResponse:
     """Encrypt the body as it streams in and store it with its envelope metadata."""
-    conditions = await write_conditions(gw, request, bucket, key)
+    conditions = request.get(WRITE_CONDITIONS)  # checked before 100 Continue, if the client waited
+    if conditions is None:
+        conditions = await write_conditions(gw, request, bucket, key)
     body = client_body(gw, request, verified)
     if body.length > MAX_PUT_SIZE:
         raise S3Error("EntityTooLarge", "Your proposed upload exceeds the maximum allowed size", 400)
