@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from contextlib import suppress
+from urllib.parse import unquote_plus
 from xml.etree.ElementTree import Element, register_namespace, tostring
 
 from aiohttp import web
@@ -82,12 +83,20 @@ def _ns(tag: str) -> str:
     return f"{{{S3_NS}}}{tag}"
 
 
+def _listed(root: Element, el: Element, name: str) -> str:
+    """The text of `name` under `el`, decoded if the listing is URL-encoded (encoding-type=url,
+    which botocore always asks for: S3 encodes with ``+`` for spaces, others with ``%20``, some
+    encode ``/`` too)."""
+    text = el.findtext(_ns(name)) or ""
+    return unquote_plus(text) if (root.findtext(_ns("EncodingType")) or "").lower() == "url" else text
+
+
 def multipart_entries(root: Element, *, suffixed: bool = True) -> list[tuple[str, str]]:
     """(key, backend ETag) of listed objects that may be multipart: those with an ``…-N`` ETag,
     or every object when the backend does not mark multipart ETags (`suffixed` false)."""
     out = []
     for contents in _entries(root):
-        key = contents.findtext(_ns("Key")) or ""
+        key = _listed(root, contents, "Key")
         etag = (contents.findtext(_ns("ETag")) or "").strip().strip('"')
         if (not suffixed or "-" in etag) and not key.startswith(RESERVED_PREFIX):
             out.append((key, etag))
@@ -104,7 +113,7 @@ def rewrite_listing(root: Element, multipart_sizes: dict[tuple[str, str], int]) 
     layout = Layout(DEFAULT_SEGMENT_SIZE)
     hidden = 0
     for contents in list(_entries(root)):
-        key = contents.findtext(_ns("Key")) or ""
+        key = _listed(root, contents, "Key")
         if key.startswith(RESERVED_PREFIX):
             root.remove(contents)
             hidden += 1
@@ -121,7 +130,7 @@ def rewrite_listing(root: Element, multipart_sizes: dict[tuple[str, str], int]) 
         if etag_el is not None and etag_el.text:
             etag_el.text = opaque_etag(etag_el.text)
     for prefix in list(root.iter(_ns("CommonPrefixes"))):
-        if (prefix.findtext(_ns("Prefix")) or "").startswith(RESERVED_PREFIX):
+        if _listed(root, prefix, "Prefix").startswith(RESERVED_PREFIX):
             root.remove(prefix)
             hidden += 1
     count = root.find(_ns("KeyCount"))

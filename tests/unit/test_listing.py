@@ -1,0 +1,44 @@
+"""Listing rewrites on backend answers as different stores write them (pure, no I/O)."""
+
+from __future__ import annotations
+
+from defusedxml import ElementTree
+
+from proxy.server.buckets import multipart_entries, rewrite_listing
+
+NS = "http://s3.amazonaws.com/doc/2006-03-01/"
+
+
+def _listing(keys: list[tuple[str, str, int]], prefixes: list[str], encoding: str | None) -> str:
+    contents = "".join(
+        f"<Contents><Key>{k}</Key><ETag>&quot;{e}&quot;</ETag><Size>{n}</Size></Contents>" for k, e, n in keys
+    )
+    common = "".join(f"<CommonPrefixes><Prefix>{p}</Prefix></CommonPrefixes>" for p in prefixes)
+    enc = f"<EncodingType>{encoding}</EncodingType>" if encoding else ""
+    count = f"<KeyCount>{len(keys) + len(prefixes)}</KeyCount>"
+    return f'<ListBucketResult xmlns="{NS}">{count}{enc}{contents}{common}</ListBucketResult>'
+
+
+def test_encoded_names_are_decoded_for_manifests_and_the_reserved_prefix() -> None:
+    # Some stores (DigitalOcean Spaces) encode "/" as well; S3 writes spaces as "+".
+    doc = _listing(
+        [
+            (".sealgate%2Fmp%2Fabc%2Fdef-2", "x", 100),
+            ("dir+a%2Fm%2Bp+%C3%A9", "0123-2", 5_300_000),
+        ],
+        [".sealgate%2F", "dir+a%2F"],
+        "url",
+    )
+    root = ElementTree.fromstring(doc)
+    assert multipart_entries(root) == [("dir a/m+p é", "0123-2")]
+    out = rewrite_listing(root, {("dir a/m+p é", "0123-2"): 5_242_881}).decode()
+    assert "sealgate" not in out
+    assert "<Key>dir+a%2Fm%2Bp+%C3%A9</Key>" in out  # names go back as the backend encoded them
+    assert "<Size>5242881</Size>" in out
+    assert "<Prefix>dir+a%2F</Prefix>" in out
+    assert "<KeyCount>2</KeyCount>" in out
+
+
+def test_without_encoding_a_plus_is_a_plus() -> None:
+    root = ElementTree.fromstring(_listing([("a+b", "0123-2", 5_300_000)], [], None))
+    assert multipart_entries(root) == [("a+b", "0123-2")]
