@@ -112,7 +112,9 @@ def rewrite_listing(root: Element, multipart_sizes: dict[tuple[str, str], int]) 
     """Plaintext sizes, non-MD5 ETags, and no trace of sealgate's reserved prefix."""
     layout = Layout(DEFAULT_SEGMENT_SIZE)
     hidden = 0
-    for contents in list(_entries(root)):
+    entries = _entries(root)
+    last_key = entries[-1].findtext(_ns("Key")) if entries else None  # as the backend wrote it
+    for contents in list(entries):
         key = _listed(root, contents, "Key")
         if key.startswith(RESERVED_PREFIX):
             root.remove(contents)
@@ -136,8 +138,25 @@ def rewrite_listing(root: Element, multipart_sizes: dict[tuple[str, str], int]) 
     count = root.find(_ns("KeyCount"))
     if count is not None and count.text and count.text.isdigit():
         count.text = str(max(0, int(count.text) - hidden))
+    _keep_marker(root, last_key, hidden)
     out: bytes = tostring(root, encoding="utf-8", xml_declaration=True)
     return out
+
+
+def _keep_marker(root: Element, last_key: str | None, hidden: int) -> None:
+    """A truncated ListObjects (V1) page without NextMarker is continued by clients from its
+    last key. If sealgate hid entries, that is not the last key the backend listed, and a page
+    of nothing but hidden entries has none at all (botocore's paginator then stops): so such a
+    page gets the backend's last key as NextMarker. V2 and version listings carry their own
+    continuation."""
+    v1 = _local(root.tag) == "ListBucketResult" and root.find(_ns("KeyCount")) is None
+    if not (v1 and hidden and last_key is not None) or root.find(_ns("NextMarker")) is not None:
+        return
+    if (root.findtext(_ns("IsTruncated")) or "").strip().lower() != "true":
+        return
+    marker = Element(_ns("NextMarker"))
+    marker.text = last_key
+    root.append(marker)
 
 
 async def _multipart_sizes(gw: Gateway, bucket: str, entries: list[tuple[str, str]]) -> dict[tuple[str, str], int]:

@@ -42,3 +42,24 @@ def test_encoded_names_are_decoded_for_manifests_and_the_reserved_prefix() -> No
 def test_without_encoding_a_plus_is_a_plus() -> None:
     root = ElementTree.fromstring(_listing([("a+b", "0123-2", 5_300_000)], [], None))
     assert multipart_entries(root) == [("a+b", "0123-2")]
+
+
+def _v1(keys: list[str], truncated: bool, extra: str = "") -> str:
+    contents = "".join(f"<Contents><Key>{k}</Key><ETag>&quot;e&quot;</ETag><Size>1</Size></Contents>" for k in keys)
+    flag = f"<IsTruncated>{'true' if truncated else 'false'}</IsTruncated>"
+    return f'<ListBucketResult xmlns="{NS}"><Marker></Marker>{flag}{extra}{contents}</ListBucketResult>'
+
+
+def test_a_v1_page_that_ends_in_hidden_entries_says_where_to_go_on() -> None:
+    # As S3 answers ListObjects without a delimiter: no NextMarker, the client takes the last key.
+    hidden = [f".sealgate/mp/{i:03d}/e-2" for i in range(3)]
+    out = rewrite_listing(ElementTree.fromstring(_v1(hidden, True)), {}).decode()
+    assert "<Contents>" not in out and f"<NextMarker>{hidden[-1]}</NextMarker>" in out
+    out = rewrite_listing(ElementTree.fromstring(_v1(["-a", *hidden], True)), {}).decode()
+    assert "<Key>-a</Key>" in out and f"<NextMarker>{hidden[-1]}</NextMarker>" in out
+    # Nothing to add: the last page, nothing hidden, or the backend's own NextMarker.
+    assert "NextMarker" not in rewrite_listing(ElementTree.fromstring(_v1(hidden, False)), {}).decode()
+    assert "NextMarker" not in rewrite_listing(ElementTree.fromstring(_v1(["a", "b"], True)), {}).decode()
+    own = "<NextMarker>zzz</NextMarker>"
+    out = rewrite_listing(ElementTree.fromstring(_v1(hidden, True, own)), {}).decode()
+    assert out.count("NextMarker>") == 2 and "zzz" in out
