@@ -131,6 +131,11 @@ def rewrite_listing(root: Element, multipart_sizes: dict[tuple[str, str], int]) 
                 size_el.text = str(layout.plaintext_length(int(size_el.text)))
         if etag_el is not None and etag_el.text:
             etag_el.text = opaque_etag(etag_el.text)
+    for marker in list(root.iter(_ns("DeleteMarker"))):
+        # Left by deleting sealgate's records in a versioned bucket.
+        if _listed(root, marker, "Key").startswith(RESERVED_PREFIX):
+            root.remove(marker)
+            hidden += 1
     for prefix in list(root.iter(_ns("CommonPrefixes"))):
         if _listed(root, prefix, "Prefix").startswith(RESERVED_PREFIX):
             root.remove(prefix)

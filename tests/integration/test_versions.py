@@ -75,3 +75,15 @@ def test_copies_of_an_older_version(stack: Stack, versioned: str) -> None:
         Bucket=versioned, Key="assembled", UploadId=uid, MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": etag}]}
     )
     assert _read(s3, versioned, "assembled") == old[1000:201000]
+
+
+def test_version_listings_hide_sealgate_records_and_their_delete_markers(stack: Stack, versioned: str) -> None:
+    s3, raw = stack.client(), stack.backend()
+    multipart_put(s3, versioned, "mp", [os.urandom(5 * MiB), b"x"])
+    s3.put_object(Bucket=versioned, Key="mp", Body=b"overwritten")  # the manifest is now an orphan
+    stored = [o["Key"] for o in raw.list_objects_v2(Bucket=versioned)["Contents"]]
+    record = next(k for k in stored if k.startswith(".sealgate/"))
+    raw.delete_object(Bucket=versioned, Key=record)  # as `sealgate gc` does: a delete marker stays
+    listed = s3.list_object_versions(Bucket=versioned)
+    assert {v["Key"] for v in listed["Versions"]} == {"mp"}
+    assert "DeleteMarkers" not in listed
