@@ -2,7 +2,7 @@
 
 Both only ever remove things that no reader can use: an upload nobody completed within the age
 limit, and a manifest whose object was deleted or overwritten (its name carries the ETag of the
-object it describes). Manifests younger than the age limit are kept, since completion writes the
+object it describes) with no older version of it left in a versioned bucket. Manifests younger than the age limit are kept, since completion writes the
 manifest just before the object appears.
 """
 
@@ -95,19 +95,44 @@ async def gc(gw: Gateway, bucket: str, older_than: timedelta, *, dry_run: bool =
 
 
 async def _orphan(gw: Gateway, bucket: str, name: str) -> bool:
-    """Whether the object this manifest describes is gone or has another ETag now."""
+    """Whether no stored version of the object this manifest describes has its ETag any more
+    (deleted or overwritten, and in a versioned bucket no older version left either)."""
     head = await gw.backend.request("HEAD", bucket, name)
     head.release()
     quoted = head.headers.get("x-amz-meta-sg-object")
     if head.status >= 300 or quoted is None:
         return False  # cannot tell: keep it
-    obj = await gw.backend.request("HEAD", bucket, unquote(quoted))
+    key, etag = unquote(quoted), name.rsplit("/", 1)[-1]
+    obj = await gw.backend.request("HEAD", bucket, key)
     obj.release()
-    if obj.status == 404:
-        return True
-    if obj.status >= 300:
+    if obj.status < 300 and obj.headers.get("ETag", "").strip().strip('"') == etag:
         return False
-    return obj.headers.get("ETag", "").strip().strip('"') != name.rsplit("/", 1)[-1]
+    if obj.status >= 300 and obj.status != 404:
+        return False
+    # Gone or overwritten as the current version: an older version may still need it.
+    return await _versions_with(gw, bucket, key, etag) is False
+
+
+async def _versions_with(gw: Gateway, bucket: str, key: str, etag: str) -> bool | None:
+    """Whether any stored version of `key` has this backend ETag (None: the backend cannot list
+    versions). In a bucket that never had versioning this is just the current object."""
+    markers: list[tuple[str, str]] = []
+    while True:
+        resp = await gw.backend.request("GET", bucket, None, query=[("versions", ""), ("prefix", key), *markers])
+        if resp.status >= 300:
+            resp.release()
+            return None
+        try:
+            root = ElementTree.fromstring(await resp.read())
+        finally:
+            resp.release()
+        for version in (e for e in root.iter() if _tag(e) == "Version"):
+            if _text(version, "Key") == key and _text(version, "ETag").strip().strip('"') == etag:
+                return True
+        next_key, next_version = _text(root, "NextKeyMarker"), _text(root, "NextVersionIdMarker")
+        if _text(root, "IsTruncated").lower() != "true" or not next_key or next_key > key:
+            return False
+        markers = [("key-marker", next_key), ("version-id-marker", next_version)]
 
 
 def parse_age(text: str) -> timedelta:

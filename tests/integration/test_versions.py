@@ -87,3 +87,24 @@ def test_version_listings_hide_sealgate_records_and_their_delete_markers(stack: 
     listed = s3.list_object_versions(Bucket=versioned)
     assert {v["Key"] for v in listed["Versions"]} == {"mp"}
     assert "DeleteMarkers" not in listed
+
+
+def test_gc_keeps_manifests_that_older_versions_still_need(stack: Stack, versioned: str) -> None:
+    import subprocess
+    import sys
+    import time
+
+    s3 = stack.client()
+    old = multipart_put(s3, versioned, "mp", [os.urandom(5 * MiB), b"x"])
+    v1 = s3.head_object(Bucket=versioned, Key="mp")["VersionId"]
+    s3.put_object(Bucket=versioned, Key="mp", Body=b"the current version")
+    s3.delete_object(Bucket=versioned, Key="mp")  # and a delete marker on top
+    time.sleep(1.1)
+    cmd = [sys.executable, "-m", "proxy.cli", "gc", "--config", str(stack.dir / "sealgate.toml"), "--bucket", versioned]
+    run = subprocess.run([*cmd, "--older-than", "0m"], capture_output=True, text=True, timeout=60)
+    assert "removed 0 stale uploads and 0 orphan manifests" in run.stdout, run.stdout + run.stderr
+    assert s3.get_object(Bucket=versioned, Key="mp", VersionId=v1)["Body"].read() == old
+    # Once that version is gone, so is the need for its manifest.
+    s3.delete_object(Bucket=versioned, Key="mp", VersionId=v1)
+    run = subprocess.run([*cmd, "--older-than", "0m"], capture_output=True, text=True, timeout=60)
+    assert "removed 0 stale uploads and 1 orphan manifests" in run.stdout, run.stdout + run.stderr
