@@ -2,8 +2,8 @@
 
 Both only ever remove things that no reader can use: an upload nobody completed within the age
 limit, and a manifest whose object was deleted or overwritten (its name carries the ETag of the
-object it describes) with no older version of it left in a versioned bucket. Manifests younger than the age limit are kept, since completion writes the
-manifest just before the object appears.
+object it describes) with no older version of it left in a versioned bucket. Manifests younger
+than the age limit are kept, since completion writes the manifest just before the object appears.
 """
 
 from __future__ import annotations
@@ -110,10 +110,10 @@ async def _orphan(gw: Gateway, bucket: str, name: str) -> bool:
     if obj.status >= 300 and obj.status != 404:
         return False
     # Gone or overwritten as the current version: an older version may still need it.
-    return await _versions_with(gw, bucket, key, etag) is False
+    return await versions_with(gw, bucket, key, etag) is False
 
 
-async def _versions_with(gw: Gateway, bucket: str, key: str, etag: str) -> bool | None:
+async def versions_with(gw: Gateway, bucket: str, key: str, etag: str) -> bool | None:
     """Whether any stored version of `key` has this backend ETag (None: the backend cannot list
     versions). In a bucket that never had versioning this is just the current object."""
     markers: list[tuple[str, str]] = []

@@ -29,6 +29,7 @@ from proxy.backend import BackendResponse
 from proxy.config import Config
 from proxy.crypto.format import Envelope, FormatError, IntegrityError, Layout, Manifest, is_sealgate_object
 from proxy.crypto.multipart import stored_length
+from proxy.gc import versions_with
 from proxy.kms.base import KeyringError
 from proxy.s3.errors import S3Error
 from proxy.server.copy import CONTENT_HEADERS, SourceChanged, backend_copy
@@ -205,9 +206,16 @@ async def _rewrap_once(gw: Gateway, bucket: str, key: str, to_key: str) -> str:
     if manifest is not None:
         moved = Manifest(manifest.parts, new_etag, manifest.etag)
         await put_record(gw, bucket, key, moved, moved.seal(data_key, env.salt))
-        old = await gw.backend.request("DELETE", bucket, record_key(key, manifest.backend_etag))
-        old.release()
+        await _drop_record(gw, bucket, key, record_key(key, manifest.backend_etag))
     return "rewrapped"
+
+
+async def _drop_record(gw: Gateway, bucket: str, key: str, name: str) -> None:
+    """Delete the manifest record `name` of an earlier body of `key`, unless a version of the
+    object still has that body (a versioned bucket keeps the version rewrap copied from)."""
+    if await versions_with(gw, bucket, key, name.rsplit("/", 1)[-1]) is False:
+        old = await gw.backend.request("DELETE", bucket, name)
+        old.release()
 
 
 async def _follow_manifest(
@@ -243,8 +251,7 @@ async def _follow_manifest(
             continue
         moved = Manifest(earlier.parts, etag, earlier.etag)
         await put_record(gw, bucket, key, moved, moved.seal(data_key, env.salt))
-        old = await gw.backend.request("DELETE", bucket, name)
-        old.release()
+        await _drop_record(gw, bucket, key, name)
         return True
     raise IntegrityError("the multipart manifest for this object is missing")
 

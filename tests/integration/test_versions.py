@@ -108,3 +108,28 @@ def test_gc_keeps_manifests_that_older_versions_still_need(stack: Stack, version
     s3.delete_object(Bucket=versioned, Key="mp", VersionId=v1)
     run = subprocess.run([*cmd, "--older-than", "0m"], capture_output=True, text=True, timeout=60)
     assert "removed 0 stale uploads and 1 orphan manifests" in run.stdout, run.stdout + run.stderr
+
+
+def test_rewrap_leaves_older_versions_readable(stack: Stack, versioned: str) -> None:
+    import asyncio
+
+    from proxy.kms.local import LocalKeyStore
+    from proxy.rewrap import rewrap_object
+    from proxy.server.run import operator_gateway
+    from tests.conftest import PASSPHRASE
+
+    store = LocalKeyStore.open(stack.dir / "keyring", PASSPHRASE.encode())
+    if "key-v" not in {k.id for k in store.list_keys()}:
+        store.create_key("key-v")
+        store.save()
+    s3 = stack.client()
+    data = multipart_put(s3, versioned, "mp", [os.urandom(5 * MiB), b"x"])
+    before = s3.head_object(Bucket=versioned, Key="mp")["VersionId"]
+
+    async def run() -> str:
+        async with operator_gateway(stack.gate.config) as gw:
+            return await rewrap_object(gw, versioned, "mp", "key-v")
+
+    assert asyncio.run(run()) == "rewrapped"
+    assert s3.get_object(Bucket=versioned, Key="mp")["Body"].read() == data
+    assert s3.get_object(Bucket=versioned, Key="mp", VersionId=before)["Body"].read() == data
