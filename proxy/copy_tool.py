@@ -137,11 +137,11 @@ async def copy_object(
     headers.update({n: head.headers[n] for n in CONTENT_HEADERS if n in head.headers})
     source = "/" + quote(f"{src_bucket}/{src_key}", safe="/~")
     multipart = opened.manifest is not None
-    backend_etag, _ = await backend_copy(
+    copied = await backend_copy(
         gw, dst_bucket, dst_key, headers, source, total, multipart=multipart, source_etag=head.headers.get("ETag", "")
     )
     if opened.manifest is not None:
-        manifest = Manifest(opened.manifest.parts, backend_etag, opened.manifest.etag)
+        manifest = Manifest(opened.manifest.parts, copied.etag, opened.manifest.etag)
         await put_record(gw, dst_bucket, dst_key, manifest, manifest.seal(opened.data_key, env.salt))
     return "copied", total
 

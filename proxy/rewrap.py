@@ -200,11 +200,11 @@ async def _rewrap_once(gw: Gateway, bucket: str, key: str, to_key: str) -> str:
     source = "/" + quote(f"{bucket}/{key}", safe="/~")
     total = int(head.headers.get("Content-Length", "0"))
     pinned = head.headers.get("ETag", "")
-    new_etag, _ = await backend_copy(
+    copied = await backend_copy(
         gw, bucket, key, headers, source, total, multipart=manifest is not None, source_etag=pinned
     )
     if manifest is not None:
-        moved = Manifest(manifest.parts, new_etag, manifest.etag)
+        moved = Manifest(manifest.parts, copied.etag, manifest.etag)
         await put_record(gw, bucket, key, moved, moved.seal(data_key, env.salt))
         await _drop_record(gw, bucket, key, record_key(key, manifest.backend_etag))
     return "rewrapped"

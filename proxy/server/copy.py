@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import quote, unquote
 from xml.sax.saxutils import escape
 
@@ -61,12 +61,39 @@ async def xml_call(
     body: bytes = b"",
 ) -> Any:
     """A backend call answered with XML; S3's errors inside a 200 become S3Errors too."""
+    root, _ = await _xml_answer(gw, method, bucket, key, query=query, headers=headers, body=body)
+    return root
+
+
+#: Version ids a copy's answer carries in a versioned bucket (the copy's, the source's).
+VERSION_HEADERS = ("x-amz-version-id", "x-amz-copy-source-version-id")
+
+
+async def _xml_answer(
+    gw: Gateway,
+    method: str,
+    bucket: str,
+    key: str,
+    *,
+    query: list[tuple[str, str]] | None = None,
+    headers: dict[str, str] | None = None,
+    body: bytes = b"",
+) -> tuple[Any, dict[str, str]]:
+    """`xml_call`, with the answer's version-id headers."""
     resp, answer = await gw.backend.read_ok(method, bucket, key, query=query or [], headers=headers or {}, body=body)
     root = ElementTree.fromstring(answer)
     if root.tag.rsplit("}", 1)[-1] == "Error":
         code = find_text(root, "Code") or "InternalError"
         raise S3Error(code, find_text(root, "Message") or code, 503 if code == "InternalError" else 400)
-    return root
+    return root, {name: resp.headers[name] for name in VERSION_HEADERS if name in resp.headers}
+
+
+class Copied(NamedTuple):
+    """What a backend copy made: its backend ETag, LastModified, and version ids (if any)."""
+
+    etag: str
+    last_modified: str
+    versions: dict[str, str]
 
 
 async def multipart_copy(
@@ -79,11 +106,12 @@ async def multipart_copy(
     *,
     pin: dict[str, str],
     conditions: dict[str, str],
-) -> tuple[str, str]:
+) -> Copied:
     """Copy `source` into `key` with UploadPartCopy in parts of at most 5 GiB; every part is
     pinned to the source's ETag (`pin`), the completion carries the destination `conditions`."""
     root = await xml_call(gw, "POST", bucket, key, query=[("uploads", "")], headers=headers)
     upload = find_text(root, "UploadId") or ""
+    versions: dict[str, str] = {}
     try:
         parts = []
         step = gw.config.backend.max_copy_bytes
@@ -92,13 +120,17 @@ async def multipart_copy(
             part_headers = {"x-amz-copy-source": source, **pin}
             if total:
                 part_headers["x-amz-copy-source-range"] = f"bytes={start}-{end}"
-            result = await xml_call(
+            result, part_versions = await _xml_answer(
                 gw, "PUT", bucket, key, query=[("partNumber", str(number)), ("uploadId", upload)], headers=part_headers
             )
+            versions.update({k: v for k, v in part_versions.items() if k == "x-amz-copy-source-version-id"})
             parts.append((number, (find_text(result, "ETag") or "").strip().strip('"')))
         xml = "".join(f'<Part><PartNumber>{n}</PartNumber><ETag>"{e}"</ETag></Part>' for n, e in parts)
         body = f'<CompleteMultipartUpload xmlns="{S3_NS}">{xml}</CompleteMultipartUpload>'.encode()
-        done = await xml_call(gw, "POST", bucket, key, query=[("uploadId", upload)], headers=conditions, body=body)
+        done, done_versions = await _xml_answer(
+            gw, "POST", bucket, key, query=[("uploadId", upload)], headers=conditions, body=body
+        )
+        versions.update({k: v for k, v in done_versions.items() if k == "x-amz-version-id"})
     except BaseException:
         abort = await gw.backend.request("DELETE", bucket, key, query=[("uploadId", upload)])
         abort.release()
@@ -107,7 +139,7 @@ async def multipart_copy(
     head.release()
     etag = (find_text(done, "ETag") or head.headers.get("ETag") or "").strip().strip('"')
     modified = _last_modified(head) or datetime.now(UTC)
-    return etag, modified.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+    return Copied(etag, modified.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z"), versions)
 
 
 class SourceChanged(S3Error):
@@ -129,9 +161,8 @@ async def backend_copy(
     multipart: bool,
     source_etag: str,
     conditions: dict[str, str] | None = None,
-) -> tuple[str, str]:
-    """Copy `source` (`total` bytes) into `key` server-side with `headers` as its metadata:
-    (backend ETag, LastModified).
+) -> Copied:
+    """Copy `source` (`total` bytes) into `key` server-side with `headers` as its metadata.
 
     `headers` hold the envelope of the source as sealgate read it, so the backend must copy
     that very body: the copy is pinned to `source_etag` (the backend's ETag of what was read)
@@ -153,12 +184,12 @@ async def backend_copy(
             "x-amz-copy-source": source,
             "x-amz-metadata-directive": "REPLACE",
         }
-        root = await xml_call(gw, "PUT", bucket, key, headers=copy_headers)
+        root, versions = await _xml_answer(gw, "PUT", bucket, key, headers=copy_headers)
     except S3Error as exc:
         if exc.status == 412 and await _source_etag(gw, source) != source_etag.strip().strip('"'):
             raise SourceChanged() from exc
         raise
-    return (find_text(root, "ETag") or "").strip().strip('"'), find_text(root, "LastModified") or ""
+    return Copied((find_text(root, "ETag") or "").strip().strip('"'), find_text(root, "LastModified") or "", versions)
 
 
 async def _source_etag(gw: Gateway, source: str) -> str | None:
@@ -226,7 +257,7 @@ async def copy_object(gw: Gateway, request: web.Request, bucket: str, key: str) 
     if version:
         source += "?versionId=" + quote(version, safe="")
     multipart = opened.manifest is not None
-    backend_etag, last_modified = await backend_copy(
+    copied = await backend_copy(
         gw,
         bucket,
         key,
@@ -238,15 +269,15 @@ async def copy_object(gw: Gateway, request: web.Request, bucket: str, key: str) 
         conditions=conditions,
     )
     if opened.manifest is not None:
-        manifest = Manifest(opened.manifest.parts, backend_etag, opened.manifest.etag)
+        manifest = Manifest(opened.manifest.parts, copied.etag, opened.manifest.etag)
         await put_record(gw, bucket, key, manifest, manifest.seal(opened.data_key, env.salt))
         etag = opened.etag
     elif opened.meta.etag:
         etag = opened.etag  # a plaintext MD5: the same bytes keep it
     else:
-        etag = opaque_etag(backend_etag)
+        etag = opaque_etag(copied.etag)
     body = (
         f'<?xml version="1.0" encoding="UTF-8"?>\n<CopyObjectResult xmlns="{S3_NS}">'
-        f"<LastModified>{escape(last_modified)}</LastModified><ETag>{escape(etag)}</ETag></CopyObjectResult>"
+        f"<LastModified>{escape(copied.last_modified)}</LastModified><ETag>{escape(etag)}</ETag></CopyObjectResult>"
     ).encode()
-    return web.Response(status=200, body=body, headers={"Content-Type": "application/xml"})
+    return web.Response(status=200, body=body, headers={"Content-Type": "application/xml", **copied.versions})

@@ -377,7 +377,8 @@ async def complete(gw: Gateway, request: web.Request, bucket: str, key: str) -> 
         "CompleteMultipartUploadResult",
         [("Location", location), ("Bucket", bucket), ("Key", key), ("ETag", f'"{final_etag}"')],
     )
-    return web.Response(status=200, body=out, headers=XML_HEADERS)
+    version = {k: resp.headers[k] for k in ("x-amz-version-id",) if k in resp.headers}
+    return web.Response(status=200, body=out, headers={**XML_HEADERS, **version})
 
 
 def _backend_id(text: str) -> str:

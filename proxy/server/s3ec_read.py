@@ -714,7 +714,7 @@ async def complete_multipart(gw: Gateway, request: web.Request, bucket: str, key
             listed.append(up.tag_part)
         xml_parts = "".join(f'<Part><PartNumber>{n}</PartNumber><ETag>"{e}"</ETag></Part>' for n, e in listed)
         xml = f'<CompleteMultipartUpload xmlns="{S3_NS}">{xml_parts}</CompleteMultipartUpload>'.encode()
-        _, answer = await gw.backend.read_ok(
+        done, answer = await gw.backend.read_ok(
             "POST", bucket, key, query=[("uploadId", up.backend_id)], headers=conditions, body=xml
         )
         root = ElementTree.fromstring(answer) if answer.strip() else None
@@ -727,7 +727,8 @@ async def complete_multipart(gw: Gateway, request: web.Request, bucket: str, key
         "CompleteMultipartUploadResult",
         [("Location", f"/{bucket}/{key}"), ("Bucket", bucket), ("Key", key), ("ETag", etag)],
     )
-    return web.Response(status=200, body=out, headers=XML_HEADERS)
+    version = {k: done.headers[k] for k in ("x-amz-version-id",) if k in done.headers}
+    return web.Response(status=200, body=out, headers={**XML_HEADERS, **version})
 
 
 def _ranges(numbers: list[int]) -> str:

@@ -133,3 +133,19 @@ def test_rewrap_leaves_older_versions_readable(stack: Stack, versioned: str) -> 
     assert asyncio.run(run()) == "rewrapped"
     assert s3.get_object(Bucket=versioned, Key="mp")["Body"].read() == data
     assert s3.get_object(Bucket=versioned, Key="mp", VersionId=before)["Body"].read() == data
+
+
+def test_writes_report_the_version_they_made(stack: Stack, versioned: str) -> None:
+    s3 = stack.client()
+    put = s3.put_object(Bucket=versioned, Key="src", Body=b"one")
+    copied = s3.copy_object(Bucket=versioned, Key="dst", CopySource={"Bucket": versioned, "Key": "src"})
+    assert copied["VersionId"] == s3.head_object(Bucket=versioned, Key="dst")["VersionId"]
+    assert copied["CopySourceVersionId"] == put["VersionId"]
+    uid = s3.create_multipart_upload(Bucket=versioned, Key="mp")["UploadId"]
+    etag = s3.upload_part(Bucket=versioned, Key="mp", UploadId=uid, PartNumber=1, Body=b"x")["ETag"]
+    done = s3.complete_multipart_upload(
+        Bucket=versioned, Key="mp", UploadId=uid, MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": etag}]}
+    )
+    assert done["VersionId"] == s3.head_object(Bucket=versioned, Key="mp")["VersionId"]
+    big = s3.copy_object(Bucket=versioned, Key="mp-copy", CopySource={"Bucket": versioned, "Key": "mp"})
+    assert big["VersionId"] == s3.head_object(Bucket=versioned, Key="mp-copy")["VersionId"]
