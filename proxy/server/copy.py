@@ -50,6 +50,10 @@ CONTENT_HEADERS = (
 )
 
 
+#: Version ids a copy's answer carries in a versioned bucket (the copy's, the source's).
+VERSION_HEADERS = ("x-amz-version-id", "x-amz-copy-source-version-id")
+
+
 async def xml_call(
     gw: Gateway,
     method: str,
@@ -59,27 +63,9 @@ async def xml_call(
     query: list[tuple[str, str]] | None = None,
     headers: dict[str, str] | None = None,
     body: bytes = b"",
-) -> Any:
-    """A backend call answered with XML; S3's errors inside a 200 become S3Errors too."""
-    root, _ = await _xml_answer(gw, method, bucket, key, query=query, headers=headers, body=body)
-    return root
-
-
-#: Version ids a copy's answer carries in a versioned bucket (the copy's, the source's).
-VERSION_HEADERS = ("x-amz-version-id", "x-amz-copy-source-version-id")
-
-
-async def _xml_answer(
-    gw: Gateway,
-    method: str,
-    bucket: str,
-    key: str,
-    *,
-    query: list[tuple[str, str]] | None = None,
-    headers: dict[str, str] | None = None,
-    body: bytes = b"",
 ) -> tuple[Any, dict[str, str]]:
-    """`xml_call`, with the answer's version-id headers."""
+    """A backend call answered with XML, and the answer's version-id headers; S3's errors
+    inside a 200 become S3Errors too."""
     resp, answer = await gw.backend.read_ok(method, bucket, key, query=query or [], headers=headers or {}, body=body)
     root = ElementTree.fromstring(answer)
     if root.tag.rsplit("}", 1)[-1] == "Error":
@@ -109,7 +95,7 @@ async def multipart_copy(
 ) -> Copied:
     """Copy `source` into `key` with UploadPartCopy in parts of at most 5 GiB; every part is
     pinned to the source's ETag (`pin`), the completion carries the destination `conditions`."""
-    root = await xml_call(gw, "POST", bucket, key, query=[("uploads", "")], headers=headers)
+    root, _ = await xml_call(gw, "POST", bucket, key, query=[("uploads", "")], headers=headers)
     upload = find_text(root, "UploadId") or ""
     versions: dict[str, str] = {}
     try:
@@ -120,14 +106,14 @@ async def multipart_copy(
             part_headers = {"x-amz-copy-source": source, **pin}
             if total:
                 part_headers["x-amz-copy-source-range"] = f"bytes={start}-{end}"
-            result, part_versions = await _xml_answer(
+            result, part_versions = await xml_call(
                 gw, "PUT", bucket, key, query=[("partNumber", str(number)), ("uploadId", upload)], headers=part_headers
             )
             versions.update({k: v for k, v in part_versions.items() if k == "x-amz-copy-source-version-id"})
             parts.append((number, (find_text(result, "ETag") or "").strip().strip('"')))
         xml = "".join(f'<Part><PartNumber>{n}</PartNumber><ETag>"{e}"</ETag></Part>' for n, e in parts)
         body = f'<CompleteMultipartUpload xmlns="{S3_NS}">{xml}</CompleteMultipartUpload>'.encode()
-        done, done_versions = await _xml_answer(
+        done, done_versions = await xml_call(
             gw, "POST", bucket, key, query=[("uploadId", upload)], headers=conditions, body=body
         )
         versions.update({k: v for k, v in done_versions.items() if k == "x-amz-version-id"})
@@ -184,7 +170,7 @@ async def backend_copy(
             "x-amz-copy-source": source,
             "x-amz-metadata-directive": "REPLACE",
         }
-        root, versions = await _xml_answer(gw, "PUT", bucket, key, headers=copy_headers)
+        root, versions = await xml_call(gw, "PUT", bucket, key, headers=copy_headers)
     except S3Error as exc:
         if exc.status == 412 and await _source_etag(gw, source) != source_etag.strip().strip('"'):
             raise SourceChanged() from exc
