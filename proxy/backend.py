@@ -197,6 +197,14 @@ class BackendSettings:
     upload_checksum: bool = False
 
 
+def version_ids(headers: Mapping[str, str], names: Sequence[str] = ("x-amz-version-id",)) -> dict[str, str]:
+    """The version-id headers of a write's answer that name a version. A backend may say "null"
+    (the only version of an object in a bucket without versioning; moto does so for completed
+    multipart uploads): that names no version a client could ask for, and some clients that
+    then ask for it get 400 from such a backend, so it is left out, as S3 leaves the header out."""
+    return {name: headers[name] for name in names if name in headers and headers[name] != "null"}
+
+
 def version_query(version: str | None) -> list[tuple[str, str]]:
     """The query that names one version of an object (none: the current one)."""
     return [("versionId", version)] if version else []

@@ -16,7 +16,7 @@ from xml.sax.saxutils import escape
 from aiohttp import web
 from defusedxml import ElementTree
 
-from proxy.backend import version_query
+from proxy.backend import version_ids, version_query
 from proxy.crypto.format import (
     SCOPE_OBJECT,
     Envelope,
@@ -71,7 +71,7 @@ async def xml_call(
     if root.tag.rsplit("}", 1)[-1] == "Error":
         code = find_text(root, "Code") or "InternalError"
         raise S3Error(code, find_text(root, "Message") or code, 503 if code == "InternalError" else 400)
-    return root, {name: resp.headers[name] for name in VERSION_HEADERS if name in resp.headers}
+    return root, version_ids(resp.headers, VERSION_HEADERS)
 
 
 class Copied(NamedTuple):

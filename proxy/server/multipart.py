@@ -20,6 +20,7 @@ from xml.sax.saxutils import escape
 from aiohttp import web
 from defusedxml import ElementTree
 
+from proxy.backend import version_ids
 from proxy.crypto.format import (
     DEFAULT_SEGMENT_SIZE,
     LAYOUT_MULTIPART,
@@ -377,8 +378,7 @@ async def complete(gw: Gateway, request: web.Request, bucket: str, key: str) -> 
         "CompleteMultipartUploadResult",
         [("Location", location), ("Bucket", bucket), ("Key", key), ("ETag", f'"{final_etag}"')],
     )
-    version = {k: resp.headers[k] for k in ("x-amz-version-id",) if k in resp.headers}
-    return web.Response(status=200, body=out, headers={**XML_HEADERS, **version})
+    return web.Response(status=200, body=out, headers={**XML_HEADERS, **version_ids(resp.headers)})
 
 
 def _backend_id(text: str) -> str:

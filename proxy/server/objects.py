@@ -16,7 +16,7 @@ from typing import Protocol
 
 from aiohttp import web
 
-from proxy.backend import BackendResponse, version_query
+from proxy.backend import BackendResponse, version_ids, version_query
 from proxy.crypto.format import (
     DEFAULT_SEGMENT_SIZE,
     DIGEST_SLOT,
@@ -421,8 +421,7 @@ async def put_object(
     out = web.Response(status=200, headers={"ETag": etag})
     for name, value in body.checksums.items():
         out.headers[name] = value
-    if "x-amz-version-id" in resp.headers:
-        out.headers["x-amz-version-id"] = resp.headers["x-amz-version-id"]
+    out.headers.update(version_ids(resp.headers))
     return out
 
 

@@ -23,7 +23,7 @@ from aiohttp import web
 from defusedxml import ElementTree
 
 from proxy.audit import AuditError, AuditingKeyring
-from proxy.backend import BackendResponse, version_query
+from proxy.backend import BackendResponse, version_ids, version_query
 from proxy.crypto import s3ec
 from proxy.crypto.format import FormatError, IntegrityError
 from proxy.kms.base import InvalidWrappedKey, KeyringError
@@ -727,8 +727,7 @@ async def complete_multipart(gw: Gateway, request: web.Request, bucket: str, key
         "CompleteMultipartUploadResult",
         [("Location", f"/{bucket}/{key}"), ("Bucket", bucket), ("Key", key), ("ETag", etag)],
     )
-    version = {k: done.headers[k] for k in ("x-amz-version-id",) if k in done.headers}
-    return web.Response(status=200, body=out, headers={**XML_HEADERS, **version})
+    return web.Response(status=200, body=out, headers={**XML_HEADERS, **version_ids(done.headers)})
 
 
 def _ranges(numbers: list[int]) -> str:
