@@ -36,16 +36,17 @@ async def _relay(
     bucket: str | None,
     *,
     query: list[tuple[str, str]] | None = None,
+    headers: dict[str, str] | None = None,
     body: bytes | None = None,
     status: int | None = None,
     keep: tuple[str, ...] = (),
 ) -> web.Response:
-    resp, raw_body = await gw.backend.read_ok(method, bucket, None, query=query or [], body=body)
+    resp, raw_body = await gw.backend.read_ok(method, bucket, None, query=query or [], headers=headers, body=body)
     data = b"" if method == "HEAD" else raw_body
-    headers = {k: resp.headers[k] for k in keep if k in resp.headers}
+    out = {k: resp.headers[k] for k in keep if k in resp.headers}
     if data:
-        headers["Content-Type"] = _XML
-    return web.Response(status=status or resp.status, body=data or None, headers=headers)
+        out["Content-Type"] = _XML
+    return web.Response(status=status or resp.status, body=data or None, headers=out)
 
 
 async def list_buckets(gw: Gateway, request: web.Request) -> web.StreamResponse:
@@ -56,12 +57,8 @@ async def list_buckets(gw: Gateway, request: web.Request) -> web.StreamResponse:
 async def create_bucket(gw: Gateway, request: web.Request, bucket: str) -> web.StreamResponse:
     """CreateBucket with its optional LocationConstraint document (and Object Lock, if asked)."""
     body = await _read_small_body(request)
-    lock = request.headers.get("x-amz-bucket-object-lock-enabled")
-    if lock is None:
-        return await _relay(gw, "PUT", bucket, body=body, keep=("Location",))
-    headers = {"x-amz-bucket-object-lock-enabled": lock}
-    resp, _ = await gw.backend.read_ok("PUT", bucket, None, headers=headers, body=body or None)
-    return web.Response(status=resp.status, headers={k: resp.headers[k] for k in ("Location",) if k in resp.headers})
+    lock = {k: v for k, v in request.headers.items() if k.lower() == "x-amz-bucket-object-lock-enabled"}
+    return await _relay(gw, "PUT", bucket, headers=lock, body=body, keep=("Location",))
 
 
 async def delete_bucket(gw: Gateway, request: web.Request, bucket: str) -> web.StreamResponse:
@@ -215,8 +212,7 @@ async def bucket_config(gw: Gateway, request: web.Request, bucket: str, subresou
         return await _relay(gw, "GET", bucket, query=[(subresource, "")])
     body = await _read_small_body(request)
     headers = {"Content-MD5": content_md5(body), "Content-Type": _XML}
-    resp, _ = await gw.backend.read_ok("PUT", bucket, None, query=[(subresource, "")], headers=headers, body=body)
-    return web.Response(status=resp.status)
+    return await _relay(gw, "PUT", bucket, query=[(subresource, "")], headers=headers, body=body)
 
 
 async def delete_objects(gw: Gateway, request: web.Request, bucket: str) -> web.StreamResponse:
