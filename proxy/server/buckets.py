@@ -12,9 +12,8 @@ from defusedxml import ElementTree
 
 from proxy.crypto.format import DEFAULT_SEGMENT_SIZE, FormatError, Layout
 from proxy.s3.errors import S3Error
-from proxy.s3.ranges import etag_matches
 from proxy.s3.routing import LIST_PARAMS
-from proxy.server.objects import RESERVED_PREFIX, content_md5, opaque_etag, record_key, shown_etag
+from proxy.server.objects import RESERVED_PREFIX, content_md5, matching_etag, opaque_etag, record_key
 from proxy.server.state import Gateway
 
 S3_NS = "http://s3.amazonaws.com/doc/2006-03-01/"
@@ -280,14 +279,10 @@ async def _conditional_deletes(
         version = version_el.text if version_el is not None else None
         async with slots:
             try:
-                current = await shown_etag(gw, request, bucket, key, version)
+                stored = await matching_etag(gw, request, bucket, key, etag_el.text or "", version)
             except S3Error as exc:
                 return key, exc.code, exc.message
-        if current is None:
-            return key, "NoSuchKey", "The specified key does not exist."
-        if not etag_matches(etag_el.text or "", current[0]):
-            return key, "PreconditionFailed", "At least one of the pre-conditions you specified did not hold"
-        etag_el.text = '"' + current[1].strip().strip('"') + '"'
+        etag_el.text = '"' + stored.strip().strip('"') + '"'
         return None
 
     refused: list[tuple[str, str, str]] = []

@@ -366,14 +366,22 @@ async def write_conditions(
             raise await head.error()
         out["If-None-Match"] = "*"
     if if_match is not None:
-        current = await shown_etag(gw, request, bucket, key, version)
-        if current is None:
-            raise S3Error("NoSuchKey", "The specified key does not exist.", 404, resource=f"/{bucket}/{key}")
-        shown, stored = current
-        if not etag_matches(if_match, shown):
-            raise S3Error("PreconditionFailed", "At least one of the pre-conditions you specified did not hold", 412)
-        out["If-Match"] = stored
+        out["If-Match"] = await matching_etag(gw, request, bucket, key, if_match, version)
     return out
+
+
+async def matching_etag(
+    gw: Gateway, request: web.Request, bucket: str, key: str, if_match: str, version: str | None = None
+) -> str:
+    """The backend's ETag of the object stored as `bucket`/`key`, once its shown ETag matches
+    `if_match`: NoSuchKey (404) if nothing is stored, PreconditionFailed (412) if it differs."""
+    current = await shown_etag(gw, request, bucket, key, version)
+    if current is None:
+        raise S3Error("NoSuchKey", "The specified key does not exist.", 404, resource=f"/{bucket}/{key}")
+    shown, stored = current
+    if not etag_matches(if_match, shown):
+        raise S3Error("PreconditionFailed", "At least one of the pre-conditions you specified did not hold", 412)
+    return stored
 
 
 def _put_etag_field(body: PlaintextBody) -> str | None:
