@@ -200,7 +200,14 @@ def passphrase_from(env: str | None, file: Path | None) -> bytes:
     raise KeyringFileError("no keyring passphrase: " + "; ".join(sources))
 
 
+#: scrypt runs in this process so far: each costs tens of milliseconds of CPU (by design), so
+#: nothing a client can trigger at will may cause one; tests watch this count.
+derivations = 0
+
+
 def _derive_kek(passphrase: bytes, salt: bytes, log2_n: int, r: int, p: int) -> bytes:
+    global derivations
+    derivations += 1
     return Scrypt(salt=salt, length=KEY_SIZE, n=1 << log2_n, r=r, p=p).derive(passphrase)
 
 
@@ -380,6 +387,16 @@ class LocalKeyStore:
     def reload(self) -> bool:
         """Re-read the file if another process changed it (e.g. `sealgate keys rotate`); True
         when keys were reloaded. The file must still be sealed under the same passphrase."""
+        self._keys = self._read_keys()
+        return True
+
+    def reopen(self) -> LocalKeyStore:
+        """A separate store holding the file as it is now, decrypted with this store's KEK: no
+        scrypt run. For a read-modify-write (under `keyring_lock`) that must not touch the keys
+        this store serves until the file is saved. KeyringFileError as for `reload`."""
+        return LocalKeyStore(self.path, self._kek, self._salt, self._params, self._read_keys())
+
+    def _read_keys(self) -> dict[str, _MasterKey]:
         blob = _read_private(self.path, "keyring file")
         header = blob[: _HEADER.size]
         if header != _HEADER.pack(MAGIC, *self._params, self._salt):
@@ -389,8 +406,11 @@ class LocalKeyStore:
             plain = AESGCM(self._kek).decrypt(nonce, blob[_HEADER.size + NONCE_SIZE :], header)
         except InvalidTag:
             raise KeyringFileError(f"keyring file {self.path} is corrupted") from None
-        self._keys = _load_keys(self.path, json.loads(plain))
-        return True
+        try:
+            doc = json.loads(plain)
+        except ValueError:
+            raise _malformed(self.path, "not valid JSON") from None
+        return _load_keys(self.path, doc)
 
     def create_key(self, key_id: str) -> KeyInfo:
         """Add master key `key_id` with fresh random material as version 1 (not yet saved)."""
@@ -604,22 +624,25 @@ class LocalKeyring:
         self._store = store
         self._reload_seconds = reload_seconds
         self._checked = time.monotonic()
-        self._mtime = self._stat()
+        self._seen = self._stat()
 
-    def _stat(self) -> int:
+    def _stat(self) -> tuple[int, int, int] | None:
+        # Every save replaces the file, so a new inode tells a change even when two saves fall
+        # within one tick of the filesystem's clock (same mtime).
         try:
-            return self._store.path.stat().st_mtime_ns
+            st = self._store.path.stat()
         except OSError:
-            return 0
+            return None
+        return st.st_ino, st.st_size, st.st_mtime_ns
 
     def _refresh(self, force: bool = False) -> None:
         now = time.monotonic()
         if not force and now - self._checked < self._reload_seconds:
             return
         self._checked = now
-        mtime = self._stat()
-        if mtime and mtime != self._mtime:
-            self._mtime = mtime
+        seen = self._stat()
+        if seen is not None and seen != self._seen:
+            self._seen = seen
             try:
                 self._store.reload()
             except KeyringFileError as exc:
@@ -627,6 +650,20 @@ class LocalKeyring:
 
     def __repr__(self) -> str:
         return f"LocalKeyring({self._store!r})"
+
+    @property
+    def path(self) -> Path:
+        """The keyring file."""
+        return self._store.path
+
+    def reopen_store(self) -> LocalKeyStore:
+        """The keyring file as it is now, as a store of its own (see `LocalKeyStore.reopen`):
+        key administration reads and changes the file without deriving its key again."""
+        return self._store.reopen()
+
+    def refresh(self) -> None:
+        """Look at the file now rather than within `reload_seconds` (after this process changed it)."""
+        self._refresh(force=True)
 
     async def ready(self, key_id: str) -> None:
         """KeyAccessDenied unless `key_id` is in the keyring and enabled (readiness)."""

@@ -11,6 +11,11 @@ separate from using it to encrypt or decrypt. Requests are SigV4-signed like S3 
 Admin rights exist only where granted: without ``[[keys]]`` tables nobody is an admin (unlike
 encrypt/decrypt, which are open to every client then). Every call is audited; a refusal is a
 403 AccessDenied S3 error and a "denied" audit record. Responses never hold key material.
+
+Rights are decided from the config before the keyring file is read, so a caller who may
+administer no key (listing) or not this one (rotating) costs no file read and no scrypt run.
+The file is read afresh for each admin call, but decrypted with the key the gateway derived at
+start-up: only a keyring that was re-keyed since then needs a restart.
 """
 
 from __future__ import annotations
@@ -23,7 +28,8 @@ from typing import Any
 
 from aiohttp import web
 
-from proxy.audit import AuditContext, Outcome, audit_context
+from proxy.audit import AuditContext, AuditingKeyring, Outcome, audit_context
+from proxy.kms.local import KeyInfo, KeyringFileError, LocalKeyring, LocalKeyStore, keyring_lock, passphrase_from
 from proxy.s3.errors import S3Error
 from proxy.s3.sigv4 import VerifiedRequest
 from proxy.server.state import REQUEST_ID, Gateway
@@ -39,6 +45,12 @@ def may_admin(gw: Gateway, identity: str, key_id: str) -> bool:
     return bool(gw.config.keys) and gw.config.may_use_key(identity, "admin", key_id)
 
 
+def administered(gw: Gateway, identity: str) -> list[str]:
+    """The configured key ids `identity` may administer: from the config alone, so a caller
+    with none is refused before the keyring is touched."""
+    return [p.id for p in gw.config.keys if may_admin(gw, identity, p.id)]
+
+
 def _audit(gw: Gateway, operation: str, outcome: Outcome, *, key_id: str | None, **kw: Any) -> None:
     if gw.audit is not None:
         gw.audit.record(operation, outcome, key_id=key_id, **kw)
@@ -46,8 +58,9 @@ def _audit(gw: Gateway, operation: str, outcome: Outcome, *, key_id: str | None,
 
 def _deny(gw: Gateway, identity: str, operation: str, key_id: str | None, why: str) -> S3Error:
     _audit(gw, operation, "denied", key_id=key_id, reason=why)
-    log.warning("admin denied: %s may not %s key %s (%s)", identity, operation, key_id, why)
-    return S3Error("AccessDenied", f"client {identity!r} may not administer this key", 403)
+    log.warning("admin denied: %s may not %s key %s (%s)", identity, operation, key_id or "(any)", why)
+    what = "this key" if key_id is not None else "any key"
+    return S3Error("AccessDenied", f"client {identity!r} may not administer {what}", 403)
 
 
 def _json(doc: Any) -> web.Response:
@@ -58,16 +71,30 @@ class _Refused(Exception):
     """A rotation the keyring cannot do; the message names no path and no material."""
 
 
-def _open_store(gw: Gateway) -> Any:
-    """The local keyring file, opened afresh (it may have changed since start-up)."""
-    from proxy.kms.local import LocalKeyStore, passphrase_from
-
+def _open_store(gw: Gateway) -> LocalKeyStore:
+    """The local keyring file as it is now (it may have changed since start-up), as a store of
+    its own. Decrypted with the key the gateway's keyring derived at start-up: scrypt costs tens
+    of milliseconds of CPU, too much to spend per request."""
+    local = _local_keyring(gw)
+    if local is not None:
+        return local.reopen_store()
+    # A keyring handed in from outside (not opened from this config): derive as `serve` does.
     kms = gw.config.kms
     assert kms.keyring is not None
     return LocalKeyStore.open(kms.keyring, passphrase_from(kms.passphrase_env, kms.passphrase_file))
 
 
-def _info_doc(info: Any) -> dict[str, Any]:
+def _local_keyring(gw: Gateway) -> LocalKeyring | None:
+    """The gateway's `LocalKeyring` on the configured file, under any auditing wrapper; else None."""
+    keyring: object = gw.materials.keyring
+    if isinstance(keyring, AuditingKeyring):
+        keyring = keyring.inner
+    if isinstance(keyring, LocalKeyring) and keyring.path == gw.config.kms.keyring:
+        return keyring
+    return None
+
+
+def _info_doc(info: KeyInfo) -> dict[str, Any]:
     return {
         "id": info.id,
         "provider": "local",
@@ -97,12 +124,20 @@ async def handle(gw: Gateway, request: web.Request, verified: VerifiedRequest) -
 
 
 async def _list(gw: Gateway, identity: str) -> web.StreamResponse:
+    mine = administered(gw, identity)
+    if not mine:
+        raise _deny(gw, identity, "list-keys", None, "policy")
     if gw.config.kms.provider == "local":
-        infos = await asyncio.to_thread(lambda: _open_store(gw).list_keys())
-        keys = [_info_doc(i) for i in infos if may_admin(gw, identity, i.id)]
+        try:
+            infos = await asyncio.to_thread(lambda: _open_store(gw).list_keys())
+        except (KeyringFileError, OSError) as exc:
+            _audit(gw, "list-keys", "error", key_id=None, reason="KeyringUnavailable")
+            log.error("listing keys failed: %s", exc)
+            raise S3Error("ServiceUnavailable", "the keyring file cannot be read now", 503) from None
+        keys = [_info_doc(i) for i in infos if i.id in mine]
     else:
         # KMS keeps versions and metadata itself; list the keys this identity administers.
-        keys = [{"id": p.id, "provider": "aws-kms"} for p in gw.config.keys if may_admin(gw, identity, p.id)]
+        keys = [{"id": key_id, "provider": "aws-kms"} for key_id in mine]
     _audit(gw, "list-keys", "allowed", key_id=None, reason=f"{len(keys)} keys")
     return _json({"keys": keys})
 
@@ -113,12 +148,10 @@ async def _rotate(gw: Gateway, identity: str, key_id: str) -> web.StreamResponse
     if gw.config.kms.provider != "local":
         _audit(gw, "rotate", "error", key_id=key_id, reason="NotImplemented")
         raise S3Error("NotImplemented", "aws-kms keys rotate in KMS (automatic rotation or RotateKeyOnDemand)", 501)
-    from proxy.kms.local import KeyringFileError, keyring_lock
-
     keyring = gw.config.kms.keyring
     assert keyring is not None
 
-    def rotate() -> Any:
+    def rotate() -> KeyInfo:
         with keyring_lock(keyring):
             # Opened afresh under the lock, so another rotation (any process) is kept.
             store = _open_store(gw)
@@ -142,6 +175,9 @@ async def _rotate(gw: Gateway, identity: str, key_id: str) -> web.StreamResponse
         _audit(gw, "rotate", "error", key_id=key_id, reason="KeyringUnavailable")
         log.error("rotating key %s failed: %s", key_id, exc)
         raise S3Error("ServiceUnavailable", "the keyring file cannot be updated now", 503) from None
+    local = _local_keyring(gw)
+    if local is not None:
+        local.refresh()  # this process seals new objects under the new version from now on
     _audit(gw, "rotate", "allowed", key_id=key_id, key_version=f"local:{key_id}:{info.current_version}")
     log.info("key %s rotated by %s: now version %s", key_id, identity, info.current_version)
     return _json({"key": _info_doc(info)})

@@ -348,6 +348,68 @@ async def test_unknown_key(keyring: LocalKeyring, store: LocalKeyStore) -> None:
     assert material.hex() not in str(err.value)
 
 
+def test_open_and_create_each_derive_once(path: Path) -> None:
+    from proxy.kms import local
+
+    before = local.derivations
+    store = LocalKeyStore.create(path, PASS)
+    store.create_key("default")
+    store.save()
+    assert local.derivations == before + 1  # saving reuses the KEK
+    LocalKeyStore.open(path, PASS).reload()
+    assert local.derivations == before + 2
+
+
+def test_reopen_reads_the_file_now_without_deriving(store: LocalKeyStore, path: Path) -> None:
+    from proxy.kms import local
+
+    other = LocalKeyStore.open(path, PASS)  # another process, say
+    other.rotate_key("default")
+    other.save()
+    before = local.derivations
+    fresh = store.reopen()
+    assert local.derivations == before
+    assert {i.id: i.versions for i in fresh.list_keys()} == {"default": 2, "other": 1}
+    # A store of its own: changing it leaves the original's keys alone until saved and reloaded.
+    assert {i.id: i.versions for i in store.list_keys()} == {"default": 1, "other": 1}
+    fresh.rotate_key("other")
+    assert store.list_keys()[1].versions == 1
+    fresh.save()
+    store.reload()
+    assert {i.id: i.versions for i in store.list_keys()} == {"default": 2, "other": 2}
+    assert {i.id: i.versions for i in LocalKeyStore.open(path, PASS).list_keys()} == {"default": 2, "other": 2}
+    assert local.derivations == before + 1
+
+
+def test_reopen_refuses_a_rekeyed_or_corrupted_file(store: LocalKeyStore, path: Path) -> None:
+    path.unlink()
+    LocalKeyStore.create(path, b"another passphrase").save()
+    with pytest.raises(KeyringFileError, match="re-keyed"):
+        store.reopen()
+    store._write(exclusive=False)
+    blob = bytearray(path.read_bytes())
+    blob[-1] ^= 1
+    path.write_bytes(bytes(blob))
+    with pytest.raises(KeyringFileError, match="corrupted"):
+        store.reopen()
+
+
+async def test_keyring_sees_a_save_within_one_clock_tick(store: LocalKeyStore, path: Path) -> None:
+    """A rotation saved with the same mtime as the file the keyring last read (two saves in one
+    tick of a coarse filesystem clock) is still picked up: the file is a new inode, of a new size."""
+    keyring = LocalKeyring(store, reload_seconds=0)
+    st = path.stat()
+    other = LocalKeyStore.open(path, PASS)
+    other.rotate_key("default")
+    other.save()
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert (await keyring.generate_data_key("default", CTX)).key_ref == "local:default:2"
+    other.rotate_key("default")
+    other.save()
+    keyring.refresh()
+    assert store._current("default") == (3, master_material(other, "default", 3))
+
+
 def test_aad_is_unambiguous() -> None:
     ref = "local:k:1"
     contexts: list[dict[str, str]] = [
