@@ -4,16 +4,20 @@ Both only ever remove things that no reader can use: an upload nobody completed 
 limit, and a manifest whose object was deleted or overwritten (its name carries the ETag of the
 object it describes) with no older version of it left in a versioned bucket. Manifests younger
 than the age limit are kept, since completion writes the manifest just before the object appears.
+Upload records (``.sealgate/up/``: the id ListMultipartUploads shows) go with their upload, and
+those older than the age limit whose upload is no longer listed go too.
 """
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from urllib.parse import unquote
 
 from defusedxml import ElementTree
 
+from proxy.server.multipart import upload_record_key
 from proxy.server.objects import RESERVED_PREFIX
 from proxy.server.state import Gateway
 
@@ -25,6 +29,8 @@ class GcReport:
     uploads_aborted: list[tuple[str, str]] = field(default_factory=list)
     manifests_deleted: list[str] = field(default_factory=list)
     kept_young: int = 0
+    #: Records of uploads that are gone (those of the uploads aborted here included).
+    records_deleted: list[str] = field(default_factory=list)
 
 
 def _tag(el: object) -> str:
@@ -57,6 +63,7 @@ async def gc(gw: Gateway, bucket: str, older_than: timedelta, *, dry_run: bool =
     report = GcReport()
     cutoff = datetime.now(UTC) - older_than
     key_marker = upload_marker = ""
+    live: set[str] = set()
     while True:
         query = [("uploads", ""), ("key-marker", key_marker), ("upload-id-marker", upload_marker)]
         root = await _xml(gw, bucket, query)
@@ -67,31 +74,44 @@ async def gc(gw: Gateway, bucket: str, older_than: timedelta, *, dry_run: bool =
                 if not dry_run:
                     resp = await gw.backend.request("DELETE", bucket, key, query=[("uploadId", upload_id)])
                     resp.release()
+            else:
+                live.add(upload_record_key(key, upload_id))
         if _text(root, "IsTruncated").lower() != "true":
             break
         key_marker, upload_marker = _text(root, "NextKeyMarker"), _text(root, "NextUploadIdMarker")
         if not key_marker:
             break
+    async for record, modified in _listed(gw, bucket, RESERVED_PREFIX + "up/"):
+        if record not in live and modified < cutoff:
+            report.records_deleted.append(record)
+            if not dry_run:
+                resp = await gw.backend.request("DELETE", bucket, record)
+                resp.release()
+    async for name, modified in _listed(gw, bucket, RESERVED_PREFIX + "mp/"):
+        if modified >= cutoff:
+            report.kept_young += 1
+            continue
+        if await _orphan(gw, bucket, name):
+            report.manifests_deleted.append(name)
+            if not dry_run:
+                resp = await gw.backend.request("DELETE", bucket, name)
+                resp.release()
+    return report
+
+
+async def _listed(gw: Gateway, bucket: str, prefix: str) -> AsyncIterator[tuple[str, datetime]]:
+    """(key, last modified) of every object under `prefix`."""
     token = ""
     while True:
-        query = [("list-type", "2"), ("prefix", RESERVED_PREFIX + "mp/")]
+        query = [("list-type", "2"), ("prefix", prefix)]
         if token:
             query.append(("continuation-token", token))
         root = await _xml(gw, bucket, query)
         for item in (e for e in root.iter() if _tag(e) == "Contents"):  # type: ignore[attr-defined]
-            name = _text(item, "Key")
-            if _parse_time(_text(item, "LastModified")) >= cutoff:
-                report.kept_young += 1
-                continue
-            if await _orphan(gw, bucket, name):
-                report.manifests_deleted.append(name)
-                if not dry_run:
-                    resp = await gw.backend.request("DELETE", bucket, name)
-                    resp.release()
+            yield _text(item, "Key"), _parse_time(_text(item, "LastModified"))
         token = _text(root, "NextContinuationToken")
         if not token:
-            break
-    return report
+            return
 
 
 async def _orphan(gw: Gateway, bucket: str, name: str) -> bool:

@@ -1,10 +1,13 @@
 """Upload ids that carry, authenticated, what every replica needs to serve an upload.
 
-``SG1`` ‖ base64url(lp(backend upload id) ‖ lp(key ref) ‖ lp(wrapped data key) ‖ lp(sealed data key) ‖
+``prefix`` ‖ base64url(lp(backend upload id) ‖ lp(key ref) ‖ lp(wrapped data key) ‖ lp(sealed data key) ‖
 salt(32) ‖ mac(16))
 with ``lp(x) = uint16_be(len(x)) ‖ x`` and mac = HMAC-SHA256(upload-id key, bucket ‖ 0 ‖ key ‖ 0 ‖
-everything before the mac)[:16]. The upload-id key derives from the data key, which only unwraps
-for this bucket and key: a client can neither forge an id nor move one to another object.
+everything before the mac)[:16]. The prefix names the object format: ``SG1`` for sealgate's,
+whose upload-id key is HKDF(data key, salt, "sealgate/1/upload-id"); ``s3ec3-`` for the S3
+Encryption Client's V3, whose key is HKDF(data key, salt, "sealgate/1/s3ec-upload-id"). The
+upload-id key derives from the data key, which only unwraps for this bucket and key (or only
+this process holds it): a client can neither forge an id nor move one to another object.
 """
 
 from __future__ import annotations
@@ -18,7 +21,17 @@ from hashlib import sha256
 from proxy.crypto.format import SALT_SIZE, FormatError, upload_id_key
 
 PREFIX = "SG1"
+#: The prefix of s3ec-v3 uploads' ids (same fields, its own MAC key).
+S3EC_PREFIX = "s3ec3-"
 _MAC = 16
+_S3EC_INFO = b"sealgate/1/s3ec-upload-id"
+
+
+def _hkdf(secret: bytes, salt: bytes, info: bytes) -> bytes:
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+    return HKDF(hashes.SHA256(), 32, salt, info).derive(secret)
 
 
 @dataclass(frozen=True)
@@ -32,6 +45,8 @@ class UploadId:
     mac: bytes = field(default=b"", repr=False)
     #: The data key sealed under the replicas' shared upload secret (empty when none is set).
     sealed_key: bytes = b""
+    #: `PREFIX` (a sealgate-format upload) or `S3EC_PREFIX` (an s3ec-v3 upload).
+    prefix: str = PREFIX
 
     def _body(self) -> bytes:
         out = b""
@@ -41,12 +56,21 @@ class UploadId:
 
     def _mac(self, data_key: bytes, bucket: str, key: str) -> bytes:
         msg = bucket.encode() + b"\0" + key.encode() + b"\0" + self._body()
-        return hmac.new(upload_id_key(data_key, self.salt), msg, sha256).digest()[:_MAC]
+        if self.prefix == PREFIX:
+            mac_key = upload_id_key(data_key, self.salt)
+        else:
+            mac_key = _hkdf(data_key, self.salt, _S3EC_INFO)
+        return hmac.new(mac_key, msg, sha256).digest()[:_MAC]
 
     def encode(self, data_key: bytes, bucket: str, key: str) -> str:
         """The id handed to the client."""
+        for item in (self.backend_id.encode(), self.key_ref.encode(), self.wrapped_key, self.sealed_key):
+            if len(item) > 0xFFFF:
+                raise ValueError("upload id field too long")
+        if len(self.salt) != SALT_SIZE:
+            raise ValueError(f"upload id salt must be {SALT_SIZE} bytes")
         raw = self._body() + self._mac(data_key, bucket, key)
-        return PREFIX + base64.urlsafe_b64encode(raw).decode().rstrip("=")
+        return self.prefix + base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
     def verify(self, data_key: bytes, bucket: str, key: str) -> None:
         """FormatError unless this id was made by sealgate for this bucket and key."""
@@ -55,11 +79,15 @@ class UploadId:
 
     @classmethod
     def decode(cls, text: str) -> UploadId:
-        """Parse (not yet authenticated: call `verify` with the unwrapped data key)."""
-        if not text.startswith(PREFIX):
+        """Parse either kind (not yet authenticated: call `verify` with the data key)."""
+        prefix = next((p for p in (PREFIX, S3EC_PREFIX) if text.startswith(p)), None)
+        if prefix is None:
             raise FormatError("not a sealgate upload id")
         try:
-            raw = base64.urlsafe_b64decode(text[len(PREFIX) :] + "=" * (-len(text) % 4))
+            b64 = text[len(prefix) :]
+            raw = base64.b64decode(b64 + "=" * (-len(b64) % 4), altchars=b"-_", validate=True)
+            if base64.urlsafe_b64encode(raw).decode().rstrip("=") != b64:
+                raise ValueError("not canonical base64url")  # one id, one spelling
             items: list[bytes] = []
             pos = 0
             for _ in range(4):
@@ -72,16 +100,13 @@ class UploadId:
             mac = raw[pos + SALT_SIZE :]
             if len(salt) != SALT_SIZE or len(mac) != _MAC:
                 raise ValueError("bad length")
-            return cls(items[0].decode(), items[1].decode(), items[2], salt, mac, items[3])
+            return cls(items[0].decode(), items[1].decode(), items[2], salt, mac, items[3], prefix)
         except (ValueError, struct.error, UnicodeDecodeError) as exc:
             raise FormatError("malformed upload id") from exc
 
 
 def _secret_key(secret: bytes, salt: bytes) -> bytes:
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-
-    return HKDF(hashes.SHA256(), 32, salt, b"sealgate/1/upload-secret").derive(secret)
+    return _hkdf(secret, salt, b"sealgate/1/upload-secret")
 
 
 def seal_for_replicas(secret: bytes, salt: bytes, data_key: bytes, bucket: str, key: str) -> bytes:

@@ -19,6 +19,43 @@ _BUCKET_GET_OPS = {
 }
 
 
+#: Every operation `route` can answer with (the access-control table must cover each).
+OPERATIONS: frozenset[str] = frozenset(
+    {
+        "ListBuckets",
+        "CreateBucket",
+        "DeleteBucket",
+        "HeadBucket",
+        "GetBucketLocation",
+        "ListObjects",
+        "ListObjectsV2",
+        "ListObjectVersions",
+        "ListMultipartUploads",
+        "DeleteObjects",
+        "GetBucketVersioning",
+        "PutBucketVersioning",
+        "GetObjectLockConfiguration",
+        "PutObjectLockConfiguration",
+        "PutObject",
+        "GetObject",
+        "HeadObject",
+        "DeleteObject",
+        "CreateMultipartUpload",
+        "UploadPart",
+        "CompleteMultipartUpload",
+        "AbortMultipartUpload",
+        "ListParts",
+        "GetObjectTagging",
+        "PutObjectTagging",
+        "DeleteObjectTagging",
+        "GetObjectRetention",
+        "PutObjectRetention",
+        "GetObjectLegalHold",
+        "PutObjectLegalHold",
+    }
+)
+
+
 @dataclass(frozen=True)
 class Route:
     """What a request asks for."""
@@ -83,6 +120,7 @@ def route(
     if key is not None and len(key.encode()) > 1024:
         raise S3Error("KeyTooLongError", "Your key is too long", 400)
     op = _operation(method, bucket, key, query)
+    assert op in OPERATIONS, op
     return Route(op, bucket, key)
 
 
@@ -189,3 +227,18 @@ def _operation(method: str, bucket: str | None, key: str | None, query: Mapping[
     if method in ops:
         return ops[method]
     raise S3Error("MethodNotAllowed", f"{method} is not allowed on an object", 405)
+
+
+def parse_copy_source(value: str) -> tuple[str, str, str | None]:
+    """(bucket, key, version id) from an x-amz-copy-source header."""
+    path, _, query = value.partition("?")
+    path = unquote(path).lstrip("/")
+    bucket, sep, key = path.partition("/")
+    if not bucket or not sep or not key:
+        raise S3Error(
+            "InvalidArgument", "Copy Source must mention the source bucket and key: sourcebucket/sourcekey", 400
+        )
+    version = None
+    if query.startswith("versionId="):
+        version = unquote(query[len("versionId=") :])
+    return bucket, key, version

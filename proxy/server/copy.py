@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
-from urllib.parse import quote, unquote
+from urllib.parse import quote
 from xml.sax.saxutils import escape
 
 from aiohttp import web
@@ -27,6 +27,7 @@ from proxy.crypto.format import (
 )
 from proxy.kms.base import KeyringError
 from proxy.s3.errors import S3Error
+from proxy.s3.routing import parse_copy_source
 from proxy.server.multipart import S3_NS, find_text, put_record
 from proxy.server.objects import (
     LOCK_HEADERS,
@@ -184,21 +185,6 @@ async def _source_etag(gw: Gateway, source: str) -> str | None:
     head = await gw.backend.request("HEAD", src_bucket, src_key, query=version_query(version))
     head.release()
     return head.headers.get("ETag", "").strip().strip('"') if head.status < 300 else None
-
-
-def parse_copy_source(value: str) -> tuple[str, str, str | None]:
-    """(bucket, key, version id) from an x-amz-copy-source header."""
-    path, _, query = value.partition("?")
-    path = unquote(path).lstrip("/")
-    bucket, sep, key = path.partition("/")
-    if not bucket or not sep or not key:
-        raise S3Error(
-            "InvalidArgument", "Copy Source must mention the source bucket and key: sourcebucket/sourcekey", 400
-        )
-    version = None
-    if query.startswith("versionId="):
-        version = unquote(query[len("versionId=") :])
-    return bucket, key, version
 
 
 async def copy_object(gw: Gateway, request: web.Request, bucket: str, key: str) -> web.StreamResponse:

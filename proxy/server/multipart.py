@@ -3,18 +3,21 @@
 Each part is encrypted as it streams, under a key bound to its header (part number, length,
 random salt), so parts can arrive in any order, in parallel, on any replica, and be retried.
 At completion sealgate writes a sealed manifest (parts, lengths, the backend's ETag for the
-exact stored parts) beside the object under the reserved prefix ``.sealgate/mp/``.
+exact stored parts) beside the object under the reserved prefix ``.sealgate/mp/``. While an
+upload is open, a record under ``.sealgate/up/`` holds its id for ListMultipartUploads.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import logging
 import os
 import re
 from collections.abc import AsyncIterator
 from contextlib import suppress
 from datetime import UTC, datetime
-from urllib.parse import quote
+from urllib.parse import quote, unquote_plus
 from xml.sax.saxutils import escape
 
 from aiohttp import web
@@ -36,13 +39,14 @@ from proxy.crypto.format import (
     part_plaintext_length,
 )
 from proxy.crypto.segments import StreamEncryptor
-from proxy.crypto.upload_id import UploadId, open_for_replicas, seal_for_replicas
+from proxy.crypto.upload_id import PREFIX, UploadId, open_for_replicas, seal_for_replicas
 from proxy.kms.base import KeyringError
 from proxy.s3.errors import S3Error
 from proxy.s3.sigv4 import VerifiedRequest
 from proxy.server import s3ec_read
 from proxy.server.objects import (
     MAX_PUT_SIZE,
+    RESERVED_PREFIX,
     check_reserved,
     client_body,
     content_md5,
@@ -56,15 +60,22 @@ from proxy.server.objects import (
 )
 from proxy.server.state import Gateway, require_key_use
 
+log = logging.getLogger(__name__)
+
 S3_NS = "http://s3.amazonaws.com/doc/2006-03-01/"
 MIN_PART_SIZE = 5 * 1024 * 1024
 MAX_PARTS = 10000
 MAX_XML = 2 * 1024 * 1024
 _HEX32 = re.compile(r"^[0-9a-f]{32}$")
 XML_HEADERS = {"Content-Type": "application/xml"}
+#: Upload records ListMultipartUploads reads at once (a page holds up to 1000 uploads).
+RECORD_READS = 16
+#: An upload record holds one upload id: a few hundred bytes.
+MAX_RECORD = 8192
 
 
-def _no_upload() -> S3Error:
+def no_upload() -> S3Error:
+    """S3's NoSuchUpload: for an upload id that is not (or no longer) valid for this object."""
     return S3Error(
         "NoSuchUpload",
         "The specified upload does not exist. The upload ID may be invalid, or the upload may have "
@@ -78,7 +89,10 @@ async def _open_upload(gw: Gateway, request: web.Request, bucket: str, key: str,
     try:
         uid = UploadId.decode(text)
     except FormatError:
-        raise _no_upload() from None
+        raise no_upload() from None
+    if uid.prefix != PREFIX:
+        raise no_upload()
+    # Continuing an upload is writing under its key: checked before any keyring or backend call.
     require_key_use(gw, request, "encrypt", uid.key_ref)
     secret = gw.config.encryption.upload_secret
     try:
@@ -87,16 +101,79 @@ async def _open_upload(gw: Gateway, request: web.Request, bucket: str, key: str,
         else:
             data_key = await gw.materials.unwrap(uid.key_ref, uid.wrapped_key, encryption_context(bucket, key))
     except FormatError:
-        raise _no_upload() from None
+        raise no_upload() from None
     except KeyringError as exc:
         if exc.status == 503:
             raise S3Error(exc.code, exc.message, exc.status) from exc
-        raise _no_upload() from None
+        raise no_upload() from None
     try:
         uid.verify(data_key, bucket, key)
     except FormatError:
-        raise _no_upload() from None
+        raise no_upload() from None
     return uid, data_key
+
+
+def upload_record_key(key: str, backend_id: str) -> str:
+    """Where the record of the upload with this backend id into `key` lives: the id sealgate
+    handed out, so that ListMultipartUploads can show it (the backend knows only its own)."""
+    digest = hashlib.sha256(key.encode()).hexdigest()
+    return f"{RESERVED_PREFIX}up/{digest}/{hashlib.sha256(backend_id.encode()).hexdigest()}"
+
+
+async def put_upload_record(gw: Gateway, bucket: str, key: str, backend_id: str, upload_id: str) -> None:
+    """Record the client's form of a new upload's id; if that fails, abort the backend upload
+    (nothing can list it in the form that continues it) and fail the CreateMultipartUpload."""
+    body = upload_id.encode()
+    resp = await gw.backend.request(
+        "PUT",
+        bucket,
+        upload_record_key(key, backend_id),
+        headers={
+            "x-amz-meta-sg-object": quote(key, safe=""),
+            "Content-Type": "text/plain",
+            "Content-MD5": content_md5(body),
+        },
+        body=body,
+    )
+    if resp.status < 300:
+        resp.release()
+        return
+    error = await resp.error()
+    with suppress(S3Error):
+        gone = await gw.backend.request("DELETE", bucket, key, query=[("uploadId", backend_id)])
+        gone.release()
+    raise error
+
+
+async def drop_upload_record(gw: Gateway, bucket: str, key: str, backend_id: str) -> None:
+    """Delete an upload's record once the upload is completed or aborted. A failure is only
+    logged: the request it ends has succeeded, and `sealgate gc` removes records left over."""
+    try:
+        resp = await gw.backend.request("DELETE", bucket, upload_record_key(key, backend_id))
+        resp.release()
+        if resp.status >= 300 and resp.status != 404:
+            log.warning("could not delete the upload record of /%s/%s: backend status %s", bucket, key, resp.status)
+    except S3Error as exc:
+        log.warning("could not delete the upload record of /%s/%s: %s", bucket, key, exc.message)
+
+
+async def _recorded_id(gw: Gateway, bucket: str, key: str, backend_id: str) -> str | None:
+    """The client's id of a listed upload, from its record; None without one (an upload made
+    before records existed, or not by sealgate)."""
+    resp = await gw.backend.request("GET", bucket, upload_record_key(key, backend_id))
+    try:
+        if resp.status >= 300:
+            return None
+        text = (await resp.raw.content.read(MAX_RECORD + 1)).decode("ascii", "replace")
+    finally:
+        resp.release()
+    try:
+        if UploadId.decode(text).backend_id == backend_id:
+            return text
+    except FormatError:
+        pass
+    log.warning("ignoring a malformed upload record for /%s/%s", bucket, key)
+    return None
 
 
 def xml_doc(root: str, fields: list[tuple[str, str]]) -> bytes:
@@ -131,6 +208,7 @@ async def create(gw: Gateway, request: web.Request, bucket: str, key: str) -> we
     if secret is not None:
         sealed = seal_for_replicas(secret.get_secret_value().encode(), env.salt, data_key, bucket, key)
     uid = UploadId(backend_id, env.key_ref, env.wrapped_key, env.salt, sealed_key=sealed).encode(data_key, bucket, key)
+    await put_upload_record(gw, bucket, key, backend_id, uid)
     body = xml_doc("InitiateMultipartUploadResult", [("Bucket", bucket), ("Key", key), ("UploadId", uid)])
     return web.Response(status=200, body=body, headers=XML_HEADERS)
 
@@ -184,7 +262,7 @@ _COPY_RANGE = re.compile(r"^bytes=(\d+)-(\d+)$")
 async def read_copy_source(gw: Gateway, request: web.Request) -> tuple[int, AsyncIterator[bytes]]:
     """The length and authenticated plaintext stream that an UploadPartCopy names
     (x-amz-copy-source and its optional x-amz-copy-source-range)."""
-    from proxy.server.copy import parse_copy_source
+    from proxy.s3.routing import parse_copy_source
 
     src_bucket, src_key, version = parse_copy_source(request.headers["x-amz-copy-source"])
     check_reserved(src_key)
@@ -312,11 +390,11 @@ async def complete(gw: Gateway, request: web.Request, bucket: str, key: str) -> 
     """CompleteMultipartUpload: check the parts, seal a manifest, complete on the backend."""
     if s3ec_read.is_s3ec_upload(request.query["uploadId"]):
         return await s3ec_read.complete_multipart(gw, request, bucket, key)
+    uid, data_key = await _open_upload(gw, request, bucket, key, request.query["uploadId"])
     doc = await request.content.read(MAX_XML + 1)
     if len(doc) > MAX_XML:
         raise S3Error("MaxMessageLengthExceeded", "Your request was too big.", 400)
     wanted = client_parts(doc)
-    uid, data_key = await _open_upload(gw, request, bucket, key, request.query["uploadId"])
     # Checked before the manifest is written; the backend checks again as it completes.
     conditions = await write_conditions(gw, request, bucket, key)
     stored = await _backend_parts(gw, bucket, key, uid.backend_id)
@@ -373,6 +451,7 @@ async def complete(gw: Gateway, request: web.Request, bucket: str, key: str) -> 
         await put_record(gw, bucket, key, manifest, manifest.seal(data_key, uid.salt))
         old = await gw.backend.request("DELETE", bucket, record_key(key, stale.backend_etag))
         old.release()
+    await drop_upload_record(gw, bucket, key, uid.backend_id)
     location = f"/{bucket}/{key}"
     out = xml_doc(
         "CompleteMultipartUploadResult",
@@ -381,42 +460,41 @@ async def complete(gw: Gateway, request: web.Request, bucket: str, key: str) -> 
     return web.Response(status=200, body=out, headers={**XML_HEADERS, **version_ids(resp.headers)})
 
 
-def _backend_id(text: str) -> str:
-    """The backend's id inside a sealgate upload id (or the id itself, as ListMultipartUploads
-    shows backend ids: abort and list-parts need no data key)."""
+async def verified_upload(gw: Gateway, request: web.Request, bucket: str, key: str) -> UploadId:
+    """The request's upload id (either format), authenticated for this object, after checking
+    the caller may encrypt under its key. AbortMultipartUpload and ListParts need no more than
+    this, but no less: the full id as CreateMultipartUpload (or ListMultipartUploads) gave it,
+    never the bare backend id."""
+    text = request.query["uploadId"]
     if s3ec_read.is_s3ec_upload(text):
-        return s3ec_read.backend_upload_id(text)
-    try:
-        return UploadId.decode(text).backend_id
-    except FormatError:
-        return text
+        return await s3ec_read.verified_upload(gw, request, bucket, key, text)
+    uid, _ = await _open_upload(gw, request, bucket, key, text)
+    return uid
 
 
 async def abort(gw: Gateway, request: web.Request, bucket: str, key: str) -> web.StreamResponse:
-    """AbortMultipartUpload."""
-    resp = await gw.backend.request("DELETE", bucket, key, query=[("uploadId", _backend_id(request.query["uploadId"]))])
+    """AbortMultipartUpload (by those who may continue the upload)."""
+    uid = await verified_upload(gw, request, bucket, key)
+    resp = await gw.backend.request("DELETE", bucket, key, query=[("uploadId", uid.backend_id)])
     if resp.status >= 300:
         raise await resp.error()
     resp.release()
-    s3ec_read.forget_upload(gw, request.query["uploadId"])
+    s3ec_read.forget_upload(gw, uid.backend_id)
+    await drop_upload_record(gw, bucket, key, uid.backend_id)
     return web.Response(status=204)
 
 
 async def list_parts(gw: Gateway, request: web.Request, bucket: str, key: str) -> web.StreamResponse:
-    """ListParts, with plaintext part sizes."""
+    """ListParts, with plaintext part sizes (by those who may continue the upload)."""
+    uid = await verified_upload(gw, request, bucket, key)
     query = [(k, v) for k, v in request.query.items() if k in ("max-parts", "part-number-marker")]
-    query.append(("uploadId", _backend_id(request.query["uploadId"])))
+    query.append(("uploadId", uid.backend_id))
     resp, raw_body = await gw.backend.read_ok("GET", bucket, key, query=query)
     root = ElementTree.fromstring(raw_body)
     layout = Layout(DEFAULT_SEGMENT_SIZE)
     for el in root.iter():
         tag = el.tag.rsplit("}", 1)[-1]
-        if (
-            tag == "Size"
-            and el.text
-            and el.text.strip().isdigit()
-            and not s3ec_read.is_s3ec_upload(request.query["uploadId"])
-        ):
+        if tag == "Size" and el.text and el.text.strip().isdigit() and uid.prefix == PREFIX:
             with suppress(FormatError):
                 el.text = str(part_plaintext_length(layout, int(el.text)))
         elif tag == "UploadId":
@@ -426,9 +504,52 @@ async def list_parts(gw: Gateway, request: web.Request, bucket: str, key: str) -
     return web.Response(status=200, body=tostring(root, encoding="utf-8", xml_declaration=True), headers=XML_HEADERS)
 
 
+def _marker_backend_id(text: str) -> str:
+    """The backend id an ``upload-id-marker`` names: a marker grants nothing, so an id sealgate
+    handed out needs no check here; anything else is passed on as it is."""
+    try:
+        return UploadId.decode(text).backend_id
+    except FormatError:
+        return text
+
+
 async def list_uploads(gw: Gateway, request: web.Request, bucket: str) -> web.StreamResponse:
-    """ListMultipartUploads (ids shown are the backend's; abort and list-parts accept them)."""
-    names = ("delimiter", "encoding-type", "key-marker", "max-uploads", "prefix", "upload-id-marker")
+    """ListMultipartUploads, showing each upload's id in the form CreateMultipartUpload gave
+    (read from its record under ``.sealgate/up/``); uploads without a record show the
+    backend's id, which continues nothing through sealgate."""
+    names = ("delimiter", "encoding-type", "key-marker", "max-uploads", "prefix")
     query = [("uploads", "")] + [(k, v) for k, v in request.query.items() if k in names]
+    marker = request.query.get("upload-id-marker")
+    if marker is not None:
+        query.append(("upload-id-marker", _marker_backend_id(marker)))
     resp, data = await gw.backend.read_ok("GET", bucket, None, query=query)
-    return web.Response(status=200, body=data, headers=XML_HEADERS)
+    root = ElementTree.fromstring(data)
+    url_keys = (find_text(root, "EncodingType") or "").lower() == "url"
+    listed: list[tuple[str, str]] = []
+    for up in (e for e in root.iter() if e.tag.rsplit("}", 1)[-1] == "Upload"):
+        key, backend_id = find_text(up, "Key"), find_text(up, "UploadId")
+        if key is not None and backend_id:
+            listed.append((unquote_plus(key) if url_keys else key, backend_id))
+    if not listed and marker is None:
+        return web.Response(status=200, body=data, headers=XML_HEADERS)
+    limit = asyncio.Semaphore(RECORD_READS)
+
+    async def lookup(key: str, backend_id: str) -> str | None:
+        async with limit:
+            return await _recorded_id(gw, bucket, key, backend_id)
+
+    try:
+        async with asyncio.TaskGroup() as group:
+            found = [group.create_task(lookup(key, backend_id)) for key, backend_id in listed]
+    except ExceptionGroup as failed:
+        raise failed.exceptions[0] from None  # the backend's S3Error, as a single read would raise it
+    shown = {backend_id: t.result() for (_, backend_id), t in zip(listed, found, strict=True) if t.result()}
+    for el in root.iter():
+        tag = el.tag.rsplit("}", 1)[-1]
+        if tag in ("UploadId", "NextUploadIdMarker") and el.text in shown:
+            el.text = shown[el.text]
+        elif tag == "UploadIdMarker" and marker is not None:
+            el.text = marker
+    from xml.etree.ElementTree import tostring
+
+    return web.Response(status=200, body=tostring(root, encoding="utf-8", xml_declaration=True), headers=XML_HEADERS)

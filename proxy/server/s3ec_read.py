@@ -25,7 +25,8 @@ from defusedxml import ElementTree
 from proxy.audit import AuditError, AuditingKeyring
 from proxy.backend import BackendResponse, version_ids, version_query
 from proxy.crypto import s3ec
-from proxy.crypto.format import FormatError, IntegrityError
+from proxy.crypto.format import SALT_SIZE, FormatError, IntegrityError
+from proxy.crypto.upload_id import S3EC_PREFIX, UploadId, open_for_replicas, seal_for_replicas
 from proxy.kms.base import InvalidWrappedKey, KeyringError
 from proxy.kms.local import LocalKeyring
 from proxy.s3.errors import S3Error
@@ -353,9 +354,10 @@ async def stream_s3ec(
 
 async def _new_data_key(
     gw: Gateway, request: web.Request | None, bucket: str, key: str
-) -> tuple[bytes, bytes, str, dict[str, str] | None]:
-    """(data key, wrapped data key, wrapping, KMS encryption context) for a new S3EC V3 object:
-    kms+context with aws-kms, AES/GCM under the bucket's AES-256 key with the local keyring."""
+) -> tuple[bytes, bytes, str, dict[str, str] | None, str]:
+    """(data key, wrapped data key, wrapping, KMS encryption context, key reference) for a new
+    S3EC V3 object: kms+context with aws-kms (the reference is the KMS key id), AES/GCM under
+    the bucket's AES-256 key with the local keyring (``local:<id>:<version>``)."""
     key_id = gw.config.key_for_bucket(bucket, key)
     if request is not None:
         require_key_use(gw, request, "encrypt", key_id)
@@ -369,13 +371,13 @@ async def _new_data_key(
             raise S3Error(exc.code, exc.message, exc.status) from exc
         data_key = os.urandom(s3ec.DATA_KEY_SIZE)
         _audit_local_use(gw, "generate", ref, s3ec.WRAP_AES_GCM, bucket, key)
-        return data_key, s3ec.wrap_aes_gcm(kek, data_key), s3ec.WRAP_AES_GCM, None
+        return data_key, s3ec.wrap_aes_gcm(kek, data_key), s3ec.WRAP_AES_GCM, None, ref
     context = s3ec.kms_context()
     try:
         generated = await gw.materials.keyring.generate_data_key(key_id, context)
     except KeyringError as exc:
         raise S3Error(exc.code, exc.message, exc.status) from exc
-    return generated.plaintext, generated.wrapped, s3ec.WRAP_KMS_CONTEXT, context
+    return generated.plaintext, generated.wrapped, s3ec.WRAP_KMS_CONTEXT, context, key_id
 
 
 def _object_headers(request: web.Request, s3ec_meta: Mapping[str, str]) -> dict[str, str]:
@@ -403,7 +405,7 @@ async def write_s3ec_v3(
     object's own (user metadata, Content-Type, ...). The tag (the body's last 16 bytes) is sent
     only after `plaintext` has ended without error (every check on it passed), so a failure
     stores nothing. Returns the backend's ETag."""
-    plain_key, wrapped, wrap_alg, context = await _new_data_key(gw, request, bucket, key)
+    plain_key, wrapped, wrap_alg, context, _ = await _new_data_key(gw, request, bucket, key)
     encryptor = s3ec.S3ecV3Encryptor(plain_key)
     meta = encryptor.metadata(wrapped, wrap_alg, encryption_context=context)
     out = {k: v for k, v in headers.items() if k.lower().removeprefix("x-amz-meta-") not in S3EC_FIELDS}
@@ -439,11 +441,18 @@ async def put_s3ec_v3(
 # never stored where it would make the object unreadable. The state before each part is kept,
 # so the latest part can be retried (after a failed check or a backend error).
 #
+# The upload id is authenticated as a sealgate one is (proxy/crypto/upload_id.py, prefix
+# ``s3ec3-``): it carries the backend id, the key reference and the S3EC-wrapped data key, with
+# a MAC under a key derived from the data key and bound to bucket and key. Every request that
+# continues the upload needs the caller's ``encrypt`` right on that key and the id's MAC to
+# check: with the data key this process holds, or, for AbortMultipartUpload and ListParts on
+# another process, with the data key unwrapped from the id.
+#
 # Where the tag goes: S3 requires every part but the last to be at least 5 MiB, so a smaller
 # part must be the last one and gets the tag appended. If the last part is 5 MiB or more, the
 # tag is uploaded at CompleteMultipartUpload as one more part (16 bytes, allowed as the last).
 
-UPLOAD_PREFIX = "s3ec3-"
+UPLOAD_PREFIX = S3EC_PREFIX
 #: How long a part waits for the part before it to start before it is refused as out of order.
 PART_ORDER_WAIT = 30.0
 MAX_LIVE_UPLOADS = 4096
@@ -466,6 +475,8 @@ class _Upload:
     backend_id: str
     body: s3ec.S3ecV3Multipart
     state: s3ec.GcmStreamState
+    #: The S3EC data key, which authenticates the upload id.
+    data_key: bytes = field(repr=False)
     created: float = field(default_factory=time.monotonic)
     parts: list[_Part] = field(default_factory=list)
     tagged: bool = False
@@ -483,7 +494,8 @@ _registries: dict[int, dict[str, _Upload]] = {}
 
 
 def _uploads(gw: Gateway) -> dict[str, _Upload]:
-    """This process's s3ec-v3 uploads for this gateway (tests run several in one process)."""
+    """This process's s3ec-v3 uploads for this gateway (tests run several in one process), by
+    backend upload id."""
     reg = _registries.get(id(gw))
     if reg is None:
         reg = _registries[id(gw)] = {}
@@ -496,14 +508,9 @@ def is_s3ec_upload(upload_id: str) -> bool:
     return upload_id.startswith(UPLOAD_PREFIX)
 
 
-def backend_upload_id(upload_id: str) -> str:
-    """The backend's id inside an s3ec-v3 upload id."""
-    return upload_id[len(UPLOAD_PREFIX) :]
-
-
-def forget_upload(gw: Gateway, upload_id: str) -> None:
-    """Drop an upload's state (after abort)."""
-    _uploads(gw).pop(upload_id, None)
+def forget_upload(gw: Gateway, backend_id: str) -> None:
+    """Drop an upload's state (after abort), if this process holds it."""
+    _uploads(gw).pop(backend_id, None)
 
 
 def _lost_upload() -> S3Error:
@@ -516,16 +523,90 @@ def _lost_upload() -> S3Error:
     )
 
 
-def _find_upload(gw: Gateway, bucket: str, key: str, upload_id: str) -> _Upload:
-    up = _uploads(gw).get(upload_id)
-    if up is None or up.bucket != bucket or up.key != key:
+def _decode(gw: Gateway, request: web.Request, text: str) -> UploadId:
+    """The fields of an s3ec-v3 upload id, once the caller may encrypt under its key (checked
+    before any keyring or backend call); NoSuchUpload if it is not one. Not yet authenticated."""
+    from proxy.server.multipart import no_upload
+
+    try:
+        uid = UploadId.decode(text)
+    except FormatError:
+        raise no_upload() from None
+    if uid.prefix != S3EC_PREFIX:
+        raise no_upload()
+    require_key_use(gw, request, "encrypt", uid.key_ref)
+    return uid
+
+
+def _held(gw: Gateway, uid: UploadId, bucket: str, key: str) -> _Upload | None:
+    """This process's state of the upload `uid` names, once the id checks out for this object
+    (NoSuchUpload if it does not); None if another process (or none) holds the upload."""
+    from proxy.server.multipart import no_upload
+
+    up = _uploads(gw).get(uid.backend_id)
+    if up is None:
+        return None
+    try:
+        uid.verify(up.data_key, bucket, key)
+    except FormatError:
+        raise no_upload() from None
+    if up.bucket != bucket or up.key != key:
+        raise no_upload()
+    return up
+
+
+def _find_upload(gw: Gateway, request: web.Request, bucket: str, key: str, text: str) -> _Upload:
+    """The state of the upload that client id `text` names, authenticated for this object."""
+    up = _held(gw, _decode(gw, request, text), bucket, key)
+    if up is None:
         raise _lost_upload()
     return up
 
 
+async def verified_upload(gw: Gateway, request: web.Request, bucket: str, key: str, text: str) -> UploadId:
+    """The fields of s3ec-v3 upload id `text`, authenticated for this object, on any process
+    (for AbortMultipartUpload and ListParts): the data key is this process's if it holds the
+    upload, else unwrapped from the id (or opened with the upload secret)."""
+    from proxy.server.multipart import no_upload
+
+    uid = _decode(gw, request, text)
+    if _held(gw, uid, bucket, key) is not None:
+        return uid
+    try:
+        data_key = await _upload_data_key(gw, uid, bucket, key)
+        uid.verify(data_key, bucket, key)
+    except FormatError:
+        raise no_upload() from None
+    except KeyringError as exc:
+        if exc.status == 503:
+            raise S3Error(exc.code, exc.message, exc.status) from exc
+        raise no_upload() from None
+    return uid
+
+
+async def _upload_data_key(gw: Gateway, uid: UploadId, bucket: str, key: str) -> bytes:
+    """The S3EC data key an s3ec-v3 upload id carries, wrapped as `_new_data_key` wrapped it."""
+    secret = gw.config.encryption.upload_secret
+    if uid.sealed_key and secret is not None:
+        return open_for_replicas(secret.get_secret_value().encode(), uid.salt, uid.sealed_key, bucket, key)
+    if not uid.key_ref.startswith("local:"):
+        return await gw.materials.keyring.decrypt_data_key(uid.key_ref, uid.wrapped_key, s3ec.kms_context())
+    local = _local_keyring(gw)
+    if local is None:
+        raise InvalidWrappedKey("an AES/GCM-wrapped S3EC upload needs the local keyring")
+    key_id = uid.key_ref[len("local:") :].rpartition(":")[0]
+    envelope = s3ec.S3ecEnvelope(s3ec.FORMAT_V3, s3ec.WRAP_AES_GCM, uid.wrapped_key, {})
+    for ref, material in local.s3ec_unwrapping_keys(key_id):
+        if ref == uid.key_ref and isinstance(material, bytes):
+            data_key = s3ec.unwrap_aes_gcm(envelope, material)
+            _audit_local_use(gw, "decrypt", ref, s3ec.WRAP_AES_GCM, bucket, key)
+            return data_key
+    raise InvalidWrappedKey(f"no AES-256 key {uid.key_ref!r} in the local keyring")
+
+
 async def create_multipart(gw: Gateway, request: web.Request, bucket: str, key: str) -> web.StreamResponse:
     """CreateMultipartUpload into an s3ec-v3 bucket: S3EC metadata on the upload, state here."""
-    from proxy.server.multipart import XML_HEADERS, find_text, xml_doc
+    from proxy.server.multipart import XML_HEADERS, find_text, put_upload_record, xml_doc
 
     reg = _uploads(gw)
     now = time.monotonic()
@@ -533,15 +614,22 @@ async def create_multipart(gw: Gateway, request: web.Request, bucket: str, key: 
         del reg[stale]
     if len(reg) >= MAX_LIVE_UPLOADS:
         raise S3Error("SlowDown", "too many s3ec-v3 multipart uploads in progress on this sealgate process", 503)
-    plain_key, wrapped, wrap_alg, context = await _new_data_key(gw, request, bucket, key)
+    plain_key, wrapped, wrap_alg, context, key_ref = await _new_data_key(gw, request, bucket, key)
     body = s3ec.S3ecV3Multipart(plain_key)
     headers = _object_headers(request, body.metadata(wrapped, wrap_alg, encryption_context=context))
     _, doc = await gw.backend.read_ok("POST", bucket, key, query=[("uploads", "")], headers=headers, body=b"")
     backend_id = find_text(ElementTree.fromstring(doc), "UploadId")
     if not backend_id:
         raise S3Error("BadGateway", "backend returned no upload id", 502)
-    upload_id = UPLOAD_PREFIX + backend_id
-    reg[upload_id] = _Upload(bucket, key, backend_id, body, body.start)
+    salt = os.urandom(SALT_SIZE)
+    secret = gw.config.encryption.upload_secret
+    sealed = b""
+    if secret is not None:
+        sealed = seal_for_replicas(secret.get_secret_value().encode(), salt, plain_key, bucket, key)
+    uid = UploadId(backend_id, key_ref, wrapped, salt, sealed_key=sealed, prefix=S3EC_PREFIX)
+    upload_id = uid.encode(plain_key, bucket, key)
+    await put_upload_record(gw, bucket, key, backend_id, upload_id)
+    reg[backend_id] = _Upload(bucket, key, backend_id, body, body.start, plain_key)
     xml = xml_doc("InitiateMultipartUploadResult", [("Bucket", bucket), ("Key", key), ("UploadId", upload_id)])
     return web.Response(status=200, body=xml, headers=XML_HEADERS)
 
@@ -623,8 +711,8 @@ async def upload_part(
     from proxy.server.multipart import parse_part_number
     from proxy.server.objects import MAX_PUT_SIZE, client_body
 
+    up = _find_upload(gw, request, bucket, key, request.query["uploadId"])
     number = parse_part_number(request)
-    up = _find_upload(gw, bucket, key, request.query["uploadId"])
     if "x-amz-copy-source" in request.headers:
         return await _upload_part_copy(gw, request, up, number)
     body = client_body(gw, request, verified)
@@ -666,16 +754,16 @@ async def complete_multipart(gw: Gateway, request: web.Request, bucket: str, key
         S3_NS,
         XML_HEADERS,
         client_parts,
+        drop_upload_record,
         find_text,
         xml_doc,
     )
 
+    up = _find_upload(gw, request, bucket, key, request.query["uploadId"])
     doc = await request.content.read(MAX_XML + 1)
     if len(doc) > MAX_XML:
         raise S3Error("MaxMessageLengthExceeded", "Your request was too big.", 400)
     wanted = client_parts(doc)
-    upload_id = request.query["uploadId"]
-    up = _find_upload(gw, bucket, key, upload_id)
     from proxy.server.objects import write_conditions
 
     conditions = await write_conditions(gw, request, bucket, key)
@@ -721,7 +809,8 @@ async def complete_multipart(gw: Gateway, request: web.Request, bucket: str, key
         if root is not None and root.tag.rsplit("}", 1)[-1] == "Error":
             code = find_text(root, "Code") or "InternalError"
             raise S3Error(code, find_text(root, "Message") or code, 503 if code == "InternalError" else 400)
-        forget_upload(gw, upload_id)
+        forget_upload(gw, up.backend_id)
+    await drop_upload_record(gw, bucket, key, up.backend_id)
     etag = (find_text(root, "ETag") or "").strip() if root is not None else ""
     out = xml_doc(
         "CompleteMultipartUploadResult",

@@ -11,6 +11,7 @@ import pytest
 from boto3.s3.transfer import TransferConfig
 from botocore.exceptions import BotoCoreError, ClientError
 
+from proxy.crypto.upload_id import UploadId
 from tests.conftest import Stack
 
 MiB = 1024 * 1024
@@ -120,8 +121,17 @@ def test_bad_requests(stack: Stack, bucket: str) -> None:
         assert err.value.response["Error"]["Code"] == "NoSuchUpload"
     parts = s3.list_parts(Bucket=bucket, Key="bad", UploadId=uid)["Parts"]
     assert [(p["PartNumber"], p["Size"]) for p in parts] == [(1, 5 * MiB), (2, 1)]
-    assert any(u["Key"] == "bad" for u in s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []))
+    listed = [u["UploadId"] for u in s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) if u["Key"] == "bad"]
+    assert listed == [uid]  # as CreateMultipartUpload gave it, not the backend's
+    # The backend's id, or a forged id, lists and aborts nothing either.
+    for upload in (UploadId.decode(uid).backend_id, forged):
+        for call in (s3.list_parts, s3.abort_multipart_upload):
+            with pytest.raises(ClientError) as err:
+                call(Bucket=bucket, Key="bad", UploadId=upload)
+            assert err.value.response["Error"]["Code"] == "NoSuchUpload"
+    assert stack.backend().list_objects_v2(Bucket=bucket, Prefix=".sealgate/up/")["KeyCount"] == 1
     s3.abort_multipart_upload(Bucket=bucket, Key="bad", UploadId=uid)
+    assert stack.backend().list_objects_v2(Bucket=bucket, Prefix=".sealgate/up/")["KeyCount"] == 0
     with pytest.raises(ClientError):
         s3.head_object(Bucket=bucket, Key="bad")
 
@@ -239,13 +249,13 @@ def test_gc_aborts_stale_uploads_and_orphan_manifests(stack: Stack, bucket: str)
     time.sleep(1.1)
     cmd = [sys.executable, "-m", "proxy.cli", "gc", "--config", str(stack.dir / "sealgate.toml"), "--bucket", bucket]
     dry = subprocess.run([*cmd, "--older-than", "0m", "--dry-run"], capture_output=True, text=True, timeout=60)
-    assert dry.returncode == 0 and "would remove 1 stale uploads and 1 orphan manifests" in dry.stdout, dry.stdout
+    assert dry.returncode == 0 and "would remove 1 stale uploads, 1 orphan manifests" in dry.stdout, dry.stdout
     real = subprocess.run([*cmd, "--older-than", "0m"], capture_output=True, text=True, timeout=60)
-    assert "removed 1 stale uploads and 1 orphan manifests" in real.stdout, real.stdout + real.stderr
+    assert "removed 1 stale uploads, 1 orphan manifests" in real.stdout, real.stdout + real.stderr
     assert not s3.list_multipart_uploads(Bucket=bucket).get("Uploads")
     assert s3.get_object(Bucket=bucket, Key="keep")["Body"].read() == b"".join(keep_parts.values())
     left = stack.backend().list_objects_v2(Bucket=bucket, Prefix=".sealgate/")["Contents"]
-    assert len(left) == 1
+    assert [o["Key"].split("/")[1] for o in left] == ["mp"]  # the aborted upload's record went with it
 
 
 def test_upload_part_copy(stack: Stack, bucket: str) -> None:

@@ -17,6 +17,7 @@ import pytest
 from boto3.s3.transfer import TransferConfig
 from botocore.exceptions import ClientError
 
+from proxy.crypto.upload_id import UploadId
 from proxy.server import s3ec_read
 from tests.conftest import Stack, backend_client, start_stack
 from tests.integration.s3ec_support import kms_config, official, start_kms_stack
@@ -134,6 +135,7 @@ def test_parts_to_another_process_are_refused(
     other = start_stack(tmp_path, moto_url, tls_files, kms=kms_config(moto_url, key_id), extra=RULES)
     try:
         uid = st.client().create_multipart_upload(Bucket=BUCKET, Key="elsewhere")["UploadId"]
+        assert uid.startswith(s3ec_read.UPLOAD_PREFIX)
         s3 = other.client()
         with pytest.raises(ClientError) as err:
             s3.upload_part(Bucket=BUCKET, Key="elsewhere", UploadId=uid, PartNumber=1, Body=b"data")
@@ -147,7 +149,14 @@ def test_parts_to_another_process_are_refused(
                 MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": "x"}]},
             )
         assert _code(err)[0] == "NoSuchUpload"
-        s3.abort_multipart_upload(Bucket=BUCKET, Key="elsewhere", UploadId=uid)  # any process can abort
+        # Any process can list and abort: it checks the id by unwrapping the data key it carries
+        # (here with KMS); the backend's id, as s3ec-v3 ids used to be made, is no upload.
+        assert s3.list_parts(Bucket=BUCKET, Key="elsewhere", UploadId=uid)["UploadId"] == uid
+        backend_id = UploadId.decode(uid).backend_id
+        with pytest.raises(ClientError) as err:
+            s3.abort_multipart_upload(Bucket=BUCKET, Key="elsewhere", UploadId=s3ec_read.UPLOAD_PREFIX + backend_id)
+        assert _code(err)[0] == "NoSuchUpload"
+        s3.abort_multipart_upload(Bucket=BUCKET, Key="elsewhere", UploadId=uid)
     finally:
         other.gate.stop()
 

@@ -102,12 +102,12 @@ def test_gc_keeps_manifests_that_older_versions_still_need(stack: Stack, version
     time.sleep(1.1)
     cmd = [sys.executable, "-m", "proxy.cli", "gc", "--config", str(stack.dir / "sealgate.toml"), "--bucket", versioned]
     run = subprocess.run([*cmd, "--older-than", "0m"], capture_output=True, text=True, timeout=60)
-    assert "removed 0 stale uploads and 0 orphan manifests" in run.stdout, run.stdout + run.stderr
+    assert "removed 0 stale uploads, 0 orphan manifests" in run.stdout, run.stdout + run.stderr
     assert s3.get_object(Bucket=versioned, Key="mp", VersionId=v1)["Body"].read() == old
     # Once that version is gone, so is the need for its manifest.
     s3.delete_object(Bucket=versioned, Key="mp", VersionId=v1)
     run = subprocess.run([*cmd, "--older-than", "0m"], capture_output=True, text=True, timeout=60)
-    assert "removed 0 stale uploads and 1 orphan manifests" in run.stdout, run.stdout + run.stderr
+    assert "removed 0 stale uploads, 1 orphan manifests" in run.stdout, run.stdout + run.stderr
 
 
 def test_rewrap_leaves_older_versions_readable(stack: Stack, versioned: str) -> None:

@@ -1,4 +1,4 @@
-"""Regenerate tests/vectors/v1.json (run by hand; the tests only read the JSON).
+"""Regenerate tests/vectors/v1.json and upload_id.json (run by hand; the tests only read the JSON).
 
 Everything random in the format (data key, salt, metadata nonce) is fixed here, so the vectors
 are reproducible; the body is fully determined by them.
@@ -63,6 +63,37 @@ def vector(name: str, size: int, *, tail_md5: bool = False, user: dict[str, str]
     }
 
 
+def upload_id_vector(name: str, prefix: str, *, secret: str | None = None) -> dict[str, object]:
+    """An upload id (docs/FORMAT.md, "Upload ids"), its sealed data key made with a zero nonce."""
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    from proxy.crypto.upload_id import UploadId, _secret_key
+
+    bucket, key = "vector-bucket", "dir/object key ✓"
+    sealed = b""
+    if secret is not None:
+        aad = bucket.encode() + b"\0" + key.encode()
+        sealed = bytes(12) + AESGCM(_secret_key(secret.encode(), SALT)).encrypt(bytes(12), DATA_KEY, aad)
+    uid = UploadId(
+        "backend-upload-id.0001", "local:default:1", b"wrapped-by-the-keyring", SALT, sealed_key=sealed, prefix=prefix
+    )
+    text = uid.encode(DATA_KEY, bucket, key)
+    return {
+        "name": name,
+        "data_key_hex": DATA_KEY.hex(),
+        "bucket": bucket,
+        "key": key,
+        "backend_id": uid.backend_id,
+        "key_ref": uid.key_ref,
+        "wrapped_key_hex": uid.wrapped_key.hex(),
+        "sealed_key_hex": sealed.hex(),
+        "upload_secret": secret,
+        "salt_hex": SALT.hex(),
+        "mac_hex": UploadId.decode(text).mac.hex(),
+        "upload_id": text,
+    }
+
+
 def main() -> None:
     vectors = [
         vector("empty", 0),
@@ -73,6 +104,14 @@ def main() -> None:
     ]
     out = Path(__file__).with_name("v1.json")
     out.write_text(json.dumps({"format": "sealgate/1", "vectors": vectors}, indent=1) + "\n")
+    ids = [
+        upload_id_vector("sealgate", "SG1"),
+        upload_id_vector("sealgate-with-upload-secret", "SG1", secret="a shared upload secret"),
+        upload_id_vector("s3ec-v3", "s3ec3-"),
+    ]
+    out.with_name("upload_id.json").write_text(
+        json.dumps({"format": "sealgate/1 upload ids", "vectors": ids}, indent=1) + "\n"
+    )
 
 
 if __name__ == "__main__":
