@@ -9,18 +9,19 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from urllib.parse import quote, unquote, urlsplit
 
-from botocore.auth import HmacV1QueryAuth
+from botocore.auth import HmacV1Auth, HmacV1QueryAuth
 from botocore.compat import HTTPHeaders
 from botocore.credentials import Credentials
 from multidict import MultiMapping
 
 from proxy.s3.errors import S3Error
+from proxy.s3.routing import LIST_PARAMS, bucket_from_host
 
 ALGORITHM = "AWS4-HMAC-SHA256"
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
@@ -34,6 +35,14 @@ _AUTH_RE = re.compile(
     r"^AWS4-HMAC-SHA256\s+Credential=([^,\s]+)\s*,\s*SignedHeaders=([^,\s]+)\s*,\s*Signature=([0-9a-fA-F]{64})\s*$"
 )
 _DATE_RE = re.compile(r"^\d{8}T\d{6}Z$")
+_INT_RE = re.compile(r"^-?[0-9]+$")
+_V2_EXPIRES_RE = re.compile(r"^[0-9]{1,12}$")
+#: SigV4's own ceiling on X-Amz-Expires (seven days); S3 refuses longer presigned URLs.
+SIGV4_MAX_EXPIRES = 604800
+#: x-amz-* headers that may be left out of SignedHeaders: the signature covers their values anyway
+#: (the payload hash is the canonical request's last line; the date is in the string to sign).
+_IMPLICITLY_SIGNED = {"x-amz-content-sha256"}
+_IMPLICITLY_SIGNED_WITH_HEADER_AUTH = {"x-amz-content-sha256", "x-amz-date"}
 
 
 @dataclass(frozen=True)
@@ -145,6 +154,41 @@ def _parse_amz_date(text: str | None, query: bool) -> datetime:
         raise _denied("AWS authentication requires a valid Date or x-amz-date header") from None
 
 
+def _presigned_lifetime(text: str, limit: int) -> int:
+    """X-Amz-Expires as seconds, refused as S3 does when out of range (403, as S3 answers)."""
+    if not _INT_RE.match(text):
+        raise S3Error("AuthorizationQueryParametersError", "X-Amz-Expires should be a number", 400)
+    if text.startswith("-"):
+        raise S3Error("AuthorizationQueryParametersError", "X-Amz-Expires must be non-negative", 403)
+    seconds = int(text) if len(text) <= 12 else limit + 1  # no int() of a megabyte of digits
+    if seconds > limit:
+        if limit == SIGV4_MAX_EXPIRES:
+            message = (
+                "X-Amz-Expires must be less than a week (in seconds); that is, the given X-Amz-Expires "
+                "must be less than 604800 seconds"
+            )
+        else:
+            message = f"X-Amz-Expires must be at most {limit} seconds on this server"
+        raise S3Error("AuthorizationQueryParametersError", message, 403)
+    return seconds
+
+
+def _check_all_amz_headers_signed(headers: MultiMapping[str], signed: set[str]) -> None:
+    """S3's rule: every x-amz-* header present is one the signature covers, else AccessDenied.
+
+    Otherwise whoever holds a presigned PUT could add x-amz-copy-source (and copy any object the
+    signer may read), Object Lock, tagging or metadata headers the signer never agreed to.
+    """
+    unsigned = sorted({n.lower() for n in headers if n.lower().startswith("x-amz-")} - signed)
+    if unsigned:
+        raise S3Error(
+            "AccessDenied",
+            "There were headers present in the request which were not signed",
+            403,
+            extra={"HeadersNotSigned": ", ".join(unsigned)},
+        )
+
+
 def verify_request(
     method: str,
     raw_path_and_query: str,
@@ -153,13 +197,24 @@ def verify_request(
     now: datetime,
     *,
     max_skew: timedelta = timedelta(minutes=15),
+    virtual_host_domains: Sequence[str] = ("localhost",),
+    presign_max_seconds: int = SIGV4_MAX_EXPIRES,
 ) -> VerifiedRequest:
-    """Check a request's SigV4 signature; S3Error with S3's code when anything is off."""
+    """Check a request's signature (SigV4, or a SigV2 presigned URL); S3Error with S3's code when
+    anything is off.
+
+    `virtual_host_domains` must be the ones the request is routed with: a SigV2 signature covers
+    the bucket, which virtual-hosted requests name in the Host. Presigned URLs may last at most
+    `presign_max_seconds` (and SigV4 ones never more than seven days).
+    """
     raw_path, _, raw_query = raw_path_and_query.partition("?")
     auth = headers.get("Authorization")
     query_params = {unquote(k): unquote(v) for k, _, v in (p.partition("=") for p in raw_query.split("&") if p)}
     if auth is None and "Signature" in query_params and "AWSAccessKeyId" in query_params:
-        return _verify_presigned_v2(method, raw_path_and_query, headers, query_params, lookup, now)
+        bucket = bucket_from_host(headers.get("Host", ""), virtual_host_domains)
+        return _verify_presigned_v2(
+            method, raw_path_and_query, bucket, headers, query_params, lookup, now, presign_max_seconds, max_skew
+        )
     presigned = auth is None and "X-Amz-Signature" in query_params
     if auth is None and not presigned:
         if "X-Amz-Credential" in query_params or "X-Amz-Algorithm" in query_params:
@@ -176,12 +231,7 @@ def verify_request(
         signature = query_params.get("X-Amz-Signature", "")
         amz_date_text = query_params.get("X-Amz-Date")
         expires_text = query_params.get("X-Amz-Expires", "")
-        if not expires_text.isdigit() or not 1 <= int(expires_text) <= 604800:
-            raise S3Error(
-                "AuthorizationQueryParametersError",
-                "X-Amz-Expires must be a number of seconds from 1 to 604800.",
-                400,
-            )
+        expires_in = _presigned_lifetime(expires_text, min(presign_max_seconds, SIGV4_MAX_EXPIRES))
         payload_hash = headers.get("x-amz-content-sha256") or UNSIGNED_PAYLOAD
     else:
         assert auth is not None
@@ -192,7 +242,7 @@ def verify_request(
             raise S3Error("AuthorizationHeaderMalformed", "The authorization header is malformed.", 400)
         credential, signed_names, signature = m.group(1), m.group(2), m.group(3)
         amz_date_text = headers.get("x-amz-date")
-        expires_text = ""
+        expires_in = 0
         payload = headers.get("x-amz-content-sha256")
         if payload is None:
             raise S3Error("InvalidRequest", "Missing required header for this request: x-amz-content-sha256", 400)
@@ -210,7 +260,7 @@ def verify_request(
         code = "AuthorizationQueryParametersError" if presigned else "AuthorizationHeaderMalformed"
         raise S3Error(code, "The credential date does not match the request date.", 400)
     if presigned:
-        if now > when + timedelta(seconds=int(expires_text)):
+        if expires_in == 0 or now > when + timedelta(seconds=expires_in):
             raise _denied("Request has expired")
         if when > now + max_skew:
             raise _denied("Request is not valid yet")
@@ -233,6 +283,8 @@ def verify_request(
         canonical = "\n".join([method.upper(), uri, cquery, canon_headers, signed_names, payload_hash])
         sts = "\n".join([ALGORITHM, amz_date_text, scope, hashlib.sha256(canonical.encode()).hexdigest()])
         if hmac.compare_digest(_hmac_hex(key, sts), signature.lower()):
+            exempt = _IMPLICITLY_SIGNED if presigned else _IMPLICITLY_SIGNED_WITH_HEADER_AUTH
+            _check_all_amz_headers_signed(headers, {*(n.lower() for n in names), *exempt})
             return VerifiedRequest(
                 identity=creds.identity,
                 access_key_id=akid,
@@ -313,8 +365,35 @@ def check_payload_hash(verified: VerifiedRequest, sha256_hex: str) -> None:
         )
 
 
+#: Query parameters a SigV2 signature covers (its "sub-resources"): botocore's list, plus those
+#: sealgate routes on that botocore leaves out. Without them `&legal-hold` appended to a presigned
+#: PUT would turn it into PutObjectLegalHold under the same signature.
+V2_SIGNED_PARAMS = frozenset({*HmacV1Auth.QSAOfInterest, "retention", "legal-hold"})
+#: Parameters a SigV2 signature does not cover and that may still be sent: its own, and those
+#: that only select or page through a listing (unsigned on S3 too). Any other parameter is
+#: refused, so a parameter sealgate comes to route on is never left outside the signature.
+V2_UNSIGNED_PARAMS = frozenset(
+    {
+        "AWSAccessKeyId",
+        "Signature",
+        "Expires",
+        "x-id",
+        *LIST_PARAMS,
+        "key-marker",
+        "version-id-marker",
+        "max-uploads",
+        "upload-id-marker",
+        "max-parts",
+        "part-number-marker",
+    }
+)
+
+
 class _V2QueryVerifier(HmacV1QueryAuth):  # type: ignore[misc]
-    """botocore's SigV2 query signer with the expiry taken from the request, not the clock."""
+    """botocore's SigV2 query signer with the expiry taken from the request, not the clock, and
+    every parameter sealgate routes on in the signed resource."""
+
+    QSAOfInterest = sorted(V2_SIGNED_PARAMS)
 
     def __init__(self, credentials: Credentials, expires: str) -> None:
         super().__init__(credentials)
@@ -324,23 +403,63 @@ class _V2QueryVerifier(HmacV1QueryAuth):  # type: ignore[misc]
         return self._expires_text
 
 
+def _v2_query(raw_query: str) -> str:
+    """The query with each parameter name decoded, as routing sees it: botocore matches the
+    names as they are written, so ``legal%2Dhold`` would otherwise be routed yet left unsigned."""
+    items = []
+    for item in raw_query.split("&"):
+        if not item:
+            continue
+        name, sep, value = item.partition("=")
+        name = unquote(name)
+        if name not in V2_SIGNED_PARAMS and name not in V2_UNSIGNED_PARAMS:
+            raise _denied(f"Query-string authentication version 2 does not sign the parameter {name!r}; use SigV4")
+        items.append(name + sep + value)
+    return "&".join(items)
+
+
 def _verify_presigned_v2(
     method: str,
     raw_path_and_query: str,
+    host_bucket: str | None,
     headers: MultiMapping[str],
     params: dict[str, str],
     lookup: Callable[[str], ClientCredentials | None],
     now: datetime,
+    max_seconds: int,
+    max_skew: timedelta,
 ) -> VerifiedRequest:
-    """Presigned URLs in the older SigV2 form, which boto3 still makes for custom endpoints."""
+    """Presigned URLs in the older SigV2 form, which boto3 still makes for custom endpoints.
+
+    The signed resource is ``/bucket/key`` whichever addressing style the request uses, taken
+    from the bucket the request is routed to (`host_bucket` when virtual-hosted), so a URL
+    signed for one bucket does not open the same path in another.
+    """
     expires = params.get("Expires", "")
-    if not expires.isdigit():
+    if not _V2_EXPIRES_RE.match(expires):
         raise S3Error("AccessDenied", "Query-string authentication requires Expires", 403)
     creds = lookup(params["AWSAccessKeyId"])
     if creds is None:
         raise S3Error("InvalidAccessKeyId", "The AWS Access Key Id you provided does not exist in our records.", 403)
     if now.timestamp() > int(expires):
         raise _denied("Request has expired")
+    # Expires is a moment, set by the signer's clock: allow for its skew.
+    if int(expires) > (now + max_skew).timestamp() + max_seconds:
+        raise S3Error(
+            "AuthorizationQueryParametersError",
+            f"Expires must be at most {max_seconds} seconds from now",
+            403,
+        )
+    raw_path, _, raw_query = raw_path_and_query.partition("?")
+    if not raw_path.startswith("/"):
+        raise _denied("Query-string authentication requires an absolute path")
+    resource = raw_path if host_bucket is None else "/" + host_bucket + raw_path
+    resources = [resource]
+    bucket_only = resource[1:].removesuffix("/")
+    if bucket_only and "/" not in bucket_only:
+        # The bucket itself: botocore signs "/bucket/", others "/bucket"; both are routed the same
+        # (not "/bucket//", which is the object named "/").
+        resources = ["/" + bucket_only + "/", "/" + bucket_only]
     signed = HTTPHeaders()
     for name in ("Content-MD5", "Content-Type"):
         value = headers.get(name)
@@ -350,9 +469,13 @@ def _verify_presigned_v2(
         if name.lower().startswith("x-amz-"):
             signed.add_header(name.lower(), value)
     verifier = _V2QueryVerifier(Credentials(creds.access_key_id, creds.secret_access_key), expires)
-    split = urlsplit("https://host" + raw_path_and_query)
-    expected = verifier.sign_string(verifier.canonical_string(method, split, signed))
-    if not hmac.compare_digest(expected, params["Signature"]):
+    query = _v2_query(raw_query)
+    for candidate in resources:
+        split = urlsplit("https://host" + candidate + "?" + query)
+        expected = verifier.sign_string(verifier.canonical_string(method, split, signed))
+        if hmac.compare_digest(expected, params["Signature"]):
+            break
+    else:
         raise S3Error(
             "SignatureDoesNotMatch",
             "The request signature we calculated does not match the signature you provided.",
