@@ -1,4 +1,5 @@
-"""The key-use audit log: one hash-chained JSON line per use of a master key.
+"""The audit log: one hash-chained JSON line per use of a master key, per refused request and
+per allowed destructive action (deletes, aborts, versioning, retention, legal holds, bypasses).
 
 Record format
 -------------
@@ -8,7 +9,8 @@ ASCII only, ``\\n`` at the end) with exactly these fields::
     time         RFC 3339 UTC, milliseconds ("2025-01-01T00:00:00.000Z")
     seq          1 for the first line of a file, then +1 per line
     alg          "sha256" or "hmac-sha256": how `hash` is computed
-    operation    generate, decrypt, wrap, rewrap, rotate, ... (what was attempted)
+    operation    generate, decrypt, wrap, rewrap, rotate, ... (what was attempted), or an S3
+                 action (s3:DeleteObject, ...) for an access decision
     outcome      "allowed", "denied" or "error"
     reason       null, or a short reason for denied/error (e.g. the KeyringError code)
     identity     the client identity ([[clients]] name), or null
@@ -81,7 +83,8 @@ MAX_LINE = 64 * 1024
 
 Outcome = Literal["allowed", "denied", "error"]
 _OUTCOMES: Final = frozenset({"allowed", "denied", "error"})
-_OPERATION = re.compile(r"[a-z][a-z0-9_-]{0,31}")
+#: Key operations (generate, decrypt, ...) and the S3 actions access decisions are about (s3:DeleteObject).
+_OPERATION = re.compile(r"[a-z][a-z0-9_-]{0,31}|s3:[A-Za-z]{1,48}")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 # Object keys are at most 1024 bytes, but key_ref comes from object metadata on the backend:
 # bound every free-form field so a hostile value cannot bloat the log.

@@ -376,8 +376,8 @@ def gc_cmd(config_path: Path, bucket: str, older_than: str, dry_run: bool) -> No
     assert isinstance(report, GcReport)
     verb = "would remove" if dry_run else "removed"
     click.echo(
-        f"{verb} {len(report.uploads_aborted)} stale uploads and {len(report.manifests_deleted)} orphan manifests "
-        f"({report.kept_young} recent manifests kept)"
+        f"{verb} {len(report.uploads_aborted)} stale uploads, {len(report.manifests_deleted)} orphan manifests "
+        f"and {len(report.records_deleted)} upload records ({report.kept_young} recent manifests kept)"
     )
 
 
@@ -491,6 +491,15 @@ default_key = "default"
 name = "quickstart"
 access_key_id = "{akid}"
 secret_access_key = "${{SEALGATE_QUICKSTART_SECRET}}"
+
+# Identity policies in AWS IAM's grammar. With any [[policies]] table, a request is refused
+# unless a policy allows it; this one lets the demo client do everything. See the README's
+# "Access control" for upload-only, read-only and per-user examples.
+[[policies]]
+name = "quickstart-full-access"
+principals = ["quickstart"]
+document = '''{{"Version": "2012-10-17", "Statement": [
+  {{"Sid": "Everything", "Effect": "Allow", "Action": "s3:*", "Resource": "*"}}]}}'''
 """,
     )
     os.environ["SEALGATE_QUICKSTART_SECRET"] = secret
@@ -537,6 +546,77 @@ Ctrl-C stops sealgate and the demo store.
         run_serve(config)
     finally:
         store_server.stop()
+
+
+@main.group()
+def policy() -> None:
+    """Identity policies ([[policies]]): check what they allow."""
+
+
+@policy.command("check")
+@click.option("--config", "config_path", type=click.Path(path_type=Path), required=True, help="TOML config file.")
+@click.option("--as", "client", required=True, help="The client name ([[clients]] name) asking.")
+@click.option(
+    "--context",
+    "contexts",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="A condition key's value, e.g. s3:prefix=home/ or aws:SourceIp=10.0.0.7 (repeat a key for several values).",
+)
+@click.argument("action")
+@click.argument("resource")
+def policy_check(config_path: Path, client: str, contexts: tuple[str, ...], action: str, resource: str) -> None:
+    """Would CLIENT be allowed ACTION (s3:GetObject) on RESOURCE (arn:aws:s3:::bucket/key, or
+    bucket/key)? Prints allowed/denied and the statement that decided, using the server's own
+    evaluator; exits 0 when allowed, 1 when denied."""
+    from datetime import UTC, datetime
+
+    from proxy.access.actions import need_for
+    from proxy.access.authorize import Caller, decide
+    from proxy.access.policy import CONDITION_KEYS, KNOWN_S3_ACTIONS
+    from proxy.config import ConfigError, load_config
+
+    try:
+        config = load_config(config_path)
+    except ConfigError as exc:
+        _fail(str(exc))
+        return
+    if config.client_by_name(client) is None:
+        _fail(f"no [[clients]] entry is named {client!r}")
+    canonical = {a.lower(): a for a in KNOWN_S3_ACTIONS}.get(action.lower())
+    if canonical is None:
+        _fail(f"unknown S3 action {action!r} (e.g. s3:GetObject)")
+        return
+    values: dict[str, list[str]] = {}
+    for item in contexts:
+        key, sep, value = item.partition("=")
+        if not sep or key.strip().lower() not in CONDITION_KEYS:
+            _fail(f"--context {item!r}: expected KEY=VALUE with a supported key ({', '.join(sorted(CONDITION_KEYS))})")
+        values.setdefault(key.strip().lower(), []).append(value)
+    ctx: dict[str, str | tuple[str, ...]] = {k: v[0] if len(v) == 1 else tuple(v) for k, v in values.items()}
+    source = ctx.pop("aws:sourceip", None)
+    secure = ctx.pop("aws:securetransport", "true")
+    when = datetime.now(UTC)
+    if "aws:currenttime" in ctx:
+        text = str(ctx.pop("aws:currenttime"))
+        try:
+            when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        except ValueError:
+            _fail(f"aws:CurrentTime must be an ISO 8601 time, got {text!r}")
+    try:
+        need = need_for(canonical, resource, ctx)
+    except ValueError as exc:
+        _fail(str(exc))
+        return
+    caller = Caller(client, source if isinstance(source, str) else None, secure != "false")
+    decision = decide(config, caller, need, when)
+    if not config.policies:
+        reason = "the config has no [[policies]]: every client may do everything"
+    else:
+        reason = decision.describe()
+    verdict = "allowed" if decision.allowed else "denied"
+    click.echo(f"{verdict}: {client} {canonical} {need.resource}: {reason}")
+    sys.exit(0 if decision.allowed else 1)
 
 
 def _register_tools() -> None:

@@ -25,7 +25,7 @@ import tomllib
 from collections.abc import Mapping
 from fnmatch import fnmatchcase
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -43,6 +43,9 @@ from pydantic import (
     model_validator,
 )
 
+if TYPE_CHECKING:
+    from proxy.access.policy import Policy
+
 __all__ = [
     "BackendConfig",
     "BucketRule",
@@ -51,6 +54,7 @@ __all__ = [
     "ConfigError",
     "EncryptionConfig",
     "KmsConfig",
+    "PolicyConfig",
     "ServerConfig",
     "aws_key_problem",
     "load_config",
@@ -87,6 +91,7 @@ _HOSTNAME = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(?:\.{_LABEL})*\.?$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _ACCESS_KEY_ID = re.compile(r"^[A-Z0-9]{16,128}$")
 _CLIENT_NAME = re.compile(r"^[A-Za-z0-9._@-]{1,64}$")
+_POLICY_NAME = re.compile(r"^[A-Za-z0-9+=,.@_-]{1,128}$")
 _BUCKET_GLOB = re.compile(r"^[a-z0-9.\-*?\[\]!]{1,63}$")
 _AWS_KEY_ID = re.compile(r"^(?:[0-9a-f]{8}-(?:[0-9a-f]{4}-){3}[0-9a-f]{12}|mrk-[0-9a-f]{32})$")
 MIN_SECRET_LENGTH = 16
@@ -222,6 +227,9 @@ class ServerConfig(_Model):
     tls_key: ConfigPath | None = None
     plain_http_listen: StrictStr | None = None
     client_max_skew_seconds: StrictInt = Field(default=900, ge=1, le=3600)
+    #: Longest lifetime of a presigned URL: a SigV2 URL whose Expires is further ahead is refused,
+    #: and so is a SigV4 X-Amz-Expires above it (SigV4's are never more than 604800, seven days).
+    presign_max_seconds: StrictInt = Field(default=604800, ge=1)
     #: Processes sharing the listening port; by default one per core this process may use
     #: (CPU affinity, capped by a cgroup CPU quota).
     workers: StrictInt = Field(default_factory=available_cores, ge=1, le=256)
@@ -569,6 +577,70 @@ class KeyPolicy(_Model):
         return any(p == "*" or p == client.name or p in {f"group:{g}" for g in client.groups} for p in principals)
 
 
+class PolicyConfig(_Model):
+    """``[[policies]]``: an identity policy in AWS IAM's JSON grammar and the clients it applies
+    to. Once any ``[[policies]]`` table exists, a request is refused unless a policy allows it."""
+
+    name: StrictStr
+    #: Client names, ``group:NAME`` or ``*``: the grammar of ``[[keys]]``.
+    principals: tuple[StrictStr, ...]
+    #: The policy document (JSON text), or `file`: a path to one.
+    document: StrictStr | None = None
+    file: ConfigPath | None = None
+
+    _policy: Policy = PrivateAttr()
+
+    @field_validator("name")
+    @classmethod
+    def _check_policy_name(cls, name: str) -> str:
+        if not _POLICY_NAME.match(name):
+            raise ValueError(f'must be 1-128 characters of A-Z a-z 0-9 + = , . @ _ -, got "{name}"')
+        return name
+
+    @field_validator("principals")
+    @classmethod
+    def _check_principals(cls, principals: tuple[str, ...]) -> tuple[str, ...]:
+        if not principals:
+            raise ValueError("must name at least one client, group:NAME or *")
+        for i, p in enumerate(principals):
+            name = p[len("group:") :] if p.startswith("group:") else p
+            if p != "*" and not _CLIENT_NAME.match(name):
+                raise _Invalid((i,), f'must be a client name, "group:NAME" or "*", got "{p}"')
+        return principals
+
+    @model_validator(mode="after")
+    def _parse(self) -> PolicyConfig:
+        if (self.document is None) == (self.file is None):
+            raise _Invalid(("document",), "give exactly one of document (JSON text) and file (a path)")
+        if self.file is not None:
+            try:
+                text = self.file.read_text(encoding="utf-8")
+            except FileNotFoundError:
+                raise _Invalid(("file",), f"file not found: {self.file}") from None
+            except (OSError, UnicodeDecodeError) as exc:
+                raise _Invalid(("file",), f"cannot read {self.file}: {exc}") from None
+        else:
+            assert self.document is not None
+            text = self.document
+        from proxy.access.policy import PolicyError, parse_policy  # only configs with policies need it
+
+        try:
+            self._policy = parse_policy(self.name, text)
+        except PolicyError as exc:
+            raise _Invalid(("document" if self.file is None else "file",), str(exc)) from None
+        return self
+
+    @property
+    def policy(self) -> Policy:
+        """The parsed document."""
+        return self._policy
+
+    def applies_to(self, client: ClientConfig) -> bool:
+        """Whether this policy is one of `client`'s."""
+        groups = {f"group:{g}" for g in client.groups}
+        return any(p == "*" or p == client.name or p in groups for p in self.principals)
+
+
 class BucketRule(_Model):
     """``[[buckets]]``: settings for buckets whose name matches the glob `name`."""
 
@@ -633,9 +705,12 @@ class Config(_Model):
     encryption: EncryptionConfig = EncryptionConfig()
     buckets: tuple[BucketRule, ...] = ()
     keys: tuple[KeyPolicy, ...] = ()
+    policies: tuple[PolicyConfig, ...] = ()
     audit: AuditConfig = AuditConfig()
 
     _clients_by_akid: dict[str, ClientConfig] = PrivateAttr(default_factory=dict)
+    _clients_by_name: dict[str, ClientConfig] = PrivateAttr(default_factory=dict)
+    _policies_by_client: dict[str, tuple[Policy, ...]] = PrivateAttr(default_factory=dict)
 
     @model_validator(mode="after")
     def _check(self) -> Config:
@@ -653,6 +728,7 @@ class Config(_Model):
                 raise _Invalid(("clients", i, "name"), f"duplicate of clients[{seen_name[client.name]}].name")
             seen_akid[client.access_key_id] = i
             seen_name[client.name] = i
+        self._check_policies()
         if self.kms.provider == "aws-kms":
             for i, rule in enumerate(self.buckets):
                 problem = aws_key_problem(rule.key) if rule.key is not None else None
@@ -660,9 +736,38 @@ class Config(_Model):
                     raise _Invalid(("buckets", i, "key"), problem)
         return self
 
+    def _check_policies(self) -> None:
+        names = {c.name for c in self.clients}
+        groups = {g for c in self.clients for g in c.groups}
+        seen: dict[str, int] = {}
+        for i, pol in enumerate(self.policies):
+            if pol.name in seen:
+                raise _Invalid(("policies", i, "name"), f"duplicate of policies[{seen[pol.name]}].name")
+            seen[pol.name] = i
+            for j, p in enumerate(pol.principals):
+                if p.startswith("group:") and p[len("group:") :] not in groups:
+                    raise _Invalid(("policies", i, "principals", j), f'no [[clients]] entry is in group "{p[6:]}"')
+                if p != "*" and not p.startswith("group:") and p not in names:
+                    raise _Invalid(("policies", i, "principals", j), f'no [[clients]] entry is named "{p}"')
+
     def model_post_init(self, context: Any, /) -> None:
-        """Index the clients by access key id once."""
+        """Index the clients by access key id and name, and each client's policies, once."""
         self._clients_by_akid = {c.access_key_id: c for c in self.clients}
+        self._clients_by_name = {c.name: c for c in self.clients}
+        self._policies_by_client = {
+            c.name: tuple(p.policy for p in self.policies if p.applies_to(c)) for c in self.clients
+        }
+
+    def client_by_name(self, name: str) -> ClientConfig | None:
+        """The client with this name, if one is configured."""
+        return self._clients_by_name.get(name)
+
+    def policies_for(self, identity: str) -> tuple[Policy, ...] | None:
+        """The identity policies of client `identity`; None when the config has no ``[[policies]]``
+        (then every client may do everything, as before policies existed)."""
+        if not self.policies:
+            return None
+        return self._policies_by_client.get(identity, ())
 
     def client_by_access_key(self, access_key_id: str) -> ClientConfig | None:
         """The client with this access key id, if one is configured."""
@@ -691,7 +796,7 @@ class Config(_Model):
         key reference)? Without any ``[[keys]]`` table every client may use every key."""
         if not self.keys:
             return True
-        client = next((c for c in self.clients if c.name == identity), None)
+        client = self._clients_by_name.get(identity)
         if client is None:
             return False
         for policy in self.keys:
@@ -716,13 +821,15 @@ def _key_path(loc: Loc) -> str:
 
 
 def _substitute(value: Any, loc: Loc, env: Mapping[str, str]) -> Any:
-    """``${VAR}`` from `env` in every string; ``$${`` stands for a literal ``${``."""
+    """``${VAR}`` from `env` in every string but policy documents; ``$${`` stands for a literal ``${``."""
     if isinstance(value, dict):
         return {k: _substitute(v, (*loc, k), env) for k, v in value.items()}
     if isinstance(value, list):
         return [_substitute(v, (*loc, i), env) for i, v in enumerate(value)]
     if not isinstance(value, str) or "${" not in value:
         return value
+    if len(loc) == 3 and loc[0] == "policies" and loc[2] == "document":
+        return value  # IAM policy variables (${aws:username}) share the syntax: documents are literal
 
     def replace(match: re.Match[str]) -> str:
         token = match.group(0)
@@ -745,6 +852,8 @@ _SECTIONS: dict[str, type[BaseModel]] = {
     "clients": ClientConfig,
     "encryption": EncryptionConfig,
     "buckets": BucketRule,
+    "keys": KeyPolicy,
+    "policies": PolicyConfig,
 }
 
 

@@ -22,6 +22,8 @@ from urllib.parse import quote
 
 import click
 
+from proxy.access.actions import Need, object_need
+from proxy.access.authorize import Caller, require
 from proxy.crypto.format import (
     SCOPE_OBJECT,
     Envelope,
@@ -109,12 +111,17 @@ async def copy_object(
 ) -> tuple[str, int]:
     """Copy one object under `to_key`: ("copied" or "already", stored size). Nothing is written
     unless the source opens and its data key wraps under `to_key` (and, with `identity`, that
-    client's key policy allows both)."""
+    client's identity policies and key policies allow both)."""
     check_reserved(src_key)
     check_reserved(dst_key)
     if (src_bucket, src_key) == (dst_bucket, dst_key):
         raise S3Error("InvalidRequest", "source and destination are the same object: use `sealgate rewrap`", 400)
-    # Policy first, before any keyring call, as the server does.
+    # Policies first, before any backend or keyring call, as the server does: the client's
+    # identity policies (a read of the source, a write of the destination) ...
+    if identity is not None:
+        wanted = [object_need("s3:GetObject", src_bucket, src_key, None), Need("s3:PutObject", dst_bucket, dst_key)]
+        require(gw.config, gw.audit, Caller(identity), wanted)
+    # ... then its key policies.
     probe = await gw.backend.request("HEAD", src_bucket, src_key)
     probe.release()
     if probe.status < 300 and is_sealgate_object(probe.user_metadata()):
@@ -190,7 +197,9 @@ async def copy(
 @click.option("--to-key", required=True, help="Master key to wrap the copies' data keys under (id, alias or ARN).")
 @click.option("--config", "config_path", type=click.Path(path_type=Path), required=True, help="TOML config file.")
 @click.option("--recursive", is_flag=True, help="SOURCE and DESTINATION are prefixes: copy every object below.")
-@click.option("--as", "identity", default=None, help="Apply the [[keys]] policy of this client name.")
+@click.option(
+    "--as", "identity", default=None, help="Apply the [[policies]] and [[keys]] policies of this client name."
+)
 def copy_cmd(
     source: str, destination: str, to_key: str, config_path: Path, recursive: bool, identity: str | None
 ) -> None:

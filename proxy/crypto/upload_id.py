@@ -78,11 +78,12 @@ class UploadId:
             raise FormatError("upload id is not valid for this object")
 
     @classmethod
-    def decode(cls, text: str) -> UploadId:
-        """Parse either kind (not yet authenticated: call `verify` with the data key)."""
+    def decode(cls, text: str, kind: str | None = None) -> UploadId:
+        """Parse either kind, or only `kind` (`PREFIX` or `S3EC_PREFIX`) when given; not yet
+        authenticated: call `verify` with the data key."""
         prefix = next((p for p in (PREFIX, S3EC_PREFIX) if text.startswith(p)), None)
-        if prefix is None:
-            raise FormatError("not a sealgate upload id")
+        if prefix is None or (kind is not None and prefix != kind):
+            raise FormatError("not a sealgate upload id" if prefix is None else "an upload id of the other format")
         try:
             b64 = text[len(prefix) :]
             raw = base64.b64decode(b64 + "=" * (-len(b64) % 4), altchars=b"-_", validate=True)

@@ -137,6 +137,16 @@ LIST_PARAMS = (
     "marker",
 )
 
+#: Paging through version, upload and part listings.
+PAGING_PARAMS = (
+    "key-marker",
+    "version-id-marker",
+    "max-uploads",
+    "upload-id-marker",
+    "max-parts",
+    "part-number-marker",
+)
+
 # Query parameters that do not change the operation (they tune it).
 _NEUTRAL = {
     *LIST_PARAMS,
@@ -160,12 +170,7 @@ _NEUTRAL = {
     "Signature",
     "Expires",
     "x-amz-checksum-mode",
-    "key-marker",
-    "version-id-marker",
-    "max-uploads",
-    "upload-id-marker",
-    "max-parts",
-    "part-number-marker",
+    *PAGING_PARAMS,
 }
 
 

@@ -21,7 +21,7 @@ from botocore.credentials import Credentials
 from multidict import MultiMapping
 
 from proxy.s3.errors import S3Error
-from proxy.s3.routing import LIST_PARAMS, bucket_from_host
+from proxy.s3.routing import LIST_PARAMS, PAGING_PARAMS, bucket_from_host
 
 ALGORITHM = "AWS4-HMAC-SHA256"
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
@@ -379,12 +379,7 @@ V2_UNSIGNED_PARAMS = frozenset(
         "Expires",
         "x-id",
         *LIST_PARAMS,
-        "key-marker",
-        "version-id-marker",
-        "max-uploads",
-        "upload-id-marker",
-        "max-parts",
-        "part-number-marker",
+        *PAGING_PARAMS,
     }
 )
 

@@ -12,6 +12,8 @@ from datetime import UTC, datetime, timedelta
 
 from aiohttp import web
 
+from proxy.access.actions import needs
+from proxy.access.authorize import Caller, require
 from proxy.audit import AuditContext, AuditLog, audit_context
 from proxy.backend import Backend
 from proxy.config import Config
@@ -24,7 +26,7 @@ from proxy.s3.routing import Route, route
 from proxy.s3.sigv4 import ClientCredentials, VerifiedRequest, verify_request
 from proxy.server import admin, buckets, copy, multipart, objects
 from proxy.server.direct import closes_connection
-from proxy.server.state import IDENTITY, REQUEST_ID, Gateway
+from proxy.server.state import CALLER, IDENTITY, REQUEST_ID, Gateway
 from proxy.server.tls import check_client_certificate
 
 log = logging.getLogger("sealgate.access")
@@ -116,6 +118,8 @@ def _authenticate(request: web.Request) -> VerifiedRequest:
         gw_lookup(gw),
         datetime.now(UTC),
         max_skew=timedelta(seconds=gw.config.server.client_max_skew_seconds),
+        virtual_host_domains=gw.config.server.virtual_host_domains,
+        presign_max_seconds=gw.config.server.presign_max_seconds,
     )
     # Mutual TLS: a client certificate and the SigV4 key must name the same client.
     peercert = request.transport.get_extra_info("peercert") if request.transport is not None else None
@@ -167,6 +171,7 @@ async def expect_continue(request: web.Request) -> web.StreamResponse | None:
         if not request.path.startswith((HEALTH_PREFIX, admin.PREFIX)):
             r = _route(request)
             _refuse_sse_c(request)
+            _authorize(request, r, _authenticate(request))
             conditional = "If-Match" in request.headers or "If-None-Match" in request.headers
             upload = r.operation == "PutObject" and "x-amz-copy-source" not in request.headers
             if upload and conditional and r.bucket and r.key:
@@ -196,6 +201,16 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
     verified = _authenticate(request)
     r = _route(request)
     request[OPERATION] = r.operation
+    _authorize(request, r, verified)
+    return await _run(gw, request, r, verified)
+
+
+def _authorize(request: web.Request, r: Route, verified: VerifiedRequest) -> None:
+    """Identity policies: every action the request needs, allowed before any backend or keyring
+    call (once per request: the Expect: 100-continue check may have done it already)."""
+    if request.get(CALLER) is not None:
+        return
+    gw = request.app[GATEWAY]
     audit_context.set(
         AuditContext(
             identity=verified.identity,
@@ -205,7 +220,13 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
             object_key=r.key,
         )
     )
-    return await _run(gw, request, r, verified)
+    caller = Caller(verified.identity, request.remote, request.secure)
+    try:
+        wanted = needs(r.operation, r.bucket, r.key, request.query, request.headers)
+    except KeyError:
+        raise S3Error("NotImplemented", f"{r.operation} is not implemented by sealgate", 501) from None
+    require(gw.config, gw.audit, caller, wanted)
+    request[CALLER] = caller
 
 
 #: SSE-C: a key the client keeps, without which S3 refuses to read the object. Dropping these

@@ -10,11 +10,13 @@ from xml.etree.ElementTree import Element, register_namespace, tostring
 from aiohttp import web
 from defusedxml import ElementTree
 
+from proxy.access.actions import delete_need
+from proxy.access.authorize import check
 from proxy.crypto.format import DEFAULT_SEGMENT_SIZE, FormatError, Layout
 from proxy.s3.errors import S3Error
 from proxy.s3.routing import LIST_PARAMS
 from proxy.server.objects import RESERVED_PREFIX, content_md5, matching_etag, opaque_etag, record_key
-from proxy.server.state import Gateway
+from proxy.server.state import CALLER, Gateway
 
 S3_NS = "http://s3.amazonaws.com/doc/2006-03-01/"
 register_namespace("", S3_NS)
@@ -229,9 +231,11 @@ async def delete_objects(gw: Gateway, request: web.Request, bucket: str) -> web.
         raise S3Error("MalformedXML", "Every Object in a DeleteObjects request names a Key", 400)
     if any(k.startswith(RESERVED_PREFIX) for k in keys):
         raise S3Error("AccessDenied", f"keys under {RESERVED_PREFIX} are reserved by sealgate", 403)
-    refused: list[tuple[str, str, str]] = []
-    if any(_local(el.tag) in _OBJECT_CONDITIONS for el in root.iter()):
-        refused = await _conditional_deletes(gw, request, bucket, root)
+    refused = _unauthorized_deletes(gw, request, bucket, root)
+    conditional = any(_local(el.tag) in _OBJECT_CONDITIONS for el in root.iter())
+    if conditional:
+        refused += await _conditional_deletes(gw, request, bucket, root)
+    if refused or conditional:
         if not any(_local(el.tag) == "Object" for el in root):
             return web.Response(status=200, body=_delete_result(b"", refused), headers={"Content-Type": _XML})
         body = tostring(root, encoding="utf-8", xml_declaration=True)
@@ -252,6 +256,21 @@ def _local(tag: str) -> str:
 
 def _child(el: Element, name: str) -> Element | None:
     return next((c for c in el if _local(c.tag) == name), None)
+
+
+def _unauthorized_deletes(gw: Gateway, request: web.Request, bucket: str, root: Element) -> list[tuple[str, str, str]]:
+    """Authorize every key of a DeleteObjects before any backend call: the refused ones are taken
+    out of `root` and become that key's AccessDenied, as on S3 (the others are still deleted)."""
+    caller = request[CALLER]
+    refused: list[tuple[str, str, str]] = []
+    for obj in [el for el in root if _local(el.tag) == "Object"]:
+        key_el, version_el = _child(obj, "Key"), _child(obj, "VersionId")
+        key = (key_el.text or "") if key_el is not None else ""
+        version = version_el.text if version_el is not None else None
+        if not check(gw.config, gw.audit, caller, delete_need(bucket, key, version)).allowed:
+            refused.append((key, "AccessDenied", "Access Denied"))
+            root.remove(obj)
+    return refused
 
 
 #: How many objects of one DeleteObjects request are checked against their ETags at once.

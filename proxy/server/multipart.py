@@ -87,11 +87,9 @@ def no_upload() -> S3Error:
 async def _open_upload(gw: Gateway, request: web.Request, bucket: str, key: str, text: str) -> tuple[UploadId, bytes]:
     """The upload id's fields and its data key, after checking it was made for this object."""
     try:
-        uid = UploadId.decode(text)
+        uid = UploadId.decode(text, PREFIX)
     except FormatError:
         raise no_upload() from None
-    if uid.prefix != PREFIX:
-        raise no_upload()
     # Continuing an upload is writing under its key: checked before any keyring or backend call.
     require_key_use(gw, request, "encrypt", uid.key_ref)
     secret = gw.config.encryption.upload_secret

@@ -151,6 +151,11 @@ async def start(
     problem = cert_binding_problem(config)
     if problem is not None:
         raise TLSConfigError(problem)
+    if not config.policies:
+        log.warning(
+            "no [[policies]] in the config: every client may do every S3 operation on every bucket "
+            "(only [[keys]] key policies apply); add [[policies]] to authorize requests"
+        )
     certificates = CertificateReloader.from_config(srv) if srv.tls else None
     base = keyring or make_keyring(config)
     audit = open_audit(config, per_process=processes > 1)

@@ -529,11 +529,9 @@ def _decode(gw: Gateway, request: web.Request, text: str) -> UploadId:
     from proxy.server.multipart import no_upload
 
     try:
-        uid = UploadId.decode(text)
+        uid = UploadId.decode(text, S3EC_PREFIX)
     except FormatError:
         raise no_upload() from None
-    if uid.prefix != S3EC_PREFIX:
-        raise no_upload()
     require_key_use(gw, request, "encrypt", uid.key_ref)
     return uid
 

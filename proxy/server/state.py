@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from proxy.access.authorize import Caller
 from proxy.audit import AuditLog
 from proxy.backend import Backend
 from proxy.config import Config
@@ -28,6 +29,8 @@ class Gateway:
 
 #: The identity (client name) of the request, set once its signature checked out.
 IDENTITY = web.RequestKey("sealgate.identity", str)
+#: Who is asking (client, address, TLS or not), set with IDENTITY.
+CALLER = web.RequestKey("sealgate.caller", Caller)
 #: The request id every response and log line carries.
 REQUEST_ID = web.RequestKey("sealgate.request_id", str)
 

@@ -41,6 +41,8 @@ def test_quickstart_serves_encrypted_round_trip(tmp_path: Path) -> None:
         akid, secret = (state / "client-credentials").read_text().split()[:2]
         # The config file references the secret; it does not contain it.
         assert secret not in (state / "sealgate.toml").read_text()
+        # It shows the form of an identity policy: one that lets the demo client do everything.
+        assert "[[policies]]" in (state / "sealgate.toml").read_text()
         s3 = client_for(f"https://localhost:{port}", state / "certs" / "ca.pem", akid=akid, secret=secret)
         s3.create_bucket(Bucket="demo")
         s3.put_object(Bucket="demo", Key="k", Body=b"QUICKSTART-PLAINTEXT" * 100)
@@ -53,6 +55,7 @@ def test_quickstart_serves_encrypted_round_trip(tmp_path: Path) -> None:
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=30)
     assert f"https://localhost:{port}" in out
+    assert "no [[policies]]" not in out  # the start-up warning of a config without policies
     assert "IN-MEMORY DEMO STORE" in out
     assert "aws --endpoint-url" in out and "boto3.client" in out
 

@@ -137,3 +137,33 @@ def test_bad_arguments(tmp_path: Path, moto_url: str, tls_files: dict[str, Path]
     assert r.exit_code == 2 and "s3://bucket/key" in r.output
     r = _copy(cfg, "s3://cp-src", "s3://cp-dst/b", "--to-key", "default")
     assert r.exit_code == 2 and "--recursive" in r.output
+
+
+def test_copy_as_a_client_obeys_its_policies(moto_url: str, tls_files: dict[str, Path], tmp_path: Path) -> None:
+    """`--as` applies the client's [[policies]] too: a copy reads its source and writes its
+    destination, and a client allowed only the write copies nothing."""
+    doc = (
+        '{"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:PutObject",'
+        ' "Resource": "arn:aws:s3:::cpp-dst/*"}]}'
+    )
+    full = '{"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}'
+    extra = (
+        POLICY.split("[[keys]]")[0]
+        + f'[[policies]]\nname = "writer"\nprincipals = ["limited"]\ndocument = \'{doc}\'\n'
+        + f'[[policies]]\nname = "all"\nprincipals = ["tester"]\ndocument = \'{full}\'\n'
+    )
+    st = start_stack(tmp_path, moto_url, tls_files, extra=extra)
+    cfg = tmp_path / "sealgate.toml"
+    try:
+        s3, raw = st.client(), backend_client(moto_url)
+        for b in ("cpp-src", "cpp-dst"):
+            s3.create_bucket(Bucket=b)
+        s3.put_object(Bucket="cpp-src", Key="doc", Body=b"the source")
+        r = _copy(cfg, "s3://cpp-src/doc", "s3://cpp-dst/doc", "--to-key", "default", "--as", "limited")
+        assert r.exit_code == 1 and "Access Denied" in r.output, r.output
+        assert raw.list_objects_v2(Bucket="cpp-dst").get("KeyCount", 0) == 0
+        r = _copy(cfg, "s3://cpp-src/doc", "s3://cpp-dst/doc", "--to-key", "default", "--as", "tester")
+        assert r.exit_code == 0, r.output
+        assert s3.get_object(Bucket="cpp-dst", Key="doc")["Body"].read() == b"the source"
+    finally:
+        st.gate.stop()

@@ -454,6 +454,15 @@ def test_defaults(workdir: Path) -> None:
     assert config.buckets == ()
 
 
+def test_presign_max_seconds(workdir: Path) -> None:
+    assert load_config(write(workdir, render()), ENV).server.presign_max_seconds == 604800  # a week
+    config = load_config(write(workdir, render(server=SERVER + "presign_max_seconds = 3600\n")), ENV)
+    assert config.server.presign_max_seconds == 3600
+    for bad, problem in (("0", "must be greater than or equal to 1"), ('"1h"', "must be an integer")):
+        text = render(server=SERVER + f"presign_max_seconds = {bad}\n")
+        assert error_of(write(workdir, text)) == f"server.presign_max_seconds: {problem}"
+
+
 @pytest.mark.parametrize(
     ("files", "expected"),
     [
@@ -572,3 +581,67 @@ def test_rsa_keys_and_encrypt_only_mode(workdir: Path) -> None:
 )
 def test_rsa_keys_and_mode_errors(workdir: Path, sections: dict[str, str | list[str]], expected: str) -> None:
     assert expected in error_of(write(workdir, render(**sections)))
+
+
+# --- [[policies]] ------------------------------------------------------------------------------
+
+FULL = '{"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}'
+
+
+def _policy(body: str, name: str = "p1", principals: str = '["alice"]') -> str:
+    return f'name = "{name}"\nprincipals = {principals}\n{body}\n'
+
+
+def test_policies_load_from_text_and_file(workdir: Path) -> None:
+    (workdir / "home.json").write_text(
+        '{"Version": "2012-10-17", "Statement": {"Effect": "Allow", "Action": "s3:GetObject",'
+        ' "Resource": "arn:aws:s3:::home/${aws:username}/*"}}'
+    )
+    text = render(policies=[_policy(f"document = '{FULL}'"), _policy('file = "home.json"', name="p2")])
+    config = load_config(write(workdir, text), ENV)
+    assert [p.name for p in config.policies] == ["p1", "p2"]
+    assert [p.name for p in config.policies_for("alice") or ()] == ["p1", "p2"]
+    assert config.policies_for("nobody") == ()
+
+
+def test_without_policies_nothing_is_enforced(workdir: Path) -> None:
+    assert load_config(write(workdir, render()), ENV).policies_for("alice") is None
+
+
+def test_policy_documents_are_not_environment_substituted(workdir: Path) -> None:
+    doc = FULL.replace('"Resource": "*"', '"Resource": "arn:aws:s3:::b/${aws:username}/*"')
+    config = load_config(write(workdir, render(policies=[_policy(f"document = '{doc}'")])), ENV)
+    assert config.policies[0].document is not None and "${aws:username}" in config.policies[0].document
+
+
+@pytest.mark.parametrize(
+    ("body", "principals", "expected"),
+    [
+        ("document = '{\"Statement\": '", '["alice"]', 'policies[0].document: policy "p1"'),
+        (
+            'document = \'{"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*",'
+            ' "Resource": "*"}, {"Sid": "Two", "Effect": "Allow", "Action": "s3:PutObjekt", "Resource": "*"}]}\'',
+            '["alice"]',
+            'statement "Two"',
+        ),
+        (
+            'document = \'{"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*",'
+            ' "Resource": "*", "Condition": {"StringEquals": {"s3:nosuchkey": "x"}}}]}\'',
+            '["alice"]',
+            "statement #1",
+        ),
+        (f"document = '{FULL}'\nfile = \"x.json\"", '["alice"]', "give exactly one of document"),
+        ('file = "missing.json"', '["alice"]', "policies[0].file: file not found"),
+        (f"document = '{FULL}'", '["alcie"]', 'policies[0].principals[0]: no [[clients]] entry is named "alcie"'),
+        (f"document = '{FULL}'", '["group:nope"]', 'no [[clients]] entry is in group "nope"'),
+        (f"document = '{FULL}'", "[]", "policies[0].principals: must name at least one"),
+    ],
+)
+def test_policy_mistakes_are_start_up_errors(workdir: Path, body: str, principals: str, expected: str) -> None:
+    message = error_of(write(workdir, render(policies=[_policy(body, principals=principals)])))
+    assert expected in message, message
+
+
+def test_duplicate_policy_names(workdir: Path) -> None:
+    text = render(policies=[_policy(f"document = '{FULL}'"), _policy(f"document = '{FULL}'")])
+    assert "policies[1].name: duplicate of policies[0].name" in error_of(write(workdir, text))
