@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from proxy.crypto.format import FormatError
 from proxy.crypto.upload_id import PREFIX, S3EC_PREFIX, UploadId, open_for_replicas, seal_for_replicas
 
-VECTORS = json.loads((Path(__file__).parents[1] / "vectors" / "upload_id.json").read_text())["vectors"]
+VECTORS = json.loads((Path(__file__).parents[2] / "vectors" / "upload_id.json").read_text())["vectors"]
 DK = os.urandom(32)
 SALT = os.urandom(32)
 

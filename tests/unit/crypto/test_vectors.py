@@ -12,7 +12,7 @@ import pytest
 from proxy.crypto.format import DIGEST_SLOT, Envelope, Layout, open_metadata, stream_key
 from proxy.crypto.segments import StreamDecryptor, StreamEncryptor
 
-VECTORS = json.loads((Path(__file__).parents[1] / "vectors" / "v1.json").read_text())["vectors"]
+VECTORS = json.loads((Path(__file__).parents[2] / "vectors" / "v1.json").read_text())["vectors"]
 
 
 @pytest.mark.parametrize("v", VECTORS, ids=[v["name"] for v in VECTORS])
