@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from proxy.s3.routing import parse_copy_source
 
 #: The primary action of every operation the router serves (README "Access control" table).
-#: CopyObject and UploadPartCopy are PutObject / UploadPart with an x-amz-copy-source header.
 OPERATION_ACTIONS: Mapping[str, str] = {
     "ListBuckets": "s3:ListAllMyBuckets",
     "CreateBucket": "s3:CreateBucket",
@@ -47,6 +46,8 @@ OPERATION_ACTIONS: Mapping[str, str] = {
     "PutObjectRetention": "s3:PutObjectRetention",
     "GetObjectLegalHold": "s3:GetObjectLegalHold",
     "PutObjectLegalHold": "s3:PutObjectLegalHold",
+    "CopyObject": "s3:PutObject",  # and s3:GetObject on the source
+    "UploadPartCopy": "s3:PutObject",  # likewise
 }
 
 #: Actions that destroy or unprotect data: audited when allowed, not only when refused.
@@ -77,7 +78,8 @@ _VERSIONED = {
 
 _LIST_KEYS = {"prefix": "s3:prefix", "delimiter": "s3:delimiter", "max-keys": "s3:max-keys"}
 _LISTINGS = {"ListObjects", "ListObjectsV2", "ListObjectVersions"}
-_WRITES = {"PutObject", "CreateMultipartUpload"}
+_WRITES = {"PutObject", "CreateMultipartUpload", "CopyObject"}
+_COPIES = {"CopyObject", "UploadPartCopy"}
 BYPASS_HEADER = "x-amz-bypass-governance-retention"
 
 
@@ -148,11 +150,10 @@ def needs(
         return tuple(out)
     version = query.get("versionId")
     out = [object_need(action, bucket, key, version if operation not in _WRITES else None, **ctx)]
-    source = headers.get("x-amz-copy-source")
-    if source is not None and operation in ("PutObject", "UploadPart"):
-        src_bucket, src_key, src_version = parse_copy_source(source)
+    if operation in _COPIES:
+        src_bucket, src_key, src_version = parse_copy_source(headers.get("x-amz-copy-source", ""))
         out.append(object_need("s3:GetObject", src_bucket, src_key, src_version))
-    if operation in _WRITES or (operation == "PutObject" and source is not None):
+    if operation in _WRITES:
         if "x-amz-tagging" in headers:
             out.append(Need("s3:PutObjectTagging", bucket, key))
         if "x-amz-object-lock-mode" in headers or "x-amz-object-lock-retain-until-date" in headers:

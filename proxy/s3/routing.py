@@ -5,62 +5,60 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from urllib.parse import unquote
 
 from proxy.s3.errors import S3Error
 
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.\-_]{1,254}$")
 
-#: Subresources that select an operation other than the plain object/bucket one.
-_BUCKET_GET_OPS = {
-    "location": "GetBucketLocation",
-    "versions": "ListObjectVersions",
-    "uploads": "ListMultipartUploads",
-}
+
+class Op(StrEnum):
+    """Every operation `route` can answer with (the access-control table must cover each)."""
+
+    LIST_BUCKETS = "ListBuckets"
+    CREATE_BUCKET = "CreateBucket"
+    DELETE_BUCKET = "DeleteBucket"
+    HEAD_BUCKET = "HeadBucket"
+    GET_BUCKET_LOCATION = "GetBucketLocation"
+    LIST_OBJECTS = "ListObjects"
+    LIST_OBJECTS_V2 = "ListObjectsV2"
+    LIST_OBJECT_VERSIONS = "ListObjectVersions"
+    LIST_MULTIPART_UPLOADS = "ListMultipartUploads"
+    DELETE_OBJECTS = "DeleteObjects"
+    GET_BUCKET_VERSIONING = "GetBucketVersioning"
+    PUT_BUCKET_VERSIONING = "PutBucketVersioning"
+    GET_OBJECT_LOCK_CONFIGURATION = "GetObjectLockConfiguration"
+    PUT_OBJECT_LOCK_CONFIGURATION = "PutObjectLockConfiguration"
+    PUT_OBJECT = "PutObject"
+    GET_OBJECT = "GetObject"
+    HEAD_OBJECT = "HeadObject"
+    DELETE_OBJECT = "DeleteObject"
+    CREATE_MULTIPART_UPLOAD = "CreateMultipartUpload"
+    UPLOAD_PART = "UploadPart"
+    COMPLETE_MULTIPART_UPLOAD = "CompleteMultipartUpload"
+    ABORT_MULTIPART_UPLOAD = "AbortMultipartUpload"
+    LIST_PARTS = "ListParts"
+    GET_OBJECT_TAGGING = "GetObjectTagging"
+    PUT_OBJECT_TAGGING = "PutObjectTagging"
+    DELETE_OBJECT_TAGGING = "DeleteObjectTagging"
+    GET_OBJECT_RETENTION = "GetObjectRetention"
+    PUT_OBJECT_RETENTION = "PutObjectRetention"
+    GET_OBJECT_LEGAL_HOLD = "GetObjectLegalHold"
+    PUT_OBJECT_LEGAL_HOLD = "PutObjectLegalHold"
+    COPY_OBJECT = "CopyObject"
+    UPLOAD_PART_COPY = "UploadPartCopy"
 
 
-#: Every operation `route` can answer with (the access-control table must cover each).
-OPERATIONS: frozenset[str] = frozenset(
-    {
-        "ListBuckets",
-        "CreateBucket",
-        "DeleteBucket",
-        "HeadBucket",
-        "GetBucketLocation",
-        "ListObjects",
-        "ListObjectsV2",
-        "ListObjectVersions",
-        "ListMultipartUploads",
-        "DeleteObjects",
-        "GetBucketVersioning",
-        "PutBucketVersioning",
-        "GetObjectLockConfiguration",
-        "PutObjectLockConfiguration",
-        "PutObject",
-        "GetObject",
-        "HeadObject",
-        "DeleteObject",
-        "CreateMultipartUpload",
-        "UploadPart",
-        "CompleteMultipartUpload",
-        "AbortMultipartUpload",
-        "ListParts",
-        "GetObjectTagging",
-        "PutObjectTagging",
-        "DeleteObjectTagging",
-        "GetObjectRetention",
-        "PutObjectRetention",
-        "GetObjectLegalHold",
-        "PutObjectLegalHold",
-    }
-)
+#: Every operation `route` can answer with.
+OPERATIONS: frozenset[Op] = frozenset(Op)
 
 
 @dataclass(frozen=True)
 class Route:
     """What a request asks for."""
 
-    operation: str
+    operation: Op
     bucket: str | None
     key: str | None
 
@@ -93,11 +91,13 @@ def route(
     query: Mapping[str, str],
     host: str,
     virtual_domains: Sequence[str] = ("localhost",),
+    headers: Mapping[str, str] | None = None,
 ) -> Route:
     """The operation for a request; S3Error(NotImplemented) for what sealgate does not serve.
 
     `raw_path` is the URL-encoded path without the query; keys are decoded exactly once, so
-    ``a%2Fb`` and ``a/b`` are the same key, as on S3.
+    ``a%2Fb`` and ``a/b`` are the same key, as on S3. `headers` (case-insensitive) tell a copy
+    (``x-amz-copy-source``) from an upload: CopyObject and UploadPartCopy are decided here.
     """
     bucket = bucket_from_host(host, virtual_domains)
     path = raw_path
@@ -119,9 +119,7 @@ def route(
         raise S3Error("InvalidBucketName", "The specified bucket is not valid.", resource=bucket)
     if key is not None and len(key.encode()) > 1024:
         raise S3Error("KeyTooLongError", "Your key is too long", 400)
-    op = _operation(method, bucket, key, query)
-    assert op in OPERATIONS, op
-    return Route(op, bucket, key)
+    return Route(_operation(method, bucket, key, query, headers or {}), bucket, key)
 
 
 #: The parameters of ListObjects and ListObjectsV2 (passed on to the backend as they are).
@@ -174,64 +172,68 @@ _NEUTRAL = {
 }
 
 
-def _operation(method: str, bucket: str | None, key: str | None, query: Mapping[str, str]) -> str:
+#: (method, sub-resource) -> operation, on a bucket and on an object (None: no sub-resource).
+_BUCKET_OPS: Mapping[tuple[str, str | None], Op] = {
+    ("GET", None): Op.LIST_OBJECTS,  # or V2, by list-type
+    ("PUT", None): Op.CREATE_BUCKET,
+    ("DELETE", None): Op.DELETE_BUCKET,
+    ("HEAD", None): Op.HEAD_BUCKET,
+    ("GET", "location"): Op.GET_BUCKET_LOCATION,
+    ("GET", "versions"): Op.LIST_OBJECT_VERSIONS,
+    ("GET", "uploads"): Op.LIST_MULTIPART_UPLOADS,
+    ("POST", "delete"): Op.DELETE_OBJECTS,
+    ("GET", "versioning"): Op.GET_BUCKET_VERSIONING,
+    ("PUT", "versioning"): Op.PUT_BUCKET_VERSIONING,
+    ("GET", "object-lock"): Op.GET_OBJECT_LOCK_CONFIGURATION,
+    ("PUT", "object-lock"): Op.PUT_OBJECT_LOCK_CONFIGURATION,
+}
+_OBJECT_OPS: Mapping[tuple[str, str | None], Op] = {
+    ("PUT", None): Op.PUT_OBJECT,  # or CopyObject, by x-amz-copy-source
+    ("GET", None): Op.GET_OBJECT,
+    ("HEAD", None): Op.HEAD_OBJECT,
+    ("DELETE", None): Op.DELETE_OBJECT,
+    ("POST", "uploads"): Op.CREATE_MULTIPART_UPLOAD,
+    ("PUT", "uploadId"): Op.UPLOAD_PART,  # or UploadPartCopy, by x-amz-copy-source
+    ("POST", "uploadId"): Op.COMPLETE_MULTIPART_UPLOAD,
+    ("DELETE", "uploadId"): Op.ABORT_MULTIPART_UPLOAD,
+    ("GET", "uploadId"): Op.LIST_PARTS,
+    ("GET", "tagging"): Op.GET_OBJECT_TAGGING,
+    ("PUT", "tagging"): Op.PUT_OBJECT_TAGGING,
+    ("DELETE", "tagging"): Op.DELETE_OBJECT_TAGGING,
+    ("GET", "retention"): Op.GET_OBJECT_RETENTION,
+    ("PUT", "retention"): Op.PUT_OBJECT_RETENTION,
+    ("GET", "legal-hold"): Op.GET_OBJECT_LEGAL_HOLD,
+    ("PUT", "legal-hold"): Op.PUT_OBJECT_LEGAL_HOLD,
+}
+_COPIES = {Op.PUT_OBJECT: Op.COPY_OBJECT, Op.UPLOAD_PART: Op.UPLOAD_PART_COPY}
+
+
+def _operation(
+    method: str, bucket: str | None, key: str | None, query: Mapping[str, str], headers: Mapping[str, str]
+) -> Op:
     subresources = [q for q in query if q not in _NEUTRAL]
     if bucket is None:
         if method == "GET" and not subresources:
-            return "ListBuckets"
+            return Op.LIST_BUCKETS
         raise S3Error("NotImplemented", f"{method} on the service is not implemented by sealgate")
-    if key is None:
+    where, table = ("a bucket", _BUCKET_OPS) if key is None else ("an object", _OBJECT_OPS)
+    op = table.get((method, subresources[0] if subresources else None)) if len(subresources) < 2 else None
+    if op is None:
         if subresources:
-            if method == "GET" and len(subresources) == 1 and subresources[0] in _BUCKET_GET_OPS:
-                op = _BUCKET_GET_OPS[subresources[0]]
-                if op in ("GetBucketLocation", "ListMultipartUploads", "ListObjectVersions"):
-                    return op
-            if method == "POST" and subresources == ["delete"]:
-                return "DeleteObjects"
-            if subresources == ["versioning"] and method in ("GET", "PUT"):
-                return "GetBucketVersioning" if method == "GET" else "PutBucketVersioning"
-            if subresources == ["object-lock"] and method in ("GET", "PUT"):
-                return "GetObjectLockConfiguration" if method == "GET" else "PutObjectLockConfiguration"
             raise S3Error(
                 "NotImplemented",
-                f"bucket subresource {'/'.join(sorted(subresources))} is not implemented by sealgate",
+                f"{where.split()[1]} subresource {'/'.join(sorted(subresources))} is not implemented by sealgate",
             )
-        if method == "GET":
-            return "ListObjectsV2" if query.get("list-type") == "2" else "ListObjects"
-        ops = {"PUT": "CreateBucket", "DELETE": "DeleteBucket", "HEAD": "HeadBucket"}
-        if method in ops:
-            return ops[method]
-        raise S3Error("MethodNotAllowed", f"{method} is not allowed on a bucket", 405)
-    if subresources == ["uploads"] and method == "POST":
-        return "CreateMultipartUpload"
-    if subresources == ["uploadId"]:
-        ops = {
-            "PUT": "UploadPart",
-            "POST": "CompleteMultipartUpload",
-            "DELETE": "AbortMultipartUpload",
-            "GET": "ListParts",
-        }
-        if method in ops:
-            if method == "PUT" and "partNumber" not in query:
-                raise S3Error("InvalidArgument", "UploadPart needs partNumber", 400)
-            return ops[method]
-    if subresources == ["tagging"]:
-        ops = {"GET": "GetObjectTagging", "PUT": "PutObjectTagging", "DELETE": "DeleteObjectTagging"}
-        if method in ops:
-            return ops[method]
-    if subresources == ["retention"] and method in ("GET", "PUT"):
-        return "GetObjectRetention" if method == "GET" else "PutObjectRetention"
-    if subresources == ["legal-hold"] and method in ("GET", "PUT"):
-        return "GetObjectLegalHold" if method == "GET" else "PutObjectLegalHold"
-    if subresources:
         raise S3Error(
-            "NotImplemented",
-            f"object subresource {'/'.join(sorted(subresources))} is not implemented by sealgate",
+            "MethodNotAllowed", f"{method} is not allowed on {'a bucket' if key is None else 'an object'}", 405
         )
-    ops = {"PUT": "PutObject", "GET": "GetObject", "HEAD": "HeadObject", "DELETE": "DeleteObject"}
-    if method in ops:
-        return ops[method]
-    raise S3Error("MethodNotAllowed", f"{method} is not allowed on an object", 405)
+    if op is Op.LIST_OBJECTS and query.get("list-type") == "2":
+        return Op.LIST_OBJECTS_V2
+    if op is Op.UPLOAD_PART and "partNumber" not in query:
+        raise S3Error("InvalidArgument", "UploadPart needs partNumber", 400)
+    if op in _COPIES and "x-amz-copy-source" in headers:
+        return _COPIES[op]
+    return op
 
 
 def parse_copy_source(value: str) -> tuple[str, str, str | None]:

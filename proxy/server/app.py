@@ -7,7 +7,7 @@ import os
 import random
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from datetime import UTC, datetime, timedelta
 
 from aiohttp import web
@@ -21,8 +21,8 @@ from proxy.crypto.format import FormatError
 from proxy.kms.base import KeyringError
 from proxy.kms.materials import Materials
 from proxy.metrics import ACTIVE, BYTES_OUT, render, request_finished
-from proxy.s3.errors import S3Error
-from proxy.s3.routing import Route, route
+from proxy.s3.errors import S3Error, keyring_error
+from proxy.s3.routing import Op, Route, route
 from proxy.s3.sigv4 import ClientCredentials, VerifiedRequest, verify_request
 from proxy.server import admin, buckets, copy, multipart, objects
 from proxy.server.direct import closes_connection
@@ -77,7 +77,7 @@ async def s3_errors(request: web.Request, handler: Handler) -> web.StreamRespons
     except S3Error as err:
         resp = error_response(request, err)
     except KeyringError as err:
-        resp = error_response(request, S3Error(err.code, err.message, err.status))
+        resp = error_response(request, keyring_error(err))
     except FormatError as err:
         resp = error_response(request, S3Error("ObjectIntegrityError", str(err), 500))
     except web.HTTPException as exc:
@@ -157,6 +157,7 @@ def _route(request: web.Request) -> Route:
         request.query,
         request.headers.get("Host", ""),
         gw.config.server.virtual_host_domains,
+        request.headers,
     )
     return r
 
@@ -173,8 +174,7 @@ async def expect_continue(request: web.Request) -> web.StreamResponse | None:
             _refuse_sse_c(request)
             _authorize(request, r, _authenticate(request))
             conditional = "If-Match" in request.headers or "If-None-Match" in request.headers
-            upload = r.operation == "PutObject" and "x-amz-copy-source" not in request.headers
-            if upload and conditional and r.bucket and r.key:
+            if r.operation is Op.PUT_OBJECT and conditional and r.bucket and r.key:
                 objects.check_reserved(r.key)
                 gw = request.app[GATEWAY]
                 request[objects.WRITE_CONDITIONS] = await objects.write_conditions(gw, request, r.bucket, r.key)
@@ -248,62 +248,100 @@ def _refuse_sse_c(request: web.Request) -> None:
         )
 
 
+Call = Callable[[Gateway, web.Request, Route, VerifiedRequest], Awaitable[web.StreamResponse]]
+BucketHandler = Callable[[Gateway, web.Request, str], Awaitable[web.StreamResponse]]
+ObjectHandler = Callable[[Gateway, web.Request, str, str], Awaitable[web.StreamResponse]]
+SignedObjectHandler = Callable[[Gateway, web.Request, str, str, VerifiedRequest], Awaitable[web.StreamResponse]]
+
+
+def _on_service(handler: Callable[[Gateway, web.Request], Awaitable[web.StreamResponse]]) -> Call:
+    async def run(gw: Gateway, request: web.Request, r: Route, verified: VerifiedRequest) -> web.StreamResponse:
+        return await handler(gw, request)
+
+    return run
+
+
+def _on_bucket(handler: BucketHandler) -> Call:
+    async def run(gw: Gateway, request: web.Request, r: Route, verified: VerifiedRequest) -> web.StreamResponse:
+        assert r.bucket is not None
+        return await handler(gw, request, r.bucket)
+
+    return run
+
+
+def _on_object(handler: ObjectHandler) -> Call:
+    async def run(gw: Gateway, request: web.Request, r: Route, verified: VerifiedRequest) -> web.StreamResponse:
+        assert r.bucket is not None and r.key is not None
+        objects.check_reserved(r.key)
+        return await handler(gw, request, r.bucket, r.key)
+
+    return run
+
+
+def _on_signed_object(handler: SignedObjectHandler) -> Call:
+    """Uploads, which check the body against the signature (signed chunks, payload hash)."""
+
+    async def run(gw: Gateway, request: web.Request, r: Route, verified: VerifiedRequest) -> web.StreamResponse:
+        assert r.bucket is not None and r.key is not None
+        objects.check_reserved(r.key)
+        return await handler(gw, request, r.bucket, r.key, verified)
+
+    return run
+
+
+def _bucket_setting(name: str) -> Call:
+    return _on_bucket(lambda gw, request, bucket: buckets.bucket_config(gw, request, bucket, name))
+
+
+def _object_property(name: str) -> Call:
+    return _on_object(lambda gw, request, bucket, key: objects.object_property(gw, request, bucket, key, name))
+
+
+#: The handler of every operation the router serves (a test checks none is missing).
+HANDLERS: Mapping[Op, Call] = {
+    Op.LIST_BUCKETS: _on_service(buckets.list_buckets),
+    Op.CREATE_BUCKET: _on_bucket(buckets.create_bucket),
+    Op.DELETE_BUCKET: _on_bucket(buckets.delete_bucket),
+    Op.HEAD_BUCKET: _on_bucket(buckets.head_bucket),
+    Op.GET_BUCKET_LOCATION: _on_bucket(buckets.get_bucket_location),
+    Op.LIST_OBJECTS: _on_bucket(buckets.list_objects),
+    Op.LIST_OBJECTS_V2: _on_bucket(buckets.list_objects),
+    Op.LIST_OBJECT_VERSIONS: _on_bucket(
+        lambda gw, request, bucket: buckets.list_objects(gw, request, bucket, versions=True)
+    ),
+    Op.DELETE_OBJECTS: _on_bucket(buckets.delete_objects),
+    Op.GET_BUCKET_VERSIONING: _bucket_setting("versioning"),
+    Op.PUT_BUCKET_VERSIONING: _bucket_setting("versioning"),
+    Op.GET_OBJECT_LOCK_CONFIGURATION: _bucket_setting("object-lock"),
+    Op.PUT_OBJECT_LOCK_CONFIGURATION: _bucket_setting("object-lock"),
+    Op.LIST_MULTIPART_UPLOADS: _on_bucket(multipart.list_uploads),
+    Op.PUT_OBJECT: _on_signed_object(objects.put_object),
+    Op.COPY_OBJECT: _on_object(copy.copy_object),
+    Op.GET_OBJECT: _on_object(objects.get_object),
+    Op.HEAD_OBJECT: _on_object(objects.head_object),
+    Op.DELETE_OBJECT: _on_object(objects.delete_object),
+    Op.CREATE_MULTIPART_UPLOAD: _on_object(multipart.create),
+    Op.UPLOAD_PART: _on_signed_object(multipart.upload_part),
+    Op.UPLOAD_PART_COPY: _on_signed_object(multipart.upload_part),  # it serves both upload formats' copies
+    Op.COMPLETE_MULTIPART_UPLOAD: _on_object(multipart.complete),
+    Op.ABORT_MULTIPART_UPLOAD: _on_object(multipart.abort),
+    Op.LIST_PARTS: _on_object(multipart.list_parts),
+    Op.GET_OBJECT_TAGGING: _object_property("tagging"),
+    Op.PUT_OBJECT_TAGGING: _object_property("tagging"),
+    Op.DELETE_OBJECT_TAGGING: _object_property("tagging"),
+    Op.GET_OBJECT_RETENTION: _object_property("retention"),
+    Op.PUT_OBJECT_RETENTION: _object_property("retention"),
+    Op.GET_OBJECT_LEGAL_HOLD: _object_property("legal-hold"),
+    Op.PUT_OBJECT_LEGAL_HOLD: _object_property("legal-hold"),
+}
+
+
 async def _run(gw: Gateway, request: web.Request, r: Route, verified: VerifiedRequest) -> web.StreamResponse:
-    op, bucket, key = r.operation, r.bucket, r.key
     _refuse_sse_c(request)
-    if op == "ListBuckets":
-        return await buckets.list_buckets(gw, request)
-    assert bucket is not None
-    if key is None:
-        if op == "CreateBucket":
-            return await buckets.create_bucket(gw, request, bucket)
-        if op == "DeleteBucket":
-            return await buckets.delete_bucket(gw, request, bucket)
-        if op == "HeadBucket":
-            return await buckets.head_bucket(gw, request, bucket)
-        if op == "GetBucketLocation":
-            return await buckets.get_bucket_location(gw, request, bucket)
-        if op in ("ListObjects", "ListObjectsV2"):
-            return await buckets.list_objects(gw, request, bucket)
-        if op == "ListObjectVersions":
-            return await buckets.list_objects(gw, request, bucket, versions=True)
-        if op == "DeleteObjects":
-            return await buckets.delete_objects(gw, request, bucket)
-        if op in ("GetBucketVersioning", "PutBucketVersioning"):
-            return await buckets.bucket_config(gw, request, bucket, "versioning")
-        if op in ("GetObjectLockConfiguration", "PutObjectLockConfiguration"):
-            return await buckets.bucket_config(gw, request, bucket, "object-lock")
-        if op == "ListMultipartUploads":
-            return await multipart.list_uploads(gw, request, bucket)
-    else:
-        objects.check_reserved(key)
-        if op == "PutObject":
-            if "x-amz-copy-source" in request.headers:
-                return await copy.copy_object(gw, request, bucket, key)
-            return await objects.put_object(gw, request, bucket, key, verified)
-        if op == "GetObject":
-            return await objects.get_object(gw, request, bucket, key)
-        if op == "HeadObject":
-            return await objects.head_object(gw, request, bucket, key)
-        if op == "DeleteObject":
-            return await objects.delete_object(gw, request, bucket, key)
-        if op == "CreateMultipartUpload":
-            return await multipart.create(gw, request, bucket, key)
-        if op == "UploadPart":
-            return await multipart.upload_part(gw, request, bucket, key, verified)
-        if op == "CompleteMultipartUpload":
-            return await multipart.complete(gw, request, bucket, key)
-        if op == "AbortMultipartUpload":
-            return await multipart.abort(gw, request, bucket, key)
-        if op in ("GetObjectTagging", "PutObjectTagging", "DeleteObjectTagging"):
-            return await objects.object_property(gw, request, bucket, key, "tagging")
-        if op in ("GetObjectRetention", "PutObjectRetention"):
-            return await objects.object_property(gw, request, bucket, key, "retention")
-        if op in ("GetObjectLegalHold", "PutObjectLegalHold"):
-            return await objects.object_property(gw, request, bucket, key, "legal-hold")
-        if op == "ListParts":
-            return await multipart.list_parts(gw, request, bucket, key)
-    raise S3Error("NotImplemented", f"{op} is not implemented by sealgate", 501)
+    handler = HANDLERS.get(r.operation)
+    if handler is None:
+        raise S3Error("NotImplemented", f"{r.operation} is not implemented by sealgate", 501)
+    return await handler(gw, request, r, verified)
 
 
 async def _health(request: web.Request) -> web.StreamResponse:
@@ -320,12 +358,10 @@ async def _health(request: web.Request) -> web.StreamResponse:
             resp.release()
         except S3Error as exc:
             problems.append(f"backend: {exc.message}")
-        ready = getattr(gw.materials.keyring, "ready", None)
-        if ready is not None:
-            try:
-                await ready(gw.config.kms.default_key)
-            except KeyringError as exc:
-                problems.append(f"kms: {exc.message}")
+        try:
+            await gw.materials.ready(gw.config.kms.default_key)
+        except KeyringError as exc:
+            problems.append(f"kms: {exc.message}")
         if problems:
             return web.Response(status=503, text="not ready\n" + "\n".join(problems) + "\n")
         return web.Response(text="ready\n")

@@ -38,16 +38,17 @@ def test_every_operation_the_router_serves_has_an_action() -> None:
 def test_every_routed_request_has_needs() -> None:
     """Drive the router over methods x paths x sub-resources: whatever it routes has an action."""
     seen = set()
-    for method, path, sub in itertools.product(
-        ["GET", "PUT", "POST", "DELETE", "HEAD"], ["/", "/bkt", "/bkt/k"], _SUBRESOURCES
+    for method, path, sub, copy in itertools.product(
+        ["GET", "PUT", "POST", "DELETE", "HEAD"], ["/", "/bkt", "/bkt/k"], _SUBRESOURCES, [False, True]
     ):
         query = dict(p.partition("=")[::2] for p in sub.split("&") if p)
+        headers = CIMultiDict({"x-amz-copy-source": "src/key"} if copy else {})
         try:
-            r = route(method, path, query, "localhost")
+            r = route(method, path, query, "localhost", headers=headers)
         except S3Error:
             continue
         seen.add(r.operation)
-        got = needs(r.operation, r.bucket, r.key, query, CIMultiDict())
+        got = needs(r.operation, r.bucket, r.key, query, headers)
         if r.operation != "DeleteObjects":
             assert got and got[0].action == OPERATION_ACTIONS[r.operation] or "Version" in got[0].action
     assert seen == set(OPERATIONS)
@@ -70,16 +71,21 @@ def test_object_reads_and_versions() -> None:
 
 
 def test_copies_need_the_source_too() -> None:
-    assert _needs("PutObject", x_amz_copy_source="/src/a%20b?versionId=3") == [
+    assert _needs("CopyObject", x_amz_copy_source="/src/a%20b?versionId=3") == [
         ("s3:PutObject", "arn:aws:s3:::b/k"),
         ("s3:GetObjectVersion", "arn:aws:s3:::src/a b"),
     ]
-    assert _needs("UploadPart", query={"uploadId": "u", "partNumber": "1"}, x_amz_copy_source="src/x") == [
+    assert _needs("UploadPartCopy", query={"uploadId": "u", "partNumber": "1"}, x_amz_copy_source="src/x") == [
         ("s3:PutObject", "arn:aws:s3:::b/k"),
         ("s3:GetObject", "arn:aws:s3:::src/x"),
     ]
-    with pytest.raises(S3Error):
-        _needs("PutObject", x_amz_copy_source="nokey")
+    with pytest.raises(S3Error) as err:
+        _needs("CopyObject", x_amz_copy_source="nokey")
+    assert err.value.code == "InvalidArgument"
+    # A copy that sets tags needs the tagging action too, as a PutObject does.
+    assert ("s3:PutObjectTagging", "arn:aws:s3:::b/k") in _needs(
+        "CopyObject", x_amz_copy_source="s/k", x_amz_tagging="a=b"
+    )
 
 
 def test_headers_that_add_actions() -> None:
