@@ -23,11 +23,11 @@ from awscrt import checksums
 from botocore.auth import SIGNED_HEADERS_BLACKLIST, S3SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials, ReadOnlyCredentials
-from defusedxml import ElementTree
 from yarl import URL
 
 from proxy.metrics import BACKEND_RETRIES
 from proxy.s3.errors import S3Error
+from proxy.s3.xml import local_name, parse
 
 log = logging.getLogger(__name__)
 
@@ -278,12 +278,12 @@ def _parse_error(body: bytes) -> tuple[str, str]:
     if not body:
         return "", ""
     try:
-        root = ElementTree.fromstring(body)
+        root = parse(body)
     except Exception:  # noqa: BLE001 - any parse failure means "no S3 error document"
         return "", ""
     code = message = ""
     for child in root.iter():
-        tag = child.tag.rsplit("}", 1)[-1]
+        tag = local_name(child.tag)
         if tag == "Code" and not code:
             code = (child.text or "").strip()
         elif tag == "Message" and not message:

@@ -26,14 +26,15 @@ from urllib.parse import urlencode
 
 import aiohttp
 import click
-from defusedxml import ElementTree
 
 from proxy.crypto import s3ec
 from proxy.crypto.format import LAYOUT_SINGLE, FormatError, is_sealgate_object, stream_key
 from proxy.crypto.segments import StreamEncryptor
 from proxy.kms.base import KeyringError
-from proxy.rewrap import S3_NS, list_keys
+from proxy.rewrap import list_keys
 from proxy.s3.errors import S3Error
+from proxy.s3.headers import CARRIED_HEADERS
+from proxy.s3.xml import parse, qname
 from proxy.server import s3ec_read
 from proxy.server.objects import (
     ETAG_TAIL,
@@ -49,18 +50,6 @@ log = logging.getLogger(__name__)
 
 Target = Literal["sealgate", "s3ec-v3"]
 TARGETS: tuple[Target, ...] = ("sealgate", "s3ec-v3")
-
-#: Object properties carried over to the converted object (user metadata and tags as well).
-_CONTENT_HEADERS = (
-    "Content-Type",
-    "Cache-Control",
-    "Content-Disposition",
-    "Content-Encoding",
-    "Content-Language",
-    "Expires",
-    "x-amz-storage-class",
-    "x-amz-website-redirect-location",
-)
 
 
 class ConvertError(Exception):
@@ -115,7 +104,7 @@ class _Source:
 
 def _carried_headers(head_headers: Mapping[str, str]) -> dict[str, str]:
     headers: dict[str, str] = {}
-    for name in _CONTENT_HEADERS:
+    for name in CARRIED_HEADERS:  # user metadata and tags are carried as well
         value = head_headers.get(name)
         if value:
             headers[name] = value
@@ -127,8 +116,8 @@ async def _tagging(gw: Gateway, bucket: str, key: str, tag_count: str | None) ->
     if not tag_count or tag_count == "0":
         return {}
     _, doc = await gw.backend.read_ok("GET", bucket, key, query=[("tagging", "")])
-    root = ElementTree.fromstring(doc)
-    pairs = [(t.findtext(f"{S3_NS}Key") or "", t.findtext(f"{S3_NS}Value") or "") for t in root.iter(f"{S3_NS}Tag")]
+    root = parse(doc)
+    pairs = [(t.findtext(qname("Key")) or "", t.findtext(qname("Value")) or "") for t in root.iter(qname("Tag"))]
     return {"x-amz-tagging": urlencode(pairs)} if pairs else {}
 
 

@@ -35,7 +35,8 @@ from proxy.crypto.format import (
 from proxy.kms.base import KeyringError
 from proxy.rewrap import ProgressLine, audited_gateway, list_keys
 from proxy.s3.errors import S3Error
-from proxy.server.copy import CONTENT_HEADERS, backend_copy
+from proxy.s3.headers import CONTENT_HEADERS
+from proxy.server.copy import backend_copy
 from proxy.server.multipart import put_record
 from proxy.server.objects import check_reserved, open_copy_source, record_key
 from proxy.server.state import Gateway

@@ -14,9 +14,10 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from urllib.parse import unquote
+from xml.etree.ElementTree import Element
 
-from defusedxml import ElementTree
-
+from proxy.s3.headers import etag_value
+from proxy.s3.xml import child_text, iter_named, parse
 from proxy.server.multipart import upload_record_key
 from proxy.server.objects import RESERVED_PREFIX
 from proxy.server.state import Gateway
@@ -33,23 +34,12 @@ class GcReport:
     records_deleted: list[str] = field(default_factory=list)
 
 
-def _tag(el: object) -> str:
-    return str(el.tag).rsplit("}", 1)[-1]  # type: ignore[attr-defined]
-
-
-def _text(el: object, name: str) -> str:
-    for child in el:  # type: ignore[attr-defined]
-        if _tag(child) == name:
-            return str(child.text or "")
-    return ""
-
-
-async def _xml(gw: Gateway, bucket: str, query: list[tuple[str, str]]) -> object:
+async def _xml(gw: Gateway, bucket: str, query: list[tuple[str, str]]) -> Element:
     resp = await gw.backend.request("GET", bucket, None, query=query)
     if resp.status >= 300:
         raise await resp.error()
     try:
-        return ElementTree.fromstring(await resp.read())
+        return parse(await resp.read())
     finally:
         resp.release()
 
@@ -67,8 +57,8 @@ async def gc(gw: Gateway, bucket: str, older_than: timedelta, *, dry_run: bool =
     while True:
         query = [("uploads", ""), ("key-marker", key_marker), ("upload-id-marker", upload_marker)]
         root = await _xml(gw, bucket, query)
-        for up in (e for e in root.iter() if _tag(e) == "Upload"):  # type: ignore[attr-defined]
-            key, upload_id, initiated = _text(up, "Key"), _text(up, "UploadId"), _text(up, "Initiated")
+        for up in iter_named(root, "Upload"):
+            key, upload_id, initiated = child_text(up, "Key"), child_text(up, "UploadId"), child_text(up, "Initiated")
             if initiated and _parse_time(initiated) < cutoff:
                 report.uploads_aborted.append((key, upload_id))
                 if not dry_run:
@@ -76,9 +66,9 @@ async def gc(gw: Gateway, bucket: str, older_than: timedelta, *, dry_run: bool =
                     resp.release()
             else:
                 live.add(upload_record_key(key, upload_id))
-        if _text(root, "IsTruncated").lower() != "true":
+        if child_text(root, "IsTruncated").lower() != "true":
             break
-        key_marker, upload_marker = _text(root, "NextKeyMarker"), _text(root, "NextUploadIdMarker")
+        key_marker, upload_marker = child_text(root, "NextKeyMarker"), child_text(root, "NextUploadIdMarker")
         if not key_marker:
             break
     async for record, modified in _listed(gw, bucket, RESERVED_PREFIX + "up/"):
@@ -107,9 +97,9 @@ async def _listed(gw: Gateway, bucket: str, prefix: str) -> AsyncIterator[tuple[
         if token:
             query.append(("continuation-token", token))
         root = await _xml(gw, bucket, query)
-        for item in (e for e in root.iter() if _tag(e) == "Contents"):  # type: ignore[attr-defined]
-            yield _text(item, "Key"), _parse_time(_text(item, "LastModified"))
-        token = _text(root, "NextContinuationToken")
+        for item in iter_named(root, "Contents"):
+            yield child_text(item, "Key"), _parse_time(child_text(item, "LastModified"))
+        token = child_text(root, "NextContinuationToken")
         if not token:
             return
 
@@ -125,7 +115,7 @@ async def _orphan(gw: Gateway, bucket: str, name: str) -> bool:
     key, etag = unquote(quoted), name.rsplit("/", 1)[-1]
     obj = await gw.backend.request("HEAD", bucket, key)
     obj.release()
-    if obj.status < 300 and obj.headers.get("ETag", "").strip().strip('"') == etag:
+    if obj.status < 300 and etag_value(obj.headers.get("ETag", "")) == etag:
         return False
     if obj.status >= 300 and obj.status != 404:
         return False
@@ -143,14 +133,14 @@ async def versions_with(gw: Gateway, bucket: str, key: str, etag: str) -> bool |
             resp.release()
             return None
         try:
-            root = ElementTree.fromstring(await resp.read())
+            root = parse(await resp.read())
         finally:
             resp.release()
-        for version in (e for e in root.iter() if _tag(e) == "Version"):
-            if _text(version, "Key") == key and _text(version, "ETag").strip().strip('"') == etag:
+        for version in iter_named(root, "Version"):
+            if child_text(version, "Key") == key and etag_value(child_text(version, "ETag")) == etag:
                 return True
-        next_key, next_version = _text(root, "NextKeyMarker"), _text(root, "NextVersionIdMarker")
-        if _text(root, "IsTruncated").lower() != "true" or not next_key or next_key > key:
+        next_key, next_version = child_text(root, "NextKeyMarker"), child_text(root, "NextVersionIdMarker")
+        if child_text(root, "IsTruncated").lower() != "true" or not next_key or next_key > key:
             return False
         markers = [("key-marker", next_key), ("version-id-marker", next_version)]
 

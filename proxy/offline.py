@@ -72,6 +72,7 @@ from proxy.crypto.format import (
 from proxy.crypto.multipart import MultipartDecryptor, stored_length
 from proxy.crypto.segments import StreamDecryptor, StreamEncryptor
 from proxy.kms.base import DataKey, InvalidWrappedKey, Keyring, KeyringError
+from proxy.s3.headers import etag_value
 
 if TYPE_CHECKING:
     from collections.abc import Coroutine
@@ -256,7 +257,7 @@ def parse_metadata_document(raw: bytes) -> tuple[dict[str, str], str | None]:
     if isinstance(doc.get("Metadata"), dict):
         raw_etag = doc.get("ETag")
         if isinstance(raw_etag, str) and raw_etag.strip('" '):
-            etag = raw_etag.strip().strip('"')
+            etag = etag_value(raw_etag)
         doc = doc["Metadata"]
     meta: dict[str, str] = {}
     for name, value in doc.items():
@@ -277,11 +278,11 @@ def metadata_headers(env: Envelope) -> dict[str, str]:
 def manifest_key(object_key: str, backend_etag: str) -> str:
     """Backend key of a multipart object's sealed manifest (docs/FORMAT.md §6a)."""
     digest = hashlib.sha256(object_key.encode()).hexdigest()
-    return f"{_MP_PREFIX}{digest}/{backend_etag.strip().strip(chr(34))}"
+    return f"{_MP_PREFIX}{digest}/{etag_value(backend_etag)}"
 
 
 def _opaque_etag(backend_etag: str) -> str:
-    bare = backend_etag.strip().strip('"')
+    bare = etag_value(backend_etag)
     return bare if "-" in bare else f"{bare}-1"
 
 
@@ -579,7 +580,7 @@ def _multipart_needs(object_key: str, backend_etag: str | None) -> str:
 
 
 def _check_manifest(opened: Opened, size: int, manifest: bytes, backend_etag: str) -> Manifest:
-    etag = backend_etag.strip().strip('"')
+    etag = etag_value(backend_etag)
     mf = Manifest.open(opened.data_key, opened.env.salt, manifest)
     if mf.backend_etag != etag:
         raise IntegrityError(

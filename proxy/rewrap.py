@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from urllib.parse import quote
 
 import click
-from defusedxml import ElementTree
 
 from proxy.audit import AuditContext, AuditingKeyring, AuditLog, audit_context
 from proxy.backend import BackendResponse
@@ -32,12 +31,12 @@ from proxy.crypto.multipart import stored_length
 from proxy.gc import versions_with
 from proxy.kms.base import KeyringError
 from proxy.s3.errors import S3Error
-from proxy.server.copy import CONTENT_HEADERS, SourceChanged, backend_copy
+from proxy.s3.headers import CONTENT_HEADERS, etag_value
+from proxy.s3.xml import parse, qname
+from proxy.server.copy import SourceChanged, backend_copy
 from proxy.server.multipart import put_record
 from proxy.server.objects import RESERVED_PREFIX, read_manifest, record_key
 from proxy.server.state import Gateway
-
-S3_NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
 
 
 @dataclass
@@ -138,12 +137,12 @@ async def list_keys(gw: Gateway, bucket: str, prefix: str, *, reserved: bool = F
         if token:
             query.append(("continuation-token", token))
         resp, raw_body = await gw.backend.read_ok("GET", bucket, None, query=query)
-        root = ElementTree.fromstring(raw_body)
-        for item in root.iter(f"{S3_NS}Contents"):
-            key = item.findtext(f"{S3_NS}Key") or ""
+        root = parse(raw_body)
+        for item in root.iter(qname("Contents")):
+            key = item.findtext(qname("Key")) or ""
             if reserved or not key.startswith(RESERVED_PREFIX):
-                yield key, int(item.findtext(f"{S3_NS}Size") or 0)
-        token = root.findtext(f"{S3_NS}NextContinuationToken") or ""
+                yield key, int(item.findtext(qname("Size")) or 0)
+        token = root.findtext(qname("NextContinuationToken")) or ""
         if not token:
             return
 
@@ -227,7 +226,7 @@ async def _follow_manifest(
     Only a record that opens under this object's data key and salt (so it describes this very
     body: copies keep both) and implies the stored size is taken; without one the object is
     reported, not guessed at."""
-    etag = head.headers.get("ETag", "").strip().strip('"')
+    etag = etag_value(head.headers.get("ETag", ""))
     probe = await gw.backend.request("HEAD", bucket, record_key(key, etag))
     probe.release()
     if probe.status < 300:

@@ -5,23 +5,21 @@ from __future__ import annotations
 import asyncio
 from contextlib import suppress
 from urllib.parse import unquote_plus
-from xml.etree.ElementTree import Element, register_namespace, tostring
+from xml.etree.ElementTree import Element
 
 from aiohttp import web
-from defusedxml import ElementTree
 
 from proxy.access.actions import delete_need
 from proxy.access.authorize import check
 from proxy.crypto.format import DEFAULT_SEGMENT_SIZE, FormatError, Layout
 from proxy.s3.errors import S3Error
+from proxy.s3.headers import etag_value, quoted
 from proxy.s3.routing import LIST_PARAMS
+from proxy.s3.xml import XML_HEADERS, local_name, parse, parse_client, qname, serialize
 from proxy.server.objects import RESERVED_PREFIX, content_md5, matching_etag, opaque_etag, record_key
 from proxy.server.state import CALLER, Gateway
 
-S3_NS = "http://s3.amazonaws.com/doc/2006-03-01/"
-register_namespace("", S3_NS)
 MAX_CONTROL_BODY = 1024 * 1024
-_XML = "application/xml"
 
 
 async def _read_small_body(request: web.Request) -> bytes:
@@ -46,7 +44,7 @@ async def _relay(
     data = b"" if method == "HEAD" else raw_body
     out = {k: resp.headers[k] for k in keep if k in resp.headers}
     if data:
-        out["Content-Type"] = _XML
+        out.update(XML_HEADERS)
     return web.Response(status=status or resp.status, body=data or None, headers=out)
 
 
@@ -77,16 +75,12 @@ async def get_bucket_location(gw: Gateway, request: web.Request, bucket: str) ->
     return await _relay(gw, "GET", bucket, query=[("location", "")])
 
 
-def _ns(tag: str) -> str:
-    return f"{{{S3_NS}}}{tag}"
-
-
 def _listed(root: Element, el: Element, name: str) -> str:
     """The text of `name` under `el`, decoded if the listing is URL-encoded (encoding-type=url,
     which botocore always asks for: S3 encodes with ``+`` for spaces, others with ``%20``, some
     encode ``/`` too)."""
-    text = el.findtext(_ns(name)) or ""
-    return unquote_plus(text) if (root.findtext(_ns("EncodingType")) or "").lower() == "url" else text
+    text = el.findtext(qname(name)) or ""
+    return unquote_plus(text) if (root.findtext(qname("EncodingType")) or "").lower() == "url" else text
 
 
 def multipart_entries(root: Element, *, suffixed: bool = True) -> list[tuple[str, str]]:
@@ -95,7 +89,7 @@ def multipart_entries(root: Element, *, suffixed: bool = True) -> list[tuple[str
     out = []
     for contents in _entries(root):
         key = _listed(root, contents, "Key")
-        etag = (contents.findtext(_ns("ETag")) or "").strip().strip('"')
+        etag = etag_value(contents.findtext(qname("ETag")) or "")
         if (not suffixed or "-" in etag) and not key.startswith(RESERVED_PREFIX):
             out.append((key, etag))
     return out
@@ -103,7 +97,7 @@ def multipart_entries(root: Element, *, suffixed: bool = True) -> list[tuple[str
 
 def _entries(root: Element) -> list[Element]:
     """Listed objects: Contents (ListObjects) and Version (ListObjectVersions)."""
-    return [*root.iter(_ns("Contents")), *root.iter(_ns("Version"))]
+    return [*root.iter(qname("Contents")), *root.iter(qname("Version"))]
 
 
 def rewrite_listing(root: Element, multipart_sizes: dict[tuple[str, str], int]) -> bytes:
@@ -111,16 +105,16 @@ def rewrite_listing(root: Element, multipart_sizes: dict[tuple[str, str], int]) 
     layout = Layout(DEFAULT_SEGMENT_SIZE)
     hidden = 0
     entries = _entries(root)
-    last_key = entries[-1].findtext(_ns("Key")) if entries else None  # as the backend wrote it
+    last_key = entries[-1].findtext(qname("Key")) if entries else None  # as the backend wrote it
     for contents in list(entries):
         key = _listed(root, contents, "Key")
         if key.startswith(RESERVED_PREFIX):
             root.remove(contents)
             hidden += 1
             continue
-        size_el = contents.find(_ns("Size"))
-        etag_el = contents.find(_ns("ETag"))
-        backend_etag = (contents.findtext(_ns("ETag")) or "").strip().strip('"')
+        size_el = contents.find(qname("Size"))
+        etag_el = contents.find(qname("ETag"))
+        backend_etag = etag_value(contents.findtext(qname("ETag")) or "")
         if (key, backend_etag) in multipart_sizes and size_el is not None:
             size_el.text = str(multipart_sizes[(key, backend_etag)])
         elif size_el is not None and size_el.text and size_el.text.strip().isdigit():
@@ -129,21 +123,20 @@ def rewrite_listing(root: Element, multipart_sizes: dict[tuple[str, str], int]) 
                 size_el.text = str(layout.plaintext_length(int(size_el.text)))
         if etag_el is not None and etag_el.text:
             etag_el.text = opaque_etag(etag_el.text)
-    for marker in list(root.iter(_ns("DeleteMarker"))):
+    for marker in list(root.iter(qname("DeleteMarker"))):
         # Left by deleting sealgate's records in a versioned bucket.
         if _listed(root, marker, "Key").startswith(RESERVED_PREFIX):
             root.remove(marker)
             hidden += 1
-    for prefix in list(root.iter(_ns("CommonPrefixes"))):
+    for prefix in list(root.iter(qname("CommonPrefixes"))):
         if _listed(root, prefix, "Prefix").startswith(RESERVED_PREFIX):
             root.remove(prefix)
             hidden += 1
-    count = root.find(_ns("KeyCount"))
+    count = root.find(qname("KeyCount"))
     if count is not None and count.text and count.text.isdigit():
         count.text = str(max(0, int(count.text) - hidden))
     _keep_marker(root, last_key, hidden)
-    out: bytes = tostring(root, encoding="utf-8", xml_declaration=True)
-    return out
+    return serialize(root)
 
 
 def _keep_marker(root: Element, last_key: str | None, hidden: int) -> None:
@@ -152,12 +145,12 @@ def _keep_marker(root: Element, last_key: str | None, hidden: int) -> None:
     of nothing but hidden entries has none at all (botocore's paginator then stops): so such a
     page gets the backend's last key as NextMarker. V2 and version listings carry their own
     continuation."""
-    v1 = _local(root.tag) == "ListBucketResult" and root.find(_ns("KeyCount")) is None
-    if not (v1 and hidden and last_key is not None) or root.find(_ns("NextMarker")) is not None:
+    v1 = local_name(root.tag) == "ListBucketResult" and root.find(qname("KeyCount")) is None
+    if not (v1 and hidden and last_key is not None) or root.find(qname("NextMarker")) is not None:
         return
-    if (root.findtext(_ns("IsTruncated")) or "").strip().lower() != "true":
+    if (root.findtext(qname("IsTruncated")) or "").strip().lower() != "true":
         return
-    marker = Element(_ns("NextMarker"))
+    marker = Element(qname("NextMarker"))
     marker.text = last_key
     root.append(marker)
 
@@ -179,11 +172,6 @@ async def _multipart_sizes(gw: Gateway, bucket: str, entries: list[tuple[str, st
     return sizes
 
 
-def _as_element(node: object) -> Element:
-    assert isinstance(node, Element)
-    return node
-
-
 _VERSION_PARAMS = ("prefix", "delimiter", "max-keys", "key-marker", "version-id-marker", "encoding-type")
 
 
@@ -195,14 +183,14 @@ async def list_objects(gw: Gateway, request: web.Request, bucket: str, *, versio
         query = [(k, v) for k, v in request.query.items() if k in LIST_PARAMS]
     resp, data = await gw.backend.read_ok("GET", bucket, None, query=query)
     try:
-        root = _as_element(ElementTree.fromstring(data))
+        root = parse(data)
     except Exception as exc:  # noqa: BLE001 - any malformed listing from the backend
         raise S3Error("BadGateway", "backend sent a malformed listing", 502) from exc
     body = rewrite_listing(
         root,
         await _multipart_sizes(gw, bucket, multipart_entries(root, suffixed=gw.config.backend.multipart_etag_suffix)),
     )
-    return web.Response(status=200, body=body, headers={"Content-Type": _XML})
+    return web.Response(status=200, body=body, headers={**XML_HEADERS})
 
 
 async def bucket_config(gw: Gateway, request: web.Request, bucket: str, subresource: str) -> web.StreamResponse:
@@ -212,7 +200,7 @@ async def bucket_config(gw: Gateway, request: web.Request, bucket: str, subresou
     if request.method == "GET":
         return await _relay(gw, "GET", bucket, query=[(subresource, "")])
     body = await _read_small_body(request)
-    headers = {"Content-MD5": content_md5(body), "Content-Type": _XML}
+    headers = {"Content-MD5": content_md5(body), **XML_HEADERS}
     return await _relay(gw, "PUT", bucket, query=[(subresource, "")], headers=headers, body=body)
 
 
@@ -220,42 +208,35 @@ async def delete_objects(gw: Gateway, request: web.Request, bucket: str) -> web.
     """DeleteObjects (quiet or verbose) passes through once checked. An object listed with an
     ETag is deleted only if that is the ETag sealgate shows for it (see `_conditional_deletes`)."""
     body = await _read_small_body(request)
-    try:
-        root = ElementTree.fromstring(body)
-    except Exception as exc:  # noqa: BLE001 - defusedxml raises several types for hostile XML
-        raise S3Error("MalformedXML", "The XML you provided was not well-formed or did not validate", 400) from exc
-    keys = [el.text or "" for el in root.iter() if _local(el.tag) == "Key"]
+    root = parse_client(body)
+    keys = [el.text or "" for el in root.iter() if local_name(el.tag) == "Key"]
     if not keys or len(keys) > 1000:
         raise S3Error("MalformedXML", "A DeleteObjects request names 1 to 1000 keys", 400)
-    if any(_child(obj, "Key") is None for obj in root if _local(obj.tag) == "Object"):
+    if any(_child(obj, "Key") is None for obj in root if local_name(obj.tag) == "Object"):
         raise S3Error("MalformedXML", "Every Object in a DeleteObjects request names a Key", 400)
     if any(k.startswith(RESERVED_PREFIX) for k in keys):
         raise S3Error("AccessDenied", f"keys under {RESERVED_PREFIX} are reserved by sealgate", 403)
     refused = _unauthorized_deletes(gw, request, bucket, root)
-    conditional = any(_local(el.tag) in _OBJECT_CONDITIONS for el in root.iter())
+    conditional = any(local_name(el.tag) in _OBJECT_CONDITIONS for el in root.iter())
     if conditional:
         refused += await _conditional_deletes(gw, request, bucket, root)
     if refused or conditional:
-        if not any(_local(el.tag) == "Object" for el in root):
-            return web.Response(status=200, body=_delete_result(b"", refused), headers={"Content-Type": _XML})
-        body = tostring(root, encoding="utf-8", xml_declaration=True)
-    headers = {"Content-MD5": content_md5(body), "Content-Type": _XML}
+        if not any(local_name(el.tag) == "Object" for el in root):
+            return web.Response(status=200, body=_delete_result(b"", refused), headers={**XML_HEADERS})
+        body = serialize(root)
+    headers = {"Content-MD5": content_md5(body), **XML_HEADERS}
     resp, data = await gw.backend.read_ok("POST", bucket, None, query=[("delete", "")], headers=headers, body=body)
     if refused:
         data = _delete_result(data, refused)
-    return web.Response(status=200, body=data, headers={"Content-Type": _XML})
+    return web.Response(status=200, body=data, headers={**XML_HEADERS})
 
 
 #: Per-object conditions of DeleteObjects (ETag; the other two are for directory buckets).
 _OBJECT_CONDITIONS = ("ETag", "Size", "LastModifiedTime")
 
 
-def _local(tag: str) -> str:
-    return tag.rsplit("}", 1)[-1]
-
-
 def _child(el: Element, name: str) -> Element | None:
-    return next((c for c in el if _local(c.tag) == name), None)
+    return next((c for c in el if local_name(c.tag) == name), None)
 
 
 def _unauthorized_deletes(gw: Gateway, request: web.Request, bucket: str, root: Element) -> list[tuple[str, str, str]]:
@@ -263,7 +244,7 @@ def _unauthorized_deletes(gw: Gateway, request: web.Request, bucket: str, root: 
     out of `root` and become that key's AccessDenied, as on S3 (the others are still deleted)."""
     caller = request[CALLER]
     refused: list[tuple[str, str, str]] = []
-    for obj in [el for el in root if _local(el.tag) == "Object"]:
+    for obj in [el for el in root if local_name(el.tag) == "Object"]:
         key_el, version_el = _child(obj, "Key"), _child(obj, "VersionId")
         key = (key_el.text or "") if key_el is not None else ""
         version = version_el.text if version_el is not None else None
@@ -283,7 +264,7 @@ async def _conditional_deletes(
     """Check the objects listed with an ETag against the ETags sealgate shows. Those that match
     stay in `root` with the backend's ETag for the object instead (so the backend refuses if it
     changed since); the others are taken out of `root` and returned as (key, code, message)."""
-    objects = [el for el in root if _local(el.tag) == "Object"]
+    objects = [el for el in root if local_name(el.tag) == "Object"]
     if any(_child(obj, name) is not None for obj in objects for name in ("Size", "LastModifiedTime")):
         raise S3Error("NotImplemented", "sealgate does not implement Size or LastModifiedTime in DeleteObjects", 501)
     conditional = [obj for obj in objects if _child(obj, "ETag") is not None]
@@ -301,7 +282,7 @@ async def _conditional_deletes(
                 stored = await matching_etag(gw, request, bucket, key, etag_el.text or "", version)
             except S3Error as exc:
                 return key, exc.code, exc.message
-        etag_el.text = '"' + stored.strip().strip('"') + '"'
+        etag_el.text = quoted(stored)
         return None
 
     refused: list[tuple[str, str, str]] = []
@@ -314,7 +295,7 @@ async def _conditional_deletes(
 
 def _delete_result(backend_answer: bytes, refused: list[tuple[str, str, str]]) -> bytes:
     """The backend's DeleteResult (or an empty one) with an Error entry for each refused key."""
-    result = ElementTree.fromstring(backend_answer) if backend_answer.strip() else Element(f"{{{S3_NS}}}DeleteResult")
+    result = parse(backend_answer) if backend_answer.strip() else Element(qname("DeleteResult"))
     ns = result.tag[: result.tag.index("}") + 1] if result.tag.startswith("{") else ""
     for key, code, message in refused:
         error = Element(f"{ns}Error")
@@ -323,4 +304,4 @@ def _delete_result(backend_answer: bytes, refused: list[tuple[str, str, str]]) -
             child.text = text
             error.append(child)
         result.append(error)
-    return bytes(tostring(result, encoding="utf-8", xml_declaration=True))
+    return serialize(result)

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 from datetime import UTC, datetime
-from typing import Any, NamedTuple
+from typing import NamedTuple
 from urllib.parse import quote
-from xml.sax.saxutils import escape
+from xml.etree.ElementTree import Element
 
 from aiohttp import web
-from defusedxml import ElementTree
 
 from proxy.backend import version_ids, version_query
 from proxy.crypto.format import (
@@ -26,11 +25,12 @@ from proxy.crypto.format import (
     seal_metadata,
 )
 from proxy.kms.base import KeyringError
-from proxy.s3.errors import S3Error
+from proxy.s3.errors import S3Error, keyring_error
+from proxy.s3.headers import CONTENT_HEADERS, LOCK_HEADERS, VERSION_HEADERS, etag_value, quoted
 from proxy.s3.routing import parse_copy_source
-from proxy.server.multipart import S3_NS, find_text, put_record
+from proxy.s3.xml import XML_HEADERS, complete_upload, document, find_text, parse, raise_if_error
+from proxy.server.multipart import put_record
 from proxy.server.objects import (
-    LOCK_HEADERS,
     _last_modified,
     _user_metadata,
     check_reserved,
@@ -40,19 +40,6 @@ from proxy.server.objects import (
     write_conditions,
 )
 from proxy.server.state import Gateway, require_key_use
-
-CONTENT_HEADERS = (
-    "Content-Type",
-    "Cache-Control",
-    "Content-Disposition",
-    "Content-Encoding",
-    "Content-Language",
-    "Expires",
-)
-
-
-#: Version ids a copy's answer carries in a versioned bucket (the copy's, the source's).
-VERSION_HEADERS = ("x-amz-version-id", "x-amz-copy-source-version-id")
 
 
 async def xml_call(
@@ -64,14 +51,12 @@ async def xml_call(
     query: list[tuple[str, str]] | None = None,
     headers: dict[str, str] | None = None,
     body: bytes = b"",
-) -> tuple[Any, dict[str, str]]:
+) -> tuple[Element, dict[str, str]]:
     """A backend call answered with XML, and the answer's version-id headers; S3's errors
     inside a 200 become S3Errors too."""
     resp, answer = await gw.backend.read_ok(method, bucket, key, query=query or [], headers=headers or {}, body=body)
-    root = ElementTree.fromstring(answer)
-    if root.tag.rsplit("}", 1)[-1] == "Error":
-        code = find_text(root, "Code") or "InternalError"
-        raise S3Error(code, find_text(root, "Message") or code, 503 if code == "InternalError" else 400)
+    root = parse(answer)
+    raise_if_error(root)
     return root, version_ids(resp.headers, VERSION_HEADERS)
 
 
@@ -111,9 +96,8 @@ async def multipart_copy(
                 gw, "PUT", bucket, key, query=[("partNumber", str(number)), ("uploadId", upload)], headers=part_headers
             )
             versions.update({k: v for k, v in part_versions.items() if k == "x-amz-copy-source-version-id"})
-            parts.append((number, (find_text(result, "ETag") or "").strip().strip('"')))
-        xml = "".join(f'<Part><PartNumber>{n}</PartNumber><ETag>"{e}"</ETag></Part>' for n, e in parts)
-        body = f'<CompleteMultipartUpload xmlns="{S3_NS}">{xml}</CompleteMultipartUpload>'.encode()
+            parts.append((number, etag_value(find_text(result, "ETag") or "")))
+        body = complete_upload(parts)
         done, done_versions = await xml_call(
             gw, "POST", bucket, key, query=[("uploadId", upload)], headers=conditions, body=body
         )
@@ -124,7 +108,7 @@ async def multipart_copy(
         raise
     head = await gw.backend.request("HEAD", bucket, key)
     head.release()
-    etag = (find_text(done, "ETag") or head.headers.get("ETag") or "").strip().strip('"')
+    etag = etag_value(find_text(done, "ETag") or head.headers.get("ETag") or "")
     modified = _last_modified(head) or datetime.now(UTC)
     return Copied(etag, modified.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z"), versions)
 
@@ -157,7 +141,7 @@ async def backend_copy(
     and `SourceChanged` is raised; without the pin, a body would be stored with another
     body's data key and could never be read again. `conditions` are the destination's
     If-Match / If-None-Match as `write_conditions` gives them."""
-    pin = {"x-amz-copy-source-if-match": '"' + source_etag.strip().strip('"') + '"'}
+    pin = {"x-amz-copy-source-if-match": quoted(source_etag)}
     conditions = conditions or {}
     try:
         if multipart or total > gw.config.backend.max_copy_bytes:
@@ -173,10 +157,10 @@ async def backend_copy(
         }
         root, versions = await xml_call(gw, "PUT", bucket, key, headers=copy_headers)
     except S3Error as exc:
-        if exc.status == 412 and await _source_etag(gw, source) != source_etag.strip().strip('"'):
+        if exc.status == 412 and await _source_etag(gw, source) != etag_value(source_etag):
             raise SourceChanged() from exc
         raise
-    return Copied((find_text(root, "ETag") or "").strip().strip('"'), find_text(root, "LastModified") or "", versions)
+    return Copied(etag_value(find_text(root, "ETag") or ""), find_text(root, "LastModified") or "", versions)
 
 
 async def _source_etag(gw: Gateway, source: str) -> str | None:
@@ -184,7 +168,7 @@ async def _source_etag(gw: Gateway, source: str) -> str | None:
     src_bucket, src_key, version = parse_copy_source(source)
     head = await gw.backend.request("HEAD", src_bucket, src_key, query=version_query(version))
     head.release()
-    return head.headers.get("ETag", "").strip().strip('"') if head.status < 300 else None
+    return etag_value(head.headers.get("ETag", "")) if head.status < 300 else None
 
 
 async def copy_object(gw: Gateway, request: web.Request, bucket: str, key: str) -> web.StreamResponse:
@@ -209,7 +193,7 @@ async def copy_object(gw: Gateway, request: web.Request, bucket: str, key: str) 
     try:
         wrapped = await gw.materials.wrap(dest_key_id, opened.data_key, encryption_context(bucket, key))
     except KeyringError as exc:
-        raise S3Error(exc.code, exc.message, exc.status) from exc
+        raise keyring_error(exc) from exc
     sealed = env.sealed
     if directive == "REPLACE":
         meta = SealedMetadata(user=_user_metadata(request), etag=opened.meta.etag)
@@ -248,8 +232,5 @@ async def copy_object(gw: Gateway, request: web.Request, bucket: str, key: str) 
         etag = opened.etag  # a plaintext MD5: the same bytes keep it
     else:
         etag = opaque_etag(copied.etag)
-    body = (
-        f'<?xml version="1.0" encoding="UTF-8"?>\n<CopyObjectResult xmlns="{S3_NS}">'
-        f"<LastModified>{escape(copied.last_modified)}</LastModified><ETag>{escape(etag)}</ETag></CopyObjectResult>"
-    ).encode()
-    return web.Response(status=200, body=body, headers={"Content-Type": "application/xml", **copied.versions})
+    body = document("CopyObjectResult", [("LastModified", copied.last_modified), ("ETag", etag)])
+    return web.Response(status=200, body=body, headers={**XML_HEADERS, **copied.versions})

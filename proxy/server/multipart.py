@@ -18,10 +18,8 @@ from collections.abc import AsyncIterator
 from contextlib import suppress
 from datetime import UTC, datetime
 from urllib.parse import quote, unquote_plus
-from xml.sax.saxutils import escape
 
 from aiohttp import web
-from defusedxml import ElementTree
 
 from proxy.backend import version_ids
 from proxy.crypto.format import (
@@ -40,9 +38,22 @@ from proxy.crypto.format import (
 )
 from proxy.crypto.segments import StreamEncryptor
 from proxy.crypto.upload_id import PREFIX, UploadId, open_for_replicas, seal_for_replicas
-from proxy.kms.base import KeyringError
-from proxy.s3.errors import S3Error
+from proxy.kms.base import KeyringError, KeyUnavailable
+from proxy.s3.errors import S3Error, keyring_error
+from proxy.s3.headers import etag_value
 from proxy.s3.sigv4 import VerifiedRequest
+from proxy.s3.xml import (
+    XML_HEADERS,
+    complete_upload,
+    document,
+    find_text,
+    iter_named,
+    local_name,
+    parse,
+    parse_answer,
+    parse_client,
+    serialize,
+)
 from proxy.server import s3ec_read
 from proxy.server.objects import (
     MAX_PUT_SIZE,
@@ -62,12 +73,10 @@ from proxy.server.state import Gateway, require_key_use
 
 log = logging.getLogger(__name__)
 
-S3_NS = "http://s3.amazonaws.com/doc/2006-03-01/"
 MIN_PART_SIZE = 5 * 1024 * 1024
 MAX_PARTS = 10000
 MAX_XML = 2 * 1024 * 1024
 _HEX32 = re.compile(r"^[0-9a-f]{32}$")
-XML_HEADERS = {"Content-Type": "application/xml"}
 #: Upload records ListMultipartUploads reads at once (a page holds up to 1000 uploads).
 RECORD_READS = 16
 #: An upload record holds one upload id: a few hundred bytes.
@@ -101,8 +110,8 @@ async def _open_upload(gw: Gateway, request: web.Request, bucket: str, key: str,
     except FormatError:
         raise no_upload() from None
     except KeyringError as exc:
-        if exc.status == 503:
-            raise S3Error(exc.code, exc.message, exc.status) from exc
+        if isinstance(exc, KeyUnavailable):
+            raise keyring_error(exc) from exc
         raise no_upload() from None
     try:
         uid.verify(data_key, bucket, key)
@@ -174,20 +183,6 @@ async def _recorded_id(gw: Gateway, bucket: str, key: str, backend_id: str) -> s
     return None
 
 
-def xml_doc(root: str, fields: list[tuple[str, str]]) -> bytes:
-    """An S3 XML document `<root>` holding `fields` as escaped child elements."""
-    inner = "".join(f"<{k}>{escape(v)}</{k}>" for k, v in fields)
-    return f'<?xml version="1.0" encoding="UTF-8"?>\n<{root} xmlns="{S3_NS}">{inner}</{root}>'.encode()
-
-
-def find_text(root: object, tag: str) -> str | None:
-    """Text of the first element named `tag` (any namespace) under `root`; None if absent."""
-    for el in root.iter():  # type: ignore[attr-defined]
-        if el.tag.rsplit("}", 1)[-1] == tag:
-            return str(el.text or "")
-    return None
-
-
 async def create(gw: Gateway, request: web.Request, bucket: str, key: str) -> web.StreamResponse:
     """CreateMultipartUpload: a data key for the whole object, carried in the upload id."""
     check_reserved(key)
@@ -198,7 +193,7 @@ async def create(gw: Gateway, request: web.Request, bucket: str, key: str) -> we
     headers = {f"x-amz-meta-{k}": v for k, v in env.to_metadata().items()}
     headers.update(stored_headers(request))
     resp, doc = await gw.backend.read_ok("POST", bucket, key, query=[("uploads", "")], headers=headers, body=b"")
-    backend_id = find_text(ElementTree.fromstring(doc), "UploadId")
+    backend_id = find_text(parse(doc), "UploadId")
     if not backend_id:
         raise S3Error("BadGateway", "backend returned no upload id", 502)
     secret = gw.config.encryption.upload_secret
@@ -207,7 +202,7 @@ async def create(gw: Gateway, request: web.Request, bucket: str, key: str) -> we
         sealed = seal_for_replicas(secret.get_secret_value().encode(), env.salt, data_key, bucket, key)
     uid = UploadId(backend_id, env.key_ref, env.wrapped_key, env.salt, sealed_key=sealed).encode(data_key, bucket, key)
     await put_upload_record(gw, bucket, key, backend_id, uid)
-    body = xml_doc("InitiateMultipartUploadResult", [("Bucket", bucket), ("Key", key), ("UploadId", uid)])
+    body = document("InitiateMultipartUploadResult", [("Bucket", bucket), ("Key", key), ("UploadId", uid)])
     return web.Response(status=200, body=body, headers=XML_HEADERS)
 
 
@@ -309,7 +304,7 @@ async def upload_part_copy(gw: Gateway, request: web.Request, bucket: str, key: 
     except IntegrityError as exc:
         raise S3Error("ObjectIntegrityError", f"copy source failed authentication: {exc}", 500) from exc
     modified = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z")
-    body = xml_doc("CopyPartResult", [("LastModified", modified), ("ETag", resp.headers.get("ETag", ""))])
+    body = document("CopyPartResult", [("LastModified", modified), ("ETag", resp.headers.get("ETag", ""))])
     return web.Response(status=200, body=body, headers=XML_HEADERS)
 
 
@@ -321,13 +316,13 @@ async def _backend_parts(gw: Gateway, bucket: str, key: str, backend_id: str) ->
         resp, raw_body = await gw.backend.read_ok(
             "GET", bucket, key, query=[("part-number-marker", marker), ("uploadId", backend_id)]
         )
-        root = ElementTree.fromstring(raw_body)
-        for el in (e for e in root.iter() if e.tag.rsplit("}", 1)[-1] == "Part"):
+        root = parse(raw_body)
+        for el in iter_named(root, "Part"):
             n = find_text(el, "PartNumber")
             etag = find_text(el, "ETag")
             size = find_text(el, "Size")
             if n and etag is not None and size:
-                parts[int(n)] = (etag.strip().strip('"'), int(size))
+                parts[int(n)] = (etag_value(etag), int(size))
         if (find_text(root, "IsTruncated") or "false").lower() != "true":
             return parts
         marker = find_text(root, "NextPartNumberMarker") or ""
@@ -337,19 +332,14 @@ async def _backend_parts(gw: Gateway, bucket: str, key: str, backend_id: str) ->
 
 def client_parts(doc: bytes) -> list[tuple[int, str]]:
     """(part number, ETag) pairs of a CompleteMultipartUpload body; MalformedXML on bad input."""
-    try:
-        root = ElementTree.fromstring(doc)
-    except Exception as exc:  # noqa: BLE001 - defusedxml raises several types for hostile XML
-        raise S3Error("MalformedXML", "The XML you provided was not well-formed or did not validate", 400) from exc
+    root = parse_client(doc)
     out: list[tuple[int, str]] = []
-    for el in root.iter():
-        if el.tag.rsplit("}", 1)[-1] != "Part":
-            continue
+    for el in iter_named(root, "Part"):
         n = find_text(el, "PartNumber")
         etag = find_text(el, "ETag")
         if not n or not n.strip().isdigit() or etag is None:
             raise S3Error("MalformedXML", "Each Part needs a PartNumber and an ETag", 400)
-        out.append((int(n), etag.strip().strip('"').lower()))
+        out.append((int(n), etag_value(etag).lower()))
     if not out:
         raise S3Error("MalformedXML", "You must specify at least one part", 400)
     numbers = [n for n, _ in out]
@@ -422,26 +412,18 @@ async def complete(gw: Gateway, request: web.Request, bucket: str, key: str) -> 
     manifest = Manifest(tuple(parts), expected, final_etag)
     await put_record(gw, bucket, key, manifest, manifest.seal(data_key, uid.salt))
 
-    body = "".join(
-        f'<Part><PartNumber>{p.number}</PartNumber><ETag>"{e}"</ETag></Part>'
-        for p, e in zip(parts, backend_etags, strict=True)
-    )
-    xml = f'<CompleteMultipartUpload xmlns="{S3_NS}">{body}</CompleteMultipartUpload>'.encode()
+    xml = complete_upload((p.number, e) for p, e in zip(parts, backend_etags, strict=True))
     resp, answer = await gw.backend.read_ok(
         "POST", bucket, key, query=[("uploadId", uid.backend_id)], headers=conditions, body=xml
     )
-    root = ElementTree.fromstring(answer) if answer.strip() else None
-    if root is not None and root.tag.rsplit("}", 1)[-1] == "Error":
-        # S3 may report a failed completion inside a 200 response.
-        code = find_text(root, "Code") or "InternalError"
-        raise S3Error(code, find_text(root, "Message") or code, 503 if code == "InternalError" else 400)
+    root = parse_answer(answer)
     # Name the manifest after the ETag that reads will see: some backends report another ETag
     # on HEAD and GET than in their completion answer.
     head = await gw.backend.request("HEAD", bucket, key)
     head.release()
-    actual = head.headers.get("ETag", "").strip().strip('"')
+    actual = etag_value(head.headers.get("ETag", ""))
     if not actual and root is not None:
-        actual = (find_text(root, "ETag") or "").strip().strip('"')
+        actual = etag_value(find_text(root, "ETag") or "")
     if actual and actual != expected:
         # A backend with its own ETag scheme: the manifest must name the ETag it really gave.
         stale = manifest
@@ -451,7 +433,7 @@ async def complete(gw: Gateway, request: web.Request, bucket: str, key: str) -> 
         old.release()
     await drop_upload_record(gw, bucket, key, uid.backend_id)
     location = f"/{bucket}/{key}"
-    out = xml_doc(
+    out = document(
         "CompleteMultipartUploadResult",
         [("Location", location), ("Bucket", bucket), ("Key", key), ("ETag", f'"{final_etag}"')],
     )
@@ -488,18 +470,16 @@ async def list_parts(gw: Gateway, request: web.Request, bucket: str, key: str) -
     query = [(k, v) for k, v in request.query.items() if k in ("max-parts", "part-number-marker")]
     query.append(("uploadId", uid.backend_id))
     resp, raw_body = await gw.backend.read_ok("GET", bucket, key, query=query)
-    root = ElementTree.fromstring(raw_body)
+    root = parse(raw_body)
     layout = Layout(DEFAULT_SEGMENT_SIZE)
     for el in root.iter():
-        tag = el.tag.rsplit("}", 1)[-1]
+        tag = local_name(el.tag)
         if tag == "Size" and el.text and el.text.strip().isdigit() and uid.prefix == PREFIX:
             with suppress(FormatError):
                 el.text = str(part_plaintext_length(layout, int(el.text)))
         elif tag == "UploadId":
             el.text = request.query["uploadId"]
-    from xml.etree.ElementTree import tostring
-
-    return web.Response(status=200, body=tostring(root, encoding="utf-8", xml_declaration=True), headers=XML_HEADERS)
+    return web.Response(status=200, body=serialize(root), headers=XML_HEADERS)
 
 
 def _marker_backend_id(text: str) -> str:
@@ -521,10 +501,10 @@ async def list_uploads(gw: Gateway, request: web.Request, bucket: str) -> web.St
     if marker is not None:
         query.append(("upload-id-marker", _marker_backend_id(marker)))
     resp, data = await gw.backend.read_ok("GET", bucket, None, query=query)
-    root = ElementTree.fromstring(data)
+    root = parse(data)
     url_keys = (find_text(root, "EncodingType") or "").lower() == "url"
     listed: list[tuple[str, str]] = []
-    for up in (e for e in root.iter() if e.tag.rsplit("}", 1)[-1] == "Upload"):
+    for up in iter_named(root, "Upload"):
         key, backend_id = find_text(up, "Key"), find_text(up, "UploadId")
         if key is not None and backend_id:
             listed.append((unquote_plus(key) if url_keys else key, backend_id))
@@ -543,11 +523,9 @@ async def list_uploads(gw: Gateway, request: web.Request, bucket: str) -> web.St
         raise failed.exceptions[0] from None  # the backend's S3Error, as a single read would raise it
     shown = {backend_id: t.result() for (_, backend_id), t in zip(listed, found, strict=True) if t.result()}
     for el in root.iter():
-        tag = el.tag.rsplit("}", 1)[-1]
+        tag = local_name(el.tag)
         if tag in ("UploadId", "NextUploadIdMarker") and el.text in shown:
             el.text = shown[el.text]
         elif tag == "UploadIdMarker" and marker is not None:
             el.text = marker
-    from xml.etree.ElementTree import tostring
-
-    return web.Response(status=200, body=tostring(root, encoding="utf-8", xml_declaration=True), headers=XML_HEADERS)
+    return web.Response(status=200, body=serialize(root), headers=XML_HEADERS)

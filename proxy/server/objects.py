@@ -41,7 +41,8 @@ from proxy.crypto.format import (
 from proxy.crypto.multipart import MultipartDecryptor, stored_length
 from proxy.crypto.segments import StreamDecryptor, StreamEncryptor, read_digest_slot
 from proxy.kms.base import KeyringError
-from proxy.s3.errors import S3Error
+from proxy.s3.errors import S3Error, keyring_error
+from proxy.s3.headers import BYPASS_GOVERNANCE, RELAYED_HEADERS, STORED_HEADERS, etag_value
 from proxy.s3.ranges import check_conditions, etag_matches, parse_range
 from proxy.s3.sigv4 import VerifiedRequest
 from proxy.server import s3ec_read
@@ -57,42 +58,6 @@ RESERVED_PREFIX = ".sealgate/"
 MAX_CONTROL_BODY = 1024 * 1024
 ETAG_TAIL = "tail"
 
-#: S3 Object Lock: settings of the stored object (its version), enforced by the backend.
-LOCK_HEADERS = (
-    "x-amz-object-lock-mode",
-    "x-amz-object-lock-retain-until-date",
-    "x-amz-object-lock-legal-hold",
-)
-#: Lets a client allowed to do so delete or shorten a version under governance-mode retention.
-BYPASS_GOVERNANCE = "x-amz-bypass-governance-retention"
-#: Request headers stored with the object as they are (S3 object properties).
-_STORED_HEADERS = (
-    *LOCK_HEADERS,
-    "Content-Type",
-    "Cache-Control",
-    "Content-Disposition",
-    "Content-Language",
-    "Expires",
-    "x-amz-storage-class",
-    "x-amz-tagging",
-    "x-amz-website-redirect-location",
-)
-#: Backend response headers relayed to the client on GET and HEAD.
-_RELAYED_HEADERS = (
-    "Content-Type",
-    "Cache-Control",
-    "Content-Disposition",
-    "Content-Encoding",
-    "Content-Language",
-    "Expires",
-    "Last-Modified",
-    "x-amz-storage-class",
-    "x-amz-version-id",
-    "x-amz-delete-marker",
-    "x-amz-tagging-count",
-    "x-amz-website-redirect-location",
-    *LOCK_HEADERS,
-)
 _CONTENT_RANGE_RE = re.compile(r"bytes (\d+)-(\d+)/(\d+)")
 
 
@@ -106,7 +71,7 @@ def opaque_etag(backend_etag: str) -> str:
 
     The ``-1`` suffix is S3's multipart form, which sync tools know not to compare with an MD5.
     """
-    bare = backend_etag.strip().strip('"')
+    bare = etag_value(backend_etag)
     return f'"{bare}"' if "-" in bare else f'"{bare}-1"'
 
 
@@ -129,7 +94,7 @@ def _user_metadata(request: web.Request) -> dict[str, str]:
 
 
 def _keyring_error(exc: KeyringError) -> S3Error:
-    return S3Error(exc.code, exc.message, exc.status)
+    return keyring_error(exc)
 
 
 def wants_md5(gw: Gateway, verified: VerifiedRequest) -> bool:
@@ -155,7 +120,7 @@ def client_body(gw: Gateway, request: web.Request, verified: VerifiedRequest) ->
 
 def stored_headers(request: web.Request) -> dict[str, str]:
     """The client's content headers that the backend keeps as object properties."""
-    headers = {name: request.headers[name] for name in _STORED_HEADERS if name in request.headers}
+    headers = {name: request.headers[name] for name in STORED_HEADERS if name in request.headers}
     encoding = [
         t.strip()
         for t in request.headers.get("Content-Encoding", "").split(",")
@@ -505,14 +470,14 @@ async def _open(
 def record_key(key: str, backend_etag: str) -> str:
     """Where the manifest of the object stored as `key` with this backend ETag lives."""
     digest = hashlib.sha256(key.encode()).hexdigest()
-    return f"{RESERVED_PREFIX}mp/{digest}/{backend_etag.strip().strip(chr(34))}"
+    return f"{RESERVED_PREFIX}mp/{digest}/{etag_value(backend_etag)}"
 
 
 async def read_manifest(
     gw: Gateway, bucket: str, key: str, resp: BackendResponse, data_key: bytes, salt: bytes
 ) -> Manifest:
     """The sealed manifest of a multipart object; it must name the ETag the backend reports."""
-    etag = resp.headers.get("ETag", "").strip().strip('"')
+    etag = etag_value(resp.headers.get("ETag", ""))
     rec = await gw.backend.request("GET", bucket, record_key(key, etag))
     if rec.status == 404:
         rec.release()
@@ -567,7 +532,7 @@ def _last_modified(resp: BackendResponse) -> datetime | None:
 
 def _object_headers(resp: BackendResponse, opened: _Opened | None) -> dict[str, str]:
     headers: dict[str, str] = {"Accept-Ranges": "bytes"}
-    for name in _RELAYED_HEADERS:
+    for name in RELAYED_HEADERS:
         if name in resp.headers:
             headers[name] = resp.headers[name]
     if opened is not None:

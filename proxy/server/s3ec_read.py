@@ -20,18 +20,19 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from aiohttp import web
-from defusedxml import ElementTree
 
 from proxy.audit import AuditError, AuditingKeyring
 from proxy.backend import BackendResponse, version_ids, version_query
 from proxy.crypto import s3ec
 from proxy.crypto.format import SALT_SIZE, FormatError, IntegrityError
 from proxy.crypto.upload_id import S3EC_PREFIX, UploadId, open_for_replicas, seal_for_replicas
-from proxy.kms.base import InvalidWrappedKey, KeyringError
+from proxy.kms.base import InvalidWrappedKey, KeyringError, KeyUnavailable
 from proxy.kms.local import LocalKeyring
-from proxy.s3.errors import S3Error
+from proxy.s3.errors import S3Error, keyring_error
+from proxy.s3.headers import etag_value
 from proxy.s3.ranges import parse_range
 from proxy.s3.sigv4 import VerifiedRequest
+from proxy.s3.xml import XML_HEADERS, complete_upload, document, find_text, parse, parse_answer
 from proxy.server.body import PlaintextBody
 from proxy.server.state import Gateway, require_key_use
 
@@ -143,7 +144,7 @@ async def open_s3ec(
     except s3ec.S3ecUnsupported as exc:
         raise S3Error("InvalidObjectState", f"cannot read this S3EC object here: {exc}", 403) from exc
     except KeyringError as exc:
-        raise S3Error(exc.code, exc.message, exc.status) from exc
+        raise keyring_error(exc) from exc
     except FormatError as exc:
         raise S3Error("ObjectIntegrityError", f"S3EC object failed authentication: {exc}", 500) from exc
 
@@ -368,7 +369,7 @@ async def _new_data_key(
         try:
             ref, kek = local.s3ec_wrapping_key(key_id)
         except KeyringError as exc:
-            raise S3Error(exc.code, exc.message, exc.status) from exc
+            raise keyring_error(exc) from exc
         data_key = os.urandom(s3ec.DATA_KEY_SIZE)
         _audit_local_use(gw, "generate", ref, s3ec.WRAP_AES_GCM, bucket, key)
         return data_key, s3ec.wrap_aes_gcm(kek, data_key), s3ec.WRAP_AES_GCM, None, ref
@@ -376,7 +377,7 @@ async def _new_data_key(
     try:
         generated = await gw.materials.keyring.generate_data_key(key_id, context)
     except KeyringError as exc:
-        raise S3Error(exc.code, exc.message, exc.status) from exc
+        raise keyring_error(exc) from exc
     return generated.plaintext, generated.wrapped, s3ec.WRAP_KMS_CONTEXT, context, key_id
 
 
@@ -576,8 +577,8 @@ async def verified_upload(gw: Gateway, request: web.Request, bucket: str, key: s
     except FormatError:
         raise no_upload() from None
     except KeyringError as exc:
-        if exc.status == 503:
-            raise S3Error(exc.code, exc.message, exc.status) from exc
+        if isinstance(exc, KeyUnavailable):
+            raise keyring_error(exc) from exc
         raise no_upload() from None
     return uid
 
@@ -604,7 +605,7 @@ async def _upload_data_key(gw: Gateway, uid: UploadId, bucket: str, key: str) ->
 
 async def create_multipart(gw: Gateway, request: web.Request, bucket: str, key: str) -> web.StreamResponse:
     """CreateMultipartUpload into an s3ec-v3 bucket: S3EC metadata on the upload, state here."""
-    from proxy.server.multipart import XML_HEADERS, find_text, put_upload_record, xml_doc
+    from proxy.server.multipart import put_upload_record
 
     reg = _uploads(gw)
     now = time.monotonic()
@@ -616,7 +617,7 @@ async def create_multipart(gw: Gateway, request: web.Request, bucket: str, key: 
     body = s3ec.S3ecV3Multipart(plain_key)
     headers = _object_headers(request, body.metadata(wrapped, wrap_alg, encryption_context=context))
     _, doc = await gw.backend.read_ok("POST", bucket, key, query=[("uploads", "")], headers=headers, body=b"")
-    backend_id = find_text(ElementTree.fromstring(doc), "UploadId")
+    backend_id = find_text(parse(doc), "UploadId")
     if not backend_id:
         raise S3Error("BadGateway", "backend returned no upload id", 502)
     salt = os.urandom(SALT_SIZE)
@@ -628,7 +629,7 @@ async def create_multipart(gw: Gateway, request: web.Request, bucket: str, key: 
     upload_id = uid.encode(plain_key, bucket, key)
     await put_upload_record(gw, bucket, key, backend_id, upload_id)
     reg[backend_id] = _Upload(bucket, key, backend_id, body, body.start, plain_key)
-    xml = xml_doc("InitiateMultipartUploadResult", [("Bucket", bucket), ("Key", key), ("UploadId", upload_id)])
+    xml = document("InitiateMultipartUploadResult", [("Bucket", bucket), ("Key", key), ("UploadId", upload_id)])
     return web.Response(status=200, body=xml, headers=XML_HEADERS)
 
 
@@ -682,7 +683,7 @@ async def _encrypt_part(
             headers={},
             query=[("partNumber", str(number)), ("uploadId", up.backend_id)],
         )
-        etag = resp.headers.get("ETag", "").strip().strip('"')
+        etag = etag_value(resp.headers.get("ETag", ""))
         part = _Part(number, length, etag, etag, start)
         if retry:
             up.parts[-1] = part
@@ -730,7 +731,7 @@ async def upload_part(
 
 
 async def _upload_part_copy(gw: Gateway, request: web.Request, up: _Upload, number: int) -> web.StreamResponse:
-    from proxy.server.multipart import XML_HEADERS, read_copy_source, xml_doc
+    from proxy.server.multipart import read_copy_source
 
     length, plaintext = await read_copy_source(gw, request)
     try:
@@ -738,7 +739,7 @@ async def _upload_part_copy(gw: Gateway, request: web.Request, up: _Upload, numb
     except IntegrityError as exc:
         raise S3Error("ObjectIntegrityError", f"copy source failed authentication: {exc}", 500) from exc
     modified = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z")
-    xml = xml_doc("CopyPartResult", [("LastModified", modified), ("ETag", f'"{etag}"')])
+    xml = document("CopyPartResult", [("LastModified", modified), ("ETag", f'"{etag}"')])
     return web.Response(status=200, body=xml, headers=XML_HEADERS)
 
 
@@ -749,12 +750,8 @@ async def complete_multipart(gw: Gateway, request: web.Request, bucket: str, key
         MAX_PARTS,
         MAX_XML,
         MIN_PART_SIZE,
-        S3_NS,
-        XML_HEADERS,
         client_parts,
         drop_upload_record,
-        find_text,
-        xml_doc,
     )
 
     up = _find_upload(gw, request, bucket, key, request.query["uploadId"])
@@ -796,21 +793,17 @@ async def complete_multipart(gw: Gateway, request: web.Request, bucket: str, key
                 if resp.status >= 300:
                     raise await resp.error()
                 resp.release()
-                up.tag_part = (number, resp.headers.get("ETag", "").strip().strip('"'))
+                up.tag_part = (number, etag_value(resp.headers.get("ETag", "")))
             listed.append(up.tag_part)
-        xml_parts = "".join(f'<Part><PartNumber>{n}</PartNumber><ETag>"{e}"</ETag></Part>' for n, e in listed)
-        xml = f'<CompleteMultipartUpload xmlns="{S3_NS}">{xml_parts}</CompleteMultipartUpload>'.encode()
+        xml = complete_upload(listed)
         done, answer = await gw.backend.read_ok(
             "POST", bucket, key, query=[("uploadId", up.backend_id)], headers=conditions, body=xml
         )
-        root = ElementTree.fromstring(answer) if answer.strip() else None
-        if root is not None and root.tag.rsplit("}", 1)[-1] == "Error":
-            code = find_text(root, "Code") or "InternalError"
-            raise S3Error(code, find_text(root, "Message") or code, 503 if code == "InternalError" else 400)
+        root = parse_answer(answer)
         forget_upload(gw, up.backend_id)
     await drop_upload_record(gw, bucket, key, up.backend_id)
     etag = (find_text(root, "ETag") or "").strip() if root is not None else ""
-    out = xml_doc(
+    out = document(
         "CompleteMultipartUploadResult",
         [("Location", f"/{bucket}/{key}"), ("Bucket", bucket), ("Key", key), ("ETag", etag)],
     )

@@ -1,0 +1,74 @@
+"""S3 header names sealgate handles by list, and the ETag's quoting. Pure."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+#: The prefix of user-metadata headers.
+META_PREFIX = "x-amz-meta-"
+
+#: S3 Object Lock: settings of the stored object (its version), enforced by the backend.
+LOCK_HEADERS = (
+    "x-amz-object-lock-mode",
+    "x-amz-object-lock-retain-until-date",
+    "x-amz-object-lock-legal-hold",
+)
+#: Lets a client allowed to do so delete or shorten a version under governance-mode retention.
+BYPASS_GOVERNANCE = "x-amz-bypass-governance-retention"
+#: The standard content properties of an object (not secret: stored as the client sent them).
+CONTENT_HEADERS = (
+    "Content-Type",
+    "Cache-Control",
+    "Content-Disposition",
+    "Content-Encoding",
+    "Content-Language",
+    "Expires",
+)
+#: Request headers stored with the object as they are (S3 object properties); Content-Encoding
+#: is stored too, without aws-chunked (see `proxy.store.objects.stored_headers`).
+STORED_HEADERS = (
+    *LOCK_HEADERS,
+    "Content-Type",
+    "Cache-Control",
+    "Content-Disposition",
+    "Content-Language",
+    "Expires",
+    "x-amz-storage-class",
+    "x-amz-tagging",
+    "x-amz-website-redirect-location",
+)
+#: Backend response headers relayed to the client on GET and HEAD.
+RELAYED_HEADERS = (
+    *CONTENT_HEADERS,
+    "Last-Modified",
+    "x-amz-storage-class",
+    "x-amz-version-id",
+    "x-amz-delete-marker",
+    "x-amz-tagging-count",
+    "x-amz-website-redirect-location",
+    *LOCK_HEADERS,
+)
+#: Properties an operator tool carries over when it rewrites an object in place.
+CARRIED_HEADERS = (*CONTENT_HEADERS, "x-amz-storage-class", "x-amz-website-redirect-location")
+#: Version ids a copy's answer carries in a versioned bucket (the copy's, the source's).
+VERSION_HEADERS = ("x-amz-version-id", "x-amz-copy-source-version-id")
+
+
+def etag_value(raw: str) -> str:
+    """An ETag as S3 compares it: without surrounding whitespace and quotes."""
+    return raw.strip().strip('"')
+
+
+def quoted(etag: str) -> str:
+    """An ETag in the quoted form S3's headers and documents show."""
+    return f'"{etag_value(etag)}"'
+
+
+def meta_headers(fields: Mapping[str, str]) -> dict[str, str]:
+    """``x-amz-meta-*`` headers of metadata `fields` (names without the prefix)."""
+    return {f"{META_PREFIX}{k}": v for k, v in fields.items()}
+
+
+def picked(headers: Mapping[str, str], names: tuple[str, ...]) -> dict[str, str]:
+    """The headers among `names` that `headers` has."""
+    return {n: headers[n] for n in names if n in headers}
