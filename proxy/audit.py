@@ -68,7 +68,7 @@ from typing import Any, Final, Literal
 import click
 
 from proxy.crypto.format import CONTEXT_BUCKET, CONTEXT_KEY
-from proxy.kms.base import DataKey, Keyring, KeyringError, KeyUnavailable
+from proxy.kms.base import DataKey, KeyAccessDenied, Keyring, KeyringError, KeyUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -508,7 +508,7 @@ class AuditingKeyring:
     ) -> None:
         outcome: Outcome
         if isinstance(exc, KeyringError):
-            outcome, reason = ("denied" if exc.status == 403 else "error"), exc.code
+            outcome, reason = ("denied" if isinstance(exc, KeyAccessDenied) else "error"), exc.code
         elif isinstance(exc, asyncio.CancelledError):
             outcome, reason = "error", "cancelled"
         else:
@@ -551,10 +551,8 @@ class AuditingKeyring:
         return key
 
     async def ready(self, key_id: str) -> None:
-        """The inner keyring's readiness check, if it has one (not a key use: not recorded)."""
-        ready: Callable[[str], Any] | None = getattr(self._inner, "ready", None)
-        if ready is not None:
-            await ready(key_id)
+        """The inner keyring's readiness check (not a key use: not recorded)."""
+        await self._inner.ready(key_id)
 
     async def close(self) -> None:
         """Close the inner keyring (the audit log belongs to the caller)."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import ClassVar, Protocol
 
 
 @dataclass(frozen=True)
@@ -18,34 +18,36 @@ class DataKey:
 
 
 class KeyringError(Exception):
-    """A keyring refused or failed. `code`/`status` say how the client should see it."""
+    """A keyring refused or failed; the subclass says how.
 
-    def __init__(self, code: str, message: str, status: int) -> None:
+    No HTTP here: the server decides what a client sees (proxy.s3.errors.keyring_error).
+    """
+
+    #: The failure's stable name: the reason of its audit records and the label of its KMS call
+    #: metrics. The names are those audit logs have always held.
+    code: ClassVar[str] = "KeyringError"
+
+    def __init__(self, message: str) -> None:
         super().__init__(message)
-        self.code = code
         self.message = message
-        self.status = status
 
 
 class KeyUnavailable(KeyringError):
-    """The key service cannot be reached or is throttling: 503, retry later."""
+    """The key service cannot be reached or is throttling (or the audit log cannot be written): retry later."""
 
-    def __init__(self, message: str) -> None:
-        super().__init__("ServiceUnavailable", message, 503)
+    code = "ServiceUnavailable"
 
 
 class KeyAccessDenied(KeyringError):
     """The key exists but may not be used for this (disabled, no permission, unknown key)."""
 
-    def __init__(self, message: str) -> None:
-        super().__init__("AccessDenied", message, 403)
+    code = "AccessDenied"
 
 
 class InvalidWrappedKey(KeyringError):
     """The wrapped key does not unwrap under this context: tampered or moved object."""
 
-    def __init__(self, message: str) -> None:
-        super().__init__("ObjectIntegrityError", message, 500)
+    code = "ObjectIntegrityError"
 
 
 class Keyring(Protocol):
@@ -61,6 +63,10 @@ class Keyring(Protocol):
 
     async def wrap_data_key(self, key_id: str, plaintext: bytes, context: Mapping[str, str]) -> DataKey:
         """Wrap an existing data key under master key `key_id` with `context` (for copies)."""
+        ...
+
+    async def ready(self, key_id: str) -> None:
+        """KeyringError unless master key `key_id` can be used now (readiness; not a key use)."""
         ...
 
     async def close(self) -> None:

@@ -126,6 +126,10 @@ class Materials:
     async def _decrypt(self, key_ref: str, wrapped: bytes, context: Mapping[str, str]) -> bytes:
         return await _counted("decrypt", self.keyring.decrypt_data_key(key_ref, wrapped, context))
 
+    async def ready(self, key_id: str) -> None:
+        """The keyring's readiness check for `key_id` (KeyringError when not ready)."""
+        await self.keyring.ready(key_id)
+
     async def close(self) -> None:
         """Forget every cached key and close the keyring."""
         self._shared.clear()

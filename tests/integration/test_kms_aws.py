@@ -20,6 +20,7 @@ from aiohttp import web
 
 from proxy.kms.aws import AwsKmsKeyring
 from proxy.kms.base import InvalidWrappedKey, KeyAccessDenied, KeyUnavailable
+from proxy.s3.errors import keyring_error
 from tests.conftest import backend_client, free_port, multipart_put, start_stack
 from tests.integration.test_key_cache import CountingKms
 
@@ -111,7 +112,7 @@ async def test_wrong_context(keyring: AwsKmsKeyring, key_arn: str, context: dict
     dk = await keyring.generate_data_key(key_arn, CTX)
     with pytest.raises(InvalidWrappedKey) as err:
         await keyring.decrypt_data_key(dk.key_ref, dk.wrapped, context)
-    assert err.value.status == 500
+    assert keyring_error(err.value).status == 500
     assert dk.plaintext.hex() not in str(err.value)
 
 
@@ -129,7 +130,7 @@ async def test_unknown_key(keyring: AwsKmsKeyring, key_arn: str) -> None:
     missing = str(uuid.uuid4())
     with pytest.raises(KeyAccessDenied, match=missing) as err:
         await keyring.generate_data_key(missing, CTX)
-    assert err.value.status == 403
+    assert keyring_error(err.value).status == 403
 
 
 async def test_decrypt_pinned_to_key_ref(keyring: AwsKmsKeyring, key_arn: str, kms_url: str) -> None:
@@ -198,7 +199,7 @@ async def test_unreachable() -> None:
         with pytest.raises(KeyUnavailable) as err:
             await kr.generate_data_key("alias/anything", CTX)
         assert time.monotonic() - start < 3
-        assert err.value.status == 503
+        assert keyring_error(err.value).status == 503
         with pytest.raises(KeyUnavailable):
             await kr.decrypt_data_key("arn:aws:kms:us-east-1:1:key/x", b"\x01" * 64, CTX)
     finally:

@@ -19,6 +19,7 @@ from proxy.kms.local import (
     passphrase_from,
     wrap_aad,
 )
+from proxy.s3.errors import keyring_error
 
 PASS = b"correct horse battery staple"
 CTX = {"bucket": "b1", "key": "photos/cat.jpg"}
@@ -338,7 +339,7 @@ async def test_old_versions_still_unwrap(store: LocalKeyStore, keyring: LocalKey
 async def test_unknown_key(keyring: LocalKeyring, store: LocalKeyStore) -> None:
     with pytest.raises(KeyAccessDenied, match="'nope'") as err:
         await keyring.generate_data_key("nope", CTX)
-    assert err.value.status == 403
+    assert keyring_error(err.value).status == 403
     dk = await keyring.generate_data_key("default", CTX)
     with pytest.raises(KeyAccessDenied, match="'nope'"):
         await keyring.decrypt_data_key("local:nope:1", dk.wrapped, CTX)
