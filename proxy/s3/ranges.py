@@ -8,7 +8,8 @@ from email.utils import parsedate_to_datetime
 
 from proxy.s3.errors import S3Error
 
-_RANGE_RE = re.compile(r"^\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*$")
+# [0-9], not \d: RFC 7233's DIGIT is ASCII, and int() would read other scripts' digits too.
+_RANGE_RE = re.compile(r"^\s*bytes\s*=\s*([0-9]*)\s*-\s*([0-9]*)\s*$")
 
 
 def parse_range(header: str | None, length: int) -> tuple[int, int] | None:
@@ -22,21 +23,26 @@ def parse_range(header: str | None, length: int) -> tuple[int, int] | None:
     m = _RANGE_RE.match(header)
     if not m:
         return None
-    first, last = m.group(1), m.group(2)
+    first, last = (g.lstrip("0") or g[:1] for g in m.groups())  # "007" -> "7", "000" -> "0"
     if not first and not last:
         return None
     if not first:
-        suffix = int(last)
+        suffix = _at_most(last, length)
         if suffix == 0 or length == 0:
             raise _unsatisfiable(length)
-        return max(0, length - suffix), length
-    start = int(first)
-    end = int(last) + 1 if last else length
-    if last and end <= start:
+        return length - suffix, length
+    if last and (len(last), last) < (len(first), first):
         return None  # S3 ignores an inverted range
+    start = _at_most(first, length)
     if start >= length:
         raise _unsatisfiable(length)
-    return start, min(end, length)
+    return start, (_at_most(last, length - 1) + 1 if last else length)
+
+
+def _at_most(digits: str, bound: int) -> int:
+    """min(int(digits), bound) for digits without leading zeros, never int() of a long string
+    (Python refuses more than 4300 digits: a long Range header would otherwise be a 500)."""
+    return bound if len(digits) > len(str(bound)) else min(int(digits), bound)
 
 
 def _unsatisfiable(length: int) -> S3Error:
