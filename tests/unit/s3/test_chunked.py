@@ -104,19 +104,54 @@ def test_length_mismatch() -> None:
 
 
 def test_oversized_chunk_header() -> None:
-    with pytest.raises(S3Error):
+    with pytest.raises(S3Error) as err:
         AwsChunkedDecoder(decoded_length=1).feed(b"1" * 10000)
+    assert (err.value.code, err.value.status) == ("InvalidRequest", 400)
+
+
+#: What the decoder may answer a bad body with: its own 4xx errors, never a 5xx.
+REFUSALS = {
+    ("IncompleteBody", 400),
+    ("InvalidRequest", 400),
+    ("BadDigest", 400),
+    ("InvalidArgument", 400),
+    ("SignatureDoesNotMatch", 403),
+}
+
+
+def decoded_or_refused(wire: bytes, length: int) -> bytes | None:
+    """The payload, or None when the decoder refused the body with one of its S3 errors."""
+    dec = AwsChunkedDecoder(decoded_length=length, trailer_names=["x-amz-checksum-crc32"])
+    try:
+        out = b"".join(bytes(p) for p in dec.feed(wire))
+        dec.finish()
+    except S3Error as err:  # refusing is one of the two allowed outcomes; both are checked
+        assert (err.code, err.status) in REFUSALS, err
+        return None
+    return out
 
 
 @settings(max_examples=200, deadline=None)
 @given(st.binary(max_size=2000), st.integers(0, 100))
 def test_garbage_never_crashes(junk: bytes, length: int) -> None:
-    dec = AwsChunkedDecoder(decoded_length=length, trailer_names=["x-amz-checksum-crc32"])
-    try:
-        dec.feed(junk)
-        dec.finish()
-    except S3Error:
-        pass
+    out = decoded_or_refused(junk, length)
+    # Accepted only as a whole body of the declared length (its CRC32 trailer checked).
+    assert out is None or len(out) == length
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    data=st.binary(min_size=1, max_size=3000),
+    chunk=st.sampled_from([1, 7, 100, 1024]),
+    where=st.integers(min_value=0),
+    flip=st.integers(1, 255),
+)
+def test_a_changed_byte_never_decodes_to_other_bytes(data: bytes, chunk: int, where: int, flip: int) -> None:
+    """One byte of a boto3 body changed anywhere: refused, or (hex case, header name case) the
+    same payload; never other bytes."""
+    wire = bytearray(boto_body(data, chunk=chunk))
+    wire[where % len(wire)] ^= flip
+    assert decoded_or_refused(bytes(wire), len(data)) in (None, data)
 
 
 # Signed chunks (STREAMING-AWS4-HMAC-SHA256-PAYLOAD), built per the AWS specification.
@@ -179,13 +214,19 @@ def test_signed_chunks_reordered() -> None:
     first = a.index(b"\r\n", a.index(b"a" * 10)) + 2
     second_end = a.index(b"\r\n", a.index(b"b" * 10)) + 2
     swapped = a[first:second_end] + a[:first] + a[second_end:]
-    with pytest.raises(S3Error):
+    with pytest.raises(S3Error) as err:
         decode(swapped, 20, trailers=(), signer=ChunkSignatureVerifier(_verified()))
+    assert (err.value.code, err.value.status) == ("SignatureDoesNotMatch", 403)
 
 
 def test_missing_signature_when_required() -> None:
-    with pytest.raises(S3Error):
+    with pytest.raises(S3Error) as err:
         decode(boto_body(b"abc"), 3, signer=ChunkSignatureVerifier(_verified()))
+    assert (err.value.code, err.value.status, err.value.message) == (
+        "SignatureDoesNotMatch",
+        403,
+        "A chunk signature is missing.",
+    )
 
 
 def test_signed_chunks_with_signed_trailer() -> None:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
-from urllib.parse import urlsplit
+import hashlib
+from urllib.parse import quote, urlsplit
 
 import boto3
 import pytest
@@ -65,7 +66,7 @@ def test_keys_as_boto3_encodes_them(key: str) -> None:
 @pytest.mark.parametrize("query", ["list-type=2&prefix=a%20b", "uploads", "acl", "prefix=&delimiter=%2F"])
 def test_query_strings(query: str) -> None:
     path, h, when = signed("GET", f"https://gate.example/b?{query}")
-    verify_request("GET", path, h, lookup, when)
+    assert verify_request("GET", path, h, lookup, when).identity == "alice"
 
 
 def test_presigned_url() -> None:
@@ -96,9 +97,10 @@ def test_query_auth_oracle() -> None:
     req = AWSRequest(method="PUT", url="https://gate.example/b/k", headers={})
     S3SigV4QueryAuth(Credentials(AKID, SECRET), "s3", "us-east-1", expires=300).add_auth(req)
     parts = urlsplit(req.url)
-    verify_request(
+    v = verify_request(
         "PUT", f"{parts.path}?{parts.query}", CIMultiDict({"Host": parts.netloc}), lookup, dt.datetime.now(dt.UTC)
     )
+    assert (v.identity, v.presigned, v.payload_hash) == ("alice", True, "UNSIGNED-PAYLOAD")
 
 
 def test_failures() -> None:
@@ -141,8 +143,6 @@ def test_failures() -> None:
 
 
 def test_payload_hash_check() -> None:
-    import hashlib
-
     path, h, when = signed("PUT", "https://gate.example/b/k", body=b"body")
     v = verify_request("PUT", path, h, lookup, when)
     check_payload_hash(v, hashlib.sha256(b"body").hexdigest())
@@ -151,14 +151,35 @@ def test_payload_hash_check() -> None:
     assert err.value.code == "XAmzContentSHA256Mismatch"
 
 
+#: What verify_request may answer a client with: its own errors, never a 5xx.
+REFUSALS = {
+    ("AccessDenied", 403),
+    ("AuthorizationHeaderMalformed", 400),
+    ("AuthorizationQueryParametersError", 400),
+    ("AuthorizationQueryParametersError", 403),
+    ("InvalidAccessKeyId", 403),
+    ("InvalidArgument", 400),
+    ("InvalidRequest", 400),
+    ("RequestTimeTooSkewed", 403),
+    ("SignatureDoesNotMatch", 403),
+}
+
+
+def refusal(method: str, path: str, h: CIMultiDict[str], now: dt.datetime) -> tuple[str, int]:
+    """The error verify_request answers with; the test fails if the request authenticates."""
+    with pytest.raises(S3Error) as err:
+        verify_request(method, path, h, lookup, now)
+    assert SECRET not in err.value.message
+    return err.value.code, err.value.status
+
+
 @settings(max_examples=150, deadline=None)
 @given(st.text(max_size=200), st.text(max_size=80), st.text(max_size=40))
 def test_hostile_input_is_an_s3_error(auth: str, path: str, date: str) -> None:
     h = CIMultiDict(
         {"Host": "gate", "Authorization": auth, "x-amz-date": date, "x-amz-content-sha256": "UNSIGNED-PAYLOAD"}
     )
-    with pytest.raises(S3Error):  # garbage never authenticates
-        verify_request("GET", "/" + path, h, lookup, dt.datetime.now(dt.UTC))
+    assert refusal("GET", "/" + path, h, dt.datetime.now(dt.UTC)) in REFUSALS
 
 
 @settings(max_examples=100, deadline=None)
@@ -184,19 +205,101 @@ def test_hostile_input_is_an_s3_error(auth: str, path: str, date: str) -> None:
 def test_hostile_presign_is_an_s3_error(params: dict[str, str]) -> None:
     from urllib.parse import urlencode
 
-    with pytest.raises(S3Error):  # garbage never authenticates
-        verify_request(
-            "GET", "/b/k?" + urlencode(params), CIMultiDict({"Host": "gate"}), lookup, dt.datetime.now(dt.UTC)
-        )
+    now = dt.datetime.now(dt.UTC)
+    assert refusal("GET", "/b/k?" + urlencode(params), CIMultiDict({"Host": "gate"}), now) in REFUSALS
+
+
+_HEX = "0123456789abcdef"
+#: Printable ASCII: what header values and keys can carry through botocore unchanged.
+_PRINTABLE = st.text(st.characters(min_codepoint=33, max_codepoint=126), min_size=1, max_size=30)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    key=_PRINTABLE,
+    meta=_PRINTABLE,
+    body=st.binary(max_size=64),
+    change=st.sampled_from(["signature", "path", "query", "header", "method", "date", "payload", "secret"]),
+    pick=st.integers(min_value=0),
+)
+def test_a_changed_header_signed_request_never_authenticates(
+    key: str, meta: str, body: bytes, change: str, pick: int
+) -> None:
+    """botocore signs a random request, which verifies; any one change to what it signed fails."""
+    url = "https://gate.example/bkt/" + quote(key, safe="/~")
+    path, h, when = signed("PUT", url, {"x-amz-meta-m": meta}, body)
+    v = verify_request("PUT", path, h, lookup, when)
+    assert (v.identity, v.presigned, v.payload_hash) == ("alice", False, hashlib.sha256(body).hexdigest())
+    method = "PUT"
+    if change == "secret":
+        path, h, when = signed("PUT", url, {"x-amz-meta-m": meta}, body, secret="other-secret-0000000000")
+    elif change == "signature":
+        auth = h["Authorization"]
+        at = auth.index("Signature=") + len("Signature=") + pick % 64
+        h["Authorization"] = auth[:at] + _HEX[(_HEX.index(auth[at]) + 1 + pick % 15) % 16] + auth[at + 1 :]
+    elif change == "path":
+        path += _HEX[pick % 16]
+    elif change == "query":
+        path += "?" + ["uploads", "tagging", "versionId=v", "acl", "x=1"][pick % 5]
+    elif change == "header":
+        h["x-amz-meta-m"] = meta + _HEX[pick % 16]
+    elif change == "method":
+        method = ["GET", "POST", "DELETE", "HEAD"][pick % 4]
+    elif change == "date":
+        # Within the allowed skew: only the signature can refuse it.
+        moved = when + dt.timedelta(seconds=1 + pick % 600)
+        h["X-Amz-Date"] = moved.strftime("%Y%m%dT%H%M%SZ")
+    elif change == "payload":
+        h["x-amz-content-sha256"] = hashlib.sha256(body + b"!").hexdigest()
+    code = refusal(method, path, h, when)
+    if change == "date" and h["X-Amz-Date"][:8] != when.strftime("%Y%m%d"):
+        assert code == ("AuthorizationHeaderMalformed", 400)  # the credential's day no longer matches
+    else:
+        assert code == ("SignatureDoesNotMatch", 403)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    key=_PRINTABLE,
+    change=st.sampled_from(["signature", "path", "expires", "date", "credential", "added", "header"]),
+    pick=st.integers(min_value=0),
+)
+def test_a_changed_presigned_url_never_authenticates(key: str, change: str, pick: int) -> None:
+    now = dt.datetime.now(dt.UTC)
+    path, h = presigned_v4("PUT", "https://gate.example/bkt/" + quote(key, safe="/~"), {"x-amz-meta-m": "v"})
+    assert verify_request("PUT", path, h, lookup, now).presigned
+    base, _, query = path.partition("?")
+    params = dict(p.split("=", 1) for p in query.split("&"))
+    if change == "signature":
+        sig = params["X-Amz-Signature"]
+        at = pick % 64
+        params["X-Amz-Signature"] = sig[:at] + _HEX[(_HEX.index(sig[at]) + 1 + pick % 15) % 16] + sig[at + 1 :]
+    elif change == "path":
+        base += _HEX[pick % 16]
+    elif change == "expires":
+        params["X-Amz-Expires"] = str(1 + pick % 299)  # shorter than signed: still refused
+    elif change == "date":
+        signed_at = dt.datetime.strptime(params["X-Amz-Date"], "%Y%m%dT%H%M%SZ")
+        params["X-Amz-Date"] = (signed_at - dt.timedelta(seconds=1 + pick % 60)).strftime("%Y%m%dT%H%M%SZ")
+    elif change == "credential":
+        params["X-Amz-Credential"] = params["X-Amz-Credential"].replace("us-east-1", "eu-west-1")
+    elif change == "added":
+        params[["uploads", "tagging", "versionId", "acl"][pick % 4]] = ""
+    elif change == "header":
+        h["x-amz-meta-m"] = "w"
+    tampered = base + "?" + "&".join(f"{k}={v}" for k, v in params.items())
+    code = refusal("PUT", tampered, h, now)
+    if change == "date" and params["X-Amz-Date"][:8] != params["X-Amz-Credential"].split("%2F")[1]:
+        assert code == ("AuthorizationQueryParametersError", 400)
+    else:
+        assert code == ("SignatureDoesNotMatch", 403)
 
 
 @pytest.mark.parametrize("date", ["20261328T000000Z", "20260230T120000Z", "20260101T250000Z", "20260101T000061Z"])
 def test_impossible_dates_are_an_s3_error(date: str) -> None:
     path, h, when = signed("GET", "https://gate.example/b/k")
     h["X-Amz-Date"] = date
-    with pytest.raises(S3Error) as err:
-        verify_request("GET", path, h, lookup, when)
-    assert err.value.status in (400, 403)
+    assert refusal("GET", path, h, when) == ("AccessDenied", 403)
 
 
 # --------------------------------------------------------------------------- unsigned x-amz-* headers
@@ -475,8 +578,9 @@ def test_v2_bucket_signature_does_not_cover_an_object() -> None:
     v2("DELETE", path, h)
     v2("DELETE", path.replace("/b/?", "/b?"), h)
     # "/b//" is the object named "/", not the bucket.
-    with pytest.raises(S3Error):
+    with pytest.raises(S3Error) as err:
         v2("DELETE", path.replace("/b/?", "/b//?"), h)
+    assert (err.value.code, err.value.status) == ("SignatureDoesNotMatch", 403)
 
 
 def test_v2_lifetime_has_a_maximum() -> None:
