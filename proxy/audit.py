@@ -30,9 +30,10 @@ the file does not have. Neither detects lines cut off the *end* of the file; com
 `VerifyResult.count` / `last_hash` with a copy kept elsewhere for that.
 
 A record never holds a key, a secret or plaintext: `AuditRecord` has only the fields above and
-`AuditingKeyring` passes it no key material and no encryption context beyond bucket and key.
-Uses served from the data-key cache (no keyring call) are recorded too, with reason "cached"
-(`record_cache_hit`), so there is one line per key use, not only per KMS call.
+`proxy.kms.audited.AuditingKeyring` passes it no key material and no encryption context beyond
+bucket and key. Uses served from the data-key cache (no keyring call) are recorded too, with
+reason "cached" (`proxy.kms.audited.record_cache_hit`), so there is one line per key use, not
+only per KMS call. `sealgate audit verify` (proxy/audit_cli.py) checks a file's chain.
 
 One writer per file
 -------------------
@@ -46,16 +47,13 @@ the log after forking. A line is written with one ``os.write`` on an ``O_APPEND`
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import fcntl
 import hashlib
 import hmac
 import json
-import logging
 import os
 import re
-import sys
 import threading
 from collections.abc import Callable, Mapping
 from contextvars import ContextVar
@@ -64,13 +62,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, Literal
-
-import click
-
-from proxy.crypto.format import CONTEXT_BUCKET, CONTEXT_KEY
-from proxy.kms.base import DataKey, KeyAccessDenied, Keyring, KeyringError, KeyUnavailable
-
-log = logging.getLogger(__name__)
 
 ALG_SHA256: Final = "sha256"
 ALG_HMAC_SHA256: Final = "hmac-sha256"
@@ -89,7 +80,6 @@ _HEX64 = re.compile(r"[0-9a-f]{64}")
 # Object keys are at most 1024 bytes, but key_ref comes from object metadata on the backend:
 # bound every free-form field so a hostile value cannot bloat the log.
 _MAX_FIELD = 2048
-_LOCAL_REF = re.compile(r"local:([A-Za-z0-9_.-]{1,64}):[1-9][0-9]{0,8}")
 
 
 class AuditError(Exception):
@@ -441,174 +431,3 @@ class AuditLog:
 
     def __repr__(self) -> str:
         return f"AuditLog({str(self.path)!r}, alg={self.alg!r}, seq={self.seq})"
-
-
-def _key_id_of(key_ref: str) -> str:
-    """The master key id in a key reference: `local:<id>:<version>`, else the reference (an ARN)."""
-    m = _LOCAL_REF.fullmatch(key_ref)
-    return m.group(1) if m else key_ref
-
-
-class AuditingKeyring:
-    """A `Keyring` that writes an audit record for every call to the keyring it wraps.
-
-    KeyAccessDenied is recorded as "denied", other failures as "error" (reason: the KeyringError
-    code). Bucket and object key come from the encryption context when it names them (that is
-    what the key is bound to), else from `audit_context`. If a record cannot be written after a
-    successful call, the data key is withheld and KeyUnavailable raised: no key use without a
-    record. Placed under a data-key cache, it records the calls that reach the key service.
-    """
-
-    def __init__(self, inner: Keyring, audit: AuditLog) -> None:
-        """Audit calls to `inner` into `audit` (which the caller owns and closes)."""
-        self._inner = inner
-        self._audit = audit
-
-    def __repr__(self) -> str:
-        return f"AuditingKeyring({self._inner!r}, {self._audit!r})"
-
-    @property
-    def inner(self) -> Keyring:
-        """The keyring whose calls this one audits."""
-        return self._inner
-
-    def _record(
-        self,
-        operation: str,
-        outcome: Outcome,
-        reason: str | None,
-        key_id: str | None,
-        key_version: str | None,
-        context: Mapping[str, str],
-    ) -> None:
-        self._audit.record(
-            operation,
-            outcome,
-            reason=reason,
-            key_id=key_id,
-            key_version=key_version,
-            bucket=context.get(CONTEXT_BUCKET),
-            object_key=context.get(CONTEXT_KEY),
-        )
-
-    def _allowed(self, operation: str, key_id: str | None, key_version: str | None, context: Mapping[str, str]) -> None:
-        try:
-            self._record(operation, "allowed", None, key_id, key_version, context)
-        except (AuditError, OSError) as exc:
-            log.error("refusing a key use that cannot be audited: %s", exc)
-            raise KeyUnavailable("the audit log cannot be written") from exc
-
-    def _failed(
-        self,
-        operation: str,
-        exc: BaseException,
-        key_id: str | None,
-        key_version: str | None,
-        context: Mapping[str, str],
-    ) -> None:
-        outcome: Outcome
-        if isinstance(exc, KeyringError):
-            outcome, reason = ("denied" if isinstance(exc, KeyAccessDenied) else "error"), exc.code
-        elif isinstance(exc, asyncio.CancelledError):
-            outcome, reason = "error", "cancelled"
-        else:
-            outcome, reason = "error", type(exc).__name__
-        try:
-            self._record(operation, outcome, reason, key_id, key_version, context)
-        except (AuditError, OSError) as audit_exc:
-            # The call failed anyway; the caller sees its error, the operator this one.
-            log.error("cannot audit a failed %s: %s", operation, audit_exc)
-
-    async def generate_data_key(self, key_id: str, context: Mapping[str, str]) -> DataKey:
-        """The inner keyring's fresh data key, recorded as operation "generate"."""
-        try:
-            key = await self._inner.generate_data_key(key_id, context)
-        except (Exception, asyncio.CancelledError) as exc:
-            self._failed("generate", exc, key_id, None, context)
-            raise
-        self._allowed("generate", key_id, key.key_ref, context)
-        return key
-
-    async def decrypt_data_key(self, key_ref: str, wrapped: bytes, context: Mapping[str, str]) -> bytes:
-        """The inner keyring's unwrapped data key, recorded as operation "decrypt"."""
-        key_id = _key_id_of(key_ref)
-        try:
-            plaintext = await self._inner.decrypt_data_key(key_ref, wrapped, context)
-        except (Exception, asyncio.CancelledError) as exc:
-            self._failed("decrypt", exc, key_id, key_ref, context)
-            raise
-        self._allowed("decrypt", key_id, key_ref, context)
-        return plaintext
-
-    async def wrap_data_key(self, key_id: str, plaintext: bytes, context: Mapping[str, str]) -> DataKey:
-        """The inner keyring's wrapping of an existing data key, recorded as operation "wrap"."""
-        try:
-            key = await self._inner.wrap_data_key(key_id, plaintext, context)
-        except (Exception, asyncio.CancelledError) as exc:
-            self._failed("wrap", exc, key_id, None, context)
-            raise
-        self._allowed("wrap", key_id, key.key_ref, context)
-        return key
-
-    async def ready(self, key_id: str) -> None:
-        """The inner keyring's readiness check (not a key use: not recorded)."""
-        await self._inner.ready(key_id)
-
-    async def close(self) -> None:
-        """Close the inner keyring (the audit log belongs to the caller)."""
-        await self._inner.close()
-
-
-def record_cache_hit(
-    audit: AuditLog, operation: str, key_ref: str, context: Mapping[str, str], key_id: str | None = None
-) -> None:
-    """Record a key use served from the data-key cache (no keyring call), reason "cached", so
-    that every use has its line; KeyUnavailable if it cannot be written (no use unrecorded)."""
-    try:
-        audit.record(
-            operation,
-            "allowed",
-            reason="cached",
-            key_id=key_id or _key_id_of(key_ref),
-            key_version=key_ref,
-            bucket=context.get(CONTEXT_BUCKET),
-            object_key=context.get(CONTEXT_KEY),
-        )
-    except (AuditError, OSError) as exc:
-        log.error("refusing a cached key use that cannot be audited: %s", exc)
-        raise KeyUnavailable("the audit log cannot be written") from exc
-
-
-@click.group("audit")
-def audit_group() -> None:
-    """The key-use audit log."""
-
-
-@audit_group.command("verify")
-@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option(
-    "--hmac-key-env",
-    metavar="VAR",
-    default=None,
-    help="Environment variable holding the audit HMAC key (for HMAC-chained logs).",
-)
-def verify_cmd(file: Path, hmac_key_env: str | None) -> None:
-    """Check the hash chain of an audit log FILE: exit 0 if intact, 1 if tampered."""
-    hmac_key: bytes | None = None
-    if hmac_key_env is not None:
-        value = os.environ.get(hmac_key_env)
-        if not value:
-            click.echo(f"sealgate: environment variable {hmac_key_env} is unset or empty", err=True)
-            sys.exit(2)
-        hmac_key = value.encode()
-    try:
-        result = verify_file(file, hmac_key)
-    except (OSError, ValueError) as exc:
-        click.echo(f"sealgate: cannot verify {file}: {exc}", err=True)
-        sys.exit(2)
-    if result.ok:
-        click.echo(f"OK: {result.count} records")
-        click.echo(f"last hash: {result.last_hash}")
-        return
-    click.echo(f"TAMPERED at line {result.bad_line}: {result.reason}")
-    sys.exit(1)

@@ -620,7 +620,7 @@ def policy_check(config_path: Path, client: str, contexts: tuple[str, ...], acti
 
 
 def _register_tools() -> None:
-    from proxy.audit import audit_group
+    from proxy.audit_cli import audit_group
     from proxy.convert import convert_cmd
     from proxy.copy_tool import copy_cmd
     from proxy.offline import decrypt_cmd, encrypt_cmd

@@ -23,20 +23,20 @@ from urllib.parse import quote
 
 import click
 
-from proxy.audit import AuditContext, AuditingKeyring, AuditLog, audit_context
+from proxy.audit import AuditContext, AuditLog, audit_context
 from proxy.backend import BackendResponse
 from proxy.config import Config
 from proxy.crypto.format import Envelope, FormatError, IntegrityError, Layout, Manifest, is_sealgate_object
 from proxy.crypto.multipart import stored_length
 from proxy.gc import versions_with
+from proxy.kms.audited import AuditingKeyring
 from proxy.kms.base import KeyringError
 from proxy.s3.errors import S3Error
 from proxy.s3.headers import CONTENT_HEADERS, etag_value
 from proxy.s3.xml import parse, qname
-from proxy.server.copy import SourceChanged, backend_copy
-from proxy.server.multipart import put_record
-from proxy.server.objects import RESERVED_PREFIX, read_manifest, record_key
-from proxy.server.state import Gateway
+from proxy.store.copies import SourceChanged, backend_copy
+from proxy.store.gateway import Gateway
+from proxy.store.records import RESERVED_PREFIX, put_record, read_manifest, record_key
 
 
 @dataclass

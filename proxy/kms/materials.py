@@ -16,12 +16,17 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import TypeVar
 
-from proxy.audit import AuditLog, record_cache_hit
 from proxy.crypto.format import SCOPE_BUCKET, SCOPE_OBJECT, encryption_context
 from proxy.kms.base import DataKey, Keyring, KeyringError
 from proxy.metrics import KEY_CACHE, KMS_CALLS
 
 T = TypeVar("T")
+
+#: Told of each key use served from the cache, without a keyring call: (operation "generate" or
+#: "decrypt", key reference, the object's encryption context, master key id or None). The
+#: keyring's own calls are the keyring's to report (an auditing keyring under this cache). It
+#: may raise (a KeyringError, to refuse a use it cannot record); the key is then not handed out.
+CacheHit = Callable[[str, str, Mapping[str, str], str | None], None]
 
 
 @dataclass(frozen=True)
@@ -52,12 +57,13 @@ class Materials:
         decrypt_seconds: float = 0.0,
         max_entries: int = 10_000,
         clock: Callable[[], float] = time.monotonic,
-        audit: AuditLog | None = None,
+        on_cache_hit: CacheHit | None = None,
     ) -> None:
-        """`audit`: where uses served from the cache are recorded (keyring calls are recorded by
-        an AuditingKeyring under this cache)."""
+        """Cache `keyring`'s keys: generated ones shared within `reuse`, unwrapped ones for
+        `decrypt_seconds` (at most `max_entries` of them). `clock` measures ages; `on_cache_hit`
+        hears of every use the cache serves."""
         self.keyring = keyring
-        self._audit = audit
+        self._on_cache_hit = on_cache_hit
         self._reuse = reuse
         self._ttl = decrypt_seconds
         self._max = max_entries
@@ -86,10 +92,8 @@ class Materials:
             self._shared[slot] = shared
             KEY_CACHE.labels("shared", "miss").inc()
         else:
-            if self._audit is not None:
-                record_cache_hit(
-                    self._audit, "generate", shared.key.key_ref, encryption_context(bucket, key), key_id=key_id
-                )
+            if self._on_cache_hit is not None:
+                self._on_cache_hit("generate", shared.key.key_ref, encryption_context(bucket, key), key_id)
             KEY_CACHE.labels("shared", "hit").inc()
         shared.objects += 1
         shared.bytes += size
@@ -103,8 +107,8 @@ class Materials:
         now = self._clock()
         hit = self._unwrapped.get(slot)
         if hit is not None and now - hit[0] < self._ttl:
-            if self._audit is not None:
-                record_cache_hit(self._audit, "decrypt", key_ref, context)
+            if self._on_cache_hit is not None:
+                self._on_cache_hit("decrypt", key_ref, context, None)
             self._unwrapped.move_to_end(slot)
             KEY_CACHE.labels("unwrapped", "hit").inc()
             return hit[1]

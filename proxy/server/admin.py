@@ -28,7 +28,8 @@ from typing import Any
 
 from aiohttp import web
 
-from proxy.audit import AuditContext, AuditingKeyring, Outcome, audit_context
+from proxy.audit import AuditContext, Outcome, audit_context
+from proxy.kms.audited import AuditingKeyring
 from proxy.kms.local import KeyInfo, KeyringFileError, LocalKeyring, LocalKeyStore, keyring_lock, passphrase_from
 from proxy.s3.errors import S3Error
 from proxy.s3.sigv4 import VerifiedRequest

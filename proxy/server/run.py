@@ -13,9 +13,10 @@ from pathlib import Path
 
 from aiohttp import web
 
-from proxy.audit import AuditingKeyring, AuditLog
+from proxy.audit import AuditLog
 from proxy.backend import Backend, BackendSettings
 from proxy.config import Config
+from proxy.kms.audited import AuditingKeyring, cache_hit_recorder
 from proxy.kms.base import Keyring
 from proxy.kms.materials import Materials, ReuseLimits
 from proxy.server.app import GATEWAY, build_app
@@ -59,7 +60,7 @@ def make_materials(config: Config, keyring: Keyring, audit: AuditLog | None = No
         keyring,
         reuse=ReuseLimits(cache.max_objects, cache.max_seconds, cache.max_bytes),
         decrypt_seconds=cache.decrypt_seconds,
-        audit=audit,
+        on_cache_hit=cache_hit_recorder(audit) if audit is not None else None,
     )
 
 

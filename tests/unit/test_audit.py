@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import hmac
 import json
 import os
-from collections.abc import Iterator
 from dataclasses import fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
-from click.testing import CliRunner
 
 from proxy.audit import (
     ALG_HMAC_SHA256,
@@ -22,16 +19,11 @@ from proxy.audit import (
     GENESIS,
     AuditContext,
     AuditError,
-    AuditingKeyring,
     AuditLog,
     AuditRecord,
     audit_context,
-    audit_group,
     verify_file,
 )
-from proxy.crypto.format import encryption_context
-from proxy.kms.base import InvalidWrappedKey, KeyAccessDenied, KeyUnavailable
-from proxy.kms.local import LocalKeyring, LocalKeyStore
 
 HMAC_KEY = b"audit-hmac-key-0123456789abcdef"
 CTX = AuditContext(identity="alice", source="203.0.113.7:50123", request_id="REQ1", bucket="b1", object_key="k1")
@@ -461,138 +453,3 @@ def test_failed_write_leaves_no_partial_line(
         log.record("decrypt", "allowed")
     result = verify_file(log_path)
     assert result.ok and result.count == 2
-
-
-# --- the auditing keyring --------------------------------------------------------------
-
-PASSPHRASE = b"audit-test-passphrase"
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> LocalKeyStore:
-    s = LocalKeyStore.create(tmp_path / "kr", PASSPHRASE)
-    s.create_key("default")
-    s.save()
-    return s
-
-
-@pytest.fixture
-def request_context() -> Iterator[AuditContext]:
-    ctx = AuditContext(identity="alice", source="198.51.100.4:4433", request_id="RID-42", bucket="b1", object_key="k1")
-    token = audit_context.set(ctx)
-    yield ctx
-    audit_context.reset(token)
-
-
-def spellings(secret: bytes) -> list[bytes]:
-    return [
-        secret,
-        secret.hex().encode(),
-        secret.hex().upper().encode(),
-        base64.b64encode(secret),
-        base64.b64encode(secret).rstrip(b"="),
-        base64.urlsafe_b64encode(secret).rstrip(b"="),
-    ]
-
-
-async def test_auditing_keyring_records_allowed_and_denied(
-    store: LocalKeyStore, log_path: Path, request_context: AuditContext
-) -> None:
-    log = AuditLog(log_path, hmac_key=HMAC_KEY)
-    keyring = AuditingKeyring(LocalKeyring(store), log)
-    ctx = encryption_context("photos", "cat.jpg")
-
-    key = await keyring.generate_data_key("default", ctx)
-    assert await keyring.decrypt_data_key(key.key_ref, key.wrapped, ctx) == key.plaintext
-    copy = await keyring.wrap_data_key("default", key.plaintext, encryption_context("photos", "copy.jpg"))
-    with pytest.raises(KeyAccessDenied):
-        await keyring.generate_data_key("nope", ctx)
-    with pytest.raises(KeyAccessDenied):
-        await keyring.decrypt_data_key("local:nope:1", key.wrapped, ctx)
-    with pytest.raises(InvalidWrappedKey):
-        await keyring.decrypt_data_key(key.key_ref, key.wrapped, encryption_context("photos", "dog.jpg"))
-    await keyring.ready("default")
-    await keyring.close()
-    log.close()
-
-    assert verify_file(log_path, HMAC_KEY).ok
-    docs = [json.loads(line) for line in read_lines(log_path)]
-    summary = [(d["operation"], d["outcome"], d["reason"], d["key_id"], d["key_version"]) for d in docs]
-    assert summary == [
-        ("generate", "allowed", None, "default", "local:default:1"),
-        ("decrypt", "allowed", None, "default", "local:default:1"),
-        ("wrap", "allowed", None, "default", "local:default:1"),
-        ("generate", "denied", "AccessDenied", "nope", None),
-        ("decrypt", "denied", "AccessDenied", "nope", "local:nope:1"),
-        ("decrypt", "error", "ObjectIntegrityError", "default", "local:default:1"),
-    ]
-    for d in docs:
-        assert (d["identity"], d["source"], d["request_id"]) == ("alice", "198.51.100.4:4433", "RID-42")
-        assert d["bucket"] == "photos"  # what the key is bound to, not the request's bucket
-    assert [d["object_key"] for d in docs] == ["cat.jpg", "cat.jpg", "copy.jpg", "cat.jpg", "cat.jpg", "dog.jpg"]
-
-    data = log_path.read_bytes()
-    secrets = [key.plaintext, copy.plaintext, PASSPHRASE]
-    material = store._material("default", 1)
-    assert material is not None
-    secrets.append(material)
-    for secret in secrets:
-        for spelled in spellings(secret):
-            assert spelled not in data
-
-
-async def test_bucket_scoped_context_takes_object_key_from_request(
-    store: LocalKeyStore, log_path: Path, request_context: AuditContext
-) -> None:
-    with AuditLog(log_path) as log:
-        keyring = AuditingKeyring(LocalKeyring(store), log)
-        await keyring.generate_data_key("default", {"sealgate:bucket": "b1"})
-    doc = json.loads(read_lines(log_path)[0])
-    assert (doc["bucket"], doc["object_key"]) == ("b1", "k1")
-
-
-async def test_unauditable_key_use_is_refused(store: LocalKeyStore, log_path: Path) -> None:
-    log = AuditLog(log_path)
-    keyring = AuditingKeyring(LocalKeyring(store), log)
-    log.close()
-    with pytest.raises(KeyUnavailable):
-        await keyring.generate_data_key("default", encryption_context("b", "k"))
-    # A failed call whose record cannot be written still raises the call's own error.
-    with pytest.raises(KeyAccessDenied):
-        await keyring.generate_data_key("nope", encryption_context("b", "k"))
-
-
-# --- `sealgate audit verify` -----------------------------------------------------------
-
-
-def test_cli_verify_ok(log_path: Path) -> None:
-    records = write_records(log_path, 3)
-    result = CliRunner().invoke(audit_group, ["verify", str(log_path)])
-    assert result.exit_code == 0, result.output
-    assert result.output.splitlines() == ["OK: 3 records", f"last hash: {records[-1].hash}"]
-
-
-def test_cli_verify_tampered(log_path: Path) -> None:
-    write_records(log_path, 3)
-    log_path.write_bytes(log_path.read_bytes().replace(b'"obj-1"', b'"obj-7"'))
-    result = CliRunner().invoke(audit_group, ["verify", str(log_path)])
-    assert result.exit_code == 1
-    assert result.output.startswith("TAMPERED at line 2: ")
-
-
-def test_cli_verify_hmac(log_path: Path) -> None:
-    write_records(log_path, 2, HMAC_KEY)
-    runner = CliRunner()
-    ok = runner.invoke(
-        audit_group, ["verify", str(log_path), "--hmac-key-env", "AUDIT_KEY"], env={"AUDIT_KEY": HMAC_KEY.decode()}
-    )
-    assert ok.exit_code == 0 and ok.output.startswith("OK: 2 records")
-    keyless = runner.invoke(audit_group, ["verify", str(log_path)])
-    assert keyless.exit_code == 1 and keyless.output.startswith("TAMPERED at line 1: ")
-    unset = runner.invoke(audit_group, ["verify", str(log_path), "--hmac-key-env", "AUDIT_KEY"], env={"AUDIT_KEY": ""})
-    assert unset.exit_code == 2 and "AUDIT_KEY" in unset.output
-
-
-def test_cli_verify_missing_file(tmp_path: Path) -> None:
-    result = CliRunner().invoke(audit_group, ["verify", str(tmp_path / "absent.jsonl")])
-    assert result.exit_code == 2
