@@ -1,8 +1,8 @@
 """`sealgate convert`: re-encrypt objects between sealgate's format and the S3EC's V3.
 
-Each object is read with the proxy's own decrypt code (`objects.read_plaintext` for sealgate
-objects, `s3ec_read.s3ec_plaintext` for S3EC ones, instruction files included) and written back
-under the same key with its own encrypt code (`objects.send_sealed` / `s3ec_read.write_s3ec_v3`),
+Each object is read with the proxy's own decrypt code (`store.objects.read_plaintext` for sealgate
+objects, `store.s3ec.s3ec_plaintext` for S3EC ones, instruction files included) and written back
+under the same key with its own encrypt code (`store.bodies.send_sealed` / `store.s3ec.write_s3ec_v3`),
 streaming: nothing is held in memory but a segment. The writer holds back its last bytes (the
 final segment, the GCM tag) until the reader has authenticated the whole source, so an object
 that fails authentication is left as it was. Each object changes in one backend PUT.
@@ -27,6 +27,7 @@ from urllib.parse import urlencode
 import aiohttp
 import click
 
+from proxy.access.authorize import Caller
 from proxy.crypto import s3ec
 from proxy.crypto.format import LAYOUT_SINGLE, FormatError, is_sealgate_object, stream_key
 from proxy.crypto.segments import StreamEncryptor
@@ -35,16 +36,11 @@ from proxy.rewrap import list_keys
 from proxy.s3.errors import S3Error
 from proxy.s3.headers import CARRIED_HEADERS
 from proxy.s3.xml import parse, qname
-from proxy.server import s3ec_read
-from proxy.server.objects import (
-    ETAG_TAIL,
-    MAX_PUT_SIZE,
-    read_plaintext,
-    record_key,
-    seal_envelope,
-    send_sealed,
-)
-from proxy.server.state import Gateway
+from proxy.store import s3ec as s3ec_objects
+from proxy.store.bodies import send_sealed
+from proxy.store.gateway import Gateway
+from proxy.store.objects import ETAG_TAIL, MAX_PUT_SIZE, read_plaintext, seal_envelope
+from proxy.store.records import record_key
 
 log = logging.getLogger(__name__)
 
@@ -130,14 +126,14 @@ async def _delete(gw: Gateway, bucket: str, key: str) -> None:
 
 async def _to_s3ec(gw: Gateway, bucket: str, key: str) -> int:
     """A sealgate object, rewritten as S3EC V3 (kms+context). Returns the plaintext size."""
-    length, plaintext, opened, head = await read_plaintext(gw, None, bucket, key, None)
+    length, plaintext, opened, head = await read_plaintext(gw, Caller.operator(), bucket, key, None)
     if length > MAX_PUT_SIZE - s3ec.TAG_SIZE:
         raise ConvertObjectError(f"{length} bytes is more than one PUT takes (5 GiB)")
     headers = _carried_headers(head.headers)
     # The S3EC keeps user metadata in the clear: it leaves the sealed envelope here.
     headers.update({f"x-amz-meta-{k}": v for k, v in opened.meta.user.items()})
     headers.update(await _tagging(gw, bucket, key, head.headers.get("x-amz-tagging-count")))
-    await s3ec_read.write_s3ec_v3(gw, None, bucket, key, plaintext, length, headers)
+    await s3ec_objects.write_s3ec_v3(gw, Caller.operator(), bucket, key, plaintext, length, headers)
     if opened.manifest is not None:
         await _delete(gw, bucket, record_key(key, head.headers.get("ETag", "")))
     return length
@@ -155,15 +151,17 @@ async def _from_s3ec(
     """An S3EC object (V2, or V3 with its envelope in an instruction file...), rewritten in
     sealgate's format or as S3EC V3 with its metadata in the object. Returns the plaintext size."""
     total = int(head_headers.get("Content-Length") or "0")
-    length, plaintext = await s3ec_read.s3ec_plaintext(gw, bucket, key, envelope, head_headers.get("ETag") or "", total)
+    length, plaintext = await s3ec_objects.s3ec_plaintext(
+        gw, bucket, key, envelope, head_headers.get("ETag") or "", total
+    )
     if length > MAX_PUT_SIZE - s3ec.TAG_SIZE:
         raise ConvertObjectError(f"{length} bytes is more than one PUT takes (5 GiB)")
-    user = s3ec_read.user_metadata(meta)
+    user = s3ec_objects.user_metadata(meta)
     carried = _carried_headers(head_headers)
     carried.update(await _tagging(gw, bucket, key, head_headers.get("x-amz-tagging-count")))
     if to == "s3ec-v3":
         carried.update({f"x-amz-meta-{k}": v for k, v in user.items()})
-        await s3ec_read.write_s3ec_v3(gw, None, bucket, key, plaintext, length, carried)
+        await s3ec_objects.write_s3ec_v3(gw, Caller.operator(), bucket, key, plaintext, length, carried)
     else:
         key_id = gw.config.key_for_bucket(bucket, key)
         data_key, env = await seal_envelope(
@@ -198,7 +196,7 @@ async def convert_object(gw: Gateway, bucket: str, key: str, to: Target) -> Outc
             if to == "sealgate":
                 return Outcome("already")
             return Outcome("converted", size=await _to_s3ec(gw, bucket, key))
-        envelope = await s3ec_read.s3ec_metadata(gw, bucket, key, meta)
+        envelope = await s3ec_objects.s3ec_metadata(gw, bucket, key, meta)
         if envelope is None:
             if key.endswith(s3ec.INSTRUCTION_SUFFIX):
                 return Outcome("skipped", "an S3EC instruction file (converted with its object)")

@@ -2,7 +2,7 @@
 
 The body is copied by the backend (CopyObject, or UploadPartCopy for multipart objects and
 objects above ``backend.max_copy_bytes``), never streamed through sealgate: as for a client's
-CopyObject (proxy/server/copy.py), only the data key is re-wrapped, under the target key and the
+CopyObject (proxy/store/copies.py), only the data key is re-wrapped, under the target key and the
 destination's encryption context. A multipart object gets its manifest written for the
 destination. Idempotent: a destination that already holds the source's body (same salt and key
 commitment, hence the same data key) wrapped under the target key is left alone. Key uses and
@@ -36,10 +36,10 @@ from proxy.kms.base import KeyringError
 from proxy.rewrap import ProgressLine, audited_gateway, list_keys
 from proxy.s3.errors import S3Error
 from proxy.s3.headers import CONTENT_HEADERS
-from proxy.server.copy import backend_copy
-from proxy.server.multipart import put_record
-from proxy.server.objects import check_reserved, open_copy_source, record_key
-from proxy.server.state import Gateway
+from proxy.store.copies import backend_copy
+from proxy.store.gateway import Gateway
+from proxy.store.objects import open_copy_source
+from proxy.store.records import check_reserved, put_record, record_key
 
 
 @dataclass
@@ -132,7 +132,7 @@ async def copy_object(
             raise _deny(gw, "decrypt", src_ref, src_bucket, src_key, "encrypt-only", message)
         _check_policy(gw, identity, "decrypt", src_ref, src_bucket, src_key)
     _check_policy(gw, identity, "encrypt", to_key, dst_bucket, dst_key)
-    opened, head, total = await open_copy_source(gw, None, src_bucket, src_key)
+    opened, head, total = await open_copy_source(gw, Caller.operator(), src_bucket, src_key)
     env = opened.envelope
     # A copy's key is always wrapped for its own name (object scope), as server/copy.py does.
     wrapped = await gw.materials.wrap(to_key, opened.data_key, encryption_context(dst_bucket, dst_key))

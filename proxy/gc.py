@@ -18,9 +18,8 @@ from xml.etree.ElementTree import Element
 
 from proxy.s3.headers import etag_value
 from proxy.s3.xml import child_text, iter_named, parse
-from proxy.server.multipart import upload_record_key
-from proxy.server.objects import RESERVED_PREFIX
-from proxy.server.state import Gateway
+from proxy.store.gateway import Gateway
+from proxy.store.records import RESERVED_PREFIX, upload_record_key
 
 
 @dataclass

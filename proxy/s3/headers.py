@@ -72,3 +72,27 @@ def meta_headers(fields: Mapping[str, str]) -> dict[str, str]:
 def picked(headers: Mapping[str, str], names: tuple[str, ...]) -> dict[str, str]:
     """The headers among `names` that `headers` has."""
     return {n: headers[n] for n in names if n in headers}
+
+
+def user_metadata(headers: Mapping[str, str]) -> dict[str, str]:
+    """The client's ``x-amz-meta-*`` headers, by name without the prefix (lower case)."""
+    meta: dict[str, str] = {}
+    for name, value in headers.items():
+        lname = name.lower()
+        if lname.startswith(META_PREFIX):
+            meta[lname[len(META_PREFIX) :]] = value
+    return meta
+
+
+def stored_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    """The client's content headers that the backend keeps as object properties (its
+    Content-Encoding without aws-chunked, which only framed the upload)."""
+    out = {name: headers[name] for name in STORED_HEADERS if name in headers}
+    encoding = [
+        t.strip()
+        for t in headers.get("Content-Encoding", "").split(",")
+        if t.strip() and t.strip().lower() != "aws-chunked"
+    ]
+    if encoding:
+        out["Content-Encoding"] = ",".join(encoding)
+    return out

@@ -10,6 +10,7 @@ from xml.sax.saxutils import escape
 from defusedxml import ElementTree
 
 from proxy.s3.errors import S3Error
+from proxy.s3.headers import etag_value
 
 #: The namespace of every S3 document (the backend's answers and sealgate's own).
 S3_NS = "http://s3.amazonaws.com/doc/2006-03-01/"
@@ -96,3 +97,21 @@ def parse_answer(doc: bytes) -> Element | None:
     root = parse(doc) if doc.strip() else None
     raise_if_error(root)
     return root
+
+
+def completed_parts(doc: bytes) -> list[tuple[int, str]]:
+    """(part number, ETag) pairs of a CompleteMultipartUpload body; MalformedXML on bad input."""
+    root = parse_client(doc)
+    out: list[tuple[int, str]] = []
+    for el in iter_named(root, "Part"):
+        n = find_text(el, "PartNumber")
+        etag = find_text(el, "ETag")
+        if not n or not n.strip().isdigit() or etag is None:
+            raise S3Error("MalformedXML", "Each Part needs a PartNumber and an ETag", 400)
+        out.append((int(n), etag_value(etag).lower()))
+    if not out:
+        raise S3Error("MalformedXML", "You must specify at least one part", 400)
+    numbers = [n for n, _ in out]
+    if numbers != sorted(numbers) or len(set(numbers)) != len(numbers):
+        raise S3Error("InvalidPartOrder", "The list of parts was not in ascending order.", 400)
+    return out

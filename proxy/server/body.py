@@ -16,13 +16,17 @@ import hashlib
 from collections.abc import AsyncIterator
 from typing import Protocol
 
+from aiohttp import web
 from multidict import CIMultiDictProxy
 
+from proxy.crypto.format import DEFAULT_SEGMENT_SIZE
 from proxy.metrics import BYTES_IN
 from proxy.s3.checksums import b64, new_checksum
 from proxy.s3.chunked import AwsChunkedDecoder
 from proxy.s3.errors import S3Error
 from proxy.s3.sigv4 import VerifiedRequest, chunk_verifier_for
+from proxy.server.direct import take_over
+from proxy.store.gateway import Gateway
 
 STREAMING_PREFIX = "STREAMING-"
 UNSIGNED = "UNSIGNED-PAYLOAD"
@@ -202,3 +206,24 @@ class PlaintextBody:
                     f"The {alg.upper()} you specified did not match the calculated checksum.",
                 )
             self.checksums[f"x-amz-checksum-{alg}"] = value.strip()
+
+
+def wants_md5(gw: Gateway, verified: VerifiedRequest) -> bool:
+    """Whether to compute the plaintext MD5 although no Content-MD5 came: the client signed a
+    hex SHA-256 payload (such clients compare ETags with MD5s) or the config asks for it."""
+    payload = verified.payload_hash
+    return gw.config.encryption.etag == "md5" or (
+        payload != "UNSIGNED-PAYLOAD" and not payload.startswith("STREAMING-")
+    )
+
+
+def client_body(gw: Gateway, request: web.Request, verified: VerifiedRequest) -> PlaintextBody:
+    """The request's body as verified plaintext, with the config's MD5 and stall settings."""
+    direct = take_over(request, gw.config.server.direct_body_min_bytes, DEFAULT_SEGMENT_SIZE)
+    return PlaintextBody(
+        request.content if direct is None else direct,
+        request.headers,
+        verified,
+        want_md5=wants_md5(gw, verified),
+        stall_timeout=gw.config.server.body_stall_timeout_seconds,
+    )

@@ -16,8 +16,10 @@ from proxy.s3.errors import S3Error
 from proxy.s3.headers import etag_value, quoted
 from proxy.s3.routing import LIST_PARAMS
 from proxy.s3.xml import XML_HEADERS, local_name, parse, parse_client, qname, serialize
-from proxy.server.objects import RESERVED_PREFIX, content_md5, matching_etag, opaque_etag, record_key
-from proxy.server.state import CALLER, Gateway
+from proxy.server.state import CALLER
+from proxy.store.gateway import Gateway
+from proxy.store.objects import matching_etag, opaque_etag
+from proxy.store.records import RESERVED_PREFIX, content_md5, record_key
 
 MAX_CONTROL_BODY = 1024 * 1024
 
@@ -279,7 +281,7 @@ async def _conditional_deletes(
         version = version_el.text if version_el is not None else None
         async with slots:
             try:
-                stored = await matching_etag(gw, request, bucket, key, etag_el.text or "", version)
+                stored = await matching_etag(gw, request[CALLER], bucket, key, etag_el.text or "", version)
             except S3Error as exc:
                 return key, exc.code, exc.message
         etag_el.text = quoted(stored)

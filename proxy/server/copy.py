@@ -1,174 +1,25 @@
-"""CopyObject: the body is copied by the backend, never streamed through sealgate.
-
-The body's keys derive from the data key and the object's salt, not from its name, so a copy
-needs only the data key re-wrapped for the destination's encryption context (and, with
-``REPLACE``, new sealed metadata). The backend copies the ciphertext server-side.
-"""
+"""CopyObject: the data key re-wrapped for the destination, the ciphertext copied by the backend
+(`proxy.store.copies`)."""
 
 from __future__ import annotations
 
 import dataclasses
-from datetime import UTC, datetime
-from typing import NamedTuple
 from urllib.parse import quote
-from xml.etree.ElementTree import Element
 
 from aiohttp import web
 
-from proxy.backend import version_ids, version_query
-from proxy.crypto.format import (
-    SCOPE_OBJECT,
-    Envelope,
-    Manifest,
-    SealedMetadata,
-    encryption_context,
-    seal_metadata,
-)
+from proxy.crypto.format import SCOPE_OBJECT, Envelope, Manifest, SealedMetadata, encryption_context, seal_metadata
 from proxy.kms.base import KeyringError
 from proxy.s3.errors import S3Error, keyring_error
-from proxy.s3.headers import CONTENT_HEADERS, LOCK_HEADERS, VERSION_HEADERS, etag_value, quoted
+from proxy.s3.headers import CONTENT_HEADERS, LOCK_HEADERS, stored_headers
 from proxy.s3.routing import parse_copy_source
-from proxy.s3.xml import XML_HEADERS, complete_upload, document, find_text, parse, raise_if_error
-from proxy.server.multipart import put_record
-from proxy.server.objects import (
-    _last_modified,
-    _user_metadata,
-    check_reserved,
-    opaque_etag,
-    open_copy_source,
-    stored_headers,
-    write_conditions,
-)
-from proxy.server.state import Gateway, require_key_use
-
-
-async def xml_call(
-    gw: Gateway,
-    method: str,
-    bucket: str,
-    key: str,
-    *,
-    query: list[tuple[str, str]] | None = None,
-    headers: dict[str, str] | None = None,
-    body: bytes = b"",
-) -> tuple[Element, dict[str, str]]:
-    """A backend call answered with XML, and the answer's version-id headers; S3's errors
-    inside a 200 become S3Errors too."""
-    resp, answer = await gw.backend.read_ok(method, bucket, key, query=query or [], headers=headers or {}, body=body)
-    root = parse(answer)
-    raise_if_error(root)
-    return root, version_ids(resp.headers, VERSION_HEADERS)
-
-
-class Copied(NamedTuple):
-    """What a backend copy made: its backend ETag, LastModified, and version ids (if any)."""
-
-    etag: str
-    last_modified: str
-    versions: dict[str, str]
-
-
-async def multipart_copy(
-    gw: Gateway,
-    bucket: str,
-    key: str,
-    headers: dict[str, str],
-    source: str,
-    total: int,
-    *,
-    pin: dict[str, str],
-    conditions: dict[str, str],
-) -> Copied:
-    """Copy `source` into `key` with UploadPartCopy in parts of at most 5 GiB; every part is
-    pinned to the source's ETag (`pin`), the completion carries the destination `conditions`."""
-    root, _ = await xml_call(gw, "POST", bucket, key, query=[("uploads", "")], headers=headers)
-    upload = find_text(root, "UploadId") or ""
-    versions: dict[str, str] = {}
-    try:
-        parts = []
-        step = gw.config.backend.max_copy_bytes
-        for number, start in enumerate(range(0, max(total, 1), step), 1):
-            end = min(start + step, total) - 1
-            part_headers = {"x-amz-copy-source": source, **pin}
-            if total:
-                part_headers["x-amz-copy-source-range"] = f"bytes={start}-{end}"
-            result, part_versions = await xml_call(
-                gw, "PUT", bucket, key, query=[("partNumber", str(number)), ("uploadId", upload)], headers=part_headers
-            )
-            versions.update({k: v for k, v in part_versions.items() if k == "x-amz-copy-source-version-id"})
-            parts.append((number, etag_value(find_text(result, "ETag") or "")))
-        body = complete_upload(parts)
-        done, done_versions = await xml_call(
-            gw, "POST", bucket, key, query=[("uploadId", upload)], headers=conditions, body=body
-        )
-        versions.update({k: v for k, v in done_versions.items() if k == "x-amz-version-id"})
-    except BaseException:
-        abort = await gw.backend.request("DELETE", bucket, key, query=[("uploadId", upload)])
-        abort.release()
-        raise
-    head = await gw.backend.request("HEAD", bucket, key)
-    head.release()
-    etag = etag_value(find_text(done, "ETag") or head.headers.get("ETag") or "")
-    modified = _last_modified(head) or datetime.now(UTC)
-    return Copied(etag, modified.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z"), versions)
-
-
-class SourceChanged(S3Error):
-    """The copy source was overwritten between sealgate reading its envelope and the backend
-    copying its body: the backend refused, and nothing was written."""
-
-    def __init__(self) -> None:
-        super().__init__("ServiceUnavailable", "the copy source changed while it was copied; retry", 503)
-
-
-async def backend_copy(
-    gw: Gateway,
-    bucket: str,
-    key: str,
-    headers: dict[str, str],
-    source: str,
-    total: int,
-    *,
-    multipart: bool,
-    source_etag: str,
-    conditions: dict[str, str] | None = None,
-) -> Copied:
-    """Copy `source` (`total` bytes) into `key` server-side with `headers` as its metadata.
-
-    `headers` hold the envelope of the source as sealgate read it, so the backend must copy
-    that very body: the copy is pinned to `source_etag` (the backend's ETag of what was read)
-    with x-amz-copy-source-if-match. If the source was overwritten since, the backend refuses
-    and `SourceChanged` is raised; without the pin, a body would be stored with another
-    body's data key and could never be read again. `conditions` are the destination's
-    If-Match / If-None-Match as `write_conditions` gives them."""
-    pin = {"x-amz-copy-source-if-match": quoted(source_etag)}
-    conditions = conditions or {}
-    try:
-        if multipart or total > gw.config.backend.max_copy_bytes:
-            # Multipart objects stay multipart (their ETag form tells listings so), and the backend
-            # copies at most 5 GiB in one CopyObject: both go part by part, still server-side.
-            return await multipart_copy(gw, bucket, key, headers, source, total, pin=pin, conditions=conditions)
-        copy_headers = {
-            **headers,
-            **conditions,
-            **pin,
-            "x-amz-copy-source": source,
-            "x-amz-metadata-directive": "REPLACE",
-        }
-        root, versions = await xml_call(gw, "PUT", bucket, key, headers=copy_headers)
-    except S3Error as exc:
-        if exc.status == 412 and await _source_etag(gw, source) != etag_value(source_etag):
-            raise SourceChanged() from exc
-        raise
-    return Copied(etag_value(find_text(root, "ETag") or ""), find_text(root, "LastModified") or "", versions)
-
-
-async def _source_etag(gw: Gateway, source: str) -> str | None:
-    """The backend's ETag of a copy source now (None if it is gone)."""
-    src_bucket, src_key, version = parse_copy_source(source)
-    head = await gw.backend.request("HEAD", src_bucket, src_key, query=version_query(version))
-    head.release()
-    return etag_value(head.headers.get("ETag", "")) if head.status < 300 else None
+from proxy.s3.xml import XML_HEADERS, document
+from proxy.server.objects import write_conditions
+from proxy.server.state import CALLER
+from proxy.store.copies import backend_copy
+from proxy.store.gateway import Gateway, require_key_use
+from proxy.store.objects import opaque_etag, open_copy_source, user_metadata
+from proxy.store.records import check_reserved, put_record
 
 
 async def copy_object(gw: Gateway, request: web.Request, bucket: str, key: str) -> web.StreamResponse:
@@ -185,18 +36,19 @@ async def copy_object(gw: Gateway, request: web.Request, bucket: str, key: str) 
             "object's metadata, storage class, website redirect location or encryption attributes.",
             400,
         )
-    opened, head, total = await open_copy_source(gw, request, src_bucket, src_key, version)
+    caller = request[CALLER]
+    opened, head, total = await open_copy_source(gw, caller, src_bucket, src_key, version, request.headers)
     conditions = await write_conditions(gw, request, bucket, key)
     env: Envelope = opened.envelope
     dest_key_id = gw.config.key_for_bucket(bucket, key)
-    require_key_use(gw, request, "encrypt", dest_key_id)
+    require_key_use(gw, caller, "encrypt", dest_key_id)
     try:
         wrapped = await gw.materials.wrap(dest_key_id, opened.data_key, encryption_context(bucket, key))
     except KeyringError as exc:
         raise keyring_error(exc) from exc
     sealed = env.sealed
     if directive == "REPLACE":
-        meta = SealedMetadata(user=_user_metadata(request), etag=opened.meta.etag)
+        meta = SealedMetadata(user=user_metadata(request.headers), etag=opened.meta.etag)
         sealed = seal_metadata(opened.data_key, env.salt, meta)
     # A copy's key is always wrapped for its own name (object scope), even if the source's was shared.
     new_env = dataclasses.replace(
@@ -204,7 +56,7 @@ async def copy_object(gw: Gateway, request: web.Request, bucket: str, key: str) 
     )
     headers = {f"x-amz-meta-{k}": v for k, v in new_env.to_metadata().items()}
     if directive == "REPLACE":
-        headers.update(stored_headers(request))
+        headers.update(stored_headers(request.headers))
     else:
         headers.update({n: head.headers[n] for n in CONTENT_HEADERS if n in head.headers})
         # Lock settings are the copy's own, whatever the directive (as on S3).

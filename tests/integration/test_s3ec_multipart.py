@@ -18,7 +18,7 @@ from boto3.s3.transfer import TransferConfig
 from botocore.exceptions import ClientError
 
 from proxy.crypto.upload_id import UploadId
-from proxy.server import s3ec_read
+from proxy.store import s3ec_uploads
 from tests.conftest import Stack, backend_client, start_stack
 from tests.integration.s3ec_support import kms_config, official, start_kms_stack
 
@@ -96,7 +96,7 @@ def _code(err: pytest.ExceptionInfo[ClientError]) -> tuple[str, str]:
 
 def test_out_of_order_parts_are_refused(mp_stack: tuple[Stack, str], monkeypatch: pytest.MonkeyPatch) -> None:
     st, _ = mp_stack
-    monkeypatch.setattr(s3ec_read, "PART_ORDER_WAIT", 0.3)
+    monkeypatch.setattr(s3ec_uploads, "PART_ORDER_WAIT", 0.3)
     s3 = st.client()
     uid = s3.create_multipart_upload(Bucket=BUCKET, Key="order")["UploadId"]
     with pytest.raises(ClientError) as err:
@@ -135,7 +135,7 @@ def test_parts_to_another_process_are_refused(
     other = start_stack(tmp_path, moto_url, tls_files, kms=kms_config(moto_url, key_id), extra=RULES)
     try:
         uid = st.client().create_multipart_upload(Bucket=BUCKET, Key="elsewhere")["UploadId"]
-        assert uid.startswith(s3ec_read.UPLOAD_PREFIX)
+        assert uid.startswith(s3ec_uploads.UPLOAD_PREFIX)
         s3 = other.client()
         with pytest.raises(ClientError) as err:
             s3.upload_part(Bucket=BUCKET, Key="elsewhere", UploadId=uid, PartNumber=1, Body=b"data")
@@ -154,7 +154,7 @@ def test_parts_to_another_process_are_refused(
         assert s3.list_parts(Bucket=BUCKET, Key="elsewhere", UploadId=uid)["UploadId"] == uid
         backend_id = UploadId.decode(uid).backend_id
         with pytest.raises(ClientError) as err:
-            s3.abort_multipart_upload(Bucket=BUCKET, Key="elsewhere", UploadId=s3ec_read.UPLOAD_PREFIX + backend_id)
+            s3.abort_multipart_upload(Bucket=BUCKET, Key="elsewhere", UploadId=s3ec_uploads.UPLOAD_PREFIX + backend_id)
         assert _code(err)[0] == "NoSuchUpload"
         s3.abort_multipart_upload(Bucket=BUCKET, Key="elsewhere", UploadId=uid)
     finally:

@@ -1,0 +1,187 @@
+"""Requests on AWS S3 Encryption Client objects and s3ec-v3 uploads (`proxy.store.s3ec`,
+`proxy.store.s3ec_uploads`).
+
+An S3EC body is one AES-GCM stream whose tag comes last, so nothing can be authenticated before
+the end. Objects up to the verify-first limit (64 MiB by default, as the Java client) are read
+and checked whole before the first byte is released; larger ones are refused unless the bucket
+opts in to delayed authentication, where a failed tag aborts the connection. Ranges follow the
+same rule (S3EC itself decrypts ranges with unauthenticated CTR; sealgate does not).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from datetime import UTC, datetime
+
+from aiohttp import web
+
+from proxy.backend import BackendResponse, version_query
+from proxy.crypto import s3ec as crypto_s3ec
+from proxy.crypto.format import FormatError, IntegrityError
+from proxy.s3.errors import S3Error
+from proxy.s3.ranges import parse_range
+from proxy.s3.sigv4 import VerifiedRequest
+from proxy.s3.xml import XML_HEADERS, completed_parts, document
+from proxy.server.body import client_body
+from proxy.server.parts import parse_part_number, read_copy_source
+from proxy.server.state import CALLER
+from proxy.server.writes import write_conditions
+from proxy.store import s3ec
+from proxy.store.gateway import Gateway
+from proxy.store.objects import MAX_PUT_SIZE
+from proxy.store.s3ec_uploads import Upload, complete_upload, create_upload, encrypt_part, find_upload
+from proxy.store.uploads import MAX_XML
+
+log = logging.getLogger(__name__)
+
+
+async def stream_s3ec(
+    gw: Gateway,
+    request: web.Request,
+    bucket: str,
+    key: str,
+    resp: BackendResponse,
+    total: int,
+    range_header: str | None,
+    headers: dict[str, str],
+    meta: Mapping[str, str],
+    version: str | None = None,
+) -> web.StreamResponse:
+    """GET of an S3EC object (`meta`: its envelope metadata, from `s3ec_metadata`):
+    verify-first up to the limit, delayed authentication if opted in. `version`: the object
+    version the client named, which every further read of the body must name too."""
+    materials = await s3ec.open_s3ec(gw, request[CALLER], bucket, key, meta)
+    size = await s3ec.plaintext_size(gw, bucket, key, materials, total, resp.headers.get("ETag", ""), version)
+    rng = parse_range(range_header, size)
+    start, end = rng if rng else (0, size)
+    if resp.status != 200 or resp.headers.get("Content-Range"):
+        # The first request asked for a sealgate-shaped range: S3EC needs the whole body.
+        resp.close()
+        resp = await gw.backend.request(
+            "GET",
+            bucket,
+            key,
+            query=version_query(version),
+            headers={"If-Match": resp.headers.get("ETag", "")},
+        )
+        if resp.status >= 300:
+            raise await resp.error()
+    delayed_ok = s3ec.delayed_ok(gw, bucket, key)
+    decryptor: crypto_s3ec.S3ecDecryptor | crypto_s3ec.S3ecCbcDecryptor
+    try:
+        if materials.version == crypto_s3ec.FORMAT_V1:
+            decryptor = crypto_s3ec.S3ecCbcDecryptor(materials, size)  # nothing to verify: streamed
+        else:
+            decryptor = crypto_s3ec.S3ecDecryptor(materials, total, mode="verify_first")
+    except crypto_s3ec.S3ecTooLarge as exc:
+        if not delayed_ok:
+            resp.close()
+            raise S3Error(
+                "InvalidObjectState",
+                f"{exc}; it cannot be authenticated before release (buckets.s3ec_delayed_authentication)",
+                403,
+            ) from exc
+        decryptor = crypto_s3ec.S3ecDecryptor(materials, total, mode="delayed")
+    status = 206 if rng else 200
+    if rng:
+        headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
+    headers["Content-Length"] = str(end - start)
+    out = web.StreamResponse(status=status, headers=headers)
+    position = 0
+    held = b""
+
+    async def emit(pieces: list[bytes], *, final: bool = False) -> None:
+        # In delayed mode the last plaintext piece waits for the tag: a body must never end
+        # cleanly before it is authenticated, so a failure can still cut the connection short.
+        nonlocal held
+        queue = [held, *pieces] if held else list(pieces)
+        held = b"" if final or not queue else queue.pop()
+        await _write(queue)
+
+    async def _write(pieces: list[bytes]) -> None:
+        nonlocal position
+        for piece in pieces:
+            lo, hi = max(start - position, 0), min(end - position, len(piece))
+            if hi > lo:
+                if not out.prepared:
+                    await out.prepare(request)
+                await out.write(piece[lo:hi])
+            position += len(piece)
+
+    try:
+        async for chunk in resp.raw.content.iter_any():
+            await emit(decryptor.feed(chunk))
+        await emit(decryptor.finish(), final=True)
+    except (IntegrityError, FormatError) as exc:
+        if not out.prepared:
+            raise S3Error("ObjectIntegrityError", f"S3EC object failed authentication: {exc}", 500) from exc
+        log.error("S3EC authentication failed mid-body on /%s/%s; aborting", bucket, key)
+        if request.transport is not None:
+            request.transport.abort()
+        return out
+    finally:
+        resp.close()
+    if not out.prepared:
+        await out.prepare(request)
+    await out.write_eof()
+    return out
+
+
+async def create_multipart(gw: Gateway, request: web.Request, bucket: str, key: str) -> web.StreamResponse:
+    """CreateMultipartUpload into an s3ec-v3 bucket: S3EC metadata on the upload, state here."""
+    upload_id = await create_upload(gw, request[CALLER], bucket, key, request.headers)
+    xml = document("InitiateMultipartUploadResult", [("Bucket", bucket), ("Key", key), ("UploadId", upload_id)])
+    return web.Response(status=200, body=xml, headers=XML_HEADERS)
+
+
+async def upload_part(
+    gw: Gateway, request: web.Request, bucket: str, key: str, verified: VerifiedRequest
+) -> web.StreamResponse:
+    """UploadPart (or UploadPartCopy) of an s3ec-v3 upload: encrypted in order, in this process."""
+    up = find_upload(gw, request[CALLER], bucket, key, request.query["uploadId"])
+    number = parse_part_number(request)
+    if "x-amz-copy-source" in request.headers:
+        return await _upload_part_copy(gw, request, up, number)
+    body = client_body(gw, request, verified)
+    if body.length > MAX_PUT_SIZE:
+        raise S3Error("EntityTooLarge", "Your proposed upload exceeds the maximum allowed size", 400)
+    backend_etag = await encrypt_part(gw, up, number, body.length, body)
+    md5 = body.md5
+    if (body.md5_wanted or body.content_md5 is not None) and md5 is not None:
+        # Clients that check part ETags compare them with the plaintext MD5.
+        up.parts[-1].client_etag = md5.hex()
+    out = web.Response(status=200, headers={"ETag": f'"{up.parts[-1].client_etag}"'})
+    if not backend_etag:
+        out.headers["ETag"] = '""'
+    for name, value in body.checksums.items():
+        out.headers[name] = value
+    return out
+
+
+async def _upload_part_copy(gw: Gateway, request: web.Request, up: Upload, number: int) -> web.StreamResponse:
+    length, plaintext = await read_copy_source(gw, request)
+    try:
+        etag = await encrypt_part(gw, up, number, length, plaintext)
+    except IntegrityError as exc:
+        raise S3Error("ObjectIntegrityError", f"copy source failed authentication: {exc}", 500) from exc
+    modified = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+    xml = document("CopyPartResult", [("LastModified", modified), ("ETag", f'"{etag}"')])
+    return web.Response(status=200, body=xml, headers=XML_HEADERS)
+
+
+async def complete_multipart(gw: Gateway, request: web.Request, bucket: str, key: str) -> web.StreamResponse:
+    """CompleteMultipartUpload of an s3ec-v3 upload: the parts stored, then the tag if no part
+    carried it, completed on the backend; the object then reads as one S3EC V3 body."""
+    up = find_upload(gw, request[CALLER], bucket, key, request.query["uploadId"])
+    doc = await request.content.read(MAX_XML + 1)
+    if len(doc) > MAX_XML:
+        raise S3Error("MaxMessageLengthExceeded", "Your request was too big.", 400)
+    wanted = completed_parts(doc)
+    conditions = await write_conditions(gw, request, bucket, key)
+    etag, versions = await complete_upload(gw, up, bucket, key, wanted, conditions)
+    out = document(
+        "CompleteMultipartUploadResult",
+        [("Location", f"/{bucket}/{key}"), ("Bucket", bucket), ("Key", key), ("ETag", etag)],
+    )
+    return web.Response(status=200, body=out, headers={**XML_HEADERS, **versions})

@@ -1,0 +1,47 @@
+"""The parts every object operation needs, and the key-policy check made before a key is used."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from proxy.access.authorize import Caller
+from proxy.audit import AuditLog
+from proxy.backend import Backend
+from proxy.config import Config
+from proxy.kms.materials import Materials
+from proxy.s3.errors import S3Error
+
+log = logging.getLogger("sealgate.policy")
+
+
+@dataclass
+class Gateway:
+    """The proxy's shared state: parsed config, backend client and key materials."""
+
+    config: Config
+    backend: Backend
+    materials: Materials
+    audit: AuditLog | None = None
+
+
+def require_key_use(gw: Gateway, caller: Caller, action: str, key: str) -> None:
+    """Key policy, checked before any keyring call: AccessDenied unless allowed. The operator
+    (running a tool with the backend's own credentials) is bound by no key policy."""
+    if caller.is_operator:
+        return
+    identity = caller.identity or ""
+    if action == "decrypt" and gw.config.encrypt_only(key):
+        if gw.audit is not None:
+            gw.audit.record(action, "denied", reason="encrypt-only", key_id=key)
+        raise S3Error(
+            "AccessDenied",
+            "this object's key is encrypt-only at this gateway: it stores uploads but cannot read them back; "
+            "read the object where its key may decrypt",
+            403,
+        )
+    if not gw.config.may_use_key(identity, action, key):
+        if gw.audit is not None:
+            gw.audit.record(action, "denied", reason="policy", key_id=key)
+        log.warning("policy denied: %s may not %s with key %s", identity, action, key)
+        raise S3Error("AccessDenied", f"client {identity!r} may not {action} with this object's key", 403)

@@ -1,0 +1,145 @@
+"""sealgate's own records beside the objects, under the reserved prefix ``.sealgate/``: the sealed
+manifests of multipart objects (``mp/``) and the ids of open uploads (``up/``)."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+from contextlib import suppress
+from urllib.parse import quote
+
+from proxy.backend import BackendResponse
+from proxy.crypto.format import FormatError, IntegrityError, Manifest
+from proxy.crypto.upload_id import UploadId
+from proxy.s3.errors import S3Error
+from proxy.s3.headers import etag_value
+from proxy.store.gateway import Gateway
+
+log = logging.getLogger(__name__)
+
+RESERVED_PREFIX = ".sealgate/"
+
+#: An upload record holds one upload id: a few hundred bytes.
+MAX_RECORD = 8192
+
+
+def content_md5(body: bytes) -> str:
+    """The Content-MD5 header value of `body`."""
+    return base64.b64encode(hashlib.md5(body).digest()).decode()
+
+
+def check_reserved(key: str) -> None:
+    """Keys under sealgate's own prefix are not for clients."""
+    if key.startswith(RESERVED_PREFIX):
+        raise S3Error("AccessDenied", f"keys under {RESERVED_PREFIX} are reserved by sealgate", 403)
+
+
+def record_key(key: str, backend_etag: str) -> str:
+    """Where the manifest of the object stored as `key` with this backend ETag lives."""
+    digest = hashlib.sha256(key.encode()).hexdigest()
+    return f"{RESERVED_PREFIX}mp/{digest}/{etag_value(backend_etag)}"
+
+
+async def read_manifest(
+    gw: Gateway, bucket: str, key: str, resp: BackendResponse, data_key: bytes, salt: bytes
+) -> Manifest:
+    """The sealed manifest of a multipart object; it must name the ETag the backend reports."""
+    etag = etag_value(resp.headers.get("ETag", ""))
+    rec = await gw.backend.request("GET", bucket, record_key(key, etag))
+    if rec.status == 404:
+        rec.release()
+        raise IntegrityError("the multipart manifest for this object is missing")
+    if rec.status >= 300:
+        raise await rec.error()
+    try:
+        sealed = await rec.read()
+    finally:
+        rec.release()
+    manifest = Manifest.open(data_key, salt, sealed)
+    if manifest.backend_etag != etag:
+        raise IntegrityError("the stored parts are not the ones the manifest names")
+    return manifest
+
+
+async def put_record(gw: Gateway, bucket: str, key: str, manifest: Manifest, sealed: bytes) -> None:
+    """Store a sealed multipart manifest under its reserved key (named by the backend ETag)."""
+    resp = await gw.backend.request(
+        "PUT",
+        bucket,
+        record_key(key, manifest.backend_etag),
+        headers={
+            "x-amz-meta-sg-size": str(manifest.size),
+            # The object's name (URL-quoted: header-safe), so `sealgate gc` can find orphans.
+            "x-amz-meta-sg-object": quote(key, safe=""),
+            "Content-Type": "application/octet-stream",
+            "Content-MD5": content_md5(sealed),
+        },
+        body=sealed,
+    )
+    if resp.status >= 300:
+        raise await resp.error()
+    resp.release()
+
+
+def upload_record_key(key: str, backend_id: str) -> str:
+    """Where the record of the upload with this backend id into `key` lives: the id sealgate
+    handed out, so that ListMultipartUploads can show it (the backend knows only its own)."""
+    digest = hashlib.sha256(key.encode()).hexdigest()
+    return f"{RESERVED_PREFIX}up/{digest}/{hashlib.sha256(backend_id.encode()).hexdigest()}"
+
+
+async def put_upload_record(gw: Gateway, bucket: str, key: str, backend_id: str, upload_id: str) -> None:
+    """Record the client's form of a new upload's id; if that fails, abort the backend upload
+    (nothing can list it in the form that continues it) and fail the CreateMultipartUpload."""
+    body = upload_id.encode()
+    resp = await gw.backend.request(
+        "PUT",
+        bucket,
+        upload_record_key(key, backend_id),
+        headers={
+            "x-amz-meta-sg-object": quote(key, safe=""),
+            "Content-Type": "text/plain",
+            "Content-MD5": content_md5(body),
+        },
+        body=body,
+    )
+    if resp.status < 300:
+        resp.release()
+        return
+    error = await resp.error()
+    with suppress(S3Error):
+        gone = await gw.backend.request("DELETE", bucket, key, query=[("uploadId", backend_id)])
+        gone.release()
+    raise error
+
+
+async def drop_upload_record(gw: Gateway, bucket: str, key: str, backend_id: str) -> None:
+    """Delete an upload's record once the upload is completed or aborted. A failure is only
+    logged: the request it ends has succeeded, and `sealgate gc` removes records left over."""
+    try:
+        resp = await gw.backend.request("DELETE", bucket, upload_record_key(key, backend_id))
+        resp.release()
+        if resp.status >= 300 and resp.status != 404:
+            log.warning("could not delete the upload record of /%s/%s: backend status %s", bucket, key, resp.status)
+    except S3Error as exc:
+        log.warning("could not delete the upload record of /%s/%s: %s", bucket, key, exc.message)
+
+
+async def recorded_id(gw: Gateway, bucket: str, key: str, backend_id: str) -> str | None:
+    """The client's id of a listed upload, from its record; None without one (an upload made
+    before records existed, or not by sealgate)."""
+    resp = await gw.backend.request("GET", bucket, upload_record_key(key, backend_id))
+    try:
+        if resp.status >= 300:
+            return None
+        text = (await resp.raw.content.read(MAX_RECORD + 1)).decode("ascii", "replace")
+    finally:
+        resp.release()
+    try:
+        if UploadId.decode(text).backend_id == backend_id:
+            return text
+    except FormatError:
+        pass
+    log.warning("ignoring a malformed upload record for /%s/%s", bucket, key)
+    return None

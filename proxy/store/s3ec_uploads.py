@@ -1,0 +1,352 @@
+"""Multipart uploads into s3ec-v3 buckets: one GCM stream whose state lives in this process.
+
+An S3EC body is one GCM stream, so part N is encrypted from the stream state after part N-1
+(`s3ec.GcmStreamState`: offset, GHASH accumulator, < 16 pending bytes) and the tag ends the
+body. That state lives in the memory of the sealgate process that created the upload: parts
+must come to that process, in order (1, 2, 3, ...). A part that arrives early waits a little
+for its predecessor to start; one that is still out of order is refused (InvalidPartOrder),
+never stored where it would make the object unreadable. The state before each part is kept,
+so the latest part can be retried (after a failed check or a backend error).
+
+The upload id is authenticated as a sealgate one is (proxy/crypto/upload_id.py, prefix
+``s3ec3-``): it carries the backend id, the key reference and the S3EC-wrapped data key, with
+a MAC under a key derived from the data key and bound to bucket and key. Every request that
+continues the upload needs the caller's ``encrypt`` right on that key and the id's MAC to
+check: with the data key this process holds, or, for AbortMultipartUpload and ListParts on
+another process, with the data key unwrapped from the id.
+
+Where the tag goes: S3 requires every part but the last to be at least 5 MiB, so a smaller
+part must be the last one and gets the tag appended. If the last part is 5 MiB or more, the
+tag is uploaded at CompleteMultipartUpload as one more part (16 bytes, allowed as the last).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+import weakref
+from collections.abc import AsyncIterable, AsyncIterator, Mapping
+from dataclasses import dataclass, field
+
+from proxy.access.authorize import Caller
+from proxy.backend import version_ids
+from proxy.crypto import s3ec
+from proxy.crypto.format import SALT_SIZE, FormatError
+from proxy.crypto.upload_id import S3EC_PREFIX, UploadId, open_for_replicas, seal_for_replicas
+from proxy.kms.base import InvalidWrappedKey, KeyringError, KeyUnavailable
+from proxy.s3.errors import S3Error, keyring_error
+from proxy.s3.headers import etag_value
+from proxy.s3.xml import complete_upload as complete_document
+from proxy.s3.xml import find_text, parse, parse_answer
+from proxy.store.bodies import put_stream
+from proxy.store.gateway import Gateway, require_key_use
+from proxy.store.records import drop_upload_record, put_upload_record
+from proxy.store.s3ec import audit_local_use, local_keyring, new_data_key, object_headers
+from proxy.store.uploads import MAX_PARTS, MIN_PART_SIZE, no_upload
+
+UPLOAD_PREFIX = S3EC_PREFIX
+
+
+#: How long a part waits for the part before it to start before it is refused as out of order.
+PART_ORDER_WAIT = 30.0
+
+
+MAX_LIVE_UPLOADS = 4096
+
+
+UPLOAD_TTL = 7 * 24 * 3600.0
+
+
+@dataclass
+class Part:
+    """A stored part of an s3ec-v3 upload and the stream state before it (for a retry)."""
+
+    number: int
+    length: int
+    backend_etag: str
+    client_etag: str
+    before: s3ec.GcmStreamState
+
+
+@dataclass
+class Upload:
+    """This process's state of one s3ec-v3 upload."""
+
+    bucket: str
+    key: str
+    backend_id: str
+    body: s3ec.S3ecV3Multipart
+    state: s3ec.GcmStreamState
+    #: The S3EC data key, which authenticates the upload id.
+    data_key: bytes = field(repr=False)
+    created: float = field(default_factory=time.monotonic)
+    parts: list[Part] = field(default_factory=list)
+    tagged: bool = False
+    tag_part: tuple[int, str] | None = None
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    #: Part numbers that have queued for the lock (a successor waits for its predecessor's).
+    queued: set[int] = field(default_factory=set)
+
+    @property
+    def last(self) -> int:
+        return self.parts[-1].number if self.parts else 0
+
+
+_registries: dict[int, dict[str, Upload]] = {}
+
+
+def _uploads(gw: Gateway) -> dict[str, Upload]:
+    """This process's s3ec-v3 uploads for this gateway (tests run several in one process), by
+    backend upload id."""
+    reg = _registries.get(id(gw))
+    if reg is None:
+        reg = _registries[id(gw)] = {}
+        weakref.finalize(gw, _registries.pop, id(gw), None)
+    return reg
+
+
+def is_s3ec_upload(upload_id: str) -> bool:
+    """Whether a client-visible upload id is one of sealgate's s3ec-v3 uploads."""
+    return upload_id.startswith(UPLOAD_PREFIX)
+
+
+def forget_upload(gw: Gateway, backend_id: str) -> None:
+    """Drop an upload's state (after abort), if this process holds it."""
+    _uploads(gw).pop(backend_id, None)
+
+
+def _lost_upload() -> S3Error:
+    return S3Error(
+        "NoSuchUpload",
+        "this s3ec-v3 multipart upload is not known to this sealgate process (it was started by another "
+        "replica, sealgate restarted, or it was completed or aborted): its parts form one GCM stream whose "
+        "state stays in the process that created it, so they must go there, in order; abort it and upload again",
+        404,
+    )
+
+
+def _decode(gw: Gateway, caller: Caller, text: str) -> UploadId:
+    """The fields of an s3ec-v3 upload id, once the caller may encrypt under its key (checked
+    before any keyring or backend call); NoSuchUpload if it is not one. Not yet authenticated."""
+    try:
+        uid = UploadId.decode(text, S3EC_PREFIX)
+    except FormatError:
+        raise no_upload() from None
+    require_key_use(gw, caller, "encrypt", uid.key_ref)
+    return uid
+
+
+def _held(gw: Gateway, uid: UploadId, bucket: str, key: str) -> Upload | None:
+    """This process's state of the upload `uid` names, once the id checks out for this object
+    (NoSuchUpload if it does not); None if another process (or none) holds the upload."""
+    up = _uploads(gw).get(uid.backend_id)
+    if up is None:
+        return None
+    try:
+        uid.verify(up.data_key, bucket, key)
+    except FormatError:
+        raise no_upload() from None
+    if up.bucket != bucket or up.key != key:
+        raise no_upload()
+    return up
+
+
+def find_upload(gw: Gateway, caller: Caller, bucket: str, key: str, text: str) -> Upload:
+    """The state of the upload that client id `text` names, authenticated for this object."""
+    up = _held(gw, _decode(gw, caller, text), bucket, key)
+    if up is None:
+        raise _lost_upload()
+    return up
+
+
+async def verified_upload(gw: Gateway, caller: Caller, bucket: str, key: str, text: str) -> UploadId:
+    """The fields of s3ec-v3 upload id `text`, authenticated for this object, on any process
+    (for AbortMultipartUpload and ListParts): the data key is this process's if it holds the
+    upload, else unwrapped from the id (or opened with the upload secret)."""
+    uid = _decode(gw, caller, text)
+    if _held(gw, uid, bucket, key) is not None:
+        return uid
+    try:
+        data_key = await _upload_data_key(gw, uid, bucket, key)
+        uid.verify(data_key, bucket, key)
+    except FormatError:
+        raise no_upload() from None
+    except KeyringError as exc:
+        if isinstance(exc, KeyUnavailable):
+            raise keyring_error(exc) from exc
+        raise no_upload() from None
+    return uid
+
+
+async def _upload_data_key(gw: Gateway, uid: UploadId, bucket: str, key: str) -> bytes:
+    """The S3EC data key an s3ec-v3 upload id carries, wrapped as `new_data_key` wrapped it."""
+    secret = gw.config.encryption.upload_secret
+    if uid.sealed_key and secret is not None:
+        return open_for_replicas(secret.get_secret_value().encode(), uid.salt, uid.sealed_key, bucket, key)
+    if not uid.key_ref.startswith("local:"):
+        return await gw.materials.keyring.decrypt_data_key(uid.key_ref, uid.wrapped_key, s3ec.kms_context())
+    local = local_keyring(gw)
+    if local is None:
+        raise InvalidWrappedKey("an AES/GCM-wrapped S3EC upload needs the local keyring")
+    key_id = uid.key_ref[len("local:") :].rpartition(":")[0]
+    envelope = s3ec.S3ecEnvelope(s3ec.FORMAT_V3, s3ec.WRAP_AES_GCM, uid.wrapped_key, {})
+    for ref, material in local.s3ec_unwrapping_keys(key_id):
+        if ref == uid.key_ref and isinstance(material, bytes):
+            data_key = s3ec.unwrap_aes_gcm(envelope, material)
+            audit_local_use(gw, "decrypt", ref, s3ec.WRAP_AES_GCM, bucket, key)
+            return data_key
+    raise InvalidWrappedKey(f"no AES-256 key {uid.key_ref!r} in the local keyring")
+
+
+async def create_upload(gw: Gateway, caller: Caller, bucket: str, key: str, request_headers: Mapping[str, str]) -> str:
+    """Start an s3ec-v3 upload: S3EC metadata on the backend's upload, the GCM stream's state in
+    this process; returns the upload id for the client."""
+    reg = _uploads(gw)
+    now = time.monotonic()
+    for stale in [u for u, up in reg.items() if now - up.created > UPLOAD_TTL]:
+        del reg[stale]
+    if len(reg) >= MAX_LIVE_UPLOADS:
+        raise S3Error("SlowDown", "too many s3ec-v3 multipart uploads in progress on this sealgate process", 503)
+    plain_key, wrapped, wrap_alg, context, key_ref = await new_data_key(gw, caller, bucket, key)
+    body = s3ec.S3ecV3Multipart(plain_key)
+    headers = object_headers(request_headers, body.metadata(wrapped, wrap_alg, encryption_context=context))
+    _, doc = await gw.backend.read_ok("POST", bucket, key, query=[("uploads", "")], headers=headers, body=b"")
+    backend_id = find_text(parse(doc), "UploadId")
+    if not backend_id:
+        raise S3Error("BadGateway", "backend returned no upload id", 502)
+    salt = os.urandom(SALT_SIZE)
+    secret = gw.config.encryption.upload_secret
+    sealed = b""
+    if secret is not None:
+        sealed = seal_for_replicas(secret.get_secret_value().encode(), salt, plain_key, bucket, key)
+    uid = UploadId(backend_id, key_ref, wrapped, salt, sealed_key=sealed, prefix=S3EC_PREFIX)
+    upload_id = uid.encode(plain_key, bucket, key)
+    await put_upload_record(gw, bucket, key, backend_id, upload_id)
+    reg[backend_id] = Upload(bucket, key, backend_id, body, body.start, plain_key)
+    return upload_id
+
+
+async def encrypt_part(
+    gw: Gateway, up: Upload, number: int, length: int, plaintext: AsyncIterable[bytes | memoryview]
+) -> str:
+    """Encrypt and store part `number` in order; returns the backend's ETag of the part."""
+    # A part that arrives early waits (briefly) until its predecessor queues on the lock, which
+    # is FIFO, so it then queues behind it. Nothing is read from its body meanwhile.
+    deadline = time.monotonic() + PART_ORDER_WAIT
+    while number > up.last + 1 and number - 1 not in up.queued and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    up.queued.add(number)
+    async with up.lock:
+        if number == up.last + 1:
+            if up.tagged:
+                raise S3Error(
+                    "InvalidPartOrder",
+                    f"part {up.last} was smaller than 5 MiB and so was the last part of this s3ec-v3 upload "
+                    "(it carries the GCM tag); no part can follow it",
+                    400,
+                )
+            start = up.state
+            retry = False
+        elif up.parts and number == up.last:
+            start, retry = up.parts[-1].before, True
+        else:
+            raise _out_of_order(up, number)
+        is_last = length < MIN_PART_SIZE or number == MAX_PARTS
+        enc = up.body.part(start)
+        after: list[s3ec.GcmStreamState] = []
+
+        async def ciphertext() -> AsyncIterator[bytes]:
+            async for piece in plaintext:
+                yield enc.update(bytes(piece))
+            if enc.length != length:
+                raise S3Error("IncompleteBody", "The request body is shorter than its stated length", 400)
+            after.append(enc.finish())
+            if is_last:
+                yield up.body.tag(after[0])
+
+        resp = await put_stream(
+            gw,
+            up.bucket,
+            up.key,
+            ciphertext(),
+            length + (s3ec.TAG_SIZE if is_last else 0),
+            headers={},
+            query=[("partNumber", str(number)), ("uploadId", up.backend_id)],
+        )
+        etag = etag_value(resp.headers.get("ETag", ""))
+        part = Part(number, length, etag, etag, start)
+        if retry:
+            up.parts[-1] = part
+        else:
+            up.parts.append(part)
+        up.state, up.tagged, up.tag_part = after[0], is_last, None
+        return etag
+
+
+def _out_of_order(up: Upload, number: int) -> S3Error:
+    return S3Error(
+        "InvalidPartOrder",
+        f"part {number} is out of order for this s3ec-v3 upload (last part stored: {up.last}): an S3 Encryption "
+        "Client object is one GCM stream, so parts must be uploaded one after the other, numbered 1, 2, 3, ... "
+        "(only the latest part may be sent again)",
+        400,
+    )
+
+
+async def complete_upload(
+    gw: Gateway, up: Upload, bucket: str, key: str, wanted: list[tuple[int, str]], conditions: dict[str, str]
+) -> tuple[str, dict[str, str]]:
+    """Complete an s3ec-v3 upload with exactly the parts stored, in order, then the tag if no
+    part carried it; the object then reads as one S3EC V3 body. Returns the backend's ETag (as
+    its answer gives it) and the answer's version-id headers."""
+    async with up.lock:
+        stored = [p.number for p in up.parts]
+        if [n for n, _ in wanted] != stored:
+            raise S3Error(
+                "InvalidPart",
+                f"an s3ec-v3 upload is one GCM stream and must be completed with exactly the parts stored, in "
+                f"order: {_ranges(stored)}",
+                400,
+            )
+        for part, (_, etag) in zip(up.parts, wanted, strict=True):
+            if etag not in (part.client_etag.lower(), part.backend_etag.lower()):
+                raise S3Error("InvalidPart", f"The ETag of part {part.number} does not match.", 400)
+        for part in up.parts[:-1]:
+            if part.length < MIN_PART_SIZE:
+                raise S3Error("EntityTooSmall", "Your proposed upload is smaller than the minimum allowed size.", 400)
+        listed = [(p.number, p.backend_etag) for p in up.parts]
+        if not up.tagged:
+            if up.tag_part is None:
+                number = up.last + 1
+                if number > MAX_PARTS:
+                    raise S3Error("InvalidPart", "no part number is left for the S3EC tag", 400)
+                resp = await gw.backend.request(
+                    "PUT",
+                    bucket,
+                    key,
+                    query=[("partNumber", str(number)), ("uploadId", up.backend_id)],
+                    body=up.body.tag(up.state),
+                )
+                if resp.status >= 300:
+                    raise await resp.error()
+                resp.release()
+                up.tag_part = (number, etag_value(resp.headers.get("ETag", "")))
+            listed.append(up.tag_part)
+        xml = complete_document(listed)
+        done, answer = await gw.backend.read_ok(
+            "POST", bucket, key, query=[("uploadId", up.backend_id)], headers=conditions, body=xml
+        )
+        root = parse_answer(answer)
+        forget_upload(gw, up.backend_id)
+    await drop_upload_record(gw, bucket, key, up.backend_id)
+    etag = (find_text(root, "ETag") or "").strip() if root is not None else ""
+    return etag, version_ids(done.headers)
+
+
+def _ranges(numbers: list[int]) -> str:
+    if not numbers:
+        return "none"
+    if numbers == list(range(numbers[0], numbers[-1] + 1)):
+        return f"parts {numbers[0]} to {numbers[-1]}" if len(numbers) > 1 else f"part {numbers[0]}"
+    return "parts " + ", ".join(map(str, numbers))

@@ -1,0 +1,192 @@
+"""sealgate-format multipart uploads on the backend: the upload id that carries the data key,
+starting an upload, and completing it with a sealed manifest."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from collections.abc import Mapping
+
+from proxy.access.authorize import Caller
+from proxy.backend import version_ids
+from proxy.crypto.format import (
+    DEFAULT_SEGMENT_SIZE,
+    LAYOUT_MULTIPART,
+    FormatError,
+    Layout,
+    Manifest,
+    ManifestPart,
+    encryption_context,
+    part_plaintext_length,
+)
+from proxy.crypto.upload_id import PREFIX, UploadId, open_for_replicas, seal_for_replicas
+from proxy.kms.base import KeyringError, KeyUnavailable
+from proxy.s3.errors import S3Error, keyring_error
+from proxy.s3.headers import etag_value, stored_headers
+from proxy.s3.xml import complete_upload as complete_document
+from proxy.s3.xml import find_text, iter_named, parse, parse_answer
+from proxy.store.gateway import Gateway, require_key_use
+from proxy.store.objects import new_envelope
+from proxy.store.records import drop_upload_record, put_record, put_upload_record, record_key
+
+MIN_PART_SIZE = 5 * 1024 * 1024
+
+
+MAX_PARTS = 10000
+
+
+MAX_XML = 2 * 1024 * 1024
+
+
+_HEX32 = re.compile(r"^[0-9a-f]{32}$")
+
+
+def no_upload() -> S3Error:
+    """S3's NoSuchUpload: for an upload id that is not (or no longer) valid for this object."""
+    return S3Error(
+        "NoSuchUpload",
+        "The specified upload does not exist. The upload ID may be invalid, or the upload may have "
+        "been aborted or completed.",
+        404,
+    )
+
+
+async def open_upload(gw: Gateway, caller: Caller, bucket: str, key: str, text: str) -> tuple[UploadId, bytes]:
+    """The upload id's fields and its data key, after checking it was made for this object."""
+    try:
+        uid = UploadId.decode(text, PREFIX)
+    except FormatError:
+        raise no_upload() from None
+    # Continuing an upload is writing under its key: checked before any keyring or backend call.
+    require_key_use(gw, caller, "encrypt", uid.key_ref)
+    secret = gw.config.encryption.upload_secret
+    try:
+        if uid.sealed_key and secret is not None:
+            data_key = open_for_replicas(secret.get_secret_value().encode(), uid.salt, uid.sealed_key, bucket, key)
+        else:
+            data_key = await gw.materials.unwrap(uid.key_ref, uid.wrapped_key, encryption_context(bucket, key))
+    except FormatError:
+        raise no_upload() from None
+    except KeyringError as exc:
+        if isinstance(exc, KeyUnavailable):
+            raise keyring_error(exc) from exc
+        raise no_upload() from None
+    try:
+        uid.verify(data_key, bucket, key)
+    except FormatError:
+        raise no_upload() from None
+    return uid, data_key
+
+
+async def create_upload(gw: Gateway, caller: Caller, bucket: str, key: str, request_headers: Mapping[str, str]) -> str:
+    """Start a sealgate upload: a data key for the whole object, carried in the upload id
+    returned (and recorded for ListMultipartUploads)."""
+    data_key, env = await new_envelope(
+        gw, caller, bucket, key, request_headers, layout=LAYOUT_MULTIPART, etag_field=None
+    )
+    headers = {f"x-amz-meta-{k}": v for k, v in env.to_metadata().items()}
+    headers.update(stored_headers(request_headers))
+    resp, doc = await gw.backend.read_ok("POST", bucket, key, query=[("uploads", "")], headers=headers, body=b"")
+    backend_id = find_text(parse(doc), "UploadId")
+    if not backend_id:
+        raise S3Error("BadGateway", "backend returned no upload id", 502)
+    secret = gw.config.encryption.upload_secret
+    sealed = b""
+    if secret is not None:
+        sealed = seal_for_replicas(secret.get_secret_value().encode(), env.salt, data_key, bucket, key)
+    uid = UploadId(backend_id, env.key_ref, env.wrapped_key, env.salt, sealed_key=sealed).encode(data_key, bucket, key)
+    await put_upload_record(gw, bucket, key, backend_id, uid)
+    return uid
+
+
+async def backend_parts(gw: Gateway, bucket: str, key: str, backend_id: str) -> dict[int, tuple[str, int]]:
+    """Part number -> (backend ETag, stored size), across all pages of ListParts."""
+    parts: dict[int, tuple[str, int]] = {}
+    marker = "0"
+    while True:
+        resp, raw_body = await gw.backend.read_ok(
+            "GET", bucket, key, query=[("part-number-marker", marker), ("uploadId", backend_id)]
+        )
+        root = parse(raw_body)
+        for el in iter_named(root, "Part"):
+            n = find_text(el, "PartNumber")
+            etag = find_text(el, "ETag")
+            size = find_text(el, "Size")
+            if n and etag is not None and size:
+                parts[int(n)] = (etag_value(etag), int(size))
+        if (find_text(root, "IsTruncated") or "false").lower() != "true":
+            return parts
+        marker = find_text(root, "NextPartNumberMarker") or ""
+        if not marker:
+            return parts
+
+
+def multipart_etag(etags: list[str]) -> str | None:
+    """S3's ETag of a multipart object with these part MD5s (hex); None unless all are MD5s."""
+    if not all(_HEX32.match(e) for e in etags):
+        return None
+    return hashlib.md5(b"".join(bytes.fromhex(e) for e in etags)).hexdigest() + f"-{len(etags)}"
+
+
+async def complete_upload(
+    gw: Gateway,
+    uid: UploadId,
+    data_key: bytes,
+    bucket: str,
+    key: str,
+    wanted: list[tuple[int, str]],
+    conditions: dict[str, str],
+) -> tuple[str, dict[str, str]]:
+    """Complete a sealgate upload with the client's `wanted` parts: check them against the
+    stored ones, seal the manifest, complete on the backend (with the destination
+    `conditions`), and name the manifest after the ETag reads will see. Returns the object's
+    ETag (unquoted) and the answer's version-id headers."""
+    stored = await backend_parts(gw, bucket, key, uid.backend_id)
+    layout = Layout(DEFAULT_SEGMENT_SIZE)
+    parts: list[ManifestPart] = []
+    backend_etags: list[str] = []
+    missing = [n for n, _ in wanted if n not in stored]
+    if missing:
+        raise S3Error("InvalidPart", f"Part {missing[0]} has not been uploaded.", 400)
+    for i, (number, etag) in enumerate(wanted):
+        backend_etag, size = stored[number]
+        try:
+            length = part_plaintext_length(layout, size)
+        except FormatError:
+            raise S3Error("InvalidPart", f"Part {number} is not a sealgate part.", 400) from None
+        if i < len(wanted) - 1 and length < MIN_PART_SIZE:
+            raise S3Error(
+                "EntityTooSmall", "Your proposed upload is smaller than the minimum allowed object size.", 400
+            )
+        is_md5 = etag != backend_etag.lower()
+        if is_md5 and not _HEX32.match(etag):
+            raise S3Error("InvalidPart", f"The ETag of part {number} does not match.", 400)
+        parts.append(ManifestPart(number, length, etag, is_md5))
+        backend_etags.append(backend_etag)
+    final_etag = multipart_etag([p.etag for p in parts]) or hashlib.md5(os.urandom(16)).hexdigest() + f"-{len(parts)}"
+    expected = multipart_etag([e.lower() for e in backend_etags]) or "unknown"
+    manifest = Manifest(tuple(parts), expected, final_etag)
+    await put_record(gw, bucket, key, manifest, manifest.seal(data_key, uid.salt))
+
+    xml = complete_document((p.number, e) for p, e in zip(parts, backend_etags, strict=True))
+    resp, answer = await gw.backend.read_ok(
+        "POST", bucket, key, query=[("uploadId", uid.backend_id)], headers=conditions, body=xml
+    )
+    root = parse_answer(answer)
+    # Name the manifest after the ETag that reads will see: some backends report another ETag
+    # on HEAD and GET than in their completion answer.
+    head = await gw.backend.request("HEAD", bucket, key)
+    head.release()
+    actual = etag_value(head.headers.get("ETag", ""))
+    if not actual and root is not None:
+        actual = etag_value(find_text(root, "ETag") or "")
+    if actual and actual != expected:
+        # A backend with its own ETag scheme: the manifest must name the ETag it really gave.
+        stale = manifest
+        manifest = Manifest(tuple(parts), actual, final_etag)
+        await put_record(gw, bucket, key, manifest, manifest.seal(data_key, uid.salt))
+        old = await gw.backend.request("DELETE", bucket, record_key(key, stale.backend_etag))
+        old.release()
+    await drop_upload_record(gw, bucket, key, uid.backend_id)
+    return final_etag, version_ids(resp.headers)
