@@ -73,6 +73,8 @@ from proxy.crypto.multipart import MultipartDecryptor, stored_length
 from proxy.crypto.segments import StreamDecryptor, StreamEncryptor
 from proxy.kms.base import DataKey, InvalidWrappedKey, Keyring, KeyringError
 from proxy.s3.headers import etag_value
+from proxy.store.objects import opaque_etag
+from proxy.store.records import record_key
 
 if TYPE_CHECKING:
     from collections.abc import Coroutine
@@ -113,7 +115,6 @@ MAX_USER_METADATA = 2048
 MAX_MANIFEST_SIZE = 16 * 1024 * 1024
 #: The sealed-metadata ETag marker meaning "the plaintext MD5 is in the digest slot".
 ETAG_TAIL = "tail"
-_MP_PREFIX = ".sealgate/mp/"
 # HTTP token characters, lower case: what S3 accepts as a metadata name.
 _META_NAME = re.compile(r"[a-z0-9!#$%&'*+.^_`|~-]+")
 _PRINTABLE_ASCII = re.compile(r"[\x20-\x7e]*")
@@ -277,8 +278,7 @@ def metadata_headers(env: Envelope) -> dict[str, str]:
 
 def manifest_key(object_key: str, backend_etag: str) -> str:
     """Backend key of a multipart object's sealed manifest (docs/FORMAT.md §6a)."""
-    digest = hashlib.sha256(object_key.encode()).hexdigest()
-    return f"{_MP_PREFIX}{digest}/{etag_value(backend_etag)}"
+    return record_key(object_key, backend_etag)
 
 
 def _opaque_etag(backend_etag: str) -> str:
@@ -563,7 +563,7 @@ def decrypt_file(
     elif md5 is not None:
         etag = md5
     else:
-        etag = _opaque_etag(backend_etag) if backend_etag else None
+        etag = etag_value(opaque_etag(backend_etag)) if backend_etag else None
     return DecryptResult(plain, env.layout, etag, dict(opened.sealed.user))
 
 
