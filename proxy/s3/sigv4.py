@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
+from typing import NamedTuple
 from urllib.parse import quote, unquote, urlsplit
 
 from botocore.auth import HmacV1Auth, HmacV1QueryAuth
@@ -189,6 +190,21 @@ def _check_all_amz_headers_signed(headers: MultiMapping[str], signed: set[str]) 
         )
 
 
+class _SignedParts(NamedTuple):
+    """What a SigV4 request says about its signature, read from its Authorization header or
+    from its query (presigned). A NamedTuple: made on every request, and cheaper than a frozen
+    dataclass."""
+
+    credential: str
+    signed_names: str
+    signature: str
+    amz_date: str | None
+    #: Seconds a presigned URL lasts; 0 for a header-signed request.
+    expires_in: int
+    payload_hash: str
+    presigned: bool
+
+
 def verify_request(
     method: str,
     raw_path_and_query: str,
@@ -215,52 +231,83 @@ def verify_request(
         return _verify_presigned_v2(
             method, raw_path_and_query, bucket, headers, query_params, lookup, now, presign_max_seconds, max_skew
         )
-    presigned = auth is None and "X-Amz-Signature" in query_params
-    if auth is None and not presigned:
-        if "X-Amz-Credential" in query_params or "X-Amz-Algorithm" in query_params:
-            raise S3Error(
-                "AuthorizationQueryParametersError", "Query-string authentication requires X-Amz-Signature.", 400
-            )
+    if auth is not None:
+        parts = _header_auth(auth, headers)
+    elif "X-Amz-Signature" in query_params:
+        parts = _query_auth(query_params, headers, min(presign_max_seconds, SIGV4_MAX_EXPIRES))
+    elif "X-Amz-Credential" in query_params or "X-Amz-Algorithm" in query_params:
+        raise S3Error("AuthorizationQueryParametersError", "Query-string authentication requires X-Amz-Signature.", 400)
+    else:
         raise _denied("Anonymous access is not allowed; sign requests with SigV4.")
 
-    if presigned:
-        if query_params.get("X-Amz-Algorithm") != ALGORITHM:
-            raise S3Error("AuthorizationQueryParametersError", "X-Amz-Algorithm must be AWS4-HMAC-SHA256.", 400)
-        credential = query_params.get("X-Amz-Credential", "")
-        signed_names = query_params.get("X-Amz-SignedHeaders", "")
-        signature = query_params.get("X-Amz-Signature", "")
-        amz_date_text = query_params.get("X-Amz-Date")
-        expires_text = query_params.get("X-Amz-Expires", "")
-        expires_in = _presigned_lifetime(expires_text, min(presign_max_seconds, SIGV4_MAX_EXPIRES))
-        payload_hash = headers.get("x-amz-content-sha256") or UNSIGNED_PAYLOAD
-    else:
-        assert auth is not None
-        m = _AUTH_RE.match(auth.strip())
-        if not m:
-            if not auth.startswith(ALGORITHM):
-                raise S3Error("InvalidRequest", "Only AWS4-HMAC-SHA256 signatures are supported.", 400)
-            raise S3Error("AuthorizationHeaderMalformed", "The authorization header is malformed.", 400)
-        credential, signed_names, signature = m.group(1), m.group(2), m.group(3)
-        amz_date_text = headers.get("x-amz-date")
-        expires_in = 0
-        payload = headers.get("x-amz-content-sha256")
-        if payload is None:
-            raise S3Error("InvalidRequest", "Missing required header for this request: x-amz-content-sha256", 400)
-        if payload not in _PAYLOAD_VALUES and not _HEX64.match(payload):
-            raise S3Error("InvalidArgument", "x-amz-content-sha256 must be a SHA-256 or a known payload type", 400)
-        payload_hash = payload
-
-    akid, scope_date, region, service = _parse_credential(credential, presigned)
+    akid, scope_date, region, service = _parse_credential(parts.credential, parts.presigned)
     creds = lookup(akid)
     if creds is None:
         raise S3Error("InvalidAccessKeyId", "The AWS Access Key Id you provided does not exist in our records.", 403)
-    when = _parse_amz_date(amz_date_text, presigned)
-    assert amz_date_text is not None
-    if scope_date != amz_date_text[:8]:
-        code = "AuthorizationQueryParametersError" if presigned else "AuthorizationHeaderMalformed"
+    when = _parse_amz_date(parts.amz_date, parts.presigned)
+    amz_date = parts.amz_date
+    assert amz_date is not None  # _parse_amz_date refuses None
+    if scope_date != amz_date[:8]:
+        code = "AuthorizationQueryParametersError" if parts.presigned else "AuthorizationHeaderMalformed"
         raise S3Error(code, "The credential date does not match the request date.", 400)
-    if presigned:
-        if expires_in == 0 or now > when + timedelta(seconds=expires_in):
+    _check_time(parts, when, now, max_skew)
+    scope = f"{scope_date}/{region}/{service}/aws4_request"
+    key = signing_key(creds.secret_access_key, scope_date, region, service)
+    _check_signature(method, raw_path, raw_query, headers, parts, amz_date, scope, key)
+    return VerifiedRequest(
+        identity=creds.identity,
+        access_key_id=akid,
+        payload_hash=parts.payload_hash,
+        amz_date=amz_date,
+        scope=scope,
+        signing_key=key,
+        seed_signature=parts.signature.lower(),
+        presigned=parts.presigned,
+    )
+
+
+def _header_auth(auth: str, headers: MultiMapping[str]) -> _SignedParts:
+    """The signature parts of an ``Authorization: AWS4-HMAC-SHA256 ...`` request."""
+    m = _AUTH_RE.match(auth.strip())
+    if not m:
+        if not auth.startswith(ALGORITHM):
+            raise S3Error("InvalidRequest", "Only AWS4-HMAC-SHA256 signatures are supported.", 400)
+        raise S3Error("AuthorizationHeaderMalformed", "The authorization header is malformed.", 400)
+    payload = headers.get("x-amz-content-sha256")
+    if payload is None:
+        raise S3Error("InvalidRequest", "Missing required header for this request: x-amz-content-sha256", 400)
+    if payload not in _PAYLOAD_VALUES and not _HEX64.match(payload):
+        raise S3Error("InvalidArgument", "x-amz-content-sha256 must be a SHA-256 or a known payload type", 400)
+    return _SignedParts(
+        credential=m.group(1),
+        signed_names=m.group(2),
+        signature=m.group(3),
+        amz_date=headers.get("x-amz-date"),
+        expires_in=0,
+        payload_hash=payload,
+        presigned=False,
+    )
+
+
+def _query_auth(params: dict[str, str], headers: MultiMapping[str], max_seconds: int) -> _SignedParts:
+    """The signature parts of a SigV4 presigned URL (``X-Amz-*`` query parameters)."""
+    if params.get("X-Amz-Algorithm") != ALGORITHM:
+        raise S3Error("AuthorizationQueryParametersError", "X-Amz-Algorithm must be AWS4-HMAC-SHA256.", 400)
+    return _SignedParts(
+        credential=params.get("X-Amz-Credential", ""),
+        signed_names=params.get("X-Amz-SignedHeaders", ""),
+        signature=params.get("X-Amz-Signature", ""),
+        amz_date=params.get("X-Amz-Date"),
+        expires_in=_presigned_lifetime(params.get("X-Amz-Expires", ""), max_seconds),
+        payload_hash=headers.get("x-amz-content-sha256") or UNSIGNED_PAYLOAD,
+        presigned=True,
+    )
+
+
+def _check_time(parts: _SignedParts, when: datetime, now: datetime, max_skew: timedelta) -> None:
+    """A presigned URL within its lifetime; a header-signed request within `max_skew` of now."""
+    if parts.presigned:
+        if parts.expires_in == 0 or now > when + timedelta(seconds=parts.expires_in):
             raise _denied("Request has expired")
         if when > now + max_skew:
             raise _denied("Request is not valid yet")
@@ -271,30 +318,41 @@ def verify_request(
             403,
         )
 
-    names = signed_names.split(";")
+
+def _canonical_request(
+    method: str, uri: str, cquery: str, canon_headers: str, signed_names: str, payload_hash: str
+) -> str:
+    return "\n".join([method.upper(), uri, cquery, canon_headers, signed_names, payload_hash])
+
+
+def _string_to_sign(amz_date: str, scope: str, canonical_request: str) -> str:
+    return "\n".join([ALGORITHM, amz_date, scope, hashlib.sha256(canonical_request.encode()).hexdigest()])
+
+
+def _check_signature(
+    method: str,
+    raw_path: str,
+    raw_query: str,
+    headers: MultiMapping[str],
+    parts: _SignedParts,
+    amz_date: str,
+    scope: str,
+    key: bytes,
+) -> None:
+    """SignatureDoesNotMatch unless the signature is over this request (the path as sent, or in
+    S3's encoding), and AccessDenied if it leaves an x-amz-* header out."""
+    names = parts.signed_names.split(";")
     if "host" not in names or names != sorted(names):
-        code = "AuthorizationQueryParametersError" if presigned else "AuthorizationHeaderMalformed"
+        code = "AuthorizationQueryParametersError" if parts.presigned else "AuthorizationHeaderMalformed"
         raise S3Error(code, "SignedHeaders must be sorted and include host.", 400)
     canon_headers = _canonical_headers(headers, names)
-    cquery = canonical_query(raw_query, exclude="X-Amz-Signature" if presigned else None)
-    scope = f"{scope_date}/{region}/{service}/aws4_request"
-    key = signing_key(creds.secret_access_key, scope_date, region, service)
+    cquery = canonical_query(raw_query, exclude="X-Amz-Signature" if parts.presigned else None)
     for uri in _candidate_uris(raw_path):
-        canonical = "\n".join([method.upper(), uri, cquery, canon_headers, signed_names, payload_hash])
-        sts = "\n".join([ALGORITHM, amz_date_text, scope, hashlib.sha256(canonical.encode()).hexdigest()])
-        if hmac.compare_digest(_hmac_hex(key, sts), signature.lower()):
-            exempt = _IMPLICITLY_SIGNED if presigned else _IMPLICITLY_SIGNED_WITH_HEADER_AUTH
+        canonical = _canonical_request(method, uri, cquery, canon_headers, parts.signed_names, parts.payload_hash)
+        if hmac.compare_digest(_hmac_hex(key, _string_to_sign(amz_date, scope, canonical)), parts.signature.lower()):
+            exempt = _IMPLICITLY_SIGNED if parts.presigned else _IMPLICITLY_SIGNED_WITH_HEADER_AUTH
             _check_all_amz_headers_signed(headers, {*(n.lower() for n in names), *exempt})
-            return VerifiedRequest(
-                identity=creds.identity,
-                access_key_id=akid,
-                payload_hash=payload_hash,
-                amz_date=amz_date_text,
-                scope=scope,
-                signing_key=key,
-                seed_signature=signature.lower(),
-                presigned=presigned,
-            )
+            return
     raise S3Error(
         "SignatureDoesNotMatch",
         "The request signature we calculated does not match the signature you provided. "
