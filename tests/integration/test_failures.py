@@ -28,8 +28,9 @@ def test_kms_down_fails_closed(moto_url: str, tls_files: dict[str, Path], tmp_pa
         with pytest.raises(ClientError) as err:
             s3.put_object(Bucket="kms-down", Key="k", Body=b"secret data")
         assert err.value.response["ResponseMetadata"]["HTTPStatusCode"] == 503
-        with pytest.raises(ClientError):
+        with pytest.raises(ClientError) as err:
             backend_client(moto_url).head_object(Bucket="kms-down", Key="k")
+        assert err.value.response["Error"]["Code"] == "404"  # never written, not merely unreadable
     finally:
         st.gate.stop()
 
@@ -63,8 +64,9 @@ def test_aws_kms_round_trip(moto_url: str, tls_files: dict[str, Path], tmp_path:
         backend_client(moto_url).put_object(
             Bucket="kms-rt", Key="moved", Body=raw["Body"].read(), Metadata=raw["Metadata"]
         )
-        with pytest.raises(ClientError):
+        with pytest.raises(ClientError) as err:
             s3.get_object(Bucket="kms-rt", Key="moved")["Body"].read()
+        assert err.value.response["Error"]["Code"] == "ObjectIntegrityError"  # not a 503 or a NoSuchKey
         # A copy through sealgate re-wraps the data key with KMS Encrypt for the new name.
         s3.copy_object(Bucket="kms-rt", Key="copied", CopySource={"Bucket": "kms-rt", "Key": "k"})
         assert s3.get_object(Bucket="kms-rt", Key="copied")["Body"].read() == data
@@ -97,8 +99,9 @@ def test_client_disconnect_mid_upload_stores_nothing(stack: Stack, bucket: str) 
         tls.sendall(os.urandom(total // 2))
         time.sleep(0.5)
     time.sleep(1.0)
-    with pytest.raises(ClientError):
+    with pytest.raises(ClientError) as err:
         stack.backend().head_object(Bucket=bucket, Key="half")
+    assert err.value.response["Error"]["Code"] == "404"  # never written, not merely unreadable
     # and sealgate still serves
     stack.client().put_object(Bucket=bucket, Key="after", Body=b"fine")
     assert stack.client().get_object(Bucket=bucket, Key="after")["Body"].read() == b"fine"
@@ -136,10 +139,11 @@ def test_logs_hold_no_secrets(stack: Stack, bucket: str, caplog: pytest.LogCaptu
     s3 = stack.client()
     s3.put_object(Bucket=bucket, Key="logged", Body=b"LOGGED-PLAINTEXT", Metadata={"m": "LOGGED-META"})
     s3.get_object(Bucket=bucket, Key="logged")["Body"].read()
-    with pytest.raises(ClientError):
+    with pytest.raises(ClientError) as err:
         client_for(stack.gate.url, stack.ca_path, secret="wrong-secret-wrong-secret-0").get_object(
             Bucket=bucket, Key="logged"
         )
+    assert err.value.response["Error"]["Code"] == "SignatureDoesNotMatch"
     text = "\n".join(r.getMessage() for r in caplog.records if r.name.startswith(("sealgate", "proxy", "aiohttp")))
     assert "logged" in text  # the access log is there ...
     for secret in (CLIENT_SECRET, BACKEND_SECRET, PASSPHRASE, "LOGGED-PLAINTEXT", "LOGGED-META"):
@@ -199,8 +203,9 @@ def test_stalled_upload_is_cut_off_and_stores_nothing(
             tls.settimeout(10)
             answer = tls.recv(65536)
         assert answer.startswith(b"HTTP/1.1 400") and b"RequestTimeout" in answer
-        with pytest.raises(ClientError):
+        with pytest.raises(ClientError) as err:
             backend_client(moto_url).head_object(Bucket="stall", Key="k")
+        assert err.value.response["Error"]["Code"] == "404"  # never written, not merely unreadable
     finally:
         gate.stop()
 
