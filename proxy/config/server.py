@@ -1,0 +1,130 @@
+"""``[server]``: the listeners, TLS, timeouts and limits; the worker count defaults to the cores available."""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+from pydantic import Field, StrictBool, StrictInt, StrictStr, field_validator, model_validator
+
+from proxy.config.values import HOSTNAME, ConfigPath, Invalid, Section, check_address, parse_address
+
+
+def _cgroup_cpu_limit(root: Path) -> float | None:
+    """The CPUs a cgroup quota allows this process (a container's ``--cpus``): cgroup v2's
+    ``cpu.max``, else v1's CFS quota and period; None without a quota."""
+    try:
+        quota, period = (root / "cpu.max").read_text().split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError, ZeroDivisionError):
+        pass
+    try:
+        quota_us = int((root / "cpu" / "cpu.cfs_quota_us").read_text())
+        period_us = int((root / "cpu" / "cpu.cfs_period_us").read_text())
+    except (OSError, ValueError):
+        return None
+    return quota_us / period_us if quota_us > 0 and period_us > 0 else None
+
+
+def available_cores(cgroup: Path = Path("/sys/fs/cgroup")) -> int:
+    """The cores this process may use, 1 to 256: its CPU affinity (a cpuset) where the OS has
+    one, and no more than a cgroup CPU quota allows, rounded up."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS: no affinity API
+        cores = os.cpu_count() or 1
+    limit = _cgroup_cpu_limit(cgroup)
+    if limit is not None and limit > 0:
+        cores = min(cores, math.ceil(limit))
+    return max(1, min(cores, 256))
+
+
+class ServerConfig(Section):
+    """``[server]``: where sealgate listens.
+
+    TLS is on unless the file says ``tls = false``. With TLS on, ``listen``, ``tls_cert`` and
+    ``tls_key`` are required and ``plain_http_listen`` may add a second, unencrypted listener.
+    With ``tls = false`` only ``plain_http_listen`` is served, and ``listen`` / ``tls_cert`` /
+    ``tls_key`` must not be set. A plain-only server is therefore always a written-down
+    decision, never the side effect of a forgotten certificate path.
+    """
+
+    listen: StrictStr | None = None
+    tls: StrictBool = True
+    tls_cert: ConfigPath | None = None
+    tls_key: ConfigPath | None = None
+    plain_http_listen: StrictStr | None = None
+    client_max_skew_seconds: StrictInt = Field(default=900, ge=1, le=3600)
+    #: Longest lifetime of a presigned URL: a SigV2 URL whose Expires is further ahead is refused,
+    #: and so is a SigV4 X-Amz-Expires above it (SigV4's are never more than 604800, seven days).
+    presign_max_seconds: StrictInt = Field(default=604800, ge=1)
+    #: Processes sharing the listening port; by default one per core this process may use
+    #: (CPU affinity, capped by a cgroup CPU quota).
+    workers: StrictInt = Field(default_factory=available_cores, ge=1, le=256)
+    #: A client body that sends nothing for this long is cut off (nothing is stored).
+    body_stall_timeout_seconds: StrictInt = Field(default=60, ge=1, le=3600)
+    #: Request bodies at least this long are read straight off the connection, past aiohttp's
+    #: parser (fewer copies; see proxy/server/direct.py); the connection then carries on, unless
+    #: the body ended early. 0 turns this off.
+    direct_body_min_bytes: StrictInt = Field(default=1024 * 1024, ge=0)
+    #: Idle keep-alive connections are closed after this long.
+    keepalive_timeout_seconds: StrictInt = Field(default=75, ge=1, le=3600)
+    #: Longest request line or header line, and most header fields, accepted.
+    max_header_bytes: StrictInt = Field(default=16384, ge=1024, le=1048576)
+    max_headers: StrictInt = Field(default=128, ge=16, le=4096)
+    #: Host suffixes for virtual-hosted-style requests (``bucket.<domain>``).
+    virtual_host_domains: tuple[StrictStr, ...] = ("localhost",)
+    #: Mutual TLS: clients must present a certificate issued by this CA (PEM bundle).
+    tls_client_ca: ConfigPath | None = None
+    #: How often the certificate, key and client CA files are checked for changes (0: only on
+    #: SIGHUP). A changed set that does not load is logged and the running one kept.
+    tls_reload_seconds: float = Field(default=5.0, ge=0, le=3600)
+    #: The TLS handshake, and each request's headers, must be complete within this long
+    #: (counted from the connection, or from the first byte of a request on a kept-alive one).
+    header_timeout_seconds: float = Field(default=15.0, gt=0, le=3600)
+    #: Open client connections per process; at the cap sealgate stops accepting until one closes.
+    max_connections: StrictInt = Field(default=1024, ge=1, le=1_000_000)
+    #: On SIGTERM: how long requests in flight may still run before their connections are cut.
+    shutdown_timeout_seconds: float = Field(default=30.0, ge=0, le=3600)
+
+    _check_listen = field_validator("listen", "plain_http_listen")(check_address)
+
+    @field_validator("virtual_host_domains")
+    @classmethod
+    def _check_domains(cls, domains: tuple[str, ...]) -> tuple[str, ...]:
+        for i, domain in enumerate(domains):
+            if not HOSTNAME.match(domain):
+                raise Invalid((i,), f'"{domain}" is not a valid domain name')
+        return domains
+
+    @model_validator(mode="after")
+    def _check_listeners(self) -> ServerConfig:
+        if self.tls:
+            for key in ("listen", "tls_cert", "tls_key"):
+                if getattr(self, key) is None:
+                    raise Invalid((key,), "required when tls = true (the default)")
+        else:
+            if self.plain_http_listen is None:
+                raise Invalid(("plain_http_listen",), "required when tls = false")
+            for key in ("listen", "tls_cert", "tls_key", "tls_client_ca"):
+                if getattr(self, key) is not None:
+                    raise Invalid((key,), "not used when tls = false; remove it or set tls = true")
+        plain = self.plain_http_listen
+        if self.tls and plain is not None and parse_address(plain) == self.listen_address:
+            raise Invalid(("plain_http_listen",), "is the same address as listen")
+        return self
+
+    @property
+    def listen_address(self) -> tuple[str, int]:
+        """``(host, port)`` of the TLS listener."""
+        if self.listen is None:
+            raise ValueError("no TLS listener configured (tls = false)")
+        return parse_address(self.listen)
+
+    @property
+    def plain_http_address(self) -> tuple[str, int]:
+        """``(host, port)`` of the plain-HTTP listener."""
+        if self.plain_http_listen is None:
+            raise ValueError("no plain-HTTP listener configured")
+        return parse_address(self.plain_http_listen)
