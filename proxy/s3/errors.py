@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from xml.sax.saxutils import escape
 
-from proxy.kms.base import InvalidWrappedKey, KeyAccessDenied, KeyringError, KeyUnavailable
-
 # Default HTTP status for each S3 error code we raise.
 STATUS: dict[str, int] = {
     "AccessDenied": 403,
@@ -84,15 +82,3 @@ class S3Error(Exception):
         parts.append("</Error>")
         return "".join(parts).encode()
 
-
-def keyring_error(exc: KeyringError) -> S3Error:
-    """What a client sees of a keyring failure: retry later when the key service (or the audit
-    log) is unavailable, AccessDenied for a key it may not use, ObjectIntegrityError for a
-    wrapped key that does not open."""
-    if isinstance(exc, KeyUnavailable):
-        return S3Error("ServiceUnavailable", exc.message, 503)
-    if isinstance(exc, KeyAccessDenied):
-        return S3Error("AccessDenied", exc.message, 403)
-    if isinstance(exc, InvalidWrappedKey):
-        return S3Error("ObjectIntegrityError", exc.message, 500)
-    return S3Error("InternalError", exc.message, 500)

@@ -21,13 +21,14 @@ from proxy.crypto.format import FormatError
 from proxy.kms.base import KeyringError
 from proxy.kms.materials import Materials
 from proxy.metrics import ACTIVE, BYTES_OUT, render, request_finished
-from proxy.s3.errors import S3Error, keyring_error
+from proxy.s3.errors import S3Error
 from proxy.s3.routing import Op, Route, route
 from proxy.s3.sigv4 import ClientCredentials, VerifiedRequest, verify_request
 from proxy.server import admin, buckets, copy, multipart, objects
 from proxy.server.direct import closes_connection
 from proxy.server.state import CALLER, IDENTITY, REQUEST_ID, Gateway
 from proxy.server.tls import check_client_certificate
+from proxy.store.errors import keyring_error
 
 log = logging.getLogger("sealgate.access")
 

@@ -10,13 +10,14 @@ from aiohttp import web
 
 from proxy.crypto.format import SCOPE_OBJECT, Envelope, Manifest, SealedMetadata, encryption_context, seal_metadata
 from proxy.kms.base import KeyringError
-from proxy.s3.errors import S3Error, keyring_error
+from proxy.s3.errors import S3Error
 from proxy.s3.headers import CONTENT_HEADERS, LOCK_HEADERS, stored_headers
 from proxy.s3.routing import parse_copy_source
 from proxy.s3.xml import XML_HEADERS, document
 from proxy.server.objects import write_conditions
 from proxy.server.state import CALLER
 from proxy.store.copies import backend_copy
+from proxy.store.errors import keyring_error
 from proxy.store.gateway import Gateway, require_key_use
 from proxy.store.objects import opaque_etag, open_copy_source, user_metadata
 from proxy.store.records import check_reserved, put_record

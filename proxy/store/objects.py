@@ -35,11 +35,12 @@ from proxy.crypto.format import (
 from proxy.crypto.multipart import MultipartDecryptor, stored_length
 from proxy.crypto.segments import StreamDecryptor, read_digest_slot
 from proxy.kms.base import KeyringError
-from proxy.s3.errors import S3Error, keyring_error
+from proxy.s3.errors import S3Error
 from proxy.s3.headers import META_PREFIX, etag_value
 from proxy.s3.ranges import check_conditions, etag_matches
 from proxy.store import s3ec
 from proxy.store.bodies import Decryptor, Nothing, ranged, total_length
+from proxy.store.errors import keyring_error
 from proxy.store.gateway import Gateway, require_key_use
 from proxy.store.records import read_manifest
 

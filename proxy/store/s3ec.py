@@ -16,9 +16,10 @@ from proxy.crypto.format import FormatError
 from proxy.kms.audited import AuditingKeyring
 from proxy.kms.base import InvalidWrappedKey, KeyringError
 from proxy.kms.local import LocalKeyring
-from proxy.s3.errors import S3Error, keyring_error
+from proxy.s3.errors import S3Error
 from proxy.s3.headers import META_PREFIX, stored_headers
 from proxy.store.bodies import put_stream
+from proxy.store.errors import keyring_error
 from proxy.store.gateway import Gateway, require_key_use
 
 log = logging.getLogger(__name__)

@@ -35,11 +35,12 @@ from proxy.crypto import s3ec
 from proxy.crypto.format import SALT_SIZE, FormatError
 from proxy.crypto.upload_id import S3EC_PREFIX, UploadId, open_for_replicas, seal_for_replicas
 from proxy.kms.base import InvalidWrappedKey, KeyringError, KeyUnavailable
-from proxy.s3.errors import S3Error, keyring_error
+from proxy.s3.errors import S3Error
 from proxy.s3.headers import etag_value
 from proxy.s3.xml import complete_upload as complete_document
 from proxy.s3.xml import find_text, parse, parse_answer
 from proxy.store.bodies import put_stream
+from proxy.store.errors import keyring_error
 from proxy.store.gateway import Gateway, require_key_use
 from proxy.store.records import drop_upload_record, put_upload_record
 from proxy.store.s3ec import audit_local_use, local_keyring, new_data_key, object_headers

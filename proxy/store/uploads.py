@@ -22,10 +22,11 @@ from proxy.crypto.format import (
 )
 from proxy.crypto.upload_id import PREFIX, UploadId, open_for_replicas, seal_for_replicas
 from proxy.kms.base import KeyringError, KeyUnavailable
-from proxy.s3.errors import S3Error, keyring_error
+from proxy.s3.errors import S3Error
 from proxy.s3.headers import etag_value, stored_headers
 from proxy.s3.xml import complete_upload as complete_document
 from proxy.s3.xml import find_text, iter_named, parse, parse_answer
+from proxy.store.errors import keyring_error
 from proxy.store.gateway import Gateway, require_key_use
 from proxy.store.objects import new_envelope
 from proxy.store.records import drop_upload_record, put_record, put_upload_record, record_key

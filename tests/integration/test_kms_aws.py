@@ -20,7 +20,7 @@ from aiohttp import web
 
 from proxy.kms.aws import AwsKmsKeyring
 from proxy.kms.base import InvalidWrappedKey, KeyAccessDenied, KeyUnavailable
-from proxy.s3.errors import keyring_error
+from proxy.store.errors import keyring_error
 from tests.conftest import backend_client, free_port, multipart_put, start_stack
 from tests.integration.test_key_cache import CountingKms
 

@@ -19,7 +19,7 @@ from proxy.kms.local import (
     passphrase_from,
     wrap_aad,
 )
-from proxy.s3.errors import keyring_error
+from proxy.store.errors import keyring_error
 
 PASS = b"correct horse battery staple"
 CTX = {"bucket": "b1", "key": "photos/cat.jpg"}
