@@ -36,6 +36,25 @@ from proxy.store.uploads import MAX_XML
 log = logging.getLogger(__name__)
 
 
+def _decryptor(
+    materials: crypto_s3ec.S3ecMaterials, size: int, total: int, *, delayed_ok: bool
+) -> crypto_s3ec.S3ecDecryptor | crypto_s3ec.S3ecCbcDecryptor:
+    """Verify-first up to the limit; beyond it delayed authentication if the bucket opted in,
+    else InvalidObjectState. Legacy CBC has nothing to verify: streamed."""
+    try:
+        if materials.version == crypto_s3ec.FORMAT_V1:
+            return crypto_s3ec.S3ecCbcDecryptor(materials, size)
+        return crypto_s3ec.S3ecDecryptor(materials, total, mode="verify_first")
+    except crypto_s3ec.S3ecTooLarge as exc:
+        if not delayed_ok:
+            raise S3Error(
+                "InvalidObjectState",
+                f"{exc}; it cannot be authenticated before release (buckets.s3ec_delayed_authentication)",
+                403,
+            ) from exc
+        return crypto_s3ec.S3ecDecryptor(materials, total, mode="delayed")
+
+
 async def stream_s3ec(
     gw: Gateway,
     request: web.Request,
@@ -67,22 +86,11 @@ async def stream_s3ec(
         )
         if resp.status >= 300:
             raise await resp.error()
-    delayed_ok = s3ec.delayed_ok(gw, bucket, key)
-    decryptor: crypto_s3ec.S3ecDecryptor | crypto_s3ec.S3ecCbcDecryptor
     try:
-        if materials.version == crypto_s3ec.FORMAT_V1:
-            decryptor = crypto_s3ec.S3ecCbcDecryptor(materials, size)  # nothing to verify: streamed
-        else:
-            decryptor = crypto_s3ec.S3ecDecryptor(materials, total, mode="verify_first")
-    except crypto_s3ec.S3ecTooLarge as exc:
-        if not delayed_ok:
-            resp.close()
-            raise S3Error(
-                "InvalidObjectState",
-                f"{exc}; it cannot be authenticated before release (buckets.s3ec_delayed_authentication)",
-                403,
-            ) from exc
-        decryptor = crypto_s3ec.S3ecDecryptor(materials, total, mode="delayed")
+        decryptor = _decryptor(materials, size, total, delayed_ok=s3ec.delayed_ok(gw, bucket, key))
+    except S3Error:
+        resp.close()
+        raise
     status = 206 if rng else 200
     if rng:
         headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
