@@ -316,8 +316,9 @@ def rewrap(config_path: Path, bucket: str, prefix: str, to_key: str) -> None:
 
     from proxy.audit import AuditError
     from proxy.config import ConfigError, load_config
-    from proxy.rewrap import ProgressLine, audited_gateway
+    from proxy.rewrap import ProgressLine
     from proxy.rewrap import rewrap as run_rewrap
+    from proxy.wiring import audited_gateway
 
     logging.basicConfig(level=logging.WARNING)
     try:
@@ -357,7 +358,7 @@ def gc_cmd(config_path: Path, bucket: str, older_than: str, dry_run: bool) -> No
 
     from proxy.config import ConfigError, load_config
     from proxy.gc import gc, parse_age
-    from proxy.server.run import operator_gateway
+    from proxy.wiring import operator_gateway
 
     try:
         config = load_config(config_path)

@@ -291,7 +291,7 @@ def convert_cmd(
     import asyncio
 
     from proxy.config import ConfigError, load_config
-    from proxy.server.run import operator_gateway
+    from proxy.wiring import operator_gateway
 
     logging.basicConfig(level=logging.WARNING)
     try:

@@ -6,7 +6,7 @@ CopyObject (proxy/store/copies.py), only the data key is re-wrapped, under the t
 destination's encryption context. A multipart object gets its manifest written for the
 destination. Idempotent: a destination that already holds the source's body (same salt and key
 commitment, hence the same data key) wrapped under the target key is left alone. Key uses and
-refusals are audited into ``<audit.path>.copy`` (see `proxy.rewrap.audited_gateway`).
+refusals are audited into ``<audit.path>.copy`` (see `proxy.wiring.audited_gateway`).
 """
 
 from __future__ import annotations
@@ -33,13 +33,14 @@ from proxy.crypto.format import (
     is_sealgate_object,
 )
 from proxy.kms.base import KeyringError
-from proxy.rewrap import ProgressLine, audited_gateway, list_keys
+from proxy.rewrap import ProgressLine, list_keys
 from proxy.s3.errors import S3Error
 from proxy.s3.headers import CONTENT_HEADERS
 from proxy.store.copies import backend_copy
 from proxy.store.gateway import Gateway
 from proxy.store.objects import open_copy_source
 from proxy.store.records import check_reserved, put_record, record_key
+from proxy.wiring import audited_gateway
 
 
 @dataclass

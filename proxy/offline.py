@@ -22,7 +22,7 @@ clients that sign their payload, so sealgate reports the MD5 as the object's ETa
 checks the plaintext against that MD5 (or the Content-MD5 ETag) as well. Decrypted files are
 created mode 0600.
 
-Master keys come from ``--config`` (its [kms] section, via `proxy.server.run.make_keyring`), a
+Master keys come from ``--config`` (its [kms] section, via `proxy.wiring.make_keyring`), a
 local keyring file (``--keyring``), or AWS KMS with the default credential chain (``--aws-kms``,
 for recovery where no sealgate config exists). Key policies (``[[keys]]``) are not consulted:
 whoever holds the keyring passphrase or KMS credentials is acting as the operator.
@@ -629,7 +629,7 @@ class KeySource:
         region for --aws-kms when neither --region nor the environment does."""
         if self.config is not None:
             from proxy.config import load_config
-            from proxy.server.run import make_keyring
+            from proxy.wiring import make_keyring
 
             cfg = load_config(self.config)
             return make_keyring(cfg), cfg

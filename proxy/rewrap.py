@@ -13,23 +13,17 @@ after an interrupted rewrap has been re-run: gc deletes manifests whose ETag is 
 from __future__ import annotations
 
 import dataclasses
-import getpass
 import sys
-import uuid
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from urllib.parse import quote
 
 import click
 
-from proxy.audit import AuditContext, AuditLog, audit_context
 from proxy.backend import BackendResponse
-from proxy.config import Config
 from proxy.crypto.format import Envelope, FormatError, IntegrityError, Layout, Manifest, is_sealgate_object
 from proxy.crypto.multipart import stored_length
 from proxy.gc import versions_with
-from proxy.kms.audited import AuditingKeyring
 from proxy.kms.base import KeyringError
 from proxy.s3.errors import S3Error
 from proxy.s3.headers import CONTENT_HEADERS, etag_value
@@ -47,13 +41,6 @@ class RewrapReport:
     bytes: int = 0
     already: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)
-
-
-def _login() -> str:
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):  # no login name in the environment nor the password database
-        return "unknown"
 
 
 class ProgressLine:
@@ -93,39 +80,6 @@ class ProgressLine:
             click.echo(f"  skipped {key}: {why}")
         if skipped:
             sys.exit(1)
-
-
-@asynccontextmanager
-async def audited_gateway(config: Config, tool: str, identity: str | None = None) -> AsyncIterator[Gateway]:
-    """An operator tool's `Gateway` whose key uses are audited, as the server's are.
-
-    With ``[audit] path`` set, every keyring call (decrypt, wrap) and policy denial of this run
-    goes to ``<path>.<tool>`` (a file of its own: one writer per file, and the server holds
-    ``<path>``), with identity `identity` or ``operator:<login>`` and one request id for the run.
-    A log that cannot be opened (another run of the same tool holds it) stops the run before
-    any key use: `AuditError`."""
-    from proxy.server.run import operator_gateway
-
-    audit: AuditLog | None = None
-    if config.audit.path is not None:
-        secret = config.audit.hmac_key.get_secret_value().encode() if config.audit.hmac_key else None
-        audit = AuditLog(config.audit.path.with_name(f"{config.audit.path.name}.{tool}"), hmac_key=secret)
-    try:
-        async with operator_gateway(config) as gw:
-            if audit is not None:
-                gw.materials.keyring = AuditingKeyring(gw.materials.keyring, audit)
-                gw = dataclasses.replace(gw, audit=audit)
-            who = identity or f"operator:{_login()}"
-            token = audit_context.set(
-                AuditContext(identity=who, source=f"sealgate {tool}", request_id=uuid.uuid4().hex)
-            )
-            try:
-                yield gw
-            finally:
-                audit_context.reset(token)
-    finally:
-        if audit is not None:
-            audit.close()
 
 
 async def list_keys(gw: Gateway, bucket: str, prefix: str, *, reserved: bool = False) -> AsyncIterator[tuple[str, int]]:

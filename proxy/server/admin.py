@@ -29,7 +29,6 @@ from typing import Any
 from aiohttp import web
 
 from proxy.audit import AuditContext, Outcome, audit_context
-from proxy.kms.audited import AuditingKeyring
 from proxy.kms.local import KeyInfo, KeyringFileError, LocalKeyring, LocalKeyStore, keyring_lock, passphrase_from
 from proxy.s3.errors import S3Error
 from proxy.s3.sigv4 import VerifiedRequest
@@ -86,13 +85,9 @@ def _open_store(gw: Gateway) -> LocalKeyStore:
 
 
 def _local_keyring(gw: Gateway) -> LocalKeyring | None:
-    """The gateway's `LocalKeyring` on the configured file, under any auditing wrapper; else None."""
-    keyring: object = gw.materials.keyring
-    if isinstance(keyring, AuditingKeyring):
-        keyring = keyring.inner
-    if isinstance(keyring, LocalKeyring) and keyring.path == gw.config.kms.keyring:
-        return keyring
-    return None
+    """The gateway's `LocalKeyring` on the configured file, else None."""
+    local = gw.local_keys
+    return local if local is not None and local.path == gw.config.kms.keyring else None
 
 
 def _info_doc(info: KeyInfo) -> dict[str, Any]:

@@ -14,12 +14,9 @@ from aiohttp import web
 
 from proxy.access.actions import needs
 from proxy.access.authorize import Caller, require
-from proxy.audit import AuditContext, AuditLog, audit_context
-from proxy.backend import Backend
-from proxy.config import Config
+from proxy.audit import AuditContext, audit_context
 from proxy.crypto.format import FormatError
 from proxy.kms.base import KeyringError
-from proxy.kms.materials import Materials
 from proxy.metrics import ACTIVE, BYTES_OUT, render, request_finished
 from proxy.s3.errors import S3Error
 from proxy.s3.routing import Op, Route, route
@@ -29,6 +26,7 @@ from proxy.server.direct import closes_connection
 from proxy.server.state import CALLER, IDENTITY, REQUEST_ID, Gateway
 from proxy.server.tls import check_client_certificate
 from proxy.store.errors import keyring_error
+from proxy.wiring import started
 
 log = logging.getLogger("sealgate.access")
 
@@ -385,9 +383,9 @@ async def _close_after_direct_body(request: web.Request, response: web.StreamRes
         response.headers["Connection"] = "close"
 
 
-def build_app(config: Config, materials: Materials, backend: Backend, audit: AuditLog | None = None) -> web.Application:
-    """The application; backend and keyring open and close with it."""
-    srv = config.server
+def build_app(gw: Gateway) -> web.Application:
+    """The application serving `gw` (from proxy.wiring); its parts open and close with it."""
+    srv = gw.config.server
     app = web.Application(
         middlewares=[s3_errors],
         client_max_size=1024**2,
@@ -401,15 +399,9 @@ def build_app(config: Config, materials: Materials, backend: Backend, audit: Aud
     )
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
-        await backend.start()
-        app[GATEWAY] = Gateway(config=config, backend=backend, materials=materials, audit=audit)
-        try:
+        async with started(gw):
+            app[GATEWAY] = gw
             yield
-        finally:
-            await backend.close()
-            await materials.close()
-            if audit is not None:
-                audit.close()
 
     app.cleanup_ctx.append(lifecycle)
     app.on_response_prepare.append(_stamp_request_id)

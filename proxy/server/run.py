@@ -1,4 +1,5 @@
-"""Start sealgate: keyring, backend client, TLS listener (and a plain one only when asked)."""
+"""Run sealgate: listeners (TLS, and plain HTTP only when asked), worker processes, signals,
+config and certificate reloads, graceful shutdown. The parts it serves come from proxy.wiring."""
 
 from __future__ import annotations
 
@@ -6,108 +7,20 @@ import asyncio
 import logging
 import os
 import signal
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager, suppress
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from aiohttp import web
 
-from proxy.audit import AuditLog
-from proxy.backend import Backend, BackendSettings
 from proxy.config import Config
-from proxy.kms.audited import AuditingKeyring, cache_hit_recorder
 from proxy.kms.base import Keyring
-from proxy.kms.materials import Materials, ReuseLimits
 from proxy.server.app import GATEWAY, build_app
 from proxy.server.listener import Connections, GuardedSite, bind, port_in_use
-from proxy.server.state import Gateway
-from proxy.server.tls import CertificateReloader, TLSConfigError, backend_ssl_context, cert_binding_problem
+from proxy.server.tls import CertificateReloader, TLSConfigError, cert_binding_problem
+from proxy.wiring import make_gateway, open_audit
 
 log = logging.getLogger("sealgate")
-
-
-def make_keyring(config: Config) -> Keyring:
-    """The keyring the config names; opening a local keyring checks its passphrase now."""
-    kms = config.kms
-    if kms.provider == "local":
-        from proxy.kms.local import LocalKeyring, LocalKeyStore, passphrase_from
-
-        assert kms.keyring is not None
-        passphrase = passphrase_from(kms.passphrase_env, kms.passphrase_file)
-        return LocalKeyring(LocalKeyStore.open(kms.keyring, passphrase))
-    from proxy.kms.aws import AwsKmsKeyring
-
-    return AwsKmsKeyring(
-        region=kms.region,
-        endpoint_url=kms.endpoint,
-        access_key_id=kms.access_key_id.get_secret_value() if kms.access_key_id else None,
-        secret_access_key=kms.secret_access_key.get_secret_value() if kms.secret_access_key else None,
-        ca_bundle=str(kms.ca_bundle) if kms.ca_bundle else None,
-        read_timeout=kms.timeout_seconds or 10.0,
-        connect_timeout=min(kms.timeout_seconds or 3.0, 3.0),
-        max_attempts=kms.max_attempts or 3,
-        rsa_keys=kms.rsa_keys,
-    )
-
-
-def make_materials(config: Config, keyring: Keyring, audit: AuditLog | None = None) -> Materials:
-    """The keyring behind the data-key cache the config asks for (cache hits audited into `audit`)."""
-    cache = config.kms.cache
-    if not config.kms.cache_enabled:
-        return Materials(keyring)
-    return Materials(
-        keyring,
-        reuse=ReuseLimits(cache.max_objects, cache.max_seconds, cache.max_bytes),
-        decrypt_seconds=cache.decrypt_seconds,
-        on_cache_hit=cache_hit_recorder(audit) if audit is not None else None,
-    )
-
-
-@asynccontextmanager
-async def operator_gateway(config: Config) -> AsyncIterator[Gateway]:
-    """The backend and keys of `config` for an operator tool (rewrap, gc, copy, convert): a
-    `Gateway` without a server, closed when the block ends."""
-    backend = make_backend(config)
-    materials = make_materials(config, make_keyring(config))
-    await backend.start()
-    try:
-        yield Gateway(config, backend, materials)
-    finally:
-        await backend.close()
-        await materials.close()
-
-
-def open_audit(config: Config, *, per_process: bool = False) -> AuditLog | None:
-    """The audit log the config asks for; `per_process` (several workers serve) gives each
-    process its own file, ``<path>.w<pid>``."""
-    cfg = config.audit
-    if cfg.path is None:
-        return None
-    path = cfg.path
-    if per_process:
-        path = path.with_name(f"{path.name}.w{os.getpid()}")
-    key = cfg.hmac_key.get_secret_value().encode() if cfg.hmac_key is not None else None
-    return AuditLog(path, hmac_key=key)
-
-
-def make_backend(config: Config) -> Backend:
-    """The backend client the config describes."""
-    b = config.backend
-    return Backend(
-        BackendSettings(
-            endpoint=b.endpoint,
-            region=b.region,
-            access_key_id=b.access_key_id.get_secret_value() if b.access_key_id else None,
-            secret_access_key=b.secret_access_key.get_secret_value() if b.secret_access_key else None,
-            ssl=backend_ssl_context(b.ca_bundle, b.verify_tls) if b.endpoint.startswith("https") else False,
-            addressing_style=b.addressing_style,
-            connect_timeout=b.connect_timeout_seconds,
-            read_timeout=b.read_timeout_seconds,
-            max_attempts=b.max_attempts,
-            upload_checksum=b.upload_checksum,
-        )
-    )
 
 
 @dataclass
@@ -158,11 +71,8 @@ async def start(
             "(only [[keys]] key policies apply); add [[policies]] to authorize requests"
         )
     certificates = CertificateReloader.from_config(srv) if srv.tls else None
-    base = keyring or make_keyring(config)
     audit = open_audit(config, per_process=processes > 1)
-    if audit is not None:
-        base = AuditingKeyring(base, audit)
-    app = build_app(config, make_materials(config, base, audit), make_backend(config), audit)
+    app = build_app(make_gateway(config, keyring=keyring, audit=audit))
     connections = Connections(srv.max_connections, srv.header_timeout_seconds)
     app.on_response_prepare.append(connections.on_response_prepare)
     # Requests in flight get their time in Connections.drain; this only bounds handlers that

@@ -1,4 +1,4 @@
-"""TLS contexts: the client-facing server context and the context for the backend client."""
+"""TLS contexts of the client-facing server (the backend client's is in proxy/tls_files.py)."""
 
 from __future__ import annotations
 
@@ -13,12 +13,12 @@ from typing import Any, NoReturn
 
 from proxy.config import Config, ServerConfig
 from proxy.s3.errors import S3Error
+from proxy.tls_files import TLSConfigError, require_file, ssl_reason
 
 __all__ = [
     "TLS12_CIPHERS",
     "CertificateReloader",
     "TLSConfigError",
-    "backend_ssl_context",
     "cert_binding_problem",
     "check_client_certificate",
     "peer_identities",
@@ -45,33 +45,9 @@ TLS12_CIPHERS = ":".join(
 #: default list also offers secp521r1 and X448, which the profile says to refuse.
 GROUPS = "X25519:P-256:P-384"
 
-_REASONS = {
-    "KEY_VALUES_MISMATCH": "the key does not belong to the certificate",
-    "NO_CERTIFICATE_OR_CRL_FOUND": "no PEM certificate found",
-}
-
-
-class TLSConfigError(RuntimeError):
-    """A certificate, key or CA file that cannot be used; the message names the file."""
-
-
 def _refuse_password() -> NoReturn:
     # Without a callback OpenSSL would prompt on the terminal and block start-up.
     raise TLSConfigError("encrypted")
-
-
-def _require_file(path: Path, what: str) -> None:
-    if not path.is_file():
-        raise TLSConfigError(f"{what} {path}: file not found")
-
-
-def _reason(exc: ssl.SSLError) -> str:
-    reason = exc.reason or ""
-    if reason in _REASONS:
-        return _REASONS[reason]
-    if exc.library == "SSL" and "PEM lib" in str(exc):
-        return "not a PEM file of the right kind"
-    return reason.lower().replace("_", " ") or str(exc)
 
 
 def server_ssl_context(cert: Path, key: Path, client_ca: Path | None = None) -> ssl.SSLContext:
@@ -84,8 +60,8 @@ def server_ssl_context(cert: Path, key: Path, client_ca: Path | None = None) -> 
     clients must present a certificate issued by it (mutual TLS). TLSConfigError names the
     file when something cannot be loaded.
     """
-    _require_file(cert, "server TLS certificate")
-    _require_file(key, "server TLS key")
+    require_file(cert, "server TLS certificate")
+    require_file(key, "server TLS key")
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.maximum_version = ssl.TLSVersion.TLSv1_3
@@ -100,7 +76,7 @@ def server_ssl_context(cert: Path, key: Path, client_ca: Path | None = None) -> 
             f"server TLS key {key} is encrypted; give sealgate an unencrypted key (mode 0600)"
         ) from None
     except ssl.SSLError as exc:
-        raise TLSConfigError(f"cannot load server TLS certificate {cert} with key {key}: {_reason(exc)}") from None
+        raise TLSConfigError(f"cannot load server TLS certificate {cert} with key {key}: {ssl_reason(exc)}") from None
     if client_ca is not None:
         _load_trust(ctx, client_ca, "client CA")
         ctx.verify_mode = ssl.CERT_REQUIRED
@@ -143,31 +119,12 @@ def _set_groups(ctx: ssl.SSLContext, groups: str) -> None:
         log.warning("cannot restrict TLS key-exchange groups to %s; OpenSSL's defaults stay", groups)
 
 
-def backend_ssl_context(ca_bundle: Path | None, verify: bool = True) -> ssl.SSLContext | bool:
-    """The `ssl` argument for the aiohttp client that talks to the backend.
-
-    Verification (chain and host name) is on by default, against `ca_bundle` alone when it is
-    given, else the system trust store. ``verify=False`` returns False, which turns
-    verification off in aiohttp; the caller is expected to have warned about it.
-    """
-    if not verify:
-        return False
-    if ca_bundle is None:
-        return ssl.create_default_context()
-    _require_file(ca_bundle, "backend CA bundle")
-    try:
-        # Given a cafile, create_default_context() loads only that file, not the system store.
-        return ssl.create_default_context(cafile=str(ca_bundle))
-    except ssl.SSLError as exc:
-        raise TLSConfigError(f"cannot load backend CA bundle {ca_bundle}: {_reason(exc)}") from None
-
-
 def _load_trust(ctx: ssl.SSLContext, path: Path, what: str) -> None:
-    _require_file(path, what)
+    require_file(path, what)
     try:
         ctx.load_verify_locations(cafile=str(path))
     except ssl.SSLError as exc:
-        raise TLSConfigError(f"cannot load {what} {path}: {_reason(exc)}") from None
+        raise TLSConfigError(f"cannot load {what} {path}: {ssl_reason(exc)}") from None
 
 
 # --- mutual TLS: which configured client a certificate is -------------------------------------

@@ -9,6 +9,7 @@ from proxy.access.authorize import Caller
 from proxy.audit import AuditLog
 from proxy.backend import Backend
 from proxy.config import Config
+from proxy.kms.local import LocalKeyring
 from proxy.kms.materials import Materials
 from proxy.s3.errors import S3Error
 
@@ -17,12 +18,16 @@ log = logging.getLogger("sealgate.policy")
 
 @dataclass
 class Gateway:
-    """The proxy's shared state: parsed config, backend client and key materials."""
+    """The proxy's shared state: parsed config, backend client and key materials (built by
+    proxy.wiring)."""
 
     config: Config
     backend: Backend
     materials: Materials
     audit: AuditLog | None = None
+    #: The local keyring the materials' keys come from, if they do (under any auditing): S3EC's
+    #: AES/GCM wrapping and key administration need its raw keys, which no Keyring gives out.
+    local_keys: LocalKeyring | None = None
 
 
 def require_key_use(gw: Gateway, caller: Caller, action: str, key: str) -> None:

@@ -13,7 +13,6 @@ from proxy.audit import AuditError
 from proxy.backend import version_query
 from proxy.crypto import s3ec
 from proxy.crypto.format import FormatError
-from proxy.kms.audited import AuditingKeyring
 from proxy.kms.base import InvalidWrappedKey, KeyringError
 from proxy.kms.local import LocalKeyring
 from proxy.s3.errors import S3Error
@@ -128,10 +127,7 @@ async def open_s3ec(gw: Gateway, caller: Caller, bucket: str, key: str, meta: Ma
 
 def local_keyring(gw: Gateway) -> LocalKeyring | None:
     """The local keyring behind the gateway's materials, if that is what they use."""
-    keyring: object = gw.materials.keyring
-    if isinstance(keyring, AuditingKeyring):
-        keyring = keyring.inner
-    return keyring if isinstance(keyring, LocalKeyring) else None
+    return gw.local_keys
 
 
 def audit_local_use(gw: Gateway, operation: str, ref: str, wrap_alg: str, bucket: str, key: str) -> None:

@@ -115,7 +115,7 @@ def test_rewrap_leaves_older_versions_readable(stack: Stack, versioned: str) -> 
 
     from proxy.kms.local import LocalKeyStore
     from proxy.rewrap import rewrap_object
-    from proxy.server.run import operator_gateway
+    from proxy.wiring import operator_gateway
     from tests.conftest import PASSPHRASE
 
     store = LocalKeyStore.open(stack.dir / "keyring", PASSPHRASE.encode())

@@ -22,12 +22,12 @@ from proxy.s3.errors import S3Error
 from proxy.server.tls import (
     CertificateReloader,
     TLSConfigError,
-    backend_ssl_context,
     cert_binding_problem,
     check_client_certificate,
     peer_identities,
     server_ssl_context,
 )
+from proxy.tls_files import backend_ssl_context
 
 
 @dataclass
