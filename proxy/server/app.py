@@ -23,9 +23,12 @@ from proxy.s3.routing import Op, Route, route
 from proxy.s3.sigv4 import ClientCredentials, VerifiedRequest, verify_request
 from proxy.server import admin, buckets, copy, multipart, objects
 from proxy.server.direct import closes_connection
-from proxy.server.state import CALLER, IDENTITY, REQUEST_ID, Gateway
+from proxy.server.state import CALLER, IDENTITY, REQUEST_ID
 from proxy.server.tls import check_client_certificate
+from proxy.server.writes import WRITE_CONDITIONS, write_conditions
 from proxy.store.errors import keyring_error
+from proxy.store.gateway import Gateway
+from proxy.store.records import check_reserved
 from proxy.wiring import started
 
 log = logging.getLogger("sealgate.access")
@@ -174,9 +177,9 @@ async def expect_continue(request: web.Request) -> web.StreamResponse | None:
             _authorize(request, r, _authenticate(request))
             conditional = "If-Match" in request.headers or "If-None-Match" in request.headers
             if r.operation is Op.PUT_OBJECT and conditional and r.bucket and r.key:
-                objects.check_reserved(r.key)
+                check_reserved(r.key)
                 gw = request.app[GATEWAY]
-                request[objects.WRITE_CONDITIONS] = await objects.write_conditions(gw, request, r.bucket, r.key)
+                request[WRITE_CONDITIONS] = await write_conditions(gw, request, r.bucket, r.key)
     except S3Error as err:
         resp = error_response(request, err)
         resp.force_close()
@@ -271,7 +274,7 @@ def _on_bucket(handler: BucketHandler) -> Call:
 def _on_object(handler: ObjectHandler) -> Call:
     async def run(gw: Gateway, request: web.Request, r: Route, verified: VerifiedRequest) -> web.StreamResponse:
         assert r.bucket is not None and r.key is not None
-        objects.check_reserved(r.key)
+        check_reserved(r.key)
         return await handler(gw, request, r.bucket, r.key)
 
     return run
@@ -282,7 +285,7 @@ def _on_signed_object(handler: SignedObjectHandler) -> Call:
 
     async def run(gw: Gateway, request: web.Request, r: Route, verified: VerifiedRequest) -> web.StreamResponse:
         assert r.bucket is not None and r.key is not None
-        objects.check_reserved(r.key)
+        check_reserved(r.key)
         return await handler(gw, request, r.bucket, r.key, verified)
 
     return run

@@ -14,8 +14,8 @@ from proxy.s3.errors import S3Error
 from proxy.s3.headers import CONTENT_HEADERS, LOCK_HEADERS, stored_headers
 from proxy.s3.routing import parse_copy_source
 from proxy.s3.xml import XML_HEADERS, document
-from proxy.server.objects import write_conditions
 from proxy.server.state import CALLER
+from proxy.server.writes import write_conditions
 from proxy.store.copies import backend_copy
 from proxy.store.errors import keyring_error
 from proxy.store.gateway import Gateway, require_key_use

@@ -30,8 +30,7 @@ from proxy.s3.sigv4 import VerifiedRequest
 from proxy.server import s3ec as s3ec_get
 from proxy.server.body import PlaintextBody, client_body
 from proxy.server.state import CALLER
-from proxy.server.writes import WRITE_CONDITIONS as WRITE_CONDITIONS  # the dispatcher sets it before 100 Continue
-from proxy.server.writes import write_conditions as write_conditions  # and checks with it
+from proxy.server.writes import WRITE_CONDITIONS, write_conditions
 from proxy.store import s3ec
 from proxy.store.bodies import Decryptor, ranged, send_sealed, total_length
 from proxy.store.gateway import Gateway
@@ -46,7 +45,6 @@ from proxy.store.objects import (
     opaque_etag,
     open_object,
 )
-from proxy.store.records import check_reserved as check_reserved  # the dispatcher checks keys with it
 from proxy.store.records import content_md5
 
 log = logging.getLogger(__name__)
