@@ -20,7 +20,6 @@ from urllib.parse import quote
 
 import click
 
-from proxy.backend import BackendResponse
 from proxy.crypto.format import Envelope, FormatError, IntegrityError, Layout, Manifest, is_sealgate_object
 from proxy.crypto.multipart import stored_length
 from proxy.gc import versions_with
@@ -28,6 +27,7 @@ from proxy.kms.base import KeyringError
 from proxy.s3.errors import S3Error
 from proxy.s3.headers import CONTENT_HEADERS, etag_value
 from proxy.s3.xml import parse, qname
+from proxy.store.backend import BackendResponse
 from proxy.store.copies import SourceChanged, backend_copy
 from proxy.store.gateway import Gateway
 from proxy.store.records import RESERVED_PREFIX, put_record, read_manifest, record_key

@@ -14,12 +14,12 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from proxy.audit import AuditContext, AuditLog, audit_context
-from proxy.backend import Backend, BackendSettings
 from proxy.config import Config
 from proxy.kms.audited import AuditingKeyring, cache_hit_recorder
 from proxy.kms.base import Keyring
 from proxy.kms.local import LocalKeyring, LocalKeyStore, passphrase_from
 from proxy.kms.materials import Materials, ReuseLimits
+from proxy.store.backend import Backend, BackendSettings
 from proxy.store.gateway import Gateway
 from proxy.tls_files import backend_ssl_context
 

@@ -10,7 +10,6 @@ from datetime import datetime
 
 from aiohttp import web
 
-from proxy.backend import BackendResponse, version_ids, version_query
 from proxy.crypto.format import (
     DEFAULT_SEGMENT_SIZE,
     DIGEST_SLOT,
@@ -32,6 +31,7 @@ from proxy.server.body import PlaintextBody, client_body
 from proxy.server.state import CALLER
 from proxy.server.writes import WRITE_CONDITIONS, write_conditions
 from proxy.store import s3ec
+from proxy.store.backend import BackendResponse, version_ids, version_query
 from proxy.store.bodies import Decryptor, ranged, send_sealed, total_length
 from proxy.store.gateway import Gateway
 from proxy.store.objects import (

@@ -16,7 +16,6 @@ from datetime import UTC, datetime
 
 from aiohttp import web
 
-from proxy.backend import BackendResponse, version_query
 from proxy.crypto import s3ec as crypto_s3ec
 from proxy.crypto.format import FormatError, IntegrityError
 from proxy.s3.errors import S3Error
@@ -28,6 +27,7 @@ from proxy.server.parts import parse_part_number, read_copy_source
 from proxy.server.state import CALLER
 from proxy.server.writes import write_conditions
 from proxy.store import s3ec
+from proxy.store.backend import BackendResponse, version_query
 from proxy.store.gateway import Gateway
 from proxy.store.objects import MAX_PUT_SIZE
 from proxy.store.s3ec_uploads import Upload, complete_upload, create_upload, encrypt_part, find_upload

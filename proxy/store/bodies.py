@@ -7,10 +7,10 @@ import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Protocol
 
-from proxy.backend import BackendResponse, version_query
 from proxy.crypto.format import DEFAULT_SEGMENT_SIZE, DIGEST_SLOT, Layout
 from proxy.crypto.segments import StreamEncryptor
 from proxy.s3.errors import S3Error
+from proxy.store.backend import BackendResponse, version_query
 from proxy.store.gateway import Gateway
 from proxy.store.records import content_md5
 

@@ -11,11 +11,11 @@ from datetime import UTC, datetime
 from typing import NamedTuple
 from xml.etree.ElementTree import Element
 
-from proxy.backend import version_ids, version_query
 from proxy.s3.errors import S3Error
 from proxy.s3.headers import VERSION_HEADERS, etag_value, quoted
 from proxy.s3.routing import parse_copy_source
 from proxy.s3.xml import complete_upload, find_text, parse, raise_if_error
+from proxy.store.backend import version_ids, version_query
 from proxy.store.gateway import Gateway
 from proxy.store.objects import last_modified
 

@@ -7,11 +7,11 @@ from dataclasses import dataclass
 
 from proxy.access.authorize import Caller
 from proxy.audit import AuditLog
-from proxy.backend import Backend
 from proxy.config import Config
 from proxy.kms.local import LocalKeyring
 from proxy.kms.materials import Materials
 from proxy.s3.errors import S3Error
+from proxy.store.backend import Backend
 
 log = logging.getLogger("sealgate.policy")
 

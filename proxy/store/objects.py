@@ -11,7 +11,6 @@ from datetime import datetime
 from email.utils import parsedate_to_datetime
 
 from proxy.access.authorize import Caller
-from proxy.backend import BackendResponse, version_query
 from proxy.crypto.format import (
     DEFAULT_SEGMENT_SIZE,
     DIGEST_SLOT,
@@ -39,6 +38,7 @@ from proxy.s3.errors import S3Error
 from proxy.s3.headers import META_PREFIX, etag_value
 from proxy.s3.ranges import check_conditions, etag_matches
 from proxy.store import s3ec
+from proxy.store.backend import BackendResponse, version_query
 from proxy.store.bodies import Decryptor, Nothing, ranged, total_length
 from proxy.store.errors import keyring_error
 from proxy.store.gateway import Gateway, require_key_use

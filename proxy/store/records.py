@@ -9,11 +9,11 @@ import logging
 from contextlib import suppress
 from urllib.parse import quote
 
-from proxy.backend import BackendResponse
 from proxy.crypto.format import FormatError, IntegrityError, Manifest
 from proxy.crypto.upload_id import UploadId
 from proxy.s3.errors import S3Error
 from proxy.s3.headers import etag_value
+from proxy.store.backend import BackendResponse
 from proxy.store.gateway import Gateway
 
 log = logging.getLogger(__name__)

@@ -10,13 +10,13 @@ from collections.abc import AsyncIterable, AsyncIterator, Mapping
 
 from proxy.access.authorize import Caller
 from proxy.audit import AuditError
-from proxy.backend import version_query
 from proxy.crypto import s3ec
 from proxy.crypto.format import FormatError
 from proxy.kms.base import InvalidWrappedKey, KeyringError
 from proxy.kms.local import LocalKeyring
 from proxy.s3.errors import S3Error
 from proxy.s3.headers import META_PREFIX, stored_headers
+from proxy.store.backend import version_query
 from proxy.store.bodies import put_stream
 from proxy.store.errors import keyring_error
 from proxy.store.gateway import Gateway, require_key_use

@@ -30,7 +30,6 @@ from collections.abc import AsyncIterable, AsyncIterator, Mapping
 from dataclasses import dataclass, field
 
 from proxy.access.authorize import Caller
-from proxy.backend import version_ids
 from proxy.crypto import s3ec
 from proxy.crypto.format import SALT_SIZE, FormatError
 from proxy.crypto.upload_id import S3EC_PREFIX, UploadId, open_for_replicas, seal_for_replicas
@@ -39,6 +38,7 @@ from proxy.s3.errors import S3Error
 from proxy.s3.headers import etag_value
 from proxy.s3.xml import complete_upload as complete_document
 from proxy.s3.xml import find_text, parse, parse_answer
+from proxy.store.backend import version_ids
 from proxy.store.bodies import put_stream
 from proxy.store.errors import keyring_error
 from proxy.store.gateway import Gateway, require_key_use

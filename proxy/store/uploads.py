@@ -9,7 +9,6 @@ import re
 from collections.abc import Mapping
 
 from proxy.access.authorize import Caller
-from proxy.backend import version_ids
 from proxy.crypto.format import (
     DEFAULT_SEGMENT_SIZE,
     LAYOUT_MULTIPART,
@@ -26,6 +25,7 @@ from proxy.s3.errors import S3Error
 from proxy.s3.headers import etag_value, stored_headers
 from proxy.s3.xml import complete_upload as complete_document
 from proxy.s3.xml import find_text, iter_named, parse, parse_answer
+from proxy.store.backend import version_ids
 from proxy.store.errors import keyring_error
 from proxy.store.gateway import Gateway, require_key_use
 from proxy.store.objects import new_envelope

@@ -220,7 +220,7 @@ def test_oversized_headers_refused(stack: Stack) -> None:
 
 
 async def test_backend_credentials_from_the_default_chain(moto_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    from proxy.backend import Backend, BackendSettings
+    from proxy.store.backend import Backend, BackendSettings
 
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "chainkey")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "chainsecret")

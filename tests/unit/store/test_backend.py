@@ -9,7 +9,7 @@ from botocore.credentials import Credentials
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy.backend import encode_query, quote_key, sign_request
+from proxy.store.backend import encode_query, quote_key, sign_request
 
 CREDS = Credentials("AKIDEXAMPLEBACKEND01", "backend-secret-0123456789abcdefghijklmn").get_frozen_credentials()
 

@@ -29,7 +29,8 @@ from proxy.metrics import BACKEND_RETRIES
 from proxy.s3.errors import S3Error
 from proxy.s3.xml import local_name, parse
 
-log = logging.getLogger(__name__)
+# Named as before the move to store/: operators filter logs on it.
+log = logging.getLogger("proxy.backend")
 
 #: Backend answers worth another attempt: the backend's own transient failures.
 RETRY_STATUSES = frozenset({500, 502, 503, 504})
@@ -403,6 +404,30 @@ class Backend:
         hdrs: dict[str, str] = {"Host": host}
         if headers:
             hdrs.update(headers)
+        body, trailer = self._frame(method, hdrs, body, content_length)
+        # Only a body that can be sent again may be retried: a streamed upload is consumed.
+        attempts = self.settings.max_attempts if body is None or isinstance(body, bytes) else 1
+        for attempt in range(1, attempts + 1):
+            outcome = await self._attempt(method, url, hdrs, body, trailer=trailer, last=attempt == attempts)
+            if isinstance(outcome, BackendResponse):
+                return outcome
+            delay = self.settings.retry_base_delay * 2 ** (attempt - 1) * (0.5 + random.random())
+            log.info(
+                "backend %s %s: %s, retrying in %.2f s (attempt %d of %d)",
+                method,
+                bucket or "/",
+                outcome,
+                delay,
+                attempt,
+                attempts,
+            )
+            BACKEND_RETRIES.inc()
+            await asyncio.sleep(delay)
+        raise AssertionError("unreachable")
+
+    def _frame(self, method: str, hdrs: dict[str, str], body: Body, content_length: int | None) -> tuple[Body, bool]:
+        """Set the length headers in `hdrs` and return the body to send, and whether it ends in a
+        checksum trailer (a streamed upload with ``upload_checksum`` on)."""
         if body is not None or method in ("PUT", "POST"):
             if content_length is None:
                 if isinstance(body, bytes):
@@ -412,61 +437,49 @@ class Backend:
                 else:
                     raise ValueError("streamed bodies need a computed Content-Length")
             hdrs["Content-Length"] = str(content_length)
-        trailer = self.settings.upload_checksum and body is not None and not isinstance(body, bytes)
-        if trailer:
-            assert body is not None and not isinstance(body, bytes)
-            # HTTP chunked (the framed length depends on the pieces), aws-chunked inside.
-            del hdrs["Content-Length"]
-            hdrs["x-amz-decoded-content-length"] = str(content_length)
-            encoding = hdrs.pop("Content-Encoding", "")
-            hdrs["Content-Encoding"] = "aws-chunked" + (f",{encoding}" if encoding else "")
-            hdrs["x-amz-trailer"] = CHECKSUM_TRAILER
-            hdrs["x-amz-sdk-checksum-algorithm"] = "CRC32C"
-            body = with_checksum_trailer(body)
-        # Only a body that can be sent again may be retried: a streamed upload is consumed.
-        attempts = self.settings.max_attempts if body is None or isinstance(body, bytes) else 1
-        for attempt in range(1, attempts + 1):
-            last = attempt == attempts
-            # Signed per attempt: a retry after a long backoff must not carry a stale date.
-            send_headers = dict(sign_request(self._frozen(), self.settings.region, method, url, hdrs, trailer=trailer))
-            try:
-                resp = await self._session.request(
-                    method,
-                    URL(url, encoded=True),
-                    headers=send_headers,
-                    data=body if body is not None else (b"" if "Content-Length" in hdrs else None),
-                    allow_redirects=False,
-                    compress=None,
-                )
-            except TimeoutError as exc:
-                if last:
-                    raise S3Error("ServiceUnavailable", "the storage backend timed out", 503) from exc
-                reason = "timeout"
-            except aiohttp.ClientConnectorError as exc:
-                log.warning("backend unreachable: %s", exc.__class__.__name__)
-                if last:
-                    raise S3Error("ServiceUnavailable", "the storage backend is unreachable", 503) from exc
-                reason = exc.__class__.__name__
-            except aiohttp.ClientError as exc:
-                log.warning("backend request failed: %s", exc.__class__.__name__)
-                if last:
-                    raise S3Error("BadGateway", "the storage backend connection failed", 502) from exc
-                reason = exc.__class__.__name__
-            else:
-                if last or resp.status not in RETRY_STATUSES:
-                    return BackendResponse(resp)
-                reason = f"HTTP {resp.status}"
-                resp.release()
-            delay = self.settings.retry_base_delay * 2 ** (attempt - 1) * (0.5 + random.random())
-            log.info(
-                "backend %s %s: %s, retrying in %.2f s (attempt %d of %d)",
+        if not (self.settings.upload_checksum and body is not None and not isinstance(body, bytes)):
+            return body, False
+        # HTTP chunked (the framed length depends on the pieces), aws-chunked inside.
+        del hdrs["Content-Length"]
+        hdrs["x-amz-decoded-content-length"] = str(content_length)
+        encoding = hdrs.pop("Content-Encoding", "")
+        hdrs["Content-Encoding"] = "aws-chunked" + (f",{encoding}" if encoding else "")
+        hdrs["x-amz-trailer"] = CHECKSUM_TRAILER
+        hdrs["x-amz-sdk-checksum-algorithm"] = "CRC32C"
+        return with_checksum_trailer(body), True
+
+    async def _attempt(
+        self, method: str, url: str, hdrs: dict[str, str], body: Body, *, trailer: bool, last: bool
+    ) -> BackendResponse | str:
+        """One try: the response to return, or why another try is worth it; on the `last` try a
+        failure to reach the backend is raised as S3Error."""
+        assert self._session is not None
+        # Signed per attempt: a retry after a long backoff must not carry a stale date.
+        send_headers = dict(sign_request(self._frozen(), self.settings.region, method, url, hdrs, trailer=trailer))
+        try:
+            resp = await self._session.request(
                 method,
-                bucket or "/",
-                reason,
-                delay,
-                attempt,
-                attempts,
+                URL(url, encoded=True),
+                headers=send_headers,
+                data=body if body is not None else (b"" if "Content-Length" in hdrs else None),
+                allow_redirects=False,
+                compress=None,
             )
-            BACKEND_RETRIES.inc()
-            await asyncio.sleep(delay)
-        raise AssertionError("unreachable")
+        except TimeoutError as exc:
+            if last:
+                raise S3Error("ServiceUnavailable", "the storage backend timed out", 503) from exc
+            return "timeout"
+        except aiohttp.ClientConnectorError as exc:
+            log.warning("backend unreachable: %s", exc.__class__.__name__)
+            if last:
+                raise S3Error("ServiceUnavailable", "the storage backend is unreachable", 503) from exc
+            return exc.__class__.__name__
+        except aiohttp.ClientError as exc:
+            log.warning("backend request failed: %s", exc.__class__.__name__)
+            if last:
+                raise S3Error("BadGateway", "the storage backend connection failed", 502) from exc
+            return exc.__class__.__name__
+        if last or resp.status not in RETRY_STATUSES:
+            return BackendResponse(resp)
+        resp.release()
+        return f"HTTP {resp.status}"
