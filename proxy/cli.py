@@ -15,7 +15,7 @@ import click
 from proxy import __version__
 
 if TYPE_CHECKING:
-    from proxy.kms.local import LocalKeyStore
+    from proxy.kms.keystore import LocalKeyStore
 
 
 def _setup_logging(verbose: bool, json_logs: bool = False) -> None:
@@ -60,7 +60,7 @@ def serve(config_path: Path, verbose: bool, json_logs: bool, join: bool) -> None
     try:
         run_serve(config, config_path, join=join)
     except Exception as exc:  # noqa: BLE001 - a start-up failure is reported in one line
-        from proxy.kms.local import KeyringFileError
+        from proxy.kms.keystore import KeyringFileError
 
         if isinstance(exc, (KeyringFileError, OSError, RuntimeError)):
             _fail(str(exc))
@@ -114,7 +114,7 @@ def keys() -> None:
 
 
 def _passphrase(env: str | None, file: Path | None) -> bytes:
-    from proxy.kms.local import passphrase_from
+    from proxy.kms.keystore import passphrase_from
 
     try:
         return passphrase_from(env, file)
@@ -138,7 +138,7 @@ _pass_env_opt = click.option(
 
 
 def _open_or_create(keyring: Path, passphrase: bytes) -> LocalKeyStore:
-    from proxy.kms.local import LocalKeyStore
+    from proxy.kms.keystore import LocalKeyStore
 
     if keyring.exists():
         return LocalKeyStore.open(keyring, passphrase)
@@ -161,7 +161,7 @@ def _open_or_create(keyring: Path, passphrase: bytes) -> LocalKeyStore:
 @_pass_env_opt
 def keys_create(key_id: str, key_type: str, keyring: Path, passphrase_file: Path | None, passphrase_env: str) -> None:
     """Create a master key KEY_ID (creates the keyring file if needed)."""
-    from proxy.kms.local import KeyringFileError, keyring_lock
+    from proxy.kms.keystore import KeyringFileError, keyring_lock
 
     passphrase = _passphrase(None if passphrase_file else passphrase_env, passphrase_file)
     try:
@@ -182,7 +182,7 @@ def keys_create(key_id: str, key_type: str, keyring: Path, passphrase_file: Path
 @_pass_env_opt
 def keys_list(keyring: Path, passphrase_file: Path | None, passphrase_env: str) -> None:
     """List master keys (ids and versions, never material)."""
-    from proxy.kms.local import KeyringFileError, LocalKeyStore
+    from proxy.kms.keystore import KeyringFileError, LocalKeyStore
 
     passphrase = _passphrase(None if passphrase_file else passphrase_env, passphrase_file)
     try:
@@ -203,7 +203,7 @@ def keys_list(keyring: Path, passphrase_file: Path | None, passphrase_env: str) 
 
 
 def _open_store(keyring: Path, passphrase_file: Path | None, passphrase_env: str) -> LocalKeyStore:
-    from proxy.kms.local import KeyringFileError, LocalKeyStore
+    from proxy.kms.keystore import KeyringFileError, LocalKeyStore
 
     passphrase = _passphrase(None if passphrase_file else passphrase_env, passphrase_file)
     try:
@@ -226,7 +226,7 @@ def keys_rotate(
 
     Run `keys rotate --due` daily (cron, a systemd timer) for scheduled rotation; running
     sealgate processes pick up new versions from the file within a second."""
-    from proxy.kms.local import KeyringFileError, keyring_lock
+    from proxy.kms.keystore import KeyringFileError, keyring_lock
 
     if due == bool(key_id):
         _fail("give either KEY_ID or --due")
@@ -266,7 +266,7 @@ def keys_import(
     passphrase_env: str,
 ) -> None:
     """Import AES-256 key material as KEY_ID; imported keys rotate only by hand (--rotate)."""
-    from proxy.kms.local import KeyringFileError, keyring_lock
+    from proxy.kms.keystore import KeyringFileError, keyring_lock
 
     raw = material_file.read_bytes()
     text = raw.strip()
@@ -291,7 +291,7 @@ def keys_import(
 @_pass_env_opt
 def keys_disable(key_id: str, enable: bool, keyring: Path, passphrase_file: Path | None, passphrase_env: str) -> None:
     """Disable KEY_ID: it no longer wraps or unwraps anything (until --enable)."""
-    from proxy.kms.local import KeyringFileError, keyring_lock
+    from proxy.kms.keystore import KeyringFileError, keyring_lock
 
     with keyring_lock(keyring):
         store = _open_store(keyring, passphrase_file, passphrase_env)
@@ -389,7 +389,7 @@ def gc_cmd(config_path: Path, bucket: str, older_than: str, dry_run: bool) -> No
 @_pass_env_opt
 def keys_export_public(key_id: str, keyring: Path, passphrase_file: Path | None, passphrase_env: str) -> None:
     """Print the public key of an asymmetric KEY_ID (PEM), for an encrypt-only gateway."""
-    from proxy.kms.local import KeyringFileError
+    from proxy.kms.keystore import KeyringFileError
 
     store = _open_store(keyring, passphrase_file, passphrase_env)
     try:
@@ -409,7 +409,7 @@ def keys_import_pem(
 ) -> None:
     """Import an RSA/EC key pair or a PUBLIC key (PEM). With only the public key, this keyring
     encrypts uploads it can never read back: the MITM-safe upload gateway."""
-    from proxy.kms.local import KeyringFileError, keyring_lock
+    from proxy.kms.keystore import KeyringFileError, keyring_lock
 
     passphrase = _passphrase(None if passphrase_file else passphrase_env, passphrase_file)
     try:
@@ -443,7 +443,7 @@ def quickstart(directory: Path, port: int, backend_port: int) -> None:
     """Set up ./.sealgate/ and run sealgate in front of an in-memory demo S3 store."""
     from proxy.certs import init_certs
     from proxy.config import load_config
-    from proxy.kms.local import LocalKeyStore
+    from proxy.kms.keystore import LocalKeyStore
     from proxy.server.run import serve as run_serve
 
     _setup_logging(False)

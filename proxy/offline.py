@@ -643,7 +643,8 @@ class KeySource:
                 return AwsKmsKeyring(region=region, endpoint_url=self.kms_endpoint), None
             except ValueError as exc:
                 raise OfflineError(f"{exc} (--region)") from None
-        from proxy.kms.local import LocalKeyring, LocalKeyStore, passphrase_from
+        from proxy.kms.keystore import LocalKeyStore, passphrase_from
+        from proxy.kms.local import LocalKeyring
 
         assert self.keyring is not None
         env = None if self.passphrase_file else self.passphrase_env
@@ -755,7 +756,7 @@ class _Bar:
 def _describe(exc: BaseException, bucket: str, object_key: str) -> str:
     """One line for the user, for every failure these commands expect."""
     from proxy.config import ConfigError
-    from proxy.kms.local import KeyringFileError
+    from proxy.kms.keystore import KeyringFileError
 
     name = f"s3://{bucket}/{object_key}"
     if isinstance(exc, InvalidWrappedKey):
@@ -787,7 +788,7 @@ def _fail(exc: BaseException, bucket: str, object_key: str) -> None:
 
 def _expected() -> tuple[type[BaseException], ...]:
     from proxy.config import ConfigError
-    from proxy.kms.local import KeyringFileError
+    from proxy.kms.keystore import KeyringFileError
 
     return (*_EXPECTED, ConfigError, KeyringFileError)
 

@@ -17,7 +17,8 @@ from proxy.audit import AuditContext, AuditLog, audit_context
 from proxy.config import Config
 from proxy.kms.audited import AuditingKeyring, cache_hit_recorder
 from proxy.kms.base import Keyring
-from proxy.kms.local import LocalKeyring, LocalKeyStore, passphrase_from
+from proxy.kms.keystore import LocalKeyStore, passphrase_from
+from proxy.kms.local import LocalKeyring
 from proxy.kms.materials import Materials, ReuseLimits
 from proxy.store.backend import Backend, BackendSettings
 from proxy.store.gateway import Gateway

@@ -126,7 +126,7 @@ def multipart_put(s3: Any, bucket: str, key: str, parts: list[bytes]) -> bytes:
 
 def make_keyring(path: Path) -> Path:
     """A local keyring with key `default`, and its passphrase file (both 0600)."""
-    from proxy.kms.local import LocalKeyStore
+    from proxy.kms.keystore import LocalKeyStore
 
     pf = path.with_name(path.name + ".pass")
     pf.write_text(PASSPHRASE + "\n")

@@ -81,4 +81,3 @@ class S3Error(Exception):
         parts.append(f"<RequestId>{escape(request_id)}</RequestId>")
         parts.append("</Error>")
         return "".join(parts).encode()
-

@@ -29,7 +29,8 @@ from typing import Any
 from aiohttp import web
 
 from proxy.audit import AuditContext, Outcome, audit_context
-from proxy.kms.local import KeyInfo, KeyringFileError, LocalKeyring, LocalKeyStore, keyring_lock, passphrase_from
+from proxy.kms.keystore import KeyInfo, KeyringFileError, LocalKeyStore, keyring_lock, passphrase_from
+from proxy.kms.local import LocalKeyring
 from proxy.s3.errors import S3Error
 from proxy.s3.sigv4 import VerifiedRequest
 from proxy.server.state import REQUEST_ID, Gateway

@@ -45,6 +45,7 @@ TLS12_CIPHERS = ":".join(
 #: default list also offers secp521r1 and X448, which the profile says to refuse.
 GROUPS = "X25519:P-256:P-384"
 
+
 def _refuse_password() -> NoReturn:
     # Without a callback OpenSSL would prompt on the terminal and block start-up.
     raise TLSConfigError("encrypted")

@@ -40,7 +40,7 @@ def _call(st_url: str, ca: Path, method: str, path: str, creds: tuple[str, str] 
 
 
 def test_admin_rotates_and_non_admin_is_refused(moto_url: str, tls_files: dict[str, Path], tmp_path: Path) -> None:
-    from proxy.kms.local import LocalKeyStore
+    from proxy.kms.keystore import LocalKeyStore
 
     audit = tmp_path / "audit.jsonl"
     st = start_stack(tmp_path, moto_url, tls_files, extra=EXTRA.format(audit=audit))
@@ -120,15 +120,15 @@ def _code(body: bytes) -> str | None:
 
 def test_admin_requests_derive_no_keyring_key(moto_url: str, tls_files: dict[str, Path], tmp_path: Path) -> None:
     """scrypt (tens of ms of CPU) runs at start-up only: never for a refusal, nor per admin call."""
-    from proxy.kms import local
-    from proxy.kms.local import LocalKeyStore
+    from proxy.kms import keystore
+    from proxy.kms.keystore import LocalKeyStore
 
     st = start_stack(tmp_path, moto_url, tls_files, extra=EXTRA.format(audit=tmp_path / "audit.jsonl"))
     try:
         url, ca = st.gate.url, st.ca_path
         s3, raw = st.client(), backend_client(moto_url)
         s3.create_bucket(Bucket="admin-cost")
-        started = local.derivations
+        started = keystore.derivations
         # "tester" may encrypt and decrypt but administers nothing: refused from the config alone.
         for _ in range(20):
             status, body = _call(url, ca, "GET", "/-/keys")
@@ -136,14 +136,14 @@ def test_admin_requests_derive_no_keyring_key(moto_url: str, tls_files: dict[str
         for _ in range(5):
             status, body = _call(url, ca, "POST", "/-/keys/default/rotate")
             assert (status, _code(body)) == (403, "AccessDenied")
-        assert local.derivations == started
+        assert keystore.derivations == started
 
         for _ in range(20):
             status, body = _call(url, ca, "GET", "/-/keys", ADMIN)
             assert status == 200 and [k["versions"] for k in json.loads(body)["keys"]] == [1]
         status, body = _call(url, ca, "POST", "/-/keys/default/rotate", ADMIN)
         assert status == 200 and json.loads(body)["key"]["current_version"] == 2
-        assert local.derivations - started <= 1
+        assert keystore.derivations - started <= 1
         # The rotating process seals under the new version at once.
         s3.put_object(Bucket="admin-cost", Key="v2", Body=b"two")
         assert raw.head_object(Bucket="admin-cost", Key="v2")["Metadata"]["sg-kr"] == "local:default:2"
@@ -153,7 +153,7 @@ def test_admin_requests_derive_no_keyring_key(moto_url: str, tls_files: dict[str
         other = LocalKeyStore.open(tmp_path / "keyring", PASSPHRASE.encode())
         other.rotate_key("default")
         other.save()
-        mark = local.derivations
+        mark = keystore.derivations
         status, body = _call(url, ca, "GET", "/-/keys", ADMIN)
         assert status == 200 and json.loads(body)["keys"][0]["current_version"] == 3
         time.sleep(1.1)
@@ -161,7 +161,7 @@ def test_admin_requests_derive_no_keyring_key(moto_url: str, tls_files: dict[str
         assert raw.head_object(Bucket="admin-cost", Key="v3")["Metadata"]["sg-kr"] == "local:default:3"
         status, body = _call(url, ca, "POST", "/-/keys/default/rotate", ADMIN)
         assert status == 200 and json.loads(body)["key"]["current_version"] == 4
-        assert local.derivations == mark
+        assert keystore.derivations == mark
         assert s3.get_object(Bucket="admin-cost", Key="v2")["Body"].read() == b"two"
     finally:
         st.gate.stop()
@@ -170,7 +170,7 @@ def test_admin_requests_derive_no_keyring_key(moto_url: str, tls_files: dict[str
 
 def test_unknown_access_key_is_refused_first(moto_url: str, tls_files: dict[str, Path], tmp_path: Path) -> None:
     """An access key id sealgate does not know gets InvalidAccessKeyId before any backend or keyring call."""
-    from proxy.kms import local
+    from proxy.kms import keystore
 
     audit = tmp_path / "audit.jsonl"
     stranger = ("SGUNKNOWNCLIENT00001", "unknown-client-secret-0001")
@@ -179,7 +179,7 @@ def test_unknown_access_key_is_refused_first(moto_url: str, tls_files: dict[str,
         url, ca = st.gate.url, st.ca_path
         raw = backend_client(moto_url)
         st.client().create_bucket(Bucket="admin-known")
-        started = local.derivations
+        started = keystore.derivations
         for method, path in (
             ("PUT", "/admin-stranger"),
             ("PUT", "/admin-known/k"),
@@ -191,7 +191,7 @@ def test_unknown_access_key_is_refused_first(moto_url: str, tls_files: dict[str,
             status, body = _call(url, ca, method, path, stranger)
             assert status == 403, (method, path)
             assert method == "HEAD" or _code(body) == "InvalidAccessKeyId", (method, path, body)
-        assert local.derivations == started
+        assert keystore.derivations == started
     finally:
         st.gate.stop()
     assert "admin-stranger" not in {b["Name"] for b in raw.list_buckets()["Buckets"]}

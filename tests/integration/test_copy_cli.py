@@ -51,7 +51,7 @@ def _copy(cfg: Path, *args: str) -> Any:
 
 
 def test_copy_to_another_bucket_under_another_key(moto_url: str, tls_files: dict[str, Path], tmp_path: Path) -> None:
-    from proxy.kms.local import LocalKeyStore
+    from proxy.kms.keystore import LocalKeyStore
 
     audit = tmp_path / "audit.jsonl"
     st = start_stack(tmp_path, moto_url, tls_files, extra=POLICY + f'[audit]\npath = "{audit}"\n')

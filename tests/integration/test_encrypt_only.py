@@ -16,7 +16,7 @@ MiB = 1024 * 1024
 
 @pytest.mark.parametrize("key_type", ["rsa-3072", "ec-p256", "ec-p384"])
 def test_public_key_gateway(moto_url: str, tls_files: dict[str, Path], tmp_path: Path, key_type: str) -> None:
-    from proxy.kms.local import LocalKeyStore
+    from proxy.kms.keystore import LocalKeyStore
 
     reader_dir, gateway_dir = tmp_path / "reader", tmp_path / "gateway"
     reader_dir.mkdir()

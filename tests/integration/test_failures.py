@@ -112,7 +112,8 @@ def test_no_data_key_or_plaintext_on_backend(stack: Stack, bucket: str) -> None:
     import base64
 
     from proxy.crypto.format import Envelope, encryption_context
-    from proxy.kms.local import LocalKeyring, LocalKeyStore
+    from proxy.kms.keystore import LocalKeyStore
+    from proxy.kms.local import LocalKeyring
     from tests.conftest import PASSPHRASE
 
     data = b"TOP-SECRET-PAYLOAD " * 5000

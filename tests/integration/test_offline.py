@@ -24,7 +24,8 @@ from botocore.exceptions import ClientError
 from click.testing import CliRunner, Result
 
 from proxy.crypto.format import Layout
-from proxy.kms.local import LocalKeyring, LocalKeyStore
+from proxy.kms.keystore import LocalKeyStore
+from proxy.kms.local import LocalKeyring
 from proxy.offline import (
     CHUNK_SIZE,
     decrypt_cmd,

@@ -35,7 +35,7 @@ def _records(raw: Any) -> dict[str, tuple[bytes, dict[str, str]]]:
 def test_interrupted_multipart_rewrap_is_finished_by_a_rerun(
     moto_url: str, tls_files: dict[str, Path], tmp_path: Path
 ) -> None:
-    from proxy.kms.local import LocalKeyStore
+    from proxy.kms.keystore import LocalKeyStore
 
     audit = tmp_path / "audit.jsonl"
     st = start_stack(tmp_path, moto_url, tls_files, extra=f'[audit]\npath = "{audit}"\n')

@@ -45,7 +45,7 @@ def test_rotate_while_serving(stack: Stack, bucket: str) -> None:
 
 
 def test_imported_keys_rotate_only_by_hand(tmp_path: Path) -> None:
-    from proxy.kms.local import KeyringFileError, LocalKeyStore
+    from proxy.kms.keystore import KeyringFileError, LocalKeyStore
 
     store = LocalKeyStore.create(tmp_path / "kr", PASSPHRASE.encode())
     store.create_key("gen")
@@ -88,7 +88,8 @@ def test_concurrent_keyring_edits_are_all_kept(tmp_path: Path) -> None:
     """Every command that rewrites the keyring file holds its lock: edits started together
     (cron jobs, an operator, admin rotations) all survive; none overwrites another."""
     from proxy.kms.base import KeyAccessDenied
-    from proxy.kms.local import LocalKeyring, LocalKeyStore
+    from proxy.kms.keystore import LocalKeyStore
+    from proxy.kms.local import LocalKeyring
 
     env = {**os.environ, "SEALGATE_KEYRING_PASSPHRASE": "pass phrase for test"}
     ring = tmp_path / "kr"

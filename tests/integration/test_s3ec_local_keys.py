@@ -19,7 +19,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from proxy.crypto import s3ec
-from proxy.kms.local import LocalKeyStore
+from proxy.kms.keystore import LocalKeyStore
 from tests.conftest import PASSPHRASE, Stack, backend_client, make_keyring, start_stack
 from tests.integration.test_s3ec_format import (
     S3EncryptionClient,
@@ -60,10 +60,10 @@ def _store(st: Stack) -> LocalKeyStore:
 def _kek(st: Stack, version: int | None = None) -> bytes:
     store = _store(st)
     if version is None:
-        current = store._current("default")
+        current = store.current("default")
         assert current is not None
         return current[1]
-    material = store._material("default", version)
+    material = store.material("default", version)
     assert material is not None
     return material
 

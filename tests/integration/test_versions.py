@@ -113,7 +113,7 @@ def test_gc_keeps_manifests_that_older_versions_still_need(stack: Stack, version
 def test_rewrap_leaves_older_versions_readable(stack: Stack, versioned: str) -> None:
     import asyncio
 
-    from proxy.kms.local import LocalKeyStore
+    from proxy.kms.keystore import LocalKeyStore
     from proxy.rewrap import rewrap_object
     from proxy.wiring import operator_gateway
     from tests.conftest import PASSPHRASE

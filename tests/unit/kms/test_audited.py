@@ -13,7 +13,8 @@ from proxy.audit import AuditContext, AuditLog, audit_context, verify_file
 from proxy.crypto.format import encryption_context
 from proxy.kms.audited import AuditingKeyring
 from proxy.kms.base import InvalidWrappedKey, KeyAccessDenied, KeyUnavailable
-from proxy.kms.local import LocalKeyring, LocalKeyStore
+from proxy.kms.keystore import LocalKeyStore
+from proxy.kms.local import LocalKeyring
 
 HMAC_KEY = b"audit-hmac-key-0123456789abcdef"
 
@@ -95,7 +96,7 @@ async def test_auditing_keyring_records_allowed_and_denied(
 
     data = log_path.read_bytes()
     secrets = [key.plaintext, copy.plaintext, PASSPHRASE]
-    material = store._material("default", 1)
+    material = store.material("default", 1)
     assert material is not None
     secrets.append(material)
     for secret in secrets:

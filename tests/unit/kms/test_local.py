@@ -1,24 +1,16 @@
-"""The local keyring: its encrypted file, passphrase sources, and wrapping data keys."""
+"""The local keyring: data keys wrapped under the keyring file's master keys, bound to their context."""
 
 from __future__ import annotations
 
 import base64
 import os
-import stat
 from pathlib import Path
 
 import pytest
 
 from proxy.kms.base import InvalidWrappedKey, KeyAccessDenied
-from proxy.kms.local import (
-    WRAPPED_SIZE,
-    KeyInfo,
-    KeyringFileError,
-    LocalKeyring,
-    LocalKeyStore,
-    passphrase_from,
-    wrap_aad,
-)
+from proxy.kms.keystore import KeyInfo, LocalKeyStore
+from proxy.kms.local import WRAPPED_SIZE, LocalKeyring, wrap_aad
 from proxy.store.errors import keyring_error
 
 PASS = b"correct horse battery staple"
@@ -45,145 +37,9 @@ def keyring(store: LocalKeyStore) -> LocalKeyring:
 
 
 def master_material(store: LocalKeyStore, key_id: str, version: int = 1) -> bytes:
-    material = store._material(key_id, version)
+    material = store.material(key_id, version)
     assert material is not None
     return material
-
-
-# --- the keyring file ------------------------------------------------------------------
-
-
-def test_create_open_round_trip(path: Path) -> None:
-    s = LocalKeyStore.create(path, PASS)
-    assert s.list_keys() == []
-    info = s.create_key("default")
-    assert (info.id, info.versions, info.current_version, info.origin) == (
-        "default",
-        1,
-        1,
-        "generated",
-    )
-    s.save()
-    again = LocalKeyStore.open(path, PASS)
-    assert again.list_keys() == [info]
-    assert master_material(again, "default") == master_material(s, "default")
-
-
-def test_create_refuses_existing_file(store: LocalKeyStore, path: Path) -> None:
-    before = path.read_bytes()
-    with pytest.raises(KeyringFileError, match="already exists"):
-        LocalKeyStore.create(path, PASS)
-    assert path.read_bytes() == before
-
-
-def test_create_refuses_empty_passphrase(path: Path) -> None:
-    with pytest.raises(KeyringFileError, match="empty"):
-        LocalKeyStore.create(path, b"")
-    assert not path.exists()
-
-
-def test_wrong_passphrase(store: LocalKeyStore, path: Path) -> None:
-    with pytest.raises(KeyringFileError, match="wrong passphrase or corrupted keyring file"):
-        LocalKeyStore.open(path, b"not the passphrase")
-
-
-@pytest.mark.parametrize("where", [9, 14, 35, -1])
-def test_corrupted_file(store: LocalKeyStore, path: Path, where: int) -> None:
-    # Header (scrypt r, salt), nonce and ciphertext are all covered by the tag.
-    data = bytearray(path.read_bytes())
-    data[where] ^= 0x01
-    path.write_bytes(bytes(data))
-    with pytest.raises(KeyringFileError, match="wrong passphrase or corrupted keyring file"):
-        LocalKeyStore.open(path, PASS)
-
-
-def test_not_a_keyring_file(path: Path) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
-    os.write(fd, b"hello, this is not a keyring at all" * 3)
-    os.close(fd)
-    with pytest.raises(KeyringFileError, match="not a sealgate keyring file"):
-        LocalKeyStore.open(path, PASS)
-
-
-def test_missing_file(tmp_path: Path) -> None:
-    with pytest.raises(KeyringFileError, match="does not exist"):
-        LocalKeyStore.open(tmp_path / "nope", PASS)
-
-
-def test_file_mode_is_0600(store: LocalKeyStore, path: Path) -> None:
-    assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    store.create_key("third")
-    store.save()
-    assert stat.S_IMODE(path.stat().st_mode) == 0o600
-
-
-def test_file_mode_0600_despite_permissive_umask(path: Path) -> None:
-    old = os.umask(0)
-    try:
-        LocalKeyStore.create(path, PASS)
-    finally:
-        os.umask(old)
-    assert stat.S_IMODE(path.stat().st_mode) == 0o600
-
-
-@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604])
-def test_refuses_readable_by_others(store: LocalKeyStore, path: Path, mode: int) -> None:
-    path.chmod(mode)
-    with pytest.raises(KeyringFileError) as err:
-        LocalKeyStore.open(path, PASS)
-    assert str(path) in str(err.value)
-    assert f"chmod 600 {path}" in str(err.value)
-
-
-def test_atomic_save_leaves_no_temp_and_replaces_inode(store: LocalKeyStore, path: Path) -> None:
-    before = path.stat().st_ino
-    store.create_key("third")
-    store.save()
-    # A new file was renamed over the old one (readers never see a half-written file).
-    assert path.stat().st_ino != before
-    assert sorted(p.name for p in path.parent.iterdir()) == [path.name]
-    assert [k.id for k in LocalKeyStore.open(path, PASS).list_keys()] == [
-        "default",
-        "other",
-        "third",
-    ]
-
-
-def test_failed_save_keeps_old_file(store: LocalKeyStore, path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    before = path.read_bytes()
-
-    def boom(src: object, dst: object) -> None:
-        raise OSError("disk on fire")
-
-    monkeypatch.setattr(os, "replace", boom)
-    store.create_key("third")
-    with pytest.raises(OSError, match="disk on fire"):
-        store.save()
-    assert path.read_bytes() == before
-    assert sorted(p.name for p in path.parent.iterdir()) == [path.name]
-
-
-def test_save_uses_fresh_nonce(store: LocalKeyStore, path: Path) -> None:
-    first = path.read_bytes()
-    store.save()
-    second = path.read_bytes()
-    assert first[:30] == second[:30]  # same header: magic, scrypt params, salt
-    assert first[30:42] != second[30:42]
-
-
-def test_unknown_fields_survive_a_save(store: LocalKeyStore, path: Path) -> None:
-    store._keys["default"].extra["rotation_period_days"] = 90
-    store.save()
-    again = LocalKeyStore.open(path, PASS)
-    assert again._keys["default"].extra == {"type": "aes-256", "rotation_period_days": 90}
-
-
-def test_create_key_errors(store: LocalKeyStore) -> None:
-    with pytest.raises(KeyringFileError, match="already exists"):
-        store.create_key("default")
-    for bad in ["", "has space", "colon:id", "slash/id", "x" * 65, "ünï"]:
-        with pytest.raises(KeyringFileError, match="invalid key id"):
-            store.create_key(bad)
 
 
 def test_no_material_in_repr_or_listing(store: LocalKeyStore, keyring: LocalKeyring) -> None:
@@ -209,54 +65,6 @@ async def test_file_contains_no_key_material(store: LocalKeyStore, keyring: Loca
         for form in (secret, secret.hex().encode(), base64.b64encode(secret)):
             assert form not in blob
     assert b"default" not in blob  # even key ids are encrypted
-
-
-# --- passphrase sources ----------------------------------------------------------------
-
-
-def private_file(path: Path, data: bytes, mode: int = 0o600) -> Path:
-    path.write_bytes(data)
-    path.chmod(mode)
-    return path
-
-
-def test_passphrase_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("SG_TEST_PASS", "s3cret phrase\n")
-    assert passphrase_from("SG_TEST_PASS", None) == b"s3cret phrase\n"
-
-
-def test_passphrase_env_wins_over_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("SG_TEST_PASS", "from-env")
-    f = private_file(tmp_path / "pass", b"from-file\n")
-    assert passphrase_from("SG_TEST_PASS", f) == b"from-env"
-
-
-def test_passphrase_from_file_strips_one_newline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("SG_TEST_PASS", raising=False)
-    f = private_file(tmp_path / "pass", b"phrase \n\n")
-    assert passphrase_from("SG_TEST_PASS", f) == b"phrase \n"
-    private_file(f, b"phrase")
-    assert passphrase_from(None, f) == b"phrase"
-    private_file(f, b"phrase\r\n")
-    assert passphrase_from(None, f) == b"phrase"
-
-
-def test_passphrase_file_readable_by_others(tmp_path: Path) -> None:
-    f = private_file(tmp_path / "pass", b"phrase\n", 0o644)
-    with pytest.raises(KeyringFileError, match="chmod 600"):
-        passphrase_from(None, f)
-
-
-def test_no_passphrase(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("SG_TEST_PASS", "")
-    with pytest.raises(KeyringFileError, match="SG_TEST_PASS"):
-        passphrase_from("SG_TEST_PASS", None)
-    with pytest.raises(KeyringFileError, match="no keyring passphrase"):
-        passphrase_from(None, None)
-    with pytest.raises(KeyringFileError, match="does not exist"):
-        passphrase_from(None, tmp_path / "missing")
-    with pytest.raises(KeyringFileError, match="empty"):
-        passphrase_from(None, private_file(tmp_path / "pass", b"\n"))
 
 
 # --- wrapping data keys ----------------------------------------------------------------
@@ -349,52 +157,6 @@ async def test_unknown_key(keyring: LocalKeyring, store: LocalKeyStore) -> None:
     assert material.hex() not in str(err.value)
 
 
-def test_open_and_create_each_derive_once(path: Path) -> None:
-    from proxy.kms import local
-
-    before = local.derivations
-    store = LocalKeyStore.create(path, PASS)
-    store.create_key("default")
-    store.save()
-    assert local.derivations == before + 1  # saving reuses the KEK
-    LocalKeyStore.open(path, PASS).reload()
-    assert local.derivations == before + 2
-
-
-def test_reopen_reads_the_file_now_without_deriving(store: LocalKeyStore, path: Path) -> None:
-    from proxy.kms import local
-
-    other = LocalKeyStore.open(path, PASS)  # another process, say
-    other.rotate_key("default")
-    other.save()
-    before = local.derivations
-    fresh = store.reopen()
-    assert local.derivations == before
-    assert {i.id: i.versions for i in fresh.list_keys()} == {"default": 2, "other": 1}
-    # A store of its own: changing it leaves the original's keys alone until saved and reloaded.
-    assert {i.id: i.versions for i in store.list_keys()} == {"default": 1, "other": 1}
-    fresh.rotate_key("other")
-    assert store.list_keys()[1].versions == 1
-    fresh.save()
-    store.reload()
-    assert {i.id: i.versions for i in store.list_keys()} == {"default": 2, "other": 2}
-    assert {i.id: i.versions for i in LocalKeyStore.open(path, PASS).list_keys()} == {"default": 2, "other": 2}
-    assert local.derivations == before + 1
-
-
-def test_reopen_refuses_a_rekeyed_or_corrupted_file(store: LocalKeyStore, path: Path) -> None:
-    path.unlink()
-    LocalKeyStore.create(path, b"another passphrase").save()
-    with pytest.raises(KeyringFileError, match="re-keyed"):
-        store.reopen()
-    store._write(exclusive=False)
-    blob = bytearray(path.read_bytes())
-    blob[-1] ^= 1
-    path.write_bytes(bytes(blob))
-    with pytest.raises(KeyringFileError, match="corrupted"):
-        store.reopen()
-
-
 async def test_keyring_sees_a_save_within_one_clock_tick(store: LocalKeyStore, path: Path) -> None:
     """A rotation saved with the same mtime as the file the keyring last read (two saves in one
     tick of a coarse filesystem clock) is still picked up: the file is a new inode, of a new size."""
@@ -408,7 +170,7 @@ async def test_keyring_sees_a_save_within_one_clock_tick(store: LocalKeyStore, p
     other.rotate_key("default")
     other.save()
     keyring.refresh()
-    assert store._current("default") == (3, master_material(other, "default", 3))
+    assert store.current("default") == (3, master_material(other, "default", 3))
 
 
 def test_aad_is_unambiguous() -> None:
