@@ -368,6 +368,35 @@ class Envelope:
             name_tag=tag,
         )
 
+    @classmethod
+    def new(
+        cls,
+        data_key: bytes,
+        key_ref: str,
+        wrapped_key: bytes,
+        sealed: SealedMetadata,
+        *,
+        layout: str,
+        scope: str = SCOPE_OBJECT,
+        bucket: str = "",
+        key: str = "",
+    ) -> Envelope:
+        """The envelope of a new object under `data_key` (wrapped as `wrapped_key` by master key
+        `key_ref`): a fresh salt, the key commitment, `sealed` sealed, the default segment size,
+        and for a bucket-scoped data key the tag that binds the object's `bucket` and `key`."""
+        salt = os.urandom(SALT_SIZE)
+        return cls(
+            key_ref=key_ref,
+            wrapped_key=wrapped_key,
+            salt=salt,
+            commitment=commitment(data_key, salt),
+            segment_size=DEFAULT_SEGMENT_SIZE,
+            sealed=seal_metadata(data_key, salt, sealed),
+            layout=layout,
+            scope=scope,
+            name_tag=name_tag(data_key, salt, bucket, key) if scope == SCOPE_BUCKET else b"",
+        )
+
     def context(self, bucket: str, key: str) -> dict[str, str]:
         """The encryption context this object's data key was wrapped under."""
         return encryption_context(bucket, key, self.scope)

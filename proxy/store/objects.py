@@ -5,30 +5,23 @@ authenticated plaintext for operations that re-encrypt."""
 from __future__ import annotations
 
 import dataclasses
-import os
 from collections.abc import AsyncIterator, Mapping
 from datetime import datetime
 from email.utils import parsedate_to_datetime
 
 from proxy.access.authorize import Caller
 from proxy.crypto.format import (
-    DEFAULT_SEGMENT_SIZE,
     DIGEST_SLOT,
     LAYOUT_MULTIPART,
     PART_HEADER_SIZE,
-    SALT_SIZE,
-    SCOPE_BUCKET,
     Envelope,
     FormatError,
     IntegrityError,
     Layout,
     Manifest,
     SealedMetadata,
-    commitment,
     is_sealgate_object,
-    name_tag,
     open_metadata,
-    seal_metadata,
     stream_key,
 )
 from proxy.crypto.multipart import MultipartDecryptor, stored_length
@@ -116,17 +109,15 @@ async def seal_envelope(
         data_key, scope = await gw.materials.new_object_key(key_id, bucket, key, size)
     except KeyringError as exc:
         raise keyring_error(exc) from exc
-    salt = os.urandom(SALT_SIZE)
-    env = Envelope(
-        key_ref=data_key.key_ref,
-        wrapped_key=data_key.wrapped,
-        salt=salt,
-        commitment=commitment(data_key.plaintext, salt),
-        segment_size=DEFAULT_SEGMENT_SIZE,
-        sealed=seal_metadata(data_key.plaintext, salt, SealedMetadata(user=user_meta, etag=etag_field)),
+    env = Envelope.new(
+        data_key.plaintext,
+        data_key.key_ref,
+        data_key.wrapped,
+        SealedMetadata(user=user_meta, etag=etag_field),
         layout=layout,
         scope=scope,
-        name_tag=name_tag(data_key.plaintext, salt, bucket, key) if scope == SCOPE_BUCKET else b"",
+        bucket=bucket,
+        key=key,
     )
     return data_key.plaintext, env
 

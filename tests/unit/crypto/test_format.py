@@ -9,7 +9,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from proxy.crypto.format import (
+    DEFAULT_SEGMENT_SIZE,
     DIGEST_SLOT,
+    LAYOUT_SINGLE,
+    SALT_SIZE,
+    SCOPE_BUCKET,
+    SCOPE_OBJECT,
     TAG_SIZE,
     Envelope,
     FormatError,
@@ -154,6 +159,24 @@ def test_stream_keys_separate_streams() -> None:
     salt = os.urandom(32)
     assert stream_key(KEY, salt, 0) != stream_key(KEY, salt, 1)
     assert stream_key(KEY, salt, 1, b"a") != stream_key(KEY, salt, 1, b"b")
+
+
+def test_new_envelope_commits_to_its_key_and_binds_a_bucket_scoped_name() -> None:
+    meta = SealedMetadata(user={"colour": "blue"}, etag="tail")
+    env = Envelope.new(KEY, "local:default:1", b"wrapped", meta, layout=LAYOUT_SINGLE)
+    other = Envelope.new(KEY, "local:default:1", b"wrapped", meta, layout=LAYOUT_SINGLE)
+    assert env.salt != other.salt and len(env.salt) == SALT_SIZE
+    assert (env.segment_size, env.scope, env.name_tag) == (DEFAULT_SEGMENT_SIZE, SCOPE_OBJECT, b"")
+    parsed = Envelope.from_metadata(env.to_metadata())
+    assert parsed == env
+    parsed.check_commitment(KEY)
+    with pytest.raises(IntegrityError):
+        parsed.check_commitment(bytes(32))
+    assert open_metadata(KEY, env.salt, env.sealed) == meta
+    shared = Envelope.new(KEY, "k", b"w", meta, layout=LAYOUT_SINGLE, scope=SCOPE_BUCKET, bucket="b", key="x")
+    shared.check_name(KEY, "b", "x")
+    with pytest.raises(IntegrityError):
+        shared.check_name(KEY, "b", "y")
 
 
 def test_envelope_metadata_round_trip_and_errors() -> None:
