@@ -145,7 +145,7 @@ class DirectBody(asyncio.BufferedProtocol):
         self._wake()
         # The transport holds this protocol and this protocol held the transport and the protocol
         # before it: a reference cycle with the blocks in it, which the garbage collector (run
-        # rarely, see proxy/gc.py) would free only much later. Cut it now.
+        # rarely, see _tune_gc in proxy/cli.py) would free only much later. Cut it now.
         previous, self._previous, self._transport = self._previous, None, None
         if previous is not None:
             previous.connection_lost(exc)

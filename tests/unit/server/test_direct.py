@@ -247,7 +247,7 @@ def test_a_client_gone_mid_body_is_a_short_body_and_reaches_the_old_protocol(new
 def test_its_memory_is_freed_when_the_connection_ends_without_the_garbage_collector(
     new_loop: Any, handed_back: bool
 ) -> None:
-    # sealgate runs the cyclic garbage collector rarely (proxy/gc.py): a reference cycle through
+    # sealgate runs the cyclic garbage collector rarely (_tune_gc in proxy/cli.py): a reference cycle through
     # the transport would keep each finished upload's blocks for a long time.
     async def scenario(previous: Previous, writer: asyncio.StreamWriter) -> None:
         assert previous.transport is not None
