@@ -33,7 +33,7 @@ A record never holds a key, a secret or plaintext: `AuditRecord` has only the fi
 `proxy.kms.audited.AuditingKeyring` passes it no key material and no encryption context beyond
 bucket and key. Uses served from the data-key cache (no keyring call) are recorded too, with
 reason "cached" (`proxy.kms.audited.record_cache_hit`), so there is one line per key use, not
-only per KMS call. `sealgate audit verify` (proxy/audit_cli.py) checks a file's chain.
+only per KMS call. `sealgate audit verify` (proxy/tools/audit.py) checks a file's chain.
 
 One writer per file
 -------------------

@@ -316,8 +316,8 @@ def rewrap(config_path: Path, bucket: str, prefix: str, to_key: str) -> None:
 
     from proxy.audit import AuditError
     from proxy.config import ConfigError, load_config
-    from proxy.rewrap import ProgressLine
-    from proxy.rewrap import rewrap as run_rewrap
+    from proxy.tools.progress import ProgressLine
+    from proxy.tools.rewrap import rewrap as run_rewrap
     from proxy.wiring import audited_gateway
 
     logging.basicConfig(level=logging.WARNING)
@@ -337,7 +337,7 @@ def rewrap(config_path: Path, bucket: str, prefix: str, to_key: str) -> None:
     except AuditError as exc:
         _fail(str(exc))
         return
-    from proxy.rewrap import RewrapReport
+    from proxy.tools.rewrap import RewrapReport
 
     assert isinstance(report, RewrapReport)
     progress.finish(
@@ -357,7 +357,7 @@ def gc_cmd(config_path: Path, bucket: str, older_than: str, dry_run: bool) -> No
     import asyncio
 
     from proxy.config import ConfigError, load_config
-    from proxy.gc import gc, parse_age
+    from proxy.tools.gc import gc, parse_age
     from proxy.wiring import operator_gateway
 
     try:
@@ -372,7 +372,7 @@ def gc_cmd(config_path: Path, bucket: str, older_than: str, dry_run: bool) -> No
             return await gc(gw, bucket, age, dry_run=dry_run)
 
     report = asyncio.run(go())
-    from proxy.gc import GcReport
+    from proxy.tools.gc import GcReport
 
     assert isinstance(report, GcReport)
     verb = "would remove" if dry_run else "removed"
@@ -621,10 +621,10 @@ def policy_check(config_path: Path, client: str, contexts: tuple[str, ...], acti
 
 
 def _register_tools() -> None:
-    from proxy.audit_cli import audit_group
     from proxy.convert import convert_cmd
-    from proxy.copy_tool import copy_cmd
-    from proxy.offline import decrypt_cmd, encrypt_cmd
+    from proxy.tools.audit import audit_group
+    from proxy.tools.copy import copy_cmd
+    from proxy.tools.offline.commands import decrypt_cmd, encrypt_cmd
 
     main.add_command(encrypt_cmd, "encrypt")
     main.add_command(decrypt_cmd, "decrypt")

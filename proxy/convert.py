@@ -32,13 +32,13 @@ from proxy.crypto import s3ec
 from proxy.crypto.format import LAYOUT_SINGLE, FormatError, is_sealgate_object, stream_key
 from proxy.crypto.segments import StreamEncryptor
 from proxy.kms.base import KeyringError
-from proxy.rewrap import list_keys
 from proxy.s3.errors import S3Error
 from proxy.s3.headers import CARRIED_HEADERS
 from proxy.s3.xml import parse, qname
 from proxy.store import s3ec as s3ec_objects
 from proxy.store.bodies import send_sealed
 from proxy.store.gateway import Gateway
+from proxy.store.listing import list_keys
 from proxy.store.objects import ETAG_TAIL, MAX_PUT_SIZE, read_plaintext, seal_envelope
 from proxy.store.records import record_key
 

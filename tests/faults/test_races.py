@@ -110,7 +110,7 @@ def test_copy_of_a_source_overwritten_mid_copy(racing: tuple[FaultyRelay, Stack]
 
 def test_rewrap_of_an_object_overwritten_mid_rewrap(racing: tuple[FaultyRelay, Stack], moto_url: str) -> None:
     from proxy.kms.keystore import LocalKeyStore
-    from proxy.rewrap import rewrap_object
+    from proxy.tools.rewrap import rewrap_object
     from proxy.wiring import operator_gateway
 
     relay, st = racing

@@ -26,14 +26,10 @@ from click.testing import CliRunner, Result
 from proxy.crypto.format import Layout
 from proxy.kms.keystore import LocalKeyStore
 from proxy.kms.local import LocalKeyring
-from proxy.offline import (
-    CHUNK_SIZE,
-    decrypt_cmd,
-    encrypt_cmd,
-    encrypt_file,
-    manifest_key,
-    parse_metadata_document,
-)
+from proxy.tools.offline.commands import decrypt_cmd, encrypt_cmd
+from proxy.tools.offline.encrypt import encrypt_file
+from proxy.tools.offline.files import CHUNK_SIZE
+from proxy.tools.offline.metadata import manifest_key, parse_metadata_document
 from tests.conftest import PASSPHRASE, Stack, backend_client, start_stack
 
 SIZES = [0, 1, 65536, 200000]
@@ -485,7 +481,7 @@ def test_round_trip_as_a_process(tmp_path: Path) -> None:
     src.write_bytes(data)
 
     def run(cmd: str, *args: str) -> subprocess.CompletedProcess[str]:
-        code = f"from proxy.offline import {cmd}; {cmd}(prog_name='sealgate')"
+        code = f"from proxy.tools.offline.commands import {cmd}; {cmd}(prog_name='sealgate')"
         return subprocess.run(
             [sys.executable, "-c", code, *args],
             capture_output=True,

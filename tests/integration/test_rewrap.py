@@ -23,8 +23,8 @@ class Interrupted(Exception):
 
 def test_rewrap_200_objects_interrupted_and_resumed(moto_url: str, tls_files: dict[str, Path], tmp_path: Path) -> None:
     from proxy.kms.keystore import LocalKeyStore
-    from proxy.rewrap import rewrap
     from proxy.store.gateway import Gateway
+    from proxy.tools.rewrap import rewrap
     from proxy.wiring import make_backend, make_keyring, make_materials
 
     st = start_stack(tmp_path, moto_url, tls_files)

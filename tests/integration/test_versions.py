@@ -114,7 +114,7 @@ def test_rewrap_leaves_older_versions_readable(stack: Stack, versioned: str) -> 
     import asyncio
 
     from proxy.kms.keystore import LocalKeyStore
-    from proxy.rewrap import rewrap_object
+    from proxy.tools.rewrap import rewrap_object
     from proxy.wiring import operator_gateway
     from tests.conftest import PASSPHRASE
 

@@ -19,6 +19,7 @@ from xml.etree.ElementTree import Element
 from proxy.s3.headers import etag_value
 from proxy.s3.xml import child_text, iter_named, parse
 from proxy.store.gateway import Gateway
+from proxy.store.listing import versions_with
 from proxy.store.records import RESERVED_PREFIX, upload_record_key
 
 
@@ -120,28 +121,6 @@ async def _orphan(gw: Gateway, bucket: str, name: str) -> bool:
         return False
     # Gone or overwritten as the current version: an older version may still need it.
     return await versions_with(gw, bucket, key, etag) is False
-
-
-async def versions_with(gw: Gateway, bucket: str, key: str, etag: str) -> bool | None:
-    """Whether any stored version of `key` has this backend ETag (None: the backend cannot list
-    versions). In a bucket that never had versioning this is just the current object."""
-    markers: list[tuple[str, str]] = []
-    while True:
-        resp = await gw.backend.request("GET", bucket, None, query=[("versions", ""), ("prefix", key), *markers])
-        if resp.status >= 300:
-            resp.release()
-            return None
-        try:
-            root = parse(await resp.read())
-        finally:
-            resp.release()
-        for version in iter_named(root, "Version"):
-            if child_text(version, "Key") == key and etag_value(child_text(version, "ETag")) == etag:
-                return True
-        next_key, next_version = child_text(root, "NextKeyMarker"), child_text(root, "NextVersionIdMarker")
-        if child_text(root, "IsTruncated").lower() != "true" or not next_key or next_key > key:
-            return False
-        markers = [("key-marker", next_key), ("version-id-marker", next_version)]
 
 
 def parse_age(text: str) -> timedelta:

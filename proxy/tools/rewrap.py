@@ -13,24 +13,20 @@ after an interrupted rewrap has been re-run: gc deletes manifests whose ETag is 
 from __future__ import annotations
 
 import dataclasses
-import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from urllib.parse import quote
 
-import click
-
 from proxy.crypto.format import Envelope, FormatError, IntegrityError, Layout, Manifest, is_sealgate_object
 from proxy.crypto.multipart import stored_length
-from proxy.gc import versions_with
 from proxy.kms.base import KeyringError
 from proxy.s3.errors import S3Error
 from proxy.s3.headers import CONTENT_HEADERS, etag_value
-from proxy.s3.xml import parse, qname
 from proxy.store.backend import BackendResponse
 from proxy.store.copies import SourceChanged, backend_copy
 from proxy.store.gateway import Gateway
-from proxy.store.records import RESERVED_PREFIX, put_record, read_manifest, record_key
+from proxy.store.listing import list_keys, versions_with
+from proxy.store.records import put_record, read_manifest, record_key
 
 
 @dataclass
@@ -41,64 +37,6 @@ class RewrapReport:
     bytes: int = 0
     already: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)
-
-
-class ProgressLine:
-    """The progress line an operator tool keeps rewriting on a terminal's stderr:
-    ``<verb> N (X MB), already done N, skipped N``. Call it with each object's outcome (`verb`,
-    ``already`` or ``skipped``) and size; it prints nothing when stderr is not a terminal."""
-
-    def __init__(self, verb: str) -> None:
-        self.verb = verb
-        self.counts = {verb: 0, "already": 0, "skipped": 0}
-        self.bytes = 0
-        self.tty = sys.stderr.isatty()
-
-    def __call__(self, outcome: str, size: int) -> None:
-        self.counts[outcome] += 1
-        if outcome == self.verb:
-            self.bytes += size
-        if self.tty:
-            click.echo(
-                f"\r{self.verb} {self.counts[self.verb]} ({self.bytes / 1e6:.1f} MB), "
-                f"already done {self.counts['already']}, skipped {self.counts['skipped']}",
-                nl=False,
-                err=True,
-            )
-
-    def end(self) -> None:
-        """Finish the line (before the summary)."""
-        if self.tty:
-            click.echo("", err=True)
-
-    def finish(self, summary: str, skipped: list[tuple[str, str]]) -> None:
-        """End the line, print the run's `summary` and each skipped object (key: why) on stdout,
-        and exit with status 1 when any was skipped."""
-        self.end()
-        click.echo(summary)
-        for key, why in skipped:
-            click.echo(f"  skipped {key}: {why}")
-        if skipped:
-            sys.exit(1)
-
-
-async def list_keys(gw: Gateway, bucket: str, prefix: str, *, reserved: bool = False) -> AsyncIterator[tuple[str, int]]:
-    """(key, stored size) of every object under `prefix`, across listing pages; sealgate's own
-    records (under the reserved prefix) only with `reserved`."""
-    token = ""
-    while True:
-        query = [("list-type", "2"), ("prefix", prefix)]
-        if token:
-            query.append(("continuation-token", token))
-        resp, raw_body = await gw.backend.read_ok("GET", bucket, None, query=query)
-        root = parse(raw_body)
-        for item in root.iter(qname("Contents")):
-            key = item.findtext(qname("Key")) or ""
-            if reserved or not key.startswith(RESERVED_PREFIX):
-                yield key, int(item.findtext(qname("Size")) or 0)
-        token = root.findtext(qname("NextContinuationToken")) or ""
-        if not token:
-            return
 
 
 #: How often an object overwritten while it is rewrapped is tried again from the start.

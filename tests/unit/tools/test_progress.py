@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from proxy.rewrap import ProgressLine
+from proxy.tools.progress import ProgressLine
 
 
 def test_progress_line_on_a_terminal(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:

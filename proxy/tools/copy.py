@@ -33,13 +33,14 @@ from proxy.crypto.format import (
     is_sealgate_object,
 )
 from proxy.kms.base import KeyringError
-from proxy.rewrap import ProgressLine, list_keys
 from proxy.s3.errors import S3Error
 from proxy.s3.headers import CONTENT_HEADERS
 from proxy.store.copies import backend_copy
 from proxy.store.gateway import Gateway
+from proxy.store.listing import list_keys
 from proxy.store.objects import open_copy_source
 from proxy.store.records import check_reserved, put_record, record_key
+from proxy.tools.progress import ProgressLine
 from proxy.wiring import audited_gateway
 
 

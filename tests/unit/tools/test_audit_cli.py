@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from proxy.audit import AuditContext, AuditLog, AuditRecord
-from proxy.audit_cli import audit_group
+from proxy.tools.audit import audit_group
 
 HMAC_KEY = b"audit-hmac-key-0123456789abcdef"
 CTX = AuditContext(identity="alice", source="203.0.113.7:50123", request_id="REQ1", bucket="b1", object_key="k1")
