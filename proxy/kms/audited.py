@@ -47,11 +47,6 @@ class AuditingKeyring:
     def __repr__(self) -> str:
         return f"AuditingKeyring({self._inner!r}, {self._audit!r})"
 
-    @property
-    def inner(self) -> Keyring:
-        """The keyring whose calls this one audits."""
-        return self._inner
-
     def _record(
         self,
         operation: str,
