@@ -1,0 +1,27 @@
+"""quickstart's set-up: private files, kept on a second run, and a config that loads."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+import pytest
+
+from proxy.config import load_config
+from proxy.tools.quickstart import banner, set_up
+
+
+def test_set_up_writes_private_files_and_keeps_them(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    directory = tmp_path / ".sealgate"
+    demo = set_up(directory, 8443, 9000)
+    for path in (demo.pass_file, demo.keyring, directory / "client-credentials", demo.config):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+    assert stat.S_IMODE(directory.stat().st_mode) == 0o700
+    again = set_up(directory, 8444, 9001)
+    assert (again.access_key_id, again.secret) == (demo.access_key_id, demo.secret)
+    assert demo.secret not in again.config.read_text()
+    monkeypatch.setenv("SEALGATE_QUICKSTART_SECRET", again.secret)
+    config = load_config(again.config)
+    assert config.backend.endpoint == "http://127.0.0.1:9001"
+    text = banner(again)
+    assert "https://localhost:8444" in text and again.access_key_id in text and again.secret in text
