@@ -523,8 +523,8 @@ def policy_check(config_path: Path, client: str, contexts: tuple[str, ...], acti
 
 
 def _register_tools() -> None:
-    from proxy.convert import convert_cmd
     from proxy.tools.audit import audit_group
+    from proxy.tools.convert import convert_cmd
     from proxy.tools.copy import copy_cmd
     from proxy.tools.offline.commands import decrypt_cmd, encrypt_cmd
 

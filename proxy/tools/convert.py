@@ -42,7 +42,8 @@ from proxy.store.listing import list_keys
 from proxy.store.objects import ETAG_TAIL, MAX_PUT_SIZE, read_plaintext, seal_envelope
 from proxy.store.records import record_key
 
-log = logging.getLogger(__name__)
+# Named as before the move to tools/: operators filter logs on it.
+log = logging.getLogger("proxy.convert")
 
 Target = Literal["sealgate", "s3ec-v3"]
 TARGETS: tuple[Target, ...] = ("sealgate", "s3ec-v3")
