@@ -33,7 +33,8 @@ from proxy.kms.keystore import KeyInfo, KeyringFileError, LocalKeyStore, keyring
 from proxy.kms.local import LocalKeyring
 from proxy.s3.errors import S3Error
 from proxy.s3.sigv4 import VerifiedRequest
-from proxy.server.state import REQUEST_ID, Gateway
+from proxy.server.state import REQUEST_ID
+from proxy.store.gateway import Gateway
 
 log = logging.getLogger("sealgate.admin")
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 from aiohttp import web
 
 from proxy.access.authorize import Caller
-from proxy.store.gateway import Gateway as Gateway  # re-exported while importers move to proxy.store
 
 #: The identity (client name) of the request, set once its signature checked out.
 IDENTITY = web.RequestKey("sealgate.identity", str)
