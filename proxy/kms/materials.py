@@ -62,7 +62,7 @@ class Materials:
         """Cache `keyring`'s keys: generated ones shared within `reuse`, unwrapped ones for
         `decrypt_seconds` (at most `max_entries` of them). `clock` measures ages; `on_cache_hit`
         hears of every use the cache serves."""
-        self.keyring = keyring
+        self._keyring = keyring
         self._on_cache_hit = on_cache_hit
         self._reuse = reuse
         self._ttl = decrypt_seconds
@@ -72,6 +72,11 @@ class Materials:
         self._unwrapped: OrderedDict[tuple[str, bytes, tuple[tuple[str, str], ...]], tuple[float, bytes]] = (
             OrderedDict()
         )
+
+    @property
+    def keyring(self) -> Keyring:
+        """The keyring under the cache, for the calls it must not cache (S3EC data keys)."""
+        return self._keyring
 
     async def new_object_key(self, key_id: str, bucket: str, key: str, size: int | None) -> tuple[DataKey, str]:
         """A data key for a new object and the scope it is wrapped for (object or bucket)."""
@@ -122,23 +127,23 @@ class Materials:
 
     async def wrap(self, key_id: str, plaintext: bytes, context: Mapping[str, str]) -> DataKey:
         """Wrap an existing data key (copies); not cached."""
-        return await _counted("wrap", self.keyring.wrap_data_key(key_id, plaintext, context))
+        return await _counted("wrap", self._keyring.wrap_data_key(key_id, plaintext, context))
 
     async def _generate(self, key_id: str, context: Mapping[str, str]) -> DataKey:
-        return await _counted("generate", self.keyring.generate_data_key(key_id, context))
+        return await _counted("generate", self._keyring.generate_data_key(key_id, context))
 
     async def _decrypt(self, key_ref: str, wrapped: bytes, context: Mapping[str, str]) -> bytes:
-        return await _counted("decrypt", self.keyring.decrypt_data_key(key_ref, wrapped, context))
+        return await _counted("decrypt", self._keyring.decrypt_data_key(key_ref, wrapped, context))
 
     async def ready(self, key_id: str) -> None:
         """The keyring's readiness check for `key_id` (KeyringError when not ready)."""
-        await self.keyring.ready(key_id)
+        await self._keyring.ready(key_id)
 
     async def close(self) -> None:
         """Forget every cached key and close the keyring."""
         self._shared.clear()
         self._unwrapped.clear()
-        await self.keyring.close()
+        await self._keyring.close()
 
 
 async def _counted(operation: str, call: Awaitable[T]) -> T:

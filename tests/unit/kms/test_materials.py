@@ -293,3 +293,10 @@ async def test_close_forgets_every_key_and_closes_the_keyring(keyring: FakeKeyri
     assert (await m.new_object_key(KEY, "b", "k2", 10))[0] != first
     await m.unwrap("ref:1", b"w1", encryption_context("b", "k"))
     assert (keyring.count("generate"), keyring.count("decrypt")) == (2, 2)
+
+
+async def test_the_keyring_is_fixed_once_built(keyring: FakeKeyring, clock: Clock) -> None:
+    m = materials(keyring, clock)
+    assert m.keyring is keyring
+    with pytest.raises(AttributeError):
+        m.keyring = FakeKeyring()  # type: ignore[misc]  # auditing is wired in, not swapped in
