@@ -18,6 +18,7 @@ from aiohttp import web
 
 from proxy.crypto import s3ec as crypto_s3ec
 from proxy.crypto.format import FormatError, IntegrityError
+from proxy.crypto.s3ec_streams import S3ecCbcDecryptor, S3ecDecryptor
 from proxy.s3.errors import S3Error
 from proxy.s3.ranges import parse_range
 from proxy.s3.sigv4 import VerifiedRequest
@@ -38,13 +39,13 @@ log = logging.getLogger(__name__)
 
 def _decryptor(
     materials: crypto_s3ec.S3ecMaterials, size: int, total: int, *, delayed_ok: bool
-) -> crypto_s3ec.S3ecDecryptor | crypto_s3ec.S3ecCbcDecryptor:
+) -> S3ecDecryptor | S3ecCbcDecryptor:
     """Verify-first up to the limit; beyond it delayed authentication if the bucket opted in,
     else InvalidObjectState. Legacy CBC has nothing to verify: streamed."""
     try:
         if materials.version == crypto_s3ec.FORMAT_V1:
-            return crypto_s3ec.S3ecCbcDecryptor(materials, size)
-        return crypto_s3ec.S3ecDecryptor(materials, total, mode="verify_first")
+            return S3ecCbcDecryptor(materials, size)
+        return S3ecDecryptor(materials, total, mode="verify_first")
     except crypto_s3ec.S3ecTooLarge as exc:
         if not delayed_ok:
             raise S3Error(
@@ -52,7 +53,7 @@ def _decryptor(
                 f"{exc}; it cannot be authenticated before release (buckets.s3ec_delayed_authentication)",
                 403,
             ) from exc
-        return crypto_s3ec.S3ecDecryptor(materials, total, mode="delayed")
+        return S3ecDecryptor(materials, total, mode="delayed")
 
 
 async def stream_s3ec(

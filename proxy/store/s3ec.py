@@ -6,13 +6,17 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import AsyncIterable, AsyncIterator, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Iterator, Mapping
+from contextlib import contextmanager
+
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from proxy.access.authorize import Caller
 from proxy.audit import AuditError
-from proxy.crypto import s3ec
+from proxy.crypto import s3ec, s3ec_keys
 from proxy.crypto.format import FormatError
-from proxy.kms.base import InvalidWrappedKey, KeyringError
+from proxy.crypto.s3ec_streams import S3ecCbcDecryptor, S3ecDecryptor, S3ecV3Encryptor, cbc_plaintext_length
+from proxy.kms.base import InvalidWrappedKey, Keyring, KeyringError
 from proxy.kms.local import LocalKeyring
 from proxy.s3.errors import S3Error
 from proxy.s3.headers import META_PREFIX, stored_headers
@@ -112,17 +116,81 @@ async def open_s3ec(gw: Gateway, caller: Caller, bucket: str, key: str, meta: Ma
     require_key_use(gw, caller, "decrypt", key_id)
     try:
         if legacy:
-            return await s3ec.unwrap_legacy(meta, gw.materials.keyring, key_id)
+            return await unwrap_legacy(meta, gw.materials.keyring, key_id)
         wrap_alg = s3ec.parse(meta).wrap_alg
         if wrap_alg in (s3ec.WRAP_AES_GCM, s3ec.WRAP_RSA_OAEP_SHA1):
             return await _unwrap_with_local_key(gw, bucket, key, meta, key_id, wrap_alg)
-        return await s3ec.unwrap_s3ec(meta, keyring=gw.materials.keyring, kms_key_id=key_id)
+        return await unwrap_s3ec(meta, keyring=gw.materials.keyring, kms_key_id=key_id)
     except s3ec.S3ecUnsupported as exc:
         raise S3Error("InvalidObjectState", f"cannot read this S3EC object here: {exc}", 403) from exc
     except KeyringError as exc:
         raise keyring_error(exc) from exc
     except FormatError as exc:
         raise S3Error("ObjectIntegrityError", f"S3EC object failed authentication: {exc}", 500) from exc
+
+
+@contextmanager
+def key_errors() -> Iterator[None]:
+    """A data key that does not open in the pure core (`s3ec.S3ecKeyError`) is the keyring's
+    `InvalidWrappedKey` from here up, as a KMS refusal of the same key would be."""
+    try:
+        yield
+    except s3ec.S3ecKeyError as exc:
+        raise InvalidWrappedKey(str(exc)) from exc
+
+
+async def unwrap_kms(
+    metadata: Mapping[str, str],
+    keyring: Keyring,
+    key_id: str,
+    expected_context: Mapping[str, str] | None = None,
+) -> s3ec.S3ecMaterials:
+    """Materials for a kms+context object: KMS Decrypt pinned to `key_id` (S3EC stores no key
+    id) with exactly the stored encryption context. `expected_context`, if given, must equal the
+    stored context without its reserved entries, as the official client checks. Keyring errors
+    pass through; `IntegrityError` for a bad V3 commitment."""
+    with key_errors():
+        envelope = s3ec.kms_envelope(metadata, expected_context)
+        data_key = await keyring.decrypt_data_key(key_id, envelope.wrapped_key, envelope.context)
+        return s3ec_keys.materials(envelope, data_key)
+
+
+async def unwrap_legacy(metadata: Mapping[str, str], keyring: Keyring, key_id: str) -> s3ec.S3ecMaterials:
+    """Materials for an AES-CBC object: KMS Decrypt pinned to `key_id` with the stored context
+    (for "kms" wrapping that is the material description, ``{"kms_cmk_id": ...}``)."""
+    envelope = s3ec.parse_legacy(metadata)
+    data_key = await keyring.decrypt_data_key(key_id, envelope.wrapped_key, envelope.context)
+    with key_errors():
+        return s3ec_keys.legacy_materials(envelope, data_key)
+
+
+async def unwrap_s3ec(
+    metadata: Mapping[str, str],
+    *,
+    keyring: Keyring | None = None,
+    kms_key_id: str | None = None,
+    aes_key: bytes | None = None,
+    rsa_key: rsa.RSAPrivateKey | None = None,
+    expected_context: Mapping[str, str] | None = None,
+) -> s3ec.S3ecMaterials:
+    """Materials for any supported envelope: kms+context through `keyring`/`kms_key_id`,
+    AES/GCM with the raw `aes_key`, RSA-OAEP-SHA1 with `rsa_key`. `S3ecUnsupported` for what
+    cannot be opened here."""
+    envelope = s3ec.parse(metadata)
+    if envelope.wrap_alg == s3ec.WRAP_KMS_CONTEXT:
+        if keyring is None or kms_key_id is None:
+            raise s3ec.S3ecUnsupported("S3EC object is wrapped with kms+context; no KMS keyring configured")
+        return await unwrap_kms(metadata, keyring, kms_key_id, expected_context)
+    with key_errors():
+        if envelope.wrap_alg == s3ec.WRAP_AES_GCM:
+            if aes_key is None:
+                raise s3ec.S3ecUnsupported("S3EC object is wrapped with AES/GCM; no raw AES key configured")
+            return s3ec_keys.materials(envelope, s3ec_keys.unwrap_aes_gcm(envelope, aes_key))
+        if envelope.wrap_alg == s3ec.WRAP_RSA_OAEP_SHA1:
+            if rsa_key is None:
+                raise s3ec.S3ecUnsupported("S3EC object is wrapped with RSA-OAEP-SHA1; no RSA private key configured")
+            return s3ec_keys.materials(envelope, s3ec_keys.unwrap_rsa_oaep_sha1(envelope, rsa_key))
+    raise s3ec.S3ecUnsupported(f"S3EC key wrapping {envelope.wrap_alg} is not supported")
 
 
 def local_keyring(gw: Gateway) -> LocalKeyring | None:
@@ -161,9 +229,9 @@ async def _unwrap_with_local_key(
             continue
         try:
             if isinstance(material, bytes):
-                opened = await s3ec.unwrap_s3ec(meta, aes_key=material)
+                opened = await unwrap_s3ec(meta, aes_key=material)
             else:
-                opened = await s3ec.unwrap_s3ec(meta, rsa_key=material)
+                opened = await unwrap_s3ec(meta, rsa_key=material)
         except InvalidWrappedKey:
             continue
         audit_local_use(gw, "decrypt", ref, wrap_alg, bucket, key)
@@ -179,11 +247,11 @@ async def s3ec_plaintext(
     the tag fails, so a writer that holds back its own last bytes stores nothing."""
     materials = await open_s3ec(gw, Caller.operator(), bucket, key, meta)
     size = await plaintext_size(gw, bucket, key, materials, total, etag)
-    decryptor: s3ec.S3ecDecryptor | s3ec.S3ecCbcDecryptor
+    decryptor: S3ecDecryptor | S3ecCbcDecryptor
     if materials.version == s3ec.FORMAT_V1:
-        decryptor = s3ec.S3ecCbcDecryptor(materials, size)
+        decryptor = S3ecCbcDecryptor(materials, size)
     else:
-        decryptor = s3ec.S3ecDecryptor(materials, total, mode="delayed")
+        decryptor = S3ecDecryptor(materials, total, mode="delayed")
 
     async def plaintext() -> AsyncIterator[bytes]:
         resp = await gw.backend.request("GET", bucket, key, headers={"If-Match": etag} if etag else {})
@@ -230,7 +298,7 @@ async def plaintext_size(
                 tail = (tail + chunk)[-n:]
         finally:
             resp.close()
-        return s3ec.cbc_plaintext_length(materials, total, tail)
+        return cbc_plaintext_length(materials, total, tail)
     except FormatError as exc:
         raise S3Error("ObjectIntegrityError", f"S3EC object is not readable: {exc}", 500) from exc
 
@@ -253,7 +321,7 @@ async def new_data_key(
             raise keyring_error(exc) from exc
         data_key = os.urandom(s3ec.DATA_KEY_SIZE)
         audit_local_use(gw, "generate", ref, s3ec.WRAP_AES_GCM, bucket, key)
-        return data_key, s3ec.wrap_aes_gcm(kek, data_key), s3ec.WRAP_AES_GCM, None, ref
+        return data_key, s3ec_keys.wrap_aes_gcm(kek, data_key), s3ec.WRAP_AES_GCM, None, ref
     context = s3ec.kms_context()
     try:
         generated = await gw.materials.keyring.generate_data_key(key_id, context)
@@ -288,7 +356,7 @@ async def write_s3ec_v3(
     only after `plaintext` has ended without error (every check on it passed), so a failure
     stores nothing. Returns the backend's ETag."""
     plain_key, wrapped, wrap_alg, context, _ = await new_data_key(gw, caller, bucket, key)
-    encryptor = s3ec.S3ecV3Encryptor(plain_key)
+    encryptor = S3ecV3Encryptor(plain_key)
     meta = encryptor.metadata(wrapped, wrap_alg, encryption_context=context)
     out = {k: v for k, v in headers.items() if k.lower().removeprefix("x-amz-meta-") not in S3EC_FIELDS}
     out.update({f"x-amz-meta-{k}": v for k, v in meta.items()})

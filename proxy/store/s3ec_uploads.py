@@ -1,7 +1,7 @@
 """Multipart uploads into s3ec-v3 buckets: one GCM stream whose state lives in this process.
 
 An S3EC body is one GCM stream, so part N is encrypted from the stream state after part N-1
-(`s3ec.GcmStreamState`: offset, GHASH accumulator, < 16 pending bytes) and the tag ends the
+(`GcmStreamState`: offset, GHASH accumulator, < 16 pending bytes) and the tag ends the
 body. That state lives in the memory of the sealgate process that created the upload: parts
 must come to that process, in order (1, 2, 3, ...). A part that arrives early waits a little
 for its predecessor to start; one that is still out of order is refused (InvalidPartOrder),
@@ -30,8 +30,9 @@ from collections.abc import AsyncIterable, AsyncIterator, Mapping
 from dataclasses import dataclass, field
 
 from proxy.access.authorize import Caller
-from proxy.crypto import s3ec
+from proxy.crypto import s3ec, s3ec_keys
 from proxy.crypto.format import SALT_SIZE, FormatError
+from proxy.crypto.s3ec_multipart import GcmStreamState, S3ecV3Multipart
 from proxy.crypto.upload_id import S3EC_PREFIX, UploadId, open_for_replicas, seal_for_replicas
 from proxy.kms.base import InvalidWrappedKey, KeyringError, KeyUnavailable
 from proxy.s3.errors import S3Error
@@ -43,7 +44,7 @@ from proxy.store.bodies import put_stream
 from proxy.store.errors import keyring_error
 from proxy.store.gateway import Gateway, require_key_use
 from proxy.store.records import drop_upload_record, put_upload_record
-from proxy.store.s3ec import audit_local_use, local_keyring, new_data_key, object_headers
+from proxy.store.s3ec import audit_local_use, key_errors, local_keyring, new_data_key, object_headers
 from proxy.store.uploads import MAX_PARTS, MIN_PART_SIZE, no_upload
 
 UPLOAD_PREFIX = S3EC_PREFIX
@@ -67,7 +68,7 @@ class Part:
     length: int
     backend_etag: str
     client_etag: str
-    before: s3ec.GcmStreamState
+    before: GcmStreamState
 
 
 @dataclass
@@ -77,8 +78,8 @@ class Upload:
     bucket: str
     key: str
     backend_id: str
-    body: s3ec.S3ecV3Multipart
-    state: s3ec.GcmStreamState
+    body: S3ecV3Multipart
+    state: GcmStreamState
     #: The S3EC data key, which authenticates the upload id.
     data_key: bytes = field(repr=False)
     created: float = field(default_factory=time.monotonic)
@@ -194,7 +195,8 @@ async def _upload_data_key(gw: Gateway, uid: UploadId, bucket: str, key: str) ->
     envelope = s3ec.S3ecEnvelope(s3ec.FORMAT_V3, s3ec.WRAP_AES_GCM, uid.wrapped_key, {})
     for ref, material in local.s3ec_unwrapping_keys(key_id):
         if ref == uid.key_ref and isinstance(material, bytes):
-            data_key = s3ec.unwrap_aes_gcm(envelope, material)
+            with key_errors():
+                data_key = s3ec_keys.unwrap_aes_gcm(envelope, material)
             audit_local_use(gw, "decrypt", ref, s3ec.WRAP_AES_GCM, bucket, key)
             return data_key
     raise InvalidWrappedKey(f"no AES-256 key {uid.key_ref!r} in the local keyring")
@@ -210,7 +212,7 @@ async def create_upload(gw: Gateway, caller: Caller, bucket: str, key: str, requ
     if len(reg) >= MAX_LIVE_UPLOADS:
         raise S3Error("SlowDown", "too many s3ec-v3 multipart uploads in progress on this sealgate process", 503)
     plain_key, wrapped, wrap_alg, context, key_ref = await new_data_key(gw, caller, bucket, key)
-    body = s3ec.S3ecV3Multipart(plain_key)
+    body = S3ecV3Multipart(plain_key)
     headers = object_headers(request_headers, body.metadata(wrapped, wrap_alg, encryption_context=context))
     _, doc = await gw.backend.read_ok("POST", bucket, key, query=[("uploads", "")], headers=headers, body=b"")
     backend_id = find_text(parse(doc), "UploadId")
@@ -255,7 +257,7 @@ async def encrypt_part(
             raise _out_of_order(up, number)
         is_last = length < MIN_PART_SIZE or number == MAX_PARTS
         enc = up.body.part(start)
-        after: list[s3ec.GcmStreamState] = []
+        after: list[GcmStreamState] = []
 
         async def ciphertext() -> AsyncIterator[bytes]:
             async for piece in plaintext:

@@ -27,10 +27,11 @@ from s3_encryption.materials.keyring import S3Keyring
 from s3_encryption.materials.kms_keyring import KmsKeyring
 from s3_encryption.materials.materials import AlgorithmSuite, CommitmentPolicy
 
-from proxy.crypto import s3ec
+from proxy.crypto import s3ec, s3ec_keys, s3ec_streams
 from proxy.crypto.format import IntegrityError
 from proxy.kms.aws import AwsKmsKeyring
 from proxy.kms.base import InvalidWrappedKey
+from proxy.store import s3ec as store_s3ec
 from tests.integration.s3ec_support import moto_client
 
 REGION = "us-east-1"
@@ -92,9 +93,9 @@ def pieces(data: bytes, size: int) -> list[bytes]:
     return [data[i : i + size] for i in range(0, len(data), size)] or [b""]
 
 
-def stream_decrypt(mats: s3ec.S3ecMaterials, body: bytes, mode: s3ec.Mode, piece: int) -> tuple[bytes, int]:
+def stream_decrypt(mats: s3ec.S3ecMaterials, body: bytes, mode: s3ec_streams.Mode, piece: int) -> tuple[bytes, int]:
     """Plaintext and how many bytes came out before finish()."""
-    dec = s3ec.S3ecDecryptor(mats, len(body), mode=mode)
+    dec = s3ec_streams.S3ecDecryptor(mats, len(body), mode=mode)
     early = b"".join(b"".join(dec.feed(p)) for p in pieces(body, piece))
     return early + b"".join(dec.finish()), len(early)
 
@@ -121,7 +122,7 @@ async def test_official_v3_read_by_sealgate(
     assert meta["x-amz-c"] == "115" and meta["x-amz-w"] == "12"
     assert "x-amz-m" not in meta and "x-amz-tag-len" not in meta
     assert json.loads(meta["x-amz-t"]) == {**(ctx or {}), "aws:x-amz-cek-alg": "115"}
-    mats = await s3ec.unwrap_s3ec(meta, keyring=keyring, kms_key_id=env["key_id"], expected_context=ctx or {})
+    mats = await store_s3ec.unwrap_s3ec(meta, keyring=keyring, kms_key_id=env["key_id"], expected_context=ctx or {})
     out, early = stream_decrypt(mats, body, "verify_first", 7 if size < 100 else 65536)
     assert out == data and early == 0
     out, _ = stream_decrypt(mats, body, "delayed", 5 if size < 100 else 100_000)
@@ -143,10 +144,10 @@ async def test_official_v2_read_by_sealgate(
     assert meta["x-amz-wrap-alg"] == "kms+context" and meta["x-amz-cek-alg"] == "AES/GCM/NoPadding"
     assert meta["x-amz-tag-len"] == "128" and len(base64.b64decode(meta["x-amz-iv"])) == 12
     assert json.loads(meta["x-amz-matdesc"]) == {**(ctx or {}), "aws:x-amz-cek-alg": "AES/GCM/NoPadding"}
-    mats = await s3ec.unwrap_kms(meta, keyring, env["key_id"], ctx)
+    mats = await store_s3ec.unwrap_kms(meta, keyring, env["key_id"], ctx)
     out, early = stream_decrypt(mats, body, "verify_first", 3 if size < 100 else 40_000)
     assert out == data and early == 0
-    assert s3ec.decrypt_body(mats, body, mode="delayed") == data
+    assert s3ec_streams.decrypt_body(mats, body, mode="delayed") == data
 
 
 # -- sealgate writes, official client reads ----------------------------------------------------
@@ -157,7 +158,7 @@ async def sealgate_put_v3_kms(
 ) -> dict[str, str]:
     kctx = s3ec.kms_context(ctx)
     dk = await keyring.generate_data_key(env["key_id"], kctx)
-    enc = s3ec.S3ecV3Encryptor(dk.plaintext)
+    enc = s3ec_streams.S3ecV3Encryptor(dk.plaintext)
     body = b"".join(enc.update(p) for p in pieces(data, piece)) + enc.finish()
     assert len(body) == s3ec.ciphertext_length(len(data))
     meta = enc.metadata(dk.wrapped, s3ec.WRAP_KMS_CONTEXT, encryption_context=kctx)
@@ -178,8 +179,8 @@ async def test_sealgate_v3_read_by_official(
     # and sealgate reads its own object back
     body, stored = raw_get(env, key)
     assert stored == meta
-    mats = await s3ec.unwrap_s3ec(stored, keyring=keyring, kms_key_id=env["key_id"])
-    assert s3ec.decrypt_body(mats, body) == data
+    mats = await store_s3ec.unwrap_s3ec(stored, keyring=keyring, kms_key_id=env["key_id"])
+    assert s3ec_streams.decrypt_body(mats, body) == data
 
 
 async def test_sealgate_v3_wrong_context_refused_by_official(env: dict[str, str], keyring: AwsKmsKeyring) -> None:
@@ -218,10 +219,10 @@ async def test_sealgate_v3_aes_gcm_wrapping(env: dict[str, str], size: int) -> N
     kek = os.urandom(32)
     data_key = os.urandom(32)
     data = payload(size)
-    enc = s3ec.S3ecV3Encryptor(data_key)
+    enc = s3ec_streams.S3ecV3Encryptor(data_key)
     body = enc.update(data) + enc.finish()
     matdesc = {"sealgate-key": "local:default:1"}
-    meta = enc.metadata(s3ec.wrap_aes_gcm(kek, data_key), s3ec.WRAP_AES_GCM, material_description=matdesc)
+    meta = enc.metadata(s3ec_keys.wrap_aes_gcm(kek, data_key), s3ec.WRAP_AES_GCM, material_description=matdesc)
     assert meta["x-amz-w"] == "02" and json.loads(meta["x-amz-m"]) == matdesc and "x-amz-t" not in meta
     key = f"sg-v3-aes/{uuid.uuid4().hex}"
     moto_client("s3", env["url"]).put_object(Bucket=env["bucket"], Key=key, Body=body, Metadata=meta)
@@ -229,16 +230,16 @@ async def test_sealgate_v3_aes_gcm_wrapping(env: dict[str, str], size: int) -> N
     assert official_get(env, key, None, keyring=aes_keyring) == data
     assert aes_keyring.seen_context == matdesc  # the official reader takes x-amz-m for 02
     raw, stored = raw_get(env, key)
-    assert s3ec.decrypt_body(s3ec.unwrap_with_key(stored, kek), raw) == data
-    with pytest.raises(InvalidWrappedKey):
-        s3ec.unwrap_with_key(stored, os.urandom(32))
+    assert s3ec_streams.decrypt_body(s3ec_keys.unwrap_with_key(stored, kek), raw) == data
+    with pytest.raises(s3ec.S3ecKeyError):
+        s3ec_keys.unwrap_with_key(stored, os.urandom(32))
 
 
 def test_v2_aes_gcm_wrapping_vector() -> None:
     """V2 AES/GCM objects (the official Python client cannot write them): built by hand."""
     kek, data_key, iv, data = os.urandom(32), os.urandom(32), os.urandom(12), b"hello v2 aes/gcm"
     meta = {
-        "x-amz-key-v2": base64.b64encode(s3ec.wrap_aes_gcm(kek, data_key, version="v2")).decode(),
+        "x-amz-key-v2": base64.b64encode(s3ec_keys.wrap_aes_gcm(kek, data_key, version="v2")).decode(),
         "x-amz-wrap-alg": "AES/GCM",
         "x-amz-cek-alg": "AES/GCM/NoPadding",
         "x-amz-iv": base64.b64encode(iv).decode(),
@@ -246,7 +247,7 @@ def test_v2_aes_gcm_wrapping_vector() -> None:
         "x-amz-matdesc": "{}",
     }
     body = AESGCM(data_key).encrypt(iv, data, None)
-    assert s3ec.decrypt_body(s3ec.unwrap_with_key(meta, kek), body) == data
+    assert s3ec_streams.decrypt_body(s3ec_keys.unwrap_with_key(meta, kek), body) == data
 
 
 # -- tampering ------------------------------------------------------------------------------------
@@ -270,7 +271,7 @@ def _flip_b64(value: str, i: int = 0) -> str:
 
 
 def _refused_without_plaintext(mats: s3ec.S3ecMaterials, body: bytes) -> None:
-    dec = s3ec.S3ecDecryptor(mats, len(body), mode="verify_first")
+    dec = s3ec_streams.S3ecDecryptor(mats, len(body), mode="verify_first")
     released = [out for p in pieces(body, 4096) for out in dec.feed(p)]
     assert released == []
     with pytest.raises(IntegrityError):
@@ -284,10 +285,10 @@ async def test_v3_tampered_body_refused(
     _, body, meta = v3_object
     n = len(body)
     i = {"first": 0, "middle": n // 2, "last-ciphertext": n - 17, "tag-first": n - 16, "tag-last": n - 1}[where]
-    mats = await s3ec.unwrap_kms(meta, keyring, env["key_id"])
+    mats = await store_s3ec.unwrap_kms(meta, keyring, env["key_id"])
     _refused_without_plaintext(mats, _flip(body, i))
     # delayed mode releases plaintext but still fails at the end
-    dec = s3ec.S3ecDecryptor(mats, n, mode="delayed")
+    dec = s3ec_streams.S3ecDecryptor(mats, n, mode="delayed")
     [dec.feed(p) for p in pieces(_flip(body, i), 65536)]
     with pytest.raises(IntegrityError):
         dec.finish()
@@ -297,12 +298,12 @@ async def test_v3_truncated_or_extended_body_refused(
     env: dict[str, str], keyring: AwsKmsKeyring, v3_object: tuple[bytes, bytes, dict[str, str]]
 ) -> None:
     _, body, meta = v3_object
-    mats = await s3ec.unwrap_kms(meta, keyring, env["key_id"])
-    dec = s3ec.S3ecDecryptor(mats, len(body))
+    mats = await store_s3ec.unwrap_kms(meta, keyring, env["key_id"])
+    dec = s3ec_streams.S3ecDecryptor(mats, len(body))
     assert dec.feed(body[:-1]) == []
     with pytest.raises(IntegrityError):
         dec.finish()
-    dec = s3ec.S3ecDecryptor(mats, len(body))
+    dec = s3ec_streams.S3ecDecryptor(mats, len(body))
     with pytest.raises(IntegrityError):
         dec.feed(body + b"x")
     # the stated length itself lies (the last 16 bytes are then not the tag)
@@ -316,7 +317,7 @@ async def test_v3_tampered_commitment_or_message_id_refused_before_decrypting(
     _, _, meta = v3_object
     bad = {**meta, field: _flip_b64(meta[field], 5)}
     with pytest.raises(IntegrityError, match="commitment"):
-        await s3ec.unwrap_kms(bad, keyring, env["key_id"])
+        await store_s3ec.unwrap_kms(bad, keyring, env["key_id"])
     # the official client agrees
     key = f"tamper/{uuid.uuid4().hex}"
     moto_client("s3", env["url"]).put_object(Bucket=env["bucket"], Key=key, Body=v3_object[1], Metadata=bad)
@@ -330,11 +331,11 @@ async def test_v3_tampered_context_or_wrapped_key_refused(
     _, _, meta = v3_object
     other_ctx = {**meta, "x-amz-t": json.dumps({"tenant": "evil", "aws:x-amz-cek-alg": "115"})}
     with pytest.raises(InvalidWrappedKey):
-        await s3ec.unwrap_kms(other_ctx, keyring, env["key_id"])
+        await store_s3ec.unwrap_kms(other_ctx, keyring, env["key_id"])
     with pytest.raises(InvalidWrappedKey):
-        await s3ec.unwrap_kms(meta, keyring, env["key_id"], expected_context={"tenant": "evil"})
+        await store_s3ec.unwrap_kms(meta, keyring, env["key_id"], expected_context={"tenant": "evil"})
     with pytest.raises(InvalidWrappedKey):
-        await s3ec.unwrap_kms({**meta, "x-amz-3": _flip_b64(meta["x-amz-3"], 40)}, keyring, env["key_id"])
+        await store_s3ec.unwrap_kms({**meta, "x-amz-3": _flip_b64(meta["x-amz-3"], 40)}, keyring, env["key_id"])
     with pytest.raises(s3ec.S3ecFormatError):
         s3ec.parse({**meta, "x-amz-c": "114"})
     with pytest.raises(s3ec.S3ecFormatError):
@@ -346,22 +347,22 @@ async def test_v2_tampered_iv_and_body_refused(env: dict[str, str], keyring: Aws
     data = payload(5000)
     official_put(env, key, data, None, v2=True)
     body, meta = raw_get(env, key)
-    mats = await s3ec.unwrap_kms({**meta, "x-amz-iv": _flip_b64(meta["x-amz-iv"], 11)}, keyring, env["key_id"])
+    mats = await store_s3ec.unwrap_kms({**meta, "x-amz-iv": _flip_b64(meta["x-amz-iv"], 11)}, keyring, env["key_id"])
     _refused_without_plaintext(mats, body)
-    mats = await s3ec.unwrap_kms(meta, keyring, env["key_id"])
+    mats = await store_s3ec.unwrap_kms(meta, keyring, env["key_id"])
     _refused_without_plaintext(mats, _flip(body, 100))
     _refused_without_plaintext(mats, _flip(body, len(body) - 1))
-    assert s3ec.decrypt_body(mats, body) == data
+    assert s3ec_streams.decrypt_body(mats, body) == data
 
 
 async def test_verify_first_limit_and_delayed_mode(
     env: dict[str, str], keyring: AwsKmsKeyring, v3_object: tuple[bytes, bytes, dict[str, str]]
 ) -> None:
     data, body, meta = v3_object
-    mats = await s3ec.unwrap_kms(meta, keyring, env["key_id"])
+    mats = await store_s3ec.unwrap_kms(meta, keyring, env["key_id"])
     with pytest.raises(s3ec.S3ecTooLarge):
-        s3ec.S3ecDecryptor(mats, len(body), mode="verify_first", limit=len(data) - 1)
-    assert s3ec.decrypt_body(mats, body, limit=len(data)) == data
+        s3ec_streams.S3ecDecryptor(mats, len(body), mode="verify_first", limit=len(data) - 1)
+    assert s3ec_streams.decrypt_body(mats, body, limit=len(data)) == data
     out, early = stream_decrypt(mats, body, "delayed", 10_000)
     assert out == data and early >= len(data) - 10_000
 
@@ -375,7 +376,7 @@ async def test_v3_instruction_file_read_by_both(env: dict[str, str], keyring: Aw
     ctx = {"tenant": "acme"}
     kctx = s3ec.kms_context(ctx)
     dk = await keyring.generate_data_key(env["key_id"], kctx)
-    enc = s3ec.S3ecV3Encryptor(dk.plaintext)
+    enc = s3ec_streams.S3ecV3Encryptor(dk.plaintext)
     body = enc.update(data) + enc.finish()
     meta = enc.metadata(dk.wrapped, s3ec.WRAP_KMS_CONTEXT, encryption_context=kctx)
     obj_meta = {k: v for k, v in meta.items() if k in s3ec.V3_OBJECT_ONLY}
@@ -397,8 +398,8 @@ async def test_v3_instruction_file_read_by_both(env: dict[str, str], keyring: Aw
     parsed = s3ec.parse_instruction_file(instr_body)
     assert s3ec.detect(parsed) == "v3"
     merged = s3ec.merge_instruction_file(stored, parsed)
-    mats = await s3ec.unwrap_s3ec(merged, keyring=keyring, kms_key_id=env["key_id"], expected_context=ctx)
-    assert s3ec.decrypt_body(mats, raw) == data
+    mats = await store_s3ec.unwrap_s3ec(merged, keyring=keyring, kms_key_id=env["key_id"], expected_context=ctx)
+    assert s3ec_streams.decrypt_body(mats, raw) == data
     with pytest.raises(s3ec.S3ecFormatError):
         s3ec.merge_instruction_file(stored, {**parsed, "x-amz-d": stored["x-amz-d"]})
     with pytest.raises(s3ec.S3ecFormatError):

@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy.crypto import s3ec
+from proxy.crypto import s3ec, s3ec_keys, s3ec_multipart, s3ec_streams
 from proxy.crypto.format import IntegrityError
 
 DATA_KEY = bytes(range(32))
@@ -24,9 +24,9 @@ MESSAGE_ID = bytes(range(100, 128))
     cuts=st.lists(st.integers(min_value=0, max_value=300), min_size=6, max_size=6),
 )
 def test_parts_equal_one_stream(parts: list[bytes], cuts: list[int]) -> None:
-    ref = s3ec.S3ecV3Encryptor(DATA_KEY, message_id=MESSAGE_ID)
+    ref = s3ec_streams.S3ecV3Encryptor(DATA_KEY, message_id=MESSAGE_ID)
     expected = b"".join(ref.update(p) for p in parts) + ref.finish()
-    body = s3ec.S3ecV3Multipart(DATA_KEY, message_id=MESSAGE_ID)
+    body = s3ec_multipart.S3ecV3Multipart(DATA_KEY, message_id=MESSAGE_ID)
     state, out = body.start, b""
     for part, cut in zip(parts, cuts, strict=False):
         enc = body.part(state)
@@ -37,7 +37,7 @@ def test_parts_equal_one_stream(parts: list[bytes], cuts: list[int]) -> None:
 
 
 def test_a_part_sent_again_replaces_the_first_attempt() -> None:
-    body = s3ec.S3ecV3Multipart(DATA_KEY)
+    body = s3ec_multipart.S3ecV3Multipart(DATA_KEY)
     first = os.urandom(5000)
     enc = body.part(body.start)
     c1 = enc.update(first)
@@ -47,15 +47,15 @@ def test_a_part_sent_again_replaces_the_first_attempt() -> None:
     enc = body.part(before)
     c2 = enc.update(b"the retry")
     tag = body.tag(enc.finish())
-    materials = s3ec.materials(
+    materials = s3ec_keys.materials(
         s3ec.S3ecEnvelope(
             "v3", s3ec.WRAP_KMS_CONTEXT, b"x", {}, message_id=body.message_id, commitment=body.commitment
         ),
         DATA_KEY,
     )
-    assert s3ec.decrypt_body(materials, c1 + c2 + tag) == first + b"the retry"
+    assert s3ec_streams.decrypt_body(materials, c1 + c2 + tag) == first + b"the retry"
     with pytest.raises(IntegrityError):
-        s3ec.decrypt_body(materials, c1 + c2[:-1] + bytes([c2[-1] ^ 1]) + tag)
+        s3ec_streams.decrypt_body(materials, c1 + c2[:-1] + bytes([c2[-1] ^ 1]) + tag)
 
 
 def _cbc(key: bytes, iv: bytes, data: bytes) -> bytes:
@@ -69,9 +69,9 @@ def test_cbc_length_and_stream(size: int) -> None:
     iv, data = os.urandom(16), os.urandom(size)
     body = _cbc(DATA_KEY, iv, data)
     mats = s3ec.S3ecMaterials(version="v1", content_key=DATA_KEY, iv=iv, aad=b"")
-    n = s3ec.cbc_plaintext_length(mats, len(body), body[-32:])
+    n = s3ec_streams.cbc_plaintext_length(mats, len(body), body[-32:])
     assert n == size
-    dec = s3ec.S3ecCbcDecryptor(mats, n)
+    dec = s3ec_streams.S3ecCbcDecryptor(mats, n)
     out = [p for i in range(0, len(body), 7) for p in dec.feed(body[i : i + 7])]
     assert b"".join(out + dec.finish()) == data
 
