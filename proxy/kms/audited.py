@@ -10,23 +10,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 from collections.abc import Mapping
 
 from proxy.audit import AuditError, AuditLog, Outcome
 from proxy.crypto.format import CONTEXT_BUCKET, CONTEXT_KEY
 from proxy.kms.base import DataKey, KeyAccessDenied, Keyring, KeyringError, KeyUnavailable
+from proxy.kms.local import parse_key_ref
 from proxy.kms.materials import CacheHit
 
+# The name these records' failures were logged under before this module split from proxy.audit.
 log = logging.getLogger("proxy.audit")
-
-_LOCAL_REF = re.compile(r"local:([A-Za-z0-9_.-]{1,64}):[1-9][0-9]{0,8}")
 
 
 def _key_id_of(key_ref: str) -> str:
     """The master key id in a key reference: `local:<id>:<version>`, else the reference (an ARN)."""
-    m = _LOCAL_REF.fullmatch(key_ref)
-    return m.group(1) if m else key_ref
+    parsed = parse_key_ref(key_ref)
+    return parsed[0] if parsed else key_ref
 
 
 class AuditingKeyring:

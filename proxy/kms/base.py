@@ -20,7 +20,7 @@ class DataKey:
 class KeyringError(Exception):
     """A keyring refused or failed; the subclass says how.
 
-    No HTTP here: the server decides what a client sees (proxy.store.errors.keyring_error).
+    No HTTP here: what a client sees is decided above the keyrings (proxy.store.errors.keyring_error).
     """
 
     #: The failure's stable name: the reason of its audit records and the label of its KMS call

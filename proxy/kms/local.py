@@ -52,6 +52,12 @@ def _lp(value: str) -> bytes:
     return struct.pack(">I", len(raw)) + raw
 
 
+def parse_key_ref(key_ref: str) -> tuple[str, int] | None:
+    """(key id, version) of a local keyring reference ``local:<key_id>:<version>``, else None."""
+    m = _KEY_REF.fullmatch(key_ref)
+    return (m.group(1), int(m.group(2))) if m else None
+
+
 def wrap_aad(key_ref: str, context: Mapping[str, str]) -> bytes:
     """The associated data binding a wrapped key to `key_ref` and `context` (see module doc)."""
     parts = [WRAP_MAGIC, _lp(key_ref), struct.pack(">I", len(context))]
@@ -146,10 +152,10 @@ class LocalKeyring:
 
     async def decrypt_data_key(self, key_ref: str, wrapped: bytes, context: Mapping[str, str]) -> bytes:
         """Unwrap `wrapped` with the master key version named by `key_ref` and `context`."""
-        m = _KEY_REF.fullmatch(key_ref)
-        if m is None:
+        parsed = parse_key_ref(key_ref)
+        if parsed is None:
             raise InvalidWrappedKey(f"{key_ref[:100]!r} is not a local keyring reference")
-        key_id, version = m.group(1), int(m.group(2))
+        key_id, version = parsed
         self._refresh()
         material = self._store.material(key_id, version)
         if material is None:

@@ -10,7 +10,7 @@ import pytest
 
 from proxy.kms.base import InvalidWrappedKey, KeyAccessDenied
 from proxy.kms.keystore import KeyInfo, LocalKeyStore
-from proxy.kms.local import WRAPPED_SIZE, LocalKeyring, wrap_aad
+from proxy.kms.local import WRAPPED_SIZE, LocalKeyring, parse_key_ref, wrap_aad
 from proxy.store.errors import keyring_error
 
 PASS = b"correct horse battery staple"
@@ -197,3 +197,9 @@ def test_aad_is_unambiguous() -> None:
 
 async def test_close_is_harmless(keyring: LocalKeyring) -> None:
     await keyring.close()
+
+
+def test_parse_key_ref() -> None:
+    assert parse_key_ref("local:default:12") == ("default", 12)
+    for ref in ("local:default:0", "local:default:01", "local::1", "local:a b:1", "arn:aws:kms:x", "local:k:1:2"):
+        assert parse_key_ref(ref) is None
