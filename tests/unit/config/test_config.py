@@ -11,7 +11,7 @@ from pydantic import ValidationError
 
 from proxy.config import Config, ConfigError, available_cores, load_config, parse_address
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 ALICE_SECRET = "alice-secret-0123456789-XYZZY"
 BACKEND_SECRET = "backend-secret-abcdef-PLUGH"
 
