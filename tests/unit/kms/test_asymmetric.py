@@ -9,6 +9,8 @@ import pytest
 from proxy.kms import asymmetric
 from proxy.kms.base import InvalidWrappedKey
 
+NOT_OPEN = "wrapped data key does not open under this key and context"
+
 
 @pytest.mark.parametrize("key_type", asymmetric.TYPES)
 def test_round_trip_and_binding(key_type: str) -> None:
@@ -20,15 +22,15 @@ def test_round_trip_and_binding(key_type: str) -> None:
     dk = os.urandom(32)
     wrapped = asymmetric.wrap(public, dk, b"aad-1")
     assert asymmetric.unwrap(private, wrapped, b"aad-1") == dk
-    with pytest.raises(InvalidWrappedKey):
+    with pytest.raises(InvalidWrappedKey, match=NOT_OPEN):
         asymmetric.unwrap(private, wrapped, b"aad-2")
     bad = bytearray(wrapped)
     bad[-1] ^= 1
-    with pytest.raises(InvalidWrappedKey):
+    with pytest.raises(InvalidWrappedKey, match=NOT_OPEN):
         asymmetric.unwrap(private, bytes(bad), b"aad-1")
     other = asymmetric.load_private(asymmetric.generate(key_type))
     assert other is not None
-    with pytest.raises(InvalidWrappedKey):
+    with pytest.raises(InvalidWrappedKey, match=NOT_OPEN):
         asymmetric.unwrap(other, wrapped, b"aad-1")
     assert asymmetric.wrap(public, dk, b"aad-1") != wrapped  # randomized
 
@@ -61,5 +63,5 @@ def test_kms_layout_opens_with_plain_oaep_sha256(bits: int) -> None:
     assert len(kms_plaintext) == 48 and kms_plaintext[:32] == dk
     assert asymmetric.open_from_kms(kms_plaintext, b"aad-1") == dk
     for bad_aad, bad_plain in ((b"aad-2", kms_plaintext), (b"aad-1", kms_plaintext[:32]), (b"aad-1", dk + bytes(16))):
-        with pytest.raises(InvalidWrappedKey):
+        with pytest.raises(InvalidWrappedKey, match="was not made for this key and context"):
             asymmetric.open_from_kms(bad_plain, bad_aad)

@@ -68,11 +68,11 @@ async def test_auditing_keyring_records_allowed_and_denied(
     key = await keyring.generate_data_key("default", ctx)
     assert await keyring.decrypt_data_key(key.key_ref, key.wrapped, ctx) == key.plaintext
     copy = await keyring.wrap_data_key("default", key.plaintext, encryption_context("photos", "copy.jpg"))
-    with pytest.raises(KeyAccessDenied):
+    with pytest.raises(KeyAccessDenied, match="no master key 'nope'"):
         await keyring.generate_data_key("nope", ctx)
-    with pytest.raises(KeyAccessDenied):
+    with pytest.raises(KeyAccessDenied, match="no version 1 of master key 'nope'"):
         await keyring.decrypt_data_key("local:nope:1", key.wrapped, ctx)
-    with pytest.raises(InvalidWrappedKey):
+    with pytest.raises(InvalidWrappedKey, match="with this encryption context"):
         await keyring.decrypt_data_key(key.key_ref, key.wrapped, encryption_context("photos", "dog.jpg"))
     await keyring.ready("default")
     await keyring.close()
@@ -118,8 +118,8 @@ async def test_unauditable_key_use_is_refused(store: LocalKeyStore, log_path: Pa
     log = AuditLog(log_path)
     keyring = AuditingKeyring(LocalKeyring(store), log)
     log.close()
-    with pytest.raises(KeyUnavailable):
+    with pytest.raises(KeyUnavailable, match="the audit log cannot be written"):
         await keyring.generate_data_key("default", encryption_context("b", "k"))
     # A failed call whose record cannot be written still raises the call's own error.
-    with pytest.raises(KeyAccessDenied):
+    with pytest.raises(KeyAccessDenied, match="no master key 'nope'"):
         await keyring.generate_data_key("nope", encryption_context("b", "k"))

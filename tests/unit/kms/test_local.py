@@ -15,6 +15,7 @@ from proxy.store.errors import keyring_error
 
 PASS = b"correct horse battery staple"
 CTX = {"bucket": "b1", "key": "photos/cat.jpg"}
+NOT_UNWRAPPED = "does not unwrap under local:default:1 with this encryption context"
 
 
 @pytest.fixture
@@ -105,7 +106,7 @@ async def test_data_keys_are_distinct(keyring: LocalKeyring) -> None:
 )
 async def test_wrong_context(keyring: LocalKeyring, context: dict[str, str]) -> None:
     dk = await keyring.generate_data_key("default", CTX)
-    with pytest.raises(InvalidWrappedKey):
+    with pytest.raises(InvalidWrappedKey, match=NOT_UNWRAPPED):
         await keyring.decrypt_data_key(dk.key_ref, dk.wrapped, context)
 
 
@@ -114,10 +115,10 @@ async def test_tampered_wrapped(keyring: LocalKeyring) -> None:
     for i in range(len(dk.wrapped)):
         bad = bytearray(dk.wrapped)
         bad[i] ^= 0x80
-        with pytest.raises(InvalidWrappedKey):
+        with pytest.raises(InvalidWrappedKey, match=NOT_UNWRAPPED):
             await keyring.decrypt_data_key(dk.key_ref, bytes(bad), CTX)
     for wrong_length in (b"", dk.wrapped[:-1], dk.wrapped + b"\x00"):
-        with pytest.raises(InvalidWrappedKey):
+        with pytest.raises(InvalidWrappedKey, match="wrong length"):
             await keyring.decrypt_data_key(dk.key_ref, wrong_length, CTX)
 
 
@@ -127,10 +128,10 @@ async def test_wrong_key_ref(store: LocalKeyStore, keyring: LocalKeyring) -> Non
     key = store._keys["default"]
     key.versions.append(type(key.versions[0])(2, key.versions[0].material, "2025-01-01T00:00:00Z"))
     for ref in ("local:other:1", "local:default:2"):
-        with pytest.raises(InvalidWrappedKey):
+        with pytest.raises(InvalidWrappedKey, match=f"does not unwrap under {ref} with this encryption context"):
             await keyring.decrypt_data_key(ref, dk.wrapped, CTX)
     for ref in ("local:default:01", "local:default", "aws:default:1", "local:default:1:x", ""):
-        with pytest.raises(InvalidWrappedKey):
+        with pytest.raises(InvalidWrappedKey, match="is not a local keyring reference"):
             await keyring.decrypt_data_key(ref, dk.wrapped, CTX)
 
 
@@ -196,7 +197,15 @@ def test_aad_is_unambiguous() -> None:
 
 
 async def test_close_is_harmless(keyring: LocalKeyring) -> None:
+    """Close releases nothing (the keys live in memory): a second close is no error, and the
+    keyring still makes and unwraps keys after it, those made before it included."""
+    before = await keyring.generate_data_key("default", CTX)
     await keyring.close()
+    await keyring.close()
+    after = await keyring.generate_data_key("default", CTX)
+    assert await keyring.decrypt_data_key(before.key_ref, before.wrapped, CTX) == before.plaintext
+    assert await keyring.decrypt_data_key(after.key_ref, after.wrapped, CTX) == after.plaintext
+    await keyring.ready("default")
 
 
 def test_parse_key_ref() -> None:

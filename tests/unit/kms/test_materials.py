@@ -159,7 +159,7 @@ async def test_a_failed_generate_is_not_cached(keyring: FakeKeyring, clock: Cloc
     m = materials(keyring, clock)
     keyring.refuse.add(KEY)
     for _ in range(2):
-        with pytest.raises(KeyAccessDenied):
+        with pytest.raises(KeyAccessDenied, match=f"no key {KEY}"):
             await m.new_object_key(KEY, "b", "k", 10)
     assert keyring.count("generate") == 2
 
@@ -222,7 +222,7 @@ async def test_a_failed_unwrap_is_not_cached_and_is_counted(keyring: FakeKeyring
     keyring.refuse.add("ref:bad")
     before = denied()
     for _ in range(2):
-        with pytest.raises(KeyAccessDenied):
+        with pytest.raises(KeyAccessDenied, match="no key ref:bad"):
             await m.unwrap("ref:bad", b"w", encryption_context("b", "k"))
     assert keyring.count("decrypt") == 2
     assert denied() == before + 2
@@ -265,10 +265,11 @@ async def test_a_use_the_hook_refuses_does_not_happen(keyring: FakeKeyring, cloc
     m = Materials(keyring, reuse=LIMITS, decrypt_seconds=30, clock=clock, on_cache_hit=on_cache_hit)
     first, _ = await m.new_object_key(KEY, "b", "k1", 10)
     await m.unwrap("ref:1", b"w1", encryption_context("b", "k"))
-    with pytest.raises(KeyUnavailable):
+    with pytest.raises(KeyUnavailable, match="the audit log cannot be written"):
         await m.new_object_key(KEY, "b", "k2", 10)
-    with pytest.raises(KeyUnavailable):
+    with pytest.raises(KeyUnavailable, match="the audit log cannot be written"):
         await m.unwrap("ref:1", b"w1", encryption_context("b", "k"))
+    assert (keyring.count("generate"), keyring.count("decrypt")) == (1, 1)  # refused on a cache hit
     # The refused object was not counted against the shared key's limits.
     refusing = False
     for i in range(LIMITS.max_objects - 1):
@@ -298,5 +299,6 @@ async def test_close_forgets_every_key_and_closes_the_keyring(keyring: FakeKeyri
 async def test_the_keyring_is_fixed_once_built(keyring: FakeKeyring, clock: Clock) -> None:
     m = materials(keyring, clock)
     assert m.keyring is keyring
-    with pytest.raises(AttributeError):
+    with pytest.raises(AttributeError, match="'keyring'"):
         m.keyring = FakeKeyring()  # type: ignore[misc]  # auditing is wired in, not swapped in
+    assert m.keyring is keyring
