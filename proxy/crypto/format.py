@@ -51,6 +51,9 @@ META_SEALED: Final = "sg-m"
 #: data key); the object's name is then bound by the name tag instead.
 META_SCOPE: Final = "sg-scope"
 META_NAME_TAG: Final = "sg-nt"
+#: Optional: the writer's Ed25519 signature over what commits the object (crypto/signing.py).
+#: Readers of keys that list trusted signers require it; other readers ignore it.
+META_SIGNATURE: Final = "sg-sig"
 SCOPE_OBJECT: Final = "object"
 SCOPE_BUCKET: Final = "bucket"
 ALL_META: Final = (
@@ -64,6 +67,7 @@ ALL_META: Final = (
     META_SEALED,
     META_SCOPE,
     META_NAME_TAG,
+    META_SIGNATURE,
 )
 
 LAYOUT_SINGLE: Final = "single"
@@ -311,10 +315,14 @@ class Envelope:
     layout: str = LAYOUT_SINGLE
     scope: str = SCOPE_OBJECT
     name_tag: bytes = b""
+    #: The sender signature (`sg-sig`), empty when the writer signs nothing (or signs the manifest).
+    signature: bytes = b""
 
     def to_metadata(self) -> dict[str, str]:
         """Backend user-metadata entries (names without ``x-amz-meta-``)."""
         extra = {META_SCOPE: self.scope, META_NAME_TAG: _b64(self.name_tag)} if self.scope == SCOPE_BUCKET else {}
+        if self.signature:
+            extra[META_SIGNATURE] = _b64(self.signature)
         return extra | {
             META_VERSION: VERSION,
             META_LAYOUT: self.layout,
@@ -344,6 +352,7 @@ class Envelope:
             sealed = _unb64(meta[META_SEALED])
             scope = meta.get(META_SCOPE, SCOPE_OBJECT)
             tag = _unb64(meta[META_NAME_TAG]) if scope == SCOPE_BUCKET else b""
+            signature = _unb64(meta.get(META_SIGNATURE, ""))
         except KeyError as exc:
             raise FormatError(f"sealgate metadata field {exc.args[0]} is missing") from exc
         except (ValueError, binascii.Error) as exc:
@@ -366,6 +375,7 @@ class Envelope:
             layout=layout,
             scope=scope,
             name_tag=tag,
+            signature=signature,
         )
 
     @classmethod

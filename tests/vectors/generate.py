@@ -1,4 +1,4 @@
-"""Regenerate tests/vectors/v1.json and upload_id.json (run by hand; the tests only read the JSON).
+"""Regenerate tests/vectors/v1.json, upload_id.json and signature.json (run by hand; the tests only read the JSON).
 
 Everything random in the format (data key, salt, metadata nonce) is fixed here, so the vectors
 are reproducible; the body is fully determined by them.
@@ -7,6 +7,7 @@ are reproducible; the body is fully determined by them.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import json
 from pathlib import Path
@@ -94,6 +95,42 @@ def upload_id_vector(name: str, prefix: str, *, secret: str | None = None) -> di
     }
 
 
+SIGNING_SEED = bytes(range(200, 232))
+
+
+def signature_vector(name: str, layout: str, *, size: int = 0, manifest: bytes = b"") -> dict[str, object]:
+    """A sender signature (docs/FORMAT.md §3a): Ed25519 is deterministic, so it is fixed too."""
+    from proxy.crypto import signing
+
+    bucket, key = "vector-bucket", "dir/object key ✓"
+    env = Envelope(
+        key_ref="local:uploads:1",
+        wrapped_key=b"(wrapped by the keyring: not signed)",
+        salt=SALT,
+        commitment=commitment(DATA_KEY, SALT),
+        segment_size=DEFAULT_SEGMENT_SIZE,
+        sealed=_seal_meta(SealedMetadata(user={"colour": "blue"}), bytes(12)),
+        layout=layout,
+    )
+    body = signing.single_body(size) if layout == "single" else signing.multipart_body(manifest)
+    message = signing.signed_bytes(env, bucket, key, body)
+    signature = signing.sign(SIGNING_SEED, message)
+    if layout == "single":  # a multipart object's signature is on its manifest record instead
+        env = dataclasses.replace(env, signature=signature)
+    return {
+        "name": name,
+        "bucket": bucket,
+        "key": key,
+        "metadata": {f"x-amz-meta-{k}": v for k, v in env.to_metadata().items()},
+        "plaintext_length": size if layout == "single" else None,
+        "sealed_manifest_b64": base64.b64encode(manifest).decode() if layout != "single" else None,
+        "signing_seed_hex": SIGNING_SEED.hex(),
+        "trusted_signer": signing.public_text(signing.public_key(SIGNING_SEED)),
+        "signed_bytes_hex": message.hex(),
+        "signature_b64": base64.b64encode(signature).decode(),
+    }
+
+
 def main() -> None:
     vectors = [
         vector("empty", 0),
@@ -111,6 +148,13 @@ def main() -> None:
     ]
     out.with_name("upload_id.json").write_text(
         json.dumps({"format": "sealgate/1 upload ids", "vectors": ids}, indent=1) + "\n"
+    )
+    sigs = [
+        signature_vector("single", "single", size=70_000),
+        signature_vector("multipart", "multipart", manifest=b"(the sealed manifest, as stored)"),
+    ]
+    out.with_name("signature.json").write_text(
+        json.dumps({"format": "sealgate/1 sender signatures", "vectors": sigs}, indent=1) + "\n"
     )
 
 
