@@ -171,8 +171,9 @@ def test_backend_5xx_on_put(faulty: tuple[FaultyRelay, Stack], moto_url: str) ->
         assert err.value.response["ResponseMetadata"]["HTTPStatusCode"] == 503
     finally:
         relay.fault = None
-    with pytest.raises(ClientError):
+    with pytest.raises(ClientError) as err:
         backend_client(moto_url).head_object(Bucket="faults", Key="five")
+    assert err.value.response["Error"]["Code"] == "404"  # never written, not merely unreadable
     st.client().put_object(Bucket="faults", Key="five", Body=b"after")
     assert st.client().get_object(Bucket="faults", Key="five")["Body"].read() == b"after"
 
@@ -244,8 +245,9 @@ def test_kms_throttling_is_retried_then_503(moto_url: str, tls_files: dict[str, 
         with pytest.raises(ClientError) as err:
             s3.put_object(Bucket="throttle", Key="k", Body=b"secret")
         assert err.value.response["ResponseMetadata"]["HTTPStatusCode"] == 503
-        with pytest.raises(ClientError):
+        with pytest.raises(ClientError) as err:
             backend_client(moto_url).head_object(Bucket="throttle", Key="k")
+        assert err.value.response["Error"]["Code"] == "404"  # never written, not merely unreadable
         relay.fault = None
         s3.put_object(Bucket="throttle", Key="k", Body=b"secret")
         assert s3.get_object(Bucket="throttle", Key="k")["Body"].read() == b"secret"
@@ -288,8 +290,9 @@ def test_streamed_upload_is_not_retried(faulty: tuple[FaultyRelay, Stack], moto_
         assert relay.hits == 1
     finally:
         relay.fault = None
-    with pytest.raises(ClientError):
+    with pytest.raises(ClientError) as err:
         backend_client(moto_url).head_object(Bucket="faults", Key="once")
+    assert err.value.response["Error"]["Code"] == "404"  # never written, not merely unreadable
 
 
 def test_small_upload_is_retried(faulty: tuple[FaultyRelay, Stack], moto_url: str) -> None:
@@ -318,10 +321,12 @@ def test_backend_reset_mid_upload_stores_nothing(faulty: tuple[FaultyRelay, Stac
         assert err.value.response["ResponseMetadata"]["HTTPStatusCode"] in (502, 503)
     finally:
         relay.fault = None
-    with pytest.raises(ClientError):
+    with pytest.raises(ClientError) as err:
         backend_client(moto_url).head_object(Bucket="faults", Key="cut")
-    with pytest.raises(ClientError):
+    assert err.value.response["Error"]["Code"] == "404"  # never written, not merely unreadable
+    with pytest.raises(ClientError) as err:
         st.client().head_object(Bucket="faults", Key="cut")
+    assert err.value.response["Error"]["Code"] == "404"
     st.client().put_object(Bucket="faults", Key="cut", Body=b"whole")
     assert st.client().get_object(Bucket="faults", Key="cut")["Body"].read() == b"whole"
 
@@ -360,8 +365,9 @@ def test_slow_kms_fails_closed_within_its_timeout(moto_url: str, tls_files: dict
         assert status == 503
         # Two attempts of 0.5 s plus botocore's backoff (up to 1 s), not the relay's 3 s each.
         assert time.monotonic() - t0 < 5.0
-        with pytest.raises(ClientError):
+        with pytest.raises(ClientError) as err:
             backend_client(moto_url).head_object(Bucket="slowkms", Key="k")
+        assert err.value.response["Error"]["Code"] == "404"  # never written, not merely unreadable
         relay.fault = None
         s3.put_object(Bucket="slowkms", Key="k", Body=b"secret")
         assert s3.get_object(Bucket="slowkms", Key="k")["Body"].read() == b"secret"

@@ -111,8 +111,9 @@ def test_a_byte_flipped_on_the_way_stores_nothing(checked: tuple[FaultyRelay, St
         assert exc.value.response["Error"]["Code"] == "BadDigest"
     finally:
         checker.flip = False
-    with pytest.raises(ClientError):
+    with pytest.raises(ClientError) as exc:
         s3.head_object(Bucket="crc", Key="flipped")
+    assert exc.value.response["Error"]["Code"] == "404"  # never written, not merely unreadable
 
 
 def test_a_failed_client_check_still_stores_nothing(checked: tuple[FaultyRelay, Stack, Checker]) -> None:
@@ -124,8 +125,9 @@ def test_a_failed_client_check_still_stores_nothing(checked: tuple[FaultyRelay, 
     with pytest.raises(ClientError) as exc:
         s3.put_object(Bucket="crc", Key="bad-md5", Body=os.urandom(2 * MiB), ContentMD5=wrong)
     assert exc.value.response["Error"]["Code"] == "BadDigest"
-    with pytest.raises(ClientError):
+    with pytest.raises(ClientError) as exc:
         s3.head_object(Bucket="crc", Key="bad-md5")
+    assert exc.value.response["Error"]["Code"] == "404"
     assert "bad-md5" not in [o["Key"] for o in st.backend().list_objects_v2(Bucket="crc").get("Contents", [])]
 
 

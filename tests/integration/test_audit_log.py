@@ -36,8 +36,10 @@ decrypt = ["tester"]
         s3.put_object(Bucket="audited", Key="doc", Body=b"AUDITED-PLAINTEXT")
         assert s3.get_object(Bucket="audited", Key="doc")["Body"].read() == b"AUDITED-PLAINTEXT"
         writer = client_for(st.gate.url, st.ca_path, akid="SGWRITER000000000009", secret="writer-secret-0000000009")
-        with pytest.raises(ClientError):
+        with pytest.raises(ClientError) as err:
             writer.get_object(Bucket="audited", Key="doc")
+        assert err.value.response["Error"]["Code"] == "AccessDenied"  # may encrypt under the key, not decrypt
+        assert err.value.response["ResponseMetadata"]["HTTPStatusCode"] == 403
     finally:
         st.gate.stop()
     records = [json.loads(line) for line in log_path.read_text().splitlines()]

@@ -103,8 +103,9 @@ def test_kms_calls_per_put(
             backend_client(moto_url).put_object(
                 Bucket=bucket, Key="o2", Body=raw["Body"].read(), Metadata=raw["Metadata"]
             )
-            with pytest.raises(ClientError):
+            with pytest.raises(ClientError) as err:
                 s3.get_object(Bucket=bucket, Key="o2")["Body"].read()
+            assert err.value.response["Error"]["Code"] == "ObjectIntegrityError"
         else:
             assert generated == 25 and decrypts == 25
     finally:

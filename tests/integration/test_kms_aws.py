@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import threading
 import time
@@ -95,7 +96,7 @@ async def test_data_keys_are_distinct(keyring: AwsKmsKeyring, key_arn: str) -> N
 async def test_empty_context_round_trip(keyring: AwsKmsKeyring, key_arn: str) -> None:
     dk = await keyring.generate_data_key(key_arn, {})
     assert await keyring.decrypt_data_key(dk.key_ref, dk.wrapped, {}) == dk.plaintext
-    with pytest.raises(InvalidWrappedKey):
+    with pytest.raises(InvalidWrappedKey, match="does not decrypt .InvalidCiphertextException"):
         await keyring.decrypt_data_key(dk.key_ref, dk.wrapped, CTX)
 
 
@@ -120,9 +121,9 @@ async def test_tampered_wrapped(keyring: AwsKmsKeyring, key_arn: str) -> None:
     dk = await keyring.generate_data_key(key_arn, CTX)
     bad = bytearray(dk.wrapped)
     bad[-1] ^= 0x01
-    with pytest.raises(InvalidWrappedKey):
+    with pytest.raises(InvalidWrappedKey, match="does not decrypt .InvalidCiphertextException"):
         await keyring.decrypt_data_key(dk.key_ref, bytes(bad), CTX)
-    with pytest.raises(InvalidWrappedKey):
+    with pytest.raises(InvalidWrappedKey, match="KMS Decrypt with key"):
         await keyring.decrypt_data_key(dk.key_ref, b"", CTX)
 
 
@@ -136,7 +137,9 @@ async def test_unknown_key(keyring: AwsKmsKeyring, key_arn: str) -> None:
 async def test_decrypt_pinned_to_key_ref(keyring: AwsKmsKeyring, key_arn: str, kms_url: str) -> None:
     other = str(_admin(kms_url).create_key()["KeyMetadata"]["Arn"])
     dk = await keyring.generate_data_key(key_arn, CTX)
-    with pytest.raises(KeyAccessDenied):
+    # Refused for the key asked for (AWS KMS answers IncorrectKeyException, moto AccessDeniedException).
+    refused = f"KMS Decrypt with key {re.escape(repr(other))}: (refused|request rejected)"
+    with pytest.raises(KeyAccessDenied, match=refused):
         await keyring.decrypt_data_key(other, dk.wrapped, CTX)
 
 
@@ -200,7 +203,7 @@ async def test_unreachable() -> None:
             await kr.generate_data_key("alias/anything", CTX)
         assert time.monotonic() - start < 3
         assert keyring_error(err.value).status == 503
-        with pytest.raises(KeyUnavailable):
+        with pytest.raises(KeyUnavailable, match="KMS Decrypt .*: key service unreachable"):
             await kr.decrypt_data_key("arn:aws:kms:us-east-1:1:key/x", b"\x01" * 64, CTX)
     finally:
         await kr.close()
@@ -395,7 +398,8 @@ async def test_rsa_key_wraps_locally_with_one_get_public_key(rsa_kms: RsaKms, mo
             assert len(dk.wrapped) == 384 and dk.plaintext not in dk.wrapped
         assert len({k.plaintext for k in keys}) == 3
         # moto's Decrypt cannot open RSA ciphertexts (see above): it refuses, nothing is returned.
-        with pytest.raises((KeyAccessDenied, InvalidWrappedKey)):
+        refused = "KMS Decrypt with key .*: (wrapped key does not decrypt|refused|request rejected)"
+        with pytest.raises((KeyAccessDenied, InvalidWrappedKey), match=refused):
             await kr.decrypt_data_key(copied.key_ref, copied.wrapped, CTX)
     finally:
         await kr.close()
@@ -419,11 +423,11 @@ async def test_rsa_round_trip_through_kms_decrypt(rsa_kms: RsaKms) -> None:
         assert await kr.decrypt_data_key(dk.key_ref, dk.wrapped, CTX) == dk.plaintext
         assert (rsa_kms.calls["GetPublicKey"], rsa_kms.calls["Decrypt"]) == (1, 1)
         # The context is bound although KMS takes none for RSA keys: another one is refused.
-        with pytest.raises(InvalidWrappedKey):
+        with pytest.raises(InvalidWrappedKey, match="was not made for this key and context"):
             await kr.decrypt_data_key(dk.key_ref, dk.wrapped, {"bucket": "b1", "key": "photos/dog.jpg"})
         bad = bytearray(dk.wrapped)
         bad[7] ^= 1
-        with pytest.raises(InvalidWrappedKey):
+        with pytest.raises(InvalidWrappedKey, match="does not decrypt .InvalidCiphertextException"):
             await kr.decrypt_data_key(dk.key_ref, bytes(bad), CTX)
     finally:
         await kr.close()
@@ -493,8 +497,9 @@ def test_read_write_gateway_with_a_kms_rsa_key(
         # An object's envelope moved onto another name does not open there.
         stored = raw.get_object(Bucket="rw-kms-rsa", Key="o0")
         raw.put_object(Bucket="rw-kms-rsa", Key="o1", Body=stored["Body"].read(), Metadata=stored["Metadata"])
-        with pytest.raises(ClientError):
+        with pytest.raises(ClientError) as err:
             s3.get_object(Bucket="rw-kms-rsa", Key="o1")["Body"].read()
+        assert err.value.response["Error"]["Code"] == "ObjectIntegrityError"  # not a 503 or an AccessDenied
     finally:
         st.gate.stop()
 

@@ -269,5 +269,6 @@ def test_shutdown_deadline_cuts_what_is_left(moto_url: str, tls_files: dict[str,
     assert 0.4 < time.monotonic() - t0 < 4.0  # waited for the deadline, then cut
     upload.join(5)
     assert outcome and isinstance(outcome[0], Exception)
-    with pytest.raises(ClientError):
+    with pytest.raises(ClientError) as err:
         st.backend().head_object(Bucket=bucket, Key="stalled")
+    assert err.value.response["Error"]["Code"] == "404"  # never written, not merely unreadable

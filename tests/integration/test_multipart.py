@@ -132,8 +132,9 @@ def test_bad_requests(stack: Stack, bucket: str) -> None:
     assert stack.backend().list_objects_v2(Bucket=bucket, Prefix=".sealgate/up/")["KeyCount"] == 1
     s3.abort_multipart_upload(Bucket=bucket, Key="bad", UploadId=uid)
     assert stack.backend().list_objects_v2(Bucket=bucket, Prefix=".sealgate/up/")["KeyCount"] == 0
-    with pytest.raises(ClientError):
+    with pytest.raises(ClientError) as err:
         s3.head_object(Bucket=bucket, Key="bad")
+    assert err.value.response["Error"]["Code"] == "404"  # aborted: no object was made
 
 
 def test_reserved_prefix(stack: Stack, bucket: str) -> None:

@@ -50,8 +50,9 @@ def test_retention_and_legal_hold_hold(stack: Stack, locked_bucket: str) -> None
     s3.put_object_legal_hold(Bucket=locked_bucket, Key="record", VersionId=v, LegalHold={"Status": "OFF"})
     # A client allowed to bypass governance mode can remove the version.
     s3.delete_object(Bucket=locked_bucket, Key="record", VersionId=v, BypassGovernanceRetention=True)
-    with pytest.raises(ClientError):
+    with pytest.raises(ClientError) as exc:
         s3.head_object(Bucket=locked_bucket, Key="record", VersionId=v)
+    assert exc.value.response["Error"]["Code"] == "404"  # gone, not refused
 
 
 def test_default_retention_applies_to_what_sealgate_writes(stack: Stack, locked_bucket: str) -> None:

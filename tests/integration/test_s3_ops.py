@@ -85,8 +85,10 @@ def test_moved_copy_on_backend_is_refused(stack: Stack, bucket: str) -> None:
     s3 = stack.client()
     s3.put_object(Bucket=bucket, Key="orig", Body=b"bound to its name")
     stack.backend().copy_object(Bucket=bucket, Key="stolen", CopySource={"Bucket": bucket, "Key": "orig"})
-    with pytest.raises(ClientError):
+    with pytest.raises(ClientError) as err:
         s3.get_object(Bucket=bucket, Key="stolen")["Body"].read()
+    assert err.value.response["Error"]["Code"] == "ObjectIntegrityError"  # not a NoSuchKey or a 403
+    assert err.value.response["ResponseMetadata"]["HTTPStatusCode"] == 500
 
 
 @pytest.mark.parametrize("quiet", [True, False])

@@ -47,8 +47,10 @@ def test_each_version_reads_back_as_written(stack: Stack, versioned: str) -> Non
     assert s3.head_object(Bucket=versioned, Key="k", VersionId=v2)["ContentLength"] == len(multi)
     # Deleting the key leaves a delete marker; the versions stay readable by id.
     s3.delete_object(Bucket=versioned, Key="k")
-    with pytest.raises(ClientError):
+    with pytest.raises(ClientError) as err:
         s3.get_object(Bucket=versioned, Key="k")
+    assert err.value.response["Error"]["Code"] == "NoSuchKey"  # the marker hides the key; not a 403 or a 500
+    assert err.value.response["ResponseMetadata"]["HTTPStatusCode"] == 404
     assert _read(s3, versioned, "k", VersionId=v1) == single
     listed = s3.list_object_versions(Bucket=versioned)
     sizes = {v["VersionId"]: v["Size"] for v in listed["Versions"]}
