@@ -7,6 +7,9 @@ streaming: nothing is held in memory but a segment. The writer holds back its la
 final segment, the GCM tag) until the reader has authenticated the whole source, so an object
 that fails authentication is left as it was. Each object changes in one backend PUT.
 
+It never writes what the config it runs under would refuse to serve (`Serving`): such an object
+is skipped, with the reason, before anything about it changes.
+
 Safe to interrupt and re-run: objects already in the target format are skipped, and an
 interrupted object is still the old one. Like `rewrap`, run it while nothing else writes under
 the prefix (a write that lands between the read and the PUT would be overwritten). In a
@@ -29,9 +32,12 @@ import click
 
 from proxy.access.authorize import Caller
 from proxy.crypto import s3ec
-from proxy.crypto.format import LAYOUT_SINGLE, FormatError, is_sealgate_object, stream_key
+from proxy.crypto.format import ALL_META, LAYOUT_SINGLE, Envelope, FormatError, is_sealgate_object, stream_key
+from proxy.crypto.s3ec_streams import DEFAULT_VERIFY_LIMIT
 from proxy.crypto.segments import StreamEncryptor
+from proxy.kms import asymmetric
 from proxy.kms.base import KeyringError
+from proxy.kms.keystore import KeyringFileError
 from proxy.s3.errors import S3Error
 from proxy.s3.headers import CARRIED_HEADERS
 from proxy.s3.xml import parse, qname
@@ -125,11 +131,116 @@ async def _delete(gw: Gateway, bucket: str, key: str) -> None:
         log.warning("could not delete /%s/%s after converting (status %d)", bucket, key, resp.status)
 
 
-async def _to_s3ec(gw: Gateway, bucket: str, key: str) -> int:
+class Unservable(Exception):
+    """The object as convert would write it is one the config in force would not serve: it is
+    skipped (reported, left exactly as it was)."""
+
+
+@dataclass(frozen=True)
+class _KeyFacts:
+    #: This config unwraps what it wraps under the key (not encrypt-only, not a public half only).
+    reads_back: bool
+    #: S3EC V3 can wrap under it: a symmetric KMS key (kms+context) or a local AES-256 key.
+    symmetric: bool
+
+
+def _clear_ascii(text: str) -> bool:
+    return text.isascii() and text.isprintable()
+
+
+class Serving:
+    """Whether sealgate, under the config convert runs with, would serve an object as convert is
+    about to write it; asked before anything about the object changes.
+
+    "Would not serve" means refused whoever asks: by the target format's limits (S3EC's
+    verify-first size without the bucket's ``s3ec_delayed_authentication``), by the key's mode
+    here (encrypt-only, or only the public half of a local key), by what S3EC's metadata in the
+    clear cannot carry. One client's key policy is not part of it: convert runs as the operator.
+    S3EC objects convert writes are bound to their name, so every bucket serves them."""
+
+    def __init__(self, gw: Gateway) -> None:
+        self._gw = gw
+        self._keys: dict[str, _KeyFacts] = {}
+
+    def _facts(self, key_id: str) -> _KeyFacts:
+        facts = self._keys.get(key_id)
+        if facts is None:
+            facts = self._keys[key_id] = self._look_up(key_id)
+        return facts
+
+    def _look_up(self, key_id: str) -> _KeyFacts:
+        config, local = self._gw.config, self._gw.local_keys
+        readable = not config.encrypt_only(key_id)
+        if local is None:
+            return _KeyFacts(readable, key_id not in config.kms.rsa_keys)
+        try:
+            store = local.reopen_store()
+        except KeyringFileError:
+            return _KeyFacts(readable, True)  # the keyring's own call says what is wrong
+        if store.key_type(key_id) == "aes-256":
+            return _KeyFacts(readable, True)
+        current = store.current(key_id)
+        private = current is not None and asymmetric.load_private(current[1]) is not None
+        return _KeyFacts(readable and private, False)
+
+    def source(self, key_ref: str) -> None:
+        """Unservable if the key that opens the source is encrypt-only here (as rewrap and copy,
+        convert reads nothing that this config refuses every read of)."""
+        if self._gw.config.encrypt_only(key_ref):
+            raise Unservable(
+                f"its key {key_ref!r} is encrypt-only in this config, which reads nothing under it; "
+                "run convert with a config where the key may decrypt"
+            )
+
+    def target_key(self, bucket: str, key: str, to: Target) -> None:
+        """Unservable if the bucket's key, which the converted object is written under, is one this
+        config cannot read back, or (s3ec-v3) one S3EC cannot wrap with."""
+        key_id = self._gw.config.key_for_bucket(bucket, key)
+        facts = self._facts(key_id)
+        if not facts.reads_back:
+            raise Unservable(
+                f"it would be written under the bucket's key {key_id!r}, which this config encrypts under but "
+                "cannot decrypt (encrypt-only), so sealgate could not serve it back; run convert with a config "
+                "that holds the key's decrypting half"
+            )
+        if to == "s3ec-v3" and not facts.symmetric:
+            raise Unservable(
+                f"S3EC V3 wraps data keys with a symmetric key (KMS kms+context, or a local AES-256 key) and the "
+                f"bucket's key {key_id!r} is not one"
+            )
+
+    def target_object(self, bucket: str, key: str, to: Target, length: int, user: Mapping[str, str]) -> None:
+        """Unservable if an s3ec-v3 object of `length` plaintext bytes and user metadata `user`
+        would be refused on GET, or would not carry that metadata as it is."""
+        if to != "s3ec-v3":
+            return
+        if length > DEFAULT_VERIFY_LIMIT and not s3ec_objects.delayed_ok(self._gw, bucket, key):
+            raise Unservable(
+                f"{length} bytes is above the S3EC verify-first limit ({DEFAULT_VERIFY_LIMIT} bytes), and sealgate "
+                "refuses to serve larger S3EC objects unless the bucket's rule sets s3ec_delayed_authentication = true"
+            )
+        clash = sorted(n for n in user if n in s3ec_objects.S3EC_FIELDS or n in ALL_META)
+        if clash:
+            raise Unservable(
+                f"its user metadata {', '.join(clash)} would be read as envelope fields: S3EC keeps user metadata "
+                "in the clear, beside its envelope"
+            )
+        odd = sorted(repr(n) for n, v in user.items() if not (_clear_ascii(n) and _clear_ascii(v)))
+        if odd:
+            raise Unservable(
+                f"its user metadata {', '.join(odd)} is not printable US-ASCII, which S3EC's metadata in the clear "
+                "cannot carry as it is"
+            )
+
+
+async def _to_s3ec(gw: Gateway, serving: Serving, bucket: str, key: str, meta: Mapping[str, str]) -> int:
     """A sealgate object, rewritten as S3EC V3 (kms+context). Returns the plaintext size."""
+    serving.source(Envelope.from_metadata(meta).key_ref)
+    serving.target_key(bucket, key, "s3ec-v3")
     length, plaintext, opened, head = await read_plaintext(gw, Caller.operator(), bucket, key, None)
     if length > MAX_PUT_SIZE - s3ec.TAG_SIZE:
         raise ConvertObjectError(f"{length} bytes is more than one PUT takes (5 GiB)")
+    serving.target_object(bucket, key, "s3ec-v3", length, opened.meta.user)
     headers = _carried_headers(head.headers)
     # The S3EC keeps user metadata in the clear: it leaves the sealed envelope here.
     headers.update({f"x-amz-meta-{k}": v for k, v in opened.meta.user.items()})
@@ -142,6 +253,7 @@ async def _to_s3ec(gw: Gateway, bucket: str, key: str) -> int:
 
 async def _from_s3ec(
     gw: Gateway,
+    serving: Serving,
     bucket: str,
     key: str,
     head_headers: Mapping[str, str],
@@ -151,6 +263,9 @@ async def _from_s3ec(
 ) -> int:
     """An S3EC object (V2, or V3 with its envelope in an instruction file...), rewritten in
     sealgate's format or as S3EC V3 with its metadata in the object. Returns the plaintext size."""
+    # S3EC records no key id: the bucket's key opens it, and is the one it is written under.
+    serving.source(gw.config.key_for_bucket(bucket, key))
+    serving.target_key(bucket, key, to)
     total = int(head_headers.get("Content-Length") or "0")
     length, plaintext = await s3ec_objects.s3ec_plaintext(
         gw, bucket, key, envelope, head_headers.get("ETag") or "", total
@@ -158,6 +273,7 @@ async def _from_s3ec(
     if length > MAX_PUT_SIZE - s3ec.TAG_SIZE:
         raise ConvertObjectError(f"{length} bytes is more than one PUT takes (5 GiB)")
     user = s3ec_objects.user_metadata(meta)
+    serving.target_object(bucket, key, to, length, user)
     carried = _carried_headers(head_headers)
     carried.update(await _tagging(gw, bucket, key, head_headers.get("x-amz-tagging-count")))
     if to == "s3ec-v3":
@@ -182,8 +298,10 @@ class ConvertObjectError(Exception):
     """This object cannot be converted (reported, the run goes on)."""
 
 
-async def convert_object(gw: Gateway, bucket: str, key: str, to: Target) -> Outcome:
-    """Convert one object to `to`; failures come back as an `Outcome`, never raised."""
+async def convert_object(gw: Gateway, bucket: str, key: str, to: Target, serving: Serving | None = None) -> Outcome:
+    """Convert one object to `to`; failures come back as an `Outcome`, never raised. An object
+    the config would not serve in the target format (`Serving`) is skipped, untouched."""
+    serving = serving or Serving(gw)
     try:
         head = await gw.backend.request("HEAD", bucket, key)
         head.release()
@@ -196,7 +314,7 @@ async def convert_object(gw: Gateway, bucket: str, key: str, to: Target) -> Outc
         if is_sealgate_object(meta):
             if to == "sealgate":
                 return Outcome("already")
-            return Outcome("converted", size=await _to_s3ec(gw, bucket, key))
+            return Outcome("converted", size=await _to_s3ec(gw, serving, bucket, key, meta))
         envelope = await s3ec_objects.s3ec_metadata(gw, bucket, key, meta)
         if envelope is None:
             if key.endswith(s3ec.INSTRUCTION_SUFFIX):
@@ -213,7 +331,9 @@ async def convert_object(gw: Gateway, bucket: str, key: str, to: Target) -> Outc
         if to == "s3ec-v3" and s3ec.detect(envelope) == s3ec.FORMAT_V3:
             return Outcome("already")
         # S3EC V1/V2 become V3 too: the official client's default policy reads only V3.
-        return Outcome("converted", size=await _from_s3ec(gw, bucket, key, head.headers, meta, envelope, to))
+        return Outcome("converted", size=await _from_s3ec(gw, serving, bucket, key, head.headers, meta, envelope, to))
+    except Unservable as exc:
+        return Outcome("skipped", f"not converted, left as it was: {exc}")
     except S3Error as exc:
         return Outcome("failed", f"{exc.code}: {exc.message}")
     except KeyringError as exc:
@@ -242,11 +362,12 @@ async def convert(
         raise ConvertError(f"unknown target format {to!r} (one of {', '.join(TARGETS)})")
 
     report = ConvertReport()
+    serving = Serving(gw)
     async for key, _size in list_keys(gw, bucket, prefix):
         if limit is not None and report.converted >= limit:
             report.stopped_at_limit = True
             break
-        outcome = await convert_object(gw, bucket, key, to)
+        outcome = await convert_object(gw, bucket, key, to, serving)
         if outcome.status == "converted":
             report.converted += 1
             report.bytes += outcome.size

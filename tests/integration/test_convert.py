@@ -17,6 +17,7 @@ from click.testing import CliRunner
 
 from proxy.cli import main
 from proxy.crypto import s3ec
+from proxy.crypto.s3ec_streams import DEFAULT_VERIFY_LIMIT
 from tests.conftest import Stack, backend_client, start_stack
 from tests.integration.s3ec_support import official, start_kms_stack
 
@@ -27,7 +28,10 @@ MiB = 1024 * 1024
 def kms_stack(
     moto_url: str, tls_files: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[Stack, str]]:
-    rules = '\n[[buckets]]\nname = "convert-if"\ns3ec_instruction_files = true\n'
+    rules = (
+        '\n[[buckets]]\nname = "convert-if"\ns3ec_instruction_files = true\n'
+        '\n[[buckets]]\nname = "convert-delayed"\ns3ec_delayed_authentication = true\n'
+    )
     st, key_id = start_kms_stack(tmp_path_factory.mktemp("convert"), moto_url, tls_files, rules=rules)
     yield st, key_id
     st.gate.stop()
@@ -202,3 +206,63 @@ def test_instruction_file_objects_convert_with_their_file(
         assert "converted 1 objects" in result.output
         assert "skipped b-v2: has an S3EC instruction file" in result.output
         assert left == {"a-v3", "b-v2", "b-v2.instruction"}
+
+
+def _stored(raw: Any, bucket: str, key: str) -> tuple[bytes, dict[str, str], str]:
+    got = raw.get_object(Bucket=bucket, Key=key)
+    return got["Body"].read(), got["Metadata"], got["ETag"]
+
+
+def test_what_s3ec_v3_could_not_serve_is_skipped_and_left_as_it_was(
+    kms_stack: tuple[Stack, str], moto_url: str
+) -> None:
+    """Above the verify-first limit sealgate refuses S3EC objects (no delayed authentication in
+    this bucket), and user metadata named like an envelope field would be misread: both stay
+    sealgate objects, byte for byte, and keep reading; the rest converts."""
+    st, _ = kms_stack
+    bucket = "convert-big"
+    raw = backend_client(moto_url)
+    raw.create_bucket(Bucket=bucket)
+    s3 = st.client()
+    big, small, odd = os.urandom(DEFAULT_VERIFY_LIMIT + 1), os.urandom(70_000), os.urandom(500)
+    s3.put_object(Bucket=bucket, Key="big", Body=big)
+    s3.put_object(Bucket=bucket, Key="small", Body=small, Metadata={"n": "1"})
+    s3.put_object(Bucket=bucket, Key="clash", Body=odd, Metadata={"x-amz-iv": "mine"})
+    before = {k: _stored(raw, bucket, k) for k in ("big", "clash")}
+
+    result = run_convert(st, bucket, "s3ec-v3", "--no-progress")
+    assert result.exit_code == 0, result.output
+    assert "converted 1 objects" in result.output and "2 skipped, 0 failed" in result.output, result.output
+    assert (
+        f"skipped big: not converted, left as it was: {len(big)} bytes is above the S3EC verify-first limit"
+        in result.output
+    )
+    assert "s3ec_delayed_authentication = true" in result.output
+    assert "skipped clash: not converted, left as it was: its user metadata x-amz-iv" in result.output
+    for key, stored in before.items():
+        assert _stored(raw, bucket, key) == stored, key
+        assert _format(raw, bucket, key) == "sealgate"
+    assert s3.get_object(Bucket=bucket, Key="big")["Body"].read() == big
+    got = s3.get_object(Bucket=bucket, Key="clash")
+    assert got["Body"].read() == odd and got["Metadata"] == {"x-amz-iv": "mine"}
+    assert _format(raw, bucket, "small") == "s3ec-v3"
+    assert s3.get_object(Bucket=bucket, Key="small")["Body"].read() == small
+    # Run again: the same two are skipped again, nothing else is touched.
+    again = run_convert(st, bucket, "s3ec-v3", "--no-progress")
+    assert "converted 0 objects" in again.output and "1 already s3ec-v3, 2 skipped" in again.output, again.output
+
+
+def test_large_objects_convert_where_the_bucket_allows_delayed_authentication(
+    kms_stack: tuple[Stack, str], moto_url: str
+) -> None:
+    st, _ = kms_stack
+    bucket = "convert-delayed"
+    raw = backend_client(moto_url)
+    raw.create_bucket(Bucket=bucket)
+    s3 = st.client()
+    big = os.urandom(DEFAULT_VERIFY_LIMIT + 1)
+    s3.put_object(Bucket=bucket, Key="big", Body=big)
+    result = run_convert(st, bucket, "s3ec-v3", "--no-progress")
+    assert result.exit_code == 0 and "converted 1 objects" in result.output, result.output
+    assert _format(raw, bucket, "big") == "s3ec-v3"
+    assert s3.get_object(Bucket=bucket, Key="big")["Body"].read() == big
