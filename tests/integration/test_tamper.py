@@ -6,7 +6,7 @@ import os
 from typing import Any
 
 import pytest
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import BotoCoreError, ClientError, ResponseStreamingError
 
 from tests.conftest import Stack
 
@@ -38,9 +38,15 @@ def store(stack: Stack, bucket: str, key: str, body: bytes, meta: dict[str, str]
     stack.backend().put_object(Bucket=bucket, Key=key, Body=body, Metadata=meta)
 
 
-def assert_refused(stack: Stack, bucket: str, key: str, original: bytes) -> None:
+def assert_refused(stack: Stack, bucket: str, key: str, original: bytes, code: str = "ObjectIntegrityError") -> None:
     got, err = read_what_arrives(stack.client(), bucket, key)
     assert err is not None, "tampered object was served without error"
+    if isinstance(err, ClientError):
+        # Refused before the body: the S3 error says why (not a NoSuchKey, a 403 or a 503).
+        assert err.response["Error"]["Code"] == code
+    else:
+        # Found inside the body, after the 200: the connection is cut, never ended cleanly.
+        assert isinstance(err, ResponseStreamingError), repr(err)
     # Whatever arrived before the failure is authentic plaintext, never altered bytes.
     assert got == original[: len(got)]
     assert len(got) < len(original) or not original
@@ -114,8 +120,11 @@ def test_edited_metadata(stack: Stack, bucket: str, obj: tuple[str, bytes]) -> N
         edited[field] = base64.b64encode(bytes(blob)).decode()
         store(stack, bucket, key, body, edited)
         assert_refused(stack, bucket, key, data)
-    for field, value in (("sg-seg", "4096"), ("sg-v", "7"), ("sg-kr", "local:other:1")):
+    for field, value in (("sg-seg", "4096"), ("sg-v", "7")):
         store(stack, bucket, key, body, {**meta, field: value})
         assert_refused(stack, bucket, key, data)
+    # A key reference naming a key this keyring does not hold is a key that may not be used here.
+    store(stack, bucket, key, body, {**meta, "sg-kr": "local:other:1"})
+    assert_refused(stack, bucket, key, data, "AccessDenied")
     store(stack, bucket, key, body, {k: v for k, v in meta.items() if k != "sg-cm"})
     assert_refused(stack, bucket, key, data)

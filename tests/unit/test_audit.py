@@ -175,9 +175,9 @@ def test_context_comes_from_the_context_var(log_path: Path) -> None:
 
 def test_rejects_bad_operation_and_outcome(log_path: Path) -> None:
     with AuditLog(log_path) as log:
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match="invalid audit operation 'Decrypt Key'"):
             log.record("Decrypt Key", "allowed")
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match="invalid audit outcome 'maybe'"):
             log.record("decrypt", "maybe")  # type: ignore[arg-type]
     assert log_path.read_bytes() == b""
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import os
+import re
 import socket
 import ssl
 import stat
@@ -23,6 +24,9 @@ from cryptography.x509.verification import PolicyBuilder, Store, VerificationErr
 
 from proxy.certs import SERVER_CERT_DAYS, CertPaths, init_certs
 from proxy.server.tls import server_ssl_context
+
+#: What the verifier says of a certificate issued for other names (not an expired or untrusted one).
+NO_SAN = "leaf certificate has no matching subjectAltName"
 
 
 def load_cert(path: Path) -> x509.Certificate:
@@ -85,7 +89,7 @@ def test_server_cert_verifies_against_ca(paths: CertPaths, name: DNSName | IPAdd
 
 
 def test_server_cert_does_not_verify_for_other_names(paths: CertPaths) -> None:
-    with pytest.raises(VerificationError):
+    with pytest.raises(VerificationError, match=NO_SAN):
         verify(paths, DNSName("example.com"))
 
 
@@ -157,7 +161,7 @@ def test_overwrite_reissues_server_cert_under_the_same_ca(paths: CertPaths) -> N
     assert again.server_cert.read_bytes() != leaf_before
     verify(again, DNSName("sealgate.internal"))
     verify(again, IPAddress(ipaddress.ip_address("10.0.0.7")))
-    with pytest.raises(VerificationError):
+    with pytest.raises(VerificationError, match=NO_SAN):
         verify(again, DNSName("localhost"))
 
 
@@ -193,7 +197,7 @@ def test_mismatched_ca_key_is_not_reused(paths: CertPaths, tmp_path: Path) -> No
 
 @pytest.mark.parametrize("bad", ["not a host", "", "bücher.example", "-lead.example"])
 def test_invalid_hostname_writes_nothing(tmp_path: Path, bad: str) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=f"not a DNS name or IP address: {re.escape(repr(bad))}"):
         init_certs(tmp_path / "certs", ("localhost", bad))
     assert not (tmp_path / "certs").exists()
 
