@@ -266,3 +266,54 @@ def test_large_objects_convert_where_the_bucket_allows_delayed_authentication(
     assert result.exit_code == 0 and "converted 1 objects" in result.output, result.output
     assert _format(raw, bucket, "big") == "s3ec-v3"
     assert s3.get_object(Bucket=bucket, Key="big")["Body"].read() == big
+
+
+def test_keys_this_config_cannot_decrypt_are_neither_read_nor_written(
+    moto_url: str, tls_files: dict[str, Path], tmp_path: Path
+) -> None:
+    """An encrypt-only key (the keyring holds only its public half, or `mode = "encrypt-only"`)
+    would give an object this config cannot serve back: convert neither writes under one nor
+    reads under one, and the objects stay as they were."""
+    from proxy.kms.keystore import LocalKeyStore
+    from tests.conftest import PASSPHRASE, make_keyring
+
+    st = start_stack(tmp_path, moto_url, tls_files)
+    try:
+        s3, raw = st.client(), backend_client(moto_url)
+        s3.create_bucket(Bucket="convert-eo")
+        data = os.urandom(5000)
+        s3.put_object(Bucket="convert-eo", Key="k", Body=data)
+        before = _stored(raw, "convert-eo", "k")
+        pair_ring = tmp_path / "pair" / "keyring"
+        pair_ring.parent.mkdir()
+        make_keyring(pair_ring)
+        pair = LocalKeyStore.open(pair_ring, PASSPHRASE.encode())
+        pair.create_asymmetric_key("drop", "rsa-3072")
+        ring = LocalKeyStore.open(tmp_path / "keyring", PASSPHRASE.encode())
+        ring.import_asymmetric_key("drop", pair.public_key_pem("drop"))
+        ring.save()
+        base = (st.dir / "sealgate.toml").read_text()
+        configs = {
+            "public-only": base + '\n[[buckets]]\nname = "convert-eo"\nkey = "drop"\n',
+            "mode": base + '\n[[keys]]\nid = "default"\nmode = "encrypt-only"\n',
+        }
+        for name, text in configs.items():
+            path = tmp_path / f"{name}.toml"
+            path.write_text(text)
+            for to in ("s3ec-v3", "sealgate"):
+                args = ["convert", "--config", str(path), "--bucket", "convert-eo", "--to", to, "--no-progress"]
+                result = CliRunner().invoke(main, args, catch_exceptions=False)
+                assert result.exit_code == 0, result.output
+                if to == "sealgate":
+                    assert "1 already sealgate" in result.output, result.output
+                    continue
+                assert "converted 0 objects" in result.output and "1 skipped" in result.output, result.output
+                if name == "public-only":
+                    why = "it would be written under the bucket's key 'drop', which this config encrypts under"
+                else:
+                    why = "its key 'local:default:1' is encrypt-only in this config"
+                assert f"skipped k: not converted, left as it was: {why}" in result.output, result.output
+                assert _stored(raw, "convert-eo", "k") == before
+        assert s3.get_object(Bucket="convert-eo", Key="k")["Body"].read() == data
+    finally:
+        st.gate.stop()
