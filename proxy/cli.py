@@ -149,10 +149,11 @@ def _open_or_create(keyring: Path, passphrase: bytes) -> LocalKeyStore:
 @click.option(
     "--type",
     "key_type",
-    type=click.Choice(["aes-256", "rsa-3072", "rsa-4096", "ec-p256", "ec-p384"]),
+    type=click.Choice(["aes-256", "rsa-3072", "rsa-4096", "ec-p256", "ec-p384", "ed25519-signing"]),
     default="aes-256",
     show_default=True,
-    help="Asymmetric keys let a gateway holding only the public key encrypt (see keys export-public).",
+    help="Asymmetric keys let a gateway holding only the public key encrypt (see keys export-public); "
+    "an ed25519-signing key signs what this keyring's gateway writes (readers trust it: [[keys]] trusted_signers).",
 )
 @_keyring_opt
 @_pass_file_opt
@@ -386,7 +387,8 @@ def gc_cmd(config_path: Path, bucket: str, older_than: str, dry_run: bool) -> No
 @_pass_file_opt
 @_pass_env_opt
 def keys_export_public(key_id: str, keyring: Path, passphrase_file: Path | None, passphrase_env: str) -> None:
-    """Print the public key of an asymmetric KEY_ID (PEM), for an encrypt-only gateway."""
+    """Print the public key of an asymmetric KEY_ID (PEM), for an encrypt-only gateway; of a
+    signing key, the ``ed25519:<base64>`` line for readers' ``trusted_signers``."""
     from proxy.kms.keystore import KeyringFileError
 
     store = _open_store(keyring, passphrase_file, passphrase_env)

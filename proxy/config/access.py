@@ -89,6 +89,29 @@ class KeyPolicy(Section):
     #: ``encrypt-only``: this gateway encrypts new objects under the key but refuses every read
     #: of objects under it (403), whatever ``decrypt`` says.
     mode: Literal["read-write", "encrypt-only"] = "read-write"
+    #: Sender authentication (docs/FORMAT.md §3a): ``"ed25519:<base64>"`` public halves of the
+    #: writing gateways' signing keys (`sealgate keys export-public`). When set, an object under
+    #: this key is served only if one of them signed it; for public-key (encrypt-only) keys,
+    #: whose objects anyone with the public key can make.
+    trusted_signers: tuple[StrictStr, ...] = ()
+
+    @field_validator("trusted_signers")
+    @classmethod
+    def _check_signers(cls, keys: tuple[str, ...]) -> tuple[str, ...]:
+        from proxy.crypto.signing import parse_public
+
+        for i, text in enumerate(keys):
+            try:
+                parse_public(text)
+            except ValueError as exc:
+                raise Invalid((i,), str(exc)) from None
+        return keys
+
+    def signer_keys(self) -> tuple[bytes, ...]:
+        """The raw public keys of `trusted_signers`."""
+        from proxy.crypto.signing import parse_public
+
+        return tuple(parse_public(t) for t in self.trusted_signers)
 
     def names(self, key_ref: str) -> bool:
         """Whether this policy is about the key a stored key reference points to.

@@ -51,6 +51,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
+from proxy.crypto import signing
 from proxy.kms import asymmetric
 
 FORMAT_VERSION = 1
@@ -403,18 +404,21 @@ class LocalKeyStore:
         return self._info(key)
 
     def key_type(self, key_id: str) -> str:
-        """aes-256, rsa-3072, rsa-4096, ec-p256 or ec-p384."""
+        """aes-256, rsa-3072, rsa-4096, ec-p256, ec-p384 or ed25519-signing."""
         key = self._keys.get(key_id)
         return str(key.extra.get("type", "aes-256")) if key is not None else "aes-256"
 
     def create_asymmetric_key(self, key_id: str, key_type: str) -> KeyInfo:
-        """A generated RSA or EC key pair (private key kept; `public_key_pem` gives the public)."""
+        """A generated RSA or EC key pair (private key kept; `public_key_pem` gives the public), or the
+        keyring's one ``ed25519-signing`` key (its seed), which signs what its gateway writes."""
         if not _KEY_ID.fullmatch(key_id):
             raise KeyringFileError(f"invalid key id {key_id!r}: use 1-64 of the characters A-Z a-z 0-9 _ . -")
         if key_id in self._keys:
             raise KeyringFileError(f"key {key_id!r} already exists in {self.path}")
+        if key_type == signing.KEY_TYPE and self.signing_key_id() is not None:
+            raise KeyringFileError(f"{self.path} already has signing key {self.signing_key_id()!r}: rotate it")
         try:
-            der = asymmetric.generate(key_type)
+            der = signing.generate_seed() if key_type == signing.KEY_TYPE else asymmetric.generate(key_type)
         except ValueError as exc:
             raise KeyringFileError(str(exc)) from None
         now = _now()
@@ -448,11 +452,18 @@ class LocalKeyStore:
         return self._info(self._keys[key_id])
 
     def public_key_pem(self, key_id: str) -> bytes:
-        """The current public key of an asymmetric key, PEM."""
+        """The current public key of an asymmetric key, PEM; of a signing key, the line
+        ``ed25519:<b64>`` that readers list in ``trusted_signers``."""
         key = self._keys.get(key_id)
         if key is None or self.key_type(key_id) == "aes-256":
             raise KeyringFileError(f"{key_id!r} is not an asymmetric key in {self.path}")
+        if self.key_type(key_id) == signing.KEY_TYPE:
+            return (signing.public_text(signing.public_key(key.current.material)) + "\n").encode()
         return asymmetric.public_pem(key.current.material)
+
+    def signing_key_id(self) -> str | None:
+        """The id of this keyring's ``ed25519-signing`` key, if it has one (enabled or not)."""
+        return next((k for k in sorted(self._keys) if self.key_type(k) == signing.KEY_TYPE), None)
 
     def import_key(self, key_id: str, material: bytes) -> KeyInfo:
         """Add master key `key_id` with given 256-bit material; imported keys rotate only by hand."""
@@ -480,7 +491,10 @@ class LocalKeyStore:
         if material is not None and len(material) != KEY_SIZE:
             raise KeyringFileError(f"key material must be {KEY_SIZE} bytes, got {len(material)}")
         kind = self.key_type(key_id)
-        fresh = material or (os.urandom(KEY_SIZE) if kind == "aes-256" else asymmetric.generate(kind))
+        if kind == "aes-256":
+            fresh = material or os.urandom(KEY_SIZE)
+        else:
+            fresh = material or (signing.generate_seed() if kind == signing.KEY_TYPE else asymmetric.generate(kind))
         key.versions.append(_Version(key.current.version + 1, fresh, _now()))
         return self._info(key)
 

@@ -35,6 +35,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from proxy.crypto import signing
 from proxy.kms import asymmetric
 from proxy.kms.base import DataKey, InvalidWrappedKey, KeyAccessDenied
 from proxy.kms.keystore import KEY_SIZE, NONCE_SIZE, TAG_SIZE, KeyringFileError, LocalKeyStore
@@ -135,6 +136,8 @@ class LocalKeyring:
         version, material = current
         key_ref = f"local:{key_id}:{version}"
         aad = wrap_aad(key_ref, context)
+        if self._store.key_type(key_id) == signing.KEY_TYPE:
+            raise KeyAccessDenied(f"key {key_id!r} is a signing key: it wraps no data keys")
         if self._store.key_type(key_id) != "aes-256":
             # Public-key wrapping: only the private key's holder can unwrap it.
             return DataKey(plaintext, asymmetric.wrap(asymmetric.load_public(material), plaintext, aad), key_ref)
@@ -164,6 +167,8 @@ class LocalKeyring:
             material = self._store.material(key_id, version)
         if material is None:
             raise KeyAccessDenied(f"no version {version} of master key {key_id!r} in the local keyring")
+        if self._store.key_type(key_id) == signing.KEY_TYPE:
+            raise KeyAccessDenied(f"key {key_id!r} is a signing key: it wraps no data keys")
         if self._store.key_type(key_id) != "aes-256":
             private = asymmetric.load_private(material)
             if private is None:
@@ -180,6 +185,16 @@ class LocalKeyring:
             raise InvalidWrappedKey(
                 f"wrapped key does not unwrap under {key_ref} with this encryption context"
             ) from None
+
+    def signer(self) -> tuple[str, bytes] | None:
+        """(key reference, Ed25519 seed) of the newest version of this keyring's signing key,
+        which signs every object this gateway writes; None without one (or when it is disabled)."""
+        self._refresh()
+        key_id = self._store.signing_key_id()
+        current = self._store.current(key_id) if key_id is not None else None
+        if key_id is None or current is None:
+            return None
+        return f"local:{key_id}:{current[0]}", current[1]
 
     def s3ec_wrapping_key(self, key_id: str) -> tuple[str, bytes]:
         """(key reference, raw 256-bit material) of the newest version of symmetric key `key_id`,
