@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from datetime import datetime
 from fnmatch import fnmatchcase
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -11,13 +12,14 @@ from pydantic import PrivateAttr, SecretStr, StrictBool, StrictStr, field_valida
 from proxy.config.access import ClientConfig, KeyPolicy, PolicyConfig
 from proxy.config.server import ServerConfig
 from proxy.config.services import BackendConfig, KmsConfig, aws_key_problem
-from proxy.config.values import ConfigPath, Invalid, Section
+from proxy.config.values import ConfigPath, Invalid, Section, not_set_unless
 
 if TYPE_CHECKING:
     from proxy.access.policy import Policy
 
 
 _BUCKET_GLOB = re.compile(r"^[a-z0-9.\-*?\[\]!]{1,63}$")
+_RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(?:\.\d{1,6})?(?:[Zz]|[+-]\d{2}:\d{2})$")
 
 
 class EncryptionConfig(Section):
@@ -41,8 +43,12 @@ class BucketRule(Section):
     prefix: StrictStr = ""
     #: Master key for new objects in these buckets (default: ``kms.default_key``).
     key: StrictStr | None = None
-    #: Serve objects sealgate did not write as they are (for migrating existing buckets).
+    #: Serve objects sealgate did not write as they are (for migrating existing buckets), if
+    #: they are older than `unencrypted_before`.
     allow_unencrypted_reads: StrictBool = False
+    #: The cut-over (required with `allow_unencrypted_reads`): an object without an envelope is
+    #: served only if the backend's LastModified is before it; a newer one is refused as tampered.
+    unencrypted_before: datetime | None = None
     #: S3 Encryption Client objects above the verify-first limit (64 MiB) are served with the tag
     #: checked at the end (a failure aborts the connection) instead of being refused.
     s3ec_delayed_authentication: StrictBool = False
@@ -72,6 +78,36 @@ class BucketRule(Section):
         if key is not None and not key.strip():
             raise ValueError("must not be empty")
         return key
+
+    @field_validator("unencrypted_before", mode="before")
+    @classmethod
+    def _check_cut_over(cls, value: object) -> datetime:
+        # A TOML offset date-time arrives parsed; a local one (no zone) would be ambiguous.
+        shown = value.isoformat() if isinstance(value, datetime) else repr(value)
+        if isinstance(value, datetime):
+            parsed = value
+        elif isinstance(value, str) and _RFC3339.match(value):
+            try:
+                parsed = datetime.fromisoformat(value.upper())
+            except ValueError:
+                raise ValueError(f"is not a valid time: {shown}") from None
+        else:
+            raise ValueError(f'must be an RFC 3339 time with a zone, such as "2026-01-31T00:00:00Z", got {shown}')
+        if parsed.utcoffset() is None:
+            raise ValueError(f'must give its zone (such as "Z" or "+02:00"), got {shown}')
+        return parsed
+
+    @model_validator(mode="after")
+    def _require_cut_over(self) -> BucketRule:
+        if self.allow_unencrypted_reads and self.unencrypted_before is None:
+            raise Invalid(
+                ("unencrypted_before",),
+                'required when allow_unencrypted_reads = true: the cut-over, an RFC 3339 time such as '
+                '"2026-01-31T00:00:00Z"; objects without an envelope written after it are refused',
+            )
+        if not self.allow_unencrypted_reads:
+            not_set_unless(self, ("unencrypted_before",), "allow_unencrypted_reads = true")
+        return self
 
     def matches(self, bucket: str, key: str = "") -> bool:
         """Whether this rule applies to `bucket` (and object `key`)."""

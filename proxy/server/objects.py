@@ -38,12 +38,11 @@ from proxy.store.objects import (
     ETAG_TAIL,
     MAX_PUT_SIZE,
     Opened,
-    allow_plain,
     last_modified,
     new_envelope,
-    not_sealgate,
     opaque_etag,
     open_object,
+    require_plain,
 )
 from proxy.store.records import content_md5
 
@@ -156,8 +155,7 @@ async def head_object(gw: Gateway, request: web.Request, bucket: str, key: str) 
         _conditions(request, headers["ETag"], last_modified(resp))
         return web.Response(status=200, headers=headers)
     if not is_sealgate_object(meta):
-        if not allow_plain(gw, bucket):
-            raise not_sealgate(bucket, key)
+        require_plain(gw, bucket, key, resp)
         headers = _object_headers(resp, None)
         headers["ETag"] = resp.headers.get("ETag", "")
         headers["Content-Length"] = str(total)
@@ -277,8 +275,7 @@ async def _stream_object(
             gw, request, bucket, key, resp, total, range_header, headers, s3ec_meta, version
         )
     if not is_sealgate_object(meta):
-        if not allow_plain(gw, bucket):
-            raise not_sealgate(bucket, key)
+        require_plain(gw, bucket, key, resp)
         return await _stream_plain(request, resp, resp_start, total, range_header)
     opened = await open_object(gw, request[CALLER], bucket, key, resp, total, version)
     _conditions(request, opened.etag, last_modified(resp))

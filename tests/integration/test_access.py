@@ -52,6 +52,7 @@ def config_extra(audit: Path) -> str:
         + _client("alice", ALICE, 'groups = ["staff"]')
         + _client("bob", BOB, 'groups = ["staff"]')
         + f'\n[[buckets]]\nname = "{LEGACY}"\nallow_unencrypted_reads = true\n'
+        + 'unencrypted_before = "2100-01-01T00:00:00Z"\n'
         + _policy("full-access", '["tester"]', [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}])
         + _policy(
             "uploads-write-only",

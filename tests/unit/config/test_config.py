@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from datetime import UTC
 from pathlib import Path
 
 import pytest
@@ -497,7 +498,8 @@ def test_helpers(workdir: Path) -> None:
         ],
         buckets=[
             'name = "legacy-keep"\n',
-            'name = "legacy-*"\nkey = "old"\nallow_unencrypted_reads = true\n',
+            'name = "legacy-*"\nkey = "old"\nallow_unencrypted_reads = true\n'
+            'unencrypted_before = "2026-01-31T00:00:00Z"\n',
             'name = "logs-[0-9]*"\nkey = "logs"\n',
         ],
     )
@@ -645,3 +647,65 @@ def test_policy_mistakes_are_start_up_errors(workdir: Path, body: str, principal
 def test_duplicate_policy_names(workdir: Path) -> None:
     text = render(policies=[_policy(f"document = '{FULL}'"), _policy(f"document = '{FULL}'")])
     assert "policies[1].name: duplicate of policies[0].name" in error_of(write(workdir, text))
+
+
+MIGRATION = 'name = "legacy-*"\nallow_unencrypted_reads = true\n'
+
+
+@pytest.mark.parametrize(
+    ("rule", "expected"),
+    [
+        (
+            MIGRATION,
+            "buckets[0].unencrypted_before: required when allow_unencrypted_reads = true: the cut-over, an RFC 3339 "
+            'time such as "2026-01-31T00:00:00Z"; objects without an envelope written after it are refused',
+        ),
+        (
+            MIGRATION + 'unencrypted_before = "2026-01-31"\n',
+            'buckets[0].unencrypted_before: must be an RFC 3339 time with a zone, such as "2026-01-31T00:00:00Z", '
+            "got '2026-01-31'",
+        ),
+        (
+            MIGRATION + 'unencrypted_before = "2026-01-31T00:00:00"\n',
+            'buckets[0].unencrypted_before: must be an RFC 3339 time with a zone, such as "2026-01-31T00:00:00Z", '
+            "got '2026-01-31T00:00:00'",
+        ),
+        (
+            MIGRATION + 'unencrypted_before = "31 Jan 2026 00:00:00 GMT"\n',
+            "buckets[0].unencrypted_before: must be an RFC 3339 time with a zone",
+        ),
+        (
+            MIGRATION + 'unencrypted_before = "2026-02-30T00:00:00Z"\n',
+            "buckets[0].unencrypted_before: is not a valid time: '2026-02-30T00:00:00Z'",
+        ),
+        # A TOML local date-time (no quotes, no zone) is parsed by TOML, but has no zone.
+        (
+            MIGRATION + "unencrypted_before = 2026-01-31T00:00:00\n",
+            'buckets[0].unencrypted_before: must give its zone (such as "Z" or "+02:00"), got 2026-01-31T00:00:00',
+        ),
+        (MIGRATION + "unencrypted_before = 1769817600\n", "buckets[0].unencrypted_before: must be an RFC 3339 time"),
+        (
+            'name = "a"\nunencrypted_before = "2026-01-31T00:00:00Z"\n',
+            "buckets[0].unencrypted_before: only used when allow_unencrypted_reads = true; remove it",
+        ),
+    ],
+)
+def test_migration_needs_a_cut_over(workdir: Path, rule: str, expected: str) -> None:
+    message = error_of(write(workdir, render(buckets=[rule])))
+    assert message.startswith(expected), message
+
+
+@pytest.mark.parametrize(
+    ("value", "utc"),
+    [
+        ('"2026-01-31T00:00:00Z"', "2026-01-31T00:00:00+00:00"),
+        ('"2026-01-31t01:30:00.25+01:30"', "2026-01-31T00:00:00.250000+00:00"),
+        ('"2026-01-31 02:00:00+02:00"', "2026-01-31T00:00:00+00:00"),
+        ("2026-01-31T00:00:00-00:00", "2026-01-31T00:00:00+00:00"),  # a TOML offset date-time
+    ],
+)
+def test_cut_over_is_an_aware_time(workdir: Path, value: str, utc: str) -> None:
+    config = load_config(write(workdir, render(buckets=[MIGRATION + f"unencrypted_before = {value}\n"])), ENV)
+    rule = config.rule_for_bucket("legacy-photos")
+    assert rule is not None and rule.unencrypted_before is not None
+    assert rule.unencrypted_before.astimezone(UTC).isoformat() == utc
