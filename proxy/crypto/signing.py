@@ -113,6 +113,19 @@ def _private(seed: bytes) -> Ed25519PrivateKey:
     return Ed25519PrivateKey.from_private_bytes(seed)
 
 
+def encode_signature(signature: bytes) -> str:
+    """A signature as metadata holds it (b64)."""
+    return base64.b64encode(signature).decode("ascii")
+
+
+def decode_signature(text: str) -> bytes:
+    """Inverse of `encode_signature` (b"" for ""); ValueError when it is not base64."""
+    try:
+        return base64.b64decode(text.encode("ascii"), validate=True)
+    except (binascii.Error, UnicodeEncodeError):
+        raise ValueError("the sender signature is not valid base64") from None
+
+
 def sign(seed: bytes, message: bytes) -> bytes:
     """The 64-byte Ed25519 signature of `message` (deterministic, RFC 8032)."""
     return _private(seed).sign(message)
@@ -131,4 +144,3 @@ def check(signature: bytes, message: bytes, trusted: Iterable[bytes]) -> bytes:
                 continue
             return public
     raise IntegrityError("object's sender signature is not by a trusted signer of its key")
-

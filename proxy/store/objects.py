@@ -5,9 +5,8 @@ authenticated plaintext for operations that re-encrypt."""
 from __future__ import annotations
 
 import dataclasses
-import logging
 from collections.abc import AsyncIterator, Mapping
-from datetime import datetime, timedelta
+from datetime import datetime
 from email.utils import parsedate_to_datetime
 
 from proxy.access.authorize import Caller
@@ -37,8 +36,7 @@ from proxy.store.bodies import Decryptor, Nothing, ranged, total_length
 from proxy.store.errors import keyring_error
 from proxy.store.gateway import Gateway, require_key_use
 from proxy.store.records import read_manifest
-
-log = logging.getLogger(__name__)
+from proxy.store.signatures import check_single, manifest_check, sign_single
 
 MAX_PUT_SIZE = 5 * 1024**3
 
@@ -122,6 +120,8 @@ async def seal_envelope(
         bucket=bucket,
         key=key,
     )
+    if layout != LAYOUT_MULTIPART and size is not None:
+        env = sign_single(gw, env, bucket, key, size)  # a multipart object is signed on completion
     return data_key.plaintext, env
 
 
@@ -141,9 +141,9 @@ async def shown_etag(
     if is_sealgate_object(meta):
         _, total = total_length(resp)
         return (await open_object(gw, caller, bucket, key, resp, total, version)).etag, stored
-    if await s3ec.s3ec_metadata(gw, bucket, key, meta) is None:
-        require_plain(gw, bucket, key, resp)
-    return stored, stored  # shown as stored (see head_object)
+    if allow_plain(gw, bucket) or await s3ec.s3ec_metadata(gw, bucket, key, meta) is not None:
+        return stored, stored  # shown as stored (see head_object)
+    raise not_sealgate(bucket, key)
 
 
 async def write_conditions(
@@ -225,6 +225,8 @@ async def open_object(
     except FormatError as exc:
         raise S3Error("ObjectIntegrityError", f"stored object is not readable: {exc}", 500) from exc
     require_key_use(gw, caller, "decrypt", env.key_ref)
+    if env.layout != LAYOUT_MULTIPART:
+        check_single(gw, env, bucket, key, total)  # before any keyring call: forgeries cost nothing
     try:
         data_key = await gw.materials.unwrap(env.key_ref, env.wrapped_key, env.context(bucket, key))
     except KeyringError as exc:
@@ -235,7 +237,8 @@ async def open_object(
         env.check_name(data_key, bucket, key)
         sealed = open_metadata(data_key, env.salt, env.sealed)
         if env.layout == LAYOUT_MULTIPART:
-            manifest = await read_manifest(gw, bucket, key, resp, data_key, env.salt)
+            check = manifest_check(gw, env, bucket, key)
+            manifest = await read_manifest(gw, bucket, key, resp, data_key, env.salt, check)
             if stored_length(manifest, layout) != total:
                 raise IntegrityError("stored size differs from the manifest's parts")
             return Opened(env, data_key, sealed, manifest.size, f'"{manifest.etag}"', manifest)
@@ -287,44 +290,17 @@ def last_modified(resp: BackendResponse) -> datetime | None:
         return None
 
 
+def allow_plain(gw: Gateway, bucket: str) -> bool:
+    rule = gw.config.rule_for_bucket(bucket)
+    return bool(rule is not None and rule.allow_unencrypted_reads)
+
+
 def not_sealgate(bucket: str, key: str) -> S3Error:
     return S3Error(
         "InvalidObjectState",
         "This object was not written by sealgate; reading unencrypted objects is not enabled "
         "for this bucket (buckets.allow_unencrypted_reads).",
         403,
-        resource=f"/{bucket}/{key}",
-    )
-
-
-def require_plain(gw: Gateway, bucket: str, key: str, resp: BackendResponse) -> None:
-    """Raise unless an object without an envelope (`resp`: the backend's answer to a GET or HEAD
-    of it) may be served as stored: its rule allows unencrypted reads and the backend last
-    modified it before the rule's cut-over. Anything newer is what a downgrade looks like (an
-    object sealgate wrote, replaced by plaintext on the backend): an integrity error."""
-    rule = gw.config.rule_for_bucket(bucket, key)
-    if rule is None or not rule.allow_unencrypted_reads:
-        raise not_sealgate(bucket, key)
-    cut_over = rule.unencrypted_before
-    modified = last_modified(resp)
-    # LastModified has second resolution (rounded down): an object is older than the cut-over
-    # only if its whole second is.
-    if cut_over is not None and modified is not None and modified + timedelta(seconds=1) <= cut_over:
-        return
-    stamp = resp.headers.get("Last-Modified") or "none"
-    log.error(
-        "integrity failure on /%s/%s: no envelope, last modified %s, not before the cut-over %s "
-        "(buckets.unencrypted_before); refused",
-        bucket,
-        key,
-        stamp,
-        cut_over.isoformat() if cut_over is not None else "unset",
-    )
-    raise S3Error(
-        "ObjectIntegrityError",
-        f"stored object has no sealgate envelope but was last modified ({stamp}) after this bucket's "
-        "cut-over to encryption (buckets.unencrypted_before): it may have been replaced on the backend",
-        500,
         resource=f"/{bucket}/{key}",
     )
 
@@ -344,12 +320,7 @@ async def open_copy_source(
     head.release()
     if head.status >= 300:
         raise await head.error()
-    meta = head.user_metadata()
-    if not is_sealgate_object(meta):
-        rule = gw.config.rule_for_bucket(bucket, key)
-        migrating = rule is not None and rule.allow_unencrypted_reads
-        if migrating and await s3ec.s3ec_metadata(gw, bucket, key, meta) is None:
-            require_plain(gw, bucket, key, head)  # a downgraded object is an integrity error, not just "not ours"
+    if not is_sealgate_object(head.user_metadata()):
         raise S3Error("InvalidObjectState", "sealgate copies only objects it wrote", 403)
     _, total = total_length(head)
     opened = await open_object(gw, caller, bucket, key, head, total, version)

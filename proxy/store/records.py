@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import logging
+from collections.abc import Callable, Mapping
 from contextlib import suppress
 from urllib.parse import quote
 
@@ -42,9 +43,16 @@ def record_key(key: str, backend_etag: str) -> str:
 
 
 async def read_manifest(
-    gw: Gateway, bucket: str, key: str, resp: BackendResponse, data_key: bytes, salt: bytes
+    gw: Gateway,
+    bucket: str,
+    key: str,
+    resp: BackendResponse,
+    data_key: bytes,
+    salt: bytes,
+    check: Callable[[bytes, Mapping[str, str]], None] | None = None,
 ) -> Manifest:
-    """The sealed manifest of a multipart object; it must name the ETag the backend reports."""
+    """The sealed manifest of a multipart object; it must name the ETag the backend reports.
+    `check` (the sender signature's) sees the record's body and user metadata before it is opened."""
     etag = etag_value(resp.headers.get("ETag", ""))
     rec = await gw.backend.request("GET", bucket, record_key(key, etag))
     if rec.status == 404:
@@ -56,14 +64,20 @@ async def read_manifest(
         sealed = await rec.read()
     finally:
         rec.release()
+    if check is not None:
+        check(sealed, rec.user_metadata())
     manifest = Manifest.open(data_key, salt, sealed)
     if manifest.backend_etag != etag:
         raise IntegrityError("the stored parts are not the ones the manifest names")
     return manifest
 
 
-async def put_record(gw: Gateway, bucket: str, key: str, manifest: Manifest, sealed: bytes) -> None:
-    """Store a sealed multipart manifest under its reserved key (named by the backend ETag)."""
+async def put_record(
+    gw: Gateway, bucket: str, key: str, manifest: Manifest, sealed: bytes, signature: str = ""
+) -> None:
+    """Store a sealed multipart manifest under its reserved key (named by the backend ETag), with
+    the object's sender `signature` (b64, docs/FORMAT.md §3a) if it has one."""
+    signed = {"x-amz-meta-sg-sig": signature} if signature else {}
     resp = await gw.backend.request(
         "PUT",
         bucket,
@@ -74,7 +88,8 @@ async def put_record(gw: Gateway, bucket: str, key: str, manifest: Manifest, sea
             "x-amz-meta-sg-object": quote(key, safe=""),
             "Content-Type": "application/octet-stream",
             "Content-MD5": content_md5(sealed),
-        },
+        }
+        | signed,
         body=sealed,
     )
     if resp.status >= 300:

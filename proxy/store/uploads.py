@@ -12,13 +12,17 @@ from proxy.access.authorize import Caller
 from proxy.crypto.format import (
     DEFAULT_SEGMENT_SIZE,
     LAYOUT_MULTIPART,
+    Envelope,
     FormatError,
+    IntegrityError,
     Layout,
     Manifest,
     ManifestPart,
     encryption_context,
+    open_metadata,
     part_plaintext_length,
 )
+from proxy.crypto.signing import encode_signature
 from proxy.crypto.upload_id import PREFIX, UploadId, open_for_replicas, seal_for_replicas
 from proxy.kms.base import KeyringError, KeyUnavailable
 from proxy.s3.errors import S3Error
@@ -30,6 +34,7 @@ from proxy.store.errors import keyring_error
 from proxy.store.gateway import Gateway, require_key_use
 from proxy.store.objects import new_envelope
 from proxy.store.records import drop_upload_record, put_record, put_upload_record, record_key
+from proxy.store.signatures import integrity_error, sign_manifest
 
 MIN_PART_SIZE = 5 * 1024 * 1024
 
@@ -130,6 +135,27 @@ def multipart_etag(etags: list[str]) -> str | None:
     return hashlib.md5(b"".join(bytes.fromhex(e) for e in etags)).hexdigest() + f"-{len(etags)}"
 
 
+async def _sign_completed(
+    gw: Gateway, data_key: bytes, salt: bytes, bucket: str, key: str, meta: Mapping[str, str], manifest: Manifest
+) -> None:
+    """Store the manifest record again, with the object's sender signature (docs/FORMAT.md §3a),
+    when this gateway signs. The envelope is the completed object's: checked to be this upload's
+    (salt, commitment, sealed metadata under its data key) before it is signed."""
+    if gw.local_keys is None or gw.local_keys.signer() is None:
+        return
+    try:
+        env = Envelope.from_metadata(meta)
+        if env.salt != salt or env.layout != LAYOUT_MULTIPART:
+            raise IntegrityError("the completed object's envelope is not this upload's")
+        env.check_commitment(data_key)
+        open_metadata(data_key, salt, env.sealed)
+    except FormatError as exc:
+        raise integrity_error(exc) from exc
+    sealed = manifest.seal(data_key, salt)
+    signature = sign_manifest(gw, env, bucket, key, sealed)
+    await put_record(gw, bucket, key, manifest, sealed, encode_signature(signature))
+
+
 async def complete_upload(
     gw: Gateway,
     uid: UploadId,
@@ -189,5 +215,6 @@ async def complete_upload(
         await put_record(gw, bucket, key, manifest, manifest.seal(data_key, uid.salt))
         old = await gw.backend.request("DELETE", bucket, record_key(key, stale.backend_etag))
         old.release()
+    await _sign_completed(gw, data_key, uid.salt, bucket, key, head.user_metadata(), manifest)
     await drop_upload_record(gw, bucket, key, uid.backend_id)
     return final_etag, version_ids(resp.headers)

@@ -3,8 +3,10 @@ back; a sealgate holding the private key reads them."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 from botocore.exceptions import ClientError
@@ -65,6 +67,148 @@ def test_public_key_gateway(moto_url: str, tls_files: dict[str, Path], tmp_path:
         down = reader.client()
         assert down.get_object(Bucket=bucket, Key="small")["Body"].read() == small
         assert down.get_object(Bucket=bucket, Key="big")["Body"].read() == b"".join(parts)
+    finally:
+        gateway.gate.stop()
+        reader.gate.stop()
+
+
+def _refused(call: Any) -> None:
+    """The reader's answer is 500 ObjectIntegrityError: an S3 error document, no body bytes."""
+    with pytest.raises(ClientError) as err:
+        resp = call()
+        resp["Body"].read()  # pragma: no cover - reached only when sealgate serves the object
+    assert err.value.response["ResponseMetadata"]["HTTPStatusCode"] == 500
+    assert err.value.response["Error"]["Code"] in ("ObjectIntegrityError", "500")
+
+
+def test_sender_signatures(moto_url: str, tls_files: dict[str, Path], tmp_path: Path) -> None:
+    """With the public key and write access to the backend, anyone can make an object that
+    unwraps under the private key: the reader accepts only objects its trusted gateway signed."""
+    from click.testing import CliRunner
+
+    from proxy.crypto import signing
+    from proxy.crypto.format import Envelope, Layout
+    from proxy.kms.keystore import LocalKeyStore
+    from proxy.tools.offline.commands import decrypt_cmd, encrypt_cmd
+    from tests.conftest import backend_client, make_keyring
+
+    dirs = {name: tmp_path / name for name in ("reader", "gateway", "attacker")}
+    rings = {name: d / "keyring" for name, d in dirs.items()}
+    for name, d in dirs.items():
+        d.mkdir()
+        make_keyring(rings[name])
+    full = LocalKeyStore.open(rings["reader"], PASSPHRASE.encode())
+    full.create_asymmetric_key("sealed", "ec-p256")
+    full.save()
+    for name in ("gateway", "attacker"):  # both hold only the public key
+        ring = LocalKeyStore.open(rings[name], PASSPHRASE.encode())
+        ring.import_asymmetric_key("sealed", full.public_key_pem("sealed"))
+        if name == "gateway":
+            ring.create_asymmetric_key("gw-sign", "ed25519-signing")
+            trusted = ring.public_key_pem("gw-sign").decode().strip()
+        ring.save()
+    assert trusted.startswith("ed25519:")
+    kms = 'provider = "local"\nkeyring = "{ring}"\npassphrase_file = "{ring}.pass"\ndefault_key = "sealed"\n'
+    secret = '\n[encryption]\nupload_secret = "shared-upload-secret-0123456789"\n'
+    policy = f'\n[[keys]]\nid = "sealed"\nencrypt = ["*"]\ndecrypt = ["*"]\ntrusted_signers = ["{trusted}"]\n'
+    reader = start_stack(
+        dirs["reader"], moto_url, tls_files, kms=kms.format(ring=rings["reader"]), extra=secret + policy
+    )
+    gateway = start_stack(dirs["gateway"], moto_url, tls_files, kms=kms.format(ring=rings["gateway"]), extra=secret)
+    try:
+        up, down, raw = gateway.client(), reader.client(), backend_client(moto_url)
+        bucket = "eo-signed"
+        up.create_bucket(Bucket=bucket)
+        small = os.urandom(70_000)
+        up.put_object(Bucket=bucket, Key="small", Body=small, Metadata={"owner": "gateway"})
+        up.put_object(Bucket=bucket, Key="other", Body=b"x")
+        parts = [os.urandom(5 * MiB), os.urandom(1000)]
+        uid = up.create_multipart_upload(Bucket=bucket, Key="big")["UploadId"]
+        done = [
+            {
+                "PartNumber": n,
+                "ETag": up.upload_part(Bucket=bucket, Key="big", UploadId=uid, PartNumber=n, Body=p)["ETag"],
+            }
+            for n, p in enumerate(parts, 1)
+        ]
+        up.complete_multipart_upload(Bucket=bucket, Key="big", UploadId=uid, MultipartUpload={"Parts": done})
+        got = down.get_object(Bucket=bucket, Key="small")
+        assert got["Body"].read() == small and got["Metadata"] == {"owner": "gateway"}
+        assert down.get_object(Bucket=bucket, Key="big")["Body"].read() == b"".join(parts)
+        assert "sg-sig" in raw.head_object(Bucket=bucket, Key="small")["Metadata"]
+
+        # The attack: `sealgate encrypt` with only the public key, put straight on the backend.
+        src, out = tmp_path / "forged.txt", tmp_path / "forged.sg"
+        src.write_bytes(b"pay the attacker")
+        args = ["--keyring", str(rings["attacker"]), "--passphrase-file", f"{rings['attacker']}.pass"]
+        args += ["--key", "sealed", "--bucket", bucket, "--object-key", "forged", "--meta", "owner=gateway"]
+        result = CliRunner().invoke(encrypt_cmd, [*args, str(src), str(out)], catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        headers = json.loads(out.with_name(out.name + ".meta.json").read_text())
+        meta = {k.removeprefix("x-amz-meta-"): v for k, v in headers.items()}
+        raw.put_object(Bucket=bucket, Key="forged", Body=out.read_bytes(), Metadata=meta)
+        _refused(lambda: down.get_object(Bucket=bucket, Key="forged"))
+        _refused(lambda: down.head_object(Bucket=bucket, Key="forged"))
+        # `sealgate decrypt` with the reader's config refuses it too; with the gateway's keyring
+        # (its signing key), `sealgate encrypt` makes an object the reader accepts.
+        reader_cfg = ["--config", str(dirs["reader"] / "sealgate.toml"), "--bucket", bucket]
+        plain = tmp_path / "forged.out"
+        result = CliRunner().invoke(
+            decrypt_cmd,
+            [*reader_cfg, "--object-key", "forged", str(out), str(plain)],
+            catch_exceptions=False,
+        )
+        assert result.exit_code == 1 and "sender signature" in result.stderr and not plain.exists()
+        gw_args = ["--keyring", str(rings["gateway"]), "--passphrase-file", f"{rings['gateway']}.pass"]
+        signed_out = tmp_path / "signed.sg"
+        gw_args += ["--key", "sealed", "--bucket", bucket, "--object-key", "offline", str(src), str(signed_out)]
+        assert CliRunner().invoke(encrypt_cmd, gw_args, catch_exceptions=False).exit_code == 0
+        headers = json.loads(signed_out.with_name(signed_out.name + ".meta.json").read_text())
+        signed_meta = {k.removeprefix("x-amz-meta-"): v for k, v in headers.items()}
+        raw.put_object(Bucket=bucket, Key="offline", Body=signed_out.read_bytes(), Metadata=signed_meta)
+        assert down.get_object(Bucket=bucket, Key="offline")["Body"].read() == b"pay the attacker"
+        result = CliRunner().invoke(
+            decrypt_cmd,
+            [*reader_cfg, "--object-key", "offline", str(signed_out), str(plain)],
+            catch_exceptions=False,
+        )
+        assert result.exit_code == 0, result.output
+        assert plain.read_bytes() == b"pay the attacker"
+
+        # Signed, but by a key the reader does not trust.
+        env = Envelope.from_metadata(meta)
+        size = Layout(env.segment_size).plaintext_length(out.stat().st_size)
+        rogue = signing.sign(
+            signing.generate_seed(), signing.signed_bytes(env, bucket, "forged", signing.single_body(size))
+        )
+        raw.put_object(
+            Bucket=bucket,
+            Key="forged",
+            Body=out.read_bytes(),
+            Metadata=meta | {"sg-sig": signing.encode_signature(rogue)},
+        )
+        _refused(lambda: down.get_object(Bucket=bucket, Key="forged"))
+
+        # A gateway object whose metadata changed after signing: another object's signature, or none.
+        stored = raw.get_object(Bucket=bucket, Key="small")
+        body, meta = stored["Body"].read(), stored["Metadata"]
+        other = raw.head_object(Bucket=bucket, Key="other")["Metadata"]["sg-sig"]
+        raw.put_object(Bucket=bucket, Key="small", Body=body, Metadata=meta | {"sg-sig": other})
+        _refused(lambda: down.get_object(Bucket=bucket, Key="small"))
+        raw.put_object(Bucket=bucket, Key="small", Body=body, Metadata={k: v for k, v in meta.items() if k != "sg-sig"})
+        _refused(lambda: down.get_object(Bucket=bucket, Key="small"))
+        raw.put_object(Bucket=bucket, Key="small", Body=body, Metadata=meta)
+        assert down.get_object(Bucket=bucket, Key="small")["Body"].read() == small
+
+        # A multipart object whose manifest record lost its signature.
+        records = raw.list_objects_v2(Bucket=bucket, Prefix=".sealgate/mp/")["Contents"]
+        assert len(records) == 1
+        rec = raw.get_object(Bucket=bucket, Key=records[0]["Key"])
+        rec_body, rec_meta = rec["Body"].read(), rec["Metadata"]
+        assert "sg-sig" in rec_meta
+        unsigned = {k: v for k, v in rec_meta.items() if k != "sg-sig"}
+        raw.put_object(Bucket=bucket, Key=records[0]["Key"], Body=rec_body, Metadata=unsigned)
+        _refused(lambda: down.get_object(Bucket=bucket, Key="big"))
     finally:
         gateway.gate.stop()
         reader.gate.stop()

@@ -10,7 +10,9 @@ from pathlib import Path
 import click
 
 from proxy.crypto.format import FormatError, IntegrityError
+from proxy.crypto.signing import decode_signature
 from proxy.kms.base import InvalidWrappedKey, KeyringError
+from proxy.store.signatures import trusted_in
 from proxy.tools.offline.decrypt import decrypt_file
 from proxy.tools.offline.encrypt import encrypt_file
 from proxy.tools.offline.files import OfflineError, Output, outputs
@@ -48,6 +50,13 @@ def _describe(exc: BaseException, bucket: str, object_key: str) -> str:
 
 
 _EXPECTED: tuple[type[BaseException], ...] = (OfflineError, KeyringError, FormatError, OSError)
+
+
+def _signature(text: str) -> bytes:
+    try:
+        return decode_signature(text)
+    except ValueError as exc:
+        raise OfflineError(f"--manifest-signature: {exc}") from None
 
 
 def _fail(exc: BaseException, bucket: str, object_key: str) -> None:
@@ -169,6 +178,12 @@ def encrypt_cmd(
     "[default: the ETag in an s3api/boto3 response given as --metadata]",
 )
 @click.option(
+    "--manifest-signature",
+    default="",
+    help="Multipart layout: the manifest object's x-amz-meta-sg-sig, when the key policy of --config "
+    "lists trusted_signers.",
+)
+@click.option(
     "--user-metadata-out",
     type=click.Path(path_type=Path, dir_okay=False),
     default=None,
@@ -185,6 +200,7 @@ def decrypt_cmd(
     metadata_path: Path | None,
     manifest_path: Path | None,
     backend_etag: str | None,
+    manifest_signature: str,
     user_metadata_out: Path | None,
     force: bool,
     progress: bool | None,
@@ -215,7 +231,8 @@ def decrypt_cmd(
                 raise OfflineError("--user-metadata-out names OUT")
             if user_metadata_out.exists() and not force:
                 raise OfflineError(f"{user_metadata_out} already exists; use --force to replace it")
-        kr, _ = keys.open(meta.get("sg-kr"))
+        kr, cfg = keys.open(meta.get("sg-kr"))
+        trusted = trusted_in(cfg, meta.get("sg-kr", "")) if cfg is not None else ()
         result = decrypt_file(
             kr,
             bucket,
@@ -227,6 +244,8 @@ def decrypt_cmd(
             backend_etag=backend_etag or doc_etag,
             force=force,
             progress=bars,
+            trusted=trusted,
+            manifest_signature=_signature(manifest_signature),
         )
         if user_metadata_out is not None:
             with outputs(lambda: Output(user_metadata_out, private=True, force=True)) as (out,):

@@ -25,6 +25,7 @@ from proxy.crypto.format import (
 )
 from proxy.crypto.multipart import MultipartDecryptor, stored_length
 from proxy.crypto.segments import StreamDecryptor
+from proxy.crypto.signing import check, multipart_body, signed_bytes, single_body
 from proxy.kms.base import Keyring
 from proxy.s3.headers import etag_value
 from proxy.store.objects import ETAG_TAIL, opaque_etag
@@ -143,13 +144,16 @@ def decrypt_file(
     backend_etag: str | None = None,
     force: bool = False,
     progress: Callable[[int | None], Progress] | None = None,
+    trusted: tuple[bytes, ...] = (),
+    manifest_signature: bytes = b"",
 ) -> DecryptResult:
     """Decrypt the backend body in file `src` (with its backend user `metadata`, names without
     prefix) to `dst`, authenticating every segment; `dst` appears only if all of it did.
 
     Multipart-layout objects also need the sealed `manifest` and the `backend_etag` the backend
     reports for the object. The plaintext file is created with mode 0600. `keyring` is closed
-    afterwards.
+    afterwards. With `trusted` signer keys (the key policy's), the object must carry a signature
+    by one of them (a multipart object's: `manifest_signature`), checked before anything else.
     """
     try:
         env = parse_envelope(metadata)
@@ -162,6 +166,13 @@ def decrypt_file(
                 raise OfflineError("--manifest is only for multipart-layout objects; this one is single")
             if env.layout == LAYOUT_MULTIPART and (backend_etag is None or manifest is None):
                 raise OfflineError(multipart_needs(object_key, backend_etag))
+            if trusted:
+                body = single_body(Layout(env.segment_size).plaintext_length(size))
+                if env.layout == LAYOUT_MULTIPART:
+                    assert manifest is not None
+                    body = multipart_body(manifest)
+                signature = manifest_signature if env.layout == LAYOUT_MULTIPART else env.signature
+                check(signature, signed_bytes(env, bucket, object_key, body), trusted)
             with outputs(lambda: Output(dst, private=True, force=force)) as (out,):
                 opened = open_envelope(keyring, env, bucket, object_key)
                 mf: Manifest | None = None

@@ -3,6 +3,7 @@ headers sealgate's PutObject stores (single layout, one stream, docs/FORMAT.md ย
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from collections.abc import Callable, Mapping
@@ -12,7 +13,9 @@ from typing import IO
 
 from proxy.crypto.format import LAYOUT_SINGLE, Envelope, Layout, SealedMetadata, encryption_context, stream_key
 from proxy.crypto.segments import StreamEncryptor
+from proxy.crypto.signing import sign, signed_bytes, single_body
 from proxy.kms.base import DataKey, Keyring
+from proxy.kms.local import LocalKeyring
 from proxy.store.objects import ETAG_TAIL
 from proxy.tools.offline.files import CHUNK_SIZE, OfflineError, Output, Readable, check_paths, outputs, regular_size
 from proxy.tools.offline.keys import close_keyring, run_sync
@@ -41,6 +44,16 @@ def new_envelope(data_key: DataKey, user_metadata: Mapping[str, str]) -> Envelop
     """
     sealed = SealedMetadata(user=dict(user_metadata), etag=ETAG_TAIL)
     return Envelope.new(data_key.plaintext, data_key.key_ref, data_key.wrapped, sealed, layout=LAYOUT_SINGLE)
+
+
+def signed_envelope(keyring: Keyring, env: Envelope, bucket: str, object_key: str, plaintext_length: int) -> Envelope:
+    """`env` with the sender signature of the keyring's ``ed25519-signing`` key (docs/FORMAT.md
+    ยง3a), as sealgate signs what it writes; `env` itself when the keyring has none."""
+    signer = keyring.signer() if isinstance(keyring, LocalKeyring) else None
+    if signer is None:
+        return env
+    message = signed_bytes(env, bucket, object_key, single_body(plaintext_length))
+    return dataclasses.replace(env, signature=sign(signer[1], message))
 
 
 def encrypt_stream(
@@ -107,6 +120,11 @@ def encrypt_file(
             headers = metadata_headers(env)
             bar = progress(size) if progress else NoProgress()
             plain, ct, digest = encrypt_stream(fin, out.file, data_key.plaintext, env, bar)
+            signed = signed_envelope(keyring, env, bucket, object_key, plain)
+            if signed is not env:
+                headers = metadata_headers(signed)
+                if backend_metadata_size(signed.to_metadata()) > MAX_BACKEND_METADATA:
+                    raise OfflineError("with its sender signature the object's metadata is too large for S3")
             meta_out.file.write(json.dumps(headers, indent=2, sort_keys=True).encode() + b"\n")
             # Metadata first: a body without its metadata could never be decrypted.
             meta_out.commit()

@@ -122,7 +122,9 @@ def test_vectors(v: dict[str, object]) -> None:
     assert message.hex() == v["signed_bytes_hex"]
     seed = bytes.fromhex(str(v["signing_seed_hex"]))
     assert signing.public_text(signing.public_key(seed)) == v["trusted_signer"]
-    assert base64.b64encode(signing.sign(seed, message)).decode() == v["signature_b64"] == base64.b64encode(
-        signature
-    ).decode()
+    assert (
+        base64.b64encode(signing.sign(seed, message)).decode()
+        == v["signature_b64"]
+        == base64.b64encode(signature).decode()
+    )
     assert signing.check(signature, message, [signing.parse_public(str(v["trusted_signer"]))])
