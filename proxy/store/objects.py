@@ -5,8 +5,9 @@ authenticated plaintext for operations that re-encrypt."""
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import AsyncIterator, Mapping
-from datetime import datetime
+from datetime import datetime, timedelta
 from email.utils import parsedate_to_datetime
 
 from proxy.access.authorize import Caller
@@ -37,6 +38,8 @@ from proxy.store.errors import keyring_error
 from proxy.store.gateway import Gateway, require_key_use
 from proxy.store.records import read_manifest
 from proxy.store.signatures import check_single, manifest_check, sign_single
+
+log = logging.getLogger(__name__)
 
 MAX_PUT_SIZE = 5 * 1024**3
 
@@ -141,9 +144,9 @@ async def shown_etag(
     if is_sealgate_object(meta):
         _, total = total_length(resp)
         return (await open_object(gw, caller, bucket, key, resp, total, version)).etag, stored
-    if allow_plain(gw, bucket) or await s3ec.s3ec_metadata(gw, bucket, key, meta) is not None:
-        return stored, stored  # shown as stored (see head_object)
-    raise not_sealgate(bucket, key)
+    if await s3ec.s3ec_metadata(gw, bucket, key, meta) is None:
+        require_plain(gw, bucket, key, resp)
+    return stored, stored  # shown as stored (see head_object)
 
 
 async def write_conditions(
@@ -290,17 +293,44 @@ def last_modified(resp: BackendResponse) -> datetime | None:
         return None
 
 
-def allow_plain(gw: Gateway, bucket: str) -> bool:
-    rule = gw.config.rule_for_bucket(bucket)
-    return bool(rule is not None and rule.allow_unencrypted_reads)
-
-
 def not_sealgate(bucket: str, key: str) -> S3Error:
     return S3Error(
         "InvalidObjectState",
         "This object was not written by sealgate; reading unencrypted objects is not enabled "
         "for this bucket (buckets.allow_unencrypted_reads).",
         403,
+        resource=f"/{bucket}/{key}",
+    )
+
+
+def require_plain(gw: Gateway, bucket: str, key: str, resp: BackendResponse) -> None:
+    """Raise unless an object without an envelope (`resp`: the backend's answer to a GET or HEAD
+    of it) may be served as stored: its rule allows unencrypted reads and the backend last
+    modified it before the rule's cut-over. Anything newer is what a downgrade looks like (an
+    object sealgate wrote, replaced by plaintext on the backend): an integrity error."""
+    rule = gw.config.rule_for_bucket(bucket, key)
+    if rule is None or not rule.allow_unencrypted_reads:
+        raise not_sealgate(bucket, key)
+    cut_over = rule.unencrypted_before
+    modified = last_modified(resp)
+    # LastModified has second resolution (rounded down): an object is older than the cut-over
+    # only if its whole second is.
+    if cut_over is not None and modified is not None and modified + timedelta(seconds=1) <= cut_over:
+        return
+    stamp = resp.headers.get("Last-Modified") or "none"
+    log.error(
+        "integrity failure on /%s/%s: no envelope, last modified %s, not before the cut-over %s "
+        "(buckets.unencrypted_before); refused",
+        bucket,
+        key,
+        stamp,
+        cut_over.isoformat() if cut_over is not None else "unset",
+    )
+    raise S3Error(
+        "ObjectIntegrityError",
+        f"stored object has no sealgate envelope but was last modified ({stamp}) after this bucket's "
+        "cut-over to encryption (buckets.unencrypted_before): it may have been replaced on the backend",
+        500,
         resource=f"/{bucket}/{key}",
     )
 
@@ -320,7 +350,12 @@ async def open_copy_source(
     head.release()
     if head.status >= 300:
         raise await head.error()
-    if not is_sealgate_object(head.user_metadata()):
+    meta = head.user_metadata()
+    if not is_sealgate_object(meta):
+        rule = gw.config.rule_for_bucket(bucket, key)
+        migrating = rule is not None and rule.allow_unencrypted_reads
+        if migrating and await s3ec.s3ec_metadata(gw, bucket, key, meta) is None:
+            require_plain(gw, bucket, key, head)  # a downgraded object is an integrity error, not just "not ours"
         raise S3Error("InvalidObjectState", "sealgate copies only objects it wrote", 403)
     _, total = total_length(head)
     opened = await open_object(gw, caller, bucket, key, head, total, version)
