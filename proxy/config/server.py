@@ -64,6 +64,13 @@ class ServerConfig(Section):
     workers: StrictInt = Field(default_factory=available_cores, ge=1, le=256)
     #: A client body that sends nothing for this long is cut off (nothing is stored).
     body_stall_timeout_seconds: StrictInt = Field(default=60, ge=1, le=3600)
+    #: Plaintext that verify-first reads of S3 Encryption Client objects (held whole until their
+    #: GCM tag has checked) may hold at once in this process, shared by all its connections; a
+    #: read that does not fit within a second gets 503 SlowDown. Objects larger than this are
+    #: treated as above the verify-first limit. A reader that takes nothing of the response for
+    #: ``body_stall_timeout_seconds`` is cut off and its share returned. 128 MiB: two objects at
+    #: the 64 MiB verify-first limit at once, per worker process.
+    verify_first_memory_bytes: StrictInt = Field(default=128 * 1024 * 1024, ge=1)
     #: Request bodies at least this long are read straight off the connection, past aiohttp's
     #: parser (fewer copies; see proxy/server/direct.py); the connection then carries on, unless
     #: the body ended early. 0 turns this off.

@@ -22,6 +22,7 @@ from proxy.s3.errors import S3Error
 from proxy.s3.routing import Op, Route, route
 from proxy.s3.sigv4 import ClientCredentials, VerifiedRequest, verify_request
 from proxy.server import admin, buckets, copy, multipart, objects
+from proxy.server.budget import VERIFY_FIRST_BUDGET, MemoryBudget
 from proxy.server.direct import closes_connection
 from proxy.server.state import CALLER, IDENTITY, REQUEST_ID
 from proxy.server.tls import check_client_certificate
@@ -406,6 +407,7 @@ def build_app(gw: Gateway) -> web.Application:
             app[GATEWAY] = gw
             yield
 
+    app[VERIFY_FIRST_BUDGET] = MemoryBudget(srv.verify_first_memory_bytes)
     app.cleanup_ctx.append(lifecycle)
     app.on_response_prepare.append(_stamp_request_id)
     app.on_response_prepare.append(_close_after_direct_body)

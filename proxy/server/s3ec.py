@@ -2,28 +2,32 @@
 `proxy.store.s3ec_uploads`).
 
 An S3EC body is one AES-GCM stream whose tag comes last, so nothing can be authenticated before
-the end. Objects up to the verify-first limit (64 MiB by default, as the Java client) are read
-and checked whole before the first byte is released; larger ones are refused unless the bucket
-opts in to delayed authentication, where a failed tag aborts the connection. Ranges follow the
-same rule (S3EC itself decrypts ranges with unauthenticated CTR; sealgate does not).
+the end. Objects up to the verify-first limit (64 MiB by default, as the Java client, or
+``server.verify_first_memory_bytes`` if that is less) are read and checked whole before the
+first byte is released, holding their plaintext in the process's budget (proxy/server/budget.py);
+larger ones are refused unless the bucket opts in to delayed authentication, where a failed tag
+aborts the connection. Ranges follow the same rule (S3EC itself decrypts ranges with
+unauthenticated CTR; sealgate does not).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from datetime import UTC, datetime
 
 from aiohttp import web
 
 from proxy.crypto import s3ec as crypto_s3ec
 from proxy.crypto.format import FormatError, IntegrityError
-from proxy.crypto.s3ec_streams import S3ecCbcDecryptor, S3ecDecryptor
+from proxy.crypto.s3ec_streams import DEFAULT_VERIFY_LIMIT, S3ecCbcDecryptor, S3ecDecryptor
 from proxy.s3.errors import S3Error
 from proxy.s3.ranges import parse_range
 from proxy.s3.sigv4 import VerifiedRequest
 from proxy.s3.xml import XML_HEADERS, completed_parts, document
 from proxy.server.body import client_body
+from proxy.server.budget import VERIFY_FIRST_BUDGET, BudgetExhausted
 from proxy.server.parts import parse_part_number, read_copy_source
 from proxy.server.state import CALLER
 from proxy.server.writes import write_conditions
@@ -38,14 +42,15 @@ log = logging.getLogger(__name__)
 
 
 def _decryptor(
-    materials: crypto_s3ec.S3ecMaterials, size: int, total: int, *, delayed_ok: bool
-) -> S3ecDecryptor | S3ecCbcDecryptor:
-    """Verify-first up to the limit; beyond it delayed authentication if the bucket opted in,
-    else InvalidObjectState. Legacy CBC has nothing to verify: streamed."""
+    materials: crypto_s3ec.S3ecMaterials, size: int, total: int, *, delayed_ok: bool, limit: int
+) -> tuple[S3ecDecryptor | S3ecCbcDecryptor, int]:
+    """The decryptor, and the plaintext bytes it holds before releasing any: verify-first up to
+    `limit`; beyond it delayed authentication if the bucket opted in, else InvalidObjectState.
+    Legacy CBC has nothing to verify: streamed."""
     try:
         if materials.version == crypto_s3ec.FORMAT_V1:
-            return S3ecCbcDecryptor(materials, size)
-        return S3ecDecryptor(materials, total, mode="verify_first")
+            return S3ecCbcDecryptor(materials, size), 0
+        return S3ecDecryptor(materials, total, mode="verify_first", limit=limit), size
     except crypto_s3ec.S3ecTooLarge as exc:
         if not delayed_ok:
             raise S3Error(
@@ -53,7 +58,11 @@ def _decryptor(
                 f"{exc}; it cannot be authenticated before release (buckets.s3ec_delayed_authentication)",
                 403,
             ) from exc
-        return S3ecDecryptor(materials, total, mode="delayed")
+        return S3ecDecryptor(materials, total, mode="delayed"), 0
+
+
+class _Stalled(Exception):
+    """The client took nothing of the response for the stall timeout."""
 
 
 async def stream_s3ec(
@@ -70,7 +79,12 @@ async def stream_s3ec(
 ) -> web.StreamResponse:
     """GET of an S3EC object (`meta`: its envelope metadata, from `s3ec_metadata`):
     verify-first up to the limit, delayed authentication if opted in. `version`: the object
-    version the client named, which every further read of the body must name too."""
+    version the client named, which every further read of the body must name too.
+
+    A verify-first read holds the whole plaintext until the tag has checked: it reserves that
+    from the process's budget before reading the body (503 SlowDown if it does not fit within
+    a moment), returns it when the response ends, and a client that takes nothing for
+    ``body_stall_timeout_seconds`` is cut off."""
     materials = await s3ec.open_s3ec(gw, request[CALLER], bucket, key, meta)
     size = await s3ec.plaintext_size(gw, bucket, key, materials, total, resp.headers.get("ETag", ""), version)
     rng = parse_range(range_header, size)
@@ -87,16 +101,48 @@ async def stream_s3ec(
         )
         if resp.status >= 300:
             raise await resp.error()
+    budget = request.app[VERIFY_FIRST_BUDGET]
     try:
-        decryptor = _decryptor(materials, size, total, delayed_ok=s3ec.delayed_ok(gw, bucket, key))
-    except S3Error:
+        decryptor, held = _decryptor(
+            materials,
+            size,
+            total,
+            delayed_ok=s3ec.delayed_ok(gw, bucket, key),
+            limit=min(DEFAULT_VERIFY_LIMIT, budget.capacity),
+        )
+        await budget.acquire(held)
+    except BudgetExhausted as exc:
+        resp.close()
+        log.warning("verify-first budget full: %s bytes of /%s/%s refused (%s)", held, bucket, key, exc)
+        raise S3Error("SlowDown", "Please reduce your request rate.", 503) from exc
+    except BaseException:  # refused, or cancelled while waiting: the backend body is not read
         resp.close()
         raise
-    status = 206 if rng else 200
     if rng:
         headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
     headers["Content-Length"] = str(end - start)
-    out = web.StreamResponse(status=status, headers=headers)
+    out = web.StreamResponse(status=206 if rng else 200, headers=headers)
+    stall = float(gw.config.server.body_stall_timeout_seconds) if held else None
+    try:
+        await _send(request, out, resp, decryptor, (start, end), stall, f"/{bucket}/{key}")
+    finally:
+        resp.close()
+        budget.release(held)
+    return out
+
+
+async def _send(
+    request: web.Request,
+    out: web.StreamResponse,
+    resp: BackendResponse,
+    decryptor: S3ecDecryptor | S3ecCbcDecryptor,
+    span: tuple[int, int],
+    stall: float | None,
+    name: str,
+) -> None:
+    """Decrypt the backend's body into `out`, releasing only bytes `span` of the plaintext; a
+    write that has not gone out within `stall` seconds (None: no limit) cuts the connection."""
+    start, end = span
     position = 0
     held = b""
 
@@ -114,27 +160,39 @@ async def stream_s3ec(
             lo, hi = max(start - position, 0), min(end - position, len(piece))
             if hi > lo:
                 if not out.prepared:
-                    await out.prepare(request)
-                await out.write(piece[lo:hi])
+                    await _within(stall, out.prepare(request))
+                await _within(stall, out.write(piece[lo:hi]))
             position += len(piece)
 
     try:
         async for chunk in resp.raw.content.iter_any():
             await emit(decryptor.feed(chunk))
         await emit(decryptor.finish(), final=True)
+        if not out.prepared:
+            await _within(stall, out.prepare(request))
+        await _within(stall, out.write_eof())
     except (IntegrityError, FormatError) as exc:
         if not out.prepared:
             raise S3Error("ObjectIntegrityError", f"S3EC object failed authentication: {exc}", 500) from exc
-        log.error("S3EC authentication failed mid-body on /%s/%s; aborting", bucket, key)
-        if request.transport is not None:
-            request.transport.abort()
-        return out
-    finally:
-        resp.close()
-    if not out.prepared:
-        await out.prepare(request)
-    await out.write_eof()
-    return out
+        log.error("S3EC authentication failed mid-body on %s; aborting", name)
+        _abort(request)
+    except _Stalled:
+        log.warning("client took nothing of %s for %ss; cutting the connection", name, stall)
+        _abort(request)
+
+
+async def _within(seconds: float | None, step: Awaitable[object]) -> None:
+    """`step`, or `_Stalled` if it has not finished within `seconds` (None: no limit)."""
+    try:
+        async with asyncio.timeout(seconds):
+            await step
+    except TimeoutError:
+        raise _Stalled from None
+
+
+def _abort(request: web.Request) -> None:
+    if request.transport is not None:
+        request.transport.abort()
 
 
 async def create_multipart(gw: Gateway, request: web.Request, bucket: str, key: str) -> web.StreamResponse:
