@@ -31,7 +31,7 @@ import aiohttp
 import click
 
 from proxy.access.authorize import Caller
-from proxy.crypto import s3ec
+from proxy.crypto import s3ec, signing
 from proxy.crypto.format import ALL_META, LAYOUT_SINGLE, Envelope, FormatError, is_sealgate_object, stream_key
 from proxy.crypto.s3ec_streams import DEFAULT_VERIFY_LIMIT
 from proxy.crypto.segments import StreamEncryptor
@@ -47,6 +47,7 @@ from proxy.store.gateway import Gateway
 from proxy.store.listing import list_keys
 from proxy.store.objects import ETAG_TAIL, MAX_PUT_SIZE, read_plaintext, seal_envelope
 from proxy.store.records import record_key
+from proxy.store.signatures import trusted_signers
 
 # Named as before the move to tools/: operators filter logs on it.
 log = logging.getLogger("proxy.convert")
@@ -142,6 +143,10 @@ class _KeyFacts:
     reads_back: bool
     #: S3EC V3 can wrap under it: a symmetric KMS key (kms+context) or a local AES-256 key.
     symmetric: bool
+    #: Its key policy serves objects only if one of its ``trusted_signers`` signed them.
+    needs_signature: bool
+    #: This config signs with one of those (its keyring's ed25519-signing key).
+    signs_trusted: bool
 
 
 def _clear_ascii(text: str) -> bool:
@@ -154,9 +159,11 @@ class Serving:
 
     "Would not serve" means refused whoever asks: by the target format's limits (S3EC's
     verify-first size without the bucket's ``s3ec_delayed_authentication``), by the key's mode
-    here (encrypt-only, or only the public half of a local key), by what S3EC's metadata in the
-    clear cannot carry. One client's key policy is not part of it: convert runs as the operator.
-    S3EC objects convert writes are bound to their name, so every bucket serves them."""
+    here (encrypt-only, or only the public half of a local key), by its ``trusted_signers``
+    (which no S3EC object satisfies, and a sealgate object only if this config signs with one of
+    them), by what S3EC's metadata in the clear cannot carry. One client's key policy is not part
+    of it: convert runs as the operator. The S3EC objects convert writes are the proxy's own
+    (`write_s3ec_v3`), which every bucket serves."""
 
     def __init__(self, gw: Gateway) -> None:
         self._gw = gw
@@ -171,17 +178,20 @@ class Serving:
     def _look_up(self, key_id: str) -> _KeyFacts:
         config, local = self._gw.config, self._gw.local_keys
         readable = not config.encrypt_only(key_id)
+        trusted = trusted_signers(self._gw, key_id)
+        signer = local.signer() if local is not None else None  # what store/signatures signs with
+        signs = signer is not None and signing.public_key(signer[1]) in trusted
         if local is None:
-            return _KeyFacts(readable, key_id not in config.kms.rsa_keys)
+            return _KeyFacts(readable, key_id not in config.kms.rsa_keys, bool(trusted), signs)
         try:
             store = local.reopen_store()
         except KeyringFileError:
-            return _KeyFacts(readable, True)  # the keyring's own call says what is wrong
+            return _KeyFacts(readable, True, bool(trusted), signs)  # the keyring's own call says what is wrong
         if store.key_type(key_id) == "aes-256":
-            return _KeyFacts(readable, True)
+            return _KeyFacts(readable, True, bool(trusted), signs)
         current = store.current(key_id)
         private = current is not None and asymmetric.load_private(current[1]) is not None
-        return _KeyFacts(readable and private, False)
+        return _KeyFacts(readable and private, False, bool(trusted), signs)
 
     def source(self, key_ref: str) -> None:
         """Unservable if the key that opens the source is encrypt-only here (as rewrap and copy,
@@ -207,6 +217,16 @@ class Serving:
             raise Unservable(
                 f"S3EC V3 wraps data keys with a symmetric key (KMS kms+context, or a local AES-256 key) and the "
                 f"bucket's key {key_id!r} is not one"
+            )
+        if to == "s3ec-v3" and facts.needs_signature:
+            raise Unservable(
+                f"objects under the bucket's key {key_id!r} must be signed by one of its trusted_signers, and an "
+                "S3EC object carries no sender signature"
+            )
+        if to == "sealgate" and facts.needs_signature and not facts.signs_trusted:
+            raise Unservable(
+                f"objects under the bucket's key {key_id!r} are served only if one of its trusted_signers signed "
+                "them, and this config's keyring holds none of their signing keys"
             )
 
     def target_object(self, bucket: str, key: str, to: Target, length: int, user: Mapping[str, str]) -> None:

@@ -317,3 +317,36 @@ def test_keys_this_config_cannot_decrypt_are_neither_read_nor_written(
         assert s3.get_object(Bucket="convert-eo", Key="k")["Body"].read() == data
     finally:
         st.gate.stop()
+
+
+def test_keys_that_require_a_signature_this_config_cannot_give(
+    moto_url: str, tls_files: dict[str, Path], tmp_path: Path
+) -> None:
+    """Under a key whose readers trust only signers this config does not hold, a converted
+    sealgate object would be refused as unsigned: convert skips it, and the S3EC object stays."""
+    from proxy.crypto import signing
+
+    rule = '\n[[buckets]]\nname = "convert-sig"\nformat = "s3ec-v3"\n'
+    st = start_stack(tmp_path, moto_url, tls_files, extra=rule)
+    try:
+        s3, raw = st.client(), backend_client(moto_url)
+        s3.create_bucket(Bucket="convert-sig")
+        data = os.urandom(3000)
+        s3.put_object(Bucket="convert-sig", Key="k", Body=data)
+        assert _format(raw, "convert-sig", "k") == "s3ec-v3"
+        before = _stored(raw, "convert-sig", "k")
+        stranger = signing.public_text(signing.public_key(signing.generate_seed()))
+        path = tmp_path / "signed.toml"
+        path.write_text(
+            (st.dir / "sealgate.toml").read_text() + f'\n[[keys]]\nid = "default"\ntrusted_signers = ["{stranger}"]\n'
+        )
+        args = ["convert", "--config", str(path), "--bucket", "convert-sig", "--to", "sealgate", "--no-progress"]
+        result = CliRunner().invoke(main, args, catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        assert "converted 0 objects" in result.output and "1 skipped" in result.output, result.output
+        why = "objects under the bucket's key 'default' are served only if one of its trusted_signers signed them"
+        assert f"skipped k: not converted, left as it was: {why}" in result.output, result.output
+        assert _stored(raw, "convert-sig", "k") == before
+        assert s3.get_object(Bucket="convert-sig", Key="k")["Body"].read() == data
+    finally:
+        st.gate.stop()
