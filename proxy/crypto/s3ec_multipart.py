@@ -8,10 +8,18 @@ the state after it computed without touching earlier parts. OpenSSL computes eac
 GHASH (fed as AAD to a helper GCM context under the same key; its tag = GHASH ^ E_K(J0) is
 never released), and only a few GF(2^128) products per part run in Python. Because the state
 is plain values, a failed or retried part just starts again from the state before it.
+
+Starting again means the same AES-CTR counters under the same key, so a part sent again must
+be byte-identical to what any earlier attempt may have released, or the backend would hold
+two ciphertexts under one keystream (and two tags under one nonce give away GHASH's key):
+`SentPart` records digests of what left, `PartAttempt` releases a new attempt only where it
+matches.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 from dataclasses import dataclass, field
 from typing import Final
@@ -162,3 +170,94 @@ class S3ecPartEncryptor:
             g = int.from_bytes(self._ghash.tag, "big") ^ self._body._ek_j0
             part_ghash = _gf_mult(g, self._body._h_inv) ^ ((self._hashed * 8) << 64)
         return self._body._advance(self._state, self._length, part_ghash, self._hashed // 16, self._pending)
+
+
+#: Plaintext bytes per digest of a `SentPart`: a part sent again holds back at most this much
+#: of its plaintext before it is checked and released.
+RESEND_CHUNK: Final = 1 << 20
+
+
+class PartMismatch(ValueError):
+    """A part sent again differs from what an earlier attempt may have released: encrypting
+    it would reuse that attempt's AES-CTR keystream."""
+
+
+class SentPart:
+    """What the attempts at one part may have released: the length first stated and SHA-256
+    digests of the plaintext from the part's start, one per `RESEND_CHUNK` bytes (the last one
+    possibly partial). Bytes are recorded before their ciphertext is released, so an attempt
+    that failed anywhere (even after the backend had its body) leaves a record of all it could
+    have sent."""
+
+    def __init__(self, length: int) -> None:
+        self.length = length
+        self._digests: list[bytes] = []
+        self._tail = hashlib.sha256()
+        self._tail_length = 0
+
+    @property
+    def recorded(self) -> int:
+        """Plaintext bytes recorded, from the part's start: their ciphertext may have left."""
+        return len(self._digests) * RESEND_CHUNK + self._tail_length
+
+    def attempt(self, length: int) -> PartAttempt:
+        """A new attempt at this part, of `length` bytes (PartMismatch unless the first length:
+        one of another length would end the stream elsewhere or move the tag)."""
+        if length != self.length:
+            raise PartMismatch(f"it was first sent with {self.length} bytes, now with {length}")
+        return PartAttempt(self)
+
+    def _digest(self, index: int) -> bytes:
+        return self._digests[index] if index < len(self._digests) else self._tail.digest()
+
+    def _record(self, plaintext: memoryview) -> None:
+        while plaintext:
+            take = min(len(plaintext), RESEND_CHUNK - self._tail_length)
+            self._tail.update(plaintext[:take])
+            self._tail_length += take
+            plaintext = plaintext[take:]
+            if self._tail_length == RESEND_CHUNK:
+                self._digests.append(self._tail.digest())
+                self._tail, self._tail_length = hashlib.sha256(), 0
+
+
+class PartAttempt:
+    """One attempt at a part: `release(plaintext)` returns what may now be encrypted and sent.
+    Bytes the record already covers are held until their chunk (or the recorded end) is whole
+    and its digest matches; bytes beyond it are recorded, then released at once."""
+
+    def __init__(self, sent: SentPart) -> None:
+        self._sent = sent
+        self._released = 0
+        self._held = bytearray()
+
+    @property
+    def held(self) -> int:
+        """Plaintext bytes read but not yet checked against the record."""
+        return len(self._held)
+
+    def release(self, plaintext: bytes | memoryview) -> bytes:
+        """The plaintext, checked where an earlier attempt went, that may now be encrypted
+        (possibly less or more than given: held bytes come out once checked); PartMismatch if
+        a chunk differs from the earlier attempt's, before any of it is released."""
+        sent, view, out = self._sent, memoryview(plaintext), []
+        while view:
+            recorded = sent.recorded
+            if self._released >= recorded:
+                sent._record(view)
+                self._released += len(view)
+                out.append(plaintext if isinstance(plaintext, bytes) and len(view) == len(plaintext) else bytes(view))
+                break
+            index = self._released // RESEND_CHUNK
+            end = min((index + 1) * RESEND_CHUNK, recorded)
+            take = end - self._released - len(self._held)
+            self._held += view[:take]
+            view = view[take:]
+            if self._released + len(self._held) < end:
+                break
+            if not hmac.compare_digest(hashlib.sha256(self._held).digest(), sent._digest(index)):
+                raise PartMismatch(f"its bytes {index * RESEND_CHUNK} to {end - 1} differ from the earlier attempt's")
+            out.append(bytes(self._held))
+            self._released = end
+            self._held.clear()
+        return out[0] if len(out) == 1 else b"".join(out)

@@ -8,6 +8,11 @@ for its predecessor to start; one that is still out of order is refused (Invalid
 never stored where it would make the object unreadable. The state before each part is kept,
 so the latest part can be retried (after a failed check or a backend error).
 
+A retry is encrypted at the same AES-CTR counters under the same key, so it must be
+byte-identical to what earlier attempts may have sent (`SentPart`, recorded before any
+ciphertext byte of an attempt leaves, even if the attempt fails later); a GCM tag, once sent,
+fixes where the stream ends. Anything else is refused before it reaches the backend.
+
 The upload id is authenticated as a sealgate one is (proxy/crypto/upload_id.py, prefix
 ``s3ec3-``): it carries the backend id, the key reference and the S3EC-wrapped data key, with
 a MAC under a key derived from the data key and bound to bucket and key. Every request that
@@ -32,7 +37,7 @@ from dataclasses import dataclass, field
 from proxy.access.authorize import Caller
 from proxy.crypto import s3ec, s3ec_keys
 from proxy.crypto.format import SALT_SIZE, FormatError
-from proxy.crypto.s3ec_multipart import GcmStreamState, S3ecV3Multipart
+from proxy.crypto.s3ec_multipart import GcmStreamState, PartAttempt, PartMismatch, S3ecV3Multipart, SentPart
 from proxy.crypto.upload_id import S3EC_PREFIX, UploadId, open_for_replicas, seal_for_replicas
 from proxy.kms.base import InvalidWrappedKey, KeyringError, KeyUnavailable
 from proxy.s3.errors import S3Error
@@ -89,6 +94,11 @@ class Upload:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     #: Part numbers that have queued for the lock (a successor waits for its predecessor's).
     queued: set[int] = field(default_factory=set)
+    #: What attempts at the parts that can still be sent again (the last stored one and the
+    #: next) may have released, by part number.
+    sent: dict[int, SentPart] = field(default_factory=dict)
+    #: The stream length whose GCM tag may have been sent: the stream must end there.
+    sealed_at: int | None = None
 
     @property
     def last(self) -> int:
@@ -187,7 +197,8 @@ async def _upload_data_key(gw: Gateway, uid: UploadId, bucket: str, key: str) ->
     if uid.sealed_key and secret is not None:
         return open_for_replicas(secret.get_secret_value().encode(), uid.salt, uid.sealed_key, bucket, key)
     if not uid.key_ref.startswith("local:"):
-        return await gw.materials.keyring.decrypt_data_key(uid.key_ref, uid.wrapped_key, s3ec.kms_context())
+        context = s3ec.kms_context(s3ec.name_context(bucket, key))
+        return await gw.materials.keyring.decrypt_data_key(uid.key_ref, uid.wrapped_key, context)
     local = local_keyring(gw)
     if local is None:
         raise InvalidWrappedKey("an AES/GCM-wrapped S3EC upload needs the local keyring")
@@ -212,7 +223,7 @@ async def create_upload(gw: Gateway, caller: Caller, bucket: str, key: str, requ
     if len(reg) >= MAX_LIVE_UPLOADS:
         raise S3Error("SlowDown", "too many s3ec-v3 multipart uploads in progress on this sealgate process", 503)
     plain_key, wrapped, wrap_alg, context, key_ref = await new_data_key(gw, caller, bucket, key)
-    body = S3ecV3Multipart(plain_key)
+    body = S3ecV3Multipart(plain_key, message_id=s3ec_keys.bound_message_id(plain_key, bucket, key))
     headers = object_headers(request_headers, body.metadata(wrapped, wrap_alg, encryption_context=context))
     _, doc = await gw.backend.read_ok("POST", bucket, key, query=[("uploads", "")], headers=headers, body=b"")
     backend_id = find_text(parse(doc), "UploadId")
@@ -256,23 +267,30 @@ async def encrypt_part(
         else:
             raise _out_of_order(up, number)
         is_last = length < MIN_PART_SIZE or number == MAX_PARTS
+        attempt = _attempt(up, number, start, length, is_last)
         enc = up.body.part(start)
         after: list[GcmStreamState] = []
 
         async def ciphertext() -> AsyncIterator[bytes]:
             async for piece in plaintext:
-                yield enc.update(bytes(piece))
+                try:
+                    released = attempt.release(piece)
+                except PartMismatch as exc:
+                    raise _resent(number, exc) from None
+                if released:
+                    yield enc.update(released)
             if enc.length != length:
                 raise S3Error("IncompleteBody", "The request body is shorter than its stated length", 400)
             after.append(enc.finish())
             if is_last:
+                up.sealed_at = after[0].offset
                 yield up.body.tag(after[0])
 
         resp = await put_stream(
             gw,
             up.bucket,
             up.key,
-            ciphertext(),
+            await _primed(ciphertext()),
             length + (s3ec.TAG_SIZE if is_last else 0),
             headers={},
             query=[("partNumber", str(number)), ("uploadId", up.backend_id)],
@@ -284,7 +302,55 @@ async def encrypt_part(
         else:
             up.parts.append(part)
         up.state, up.tagged, up.tag_part = after[0], is_last, None
+        for older in [n for n in up.sent if n < number]:
+            del up.sent[older]
         return etag
+
+
+def _attempt(up: Upload, number: int, start: GcmStreamState, length: int, is_last: bool) -> PartAttempt:
+    """An attempt at part `number` from `start`, refused unless it can neither end the stream
+    where no tag was sent nor differ from what earlier attempts at the part may have sent."""
+    end = start.offset + length
+    if up.sealed_at is not None and (end > up.sealed_at or (is_last and end != up.sealed_at)):
+        raise _sealed(up.sealed_at)
+    try:
+        return up.sent.setdefault(number, SentPart(length)).attempt(length)
+    except PartMismatch as exc:
+        raise _resent(number, exc) from None
+
+
+async def _primed(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """`chunks` with its first chunk already in hand: a retry that differs in its first
+    chunk never reaches the backend."""
+    first = await anext(chunks, None)
+
+    async def body() -> AsyncIterator[bytes]:
+        if first is not None:
+            yield first
+            async for chunk in chunks:
+                yield chunk
+
+    return body()
+
+
+def _resent(number: int, exc: PartMismatch) -> S3Error:
+    return S3Error(
+        "InvalidRequest",
+        f"part {number} was already sent with other bytes ({exc}); an s3ec-v3 part cannot be re-encrypted "
+        "with different content (it would reuse the AES-CTR keystream of the earlier attempt): send exactly "
+        "the same bytes again, or abort and restart the upload",
+        400,
+    )
+
+
+def _sealed(offset: int) -> S3Error:
+    return S3Error(
+        "InvalidRequest",
+        f"the GCM tag of this s3ec-v3 upload was already sent for a body of {offset} bytes (by a last part or "
+        "a CompleteMultipartUpload that failed); a second tag under the same nonce would give away the "
+        "authentication key, so the upload must end there: send the same parts again, or abort and restart it",
+        400,
+    )
 
 
 def _out_of_order(up: Upload, number: int) -> S3Error:
@@ -324,6 +390,9 @@ async def complete_upload(
                 number = up.last + 1
                 if number > MAX_PARTS:
                     raise S3Error("InvalidPart", "no part number is left for the S3EC tag", 400)
+                if up.sealed_at not in (None, up.state.offset):
+                    raise _sealed(up.sealed_at)
+                up.sealed_at = up.state.offset
                 resp = await gw.backend.request(
                     "PUT",
                     bucket,
