@@ -149,6 +149,12 @@ class _KeyFacts:
     signs_trusted: bool
 
 
+def verify_limit(gw: Gateway) -> int:
+    """The largest S3EC object sealgate serves verify-first: 64 MiB, or the process's budget for
+    such reads (``server.verify_first_memory_bytes``) if that is less, as server/s3ec.py reads it."""
+    return min(DEFAULT_VERIFY_LIMIT, gw.config.server.verify_first_memory_bytes)
+
+
 def _clear_ascii(text: str) -> bool:
     return text.isascii() and text.isprintable()
 
@@ -158,12 +164,12 @@ class Serving:
     about to write it; asked before anything about the object changes.
 
     "Would not serve" means refused whoever asks: by the target format's limits (S3EC's
-    verify-first size without the bucket's ``s3ec_delayed_authentication``), by the key's mode
-    here (encrypt-only, or only the public half of a local key), by its ``trusted_signers``
-    (which no S3EC object satisfies, and a sealgate object only if this config signs with one of
-    them), by what S3EC's metadata in the clear cannot carry. One client's key policy is not part
-    of it: convert runs as the operator. The S3EC objects convert writes are the proxy's own
-    (`write_s3ec_v3`), which every bucket serves."""
+    verify-first size, `verify_limit`, without the bucket's ``s3ec_delayed_authentication``), by
+    the key's mode here (encrypt-only, or only the public half of a local key), by its
+    ``trusted_signers`` (which no S3EC object satisfies, and a sealgate object only if this
+    config signs with one of them), by what S3EC's metadata in the clear cannot carry. One
+    client's key policy is not part of it: convert runs as the operator. The S3EC objects
+    convert writes are the proxy's own (`write_s3ec_v3`), which every bucket serves."""
 
     def __init__(self, gw: Gateway) -> None:
         self._gw = gw
@@ -234,10 +240,12 @@ class Serving:
         would be refused on GET, or would not carry that metadata as it is."""
         if to != "s3ec-v3":
             return
-        if length > DEFAULT_VERIFY_LIMIT and not s3ec_objects.delayed_ok(self._gw, bucket, key):
+        limit = verify_limit(self._gw)
+        if length > limit and not s3ec_objects.delayed_ok(self._gw, bucket, key):
             raise Unservable(
-                f"{length} bytes is above the S3EC verify-first limit ({DEFAULT_VERIFY_LIMIT} bytes), and sealgate "
-                "refuses to serve larger S3EC objects unless the bucket's rule sets s3ec_delayed_authentication = true"
+                f"{length} bytes is above the S3EC verify-first limit ({limit} bytes: 64 MiB, or "
+                "server.verify_first_memory_bytes if less), and sealgate refuses to serve larger S3EC objects unless "
+                "the bucket's rule sets s3ec_delayed_authentication = true"
             )
         clash = sorted(n for n in user if n in s3ec_objects.S3EC_FIELDS or n in ALL_META)
         if clash:

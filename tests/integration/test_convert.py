@@ -350,3 +350,29 @@ def test_keys_that_require_a_signature_this_config_cannot_give(
         assert s3.get_object(Bucket="convert-sig", Key="k")["Body"].read() == data
     finally:
         st.gate.stop()
+
+
+def test_the_verify_first_limit_is_the_one_the_config_serves_with(
+    moto_url: str, tls_files: dict[str, Path], tmp_path: Path
+) -> None:
+    """`server.verify_first_memory_bytes` below 64 MiB lowers the verify-first limit the proxy
+    serves S3EC objects with, and convert's with it."""
+    st = start_stack(tmp_path, moto_url, tls_files, server_extra="verify_first_memory_bytes = 100000")
+    try:
+        s3, raw = st.client(), backend_client(moto_url)
+        s3.create_bucket(Bucket="convert-budget")
+        over, under = os.urandom(100_001), os.urandom(100_000)
+        s3.put_object(Bucket="convert-budget", Key="over", Body=over)
+        s3.put_object(Bucket="convert-budget", Key="under", Body=under)
+        before = _stored(raw, "convert-budget", "over")
+        result = run_convert(st, "convert-budget", "s3ec-v3", "--no-progress")
+        assert result.exit_code == 0, result.output
+        assert "converted 1 objects" in result.output and "1 skipped" in result.output, result.output
+        why = "100001 bytes is above the S3EC verify-first limit (100000 bytes"
+        assert f"skipped over: not converted, left as it was: {why}" in result.output, result.output
+        assert _stored(raw, "convert-budget", "over") == before
+        assert s3.get_object(Bucket="convert-budget", Key="over")["Body"].read() == over
+        assert _format(raw, "convert-budget", "under") == "s3ec-v3"
+        assert s3.get_object(Bucket="convert-budget", Key="under")["Body"].read() == under
+    finally:
+        st.gate.stop()
