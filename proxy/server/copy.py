@@ -9,6 +9,7 @@ from urllib.parse import quote
 from aiohttp import web
 
 from proxy.crypto.format import SCOPE_OBJECT, Envelope, Manifest, SealedMetadata, encryption_context, seal_metadata
+from proxy.crypto.signing import encode_signature
 from proxy.kms.base import KeyringError
 from proxy.s3.errors import S3Error
 from proxy.s3.headers import CONTENT_HEADERS, LOCK_HEADERS, stored_headers
@@ -21,6 +22,7 @@ from proxy.store.errors import keyring_error
 from proxy.store.gateway import Gateway, require_key_use
 from proxy.store.objects import opaque_etag, open_copy_source, user_metadata
 from proxy.store.records import check_reserved, put_record
+from proxy.store.signatures import sign_manifest, sign_single
 
 
 async def copy_object(gw: Gateway, request: web.Request, bucket: str, key: str) -> web.StreamResponse:
@@ -53,8 +55,16 @@ async def copy_object(gw: Gateway, request: web.Request, bucket: str, key: str) 
         sealed = seal_metadata(opened.data_key, env.salt, meta)
     # A copy's key is always wrapped for its own name (object scope), even if the source's was shared.
     new_env = dataclasses.replace(
-        env, key_ref=wrapped.key_ref, wrapped_key=wrapped.wrapped, sealed=sealed, scope=SCOPE_OBJECT, name_tag=b""
+        env,
+        key_ref=wrapped.key_ref,
+        wrapped_key=wrapped.wrapped,
+        sealed=sealed,
+        scope=SCOPE_OBJECT,
+        name_tag=b"",
+        signature=b"",
     )
+    if opened.manifest is None:  # the source's signature names the source: sign the copy, if this gateway signs
+        new_env = sign_single(gw, new_env, bucket, key, opened.plaintext_length)
     headers = {f"x-amz-meta-{k}": v for k, v in new_env.to_metadata().items()}
     if directive == "REPLACE":
         headers.update(stored_headers(request.headers))
@@ -79,7 +89,9 @@ async def copy_object(gw: Gateway, request: web.Request, bucket: str, key: str) 
     )
     if opened.manifest is not None:
         manifest = Manifest(opened.manifest.parts, copied.etag, opened.manifest.etag)
-        await put_record(gw, bucket, key, manifest, manifest.seal(opened.data_key, env.salt))
+        sealed_manifest = manifest.seal(opened.data_key, env.salt)
+        signature = encode_signature(sign_manifest(gw, new_env, bucket, key, sealed_manifest))
+        await put_record(gw, bucket, key, manifest, sealed_manifest, signature)
         etag = opened.etag
     elif opened.meta.etag:
         etag = opened.etag  # a plaintext MD5: the same bytes keep it

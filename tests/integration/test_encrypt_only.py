@@ -3,6 +3,7 @@ back; a sealgate holding the private key reads them."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -99,6 +100,7 @@ def test_sender_signatures(moto_url: str, tls_files: dict[str, Path], tmp_path: 
         make_keyring(rings[name])
     full = LocalKeyStore.open(rings["reader"], PASSPHRASE.encode())
     full.create_asymmetric_key("sealed", "ec-p256")
+    full.create_asymmetric_key("reader-sign", "ed25519-signing")  # it signs the copies it makes
     full.save()
     for name in ("gateway", "attacker"):  # both hold only the public key
         ring = LocalKeyStore.open(rings[name], PASSPHRASE.encode())
@@ -110,11 +112,15 @@ def test_sender_signatures(moto_url: str, tls_files: dict[str, Path], tmp_path: 
     assert trusted.startswith("ed25519:")
     kms = 'provider = "local"\nkeyring = "{ring}"\npassphrase_file = "{ring}.pass"\ndefault_key = "sealed"\n'
     secret = '\n[encryption]\nupload_secret = "shared-upload-secret-0123456789"\n'
-    policy = f'\n[[keys]]\nid = "sealed"\nencrypt = ["*"]\ndecrypt = ["*"]\ntrusted_signers = ["{trusted}"]\n'
+    signers = f'["{trusted}", "{full.public_key_pem("reader-sign").decode().strip()}"]'
+    policy = f'\n[[keys]]\nid = "sealed"\nencrypt = ["*"]\ndecrypt = ["*"]\ntrusted_signers = {signers}\n'
     reader = start_stack(
         dirs["reader"], moto_url, tls_files, kms=kms.format(ring=rings["reader"]), extra=secret + policy
     )
-    gateway = start_stack(dirs["gateway"], moto_url, tls_files, kms=kms.format(ring=rings["gateway"]), extra=secret)
+    audit = f'\n[audit]\npath = "{dirs["gateway"] / "audit.jsonl"}"\n'
+    gateway = start_stack(
+        dirs["gateway"], moto_url, tls_files, kms=kms.format(ring=rings["gateway"]), extra=secret + audit
+    )
     try:
         up, down, raw = gateway.client(), reader.client(), backend_client(moto_url)
         bucket = "eo-signed"
@@ -136,6 +142,14 @@ def test_sender_signatures(moto_url: str, tls_files: dict[str, Path], tmp_path: 
         assert got["Body"].read() == small and got["Metadata"] == {"owner": "gateway"}
         assert down.get_object(Bucket=bucket, Key="big")["Body"].read() == b"".join(parts)
         assert "sg-sig" in raw.head_object(Bucket=bucket, Key="small")["Metadata"]
+        # A copy names another object, so the copying reader signs it anew.
+        down.copy_object(Bucket=bucket, Key="small-copy", CopySource={"Bucket": bucket, "Key": "small"})
+        assert down.get_object(Bucket=bucket, Key="small-copy")["Body"].read() == small
+        down.copy_object(Bucket=bucket, Key="big-copy", CopySource={"Bucket": bucket, "Key": "big"})
+        assert down.get_object(Bucket=bucket, Key="big-copy")["Body"].read() == b"".join(parts)
+        lines = [json.loads(line) for line in (dirs["gateway"] / "audit.jsonl").read_text().splitlines()]
+        signed = [(r["key_id"], r.get("object_key")) for r in lines if r["operation"] == "sign"]
+        assert signed == [("gw-sign", "small"), ("gw-sign", "other"), ("gw-sign", "big")]
 
         # The attack: `sealgate encrypt` with only the public key, put straight on the backend.
         src, out = tmp_path / "forged.txt", tmp_path / "forged.sg"
@@ -201,7 +215,8 @@ def test_sender_signatures(moto_url: str, tls_files: dict[str, Path], tmp_path: 
         assert down.get_object(Bucket=bucket, Key="small")["Body"].read() == small
 
         # A multipart object whose manifest record lost its signature.
-        records = raw.list_objects_v2(Bucket=bucket, Prefix=".sealgate/mp/")["Contents"]
+        big_digest = hashlib.sha256(b"big").hexdigest()
+        records = raw.list_objects_v2(Bucket=bucket, Prefix=f".sealgate/mp/{big_digest}/")["Contents"]
         assert len(records) == 1
         rec = raw.get_object(Bucket=bucket, Key=records[0]["Key"])
         rec_body, rec_meta = rec["Body"].read(), rec["Metadata"]
