@@ -32,6 +32,7 @@ from proxy.crypto.format import (
     encryption_context,
     is_sealgate_object,
 )
+from proxy.crypto.signing import encode_signature
 from proxy.kms.base import KeyringError
 from proxy.s3.errors import S3Error
 from proxy.s3.headers import CONTENT_HEADERS
@@ -40,6 +41,7 @@ from proxy.store.gateway import Gateway
 from proxy.store.listing import list_keys
 from proxy.store.objects import open_copy_source
 from proxy.store.records import check_reserved, put_record, record_key
+from proxy.store.signatures import sign_manifest, sign_single
 from proxy.tools.progress import ProgressLine
 from proxy.wiring import audited_gateway
 
@@ -141,8 +143,10 @@ async def copy_object(
     if await _already_there(gw, dst_bucket, dst_key, env, wrapped.key_ref):
         return "already", total
     new_env = dataclasses.replace(
-        env, key_ref=wrapped.key_ref, wrapped_key=wrapped.wrapped, scope=SCOPE_OBJECT, name_tag=b""
+        env, key_ref=wrapped.key_ref, wrapped_key=wrapped.wrapped, scope=SCOPE_OBJECT, name_tag=b"", signature=b""
     )
+    if opened.manifest is None:  # signed anew for its own name, if this config's keyring signs
+        new_env = sign_single(gw, new_env, dst_bucket, dst_key, opened.plaintext_length)
     headers = {f"x-amz-meta-{k}": v for k, v in new_env.to_metadata().items()}
     headers.update({n: head.headers[n] for n in CONTENT_HEADERS if n in head.headers})
     source = "/" + quote(f"{src_bucket}/{src_key}", safe="/~")
@@ -152,7 +156,9 @@ async def copy_object(
     )
     if opened.manifest is not None:
         manifest = Manifest(opened.manifest.parts, copied.etag, opened.manifest.etag)
-        await put_record(gw, dst_bucket, dst_key, manifest, manifest.seal(opened.data_key, env.salt))
+        sealed = manifest.seal(opened.data_key, env.salt)
+        signature = encode_signature(sign_manifest(gw, new_env, dst_bucket, dst_key, sealed))
+        await put_record(gw, dst_bucket, dst_key, manifest, sealed, signature)
     return "copied", total
 
 

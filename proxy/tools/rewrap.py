@@ -19,6 +19,7 @@ from urllib.parse import quote
 
 from proxy.crypto.format import Envelope, FormatError, IntegrityError, Layout, Manifest, is_sealgate_object
 from proxy.crypto.multipart import stored_length
+from proxy.crypto.signing import encode_signature
 from proxy.kms.base import KeyringError
 from proxy.s3.errors import S3Error
 from proxy.s3.headers import CONTENT_HEADERS, etag_value
@@ -27,6 +28,7 @@ from proxy.store.copies import SourceChanged, backend_copy
 from proxy.store.gateway import Gateway
 from proxy.store.listing import list_keys, versions_with
 from proxy.store.records import put_record, read_manifest, record_key
+from proxy.store.signatures import sign_manifest
 
 
 @dataclass
@@ -96,7 +98,10 @@ async def _rewrap_once(gw: Gateway, bucket: str, key: str, to_key: str) -> str:
     )
     if manifest is not None:
         moved = Manifest(manifest.parts, copied.etag, manifest.etag)
-        await put_record(gw, bucket, key, moved, moved.seal(data_key, env.salt))
+        sealed = moved.seal(data_key, env.salt)
+        # The moved manifest names the copy's ETag: signed anew, if this config's keyring signs.
+        signature = encode_signature(sign_manifest(gw, new_env, bucket, key, sealed))
+        await put_record(gw, bucket, key, moved, sealed, signature)
         await _drop_record(gw, bucket, key, record_key(key, manifest.backend_etag))
     return "rewrapped"
 
