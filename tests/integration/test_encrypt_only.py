@@ -221,6 +221,22 @@ def test_sender_signatures(moto_url: str, tls_files: dict[str, Path], tmp_path: 
         rec = raw.get_object(Bucket=bucket, Key=records[0]["Key"])
         rec_body, rec_meta = rec["Body"].read(), rec["Metadata"]
         assert "sg-sig" in rec_meta
+        # `sealgate decrypt` of it checks the manifest record's signature, given as --manifest-signature.
+        (tmp_path / "big.sg").write_bytes(raw.get_object(Bucket=bucket, Key="big")["Body"].read())
+        (tmp_path / "big.mf").write_bytes(rec_body)
+        head = raw.head_object(Bucket=bucket, Key="big")
+        (tmp_path / "big.meta.json").write_text(json.dumps({f"x-amz-meta-{k}": v for k, v in head["Metadata"].items()}))
+        mp_args = [*reader_cfg, "--object-key", "big", "--manifest", str(tmp_path / "big.mf")]
+        mp_args += ["--backend-etag", head["ETag"], "--metadata", str(tmp_path / "big.meta.json")]
+        for signature, status in ((rec_meta["sg-sig"], 0), (other, 1), ("", 1)):
+            plain.unlink(missing_ok=True)
+            result = CliRunner().invoke(
+                decrypt_cmd,
+                [*mp_args, "--manifest-signature", signature, str(tmp_path / "big.sg"), str(plain)],
+                catch_exceptions=False,
+            )
+            assert result.exit_code == status, result.output
+            assert (plain.read_bytes() if plain.exists() else None) == (b"".join(parts) if status == 0 else None)
         unsigned = {k: v for k, v in rec_meta.items() if k != "sg-sig"}
         raw.put_object(Bucket=bucket, Key=records[0]["Key"], Body=rec_body, Metadata=unsigned)
         _refused(lambda: down.get_object(Bucket=bucket, Key="big"))
