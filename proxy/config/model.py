@@ -60,6 +60,10 @@ class BucketRule(Section):
     #: Serve legacy S3EC V1 objects (``x-amz-key``, AES-CBC: unauthenticated, so tampering goes
     #: unnoticed). Off by default; each such read is logged as a warning.
     allow_s3ec_v1: StrictBool = False
+    #: Serve S3EC objects that carry no sealgate name binding (written by the official client or
+    #: another S3EC; not bound to their name, so the backend can move them) from buckets whose
+    #: ``format`` is not ``"s3ec-v3"``. Off by default; s3ec-v3 buckets always serve them.
+    s3ec_unbound_reads: StrictBool = False
     #: How new objects are written: sealgate's own format, or the AWS S3 Encryption Client's V3
     #: (kms+context) so that the official client reads them straight from the backend.
     #: Multipart uploads then need their parts in order, sent to one sealgate process.

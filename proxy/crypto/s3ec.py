@@ -54,6 +54,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Final
+from urllib.parse import quote
 
 from proxy.crypto.format import FormatError
 
@@ -117,6 +118,10 @@ SUITE_V3_ID: Final = b"\x00\x73"
 CONTEXT_CEK_ALG: Final = "aws:x-amz-cek-alg"
 #: Reserved by the client for legacy KMS (V1) wrapping; not allowed in a caller's context.
 CONTEXT_KMS_V1: Final = "kms_cmk_id"
+#: The encryption-context entries sealgate binds an object's name with (kms+context objects it
+#: writes): the bucket, and the key percent-encoded by `context_key`.
+CONTEXT_BUCKET: Final = "sealgate:bucket"
+CONTEXT_KEY: Final = "sealgate:key"
 
 DATA_KEY_SIZE: Final = 32
 IV_SIZE: Final = 12
@@ -171,6 +176,10 @@ class S3ecMaterials:
     content_key: bytes = field(repr=False)
     iv: bytes
     aad: bytes
+    #: V3 only: the message id (checked by the key commitment) and the key that checks the name
+    #: binding sealgate puts in it (`s3ec_keys.name_binding`).
+    message_id: bytes = b""
+    name_key: bytes = field(default=b"", repr=False)
 
 
 # -- detection and parsing ---------------------------------------------------------------------
@@ -373,6 +382,38 @@ def kms_context(user_context: Mapping[str, str] | None = None, *, version: str =
             raise ValueError("S3EC encryption context entries must be US-ASCII")
     ctx[CONTEXT_CEK_ALG] = SUITE_V3 if version == FORMAT_V3 else CEK_ALG_V2
     return ctx
+
+
+#: Printable US-ASCII but "%": what `context_key` leaves as it is.
+_CONTEXT_KEY_SAFE: Final = "".join(chr(c) for c in range(0x21, 0x7F) if chr(c) != "%")
+
+
+def context_key(key: str) -> str:
+    """An object key as the ``sealgate:key`` context entry holds it: every UTF-8 byte outside
+    printable US-ASCII (space included) and "%" itself as ``%XX``, so that any key survives S3's
+    US-ASCII metadata (``urllib.parse.quote(key, safe=<printable ASCII but %>)``)."""
+    return quote(key, safe=_CONTEXT_KEY_SAFE)
+
+
+def name_context(bucket: str, key: str) -> dict[str, str]:
+    """The encryption-context entries that bind an object to `bucket`/`key`."""
+    return {CONTEXT_BUCKET: bucket, CONTEXT_KEY: context_key(key)}
+
+
+def context_name(metadata: Mapping[str, str]) -> tuple[str, str] | None:
+    """(bucket, context key) a kms+context envelope's stored context names, or None when it
+    names nothing (an object sealgate did not write, or wrote before names were bound). The
+    context is what KMS Decrypt is called with, so it cannot be changed without the key failing
+    to open. A context naming only one of the two is malformed."""
+    envelope = parse(metadata)
+    if envelope.wrap_alg != WRAP_KMS_CONTEXT:
+        return None
+    bucket, key = envelope.context.get(CONTEXT_BUCKET), envelope.context.get(CONTEXT_KEY)
+    if bucket is None and key is None:
+        return None
+    if bucket is None or key is None:
+        raise S3ecFormatError(f"S3EC encryption context has only one of {CONTEXT_BUCKET}, {CONTEXT_KEY}")
+    return bucket, key
 
 
 def kms_envelope(metadata: Mapping[str, str], expected_context: Mapping[str, str] | None = None) -> S3ecEnvelope:

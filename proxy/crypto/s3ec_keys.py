@@ -74,7 +74,61 @@ def materials(envelope: S3ecEnvelope, data_key: bytes) -> S3ecMaterials:
     enc_key, commitment = derive_v3_keys(data_key, envelope.message_id)
     if not hmac.compare_digest(commitment, envelope.commitment):
         raise IntegrityError("S3EC key commitment does not match the data key (tampered metadata)")
-    return S3ecMaterials(version=FORMAT_V3, content_key=enc_key, iv=V3_IV, aad=SUITE_V3_ID)
+    return S3ecMaterials(
+        version=FORMAT_V3,
+        content_key=enc_key,
+        iv=V3_IV,
+        aad=SUITE_V3_ID,
+        message_id=envelope.message_id,
+        name_key=_name_key(data_key),
+    )
+
+
+# -- the name binding sealgate writes into a V3 message id ------------------------------------
+#
+# Where S3EC authenticates nothing of the name: AES/GCM wrapping's AAD is the fixed cipher name
+# and RSA-OAEP's pseudo data key holds only the key and that name; x-amz-m is not authenticated.
+# The V3 message id is (the key commitment covers it: commitment = HKDF(HMAC(message id, data
+# key))), and readers treat it as an opaque 28-byte salt. So sealgate writes
+#   message id = nonce (12 random bytes) || marker (8) || name tag (8)
+#   marker     = HMAC-SHA256(N, "marker" || nonce)[:8]
+#   name tag   = HMAC-SHA256(N, "name" || nonce || len(bucket) (2 bytes) || bucket || UTF-8 key)[:8]
+#   N          = HMAC-SHA256(data key, "sealgate s3ec name binding v1")
+# Only the holder of the data key makes either; a valid marker says sealgate bound a name, so a
+# moved object (marker good, tag bad) is told apart from a foreign one (marker bad).
+
+_NAME_NONCE: Final = 12
+_NAME_TAG: Final = 8
+
+
+def _name_key(data_key: bytes) -> bytes:
+    return hmac.new(data_key, b"sealgate s3ec name binding v1", "sha256").digest()
+
+
+def _name_tags(name_key: bytes, nonce: bytes, bucket: str, key: str) -> tuple[bytes, bytes]:
+    marker = hmac.new(name_key, b"marker" + nonce, "sha256").digest()[:_NAME_TAG]
+    raw_bucket = bucket.encode()
+    name = b"name" + nonce + len(raw_bucket).to_bytes(2, "big") + raw_bucket + key.encode("utf-8", "surrogatepass")
+    return marker, hmac.new(name_key, name, "sha256").digest()[:_NAME_TAG]
+
+
+def bound_message_id(data_key: bytes, bucket: str, key: str) -> bytes:
+    """A V3 message id (28 bytes, 12 of them random) that binds the object to `bucket`/`key`."""
+    nonce = os.urandom(_NAME_NONCE)
+    marker, tag = _name_tags(_name_key(data_key), nonce, bucket, key)
+    return nonce + marker + tag
+
+
+def name_binding(materials: S3ecMaterials, bucket: str, key: str) -> bool | None:
+    """Whether a V3 object's message id binds it to `bucket`/`key` (`bound_message_id`): True
+    if so, False if it binds another name, None if it binds none (not written by sealgate)."""
+    if materials.version != FORMAT_V3 or len(materials.message_id) != MESSAGE_ID_SIZE:
+        return None
+    nonce = materials.message_id[:_NAME_NONCE]
+    marker, tag = _name_tags(materials.name_key, nonce, bucket, key)
+    if not hmac.compare_digest(marker, materials.message_id[_NAME_NONCE : _NAME_NONCE + _NAME_TAG]):
+        return None
+    return hmac.compare_digest(tag, materials.message_id[_NAME_NONCE + _NAME_TAG :])
 
 
 def legacy_materials(envelope: S3ecEnvelope, data_key: bytes) -> S3ecMaterials:

@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from proxy.access.authorize import Caller
 from proxy.audit import AuditError
 from proxy.crypto import s3ec, s3ec_keys
-from proxy.crypto.format import FormatError
+from proxy.crypto.format import FormatError, IntegrityError
 from proxy.crypto.s3ec_streams import S3ecCbcDecryptor, S3ecDecryptor, S3ecV3Encryptor, cbc_plaintext_length
 from proxy.kms.base import InvalidWrappedKey, Keyring, KeyringError
 from proxy.kms.local import LocalKeyring
@@ -116,17 +116,51 @@ async def open_s3ec(gw: Gateway, caller: Caller, bucket: str, key: str, meta: Ma
     require_key_use(gw, caller, "decrypt", key_id)
     try:
         if legacy:
-            return await unwrap_legacy(meta, gw.materials.keyring, key_id)
+            materials = await unwrap_legacy(meta, gw.materials.keyring, key_id)
+            _check_name(gw, caller, bucket, key, None, materials)
+            return materials
+        named = s3ec.context_name(meta)
+        if named is not None and named != (bucket, s3ec.context_key(key)):
+            raise IntegrityError(f"S3EC object is bound to another name (/{named[0]}/{named[1]})")
         wrap_alg = s3ec.parse(meta).wrap_alg
         if wrap_alg in (s3ec.WRAP_AES_GCM, s3ec.WRAP_RSA_OAEP_SHA1):
-            return await _unwrap_with_local_key(gw, bucket, key, meta, key_id, wrap_alg)
-        return await unwrap_s3ec(meta, keyring=gw.materials.keyring, kms_key_id=key_id)
+            materials = await _unwrap_with_local_key(gw, bucket, key, meta, key_id, wrap_alg)
+        else:
+            materials = await unwrap_s3ec(meta, keyring=gw.materials.keyring, kms_key_id=key_id)
+        _check_name(gw, caller, bucket, key, named, materials)
+        return materials
     except s3ec.S3ecUnsupported as exc:
         raise S3Error("InvalidObjectState", f"cannot read this S3EC object here: {exc}", 403) from exc
     except KeyringError as exc:
         raise keyring_error(exc) from exc
     except FormatError as exc:
         raise S3Error("ObjectIntegrityError", f"S3EC object failed authentication: {exc}", 500) from exc
+
+
+def unbound_reads_ok(gw: Gateway, bucket: str, key: str) -> bool:
+    """Whether the bucket serves S3EC objects bound to no name (``format = "s3ec-v3"``, or
+    ``s3ec_unbound_reads = true``)."""
+    rule = gw.config.rule_for_bucket(bucket, key)
+    return rule is not None and (rule.format == "s3ec-v3" or rule.s3ec_unbound_reads)
+
+
+def _check_name(
+    gw: Gateway, caller: Caller, bucket: str, key: str, named: tuple[str, str] | None, materials: s3ec.S3ecMaterials
+) -> None:
+    """The name check of every S3EC read, before any byte: an object sealgate bound to another
+    name (its KMS context or its V3 message id) is an integrity error; one bound to no name is
+    served only where the bucket allows it. The operator's tools (`sealgate convert`) read those
+    anywhere: converting is how they become bound."""
+    tagged = s3ec_keys.name_binding(materials, bucket, key)
+    if tagged is False:
+        raise IntegrityError("S3EC object is bound to another name (its message id)")
+    if named is None and tagged is None and not caller.is_operator and not unbound_reads_ok(gw, bucket, key):
+        raise S3Error(
+            "InvalidObjectState",
+            "this S3EC object was not written by sealgate and is not bound to its name; such objects are served "
+            'only from buckets with format = "s3ec-v3" or s3ec_unbound_reads = true',
+            403,
+        )
 
 
 @contextmanager
@@ -307,8 +341,10 @@ async def new_data_key(
     gw: Gateway, caller: Caller, bucket: str, key: str
 ) -> tuple[bytes, bytes, str, dict[str, str] | None, str]:
     """(data key, wrapped data key, wrapping, KMS encryption context, key reference) for a new
-    S3EC V3 object: kms+context with aws-kms (the reference is the KMS key id), AES/GCM under
-    the bucket's AES-256 key with the local keyring (``local:<id>:<version>``)."""
+    S3EC V3 object: kms+context with aws-kms (the reference is the KMS key id; the context binds
+    `bucket`/`key`, `s3ec.name_context`), AES/GCM under the bucket's AES-256 key with the local
+    keyring (``local:<id>:<version>``). The writer binds the name into the message id as well
+    (`s3ec_keys.bound_message_id`)."""
     key_id = gw.config.key_for_bucket(bucket, key)
     require_key_use(gw, caller, "encrypt", key_id)
     if gw.config.kms.provider != "aws-kms":
@@ -322,7 +358,7 @@ async def new_data_key(
         data_key = os.urandom(s3ec.DATA_KEY_SIZE)
         audit_local_use(gw, "generate", ref, s3ec.WRAP_AES_GCM, bucket, key)
         return data_key, s3ec_keys.wrap_aes_gcm(kek, data_key), s3ec.WRAP_AES_GCM, None, ref
-    context = s3ec.kms_context()
+    context = s3ec.kms_context(s3ec.name_context(bucket, key))
     try:
         generated = await gw.materials.keyring.generate_data_key(key_id, context)
     except KeyringError as exc:
@@ -356,7 +392,7 @@ async def write_s3ec_v3(
     only after `plaintext` has ended without error (every check on it passed), so a failure
     stores nothing. Returns the backend's ETag."""
     plain_key, wrapped, wrap_alg, context, _ = await new_data_key(gw, caller, bucket, key)
-    encryptor = S3ecV3Encryptor(plain_key)
+    encryptor = S3ecV3Encryptor(plain_key, message_id=s3ec_keys.bound_message_id(plain_key, bucket, key))
     meta = encryptor.metadata(wrapped, wrap_alg, encryption_context=context)
     out = {k: v for k, v in headers.items() if k.lower().removeprefix("x-amz-meta-") not in S3EC_FIELDS}
     out.update({f"x-amz-meta-{k}": v for k, v in meta.items()})

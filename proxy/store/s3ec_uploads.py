@@ -197,7 +197,8 @@ async def _upload_data_key(gw: Gateway, uid: UploadId, bucket: str, key: str) ->
     if uid.sealed_key and secret is not None:
         return open_for_replicas(secret.get_secret_value().encode(), uid.salt, uid.sealed_key, bucket, key)
     if not uid.key_ref.startswith("local:"):
-        return await gw.materials.keyring.decrypt_data_key(uid.key_ref, uid.wrapped_key, s3ec.kms_context())
+        context = s3ec.kms_context(s3ec.name_context(bucket, key))
+        return await gw.materials.keyring.decrypt_data_key(uid.key_ref, uid.wrapped_key, context)
     local = local_keyring(gw)
     if local is None:
         raise InvalidWrappedKey("an AES/GCM-wrapped S3EC upload needs the local keyring")
@@ -222,7 +223,7 @@ async def create_upload(gw: Gateway, caller: Caller, bucket: str, key: str, requ
     if len(reg) >= MAX_LIVE_UPLOADS:
         raise S3Error("SlowDown", "too many s3ec-v3 multipart uploads in progress on this sealgate process", 503)
     plain_key, wrapped, wrap_alg, context, key_ref = await new_data_key(gw, caller, bucket, key)
-    body = S3ecV3Multipart(plain_key)
+    body = S3ecV3Multipart(plain_key, message_id=s3ec_keys.bound_message_id(plain_key, bucket, key))
     headers = object_headers(request_headers, body.metadata(wrapped, wrap_alg, encryption_context=context))
     _, doc = await gw.backend.read_ok("POST", bucket, key, query=[("uploads", "")], headers=headers, body=b"")
     backend_id = find_text(parse(doc), "UploadId")

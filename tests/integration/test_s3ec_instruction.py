@@ -27,7 +27,10 @@ PROBE = "s3ec-if-on"  # s3ec_instruction_files = true
 def if_stack(
     moto_url: str, tls_files: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[Stack, str]]:
-    rules = f'\n[[buckets]]\nname = "{PROBE}"\ns3ec_instruction_files = true\n'
+    rules = (
+        f'\n[[buckets]]\nname = "{PROBE}"\ns3ec_instruction_files = true\ns3ec_unbound_reads = true\n'
+        f'\n[[buckets]]\nname = "{PLAIN}"\ns3ec_unbound_reads = true\n'
+    )
     st, key_id = start_kms_stack(
         tmp_path_factory.mktemp("s3ecif"), moto_url, tls_files, rules=rules, buckets=(PLAIN, PROBE)
     )

@@ -5,6 +5,7 @@ RSA-OAEP-SHA1-wrapped objects (read, as the Java client writes them)."""
 from __future__ import annotations
 
 import base64
+import io
 import json
 import os
 import time
@@ -36,7 +37,17 @@ format = "s3ec-v3"
 [[buckets]]
 name = "s3ec-rsa"
 key = "rsa"
+s3ec_unbound_reads = true
+
+[[buckets]]
+name = "s3ec-local2"
+format = "s3ec-v3"
+
+[[buckets]]
+name = "s3ec-rsa-off"
+key = "rsa"
 """
+# "s3ec-plain" has no rule: sealgate's format, under the same default key as "s3ec-local".
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +58,7 @@ def st(moto_url: str, tls_files: dict[str, Path], tmp_path_factory: pytest.TempP
     store.create_asymmetric_key("rsa", "rsa-3072")
     store.save()
     stack = start_stack(d, moto_url, tls_files, extra=RULES)
-    for bucket in ("s3ec-local", "s3ec-rsa"):
+    for bucket in ("s3ec-local", "s3ec-rsa", "s3ec-local2", "s3ec-plain", "s3ec-rsa-off"):
         stack.client().create_bucket(Bucket=bucket)
     yield stack
     stack.gate.stop()
@@ -120,8 +131,6 @@ def test_aes_gcm_objects_survive_rotation(st: Stack) -> None:
 
 def test_aes_gcm_multipart_through_sealgate(st: Stack) -> None:
     data = os.urandom(6 * 1024 * 1024 + 5)
-    import io
-
     cfg = TransferConfig(multipart_threshold=5 * 1024 * 1024, multipart_chunksize=5 * 1024 * 1024, max_concurrency=1)
     st.client().upload_fileobj(io.BytesIO(data), "s3ec-local", "mp/obj", Config=cfg)
     assert st.client().get_object(Bucket="s3ec-local", Key="mp/obj")["Body"].read() == data
@@ -141,6 +150,51 @@ def test_tampered_aes_gcm_wrapped_key_releases_nothing(st: Stack) -> None:
         st.client().get_object(Bucket="s3ec-local", Key="tamper")
     assert err.value.response["ResponseMetadata"]["HTTPStatusCode"] >= 400
     assert "SECRET" not in json.dumps(err.value.response, default=str)
+
+
+def test_moved_aes_gcm_objects_are_refused(st: Stack) -> None:
+    """AES/GCM wrapping authenticates no name, so sealgate binds it in the V3 message id (which
+    the key commitment covers): a copy made on the backend is refused under any other name."""
+    data = os.urandom(70_000)
+    s3, raw = st.client(), backend_client(st.backend_url)
+    s3.put_object(Bucket="s3ec-local", Key="bound/a", Body=data)
+    targets = [("s3ec-local", "bound/b"), ("s3ec-local2", "bound/a"), ("s3ec-plain", "bound/a")]
+    for bucket, key in targets:
+        raw.copy_object(Bucket=bucket, Key=key, CopySource={"Bucket": "s3ec-local", "Key": "bound/a"})
+        for call in (s3.get_object, s3.head_object):
+            with pytest.raises(ClientError) as err:
+                call(Bucket=bucket, Key=key)
+            assert err.value.response["ResponseMetadata"]["HTTPStatusCode"] == 500, (bucket, key)
+        with pytest.raises(ClientError) as err:
+            s3.get_object(Bucket=bucket, Key=key, Range="bytes=0-9")
+        assert err.value.response["Error"]["Code"] == "ObjectIntegrityError"
+    # The original reads, whole and ranged; S3EC clients still read it (the message id is opaque to them).
+    assert s3.get_object(Bucket="s3ec-local", Key="bound/a")["Body"].read() == data
+    assert s3.get_object(Bucket="s3ec-local", Key="bound/a", Range="bytes=5-9")["Body"].read() == data[5:10]
+    assert _official_read(st, "s3ec-local", "bound/a", _kek(st)) == data
+    # Multipart objects are bound the same way.
+    cfg = TransferConfig(multipart_threshold=5 * 1024 * 1024, multipart_chunksize=5 * 1024 * 1024, max_concurrency=1)
+    big = os.urandom(5 * 1024 * 1024 + 7)
+    s3.upload_fileobj(io.BytesIO(big), "s3ec-local", "bound/mp", Config=cfg)
+    raw.copy_object(Bucket="s3ec-local", Key="bound/mp2", CopySource={"Bucket": "s3ec-local", "Key": "bound/mp"})
+    with pytest.raises(ClientError) as err:
+        s3.get_object(Bucket="s3ec-local", Key="bound/mp2")
+    assert err.value.response["Error"]["Code"] == "ObjectIntegrityError"
+    assert s3.get_object(Bucket="s3ec-local", Key="bound/mp")["Body"].read() == big
+
+
+def test_unbound_rsa_objects_only_where_allowed(st: Stack) -> None:
+    """An RSA-OAEP-SHA1 object (written by another S3EC: no name bound) is served from a bucket
+    that opts in (``s3ec-rsa``), refused from one that does not."""
+    data = os.urandom(1000)
+    _java_style_rsa_v2(st, "foreign", data)
+    assert st.client().get_object(Bucket="s3ec-rsa", Key="foreign")["Body"].read() == data
+    raw = backend_client(st.backend_url)
+    raw.copy_object(Bucket="s3ec-rsa-off", Key="foreign", CopySource={"Bucket": "s3ec-rsa", "Key": "foreign"})
+    with pytest.raises(ClientError) as err:
+        st.client().get_object(Bucket="s3ec-rsa-off", Key="foreign")
+    assert err.value.response["Error"]["Code"] == "InvalidObjectState"
+    assert "s3ec_unbound_reads" in err.value.response["Error"]["Message"]
 
 
 def _java_style_rsa_v2(st: Stack, key: str, data: bytes, *, cipher_name: str = s3ec.CEK_ALG_V2) -> None:

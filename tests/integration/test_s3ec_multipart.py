@@ -18,6 +18,7 @@ import pytest
 from boto3.s3.transfer import TransferConfig
 from botocore.exceptions import ClientError
 
+from proxy.crypto import s3ec
 from proxy.crypto.upload_id import UploadId
 from proxy.s3.errors import S3Error
 from proxy.store import s3ec_uploads
@@ -63,7 +64,8 @@ def test_multipart_object_reads_with_official_client(
     data = b"".join(parts)
     key = "mp-" + "-".join(map(str, sizes))
     _upload(st.client(), key, parts)
-    got = official(moto_url, key_id).get_object(Bucket=BUCKET, Key=key)
+    context = s3ec.name_context(BUCKET, key)
+    got = official(moto_url, key_id).get_object(Bucket=BUCKET, Key=key, EncryptionContext=context)
     assert got["Body"].read() == data
     assert got["Metadata"].get("who") == "mp"
     assert st.client().get_object(Bucket=BUCKET, Key=key)["Body"].read() == data
@@ -76,7 +78,12 @@ def test_parallel_transfer_manager_upload(mp_stack: tuple[Stack, str], moto_url:
     data = os.urandom(3 * 5 * MiB + 123)
     cfg = TransferConfig(multipart_threshold=5 * MiB, multipart_chunksize=5 * MiB, max_concurrency=4)
     st.client().upload_fileobj(io.BytesIO(data), BUCKET, "parallel", Config=cfg)
-    assert official(moto_url, key_id).get_object(Bucket=BUCKET, Key="parallel")["Body"].read() == data
+    assert (
+        official(moto_url, key_id)
+        .get_object(Bucket=BUCKET, Key="parallel", EncryptionContext=s3ec.name_context(BUCKET, "parallel"))["Body"]
+        .read()
+        == data
+    )
 
 
 def test_latest_part_can_be_sent_again(mp_stack: tuple[Stack, str], moto_url: str) -> None:
@@ -90,7 +97,12 @@ def test_latest_part_can_be_sent_again(mp_stack: tuple[Stack, str], moto_url: st
     e2 = s3.upload_part(Bucket=BUCKET, Key="retry", UploadId=uid, PartNumber=2, Body=retry)["ETag"]
     parts = [{"PartNumber": 1, "ETag": e1}, {"PartNumber": 2, "ETag": e2}]
     s3.complete_multipart_upload(Bucket=BUCKET, Key="retry", UploadId=uid, MultipartUpload={"Parts": parts})
-    assert official(moto_url, key_id).get_object(Bucket=BUCKET, Key="retry")["Body"].read() == first + retry
+    assert (
+        official(moto_url, key_id)
+        .get_object(Bucket=BUCKET, Key="retry", EncryptionContext=s3ec.name_context(BUCKET, "retry"))["Body"]
+        .read()
+        == first + retry
+    )
 
 
 def _code(err: pytest.ExceptionInfo[ClientError]) -> tuple[str, str]:

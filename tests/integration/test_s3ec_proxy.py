@@ -17,7 +17,8 @@ MiB = 1024 * 1024
 @pytest.fixture(scope="module")
 def s3ec_stack(moto_url: str, tls_files: dict[str, Path], tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     rules = (
-        '\n[[buckets]]\nname = "s3ec-delayed"\ns3ec_delayed_authentication = true\n'
+        '\n[[buckets]]\nname = "s3ec-data"\ns3ec_unbound_reads = true\n'
+        '\n[[buckets]]\nname = "s3ec-delayed"\ns3ec_delayed_authentication = true\ns3ec_unbound_reads = true\n'
         '\n[[buckets]]\nname = "s3ec-out"\nformat = "s3ec-v3"\n'
     )
     st, key_id = start_kms_stack(
@@ -92,7 +93,9 @@ def test_sealgate_writes_s3ec_v3_the_official_client_reads(
     data = os.urandom(size)
     s3 = st.client()
     s3.put_object(Bucket="s3ec-out", Key=f"w{size}", Body=data, Metadata={"who": "sealgate"})
-    got = official(moto_url, key_id).get_object(Bucket="s3ec-out", Key=f"w{size}")
+    # sealgate binds the name into the KMS context: the official client passes it (INTEROP.md).
+    context = {"sealgate:bucket": "s3ec-out", "sealgate:key": f"w{size}"}
+    got = official(moto_url, key_id).get_object(Bucket="s3ec-out", Key=f"w{size}", EncryptionContext=context)
     assert got["Body"].read() == data
     assert s3.get_object(Bucket="s3ec-out", Key=f"w{size}")["Body"].read() == data
     # Multipart uploads into such a bucket: tests/integration/test_s3ec_multipart.py.

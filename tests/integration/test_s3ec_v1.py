@@ -33,7 +33,7 @@ ON, OFF = "s3ec-v1-on", "s3ec-v1-off"
 def v1_stack(
     moto_url: str, tls_files: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[Stack, str]]:
-    rules = f'\n[[buckets]]\nname = "{ON}"\nallow_s3ec_v1 = true\n'
+    rules = f'\n[[buckets]]\nname = "{ON}"\nallow_s3ec_v1 = true\ns3ec_unbound_reads = true\n'
     st, key_id = start_kms_stack(tmp_path_factory.mktemp("s3ecv1"), moto_url, tls_files, rules=rules, buckets=(ON, OFF))
     yield st, key_id
     st.gate.stop()

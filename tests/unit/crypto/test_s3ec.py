@@ -83,3 +83,58 @@ def test_legacy_detection() -> None:
         s3ec.parse(v1)  # the GCM path never opens CBC objects
     with pytest.raises(s3ec.S3ecUnsupported):
         s3ec.parse_legacy({k: v for k, v in v1.items() if k != "x-amz-wrap-alg"})  # client-side master key
+
+
+# -- name binding -------------------------------------------------------------------------------
+
+
+def _v3_materials(message_id: bytes, data_key: bytes = DATA_KEY) -> s3ec.S3ecMaterials:
+    enc = s3ec_streams.S3ecV3Encryptor(data_key, message_id=message_id)
+    meta = enc.metadata(b"wrapped", s3ec.WRAP_AES_GCM)
+    return s3ec_keys.materials(s3ec.parse(meta), data_key)
+
+
+def test_context_key_leaves_plain_keys_and_encodes_the_rest() -> None:
+    assert s3ec.context_key("a/b-c_d.e~f(1)+x=y") == "a/b-c_d.e~f(1)+x=y"
+    assert s3ec.context_key("100% é z") == "100%25%20%C3%A9%20z"
+    assert s3ec.context_key("tab\there").isascii()
+
+
+def test_context_name_reads_the_bound_name_and_refuses_half_of_one() -> None:
+    enc = s3ec_streams.S3ecV3Encryptor(DATA_KEY)
+    ctx = s3ec.kms_context(s3ec.name_context("bkt", "dir/é"))
+    assert ctx == {"sealgate:bucket": "bkt", "sealgate:key": "dir/%C3%A9", "aws:x-amz-cek-alg": "115"}
+    assert s3ec.context_name(enc.metadata(b"w", s3ec.WRAP_KMS_CONTEXT, encryption_context=ctx)) == ("bkt", "dir/%C3%A9")
+    foreign = s3ec.kms_context({"project": "x"})
+    assert s3ec.context_name(enc.metadata(b"w", s3ec.WRAP_KMS_CONTEXT, encryption_context=foreign)) is None
+    half = s3ec.kms_context({"sealgate:bucket": "bkt"})
+    with pytest.raises(s3ec.S3ecFormatError):
+        s3ec.context_name(enc.metadata(b"w", s3ec.WRAP_KMS_CONTEXT, encryption_context=half))
+    assert s3ec.context_name(enc.metadata(b"w", s3ec.WRAP_AES_GCM)) is None
+
+
+@settings(max_examples=40, deadline=None)
+@given(bucket=st.from_regex(r"[a-z0-9][a-z0-9.-]{2,20}", fullmatch=True), key=st.text(min_size=1, max_size=40))
+def test_bound_message_id_binds_exactly_its_name(bucket: str, key: str) -> None:
+    mid = s3ec_keys.bound_message_id(DATA_KEY, bucket, key)
+    assert len(mid) == s3ec.MESSAGE_ID_SIZE
+    materials = _v3_materials(mid)
+    assert s3ec_keys.name_binding(materials, bucket, key) is True
+    assert s3ec_keys.name_binding(materials, bucket, key + "x") is False
+    assert s3ec_keys.name_binding(materials, bucket + "x", key) is False
+    # Another data key (the binding needs the data key to be made or checked).
+    assert s3ec_keys.name_binding(_v3_materials(mid, bytes(32)), bucket, key) is None
+
+
+def test_a_random_message_id_binds_no_name() -> None:
+    assert s3ec_keys.name_binding(_v3_materials(os.urandom(28)), "bkt", "k") is None
+
+
+def test_the_message_id_cannot_change_without_the_commitment_failing() -> None:
+    enc = s3ec_streams.S3ecV3Encryptor(DATA_KEY, message_id=s3ec_keys.bound_message_id(DATA_KEY, "a", "k"))
+    meta = enc.metadata(b"wrapped", s3ec.WRAP_AES_GCM)
+    meta[s3ec.META_V3_MESSAGE_ID] = s3ec_streams.S3ecV3Encryptor(
+        DATA_KEY, message_id=s3ec_keys.bound_message_id(DATA_KEY, "b", "k")
+    ).metadata(b"wrapped", s3ec.WRAP_AES_GCM)[s3ec.META_V3_MESSAGE_ID]
+    with pytest.raises(IntegrityError):
+        s3ec_keys.materials(s3ec.parse(meta), DATA_KEY)
