@@ -31,7 +31,7 @@ import aiohttp
 import click
 
 from proxy.access.authorize import Caller
-from proxy.crypto import s3ec, signing
+from proxy.crypto import s3ec, s3ec_keys, signing
 from proxy.crypto.format import ALL_META, LAYOUT_SINGLE, Envelope, FormatError, is_sealgate_object, stream_key
 from proxy.crypto.s3ec_streams import DEFAULT_VERIFY_LIMIT
 from proxy.crypto.segments import StreamEncryptor
@@ -326,6 +326,23 @@ class ConvertObjectError(Exception):
     """This object cannot be converted (reported, the run goes on)."""
 
 
+async def _served_as_v3(gw: Gateway, bucket: str, key: str, envelope: Mapping[str, str]) -> bool:
+    """Whether an S3EC V3 object is served where it is, so that `--to s3ec-v3` has nothing to do:
+    bound to this name, or bound to none in a bucket that serves such objects (store/s3ec's read
+    rule). One bound to no name elsewhere is converted, which binds it; one bound to another name
+    is converted too, which fails on its name check and reports it as tampered, left as it was."""
+    if s3ec_objects.unbound_reads_ok(gw, bucket, key):
+        return True
+    named = s3ec.context_name(envelope)
+    if named is not None:
+        return named == (bucket, s3ec.context_key(key))
+    if s3ec.parse(envelope).wrap_alg == s3ec.WRAP_KMS_CONTEXT:
+        return False  # sealgate binds every kms+context object it writes in its context
+    # AES/GCM and RSA-OAEP: only the message id can bind the name, known once the key is open.
+    materials = await s3ec_objects.open_s3ec(gw, Caller.operator(), bucket, key, envelope)
+    return s3ec_keys.name_binding(materials, bucket, key) is True
+
+
 async def convert_object(gw: Gateway, bucket: str, key: str, to: Target, serving: Serving | None = None) -> Outcome:
     """Convert one object to `to`; failures come back as an `Outcome`, never raised. An object
     the config would not serve in the target format (`Serving`) is skipped, untouched."""
@@ -356,7 +373,11 @@ async def convert_object(gw: Gateway, bucket: str, key: str, to: Target, serving
                     "in the bucket's rule to read or convert it",
                 )
             return Outcome("skipped", "not encrypted (neither a sealgate nor an S3EC object)")
-        if to == "s3ec-v3" and s3ec.detect(envelope) == s3ec.FORMAT_V3:
+        if (
+            to == "s3ec-v3"
+            and s3ec.detect(envelope) == s3ec.FORMAT_V3
+            and await _served_as_v3(gw, bucket, key, envelope)
+        ):
             return Outcome("already")
         # S3EC V1/V2 become V3 too: the official client's default policy reads only V3.
         return Outcome("converted", size=await _from_s3ec(gw, serving, bucket, key, head.headers, meta, envelope, to))

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from botocore.exceptions import ClientError
 from click.testing import CliRunner
 
 from proxy.cli import main
@@ -384,3 +385,32 @@ def test_the_verify_first_limit_is_the_one_the_config_serves_with(
         assert s3.get_object(Bucket="convert-budget", Key="under")["Body"].read() == under
     finally:
         st.gate.stop()
+
+
+def test_s3ec_objects_bound_to_no_name_are_bound_where_the_bucket_would_not_serve_them(
+    kms_stack: tuple[Stack, str], moto_url: str
+) -> None:
+    """The official client's V3 objects are bound to no name, and a bucket without
+    s3ec_unbound_reads does not serve them: --to s3ec-v3 does not count them as done but binds
+    them, so they read; one moved on the backend from another name fails and is left as it was."""
+    st, key_id = kms_stack
+    bucket = "convert-unbound"
+    raw = backend_client(moto_url)
+    raw.create_bucket(Bucket=bucket)
+    s3 = st.client()
+    data, moved = os.urandom(4000), os.urandom(300)
+    s3.put_object(Bucket=bucket, Key="mine", Body=moved)
+    assert run_convert(st, bucket, "s3ec-v3", "--no-progress").exit_code == 0
+    raw.copy_object(Bucket=bucket, Key="moved", CopySource={"Bucket": bucket, "Key": "mine"})
+    official(moto_url, key_id).put_object(Bucket=bucket, Key="ec", Body=data)
+    before = _stored(raw, bucket, "moved")
+    with pytest.raises(ClientError):
+        s3.get_object(Bucket=bucket, Key="ec")
+    result = run_convert(st, bucket, "s3ec-v3", "--no-progress")
+    assert "converted 1 objects" in result.output and "1 already s3ec-v3" in result.output, result.output
+    assert "failed moved: ObjectIntegrityError" in result.output and result.exit_code == 1, result.output
+    assert s3.get_object(Bucket=bucket, Key="ec")["Body"].read() == data
+    context = s3ec.name_context(bucket, "ec")
+    got = official(moto_url, key_id).get_object(Bucket=bucket, Key="ec", EncryptionContext=context)
+    assert got["Body"].read() == data
+    assert _stored(raw, bucket, "moved") == before
