@@ -24,6 +24,7 @@ from proxy.store.backend import version_query
 from proxy.store.bodies import put_stream
 from proxy.store.errors import keyring_error
 from proxy.store.gateway import Gateway, require_key_use
+from proxy.store.signatures import trusted_signers
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +115,10 @@ async def open_s3ec(gw: Gateway, caller: Caller, bucket: str, key: str, meta: Ma
         )
     key_id = gw.config.key_for_bucket(bucket, key)
     require_key_use(gw, caller, "decrypt", key_id)
+    if trusted_signers(gw, key_id) and not caller.is_operator:
+        # The S3EC format has no place for a sender signature, so no S3EC object is one the
+        # key's readers can accept (the operator's convert still reads them, to re-sign).
+        raise IntegrityError(f"objects under key {key_id} must carry a sender signature, which S3EC objects cannot")
     try:
         if legacy:
             materials = await unwrap_legacy(meta, gw.materials.keyring, key_id)
@@ -347,6 +352,13 @@ async def new_data_key(
     (`s3ec_keys.bound_message_id`)."""
     key_id = gw.config.key_for_bucket(bucket, key)
     require_key_use(gw, caller, "encrypt", key_id)
+    if trusted_signers(gw, key_id):
+        raise S3Error(
+            "InvalidRequest",
+            f"objects under key {key_id} must carry a sender signature ([[keys]] trusted_signers), which the S3EC "
+            "format cannot: write them in sealgate's format",
+            400,
+        )
     if gw.config.kms.provider != "aws-kms":
         local = local_keyring(gw)
         if local is None:

@@ -256,3 +256,37 @@ def test_local_key_use_that_cannot_be_audited_does_not_happen(
         assert err.value.response["ResponseMetadata"]["HTTPStatusCode"] == 503
     finally:
         stack.gate.stop()
+
+
+def test_keys_that_require_sender_signatures_take_no_s3ec_objects(
+    moto_url: str, tls_files: dict[str, Path], tmp_path: Path
+) -> None:
+    """S3EC objects carry no sender signature, so under a key whose readers require one
+    ([[keys]] trusted_signers) none is served, and sealgate writes none."""
+    from proxy.crypto.signing import generate_seed, public_key, public_text
+    from proxy.server.run import reload_config
+
+    rule = '\n[[buckets]]\nname = "s3ec-signed"\nformat = "s3ec-v3"\n'
+    open_keys = '\n[[keys]]\nid = "default"\nencrypt = ["tester"]\ndecrypt = ["tester"]\n'
+    st = start_stack(tmp_path, moto_url, tls_files, extra=rule + open_keys)
+    try:
+        s3, raw = st.client(), backend_client(moto_url)
+        s3.create_bucket(Bucket="s3ec-signed")
+        s3.put_object(Bucket="s3ec-signed", Key="old", Body=b"written before signatures were required")
+        assert s3.get_object(Bucket="s3ec-signed", Key="old")["Body"].read().startswith(b"written")
+        signer = public_text(public_key(generate_seed()))
+        cfg = tmp_path / "sealgate.toml"
+        cfg.write_text(
+            cfg.read_text().replace('decrypt = ["tester"]\n', f'decrypt = ["tester"]\ntrusted_signers = ["{signer}"]\n')
+        )
+        assert reload_config(st.gate.running, cfg)
+        with pytest.raises(ClientError) as err:
+            s3.get_object(Bucket="s3ec-signed", Key="old")
+        assert err.value.response["Error"]["Code"] == "ObjectIntegrityError"
+        with pytest.raises(ClientError) as err:
+            s3.put_object(Bucket="s3ec-signed", Key="new", Body=b"x")
+        assert err.value.response["Error"]["Code"] == "InvalidRequest"
+        assert "trusted_signers" in err.value.response["Error"]["Message"]
+        assert [o["Key"] for o in raw.list_objects_v2(Bucket="s3ec-signed").get("Contents", [])] == ["old"]
+    finally:
+        st.gate.stop()
