@@ -55,6 +55,37 @@ def sign_manifest(gw: Gateway, env: Envelope, bucket: str, key: str, sealed_mani
     return _sign(gw, env, bucket, key, signing.multipart_body(sealed_manifest))
 
 
+def require_signer(gw: Gateway, key_ref: str) -> None:
+    """InvalidRequest, before anything is written, when objects under `key_ref` are served only if
+    one of its ``trusted_signers`` signed them and this gateway's keyring signs with none of them:
+    what a tool would write there (a copy, a moved manifest), the key's readers would refuse."""
+    trusted = trusted_signers(gw, key_ref)
+    if not trusted:
+        return
+    signer = gw.local_keys.signer() if gw.local_keys is not None else None
+    if signer is None or signing.public_key(signer[1]) not in trusted:
+        raise S3Error(
+            "InvalidRequest",
+            f"objects under key {key_ref!r} are served only if one of its trusted_signers signed them, and this "
+            "config's keyring holds none of their signing keys; nothing was written",
+            400,
+        )
+
+
+def signed_single(gw: Gateway, env: Envelope, bucket: str, key: str, plaintext_length: int) -> bool:
+    """Whether `env`'s own signature, for `bucket`/`key`, is by a trusted signer of its key (True
+    when its key trusts every writer)."""
+    trusted = trusted_signers(gw, env.key_ref)
+    if not trusted:
+        return True
+    try:
+        message = signing.signed_bytes(env, bucket, key, signing.single_body(plaintext_length))
+        signing.check(env.signature, message, trusted)
+    except FormatError:
+        return False
+    return True
+
+
 def integrity_error(exc: FormatError) -> S3Error:
     """What a client sees of an object that failed authentication."""
     return S3Error("ObjectIntegrityError", f"stored object failed authentication: {exc}", 500)

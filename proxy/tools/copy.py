@@ -41,7 +41,7 @@ from proxy.store.gateway import Gateway
 from proxy.store.listing import list_keys
 from proxy.store.objects import open_copy_source
 from proxy.store.records import check_reserved, put_record, record_key
-from proxy.store.signatures import sign_manifest, sign_single
+from proxy.store.signatures import require_signer, sign_manifest, sign_single
 from proxy.tools.progress import ProgressLine
 from proxy.wiring import audited_gateway
 
@@ -142,6 +142,7 @@ async def copy_object(
     wrapped = await gw.materials.wrap(to_key, opened.data_key, encryption_context(dst_bucket, dst_key))
     if await _already_there(gw, dst_bucket, dst_key, env, wrapped.key_ref):
         return "already", total
+    require_signer(gw, wrapped.key_ref)  # a copy names another object: signed anew, or its readers refuse it
     new_env = dataclasses.replace(
         env, key_ref=wrapped.key_ref, wrapped_key=wrapped.wrapped, scope=SCOPE_OBJECT, name_tag=b"", signature=b""
     )

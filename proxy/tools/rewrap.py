@@ -28,7 +28,14 @@ from proxy.store.copies import SourceChanged, backend_copy
 from proxy.store.gateway import Gateway
 from proxy.store.listing import list_keys, versions_with
 from proxy.store.records import put_record, read_manifest, record_key
-from proxy.store.signatures import sign_manifest
+from proxy.store.signatures import (
+    check_single,
+    manifest_check,
+    require_signer,
+    sign_manifest,
+    sign_single,
+    signed_single,
+)
 
 
 @dataclass
@@ -75,6 +82,10 @@ async def _rewrap_once(gw: Gateway, bucket: str, key: str, to_key: str) -> str:
                 "decrypt", "denied", reason="encrypt-only", key_id=env.key_ref, bucket=bucket, object_key=key
             )
         raise S3Error("AccessDenied", "the object's key is encrypt-only in this config", 403)
+    total = int(head.headers.get("Content-Length", "0"))
+    if env.layout != "multipart":
+        # As its key's readers do, before any keyring call: what they refuse is not moved, nor signed anew.
+        check_single(gw, env, bucket, key, total)
     context = env.context(bucket, key)
     data_key = await gw.materials.unwrap(env.key_ref, env.wrapped_key, context)
     env.check_commitment(data_key)
@@ -86,12 +97,20 @@ async def _rewrap_once(gw: Gateway, bucket: str, key: str, to_key: str) -> str:
         return "already"
     manifest: Manifest | None = None
     if env.layout == "multipart":
-        manifest = await read_manifest(gw, bucket, key, head, data_key, env.salt)
+        check = manifest_check(gw, env, bucket, key)  # signed anew below: only if it is authentic now
+        manifest = await read_manifest(gw, bucket, key, head, data_key, env.salt, check)
     new_env = dataclasses.replace(env, key_ref=wrapped.key_ref, wrapped_key=wrapped.wrapped)
+    if manifest is not None:
+        require_signer(gw, new_env.key_ref)  # its moved manifest must be signed for the target key's readers
+    else:
+        plaintext_length = Layout(env.segment_size).plaintext_length(total)
+        if not signed_single(gw, new_env, bucket, key, plaintext_length):
+            # Its signature (the wrapped key is not signed) is not one the target key's readers trust.
+            require_signer(gw, new_env.key_ref)
+            new_env = sign_single(gw, new_env, bucket, key, plaintext_length)
     headers = {f"x-amz-meta-{k}": v for k, v in new_env.to_metadata().items()}
     headers.update({n: head.headers[n] for n in CONTENT_HEADERS if n in head.headers})
     source = "/" + quote(f"{bucket}/{key}", safe="/~")
-    total = int(head.headers.get("Content-Length", "0"))
     pinned = head.headers.get("ETag", "")
     copied = await backend_copy(
         gw, bucket, key, headers, source, total, multipart=manifest is not None, source_etag=pinned
@@ -122,7 +141,9 @@ async def _follow_manifest(
 
     Only a record that opens under this object's data key and salt (so it describes this very
     body: copies keep both) and implies the stored size is taken; without one the object is
-    reported, not guessed at."""
+    reported, not guessed at. Under a key with ``trusted_signers`` the record must carry a
+    signature by one of them (the run that moved the object left it signed) and is signed anew
+    for the current ETag, so this config must sign with one of them too."""
     etag = etag_value(head.headers.get("ETag", ""))
     probe = await gw.backend.request("HEAD", bucket, record_key(key, etag))
     probe.release()
@@ -130,6 +151,8 @@ async def _follow_manifest(
         return False
     if probe.status != 404:
         raise await probe.error()
+    require_signer(gw, env.key_ref)
+    check = manifest_check(gw, env, bucket, key)
     size = int(head.headers.get("Content-Length", "-1"))
     async for name, _ in list_keys(gw, bucket, record_key(key, ""), reserved=True):
         rec = await gw.backend.request("GET", bucket, name)
@@ -137,6 +160,7 @@ async def _follow_manifest(
             if rec.status >= 300:
                 continue
             sealed = await rec.read()
+            rec_meta = rec.user_metadata()
         finally:
             rec.release()
         try:
@@ -145,8 +169,12 @@ async def _follow_manifest(
             continue
         if stored_length(earlier, Layout(env.segment_size)) != size:
             continue
+        if check is not None:
+            check(sealed, rec_meta)  # re-signed below: only if it is authentic now (IntegrityError)
         moved = Manifest(earlier.parts, etag, earlier.etag)
-        await put_record(gw, bucket, key, moved, moved.seal(data_key, env.salt))
+        resealed = moved.seal(data_key, env.salt)
+        signature = encode_signature(sign_manifest(gw, env, bucket, key, resealed))
+        await put_record(gw, bucket, key, moved, resealed, signature)
         await _drop_record(gw, bucket, key, name)
         return True
     raise IntegrityError("the multipart manifest for this object is missing")
