@@ -22,7 +22,7 @@ from proxy.store.errors import keyring_error
 from proxy.store.gateway import Gateway, require_key_use
 from proxy.store.objects import opaque_etag, open_copy_source, user_metadata
 from proxy.store.records import check_reserved, put_record
-from proxy.store.signatures import sign_manifest, sign_single
+from proxy.store.signatures import require_signer, sign_manifest, sign_single
 
 
 async def copy_object(gw: Gateway, request: web.Request, bucket: str, key: str) -> web.StreamResponse:
@@ -45,6 +45,7 @@ async def copy_object(gw: Gateway, request: web.Request, bucket: str, key: str) 
     env: Envelope = opened.envelope
     dest_key_id = gw.config.key_for_bucket(bucket, key)
     require_key_use(gw, caller, "encrypt", dest_key_id)
+    require_signer(gw, dest_key_id)  # a copy its readers would refuse is not written
     try:
         wrapped = await gw.materials.wrap(dest_key_id, opened.data_key, encryption_context(bucket, key))
     except KeyringError as exc:

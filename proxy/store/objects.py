@@ -37,7 +37,7 @@ from proxy.store.bodies import Decryptor, Nothing, ranged, total_length
 from proxy.store.errors import keyring_error
 from proxy.store.gateway import Gateway, require_key_use
 from proxy.store.records import read_manifest
-from proxy.store.signatures import check_single, manifest_check, sign_single
+from proxy.store.signatures import check_single, manifest_check, require_signer, sign_single
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +108,10 @@ async def seal_envelope(
     etag_field: str | None,
     size: int | None = None,
 ) -> tuple[bytes, Envelope]:
-    """A data key and envelope under `key_id` for `user_meta` (key policy is the caller's business)."""
+    """A data key and envelope under `key_id` for `user_meta` (key policy is the caller's business).
+    Refused before any keyring call when the key's readers require a signature this gateway
+    cannot make (`require_signer`): such an object would be stored but never served."""
+    require_signer(gw, key_id)
     try:
         data_key, scope = await gw.materials.new_object_key(key_id, bucket, key, size)
     except KeyringError as exc:

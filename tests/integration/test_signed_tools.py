@@ -181,3 +181,51 @@ def test_resumed_rewrap_signs_the_moved_manifest(moto_url: str, tls_files: dict[
         assert s3.get_object(Bucket=RESUME, Key="obj/mp")["Body"].read() == mp_body
     finally:
         st.gate.stop()
+
+
+def test_a_gateway_that_cannot_sign_writes_nothing_its_readers_would_refuse(
+    moto_url: str, tls_files: dict[str, Path], tmp_path: Path
+) -> None:
+    """Under a key whose readers require a trusted signer, a PUT, a CopyObject or a multipart
+    upload through a gateway whose keyring holds none of those signing keys is refused before
+    anything is stored (it would be stored but never served)."""
+    from proxy.kms.keystore import LocalKeyStore
+
+    ring = tmp_path / "keyring"
+    make_keyring(ring)
+    store = LocalKeyStore.open(ring, PASSPHRASE.encode())
+    store.create_key("key2")
+    store.create_asymmetric_key("gw-sign", "ed25519-signing")
+    store.save()
+    signer = store.public_key_pem("gw-sign").decode().strip()
+    store = LocalKeyStore.open(ring, PASSPHRASE.encode())
+    store.set_enabled("gw-sign", False)
+    store.save()
+    run = os.urandom(3).hex()
+    src, dst = f"sg-src-{run}", f"sg-needs-sig-{run}"
+    extra = (
+        f'\n[[buckets]]\nname = "{dst}"\nkey = "key2"\n'
+        '\n[[keys]]\nid = "default"\nencrypt = ["tester"]\ndecrypt = ["tester"]\n'
+        f'\n[[keys]]\nid = "key2"\nencrypt = ["tester"]\ndecrypt = ["tester"]\ntrusted_signers = ["{signer}"]\n'
+    )
+    st = start_stack(tmp_path, moto_url, tls_files, extra=extra)
+    try:
+        s3, raw = st.client(), backend_client(moto_url)
+        s3.create_bucket(Bucket=src)
+        s3.create_bucket(Bucket=dst)
+        s3.put_object(Bucket=src, Key="doc", Body=b"under the default key")
+        calls = [
+            lambda: s3.put_object(Bucket=dst, Key="doc", Body=b"x" * 1000),
+            lambda: s3.copy_object(Bucket=dst, Key="doc", CopySource={"Bucket": src, "Key": "doc"}),
+            lambda: s3.create_multipart_upload(Bucket=dst, Key="mp"),
+        ]
+        for call in calls:
+            with pytest.raises(ClientError) as err:
+                call()
+            assert err.value.response["Error"]["Code"] == "InvalidRequest"
+            assert "trusted_signers" in err.value.response["Error"]["Message"]
+        assert raw.list_objects_v2(Bucket=dst).get("KeyCount", 0) == 0
+        assert raw.list_multipart_uploads(Bucket=dst).get("Uploads", []) == []
+        assert s3.get_object(Bucket=src, Key="doc")["Body"].read() == b"under the default key"
+    finally:
+        st.gate.stop()
