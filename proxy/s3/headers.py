@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from proxy.crypto import format as sg_format
+from proxy.crypto import s3ec
+from proxy.s3.errors import S3Error
+
 #: The prefix of user-metadata headers.
 META_PREFIX = "x-amz-meta-"
 
@@ -82,6 +86,35 @@ def user_metadata(headers: Mapping[str, str]) -> dict[str, str]:
         if lname.startswith(META_PREFIX):
             meta[lname[len(META_PREFIX) :]] = value
     return meta
+
+
+#: User-metadata names (without the prefix, lower case) that sealgate or the S3 Encryption Client
+#: write into an object's metadata: a client's entry under one of them would be read back as an
+#: envelope field. ``sg-`` is sealgate's whole namespace (envelope, manifest records, signatures).
+RESERVED_META_PREFIX = "sg-"
+RESERVED_META_NAMES = frozenset(
+    {*sg_format.ALL_META, *s3ec.ALL_META, "x-amz-unencrypted-content-length", "x-amz-crypto-instr-file"}
+)
+
+
+def reserved_metadata(headers: Mapping[str, str]) -> list[str]:
+    """The client's ``x-amz-meta-*`` names (lower case, without the prefix) that sealgate
+    reserves, sorted; compared case-insensitively."""
+    names = user_metadata(headers)
+    return sorted(n for n in names if n.startswith(RESERVED_META_PREFIX) or n in RESERVED_META_NAMES)
+
+
+def refuse_reserved_metadata(headers: Mapping[str, str]) -> None:
+    """Raise 400 InvalidArgument if the client's user metadata uses a name sealgate reserves."""
+    clash = reserved_metadata(headers)
+    if clash:
+        names = ", ".join(f"{META_PREFIX}{n}" for n in clash)
+        raise S3Error(
+            "InvalidArgument",
+            f"{names} is reserved by sealgate (its own and the S3 Encryption Client's object metadata); "
+            "use another metadata name",
+            400,
+        )
 
 
 def stored_headers(headers: Mapping[str, str]) -> dict[str, str]:

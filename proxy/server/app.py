@@ -19,6 +19,7 @@ from proxy.crypto.format import FormatError
 from proxy.kms.base import KeyringError
 from proxy.metrics import ACTIVE, BYTES_OUT, render, request_finished
 from proxy.s3.errors import S3Error
+from proxy.s3.headers import refuse_reserved_metadata
 from proxy.s3.routing import Op, Route, route
 from proxy.s3.sigv4 import ClientCredentials, VerifiedRequest, verify_request
 from proxy.server import admin, buckets, copy, multipart, objects
@@ -175,6 +176,7 @@ async def expect_continue(request: web.Request) -> web.StreamResponse | None:
         if not request.path.startswith((HEALTH_PREFIX, admin.PREFIX)):
             r = _route(request)
             _refuse_sse_c(request)
+            _refuse_reserved_metadata(request, r)
             _authorize(request, r, _authenticate(request))
             conditional = "If-Match" in request.headers or "If-None-Match" in request.headers
             if r.operation is Op.PUT_OBJECT and conditional and r.bucket and r.key:
@@ -249,6 +251,18 @@ def _refuse_sse_c(request: web.Request) -> None:
             "sealgate encrypts every object with its own keys; customer-provided keys (SSE-C) are not supported",
             501,
         )
+
+
+#: The operations that store the client's ``x-amz-meta-*`` headers (CopyObject only with REPLACE).
+_STORES_USER_METADATA = (Op.PUT_OBJECT, Op.CREATE_MULTIPART_UPLOAD, Op.COPY_OBJECT)
+
+
+def _refuse_reserved_metadata(request: web.Request, r: Route) -> None:
+    if r.operation not in _STORES_USER_METADATA:
+        return
+    if r.operation is Op.COPY_OBJECT and request.headers.get("x-amz-metadata-directive", "COPY").upper() != "REPLACE":
+        return
+    refuse_reserved_metadata(request.headers)
 
 
 Call = Callable[[Gateway, web.Request, Route, VerifiedRequest], Awaitable[web.StreamResponse]]
@@ -341,6 +355,7 @@ HANDLERS: Mapping[Op, Call] = {
 
 async def _run(gw: Gateway, request: web.Request, r: Route, verified: VerifiedRequest) -> web.StreamResponse:
     _refuse_sse_c(request)
+    _refuse_reserved_metadata(request, r)
     handler = HANDLERS.get(r.operation)
     if handler is None:
         raise S3Error("NotImplemented", f"{r.operation} is not implemented by sealgate", 501)
