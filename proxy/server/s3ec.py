@@ -21,7 +21,7 @@ from aiohttp import web
 
 from proxy.crypto import s3ec as crypto_s3ec
 from proxy.crypto.format import FormatError, IntegrityError
-from proxy.crypto.s3ec_streams import DEFAULT_VERIFY_LIMIT, S3ecCbcDecryptor, S3ecDecryptor
+from proxy.crypto.s3ec_streams import S3ecCbcDecryptor, S3ecDecryptor
 from proxy.s3.errors import S3Error
 from proxy.s3.ranges import parse_range
 from proxy.s3.sigv4 import VerifiedRequest
@@ -108,7 +108,7 @@ async def stream_s3ec(
             size,
             total,
             delayed_ok=s3ec.delayed_ok(gw, bucket, key),
-            limit=min(DEFAULT_VERIFY_LIMIT, budget.capacity),
+            limit=s3ec.verify_limit(budget.capacity),
         )
         await budget.acquire(held)
     except BudgetExhausted as exc:

@@ -15,7 +15,13 @@ from proxy.access.authorize import Caller
 from proxy.audit import AuditError
 from proxy.crypto import s3ec, s3ec_keys
 from proxy.crypto.format import FormatError, IntegrityError
-from proxy.crypto.s3ec_streams import S3ecCbcDecryptor, S3ecDecryptor, S3ecV3Encryptor, cbc_plaintext_length
+from proxy.crypto.s3ec_streams import (
+    DEFAULT_VERIFY_LIMIT,
+    S3ecCbcDecryptor,
+    S3ecDecryptor,
+    S3ecV3Encryptor,
+    cbc_plaintext_length,
+)
 from proxy.kms.base import InvalidWrappedKey, Keyring, KeyringError
 from proxy.kms.local import LocalKeyring
 from proxy.s3.errors import S3Error
@@ -45,6 +51,13 @@ def delayed_ok(gw: Gateway, bucket: str, key: str) -> bool:
     """Whether the bucket lets objects too large to verify first be served, cut off on a bad tag."""
     rule = gw.config.rule_for_bucket(bucket, key)
     return rule is not None and rule.s3ec_delayed_authentication
+
+
+def verify_limit(budget_bytes: int) -> int:
+    """The largest S3EC object served verify-first: 64 MiB, or the process's budget for such
+    reads (``server.verify_first_memory_bytes``) if that is less, so no read waits for a share
+    the whole budget cannot give."""
+    return min(DEFAULT_VERIFY_LIMIT, budget_bytes)
 
 
 #: Instruction files are small JSON documents; anything bigger is not one.

@@ -39,18 +39,17 @@ from proxy.crypto import s3ec, s3ec_keys
 from proxy.crypto.format import SALT_SIZE, FormatError
 from proxy.crypto.s3ec_multipart import GcmStreamState, PartAttempt, PartMismatch, S3ecV3Multipart, SentPart
 from proxy.crypto.upload_id import S3EC_PREFIX, UploadId, open_for_replicas, seal_for_replicas
-from proxy.kms.base import InvalidWrappedKey, KeyringError, KeyUnavailable
+from proxy.kms.base import InvalidWrappedKey
 from proxy.s3.errors import S3Error
 from proxy.s3.headers import etag_value
 from proxy.s3.xml import complete_upload as complete_document
 from proxy.s3.xml import find_text, parse, parse_answer
 from proxy.store.backend import version_ids
 from proxy.store.bodies import put_stream
-from proxy.store.errors import keyring_error
 from proxy.store.gateway import Gateway, require_key_use
 from proxy.store.records import drop_upload_record, put_upload_record
 from proxy.store.s3ec import audit_local_use, key_errors, local_keyring, new_data_key, object_headers
-from proxy.store.uploads import MAX_PARTS, MIN_PART_SIZE, no_upload
+from proxy.store.uploads import MAX_PARTS, MIN_PART_SIZE, no_upload, opening_upload
 
 UPLOAD_PREFIX = S3EC_PREFIX
 
@@ -179,15 +178,9 @@ async def verified_upload(gw: Gateway, caller: Caller, bucket: str, key: str, te
     uid = _decode(gw, caller, text)
     if _held(gw, uid, bucket, key) is not None:
         return uid
-    try:
+    with opening_upload():
         data_key = await _upload_data_key(gw, uid, bucket, key)
         uid.verify(data_key, bucket, key)
-    except FormatError:
-        raise no_upload() from None
-    except KeyringError as exc:
-        if isinstance(exc, KeyUnavailable):
-            raise keyring_error(exc) from exc
-        raise no_upload() from None
     return uid
 
 

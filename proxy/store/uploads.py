@@ -6,7 +6,8 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 
 from proxy.access.authorize import Caller
 from proxy.crypto.format import (
@@ -58,6 +59,20 @@ def no_upload() -> S3Error:
     )
 
 
+@contextmanager
+def opening_upload() -> Iterator[None]:
+    """What opening an upload id's data key may raise, as the client sees it: a key service that
+    cannot be reached is that (503); a key or id that does not open is NoSuchUpload (404)."""
+    try:
+        yield
+    except FormatError:
+        raise no_upload() from None
+    except KeyUnavailable as exc:
+        raise keyring_error(exc) from exc
+    except KeyringError:
+        raise no_upload() from None
+
+
 async def open_upload(gw: Gateway, caller: Caller, bucket: str, key: str, text: str) -> tuple[UploadId, bytes]:
     """The upload id's fields and its data key, after checking it was made for this object."""
     try:
@@ -67,17 +82,11 @@ async def open_upload(gw: Gateway, caller: Caller, bucket: str, key: str, text: 
     # Continuing an upload is writing under its key: checked before any keyring or backend call.
     require_key_use(gw, caller, "encrypt", uid.key_ref)
     secret = gw.config.encryption.upload_secret
-    try:
+    with opening_upload():
         if uid.sealed_key and secret is not None:
             data_key = open_for_replicas(secret.get_secret_value().encode(), uid.salt, uid.sealed_key, bucket, key)
         else:
             data_key = await gw.materials.unwrap(uid.key_ref, uid.wrapped_key, encryption_context(bucket, key))
-    except FormatError:
-        raise no_upload() from None
-    except KeyringError as exc:
-        if isinstance(exc, KeyUnavailable):
-            raise keyring_error(exc) from exc
-        raise no_upload() from None
     try:
         uid.verify(data_key, bucket, key)
     except FormatError:

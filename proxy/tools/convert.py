@@ -33,7 +33,6 @@ import click
 from proxy.access.authorize import Caller
 from proxy.crypto import s3ec, s3ec_keys, signing
 from proxy.crypto.format import ALL_META, LAYOUT_SINGLE, Envelope, FormatError, is_sealgate_object, stream_key
-from proxy.crypto.s3ec_streams import DEFAULT_VERIFY_LIMIT
 from proxy.crypto.segments import StreamEncryptor
 from proxy.kms import asymmetric
 from proxy.kms.base import KeyringError
@@ -150,9 +149,8 @@ class _KeyFacts:
 
 
 def verify_limit(gw: Gateway) -> int:
-    """The largest S3EC object sealgate serves verify-first: 64 MiB, or the process's budget for
-    such reads (``server.verify_first_memory_bytes``) if that is less, as server/s3ec.py reads it."""
-    return min(DEFAULT_VERIFY_LIMIT, gw.config.server.verify_first_memory_bytes)
+    """The largest S3EC object sealgate serves verify-first under this config (`store.s3ec.verify_limit`)."""
+    return s3ec_objects.verify_limit(gw.config.server.verify_first_memory_bytes)
 
 
 def _clear_ascii(text: str) -> bool:
