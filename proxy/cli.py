@@ -352,12 +352,14 @@ def rewrap(config_path: Path, bucket: str, prefix: str, to_key: str) -> None:
 @click.option("--older-than", default="24h", show_default=True, help="Age limit, e.g. 36h or 7d.")
 @click.option("--dry-run", is_flag=True, help="Only report what would be removed.")
 def gc_cmd(config_path: Path, bucket: str, older_than: str, dry_run: bool) -> None:
-    """Abort stale multipart uploads and delete manifests whose object is gone."""
+    """Abort stale multipart uploads, finish completions a crash interrupted, and delete
+    manifests whose object is gone."""
     import asyncio
 
+    from proxy.audit import AuditError
     from proxy.config import ConfigError, load_config
     from proxy.tools.gc import gc, parse_age
-    from proxy.wiring import operator_gateway
+    from proxy.wiring import audited_gateway
 
     try:
         config = load_config(config_path)
@@ -367,10 +369,14 @@ def gc_cmd(config_path: Path, bucket: str, older_than: str, dry_run: bool) -> No
         return
 
     async def go() -> object:
-        async with operator_gateway(config) as gw:
+        async with audited_gateway(config, "gc") as gw:  # finishing a completion unwraps its data key
             return await gc(gw, bucket, age, dry_run=dry_run)
 
-    report = asyncio.run(go())
+    try:
+        report = asyncio.run(go())
+    except AuditError as exc:
+        _fail(str(exc))
+        return
     from proxy.tools.gc import GcReport
 
     assert isinstance(report, GcReport)
@@ -379,6 +385,14 @@ def gc_cmd(config_path: Path, bucket: str, older_than: str, dry_run: bool) -> No
         f"{verb} {len(report.uploads_aborted)} stale uploads, {len(report.manifests_deleted)} orphan manifests "
         f"and {len(report.records_deleted)} upload records ({report.kept_young} recent manifests kept)"
     )
+    if report.completions_finished or report.pending_deleted:
+        finished = "would finish" if dry_run else "finished"
+        click.echo(
+            f"{finished} {len(report.completions_finished)} interrupted completions; "
+            f"{verb} {len(report.pending_deleted)} pending records no object needs"
+        )
+    for name, why in report.pending_kept:
+        click.echo(f"kept {name}: {why}", err=True)
 
 
 @keys.command("export-public")

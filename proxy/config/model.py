@@ -106,7 +106,7 @@ class BucketRule(Section):
         if self.allow_unencrypted_reads and self.unencrypted_before is None:
             raise Invalid(
                 ("unencrypted_before",),
-                'required when allow_unencrypted_reads = true: the cut-over, an RFC 3339 time such as '
+                "required when allow_unencrypted_reads = true: the cut-over, an RFC 3339 time such as "
                 '"2026-01-31T00:00:00Z"; objects without an envelope written after it are refused',
             )
         if not self.allow_unencrypted_reads:

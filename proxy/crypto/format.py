@@ -479,6 +479,9 @@ class Manifest:
     backend_etag: str
     #: The ETag sealgate returns for the object (S3's multipart form).
     etag: str
+    #: The backend's ETag of each stored part as listed when the upload was completed (the MD5
+    #: of its stored bytes on S3-like backends); () in manifests written before they were kept.
+    part_etags: tuple[str, ...] = ()
 
     @property
     def size(self) -> int:
@@ -492,6 +495,8 @@ class Manifest:
             "b": self.backend_etag,
             "e": self.etag,
         }
+        if self.part_etags:
+            doc["q"] = list(self.part_etags)
         return json.dumps(doc, separators=(",", ":")).encode()
 
     @classmethod
@@ -501,7 +506,10 @@ class Manifest:
             if doc.get("v") != 1:
                 raise FormatError("unsupported manifest version")
             parts = tuple(ManifestPart(int(n), int(length), str(e), bool(m)) for n, length, e, m in doc["p"])
-            return cls(parts, str(doc["b"]), str(doc["e"]))
+            part_etags = tuple(str(e) for e in doc.get("q", ()))
+            if part_etags and len(part_etags) != len(parts):
+                raise FormatError("manifest is malformed")
+            return cls(parts, str(doc["b"]), str(doc["e"]), part_etags)
         except (ValueError, KeyError, TypeError) as exc:
             raise FormatError("manifest is malformed") from exc
 

@@ -30,12 +30,17 @@ async def list_keys(gw: Gateway, bucket: str, prefix: str, *, reserved: bool = F
             return
 
 
-async def versions_with(gw: Gateway, bucket: str, key: str, etag: str) -> bool | None:
-    """Whether any stored version of `key` has this backend ETag (None: the backend cannot list
-    versions). In a bucket that never had versioning this is just the current object."""
+async def versions_of(gw: Gateway, bucket: str, key: str) -> list[tuple[str, str]] | None:
+    """(version id, backend ETag) of every stored version of `key`, delete markers left out; None
+    when the backend cannot tell (an error). A backend that does not implement version listing
+    (501, as `rclone serve s3`) keeps no versions but the current object: [] then."""
+    found: list[tuple[str, str]] = []
     markers: list[tuple[str, str]] = []
     while True:
         resp = await gw.backend.request("GET", bucket, None, query=[("versions", ""), ("prefix", key), *markers])
+        if resp.status == 501:
+            resp.release()
+            return []
         if resp.status >= 300:
             resp.release()
             return None
@@ -44,9 +49,19 @@ async def versions_with(gw: Gateway, bucket: str, key: str, etag: str) -> bool |
         finally:
             resp.release()
         for version in iter_named(root, "Version"):
-            if child_text(version, "Key") == key and etag_value(child_text(version, "ETag")) == etag:
-                return True
+            if child_text(version, "Key") == key:
+                found.append((child_text(version, "VersionId"), etag_value(child_text(version, "ETag"))))
         next_key, next_version = child_text(root, "NextKeyMarker"), child_text(root, "NextVersionIdMarker")
         if child_text(root, "IsTruncated").lower() != "true" or not next_key or next_key > key:
-            return False
+            return found
         markers = [("key-marker", next_key), ("version-id-marker", next_version)]
+
+
+async def versions_with(gw: Gateway, bucket: str, key: str, etag: str) -> bool | None:
+    """Whether any stored version of `key` has this backend ETag (None: the backend cannot tell).
+    In a bucket that never had versioning this is just the current object; a backend without
+    versions lists none (False), so callers look at the current object themselves first."""
+    versions = await versions_of(gw, bucket, key)
+    if versions is None:
+        return None
+    return any(found == etag for _, found in versions)

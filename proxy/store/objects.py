@@ -34,9 +34,9 @@ from proxy.s3.ranges import check_conditions, etag_matches
 from proxy.store import s3ec
 from proxy.store.backend import BackendResponse, version_query
 from proxy.store.bodies import Decryptor, Nothing, ranged, total_length
+from proxy.store.completion import find_manifest
 from proxy.store.errors import keyring_error
 from proxy.store.gateway import Gateway, require_key_use
-from proxy.store.records import read_manifest
 from proxy.store.signatures import check_single, manifest_check, require_signer, sign_single
 
 log = logging.getLogger(__name__)
@@ -244,7 +244,7 @@ async def open_object(
         sealed = open_metadata(data_key, env.salt, env.sealed)
         if env.layout == LAYOUT_MULTIPART:
             check = manifest_check(gw, env, bucket, key)
-            manifest = await read_manifest(gw, bucket, key, resp, data_key, env.salt, check)
+            manifest = await find_manifest(gw, bucket, key, resp, total, data_key, env, check, version)
             if stored_length(manifest, layout) != total:
                 raise IntegrityError("stored size differs from the manifest's parts")
             return Opened(env, data_key, sealed, manifest.size, f'"{manifest.etag}"', manifest)

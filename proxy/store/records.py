@@ -1,5 +1,6 @@
 """sealgate's own records beside the objects, under the reserved prefix ``.sealgate/``: the sealed
-manifests of multipart objects (``mp/``) and the ids of open uploads (``up/``)."""
+manifests of multipart objects (``mp/``), the manifests of completions under way (``pc/``) and
+the ids of open uploads (``up/``)."""
 
 from __future__ import annotations
 
@@ -36,6 +37,10 @@ def check_reserved(key: str) -> None:
         raise S3Error("AccessDenied", f"keys under {RESERVED_PREFIX} are reserved by sealgate", 403)
 
 
+class ManifestMissing(IntegrityError):
+    """No manifest is stored under the name the object's backend ETag gives."""
+
+
 def record_key(key: str, backend_etag: str) -> str:
     """Where the manifest of the object stored as `key` with this backend ETag lives."""
     digest = hashlib.sha256(key.encode()).hexdigest()
@@ -57,7 +62,7 @@ async def read_manifest(
     rec = await gw.backend.request("GET", bucket, record_key(key, etag))
     if rec.status == 404:
         rec.release()
-        raise IntegrityError("the multipart manifest for this object is missing")
+        raise ManifestMissing("the multipart manifest for this object is missing")
     if rec.status >= 300:
         raise await rec.error()
     try:
@@ -73,16 +78,26 @@ async def read_manifest(
 
 
 async def put_record(
-    gw: Gateway, bucket: str, key: str, manifest: Manifest, sealed: bytes, signature: str = ""
+    gw: Gateway,
+    bucket: str,
+    key: str,
+    manifest: Manifest,
+    sealed: bytes,
+    signature: str = "",
+    *,
+    name: str | None = None,
+    extra: Mapping[str, str] | None = None,
 ) -> None:
-    """Store a sealed multipart manifest under its reserved key (named by the backend ETag), with
-    the object's sender `signature` (b64, docs/FORMAT.md §3a) if it has one."""
+    """Store a sealed multipart manifest under its reserved key (named by the backend ETag, or
+    `name`), with the object's sender `signature` (b64, docs/FORMAT.md §3a) if it has one and
+    `extra` headers."""
     signed = {"x-amz-meta-sg-sig": signature} if signature else {}
     resp = await gw.backend.request(
         "PUT",
         bucket,
-        record_key(key, manifest.backend_etag),
-        headers={
+        name or record_key(key, manifest.backend_etag),
+        headers=dict(extra or {})
+        | {
             "x-amz-meta-sg-size": str(manifest.size),
             # The object's name (URL-quoted: header-safe), so `sealgate gc` can find orphans.
             "x-amz-meta-sg-object": quote(key, safe=""),
@@ -104,15 +119,19 @@ def upload_record_key(key: str, backend_id: str) -> str:
     return f"{RESERVED_PREFIX}up/{digest}/{hashlib.sha256(backend_id.encode()).hexdigest()}"
 
 
-async def put_upload_record(gw: Gateway, bucket: str, key: str, backend_id: str, upload_id: str) -> None:
-    """Record the client's form of a new upload's id; if that fails, abort the backend upload
-    (nothing can list it in the form that continues it) and fail the CreateMultipartUpload."""
+async def put_upload_record(
+    gw: Gateway, bucket: str, key: str, backend_id: str, upload_id: str, envelope: Mapping[str, str] | None = None
+) -> None:
+    """Record the client's form of a new upload's id (and the object's `envelope` metadata, which
+    lets the completion be signed before the object appears); if that fails, abort the backend
+    upload (nothing can list it in the form that continues it) and fail the CreateMultipartUpload."""
     body = upload_id.encode()
     resp = await gw.backend.request(
         "PUT",
         bucket,
         upload_record_key(key, backend_id),
-        headers={
+        headers={f"x-amz-meta-{k}": v for k, v in (envelope or {}).items()}
+        | {
             "x-amz-meta-sg-object": quote(key, safe=""),
             "Content-Type": "text/plain",
             "Content-MD5": content_md5(body),
@@ -158,3 +177,13 @@ async def recorded_id(gw: Gateway, bucket: str, key: str, backend_id: str) -> st
         pass
     log.warning("ignoring a malformed upload record for /%s/%s", bucket, key)
     return None
+
+
+async def recorded_envelope(gw: Gateway, bucket: str, key: str, backend_id: str) -> Mapping[str, str] | None:
+    """The envelope metadata an upload's record keeps (None: no record, or one without it)."""
+    resp = await gw.backend.request("HEAD", bucket, upload_record_key(key, backend_id))
+    resp.release()
+    if resp.status >= 300:
+        return None
+    meta = resp.user_metadata()
+    return meta if any(name.startswith("sg-") and name != "sg-object" for name in meta) else None

@@ -55,15 +55,21 @@ def sign_manifest(gw: Gateway, env: Envelope, bucket: str, key: str, sealed_mani
     return _sign(gw, env, bucket, key, signing.multipart_body(sealed_manifest))
 
 
+def serves_signed(gw: Gateway, key_ref: str) -> bool:
+    """Whether what this gateway signs (or leaves unsigned) under `key_ref` its readers accept:
+    the key trusts every writer, or this gateway's keyring holds one of its trusted signers."""
+    trusted = trusted_signers(gw, key_ref)
+    if not trusted:
+        return True
+    signer = gw.local_keys.signer() if gw.local_keys is not None else None
+    return signer is not None and signing.public_key(signer[1]) in trusted
+
+
 def require_signer(gw: Gateway, key_ref: str) -> None:
     """InvalidRequest, before anything is written, when objects under `key_ref` are served only if
     one of its ``trusted_signers`` signed them and this gateway's keyring signs with none of them:
     what a tool would write there (a copy, a moved manifest), the key's readers would refuse."""
-    trusted = trusted_signers(gw, key_ref)
-    if not trusted:
-        return
-    signer = gw.local_keys.signer() if gw.local_keys is not None else None
-    if signer is None or signing.public_key(signer[1]) not in trusted:
+    if not serves_signed(gw, key_ref):
         raise S3Error(
             "InvalidRequest",
             f"objects under key {key_ref!r} are served only if one of its trusted_signers signed them, and this "

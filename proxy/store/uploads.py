@@ -3,7 +3,9 @@ starting an upload, and completing it with a sealed manifest."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import logging
 import os
 import re
 from collections.abc import Iterator, Mapping
@@ -30,12 +32,15 @@ from proxy.s3.errors import S3Error
 from proxy.s3.headers import etag_value, stored_headers
 from proxy.s3.xml import complete_upload as complete_document
 from proxy.s3.xml import find_text, iter_named, parse, parse_answer
-from proxy.store.backend import version_ids
+from proxy.store.backend import BackendResponse, version_ids
+from proxy.store.completion import drop_pending, find_manifest, put_pending
 from proxy.store.errors import keyring_error
 from proxy.store.gateway import Gateway, require_key_use
 from proxy.store.objects import new_envelope
-from proxy.store.records import drop_upload_record, put_record, put_upload_record, record_key
-from proxy.store.signatures import integrity_error, sign_manifest
+from proxy.store.records import drop_upload_record, put_record, put_upload_record, recorded_envelope
+from proxy.store.signatures import integrity_error, manifest_check, sign_manifest
+
+log = logging.getLogger(__name__)
 
 MIN_PART_SIZE = 5 * 1024 * 1024
 
@@ -111,7 +116,7 @@ async def create_upload(gw: Gateway, caller: Caller, bucket: str, key: str, requ
     if secret is not None:
         sealed = seal_for_replicas(secret.get_secret_value().encode(), env.salt, data_key, bucket, key)
     uid = UploadId(backend_id, env.key_ref, env.wrapped_key, env.salt, sealed_key=sealed).encode(data_key, bucket, key)
-    await put_upload_record(gw, bucket, key, backend_id, uid)
+    await put_upload_record(gw, bucket, key, backend_id, uid, env.to_metadata())
     return uid
 
 
@@ -144,41 +149,68 @@ def multipart_etag(etags: list[str]) -> str | None:
     return hashlib.md5(b"".join(bytes.fromhex(e) for e in etags)).hexdigest() + f"-{len(etags)}"
 
 
-async def _sign_completed(
-    gw: Gateway, data_key: bytes, salt: bytes, bucket: str, key: str, meta: Mapping[str, str], manifest: Manifest
-) -> None:
-    """Store the manifest record again, with the object's sender signature (docs/FORMAT.md §3a),
-    when this gateway signs. The envelope is the completed object's: checked to be this upload's
-    (salt, commitment, sealed metadata under its data key) before it is signed."""
-    if gw.local_keys is None or gw.local_keys.signer() is None:
-        return
+def _checked_envelope(meta: Mapping[str, str], data_key: bytes, salt: bytes) -> Envelope:
+    """The envelope in `meta`, checked to be this upload's (salt, commitment, sealed metadata
+    under its data key): FormatError otherwise."""
+    env = Envelope.from_metadata(meta)
+    if env.salt != salt or env.layout != LAYOUT_MULTIPART:
+        raise IntegrityError("the completed object's envelope is not this upload's")
+    env.check_commitment(data_key)
+    open_metadata(data_key, salt, env.sealed)
+    return env
+
+
+def _made_by(resp: BackendResponse, salt: bytes) -> bool:
+    """Whether the object `resp` describes is the one the upload with this salt made."""
     try:
-        env = Envelope.from_metadata(meta)
-        if env.salt != salt or env.layout != LAYOUT_MULTIPART:
-            raise IntegrityError("the completed object's envelope is not this upload's")
-        env.check_commitment(data_key)
-        open_metadata(data_key, salt, env.sealed)
+        return Envelope.from_metadata(resp.user_metadata()).salt == salt
+    except FormatError:
+        return False
+
+
+def _signs(gw: Gateway) -> bool:
+    return gw.local_keys is not None and gw.local_keys.signer() is not None
+
+
+async def _pending_signature(
+    gw: Gateway, uid: UploadId, data_key: bytes, bucket: str, key: str, sealed: bytes
+) -> tuple[str, Envelope | None]:
+    """The sender signature (docs/FORMAT.md §3a) of the pending record, made before the object
+    exists over the envelope its upload record keeps, and that envelope; ("", None) when this
+    gateway does not sign or the record keeps no usable envelope (an upload started before
+    records kept one)."""
+    if not _signs(gw):
+        return "", None
+    meta = await recorded_envelope(gw, bucket, key, uid.backend_id)
+    if meta is None:
+        return "", None
+    try:
+        env = _checked_envelope(meta, data_key, uid.salt)
+    except FormatError:
+        log.warning("the upload record of /%s/%s keeps an envelope that is not its upload's", bucket, key)
+        return "", None
+    return encode_signature(sign_manifest(gw, env, bucket, key, sealed)), env
+
+
+def _completed_signature(
+    gw: Gateway, data_key: bytes, salt: bytes, bucket: str, key: str, meta: Mapping[str, str], sealed: bytes
+) -> str:
+    """The sender signature of the completed object's manifest, "" when this gateway does not
+    sign; signed over the completed object's own envelope, once it is checked to be this upload's."""
+    if not _signs(gw):
+        return ""
+    try:
+        env = _checked_envelope(meta, data_key, salt)
     except FormatError as exc:
         raise integrity_error(exc) from exc
-    sealed = manifest.seal(data_key, salt)
-    signature = sign_manifest(gw, env, bucket, key, sealed)
-    await put_record(gw, bucket, key, manifest, sealed, encode_signature(signature))
+    return encode_signature(sign_manifest(gw, env, bucket, key, sealed))
 
 
-async def complete_upload(
-    gw: Gateway,
-    uid: UploadId,
-    data_key: bytes,
-    bucket: str,
-    key: str,
-    wanted: list[tuple[int, str]],
-    conditions: dict[str, str],
-) -> tuple[str, dict[str, str]]:
-    """Complete a sealgate upload with the client's `wanted` parts: check them against the
-    stored ones, seal the manifest, complete on the backend (with the destination
-    `conditions`), and name the manifest after the ETag reads will see. Returns the object's
-    ETag (unquoted) and the answer's version-id headers."""
-    stored = await backend_parts(gw, bucket, key, uid.backend_id)
+def _chosen_parts(
+    stored: Mapping[int, tuple[str, int]], wanted: list[tuple[int, str]]
+) -> tuple[list[ManifestPart], list[str]]:
+    """The manifest's parts and their backend ETags for the client's `wanted` list, checked
+    against the `stored` parts (InvalidPart, EntityTooSmall)."""
     layout = Layout(DEFAULT_SEGMENT_SIZE)
     parts: list[ManifestPart] = []
     backend_etags: list[str] = []
@@ -200,30 +232,96 @@ async def complete_upload(
             raise S3Error("InvalidPart", f"The ETag of part {number} does not match.", 400)
         parts.append(ManifestPart(number, length, etag, is_md5))
         backend_etags.append(backend_etag)
+    return parts, backend_etags
+
+
+async def complete_upload(
+    gw: Gateway,
+    uid: UploadId,
+    data_key: bytes,
+    bucket: str,
+    key: str,
+    wanted: list[tuple[int, str]],
+    conditions: dict[str, str],
+) -> tuple[str, dict[str, str]]:
+    """Complete a sealgate upload with the client's `wanted` parts, so that a crash at any step
+    leaves the object absent or readable (proxy/store/completion.py): check them against the
+    stored ones, store the sealed manifest as a pending record, complete on the backend (with the
+    destination `conditions`), then store the manifest under the name the object's ETag gives.
+    An upload that is already complete (a retry) is answered as its completion was. Returns the
+    object's ETag (unquoted) and the answer's version-id headers."""
+    try:
+        stored = await backend_parts(gw, bucket, key, uid.backend_id)
+    except S3Error as exc:
+        if exc.code != "NoSuchUpload":
+            raise
+        return await completed_before(gw, uid, data_key, bucket, key)
+    parts, backend_etags = _chosen_parts(stored, wanted)
     final_etag = multipart_etag([p.etag for p in parts]) or hashlib.md5(os.urandom(16)).hexdigest() + f"-{len(parts)}"
-    expected = multipart_etag([e.lower() for e in backend_etags]) or "unknown"
-    manifest = Manifest(tuple(parts), expected, final_etag)
-    await put_record(gw, bucket, key, manifest, manifest.seal(data_key, uid.salt))
+    expected = multipart_etag([e.lower() for e in backend_etags]) or ""
+    manifest = Manifest(tuple(parts), expected, final_etag, tuple(backend_etags))
+    sealed = manifest.seal(data_key, uid.salt)
+    signature, signed_env = await _pending_signature(gw, uid, data_key, bucket, key, sealed)
+    await put_pending(gw, bucket, key, uid.backend_id, uid.salt, manifest, sealed, signature)
 
     xml = complete_document((p.number, e) for p, e in zip(parts, backend_etags, strict=True))
-    resp, answer = await gw.backend.read_ok(
-        "POST", bucket, key, query=[("uploadId", uid.backend_id)], headers=conditions, body=xml
-    )
+    try:
+        resp, answer = await gw.backend.read_ok(
+            "POST", bucket, key, query=[("uploadId", uid.backend_id)], headers=conditions, body=xml
+        )
+    except S3Error as exc:
+        if exc.code != "NoSuchUpload":
+            raise
+        return await completed_before(gw, uid, data_key, bucket, key)  # another replica completed it
     root = parse_answer(answer)
     # Name the manifest after the ETag that reads will see: some backends report another ETag
     # on HEAD and GET than in their completion answer.
     head = await gw.backend.request("HEAD", bucket, key)
     head.release()
+    if head.status >= 300 or not _made_by(head, uid.salt):
+        # Replaced (or deleted) as soon as it appeared: whoever reads this version, or gc,
+        # finishes its completion from the pending record.
+        return final_etag, version_ids(resp.headers)
     actual = etag_value(head.headers.get("ETag", ""))
     if not actual and root is not None:
         actual = etag_value(find_text(root, "ETag") or "")
-    if actual and actual != expected:
+    if actual != expected:
         # A backend with its own ETag scheme: the manifest must name the ETag it really gave.
-        stale = manifest
-        manifest = Manifest(tuple(parts), actual, final_etag)
-        await put_record(gw, bucket, key, manifest, manifest.seal(data_key, uid.salt))
-        old = await gw.backend.request("DELETE", bucket, record_key(key, stale.backend_etag))
-        old.release()
-    await _sign_completed(gw, data_key, uid.salt, bucket, key, head.user_metadata(), manifest)
+        manifest = dataclasses.replace(manifest, backend_etag=actual)
+        sealed = manifest.seal(data_key, uid.salt)
+        signature = ""
+    if not signature or signed_env is None or Envelope.from_metadata(head.user_metadata()) != signed_env:
+        # Signed over the completed object's own envelope (the pending record's signature holds
+        # only for the same manifest body and the envelope the upload record kept).
+        signature = _completed_signature(gw, data_key, uid.salt, bucket, key, head.user_metadata(), sealed)
+    await put_record(gw, bucket, key, manifest, sealed, signature)
+    await drop_pending(gw, bucket, key, uid.salt)
     await drop_upload_record(gw, bucket, key, uid.backend_id)
     return final_etag, version_ids(resp.headers)
+
+
+async def completed_before(
+    gw: Gateway, uid: UploadId, data_key: bytes, bucket: str, key: str
+) -> tuple[str, dict[str, str]]:
+    """The answer to completing an upload the backend no longer has: as its completion was when
+    the current object is the one it made (finishing that completion if a crash interrupted
+    it), else NoSuchUpload."""
+    head = await gw.backend.request("HEAD", bucket, key)
+    head.release()
+    if head.status >= 300:
+        raise no_upload()
+    try:
+        env = Envelope.from_metadata(head.user_metadata())
+    except FormatError:
+        raise no_upload() from None
+    if env.salt != uid.salt or env.layout != LAYOUT_MULTIPART:
+        raise no_upload()
+    try:
+        env.check_commitment(data_key)
+        check = manifest_check(gw, env, bucket, key)
+        total = int(head.headers.get("Content-Length", "0"))
+        manifest = await find_manifest(gw, bucket, key, head, total, data_key, env, check)
+    except FormatError as exc:
+        raise integrity_error(exc) from exc
+    await drop_upload_record(gw, bucket, key, uid.backend_id)
+    return manifest.etag, version_ids(head.headers)

@@ -6,6 +6,14 @@ object it describes) with no older version of it left in a versioned bucket. Man
 than the age limit are kept, since completion writes the manifest just before the object appears.
 Upload records (``.sealgate/up/``: the id ListMultipartUploads shows) go with their upload, and
 those older than the age limit whose upload is no longer listed go too.
+
+Pending records (``.sealgate/pc/``, proxy/store/completion.py) older than the age limit are
+finished, never just dropped, while a stored version of their object still lacks the manifest
+they become: gc opens that version as a read would, which stores its manifest. One whose upload
+can still be completed is kept; one that no stored object carries is deleted. A manifest is only
+ever deleted when no stored version has its ETag, so gc never removes the last manifest of a
+readable object, on backends that list versions and on those that cannot (there the current
+object is the only one).
 """
 
 from __future__ import annotations
@@ -16,11 +24,18 @@ from datetime import UTC, datetime, timedelta
 from urllib.parse import unquote
 from xml.etree.ElementTree import Element
 
+from proxy.access.authorize import Caller
+from proxy.crypto.format import Envelope, FormatError
+from proxy.kms.base import KeyringError
+from proxy.s3.errors import S3Error
 from proxy.s3.headers import etag_value
 from proxy.s3.xml import child_text, iter_named, parse
+from proxy.store.backend import BackendResponse
+from proxy.store.completion import PENDING_PREFIX
 from proxy.store.gateway import Gateway
-from proxy.store.listing import versions_with
-from proxy.store.records import RESERVED_PREFIX, upload_record_key
+from proxy.store.listing import versions_of, versions_with
+from proxy.store.objects import open_object
+from proxy.store.records import RESERVED_PREFIX, record_key, upload_record_key
 
 
 @dataclass
@@ -32,6 +47,12 @@ class GcReport:
     kept_young: int = 0
     #: Records of uploads that are gone (those of the uploads aborted here included).
     records_deleted: list[str] = field(default_factory=list)
+    #: Objects whose interrupted completion was finished: (key, version id or "").
+    completions_finished: list[tuple[str, str]] = field(default_factory=list)
+    #: Pending records no stored object needs any more.
+    pending_deleted: list[str] = field(default_factory=list)
+    #: Pending records kept although old: (record, why).
+    pending_kept: list[tuple[str, str]] = field(default_factory=list)
 
 
 async def _xml(gw: Gateway, bucket: str, query: list[tuple[str, str]]) -> Element:
@@ -77,6 +98,11 @@ async def gc(gw: Gateway, bucket: str, older_than: timedelta, *, dry_run: bool =
             if not dry_run:
                 resp = await gw.backend.request("DELETE", bucket, record)
                 resp.release()
+    async for name, modified in _listed(gw, bucket, PENDING_PREFIX):
+        if modified >= cutoff:
+            report.kept_young += 1
+        else:
+            await _pending(gw, bucket, name, live, report, dry_run)
     async for name, modified in _listed(gw, bucket, RESERVED_PREFIX + "mp/"):
         if modified >= cutoff:
             report.kept_young += 1
@@ -121,6 +147,93 @@ async def _orphan(gw: Gateway, bucket: str, name: str) -> bool:
         return False
     # Gone or overwritten as the current version: an older version may still need it.
     return await versions_with(gw, bucket, key, etag) is False
+
+
+async def _pending(gw: Gateway, bucket: str, name: str, live: set[str], report: GcReport, dry_run: bool) -> None:
+    """Finish, keep or delete one old pending record (see the module's docstring)."""
+    head = await gw.backend.request("HEAD", bucket, name)
+    head.release()
+    meta = head.user_metadata()
+    if head.status >= 300 or "sg-object" not in meta:
+        report.pending_kept.append((name, "its record cannot be read"))
+        return
+    key, upload = unquote(meta["sg-object"]), unquote(meta.get("sg-upload", ""))
+    if upload and upload_record_key(key, upload) in live:
+        report.pending_kept.append((name, "its upload can still be completed"))
+        return
+    try:
+        salt = bytes.fromhex(name.rsplit("/", 1)[-1])
+    except ValueError:
+        report.pending_kept.append((name, "its name is not a pending record's"))
+        return
+    carriers = await _carrying(gw, bucket, key, salt)
+    if carriers is None:
+        report.pending_kept.append((name, "the backend cannot list the object's versions"))
+        return
+    needed = False
+    for version, resp in carriers:
+        manifest = record_key(key, etag_value(resp.headers.get("ETag", "")))
+        if await _exists(gw, bucket, manifest):
+            continue
+        needed = True
+        report.completions_finished.append((key, version or ""))
+        if dry_run:
+            continue
+        try:
+            # Opened as a read would: that stores its manifest and drops the pending record.
+            await open_object(
+                gw, Caller.operator(), bucket, key, resp, int(resp.headers.get("Content-Length", "0")), version
+            )
+        except (S3Error, KeyringError) as exc:
+            report.completions_finished.pop()
+            report.pending_kept.append((name, f"finishing {key} failed: {exc}"))
+            return
+        if not await _exists(gw, bucket, manifest):
+            report.completions_finished.pop()
+            report.pending_kept.append((name, f"{key} is served, but this config cannot sign its manifest"))
+            return
+    if not needed:
+        report.pending_deleted.append(name)
+        if not dry_run:
+            gone = await gw.backend.request("DELETE", bucket, name)
+            gone.release()
+
+
+async def _exists(gw: Gateway, bucket: str, name: str) -> bool:
+    resp = await gw.backend.request("HEAD", bucket, name)
+    resp.release()
+    return resp.status < 300
+
+
+async def _carrying(gw: Gateway, bucket: str, key: str, salt: bytes) -> list[tuple[str | None, BackendResponse]] | None:
+    """The stored versions of `key` that the upload with this salt made, as (version id, HEAD
+    response); None when the backend cannot tell which versions it keeps."""
+    found: list[tuple[str | None, BackendResponse]] = []
+    current = await gw.backend.request("HEAD", bucket, key)
+    current.release()
+    if current.status < 300 and _made_by(current, salt):
+        found.append((None, current))
+    elif current.status >= 300 and current.status != 404:
+        return None
+    versions = await versions_of(gw, bucket, key)
+    if versions is None:
+        return None
+    shown = current.headers.get("x-amz-version-id")
+    for version, _ in versions:
+        if version in ("", "null") or version == shown:
+            continue
+        resp = await gw.backend.request("HEAD", bucket, key, query=[("versionId", version)])
+        resp.release()
+        if resp.status < 300 and _made_by(resp, salt):
+            found.append((version, resp))
+    return found
+
+
+def _made_by(resp: BackendResponse, salt: bytes) -> bool:
+    try:
+        return Envelope.from_metadata(resp.user_metadata()).salt == salt
+    except FormatError:
+        return False
 
 
 def parse_age(text: str) -> timedelta:

@@ -5,9 +5,10 @@ context), and only the metadata is rewritten, by an in-place server-side copy. S
 interrupt and re-run: an object already under the target key (its current version) is skipped,
 and each object changes in one backend operation. A multipart object's manifest is recorded
 under the object's backend ETag, which only the copy itself reveals, so it follows the object
-one step later; a run interrupted in between leaves it under the previous ETag, and the next run
-records it again (`_follow_manifest`) before calling the object done. Run `sealgate gc` only
-after an interrupted rewrap has been re-run: gc deletes manifests whose ETag is gone.
+one step later; before the copy it is stored as a pending record (proxy/store/completion.py),
+from which any read, the next run or `sealgate gc` finishes a run interrupted in between.
+Objects moved by runs from before pending records existed are found by their earlier manifest
+(`_follow_manifest`).
 """
 
 from __future__ import annotations
@@ -24,10 +25,11 @@ from proxy.kms.base import KeyringError
 from proxy.s3.errors import S3Error
 from proxy.s3.headers import CONTENT_HEADERS, etag_value
 from proxy.store.backend import BackendResponse
+from proxy.store.completion import drop_pending, find_manifest, finish_pending, put_pending
 from proxy.store.copies import SourceChanged, backend_copy
 from proxy.store.gateway import Gateway
 from proxy.store.listing import list_keys, versions_with
-from proxy.store.records import put_record, read_manifest, record_key
+from proxy.store.records import ManifestMissing, put_record, record_key
 from proxy.store.signatures import (
     check_single,
     manifest_check,
@@ -98,7 +100,7 @@ async def _rewrap_once(gw: Gateway, bucket: str, key: str, to_key: str) -> str:
     manifest: Manifest | None = None
     if env.layout == "multipart":
         check = manifest_check(gw, env, bucket, key)  # signed anew below: only if it is authentic now
-        manifest = await read_manifest(gw, bucket, key, head, data_key, env.salt, check)
+        manifest = await find_manifest(gw, bucket, key, head, total, data_key, env, check)
     new_env = dataclasses.replace(env, key_ref=wrapped.key_ref, wrapped_key=wrapped.wrapped)
     if manifest is not None:
         require_signer(gw, new_env.key_ref)  # its moved manifest must be signed for the target key's readers
@@ -112,15 +114,23 @@ async def _rewrap_once(gw: Gateway, bucket: str, key: str, to_key: str) -> str:
     headers.update({n: head.headers[n] for n in CONTENT_HEADERS if n in head.headers})
     source = "/" + quote(f"{bucket}/{key}", safe="/~")
     pinned = head.headers.get("ETag", "")
+    if manifest is not None:
+        # The copy's ETag is known only once it exists: until its manifest is stored, readers
+        # (and gc) find this pending record by the object's salt and check the copy against it.
+        pending = dataclasses.replace(manifest, backend_etag="")
+        held = pending.seal(data_key, env.salt)
+        signature = encode_signature(sign_manifest(gw, new_env, bucket, key, held))
+        await put_pending(gw, bucket, key, None, env.salt, pending, held, signature)
     copied = await backend_copy(
         gw, bucket, key, headers, source, total, multipart=manifest is not None, source_etag=pinned
     )
     if manifest is not None:
-        moved = Manifest(manifest.parts, copied.etag, manifest.etag)
+        moved = dataclasses.replace(manifest, backend_etag=copied.etag)
         sealed = moved.seal(data_key, env.salt)
         # The moved manifest names the copy's ETag: signed anew, if this config's keyring signs.
         signature = encode_signature(sign_manifest(gw, new_env, bucket, key, sealed))
         await put_record(gw, bucket, key, moved, sealed, signature)
+        await drop_pending(gw, bucket, key, env.salt)
         await _drop_record(gw, bucket, key, record_key(key, manifest.backend_etag))
     return "rewrapped"
 
@@ -154,6 +164,11 @@ async def _follow_manifest(
     require_signer(gw, env.key_ref)
     check = manifest_check(gw, env, bucket, key)
     size = int(head.headers.get("Content-Length", "-1"))
+    try:
+        await finish_pending(gw, bucket, key, head, size, data_key, env, check)
+        return True
+    except ManifestMissing:
+        pass  # moved by a run from before pending records: follow its earlier manifest
     async for name, _ in list_keys(gw, bucket, record_key(key, ""), reserved=True):
         rec = await gw.backend.request("GET", bucket, name)
         try:
@@ -171,7 +186,7 @@ async def _follow_manifest(
             continue
         if check is not None:
             check(sealed, rec_meta)  # re-signed below: only if it is authentic now (IntegrityError)
-        moved = Manifest(earlier.parts, etag, earlier.etag)
+        moved = dataclasses.replace(earlier, backend_etag=etag)
         resealed = moved.seal(data_key, env.salt)
         signature = encode_signature(sign_manifest(gw, env, bucket, key, resealed))
         await put_record(gw, bucket, key, moved, resealed, signature)
