@@ -17,6 +17,7 @@ from proxy.s3.headers import etag_value, quoted
 from proxy.s3.routing import LIST_PARAMS
 from proxy.s3.xml import XML_HEADERS, local_name, parse, parse_client, qname, serialize
 from proxy.server.state import CALLER
+from proxy.store import emptying
 from proxy.store.gateway import Gateway
 from proxy.store.objects import matching_etag, opaque_etag
 from proxy.store.records import RESERVED_PREFIX, content_md5, record_key
@@ -63,8 +64,9 @@ async def create_bucket(gw: Gateway, request: web.Request, bucket: str) -> web.S
 
 
 async def delete_bucket(gw: Gateway, request: web.Request, bucket: str) -> web.StreamResponse:
-    """DeleteBucket."""
-    return await _relay(gw, "DELETE", bucket, status=204)
+    """DeleteBucket, once nothing but sealgate's own records is left in it."""
+    await emptying.delete_bucket(gw, bucket)
+    return web.Response(status=204)
 
 
 async def head_bucket(gw: Gateway, request: web.Request, bucket: str) -> web.StreamResponse:

@@ -74,3 +74,16 @@ def test_copy_and_conditional_writes_on_a_second_backend(rclone_stack) -> None: 
         s3.put_object(Bucket="condrc", Key="k", Body=b"again", IfNoneMatch="*")
     assert exc.value.response["ResponseMetadata"]["HTTPStatusCode"] == 412
     assert s3.get_object(Bucket="condrc", Key="k")["Body"].read() == b"second"
+
+
+def test_delete_bucket_after_a_multipart_object_on_a_backend_without_versions(rclone_stack) -> None:  # type: ignore[no-untyped-def]
+    """rclone serve s3 answers ListObjectVersions with 501: sealgate's records are found by the
+    plain listing, and go with the bucket once its objects are gone."""
+    from tests.conftest import multipart_put
+
+    s3 = rclone_stack.client()
+    s3.create_bucket(Bucket="rb-rclone")
+    multipart_put(s3, "rb-rclone", "mp", [os.urandom(5 * 1024 * 1024), b"tail"])
+    s3.delete_object(Bucket="rb-rclone", Key="mp")
+    s3.delete_bucket(Bucket="rb-rclone")
+    assert "rb-rclone" not in [b["Name"] for b in s3.list_buckets()["Buckets"]]
