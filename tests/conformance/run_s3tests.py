@@ -47,6 +47,7 @@ import tempfile
 import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
+from typing import Any
 
 PROJECT = Path(__file__).resolve().parents[2]
 PASSPHRASE = "s3-tests conformance keyring passphrase"
@@ -111,7 +112,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_port(port: int, proc: subprocess.Popen, what: str, timeout: float = 60.0) -> None:
+def wait_port(port: int, proc: subprocess.Popen[bytes], what: str, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -124,7 +125,7 @@ def wait_port(port: int, proc: subprocess.Popen, what: str, timeout: float = 60.
     raise RuntimeError(f"{what}: nothing listening on {port} after {timeout} s")
 
 
-def start_moto(out: Path, side: str) -> tuple[subprocess.Popen, int]:
+def start_moto(out: Path, side: str) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
     exe = shutil.which("moto_server") or "moto_server"
     log = open(out / f"moto-{side}.log", "wb")  # noqa: SIM115 - the child writes to it
@@ -133,7 +134,7 @@ def start_moto(out: Path, side: str) -> tuple[subprocess.Popen, int]:
     return proc, port
 
 
-def stop(proc: subprocess.Popen | None) -> None:
+def stop(proc: subprocess.Popen[bytes] | None) -> None:
     if proc is None or proc.poll() is not None:
         return
     proc.terminate()
@@ -235,7 +236,7 @@ default_key = "default"
     return cfg
 
 
-def start_sealgate(d: Path, out: Path, backend_port: int, src: Path | None) -> tuple[subprocess.Popen, int]:
+def start_sealgate(d: Path, out: Path, backend_port: int, src: Path | None) -> tuple[subprocess.Popen[bytes], int]:
     tls = make_tls(d)
     keyring = make_keyring(d, src)
     port = free_port()
@@ -296,7 +297,7 @@ def prepare_checkout(checkout: Path, dest: Path) -> Path:
 
 def run_pytest(
     copy: Path, conf: Path, out: Path, side: str, *, reset_url: str, args: argparse.Namespace
-) -> subprocess.Popen:
+) -> subprocess.Popen[bytes]:
     cmd = [
         sys.executable,
         "-m",
@@ -353,8 +354,8 @@ def first_error_line(elem: ET.Element) -> str:
     return lines[-1][:400] if lines else ""
 
 
-def parse_junit(path: Path) -> dict[str, dict]:
-    results: dict[str, dict] = {}
+def parse_junit(path: Path) -> dict[str, dict[str, Any]]:
+    results: dict[str, dict[str, Any]] = {}
     if not path.exists():
         return results
     root = ET.parse(path).getroot()
@@ -373,7 +374,7 @@ def parse_junit(path: Path) -> dict[str, dict]:
             status, elem = "skipped", skipped
         else:
             status, elem = "passed", None
-        entry: dict = {"status": status, "time": float(tc.get("time") or 0)}
+        entry: dict[str, Any] = {"status": status, "time": float(tc.get("time") or 0)}
         if elem is not None:
             line = first_error_line(elem) if status != "skipped" else (elem.get("message") or "")[:400]
             entry["error"] = line
@@ -395,7 +396,7 @@ def parse_junit(path: Path) -> dict[str, dict]:
     return results
 
 
-def counts(results: dict[str, dict]) -> dict[str, int]:
+def counts(results: dict[str, dict[str, Any]]) -> dict[str, int]:
     c = {"total": len(results), "passed": 0, "failed": 0, "error": 0, "skipped": 0}
     for r in results.values():
         c[r["status"]] += 1
@@ -440,7 +441,7 @@ CAUSES: list[tuple[str, str | None, str | None]] = [
 ]
 
 
-def classify(test: str, entry: dict) -> str:
+def classify(test: str, entry: dict[str, Any]) -> str:
     msg = f"{entry.get('error', '')}"
     for cause, msg_pat, name_pat in CAUSES:
         if msg_pat and re.search(msg_pat, msg):
@@ -452,7 +453,7 @@ def classify(test: str, entry: dict) -> str:
     return "other"
 
 
-def compare(direct: dict[str, dict], sealgate: dict[str, dict]) -> dict:
+def compare(direct: dict[str, dict[str, Any]], sealgate: dict[str, dict[str, Any]]) -> dict[str, Any]:
     regressions = []
     improvements = []
     both_fail = 0
@@ -485,7 +486,7 @@ def compare(direct: dict[str, dict], sealgate: dict[str, dict]) -> dict:
     }
 
 
-def summary_text(report: dict) -> str:
+def summary_text(report: dict[str, Any]) -> str:
     lines = [
         f"s3-tests conformance, {report['meta']['date']}",
         f"sealgate {report['meta']['sealgate_commit']} ({report['meta']['sealgate_source']}), "
@@ -517,7 +518,7 @@ def summary_text(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def regressions_markdown(report: dict) -> str:
+def regressions_markdown(report: dict[str, Any]) -> str:
     """A Markdown table of the regressions grouped by cause (for docs/CONFORMANCE.md)."""
     cmp_ = report["comparison"]
     by_test = {r["test"]: r for r in cmp_["regressions"]}
@@ -600,8 +601,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if not args.compare_only:
         work = Path(tempfile.mkdtemp(prefix="sg-conformance-"))
-        procs: list[subprocess.Popen] = []
-        runs: dict[str, subprocess.Popen] = {}
+        procs: list[subprocess.Popen[bytes]] = []
+        runs: dict[str, subprocess.Popen[bytes]] = {}
         try:
             src = None if args.worktree else export_rev(work / "sealgate-src", args.rev)
             sides = ["direct", "sealgate"] if args.side == "both" else [args.side]
