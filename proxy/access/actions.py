@@ -48,6 +48,23 @@ OPERATION_ACTIONS: Mapping[str, str] = {
     "PutObjectLegalHold": "s3:PutObjectLegalHold",
     "CopyObject": "s3:PutObject",  # and s3:GetObject on the source
     "UploadPartCopy": "s3:PutObject",  # likewise
+    "GetBucketTagging": "s3:GetBucketTagging",
+    "PutBucketTagging": "s3:PutBucketTagging",
+    "DeleteBucketTagging": "s3:PutBucketTagging",
+    "GetBucketEncryption": "s3:GetEncryptionConfiguration",
+    "PutBucketEncryption": "s3:PutEncryptionConfiguration",
+    "DeleteBucketEncryption": "s3:PutEncryptionConfiguration",
+    "GetBucketLifecycleConfiguration": "s3:GetLifecycleConfiguration",
+    "PutBucketLifecycleConfiguration": "s3:PutLifecycleConfiguration",
+    "DeleteBucketLifecycle": "s3:PutLifecycleConfiguration",
+    "GetBucketCors": "s3:GetBucketCORS",
+    "PutBucketCors": "s3:PutBucketCORS",
+    "DeleteBucketCors": "s3:PutBucketCORS",
+    "GetBucketAcl": "s3:GetBucketAcl",
+    "PutBucketAcl": "s3:PutBucketAcl",
+    "GetObjectAcl": "s3:GetObjectAcl",
+    "PutObjectAcl": "s3:PutObjectAcl",
+    "GetObjectAttributes": "s3:GetObjectAttributes",
 }
 
 #: Actions that destroy or unprotect data: audited when allowed, not only when refused.
@@ -64,6 +81,11 @@ DESTRUCTIVE: frozenset[str] = frozenset(
         "s3:BypassGovernanceRetention",
         "s3:DeleteObjectTagging",
         "s3:DeleteObjectVersionTagging",
+        "s3:PutLifecycleConfiguration",
+        "s3:PutBucketAcl",
+        "s3:PutObjectAcl",
+        "s3:PutObjectVersionAcl",
+        "s3:PutEncryptionConfiguration",
     }
 )
 
@@ -74,6 +96,9 @@ _VERSIONED = {
     "s3:GetObjectTagging": "s3:GetObjectVersionTagging",
     "s3:PutObjectTagging": "s3:PutObjectVersionTagging",
     "s3:DeleteObjectTagging": "s3:DeleteObjectVersionTagging",
+    "s3:GetObjectAcl": "s3:GetObjectVersionAcl",
+    "s3:PutObjectAcl": "s3:PutObjectVersionAcl",
+    "s3:GetObjectAttributes": "s3:GetObjectVersionAttributes",
 }
 
 _LIST_KEYS = {"prefix": "s3:prefix", "delimiter": "s3:delimiter", "max-keys": "s3:max-keys"}

@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hmac
 import json
 import os
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from hashlib import sha256
 from typing import Final
 
 from cryptography.exceptions import InvalidTag
@@ -92,6 +94,7 @@ _META_AAD: Final = b"sealgate/1/meta"
 _INFO_PART: Final = b"sealgate/1/part"
 _INFO_NAME: Final = b"sealgate/1/name"
 _INFO_MANIFEST: Final = b"sealgate/1/manifest"
+_INFO_PART_ETAG: Final = b"sealgate/1/part-etag"
 _INFO_UPLOAD_ID: Final = b"sealgate/1/upload-id"
 
 
@@ -113,9 +116,6 @@ def encryption_context(bucket: str, key: str, scope: str = SCOPE_OBJECT) -> dict
 
 def name_tag(data_key: bytes, salt: bytes, bucket: str, key: str) -> bytes:
     """Binds an object to its name when its data key is bucket-scoped."""
-    import hmac
-    from hashlib import sha256
-
     msg = b"".join(struct.pack(">I", len(x)) + x for x in (bucket.encode(), key.encode()))
     return hmac.new(_hkdf(data_key, salt, _INFO_NAME), msg, sha256).digest()
 
@@ -138,6 +138,14 @@ def stream_key(data_key: bytes, salt: bytes, stream_number: int, stream_salt: by
 def part_key(data_key: bytes, salt: bytes, header: bytes) -> bytes:
     """The AES-256-GCM key of one multipart part, bound to its whole header."""
     return _hkdf(data_key, salt, _INFO_PART + header)
+
+
+def part_etag_tag(data_key: bytes, salt: bytes, number: int, backend_etag: str, md5_hex: str) -> str:
+    """What vouches (hex, 128 bits) that the part stored as `number` with this backend ETag has a
+    plaintext whose MD5 is `md5_hex`: the record that lets CompleteMultipartUpload check part ETags."""
+    etag = backend_etag.encode()
+    msg = struct.pack(">IH", number, len(etag)) + etag + md5_hex.encode()
+    return hmac.new(_hkdf(data_key, salt, _INFO_PART_ETAG), msg, sha256).hexdigest()[:32]
 
 
 def manifest_key(data_key: bytes, salt: bytes) -> bytes:

@@ -64,6 +64,58 @@ class _Step:
     digest: bytes = b""
 
 
+def _steps(manifest: Manifest, layout: Layout, start: int, end: int, full: bool) -> list[_Step]:
+    """What reading plaintext [start, end) takes of each part (every part for a full read)."""
+    steps: list[_Step] = []
+    for p in placements(manifest, layout):
+        p_end = p.plaintext_start + p.length
+        if full:
+            steps.append(_Step(p, True, 0, p.length + DIGEST_SLOT, p.length))
+            continue
+        if p_end <= start or p.plaintext_start >= end:
+            continue
+        s = max(start, p.plaintext_start) - p.plaintext_start
+        e = min(end, p_end) - p.plaintext_start
+        first_segment = s // layout.segment_size
+        steps.append(_Step(p, first_segment == 0 or bool(steps), s, e, e - s))
+    if not steps:
+        raise ValueError("empty range")
+    for step in steps[:-1]:
+        # A part the range runs past is read to its end, digest slot included: its last
+        # segment(s) lie between this part's data and the next part's header.
+        step.end = step.part.length + DIGEST_SLOT
+    return steps
+
+
+def _ranges(steps: list[_Step], layout: Layout) -> tuple[tuple[int, int], tuple[int, int] | None, int]:
+    """(the backend range to fetch, the first part's header range when the fetch starts inside
+    that part, that part's number)."""
+    first = steps[0]
+    header_range: tuple[int, int] | None = None
+    if first.inline_header:
+        fetch_start = first.part.ciphertext_start
+    else:
+        span = layout.span(first.start, first.end, first.part.length)
+        fetch_start = first.part.ciphertext_start + PART_HEADER_SIZE + span.ciphertext_start
+        hs = first.part.ciphertext_start
+        header_range = (hs, hs + PART_HEADER_SIZE)
+    last = steps[-1]
+    span = layout.span(last.start, last.end, last.part.length)
+    return (
+        (fetch_start, last.part.ciphertext_start + PART_HEADER_SIZE + span.ciphertext_end),
+        header_range,
+        first.part.number,
+    )
+
+
+def read_plan(
+    manifest: Manifest, layout: Layout, start: int, end: int
+) -> tuple[tuple[int, int], tuple[int, int] | None, int]:
+    """What a `MultipartDecryptor` of plaintext [start, end) will ask for, without a data key:
+    (fetch range, header range or None, the number of the part that header belongs to)."""
+    return _ranges(_steps(manifest, layout, start, end, False), layout)
+
+
 class MultipartDecryptor:
     """Decrypts plaintext [start, end) of a multipart object from one contiguous backend range.
 
@@ -86,36 +138,8 @@ class MultipartDecryptor:
         self._dk = data_key
         self._salt = salt
         self._layout = layout
-        self._steps: list[_Step] = []
-        for p in placements(manifest, layout):
-            p_end = p.plaintext_start + p.length
-            if full:
-                self._steps.append(_Step(p, True, 0, p.length + DIGEST_SLOT, p.length))
-                continue
-            if p_end <= start or p.plaintext_start >= end:
-                continue
-            s = max(start, p.plaintext_start) - p.plaintext_start
-            e = min(end, p_end) - p.plaintext_start
-            first_segment = s // layout.segment_size
-            self._steps.append(_Step(p, first_segment == 0 or bool(self._steps), s, e, e - s))
-        if not self._steps:
-            raise ValueError("empty range")
-        for step in self._steps[:-1]:
-            # A part the range runs past is read to its end, digest slot included: its last
-            # segment(s) lie between this part's data and the next part's header.
-            step.end = step.part.length + DIGEST_SLOT
-        first = self._steps[0]
-        self.header_range: tuple[int, int] | None = None
-        if first.inline_header:
-            fetch_start = first.part.ciphertext_start
-        else:
-            span = layout.span(first.start, first.end, first.part.length)
-            fetch_start = first.part.ciphertext_start + PART_HEADER_SIZE + span.ciphertext_start
-            hs = first.part.ciphertext_start
-            self.header_range = (hs, hs + PART_HEADER_SIZE)
-        last = self._steps[-1]
-        span = layout.span(last.start, last.end, last.part.length)
-        self.fetch_range = (fetch_start, last.part.ciphertext_start + PART_HEADER_SIZE + span.ciphertext_end)
+        self._steps = _steps(manifest, layout, start, end, full)
+        self.fetch_range, self.header_range, self.header_part = _ranges(self._steps, layout)
         self._current = 0
         self._hbuf = bytearray()
         self._enter(self._steps[0])

@@ -60,6 +60,7 @@ class S3Error(Exception):
         *,
         resource: str = "",
         extra: dict[str, str] | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(f"{code}: {message}")
         self.code = code
@@ -67,6 +68,8 @@ class S3Error(Exception):
         self.status = status if status is not None else STATUS.get(code, 400)
         self.resource = resource
         self.extra = extra or {}
+        #: Response headers S3 sends with this error (ETag on 304, x-amz-delete-marker, ...).
+        self.headers = headers or {}
 
     def to_xml(self, request_id: str, resource: str | None = None) -> bytes:
         """The S3 error document for this error."""

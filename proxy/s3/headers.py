@@ -30,8 +30,27 @@ CONTENT_HEADERS = (
 )
 #: Request headers stored with the object as they are (S3 object properties); Content-Encoding
 #: is stored too, without aws-chunked (see `proxy.store.objects.stored_headers`).
+#: Canned and explicit ACLs: the backend keeps them (they govern access to the ciphertext there).
+ACL_HEADERS = (
+    "x-amz-acl",
+    "x-amz-grant-full-control",
+    "x-amz-grant-read",
+    "x-amz-grant-read-acp",
+    "x-amz-grant-write",
+    "x-amz-grant-write-acp",
+)
+#: Server-side encryption the client asks the backend for as well (SSE-S3, SSE-KMS), and that
+#: the backend reports back; sealgate's own encryption happens either way.
+SSE_HEADERS = (
+    "x-amz-server-side-encryption",
+    "x-amz-server-side-encryption-aws-kms-key-id",
+    "x-amz-server-side-encryption-context",
+    "x-amz-server-side-encryption-bucket-key-enabled",
+)
 STORED_HEADERS = (
     *LOCK_HEADERS,
+    *ACL_HEADERS,
+    *SSE_HEADERS,
     "Content-Type",
     "Cache-Control",
     "Content-Disposition",
@@ -51,6 +70,15 @@ RELAYED_HEADERS = (
     "x-amz-tagging-count",
     "x-amz-website-redirect-location",
     *LOCK_HEADERS,
+    "x-amz-server-side-encryption",
+    "x-amz-server-side-encryption-aws-kms-key-id",
+    "x-amz-server-side-encryption-bucket-key-enabled",
+)
+#: What the backend reports of its own encryption in a write's answer, relayed as it is.
+SSE_ANSWER_HEADERS = (
+    "x-amz-server-side-encryption",
+    "x-amz-server-side-encryption-aws-kms-key-id",
+    "x-amz-server-side-encryption-bucket-key-enabled",
 )
 #: Properties an operator tool carries over when it rewrites an object in place.
 CARRIED_HEADERS = (*CONTENT_HEADERS, "x-amz-storage-class", "x-amz-website-redirect-location")

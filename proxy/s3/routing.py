@@ -48,6 +48,23 @@ class Op(StrEnum):
     PUT_OBJECT_LEGAL_HOLD = "PutObjectLegalHold"
     COPY_OBJECT = "CopyObject"
     UPLOAD_PART_COPY = "UploadPartCopy"
+    GET_BUCKET_TAGGING = "GetBucketTagging"
+    PUT_BUCKET_TAGGING = "PutBucketTagging"
+    DELETE_BUCKET_TAGGING = "DeleteBucketTagging"
+    GET_BUCKET_ENCRYPTION = "GetBucketEncryption"
+    PUT_BUCKET_ENCRYPTION = "PutBucketEncryption"
+    DELETE_BUCKET_ENCRYPTION = "DeleteBucketEncryption"
+    GET_BUCKET_LIFECYCLE = "GetBucketLifecycleConfiguration"
+    PUT_BUCKET_LIFECYCLE = "PutBucketLifecycleConfiguration"
+    DELETE_BUCKET_LIFECYCLE = "DeleteBucketLifecycle"
+    GET_BUCKET_CORS = "GetBucketCors"
+    PUT_BUCKET_CORS = "PutBucketCors"
+    DELETE_BUCKET_CORS = "DeleteBucketCors"
+    GET_BUCKET_ACL = "GetBucketAcl"
+    PUT_BUCKET_ACL = "PutBucketAcl"
+    GET_OBJECT_ACL = "GetObjectAcl"
+    PUT_OBJECT_ACL = "PutObjectAcl"
+    GET_OBJECT_ATTRIBUTES = "GetObjectAttributes"
 
 
 #: Every operation `route` can answer with.
@@ -146,6 +163,9 @@ PAGING_PARAMS = (
 )
 
 # Query parameters that do not change the operation (they tune it).
+#: Checksums a presigned URL may carry in its query (the body must match, as with the headers).
+QUERY_CHECKSUMS = tuple(f"x-amz-checksum-{a}" for a in ("crc32", "crc32c", "crc64nvme", "sha1", "sha256"))
+
 _NEUTRAL = {
     *LIST_PARAMS,
     "versionId",
@@ -168,6 +188,10 @@ _NEUTRAL = {
     "Signature",
     "Expires",
     "x-amz-checksum-mode",
+    # What presigning SDKs (the JavaScript SDK v3) put in the query: checked like their headers.
+    "X-Amz-Content-Sha256",
+    "x-amz-sdk-checksum-algorithm",
+    *QUERY_CHECKSUMS,
     *PAGING_PARAMS,
 }
 
@@ -186,6 +210,20 @@ _BUCKET_OPS: Mapping[tuple[str, str | None], Op] = {
     ("PUT", "versioning"): Op.PUT_BUCKET_VERSIONING,
     ("GET", "object-lock"): Op.GET_OBJECT_LOCK_CONFIGURATION,
     ("PUT", "object-lock"): Op.PUT_OBJECT_LOCK_CONFIGURATION,
+    ("GET", "tagging"): Op.GET_BUCKET_TAGGING,
+    ("PUT", "tagging"): Op.PUT_BUCKET_TAGGING,
+    ("DELETE", "tagging"): Op.DELETE_BUCKET_TAGGING,
+    ("GET", "encryption"): Op.GET_BUCKET_ENCRYPTION,
+    ("PUT", "encryption"): Op.PUT_BUCKET_ENCRYPTION,
+    ("DELETE", "encryption"): Op.DELETE_BUCKET_ENCRYPTION,
+    ("GET", "lifecycle"): Op.GET_BUCKET_LIFECYCLE,
+    ("PUT", "lifecycle"): Op.PUT_BUCKET_LIFECYCLE,
+    ("DELETE", "lifecycle"): Op.DELETE_BUCKET_LIFECYCLE,
+    ("GET", "cors"): Op.GET_BUCKET_CORS,
+    ("PUT", "cors"): Op.PUT_BUCKET_CORS,
+    ("DELETE", "cors"): Op.DELETE_BUCKET_CORS,
+    ("GET", "acl"): Op.GET_BUCKET_ACL,
+    ("PUT", "acl"): Op.PUT_BUCKET_ACL,
 }
 _OBJECT_OPS: Mapping[tuple[str, str | None], Op] = {
     ("PUT", None): Op.PUT_OBJECT,  # or CopyObject, by x-amz-copy-source
@@ -204,6 +242,9 @@ _OBJECT_OPS: Mapping[tuple[str, str | None], Op] = {
     ("PUT", "retention"): Op.PUT_OBJECT_RETENTION,
     ("GET", "legal-hold"): Op.GET_OBJECT_LEGAL_HOLD,
     ("PUT", "legal-hold"): Op.PUT_OBJECT_LEGAL_HOLD,
+    ("GET", "acl"): Op.GET_OBJECT_ACL,
+    ("PUT", "acl"): Op.PUT_OBJECT_ACL,
+    ("GET", "attributes"): Op.GET_OBJECT_ATTRIBUTES,
 }
 _COPIES = {Op.PUT_OBJECT: Op.COPY_OBJECT, Op.UPLOAD_PART: Op.UPLOAD_PART_COPY}
 

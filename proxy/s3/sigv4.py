@@ -289,6 +289,14 @@ def _header_auth(auth: str, headers: MultiMapping[str]) -> _SignedParts:
     )
 
 
+def _presigned_payload(value: str | None) -> str:
+    if value is None:
+        return UNSIGNED_PAYLOAD
+    if value not in _PAYLOAD_VALUES and not _HEX64.match(value):
+        raise S3Error("InvalidArgument", "X-Amz-Content-Sha256 must be a SHA-256 or a known payload type", 400)
+    return value
+
+
 def _query_auth(params: dict[str, str], headers: MultiMapping[str], max_seconds: int) -> _SignedParts:
     """The signature parts of a SigV4 presigned URL (``X-Amz-*`` query parameters)."""
     if params.get("X-Amz-Algorithm") != ALGORITHM:
@@ -299,7 +307,8 @@ def _query_auth(params: dict[str, str], headers: MultiMapping[str], max_seconds:
         signature=params.get("X-Amz-Signature", ""),
         amz_date=params.get("X-Amz-Date"),
         expires_in=_presigned_lifetime(params.get("X-Amz-Expires", ""), max_seconds),
-        payload_hash=headers.get("x-amz-content-sha256") or UNSIGNED_PAYLOAD,
+        # The SDKs that presign a payload hash put it in the query (signed, like the rest of it).
+        payload_hash=_presigned_payload(headers.get("x-amz-content-sha256") or params.get("X-Amz-Content-Sha256")),
         presigned=True,
     )
 

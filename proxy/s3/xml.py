@@ -115,3 +115,32 @@ def completed_parts(doc: bytes) -> list[tuple[int, str]]:
     if numbers != sorted(numbers) or len(set(numbers)) != len(numbers):
         raise S3Error("InvalidPartOrder", "The list of parts was not in ascending order.", 400)
     return out
+
+
+#: The document a GET of each bucket or object setting answers with.
+SETTING_ROOTS: dict[str, tuple[str, ...]] = {
+    "acl": ("AccessControlPolicy",),
+    "tagging": ("Tagging",),
+    "retention": ("Retention",),
+    "legal-hold": ("LegalHold",),
+    "cors": ("CORSConfiguration",),
+    "lifecycle": ("LifecycleConfiguration",),
+    "encryption": ("ServerSideEncryptionConfiguration",),
+    # moto names a never-versioned bucket's answer after the operation
+    "versioning": ("VersioningConfiguration", "GetBucketVersioningResponse"),
+    "object-lock": ("ObjectLockConfiguration",),
+}
+
+
+def check_setting(body: bytes, subresource: str) -> None:
+    """NotImplemented (501) unless `body` is the document a GET of that setting answers with:
+    some backends ignore a sub-resource they do not know and answer with the object itself."""
+    names = SETTING_ROOTS.get(subresource)
+    if names is None:
+        return
+    try:
+        root = parse(body)
+    except Exception:  # noqa: BLE001 - not XML at all: the backend did not serve the setting
+        root = None
+    if root is None or local_name(root.tag) not in names:
+        raise S3Error("NotImplemented", f"the backend does not serve the {subresource} setting", 501)

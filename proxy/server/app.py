@@ -22,7 +22,7 @@ from proxy.s3.errors import S3Error
 from proxy.s3.headers import refuse_reserved_metadata
 from proxy.s3.routing import Op, Route, route
 from proxy.s3.sigv4 import ClientCredentials, VerifiedRequest, verify_request
-from proxy.server import admin, buckets, copy, multipart, objects
+from proxy.server import admin, buckets, copy, cors, multipart, objects
 from proxy.server.budget import VERIFY_FIRST_BUDGET, MemoryBudget
 from proxy.server.direct import closes_connection
 from proxy.server.state import CALLER, IDENTITY, REQUEST_ID
@@ -62,7 +62,7 @@ def _request_id(request: web.Request) -> str:
 def error_response(request: web.Request, err: S3Error) -> web.Response:
     """The S3 XML error for `err` (no body for HEAD and 304, as S3 does)."""
     rid = _request_id(request)
-    headers = {"x-amz-request-id": rid, "x-amz-id-2": rid}
+    headers = {**err.headers, "x-amz-request-id": rid, "x-amz-id-2": rid}
     if request.method == "HEAD" or err.status == 304:
         return web.Response(status=err.status, headers=headers)
     body = err.to_xml(rid, resource=err.resource or request.path)
@@ -203,9 +203,14 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
     if request.path.startswith(HEALTH_PREFIX):
         return await _health(request)
     gw = request.app[GATEWAY]
+    if request.method == "OPTIONS":
+        request[OPERATION] = "PreflightRequest"
+        return await cors.preflight(gw, request)  # browsers send it unsigned
     verified = _authenticate(request)
     r = _route(request)
     request[OPERATION] = r.operation
+    if r.bucket is not None:
+        request[cors.BUCKET] = r.bucket
     _authorize(request, r, verified)
     return await _run(gw, request, r, verified)
 
@@ -314,6 +319,15 @@ def _object_property(name: str) -> Call:
     return _on_object(lambda gw, request, bucket, key: objects.object_property(gw, request, bucket, key, name))
 
 
+#: Bucket settings that pass through (GET, PUT, DELETE), by sub-resource.
+_BUCKET_SETTINGS: Mapping[str, tuple[Op, ...]] = {
+    "tagging": (Op.GET_BUCKET_TAGGING, Op.PUT_BUCKET_TAGGING, Op.DELETE_BUCKET_TAGGING),
+    "encryption": (Op.GET_BUCKET_ENCRYPTION, Op.PUT_BUCKET_ENCRYPTION, Op.DELETE_BUCKET_ENCRYPTION),
+    "lifecycle": (Op.GET_BUCKET_LIFECYCLE, Op.PUT_BUCKET_LIFECYCLE, Op.DELETE_BUCKET_LIFECYCLE),
+    "cors": (Op.GET_BUCKET_CORS, Op.PUT_BUCKET_CORS, Op.DELETE_BUCKET_CORS),
+    "acl": (Op.GET_BUCKET_ACL, Op.PUT_BUCKET_ACL),
+}
+
 #: The handler of every operation the router serves (a test checks none is missing).
 HANDLERS: Mapping[Op, Call] = {
     Op.LIST_BUCKETS: _on_service(buckets.list_buckets),
@@ -331,6 +345,7 @@ HANDLERS: Mapping[Op, Call] = {
     Op.PUT_BUCKET_VERSIONING: _bucket_setting("versioning"),
     Op.GET_OBJECT_LOCK_CONFIGURATION: _bucket_setting("object-lock"),
     Op.PUT_OBJECT_LOCK_CONFIGURATION: _bucket_setting("object-lock"),
+    **{op: _bucket_setting(name) for name, ops in _BUCKET_SETTINGS.items() for op in ops},
     Op.LIST_MULTIPART_UPLOADS: _on_bucket(multipart.list_uploads),
     Op.PUT_OBJECT: _on_signed_object(objects.put_object),
     Op.COPY_OBJECT: _on_object(copy.copy_object),
@@ -350,6 +365,9 @@ HANDLERS: Mapping[Op, Call] = {
     Op.PUT_OBJECT_RETENTION: _object_property("retention"),
     Op.GET_OBJECT_LEGAL_HOLD: _object_property("legal-hold"),
     Op.PUT_OBJECT_LEGAL_HOLD: _object_property("legal-hold"),
+    Op.GET_OBJECT_ACL: _object_property("acl"),
+    Op.PUT_OBJECT_ACL: _object_property("acl"),
+    Op.GET_OBJECT_ATTRIBUTES: _on_object(objects.get_object_attributes),
 }
 
 
@@ -402,6 +420,10 @@ async def _close_after_direct_body(request: web.Request, response: web.StreamRes
         response.headers["Connection"] = "close"
 
 
+async def _cors_headers(request: web.Request, response: web.StreamResponse) -> None:
+    await cors.add_headers(request.app[GATEWAY], request, response)
+
+
 def build_app(gw: Gateway) -> web.Application:
     """The application serving `gw` (from proxy.wiring); its parts open and close with it."""
     srv = gw.config.server
@@ -424,7 +446,9 @@ def build_app(gw: Gateway) -> web.Application:
 
     app[VERIFY_FIRST_BUDGET] = MemoryBudget(srv.verify_first_memory_bytes)
     app.cleanup_ctx.append(lifecycle)
+
     app.on_response_prepare.append(_stamp_request_id)
+    app.on_response_prepare.append(_cors_headers)
     app.on_response_prepare.append(_close_after_direct_body)
     app.router.add_route("*", "/{tail:.*}", dispatch, expect_handler=expect_continue)
     return app

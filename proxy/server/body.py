@@ -17,13 +17,14 @@ from collections.abc import AsyncIterator
 from typing import Protocol
 
 from aiohttp import web
-from multidict import CIMultiDictProxy
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from proxy.crypto.format import DEFAULT_SEGMENT_SIZE
 from proxy.metrics import BYTES_IN
 from proxy.s3.checksums import b64, new_checksum
 from proxy.s3.chunked import AwsChunkedDecoder
 from proxy.s3.errors import S3Error
+from proxy.s3.routing import QUERY_CHECKSUMS
 from proxy.s3.sigv4 import VerifiedRequest, chunk_verifier_for
 from proxy.server.direct import take_over
 from proxy.store.gateway import Gateway
@@ -220,9 +221,13 @@ def wants_md5(gw: Gateway, verified: VerifiedRequest) -> bool:
 def client_body(gw: Gateway, request: web.Request, verified: VerifiedRequest) -> PlaintextBody:
     """The request's body as verified plaintext, with the config's MD5 and stall settings."""
     direct = take_over(request, gw.config.server.direct_body_min_bytes, DEFAULT_SEGMENT_SIZE)
+    headers = request.headers
+    carried = [(n, request.query[n]) for n in QUERY_CHECKSUMS if n in request.query]
+    if carried:  # a checksum in a (signed) query binds the body as the header would
+        headers = CIMultiDictProxy(CIMultiDict([*headers.items(), *carried]))
     return PlaintextBody(
         request.content if direct is None else direct,
-        request.headers,
+        headers,
         verified,
         want_md5=wants_md5(gw, verified),
         stall_timeout=gw.config.server.body_stall_timeout_seconds,

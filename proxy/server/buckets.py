@@ -13,9 +13,10 @@ from proxy.access.actions import delete_need
 from proxy.access.authorize import check
 from proxy.crypto.format import DEFAULT_SEGMENT_SIZE, FormatError, Layout
 from proxy.s3.errors import S3Error
-from proxy.s3.headers import etag_value, quoted
+from proxy.s3.headers import ACL_HEADERS, etag_value, quoted
+from proxy.s3.lifecycle import check_lifecycle
 from proxy.s3.routing import LIST_PARAMS
-from proxy.s3.xml import XML_HEADERS, local_name, parse, parse_client, qname, serialize
+from proxy.s3.xml import XML_HEADERS, check_setting, local_name, parse, parse_client, qname, serialize
 from proxy.server.state import CALLER
 from proxy.store import emptying
 from proxy.store.gateway import Gateway
@@ -198,13 +199,26 @@ async def list_objects(gw: Gateway, request: web.Request, bucket: str, *, versio
 
 
 async def bucket_config(gw: Gateway, request: web.Request, bucket: str, subresource: str) -> web.StreamResponse:
-    """Bucket settings that pass through, GET and PUT (a PUT's document gets the Content-MD5 S3
-    requires): versioning (every version is a whole sealgate object: reads name one with
-    ``versionId``) and the Object Lock configuration (default retention)."""
+    """Bucket settings that pass through, GET, PUT and DELETE (a PUT's document gets the
+    Content-MD5 S3 requires): versioning (every version is a whole sealgate object: reads name
+    one with ``versionId``), the Object Lock configuration (default retention), tags, default
+    server-side encryption (the backend's own, besides sealgate's), CORS, ACLs (they govern the
+    ciphertext on the backend) and lifecycle rules, once checked to spare sealgate's records
+    (`proxy.s3.lifecycle`)."""
+    if subresource == "cors":
+        gw.cors.forget(bucket)
+    if request.method == "DELETE":
+        return await _relay(gw, "DELETE", bucket, query=[(subresource, "")], status=204)
     if request.method == "GET":
-        return await _relay(gw, "GET", bucket, query=[(subresource, "")])
+        resp, data = await gw.backend.read_ok("GET", bucket, None, query=[(subresource, "")])
+        check_setting(data, subresource)  # not a listing, from a backend that ignores the setting
+        return web.Response(status=resp.status, body=data, headers=XML_HEADERS)
     body = await _read_small_body(request)
-    headers = {"Content-MD5": content_md5(body), **XML_HEADERS}
+    if subresource == "lifecycle":
+        check_lifecycle(body, RESERVED_PREFIX)
+    headers = {name: request.headers[name] for name in ACL_HEADERS if name in request.headers}
+    if body or subresource != "acl":  # a canned ACL in a header comes without a body
+        headers.update({"Content-MD5": content_md5(body), **XML_HEADERS})
     return await _relay(gw, "PUT", bucket, query=[(subresource, "")], headers=headers, body=body)
 
 

@@ -31,8 +31,19 @@ from proxy.crypto.format import (
 from proxy.crypto.segments import StreamEncryptor
 from proxy.crypto.upload_id import PREFIX, UploadId
 from proxy.s3.errors import S3Error
+from proxy.s3.headers import etag_value
 from proxy.s3.sigv4 import VerifiedRequest
-from proxy.s3.xml import XML_HEADERS, completed_parts, document, find_text, iter_named, local_name, parse, serialize
+from proxy.s3.xml import (
+    XML_HEADERS,
+    completed_parts,
+    document,
+    find_text,
+    iter_named,
+    local_name,
+    parse,
+    qname,
+    serialize,
+)
 from proxy.server import s3ec
 from proxy.server.body import client_body
 from proxy.server.parts import parse_part_number, read_copy_source
@@ -42,6 +53,7 @@ from proxy.store import s3ec_uploads
 from proxy.store.bodies import put_stream, send_sealed
 from proxy.store.gateway import Gateway
 from proxy.store.objects import MAX_PUT_SIZE
+from proxy.store.part_etags import drop_upload_parts, record_part, recorded_parts
 from proxy.store.records import check_reserved, drop_upload_record, recorded_id
 from proxy.store.uploads import MAX_XML, complete_upload, create_upload, open_upload
 
@@ -88,7 +100,11 @@ async def upload_part(
         query=[("partNumber", str(number)), ("uploadId", uid.backend_id)],
     )
     md5 = body.md5
-    etag = f'"{md5.hex()}"' if with_md5 and md5 is not None else resp.headers.get("ETag", "")
+    etag = resp.headers.get("ETag", "")
+    if with_md5 and md5 is not None:
+        # The client gets the plaintext's MD5; Complete checks it against this record.
+        await record_part(gw, bucket, key, uid.backend_id, data_key, uid.salt, number, etag, md5.hex())
+        etag = f'"{md5.hex()}"'
     out = web.Response(status=200, headers={"ETag": etag})
     for name, value in body.checksums.items():
         out.headers[name] = value
@@ -172,12 +188,21 @@ async def abort(gw: Gateway, request: web.Request, bucket: str, key: str) -> web
     resp.release()
     s3ec_uploads.forget_upload(gw, uid.backend_id)
     await drop_upload_record(gw, bucket, key, uid.backend_id)
+    if uid.prefix == PREFIX:
+        await drop_upload_parts(gw, bucket, key, uid.backend_id)
     return web.Response(status=204)
 
 
 async def list_parts(gw: Gateway, request: web.Request, bucket: str, key: str) -> web.StreamResponse:
-    """ListParts, with plaintext part sizes (by those who may continue the upload)."""
-    uid = await verified_upload(gw, request, bucket, key)
+    """ListParts, with plaintext part sizes and the part ETags UploadPart returned (by those who
+    may continue the upload)."""
+    text = request.query["uploadId"]
+    md5s: dict[tuple[int, str], str] = {}
+    if s3ec_uploads.is_s3ec_upload(text):
+        uid = await verified_upload(gw, request, bucket, key)
+    else:
+        uid, data_key = await open_upload(gw, request[CALLER], bucket, key, text)
+        md5s, _ = await recorded_parts(gw, bucket, key, uid.backend_id, data_key, uid.salt)
     query = [(k, v) for k, v in request.query.items() if k in ("max-parts", "part-number-marker")]
     query.append(("uploadId", uid.backend_id))
     resp, raw_body = await gw.backend.read_ok("GET", bucket, key, query=query)
@@ -189,7 +214,13 @@ async def list_parts(gw: Gateway, request: web.Request, bucket: str, key: str) -
             with suppress(FormatError):
                 el.text = str(part_plaintext_length(layout, int(el.text)))
         elif tag == "UploadId":
-            el.text = request.query["uploadId"]
+            el.text = text
+    for part in iter_named(root, "Part"):
+        number, etag = find_text(part, "PartNumber"), part.find(qname("ETag"))
+        if number and number.isdigit() and etag is not None and etag.text:
+            md5 = md5s.get((int(number), etag_value(etag.text)))
+            if md5 is not None:
+                etag.text = f'"{md5}"'
     return web.Response(status=200, body=serialize(root), headers=XML_HEADERS)
 
 

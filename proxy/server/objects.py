@@ -7,6 +7,8 @@ import logging
 import re
 from contextlib import suppress
 from datetime import datetime
+from email.utils import format_datetime
+from xml.sax.saxutils import escape
 
 from aiohttp import web
 
@@ -14,18 +16,20 @@ from proxy.crypto.format import (
     DEFAULT_SEGMENT_SIZE,
     DIGEST_SLOT,
     LAYOUT_SINGLE,
+    PART_HEADER_SIZE,
     FormatError,
     IntegrityError,
     Layout,
     is_sealgate_object,
     stream_key,
 )
-from proxy.crypto.multipart import MultipartDecryptor
+from proxy.crypto.multipart import MultipartDecryptor, read_plan
 from proxy.crypto.segments import StreamDecryptor, StreamEncryptor
 from proxy.s3.errors import S3Error
-from proxy.s3.headers import BYPASS_GOVERNANCE, RELAYED_HEADERS, stored_headers
+from proxy.s3.headers import ACL_HEADERS, BYPASS_GOVERNANCE, RELAYED_HEADERS, SSE_ANSWER_HEADERS, stored_headers
 from proxy.s3.ranges import check_conditions, parse_range
 from proxy.s3.sigv4 import VerifiedRequest
+from proxy.s3.xml import S3_NS, XML_HEADERS, check_setting
 from proxy.server import s3ec as s3ec_get
 from proxy.server.body import PlaintextBody, client_body
 from proxy.server.state import CALLER
@@ -91,7 +95,7 @@ async def put_object(
     out = web.Response(status=200, headers={"ETag": etag})
     for name, value in body.checksums.items():
         out.headers[name] = value
-    out.headers.update(version_ids(resp.headers))
+    out.headers.update(version_ids(resp.headers, ("x-amz-version-id", *SSE_ANSWER_HEADERS)))
     return out
 
 
@@ -123,14 +127,21 @@ def _response_overrides(request: web.Request, headers: dict[str, str]) -> None:
 
 def _conditions(request: web.Request, etag: str, last_modified: datetime | None) -> None:
     h = request.headers
-    check_conditions(
-        h.get("If-Match"),
-        h.get("If-None-Match"),
-        h.get("If-Modified-Since"),
-        h.get("If-Unmodified-Since"),
-        etag,
-        last_modified,
-    )
+    try:
+        check_conditions(
+            h.get("If-Match"),
+            h.get("If-None-Match"),
+            h.get("If-Modified-Since"),
+            h.get("If-Unmodified-Since"),
+            etag,
+            last_modified,
+        )
+    except S3Error as err:
+        if err.status == 304:  # S3 names the object it did not send
+            err.headers["ETag"] = etag
+            if last_modified is not None:
+                err.headers["Last-Modified"] = format_datetime(last_modified, usegmt=True)
+        raise
 
 
 async def head_object(gw: Gateway, request: web.Request, bucket: str, key: str) -> web.StreamResponse:
@@ -226,11 +237,13 @@ async def get_object(gw: Gateway, request: web.Request, bucket: str, key: str) -
     """Stream the object back, authenticating each segment before releasing its bytes."""
     range_header = request.headers.get("Range")
     version = request.query.get("versionId")
-    backend_headers: dict[str, str] = {}
-    want = _backend_range(range_header, DEFAULT_SEGMENT_SIZE)
-    if want:
-        backend_headers["Range"] = want
-    resp = await gw.backend.request("GET", bucket, key, query=version_query(version), headers=backend_headers)
+    resp = await _pinned_read(gw, request, bucket, key, version, range_header)
+    if resp is None:
+        backend_headers: dict[str, str] = {}
+        want = _backend_range(range_header, DEFAULT_SEGMENT_SIZE)
+        if want:
+            backend_headers["Range"] = want
+        resp = await gw.backend.request("GET", bucket, key, query=version_query(version), headers=backend_headers)
     if resp.status == 416:
         resp.release()
         # The range starts past the stored object: find the plaintext size for the error.
@@ -251,6 +264,33 @@ async def get_object(gw: Gateway, request: web.Request, bucket: str, key: str) -
         return await _stream_object(gw, request, bucket, key, resp, range_header, version)
     finally:
         resp.close()
+
+
+async def _pinned_read(
+    gw: Gateway, request: web.Request, bucket: str, key: str, version: str | None, range_header: str | None
+) -> BackendResponse | None:
+    """A range read of a multipart object whose manifest a read already opened: its one backend
+    request, for exactly the ciphertext the range needs, pinned to the ETag it was opened
+    under (`proxy.store.read_cache`). None when there is no such plan, or the object changed."""
+    known = gw.reads.latest(bucket, key, version) if range_header and "partNumber" not in request.query else None
+    if known is None:
+        return None
+    try:
+        rng = parse_range(range_header, known.manifest.size)
+    except S3Error:
+        return None
+    if rng is None or rng[1] <= rng[0]:
+        return None
+    fetch, header, number = read_plan(known.manifest, Layout(known.segment_size), *rng)
+    if header is not None and known.headers.get(number) is None:
+        return None  # that part's header is not known yet: the long way fetches it
+    headers = {"Range": f"bytes={fetch[0]}-{fetch[1] - 1}", "If-Match": known.etag}
+    resp = await gw.backend.request("GET", bucket, key, query=version_query(version), headers=headers)
+    if resp.status == 412:  # replaced since: forget it and read the long way
+        resp.release()
+        gw.reads.forget(bucket, key, version)
+        return None
+    return resp
 
 
 async def _stream_object(
@@ -277,7 +317,8 @@ async def _stream_object(
     if not is_sealgate_object(meta):
         require_plain(gw, bucket, key, resp)
         return await _stream_plain(request, resp, resp_start, total, range_header)
-    opened = await open_object(gw, request[CALLER], bucket, key, resp, total, version)
+    cached = range_header is not None and "partNumber" not in request.query
+    opened = await open_object(gw, request[CALLER], bucket, key, resp, total, version, cached=cached)
     _conditions(request, opened.etag, last_modified(resp))
     size = opened.plaintext_length
     part = _part_range(request, opened)
@@ -338,18 +379,23 @@ async def _stream_multipart(
     source = resp
     skip = 0
     if rng is not None or resp.status != 200:
-        resp.close()
         if dec.header_range:
-            h = await ranged(gw, bucket, key, etag, *dec.header_range, version=version)
+            raw = gw.reads.header(bucket, key, version, etag, dec.header_part)
+            if raw is None:
+                h = await ranged(gw, bucket, key, etag, *dec.header_range, version=version)
+                try:
+                    raw = (await h.read())[:PART_HEADER_SIZE]
+                finally:
+                    h.release()
             try:
-                raw = await h.read()
-            finally:
-                h.release()
-            try:
-                dec.set_first_header(raw[: dec.header_range[1] - dec.header_range[0]])
+                dec.set_first_header(raw)
             except FormatError as exc:
+                gw.reads.forget(bucket, key, version)
                 raise S3Error("ObjectIntegrityError", f"stored object failed authentication: {exc}", 500) from exc
-        source = await ranged(gw, bucket, key, etag, *dec.fetch_range, version=version)
+            gw.reads.remember_header(bucket, key, version, etag, dec.header_part, raw)
+        if not _covers(resp, dec.fetch_range):
+            resp.close()
+            source = await ranged(gw, bucket, key, etag, *dec.fetch_range, version=version)
         first, _ = total_length(source)
         skip = dec.fetch_range[0] - first
     out = web.StreamResponse(status=status, headers=headers)
@@ -357,6 +403,13 @@ async def _stream_multipart(
         return await _pump(request, out, source, dec, skip, dec.fetch_range[1] - dec.fetch_range[0], f"/{bucket}/{key}")
     finally:
         source.close()
+
+
+def _covers(resp: BackendResponse, fetch: tuple[int, int]) -> bool:
+    """Whether the backend's ranged answer holds all of `fetch` (some backends answer a range
+    with 200 and a Content-Range)."""
+    m = re.match(r"^bytes (\d+)-(\d+)/\d+$", resp.headers.get("Content-Range", ""))
+    return resp.status in (200, 206) and m is not None and int(m.group(1)) <= fetch[0] < fetch[1] <= int(m.group(2)) + 1
 
 
 async def _pump(
@@ -469,19 +522,59 @@ async def object_property(
     gw: Gateway, request: web.Request, bucket: str, key: str, subresource: str
 ) -> web.StreamResponse:
     """Object properties that are not sealed pass through: tags (Get/Put/DeleteObjectTagging),
-    Object Lock retention and legal hold (Get/PutObjectRetention, Get/PutObjectLegalHold)."""
+    Object Lock retention and legal hold (Get/PutObjectRetention, Get/PutObjectLegalHold) and
+    ACLs (Get/PutObjectAcl: they govern access to the ciphertext on the backend)."""
     query = [(subresource, ""), *version_query(request.query.get("versionId"))]
     body: bytes | None = None
-    headers: dict[str, str] = {}
+    headers = {name: request.headers[name] for name in ACL_HEADERS if name in request.headers}
     if BYPASS_GOVERNANCE in request.headers:
         headers[BYPASS_GOVERNANCE] = request.headers[BYPASS_GOVERNANCE]
     if request.method == "PUT":
         body = await request.content.read(MAX_CONTROL_BODY + 1)
         if len(body) > MAX_CONTROL_BODY:
             raise S3Error("MaxMessageLengthExceeded", "Your request was too big.", 400)
-        headers["Content-MD5"] = content_md5(body)
+        if body or subresource != "acl":  # a canned ACL in a header comes without a body
+            headers["Content-MD5"] = content_md5(body)
     resp, data = await gw.backend.read_ok(request.method, bucket, key, query=query, headers=headers, body=body)
+    if request.method == "GET":
+        check_setting(data, subresource)  # never the object's own bytes, from a backend that ignores it
     out = {name: resp.headers[name] for name in ("x-amz-version-id",) if name in resp.headers}
     if data:
         out["Content-Type"] = "application/xml"
     return web.Response(status=resp.status, body=data or None, headers=out)
+
+
+_ATTRIBUTES = ("ETag", "Checksum", "ObjectParts", "StorageClass", "ObjectSize")
+
+
+async def get_object_attributes(gw: Gateway, request: web.Request, bucket: str, key: str) -> web.StreamResponse:
+    """GetObjectAttributes: what HeadObject tells of the object, as S3's document: the ETag
+    (unquoted), the plaintext size, the storage class and, of a multipart object, its part count.
+    Checksums are not kept for the plaintext, so none is reported."""
+    wanted = {a.strip() for a in request.headers.get("x-amz-object-attributes", "").split(",") if a.strip()}
+    unknown = sorted(wanted - set(_ATTRIBUTES))
+    if not wanted or unknown:
+        raise S3Error(
+            "InvalidArgument",
+            f"x-amz-object-attributes must name some of {', '.join(_ATTRIBUTES)}"
+            + (f" (not {', '.join(unknown)})" if unknown else ""),
+            400,
+        )
+    head = await head_object(gw, request, bucket, key)
+    etag = head.headers.get("ETag", "").strip('"')
+    fields: list[tuple[str, str]] = []
+    if "ETag" in wanted:
+        fields.append(("ETag", etag))
+    if "ObjectParts" in wanted and re.fullmatch(r"[0-9a-f]{32}-[0-9]+", etag):
+        fields.append(("ObjectParts", f"<PartsCount>{int(etag.rsplit('-', 1)[1])}</PartsCount>"))
+    if "StorageClass" in wanted:
+        fields.append(("StorageClass", head.headers.get("x-amz-storage-class", "STANDARD")))
+    if "ObjectSize" in wanted:
+        fields.append(("ObjectSize", head.headers.get("Content-Length", "0")))
+    inner = "".join(f"<{k}>{v if k == 'ObjectParts' else escape(v)}</{k}>" for k, v in fields)
+    body = f'<?xml version="1.0" encoding="UTF-8"?>\n<GetObjectAttributesResponse xmlns="{S3_NS}">{inner}'
+    body += "</GetObjectAttributesResponse>"
+    out = {
+        n: head.headers[n] for n in ("Last-Modified", "x-amz-version-id", "x-amz-delete-marker") if n in head.headers
+    }
+    return web.Response(status=200, body=body.encode(), headers={**out, **XML_HEADERS})

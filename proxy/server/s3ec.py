@@ -35,7 +35,14 @@ from proxy.store import s3ec
 from proxy.store.backend import BackendResponse, version_query
 from proxy.store.gateway import Gateway
 from proxy.store.objects import MAX_PUT_SIZE
-from proxy.store.s3ec_uploads import Upload, complete_upload, create_upload, encrypt_part, find_upload
+from proxy.store.s3ec_uploads import (
+    Upload,
+    complete_upload,
+    completed_upload,
+    create_upload,
+    encrypt_part,
+    find_upload,
+)
 from proxy.store.uploads import MAX_XML
 
 log = logging.getLogger(__name__)
@@ -240,13 +247,22 @@ async def _upload_part_copy(gw: Gateway, request: web.Request, up: Upload, numbe
 async def complete_multipart(gw: Gateway, request: web.Request, bucket: str, key: str) -> web.StreamResponse:
     """CompleteMultipartUpload of an s3ec-v3 upload: the parts stored, then the tag if no part
     carried it, completed on the backend; the object then reads as one S3EC V3 body."""
-    up = find_upload(gw, request[CALLER], bucket, key, request.query["uploadId"])
-    doc = await request.content.read(MAX_XML + 1)
-    if len(doc) > MAX_XML:
-        raise S3Error("MaxMessageLengthExceeded", "Your request was too big.", 400)
-    wanted = completed_parts(doc)
-    conditions = await write_conditions(gw, request, bucket, key)
-    etag, versions = await complete_upload(gw, up, bucket, key, wanted, conditions)
+    text = request.query["uploadId"]
+    try:
+        up = find_upload(gw, request[CALLER], bucket, key, text)
+    except S3Error as lost:
+        if lost.code != "NoSuchUpload":
+            raise
+        up = None
+        # A retry of a Complete that succeeded (here, or on a replica that died answering).
+        etag, versions = await completed_upload(gw, request[CALLER], bucket, key, text, lost)
+    if up is not None:
+        doc = await request.content.read(MAX_XML + 1)
+        if len(doc) > MAX_XML:
+            raise S3Error("MaxMessageLengthExceeded", "Your request was too big.", 400)
+        wanted = completed_parts(doc)
+        conditions = await write_conditions(gw, request, bucket, key)
+        etag, versions = await complete_upload(gw, up, bucket, key, wanted, conditions)
     out = document(
         "CompleteMultipartUploadResult",
         [("Location", f"/{bucket}/{key}"), ("Bucket", bucket), ("Key", key), ("ETag", etag)],

@@ -272,7 +272,12 @@ class BackendResponse:
             status = 503 if status == 503 else 502
             if code == "InternalError":
                 code = "ServiceUnavailable" if status == 503 else "BadGateway"
-        return S3Error(code, message or code, status)
+        # What S3 says about a delete marker in the way (404 or 405) reaches the client too.
+        passed = {n: self.headers[n] for n in _ERROR_HEADERS if n in self.headers}
+        return S3Error(code, message or code, status, headers=passed)
+
+
+_ERROR_HEADERS = ("x-amz-delete-marker", "x-amz-version-id")
 
 
 def _parse_error(body: bytes) -> tuple[str, str]:

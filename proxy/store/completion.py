@@ -85,13 +85,28 @@ async def find_manifest(
     env: Envelope,
     check: Callable[[bytes, Mapping[str, str]], None] | None,
     version: str | None = None,
+    *,
+    cached: bool = False,
 ) -> Manifest:
     """The manifest of the multipart object `resp` describes (`total` stored bytes; that `version`
-    of it): the one named by its ETag, else the one its pending record becomes."""
+    of it): the one named by its ETag, else the one its pending record becomes. Kept in the
+    gateway's read cache (by ETag, salt and key commitment), and served from it when `cached`
+    (range reads); every other read fetches and checks the record again, and a failure drops
+    what the cache held of the object."""
+    etag = resp.headers.get("ETag", "")
+    known = gw.reads.manifest(bucket, key, version, etag, env) if cached else None
+    if known is not None:
+        return known
     try:
-        return await read_manifest(gw, bucket, key, resp, data_key, env.salt, check)
-    except ManifestMissing:
-        return await finish_pending(gw, bucket, key, resp, total, data_key, env, check, version)
+        try:
+            manifest = await read_manifest(gw, bucket, key, resp, data_key, env.salt, check)
+        except ManifestMissing:
+            manifest = await finish_pending(gw, bucket, key, resp, total, data_key, env, check, version)
+    except IntegrityError:
+        gw.reads.forget(bucket, key, version)
+        raise
+    gw.reads.remember(bucket, key, version, etag, env, manifest)
+    return manifest
 
 
 async def finish_pending(

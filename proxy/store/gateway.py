@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from proxy.access.authorize import Caller
 from proxy.audit import AuditLog
@@ -12,6 +12,8 @@ from proxy.kms.local import LocalKeyring
 from proxy.kms.materials import Materials
 from proxy.s3.errors import S3Error
 from proxy.store.backend import Backend
+from proxy.store.cors import CorsCache
+from proxy.store.read_cache import ReadCache
 
 log = logging.getLogger("sealgate.policy")
 
@@ -28,6 +30,10 @@ class Gateway:
     #: The local keyring the materials' keys come from, if they do (under any auditing): S3EC's
     #: AES/GCM wrapping and key administration need its raw keys, which no Keyring gives out.
     local_keys: LocalKeyring | None = None
+    #: Manifests and part headers of multipart objects, for range reads (per process).
+    reads: ReadCache = field(default_factory=ReadCache)
+    #: Buckets' CORS rules, for browser requests (per process, briefly).
+    cors: CorsCache = field(default_factory=CorsCache)
 
 
 def require_key_use(gw: Gateway, caller: Caller, action: str, key: str) -> None:

@@ -168,11 +168,21 @@ async def write_conditions(
     never seen. An If-Match is checked here against the current object's shown ETag, then sent
     on as an If-Match on the backend's ETag of that same object, so that a write racing with
     ours makes the backend refuse (412) rather than overwrite a version the client never
-    saw. If-None-Match takes only ``*`` on a write, as on S3: checked here and sent on as it is."""
+    saw. If-None-Match ``*`` is checked here and sent on as it is; If-None-Match with ETags (as
+    Ceph and MinIO take it) is checked here against the shown ETag and carried out as an If-Match
+    on the backend's ETag of the object checked (or ``*`` when there was none)."""
     out: dict[str, str] = {}
-    if if_none_match is not None:
-        if if_none_match.strip() != "*":
-            raise S3Error("NotImplemented", "If-None-Match on a write takes only '*' (the object must not exist)", 501)
+    if if_none_match is not None and if_none_match.strip() != "*":
+        # ETags (as Ceph and MinIO take them): refused if the current object has one of them.
+        current = await shown_etag(gw, caller, bucket, key, version)
+        if current is not None:
+            shown, stored = current
+            if etag_matches(if_none_match, shown):
+                raise S3Error("PreconditionFailed", _PRECONDITION, 412)
+            out["If-Match"] = stored  # the object checked: a write racing ours makes the backend refuse
+        else:
+            out["If-None-Match"] = "*"
+    elif if_none_match is not None:
         # Checked here too, for backends that do not check it themselves (not all do on every
         # operation); where the backend does, it also closes the gap between here and the write.
         head = await gw.backend.request("HEAD", bucket, key)
@@ -185,6 +195,9 @@ async def write_conditions(
     if if_match is not None:
         out["If-Match"] = await matching_etag(gw, caller, bucket, key, if_match, version)
     return out
+
+
+_PRECONDITION = "At least one of the pre-conditions you specified did not hold"
 
 
 async def matching_etag(
@@ -221,10 +234,13 @@ async def open_object(
     resp: BackendResponse,
     total: int,
     version: str | None = None,
+    *,
+    cached: bool = False,
 ) -> Opened:
     """Check the envelope and unwrap the data key, once `caller` may decrypt with its key (the
     operator, running tools such as `sealgate convert`, is bound by no key policy). `version`: the object version `resp`
-    describes, if the client named one (later reads of the body must read that version)."""
+    describes, if the client named one (later reads of the body must read that version). With
+    `cached` (a range read) a multipart object's manifest may come from the read cache."""
     meta = resp.user_metadata()
     try:
         env = Envelope.from_metadata(meta)
@@ -244,7 +260,7 @@ async def open_object(
         sealed = open_metadata(data_key, env.salt, env.sealed)
         if env.layout == LAYOUT_MULTIPART:
             check = manifest_check(gw, env, bucket, key)
-            manifest = await find_manifest(gw, bucket, key, resp, total, data_key, env, check, version)
+            manifest = await find_manifest(gw, bucket, key, resp, total, data_key, env, check, version, cached=cached)
             if stored_length(manifest, layout) != total:
                 raise IntegrityError("stored size differs from the manifest's parts")
             return Opened(env, data_key, sealed, manifest.size, f'"{manifest.etag}"', manifest)

@@ -415,3 +415,24 @@ def _ranges(numbers: list[int]) -> str:
     if numbers == list(range(numbers[0], numbers[-1] + 1)):
         return f"parts {numbers[0]} to {numbers[-1]}" if len(numbers) > 1 else f"part {numbers[0]}"
     return "parts " + ", ".join(map(str, numbers))
+
+
+async def completed_upload(
+    gw: Gateway, caller: Caller, bucket: str, key: str, text: str, lost: S3Error
+) -> tuple[str, dict[str, str]]:
+    """The answer to completing an s3ec-v3 upload this process no longer holds: as its
+    completion was when the current object is the one it made (it carries the upload's wrapped
+    data key), else `lost` (NoSuchUpload)."""
+    uid = await verified_upload(gw, caller, bucket, key, text)
+    head = await gw.backend.request("HEAD", bucket, key)
+    head.release()
+    if head.status >= 300:
+        raise lost
+    try:
+        made = s3ec.parse(head.user_metadata()).wrapped_key == uid.wrapped_key
+    except s3ec.S3ecFormatError:
+        made = False
+    if not made:
+        raise lost
+    await drop_upload_record(gw, bucket, key, uid.backend_id)
+    return head.headers.get("ETag", ""), version_ids(head.headers)

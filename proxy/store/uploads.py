@@ -29,7 +29,7 @@ from proxy.crypto.signing import encode_signature
 from proxy.crypto.upload_id import PREFIX, UploadId, open_for_replicas, seal_for_replicas
 from proxy.kms.base import KeyringError, KeyUnavailable
 from proxy.s3.errors import S3Error
-from proxy.s3.headers import etag_value, stored_headers
+from proxy.s3.headers import SSE_ANSWER_HEADERS, etag_value, stored_headers
 from proxy.s3.xml import complete_upload as complete_document
 from proxy.s3.xml import find_text, iter_named, parse, parse_answer
 from proxy.store.backend import BackendResponse, version_ids
@@ -37,6 +37,7 @@ from proxy.store.completion import drop_pending, find_manifest, put_pending
 from proxy.store.errors import keyring_error
 from proxy.store.gateway import Gateway, require_key_use
 from proxy.store.objects import new_envelope
+from proxy.store.part_etags import drop_parts, drop_upload_parts, recorded_parts
 from proxy.store.records import drop_upload_record, put_record, put_upload_record, recorded_envelope
 from proxy.store.signatures import integrity_error, manifest_check, sign_manifest
 
@@ -172,17 +173,14 @@ def _signs(gw: Gateway) -> bool:
     return gw.local_keys is not None and gw.local_keys.signer() is not None
 
 
-async def _pending_signature(
-    gw: Gateway, uid: UploadId, data_key: bytes, bucket: str, key: str, sealed: bytes
+def _pending_signature(
+    gw: Gateway, uid: UploadId, data_key: bytes, bucket: str, key: str, sealed: bytes, meta: Mapping[str, str] | None
 ) -> tuple[str, Envelope | None]:
     """The sender signature (docs/FORMAT.md §3a) of the pending record, made before the object
-    exists over the envelope its upload record keeps, and that envelope; ("", None) when this
-    gateway does not sign or the record keeps no usable envelope (an upload started before
-    records kept one)."""
-    if not _signs(gw):
-        return "", None
-    meta = await recorded_envelope(gw, bucket, key, uid.backend_id)
-    if meta is None:
+    exists over the envelope its upload record keeps (`meta`), and that envelope; ("", None)
+    when this gateway does not sign or the record keeps no usable envelope (an upload started
+    before records kept one)."""
+    if not _signs(gw) or meta is None:
         return "", None
     try:
         env = _checked_envelope(meta, data_key, uid.salt)
@@ -206,17 +204,28 @@ def _completed_signature(
     return encode_signature(sign_manifest(gw, env, bucket, key, sealed))
 
 
+_INVALID_PART = (
+    "One or more of the specified parts could not be found. The part may not have been uploaded, or the "
+    "specified entity tag may not match the part's entity tag."
+)
+
+
 def _chosen_parts(
-    stored: Mapping[int, tuple[str, int]], wanted: list[tuple[int, str]]
+    stored: Mapping[int, tuple[str, int]],
+    wanted: list[tuple[int, str]],
+    md5s: Mapping[tuple[int, str], str],
+    strict: bool,
 ) -> tuple[list[ManifestPart], list[str]]:
     """The manifest's parts and their backend ETags for the client's `wanted` list, checked
-    against the `stored` parts (InvalidPart, EntityTooSmall)."""
+    against the `stored` parts (InvalidPart, EntityTooSmall). A part ETag is the backend's own
+    or the plaintext MD5 its part record (`md5s`) vouches for; only uploads started before part
+    records existed (not `strict`) may claim an unrecorded MD5."""
     layout = Layout(DEFAULT_SEGMENT_SIZE)
     parts: list[ManifestPart] = []
     backend_etags: list[str] = []
     missing = [n for n, _ in wanted if n not in stored]
     if missing:
-        raise S3Error("InvalidPart", f"Part {missing[0]} has not been uploaded.", 400)
+        raise S3Error("InvalidPart", _INVALID_PART, 400)
     for i, (number, etag) in enumerate(wanted):
         backend_etag, size = stored[number]
         try:
@@ -228,8 +237,9 @@ def _chosen_parts(
                 "EntityTooSmall", "Your proposed upload is smaller than the minimum allowed object size.", 400
             )
         is_md5 = etag != backend_etag.lower()
-        if is_md5 and not _HEX32.match(etag):
-            raise S3Error("InvalidPart", f"The ETag of part {number} does not match.", 400)
+        recorded = md5s.get((number, backend_etag))
+        if is_md5 and (recorded != etag if recorded is not None else strict or not _HEX32.match(etag)):
+            raise S3Error("InvalidPart", _INVALID_PART, 400)
         parts.append(ManifestPart(number, length, etag, is_md5))
         backend_etags.append(backend_etag)
     return parts, backend_etags
@@ -256,12 +266,15 @@ async def complete_upload(
         if exc.code != "NoSuchUpload":
             raise
         return await completed_before(gw, uid, data_key, bucket, key)
-    parts, backend_etags = _chosen_parts(stored, wanted)
+    recorded = await recorded_envelope(gw, bucket, key, uid.backend_id)
+    md5s, part_records = await recorded_parts(gw, bucket, key, uid.backend_id, data_key, uid.salt)
+    # An upload whose record keeps its envelope started after part records existed.
+    parts, backend_etags = _chosen_parts(stored, wanted, md5s, strict=recorded is not None)
     final_etag = multipart_etag([p.etag for p in parts]) or hashlib.md5(os.urandom(16)).hexdigest() + f"-{len(parts)}"
     expected = multipart_etag([e.lower() for e in backend_etags]) or ""
     manifest = Manifest(tuple(parts), expected, final_etag, tuple(backend_etags))
     sealed = manifest.seal(data_key, uid.salt)
-    signature, signed_env = await _pending_signature(gw, uid, data_key, bucket, key, sealed)
+    signature, signed_env = _pending_signature(gw, uid, data_key, bucket, key, sealed, recorded)
     await put_pending(gw, bucket, key, uid.backend_id, uid.salt, manifest, sealed, signature)
 
     xml = complete_document((p.number, e) for p, e in zip(parts, backend_etags, strict=True))
@@ -297,7 +310,8 @@ async def complete_upload(
     await put_record(gw, bucket, key, manifest, sealed, signature)
     await drop_pending(gw, bucket, key, uid.salt)
     await drop_upload_record(gw, bucket, key, uid.backend_id)
-    return final_etag, version_ids(resp.headers)
+    await drop_parts(gw, bucket, part_records)
+    return final_etag, version_ids(resp.headers, ("x-amz-version-id", *SSE_ANSWER_HEADERS))
 
 
 async def completed_before(
@@ -324,4 +338,5 @@ async def completed_before(
     except FormatError as exc:
         raise integrity_error(exc) from exc
     await drop_upload_record(gw, bucket, key, uid.backend_id)
+    await drop_upload_parts(gw, bucket, key, uid.backend_id)
     return manifest.etag, version_ids(head.headers)

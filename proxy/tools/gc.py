@@ -4,8 +4,9 @@ Both only ever remove things that no reader can use: an upload nobody completed 
 limit, and a manifest whose object was deleted or overwritten (its name carries the ETag of the
 object it describes) with no older version of it left in a versioned bucket. Manifests younger
 than the age limit are kept, since completion writes the manifest just before the object appears.
-Upload records (``.sealgate/up/``: the id ListMultipartUploads shows) go with their upload, and
-those older than the age limit whose upload is no longer listed go too.
+Upload records (``.sealgate/up/``: the id ListMultipartUploads shows) and part records
+(``.sealgate/pt/``) go with their upload, and those older than the age limit whose upload is no
+longer listed go too.
 
 Pending records (``.sealgate/pc/``, proxy/store/completion.py) older than the age limit are
 finished, never just dropped, while a stored version of their object still lacks the manifest
@@ -35,6 +36,7 @@ from proxy.store.completion import PENDING_PREFIX
 from proxy.store.gateway import Gateway
 from proxy.store.listing import versions_of, versions_with
 from proxy.store.objects import open_object
+from proxy.store.part_etags import PARTS_PREFIX
 from proxy.store.records import RESERVED_PREFIX, record_key, upload_record_key
 
 
@@ -94,6 +96,14 @@ async def gc(gw: Gateway, bucket: str, older_than: timedelta, *, dry_run: bool =
             break
     async for record, modified in _listed(gw, bucket, RESERVED_PREFIX + "up/"):
         if record not in live and modified < cutoff:
+            report.records_deleted.append(record)
+            if not dry_run:
+                resp = await gw.backend.request("DELETE", bucket, record)
+                resp.release()
+    async for record, modified in _listed(gw, bucket, PARTS_PREFIX):
+        # .sealgate/pt/<key digest>/<upload digest>/...: its upload's record names the same two.
+        upload = RESERVED_PREFIX + "up/" + "/".join(record[len(PARTS_PREFIX) :].split("/")[:2])
+        if upload not in live and modified < cutoff:
             report.records_deleted.append(record)
             if not dry_run:
                 resp = await gw.backend.request("DELETE", bucket, record)

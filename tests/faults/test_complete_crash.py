@@ -41,6 +41,8 @@ MiB = 1024 * 1024
 #: The backend requests of one Complete, in order (a gateway that does not sign).
 STEPS = [
     ("GET", "key", "list the stored parts"),
+    ("HEAD", ".sealgate/up/", "read the upload record"),
+    ("GET", "bucket", "list the part records"),
     ("PUT", ".sealgate/pc/", "store the pending record"),
     ("POST", "key", "complete on the backend"),
     ("HEAD", "key", "learn the object's ETag"),
@@ -77,7 +79,7 @@ class KillingRelay:
         self.bucket = ""
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
-        if self.bucket and request.path.startswith(f"/{self.bucket}/"):
+        if self.bucket and (request.path == f"/{self.bucket}" or request.path.startswith(f"/{self.bucket}/")):
             self.seen.append((request.method, request.path_qs))
             if self.kill_at is not None and len(self.seen) == self.kill_at and self.victim is not None:
                 os.kill(self.victim, signal.SIGKILL)
@@ -223,9 +225,12 @@ def _state(rig: Rig, bucket: str, key: str, whole: bytes) -> str:
 
 
 def _kind(path: str) -> str:
-    """'key', or the kind of sealgate record ('.sealgate/pc/', ...) a backend path names."""
+    """'key', 'bucket', or the kind of sealgate record ('.sealgate/pc/', ...) a backend path names."""
+    path = path.split("?", 1)[0]
     _, _, record = path.partition("/.sealgate/")
-    return f".sealgate/{record[:3]}" if record else "key"
+    if record:
+        return f".sealgate/{record[:3]}"
+    return "key" if path.count("/") > 1 else "bucket"
 
 
 def _records(rig: Rig, bucket: str) -> list[str]:
@@ -270,7 +275,7 @@ def test_complete_killed_at_each_step(rig: Rig, kill_at: int | None, order: str)
 
     # At once, with no repair by anyone: absent, or complete and readable.
     first = _state(rig, bucket, "k", whole)
-    if kill_at is not None and kill_at > 3:
+    if kill_at is not None and kill_at > STEPS.index(("POST", "key", "complete on the backend")) + 1:
         assert first == "readable"  # the backend completed it: a read finishes it
     if order == "gc-first":
         rig.gc(bucket)

@@ -71,7 +71,7 @@ def test_write_conditions_are_checked_before_continue(stack: Stack, bucket: str)
 
 
 def test_unsupported_requests_are_refused_before_continue(stack: Stack, bucket: str) -> None:
-    answer = _exchange(stack, bucket, None, path="expect?acl")
+    answer = _exchange(stack, bucket, None, path="expect?restore")
     assert answer.startswith(b"HTTP/1.1 501") and b"NotImplemented" in answer
     answer = _exchange(stack, bucket, None, {"x-amz-server-side-encryption-customer-algorithm": "AES256"})
     assert answer.startswith(b"HTTP/1.1 501")

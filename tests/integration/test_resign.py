@@ -87,3 +87,21 @@ def test_delete_bucket_after_a_multipart_object_on_a_backend_without_versions(rc
     s3.delete_object(Bucket="rb-rclone", Key="mp")
     s3.delete_bucket(Bucket="rb-rclone")
     assert "rb-rclone" not in [b["Name"] for b in s3.list_buckets()["Buckets"]]
+
+
+def test_a_setting_the_backend_ignores_is_not_answered_with_the_object(rclone_stack) -> None:  # type: ignore[no-untyped-def]
+    """rclone serve s3 ignores ?acl and ?tagging and answers with the object (or the listing):
+    sealgate answers 501 instead of relaying those bytes as the setting."""
+    import pytest
+    from botocore.exceptions import ClientError
+
+    s3 = rclone_stack.client()
+    s3.create_bucket(Bucket="settings-rclone")
+    s3.put_object(Bucket="settings-rclone", Key="k", Body=b"secret " * 100)
+    for call in (
+        lambda: s3.get_object_acl(Bucket="settings-rclone", Key="k"),
+        lambda: s3.get_bucket_tagging(Bucket="settings-rclone"),
+    ):
+        with pytest.raises(ClientError) as err:
+            call()
+        assert err.value.response["ResponseMetadata"]["HTTPStatusCode"] == 501

@@ -316,3 +316,21 @@ def test_after_a_failed_complete_the_upload_ends_where_its_tag_was_sent(
     assert s3.upload_part(Bucket=BUCKET, Key=key, UploadId=uid, PartNumber=1, Body=first)["ETag"] == e1
     s3.complete_multipart_upload(Bucket=BUCKET, Key=key, UploadId=uid, MultipartUpload=parts)
     assert s3.get_object(Bucket=BUCKET, Key=key)["Body"].read() == first
+
+
+def test_a_retried_complete_answers_as_the_first(mp_stack: tuple[Stack, str]) -> None:
+    """A client that lost the answer to its Complete and sends it again gets the same answer
+    (issue 18), not NoSuchUpload; an upload whose object was replaced since still gets it."""
+    st, _ = mp_stack
+    s3 = st.client()
+    uid = s3.create_multipart_upload(Bucket=BUCKET, Key="again")["UploadId"]
+    etag = s3.upload_part(Bucket=BUCKET, Key="again", UploadId=uid, PartNumber=1, Body=b"only part")["ETag"]
+    parts = {"Parts": [{"PartNumber": 1, "ETag": etag}]}
+    first = s3.complete_multipart_upload(Bucket=BUCKET, Key="again", UploadId=uid, MultipartUpload=parts)
+    again = s3.complete_multipart_upload(Bucket=BUCKET, Key="again", UploadId=uid, MultipartUpload=parts)
+    assert again["ETag"] == first["ETag"]
+    assert s3.get_object(Bucket=BUCKET, Key="again")["Body"].read() == b"only part"
+    s3.put_object(Bucket=BUCKET, Key="again", Body=b"replaced")
+    with pytest.raises(ClientError) as err:
+        s3.complete_multipart_upload(Bucket=BUCKET, Key="again", UploadId=uid, MultipartUpload=parts)
+    assert _code(err)[0] == "NoSuchUpload"

@@ -14,6 +14,11 @@ from proxy.s3.routing import OPERATIONS, route
 
 _SUBRESOURCES = [
     "",
+    "acl",
+    "attributes",
+    "encryption",
+    "lifecycle",
+    "cors",
     "uploads",
     "uploadId=x",
     "uploadId=x&partNumber=1",

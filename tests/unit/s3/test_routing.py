@@ -31,6 +31,20 @@ BUCKET_CASES: list[tuple[str, dict[str, str], dict[str, str], Op]] = [
     ("PUT", {}, {}, Op.CREATE_BUCKET),
     ("DELETE", {}, {}, Op.DELETE_BUCKET),
     ("HEAD", {}, {}, Op.HEAD_BUCKET),
+    ("GET", {"tagging": ""}, {}, Op.GET_BUCKET_TAGGING),
+    ("PUT", {"tagging": ""}, {}, Op.PUT_BUCKET_TAGGING),
+    ("DELETE", {"tagging": ""}, {}, Op.DELETE_BUCKET_TAGGING),
+    ("GET", {"encryption": ""}, {}, Op.GET_BUCKET_ENCRYPTION),
+    ("PUT", {"encryption": ""}, {}, Op.PUT_BUCKET_ENCRYPTION),
+    ("DELETE", {"encryption": ""}, {}, Op.DELETE_BUCKET_ENCRYPTION),
+    ("GET", {"lifecycle": ""}, {}, Op.GET_BUCKET_LIFECYCLE),
+    ("PUT", {"lifecycle": ""}, {}, Op.PUT_BUCKET_LIFECYCLE),
+    ("DELETE", {"lifecycle": ""}, {}, Op.DELETE_BUCKET_LIFECYCLE),
+    ("GET", {"cors": ""}, {}, Op.GET_BUCKET_CORS),
+    ("PUT", {"cors": ""}, {}, Op.PUT_BUCKET_CORS),
+    ("DELETE", {"cors": ""}, {}, Op.DELETE_BUCKET_CORS),
+    ("GET", {"acl": ""}, {}, Op.GET_BUCKET_ACL),
+    ("PUT", {"acl": ""}, {}, Op.PUT_BUCKET_ACL),
     ("GET", {"location": ""}, {}, Op.GET_BUCKET_LOCATION),
     ("GET", {"versions": "", "key-marker": "k", "version-id-marker": "v"}, {}, Op.LIST_OBJECT_VERSIONS),
     ("GET", {"uploads": "", "max-uploads": "5", "upload-id-marker": "u"}, {}, Op.LIST_MULTIPART_UPLOADS),
@@ -63,6 +77,9 @@ OBJECT_CASES: list[tuple[str, dict[str, str], dict[str, str], Op]] = [
     ("PUT", {"retention": ""}, {}, Op.PUT_OBJECT_RETENTION),
     ("GET", {"legal-hold": ""}, {}, Op.GET_OBJECT_LEGAL_HOLD),
     ("PUT", {"legal-hold": ""}, {}, Op.PUT_OBJECT_LEGAL_HOLD),
+    ("GET", {"acl": ""}, {}, Op.GET_OBJECT_ACL),
+    ("PUT", {"acl": ""}, {}, Op.PUT_OBJECT_ACL),
+    ("GET", {"attributes": ""}, {}, Op.GET_OBJECT_ATTRIBUTES),
 ]
 
 #: Query parameters of presigned URLs: they never change the operation.
@@ -127,8 +144,8 @@ def test_upload_part_needs_a_part_number() -> None:
 @pytest.mark.parametrize(
     ("method", "path", "query"),
     [
-        ("GET", "/bkt", {"acl": ""}),
-        ("GET", "/bkt/k", {"acl": ""}),
+        ("GET", "/bkt", {"website": ""}),
+        ("GET", "/bkt/k", {"restore": ""}),
         ("PUT", "/bkt", {"policy": ""}),
         ("GET", "/bkt/k", {"torrent": ""}),
         ("DELETE", "/bkt", {"versioning": ""}),  # a known sub-resource, not with this method
@@ -136,7 +153,7 @@ def test_upload_part_needs_a_part_number() -> None:
         ("GET", "/bkt", {"location": "", "versioning": ""}),  # two sub-resources
         ("PUT", "/bkt/k", {"tagging": "", "retention": ""}),
         ("POST", "/bkt", {"uploads": ""}),  # CreateMultipartUpload needs a key
-        ("GET", "/bkt", {"tagging": ""}),  # object sub-resources are not bucket ones
+        ("GET", "/bkt", {"attributes": ""}),  # object sub-resources are not bucket ones
         ("PUT", "/bkt/k", {"versioning": ""}),
     ],
 )
