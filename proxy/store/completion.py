@@ -20,7 +20,7 @@ import re
 from collections.abc import Callable, Mapping
 from urllib.parse import quote
 
-from proxy.crypto.format import Envelope, IntegrityError, Layout, Manifest, part_ciphertext_length
+from proxy.crypto.format import Envelope, FormatError, IntegrityError, Layout, Manifest, part_ciphertext_length
 from proxy.crypto.multipart import MultipartDecryptor, stored_length
 from proxy.crypto.signing import encode_signature
 from proxy.s3.errors import S3Error
@@ -28,7 +28,7 @@ from proxy.s3.headers import etag_value
 from proxy.store.backend import BackendResponse
 from proxy.store.bodies import ranged, total_length
 from proxy.store.gateway import Gateway
-from proxy.store.records import RESERVED_PREFIX, ManifestMissing, put_record, read_manifest
+from proxy.store.records import RESERVED_PREFIX, ManifestMissing, drop_record, put_record, read_manifest
 from proxy.store.signatures import MANIFEST_SIGNATURE, serves_signed, sign_manifest
 
 log = logging.getLogger(__name__)
@@ -64,15 +64,16 @@ async def put_pending(
 
 
 async def drop_pending(gw: Gateway, bucket: str, key: str, salt: bytes) -> None:
-    """Delete a pending record once the manifest it became is stored. A failure is only logged:
-    the completion has succeeded, and `sealgate gc` removes what is left over."""
+    """Delete a pending record once the manifest it became is stored."""
+    await drop_record(gw, bucket, pending_key(key, salt), f"the pending record of /{bucket}/{key}")
+
+
+def made_by(resp: BackendResponse, salt: bytes) -> bool:
+    """Whether the object `resp` describes is the one the upload (or copy) with this salt made."""
     try:
-        resp = await gw.backend.request("DELETE", bucket, pending_key(key, salt))
-        resp.release()
-        if resp.status >= 300 and resp.status != 404:
-            log.warning("could not delete the pending record of /%s/%s: backend status %s", bucket, key, resp.status)
-    except S3Error as exc:
-        log.warning("could not delete the pending record of /%s/%s: %s", bucket, key, exc.message)
+        return Envelope.from_metadata(resp.user_metadata()).salt == salt
+    except FormatError:
+        return False
 
 
 async def find_manifest(

@@ -148,16 +148,21 @@ async def put_upload_record(
     raise error
 
 
-async def drop_upload_record(gw: Gateway, bucket: str, key: str, backend_id: str) -> None:
-    """Delete an upload's record once the upload is completed or aborted. A failure is only
-    logged: the request it ends has succeeded, and `sealgate gc` removes records left over."""
+async def drop_record(gw: Gateway, bucket: str, name: str, what: str) -> None:
+    """Delete one of sealgate's records (`what` names it in the log) once the request it served
+    has succeeded: a failure is only logged, and `sealgate gc` removes records left over."""
     try:
-        resp = await gw.backend.request("DELETE", bucket, upload_record_key(key, backend_id))
+        resp = await gw.backend.request("DELETE", bucket, name)
         resp.release()
         if resp.status >= 300 and resp.status != 404:
-            log.warning("could not delete the upload record of /%s/%s: backend status %s", bucket, key, resp.status)
+            log.warning("could not delete %s: backend status %s", what, resp.status)
     except S3Error as exc:
-        log.warning("could not delete the upload record of /%s/%s: %s", bucket, key, exc.message)
+        log.warning("could not delete %s: %s", what, exc.message)
+
+
+async def drop_upload_record(gw: Gateway, bucket: str, key: str, backend_id: str) -> None:
+    """Delete an upload's record once the upload is completed or aborted."""
+    await drop_record(gw, bucket, upload_record_key(key, backend_id), f"the upload record of /{bucket}/{key}")
 
 
 async def recorded_id(gw: Gateway, bucket: str, key: str, backend_id: str) -> str | None:

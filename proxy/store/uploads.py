@@ -32,8 +32,8 @@ from proxy.s3.errors import S3Error
 from proxy.s3.headers import SSE_ANSWER_HEADERS, etag_value, stored_headers
 from proxy.s3.xml import complete_upload as complete_document
 from proxy.s3.xml import find_text, iter_named, parse, parse_answer
-from proxy.store.backend import BackendResponse, version_ids
-from proxy.store.completion import drop_pending, find_manifest, put_pending
+from proxy.store.backend import version_ids
+from proxy.store.completion import drop_pending, find_manifest, made_by, put_pending
 from proxy.store.errors import keyring_error
 from proxy.store.gateway import Gateway, require_key_use
 from proxy.store.objects import new_envelope
@@ -161,14 +161,6 @@ def _checked_envelope(meta: Mapping[str, str], data_key: bytes, salt: bytes) -> 
     return env
 
 
-def _made_by(resp: BackendResponse, salt: bytes) -> bool:
-    """Whether the object `resp` describes is the one the upload with this salt made."""
-    try:
-        return Envelope.from_metadata(resp.user_metadata()).salt == salt
-    except FormatError:
-        return False
-
-
 def _signs(gw: Gateway) -> bool:
     return gw.local_keys is not None and gw.local_keys.signer() is not None
 
@@ -291,7 +283,7 @@ async def complete_upload(
     # on HEAD and GET than in their completion answer.
     head = await gw.backend.request("HEAD", bucket, key)
     head.release()
-    if head.status >= 300 or not _made_by(head, uid.salt):
+    if head.status >= 300 or not made_by(head, uid.salt):
         # Replaced (or deleted) as soon as it appeared: whoever reads this version, or gc,
         # finishes its completion from the pending record.
         return final_etag, version_ids(resp.headers)

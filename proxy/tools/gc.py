@@ -26,13 +26,12 @@ from urllib.parse import unquote
 from xml.etree.ElementTree import Element
 
 from proxy.access.authorize import Caller
-from proxy.crypto.format import Envelope, FormatError
 from proxy.kms.base import KeyringError
 from proxy.s3.errors import S3Error
 from proxy.s3.headers import etag_value
 from proxy.s3.xml import child_text, iter_named, parse
 from proxy.store.backend import BackendResponse
-from proxy.store.completion import PENDING_PREFIX
+from proxy.store.completion import PENDING_PREFIX, made_by
 from proxy.store.gateway import Gateway
 from proxy.store.listing import versions_of, versions_with
 from proxy.store.objects import open_object
@@ -94,20 +93,15 @@ async def gc(gw: Gateway, bucket: str, older_than: timedelta, *, dry_run: bool =
         key_marker, upload_marker = child_text(root, "NextKeyMarker"), child_text(root, "NextUploadIdMarker")
         if not key_marker:
             break
-    async for record, modified in _listed(gw, bucket, RESERVED_PREFIX + "up/"):
-        if record not in live and modified < cutoff:
-            report.records_deleted.append(record)
-            if not dry_run:
-                resp = await gw.backend.request("DELETE", bucket, record)
-                resp.release()
-    async for record, modified in _listed(gw, bucket, PARTS_PREFIX):
-        # .sealgate/pt/<key digest>/<upload digest>/...: its upload's record names the same two.
-        upload = RESERVED_PREFIX + "up/" + "/".join(record[len(PARTS_PREFIX) :].split("/")[:2])
-        if upload not in live and modified < cutoff:
-            report.records_deleted.append(record)
-            if not dry_run:
-                resp = await gw.backend.request("DELETE", bucket, record)
-                resp.release()
+    for prefix in (RESERVED_PREFIX + "up/", PARTS_PREFIX):
+        async for record, modified in _listed(gw, bucket, prefix):
+            # .sealgate/{up,pt}/<key digest>/<upload digest>[/...]: the upload's record names the two.
+            upload = RESERVED_PREFIX + "up/" + "/".join(record[len(prefix) :].split("/")[:2])
+            if upload not in live and modified < cutoff:
+                report.records_deleted.append(record)
+                if not dry_run:
+                    resp = await gw.backend.request("DELETE", bucket, record)
+                    resp.release()
     async for name, modified in _listed(gw, bucket, PENDING_PREFIX):
         if modified >= cutoff:
             report.kept_young += 1
@@ -221,7 +215,7 @@ async def _carrying(gw: Gateway, bucket: str, key: str, salt: bytes) -> list[tup
     found: list[tuple[str | None, BackendResponse]] = []
     current = await gw.backend.request("HEAD", bucket, key)
     current.release()
-    if current.status < 300 and _made_by(current, salt):
+    if current.status < 300 and made_by(current, salt):
         found.append((None, current))
     elif current.status >= 300 and current.status != 404:
         return None
@@ -234,16 +228,9 @@ async def _carrying(gw: Gateway, bucket: str, key: str, salt: bytes) -> list[tup
             continue
         resp = await gw.backend.request("HEAD", bucket, key, query=[("versionId", version)])
         resp.release()
-        if resp.status < 300 and _made_by(resp, salt):
+        if resp.status < 300 and made_by(resp, salt):
             found.append((version, resp))
     return found
-
-
-def _made_by(resp: BackendResponse, salt: bytes) -> bool:
-    try:
-        return Envelope.from_metadata(resp.user_metadata()).salt == salt
-    except FormatError:
-        return False
 
 
 def parse_age(text: str) -> timedelta:

@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 from typing import Any
 
 import pytest
 from botocore.exceptions import ClientError
 
-from tests.conftest import CLIENT_AKID, CLIENT_SECRET, Stack, multipart_put
+from tests.conftest import Stack, multipart_put
+from tests.integration.test_awscli import aws
 
 MiB = 1024 * 1024
 
@@ -64,19 +64,5 @@ def test_aws_cli_rb_force(stack: Stack, bucket: str) -> None:
     s3 = stack.client()
     multipart_put(s3, bucket, "dir/mp", [os.urandom(5 * MiB), b"tail"])
     s3.put_object(Bucket=bucket, Key="one", Body=b"1")
-    env = {
-        **os.environ,
-        "AWS_ACCESS_KEY_ID": CLIENT_AKID,
-        "AWS_SECRET_ACCESS_KEY": CLIENT_SECRET,
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_CA_BUNDLE": str(stack.ca_path),
-    }
-    run = subprocess.run(
-        ["aws", "--endpoint-url", stack.gate.url, "s3", "rb", f"s3://{bucket}", "--force"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert run.returncode == 0, run.stdout + run.stderr
+    aws(stack, "s3", "rb", f"s3://{bucket}", "--force")
     assert not _exists(stack.backend(), bucket)
