@@ -32,6 +32,20 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(doc, ensure_ascii=False)
 
 
+#: Control characters (and Unicode line separators) a message could use to forge or hide lines.
+_CONTROLS = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F)} | {0x85: "\\x85", 0x2028: "\\u2028", 0x2029: "\\u2029"}
+
+
+class PlainFormatter(logging.Formatter):
+    """Text lines whose message can never be more than one line: control characters in it (a
+    decoded ``%0A`` in an object key, say) are written as escapes, so no request can forge or
+    split a log line. Tracebacks keep their own lines."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging's name
+        record.message = record.message.translate(_CONTROLS)
+        return super().formatMessage(record)
+
+
 class BatchingStreamHandler(logging.StreamHandler[TextIO]):
     """A StreamHandler that writes the INFO/DEBUG lines of one event-loop iteration together."""
 
@@ -91,7 +105,7 @@ def setup_logging(verbose: bool, json_logs: bool = False) -> None:
         formatter: logging.Formatter = JsonFormatter()
         formatter.converter = time.gmtime
     else:
-        formatter = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+        formatter = PlainFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
     handler.setFormatter(formatter)
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler])
     # botocore logs request details (headers) at DEBUG; never let them through.

@@ -103,3 +103,26 @@ def test_a_loop_closed_before_its_write_holds_back_nothing(
 
     asyncio.run(next_loop())
     assert out.getvalue() == "INFO from the first loop\nINFO from the second loop\n"
+
+
+def test_plain_lines_cannot_be_forged_or_split() -> None:
+    """A decoded %0A (or any control character) in what a request names is written as an
+    escape: one request, one log line (issue 19)."""
+    import io
+    import logging
+
+    from proxy.logs import PlainFormatter
+
+    out = io.StringIO()
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(PlainFormatter("%(levelname)s %(message)s"))
+    logger = logging.getLogger("sealgate.test.forging")
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        logger.warning("GET /bkt/%s 404", "a\n2026-12-01 INFO sealgate.access: FORGED 200\r\x1b[2K\u2028")
+    finally:
+        logger.removeHandler(handler)
+    text = out.getvalue()
+    assert text.count("\n") == 1 and "\r" not in text and "\x1b" not in text and "\u2028" not in text
+    assert "a\\x0a2026-12-01 INFO sealgate.access: FORGED 200\\x0d\\x1b[2K\\u2028 404" in text

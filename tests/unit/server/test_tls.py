@@ -449,3 +449,41 @@ def test_reloader_swaps_context_and_keeps_it_on_bad_files(ca: trustme.CA, tmp_pa
     assert reloader.reload_if_changed() is None  # no retry until the files change again
     key_path.unlink()
     assert reloader.reload() is False and reloader.context is good
+
+
+@pytest.mark.parametrize("tweak", [None, tls12_only], ids=["tls1.3", "tls1.2"])
+def test_no_session_tickets_and_no_resumption(
+    ca: trustme.CA, server_ctx: ssl.SSLContext, tweak: Callable[[ssl.SSLContext], None] | None
+) -> None:
+    """No session tickets in either version, so a client cannot resume a session (issue 19:
+    TLS 1.3 tickets were issued and sessions resumed, which the README says they are not)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def serve() -> None:
+        for _ in range(2):
+            conn, _ = listener.accept()
+            try:
+                with server_ctx.wrap_socket(conn, server_side=True) as tls:
+                    tls.sendall(b"ok")
+                    tls.recv(1)
+            except (ssl.SSLError, OSError):
+                pass
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    ctx = client(ca, tweak)
+    sessions = []
+    try:
+        for _ in range(2):
+            with (
+                socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
+                ctx.wrap_socket(raw, server_hostname="localhost", session=sessions[-1] if sessions else None) as tls,
+            ):
+                assert tls.recv(2) == b"ok"  # TLS 1.3 tickets, if any, arrive with the first data
+                assert not tls.session_reused
+                assert tls.session is not None and not tls.session.has_ticket
+                sessions.append(tls.session)
+    finally:
+        thread.join(10)
+        listener.close()
