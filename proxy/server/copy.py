@@ -8,15 +8,16 @@ from urllib.parse import quote
 
 from aiohttp import web
 
-from proxy.crypto.format import SCOPE_OBJECT, Envelope, Manifest, SealedMetadata, encryption_context, seal_metadata
+from proxy.crypto.format import SCOPE_OBJECT, Envelope, SealedMetadata, encryption_context, seal_metadata
 from proxy.crypto.signing import encode_signature
 from proxy.kms.base import KeyringError
 from proxy.s3.errors import S3Error
-from proxy.s3.headers import CONTENT_HEADERS, LOCK_HEADERS, stored_headers
+from proxy.s3.headers import ACL_HEADERS, CONTENT_HEADERS, LOCK_HEADERS, SSE_HEADERS, stored_headers
 from proxy.s3.routing import parse_copy_source
 from proxy.s3.xml import XML_HEADERS, document
 from proxy.server.state import CALLER
 from proxy.server.writes import write_conditions
+from proxy.store.completion import drop_pending, put_pending
 from proxy.store.copies import backend_copy
 from proxy.store.errors import keyring_error
 from proxy.store.gateway import Gateway, require_key_use
@@ -71,12 +72,20 @@ async def copy_object(gw: Gateway, request: web.Request, bucket: str, key: str) 
         headers.update(stored_headers(request.headers))
     else:
         headers.update({n: head.headers[n] for n in CONTENT_HEADERS if n in head.headers})
-        # Lock settings are the copy's own, whatever the directive (as on S3).
-        headers.update({n: request.headers[n] for n in LOCK_HEADERS if n in request.headers})
+        # Lock, ACL and server-side encryption settings are the copy's own, whatever the directive (as on S3).
+        own = (*LOCK_HEADERS, *ACL_HEADERS, *SSE_HEADERS)
+        headers.update({n: request.headers[n] for n in own if n in request.headers})
     source = "/" + quote(f"{src_bucket}/{src_key}", safe="/~")
     if version:
         source += "?versionId=" + quote(version, safe="")
     multipart = opened.manifest is not None
+    if opened.manifest is not None:
+        # The copy's ETag is known only once it exists: until its manifest is stored, readers
+        # (and gc) find this pending record by the salt the copy keeps (proxy/store/completion.py).
+        pending = dataclasses.replace(opened.manifest, backend_etag="")
+        held = pending.seal(opened.data_key, env.salt)
+        held_signature = encode_signature(sign_manifest(gw, new_env, bucket, key, held))
+        await put_pending(gw, bucket, key, None, env.salt, pending, held, held_signature)
     copied = await backend_copy(
         gw,
         bucket,
@@ -89,10 +98,11 @@ async def copy_object(gw: Gateway, request: web.Request, bucket: str, key: str) 
         conditions=conditions,
     )
     if opened.manifest is not None:
-        manifest = Manifest(opened.manifest.parts, copied.etag, opened.manifest.etag)
+        manifest = dataclasses.replace(opened.manifest, backend_etag=copied.etag)
         sealed_manifest = manifest.seal(opened.data_key, env.salt)
         signature = encode_signature(sign_manifest(gw, new_env, bucket, key, sealed_manifest))
         await put_record(gw, bucket, key, manifest, sealed_manifest, signature)
+        await drop_pending(gw, bucket, key, env.salt)
         etag = opened.etag
     elif opened.meta.etag:
         etag = opened.etag  # a plaintext MD5: the same bytes keep it

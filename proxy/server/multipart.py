@@ -67,9 +67,9 @@ async def create(gw: Gateway, request: web.Request, bucket: str, key: str) -> we
     rule = gw.config.rule_for_bucket(bucket, key)
     if rule is not None and rule.format == "s3ec-v3":
         return await s3ec.create_multipart(gw, request, bucket, key)
-    uid = await create_upload(gw, request[CALLER], bucket, key, request.headers)
+    uid, sse = await create_upload(gw, request[CALLER], bucket, key, request.headers)
     body = document("InitiateMultipartUploadResult", [("Bucket", bucket), ("Key", key), ("UploadId", uid)])
-    return web.Response(status=200, body=body, headers=XML_HEADERS)
+    return web.Response(status=200, body=body, headers={**XML_HEADERS, **sse})
 
 
 async def upload_part(

@@ -15,7 +15,9 @@ from aiohttp import web
 from proxy.crypto.format import (
     DEFAULT_SEGMENT_SIZE,
     DIGEST_SLOT,
+    LAYOUT_MULTIPART,
     LAYOUT_SINGLE,
+    META_LAYOUT,
     PART_HEADER_SIZE,
     FormatError,
     IntegrityError,
@@ -547,6 +549,14 @@ async def object_property(
 _ATTRIBUTES = ("ETag", "Checksum", "ObjectParts", "StorageClass", "ObjectSize")
 
 
+async def _multipart(gw: Gateway, request: web.Request, bucket: str, key: str) -> bool:
+    """Whether the object was completed from parts (a single PUT's opaque ETag also ends in -1)."""
+    resp = await gw.backend.request("HEAD", bucket, key, query=version_query(request.query.get("versionId")))
+    resp.release()
+    meta = resp.user_metadata()
+    return meta.get(META_LAYOUT) == LAYOUT_MULTIPART if is_sealgate_object(meta) else resp.status < 300
+
+
 async def get_object_attributes(gw: Gateway, request: web.Request, bucket: str, key: str) -> web.StreamResponse:
     """GetObjectAttributes: what HeadObject tells of the object, as S3's document: the ETag
     (unquoted), the plaintext size, the storage class and, of a multipart object, its part count.
@@ -565,7 +575,11 @@ async def get_object_attributes(gw: Gateway, request: web.Request, bucket: str, 
     fields: list[tuple[str, str]] = []
     if "ETag" in wanted:
         fields.append(("ETag", etag))
-    if "ObjectParts" in wanted and re.fullmatch(r"[0-9a-f]{32}-[0-9]+", etag):
+    if (
+        "ObjectParts" in wanted
+        and re.fullmatch(r"[0-9a-f]{32}-[0-9]+", etag)
+        and await _multipart(gw, request, bucket, key)
+    ):
         fields.append(("ObjectParts", f"<PartsCount>{int(etag.rsplit('-', 1)[1])}</PartsCount>"))
     if "StorageClass" in wanted:
         fields.append(("StorageClass", head.headers.get("x-amz-storage-class", "STANDARD")))

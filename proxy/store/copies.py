@@ -12,7 +12,7 @@ from typing import NamedTuple
 from xml.etree.ElementTree import Element
 
 from proxy.s3.errors import S3Error
-from proxy.s3.headers import VERSION_HEADERS, etag_value, quoted
+from proxy.s3.headers import SSE_ANSWER_HEADERS, VERSION_HEADERS, etag_value, quoted
 from proxy.s3.routing import parse_copy_source
 from proxy.s3.xml import complete_upload, find_text, parse, raise_if_error
 from proxy.store.backend import version_ids, version_query
@@ -35,7 +35,7 @@ async def xml_call(
     resp, answer = await gw.backend.read_ok(method, bucket, key, query=query or [], headers=headers or {}, body=body)
     root = parse(answer)
     raise_if_error(root)
-    return root, version_ids(resp.headers, VERSION_HEADERS)
+    return root, version_ids(resp.headers, (*VERSION_HEADERS, *SSE_ANSWER_HEADERS))
 
 
 class Copied(NamedTuple):

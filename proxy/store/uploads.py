@@ -100,9 +100,12 @@ async def open_upload(gw: Gateway, caller: Caller, bucket: str, key: str, text: 
     return uid, data_key
 
 
-async def create_upload(gw: Gateway, caller: Caller, bucket: str, key: str, request_headers: Mapping[str, str]) -> str:
+async def create_upload(
+    gw: Gateway, caller: Caller, bucket: str, key: str, request_headers: Mapping[str, str]
+) -> tuple[str, dict[str, str]]:
     """Start a sealgate upload: a data key for the whole object, carried in the upload id
-    returned (and recorded for ListMultipartUploads)."""
+    returned (and recorded for ListMultipartUploads), with what the backend's answer says of
+    its own server-side encryption."""
     data_key, env = await new_envelope(
         gw, caller, bucket, key, request_headers, layout=LAYOUT_MULTIPART, etag_field=None
     )
@@ -118,7 +121,7 @@ async def create_upload(gw: Gateway, caller: Caller, bucket: str, key: str, requ
         sealed = seal_for_replicas(secret.get_secret_value().encode(), env.salt, data_key, bucket, key)
     uid = UploadId(backend_id, env.key_ref, env.wrapped_key, env.salt, sealed_key=sealed).encode(data_key, bucket, key)
     await put_upload_record(gw, bucket, key, backend_id, uid, env.to_metadata())
-    return uid
+    return uid, version_ids(resp.headers, SSE_ANSWER_HEADERS)
 
 
 async def backend_parts(gw: Gateway, bucket: str, key: str, backend_id: str) -> dict[int, tuple[str, int]]:

@@ -205,3 +205,34 @@ def test_an_interrupted_rewrap_is_finished_not_lost(moto_url: str, tls_files: di
     finally:
         st.gate.stop()
         relay.loop.call_soon_threadsafe(relay.loop.stop)
+
+
+def test_a_copy_cut_short_before_its_manifest_is_readable(
+    moto_url: str, tls_files: dict[str, Path], tmp_path: Path
+) -> None:
+    """CopyObject of a multipart object whose manifest the backend then fails to store: the copy
+    reads back at once (from its pending record), and gc finishes it."""
+    relay = FaultyRelay(moto_url)
+    st = start_stack(tmp_path, relay.url, tls_files)
+    try:
+        s3, raw = st.client(), backend_client(moto_url)
+        bucket = f"copy-cut-{os.urandom(3).hex()}"
+        s3.create_bucket(Bucket=bucket)
+        body = multipart_put(s3, bucket, "src", [os.urandom(5 * MiB), b"tail"])
+        relay.before = _fail_manifest_puts
+        try:
+            with pytest.raises(ClientError):
+                s3.copy_object(Bucket=bucket, Key="dst", CopySource={"Bucket": bucket, "Key": "src"})
+            assert s3.get_object(Bucket=bucket, Key="dst")["Body"].read() == body
+        finally:
+            relay.before = None
+        assert _records(raw, bucket, "pc", "dst") and not _records(raw, bucket, "mp", "dst")
+        gc = CliRunner().invoke(
+            main, ["gc", "--config", str(tmp_path / "sealgate.toml"), "--bucket", bucket, "--older-than", "0m"]
+        )
+        assert gc.exit_code == 0 and "finished 1 interrupted completions" in gc.output, gc.output
+        assert len(_records(raw, bucket, "mp", "dst")) == 1 and not _records(raw, bucket, "pc", "dst")
+        assert s3.get_object(Bucket=bucket, Key="dst", Range="bytes=-4")["Body"].read() == b"tail"
+    finally:
+        st.gate.stop()
+        relay.loop.call_soon_threadsafe(relay.loop.stop)

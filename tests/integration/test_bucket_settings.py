@@ -98,3 +98,19 @@ def test_get_object_attributes(stack: Stack, bucket: str) -> None:
         "NoSuchKey",
         "404",
     )
+
+
+def test_encryption_answers_on_copies_and_uploads(stack: Stack, bucket: str) -> None:
+    """CopyObject and CreateMultipartUpload report the backend's own encryption too, and a
+    single PUT has no ObjectParts (its opaque ETag also ends in -1)."""
+    s3 = stack.client()
+    s3.put_object(Bucket=bucket, Key="src", Body=b"source")
+    copied = s3.copy_object(
+        Bucket=bucket, Key="dst", CopySource={"Bucket": bucket, "Key": "src"}, ServerSideEncryption="AES256"
+    )
+    assert copied["ServerSideEncryption"] == "AES256"
+    assert stack.backend().head_object(Bucket=bucket, Key="dst")["ServerSideEncryption"] == "AES256"
+    started = s3.create_multipart_upload(Bucket=bucket, Key="mp", ServerSideEncryption="AES256")
+    assert started["ServerSideEncryption"] == "AES256"
+    attrs = s3.get_object_attributes(Bucket=bucket, Key="src", ObjectAttributes=["ObjectParts", "ObjectSize"])
+    assert "ObjectParts" not in attrs and attrs["ObjectSize"] == 6
