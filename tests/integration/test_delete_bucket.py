@@ -66,3 +66,41 @@ def test_aws_cli_rb_force(stack: Stack, bucket: str) -> None:
     s3.put_object(Bucket=bucket, Key="one", Body=b"1")
     aws(stack, "s3", "rb", f"s3://{bucket}", "--force")
     assert not _exists(stack.backend(), bucket)
+
+
+def test_an_object_arriving_during_the_delete_keeps_the_bucket_and_its_records(
+    moto_url: str, tls_files: dict[str, Any], tmp_path: Any
+) -> None:
+    """An object that appears between sealgate listing its records and deleting them: the
+    delete answers BucketNotEmpty and no record is removed (the second check sees it)."""
+    from aiohttp import web
+
+    from tests.conftest import backend_client
+    from tests.faults.test_faults import relayed
+
+    raw = backend_client(moto_url)
+    arrived: list[str] = []
+
+    async def arrive(request: web.Request) -> None:
+        listing = request.method == "GET" and "versions" in request.query
+        if listing and request.query.get("prefix") == ".sealgate/" and not arrived:
+            raw.put_object(Bucket=bucket, Key="late", Body=b"arrived meanwhile")
+            arrived.append("late")
+        return None
+
+    with relayed(moto_url, tls_files, tmp_path) as (relay, st):
+        s3 = st.client()
+        bucket = f"racing-{os.urandom(3).hex()}"
+        s3.create_bucket(Bucket=bucket)
+        multipart_put(s3, bucket, "mp", [os.urandom(5 * MiB), b"tail"])
+        s3.delete_object(Bucket=bucket, Key="mp")
+        records = [o["Key"] for o in raw.list_objects_v2(Bucket=bucket, Prefix=".sealgate/")["Contents"]]
+        relay.before = arrive
+        try:
+            _not_empty(s3, bucket)
+        finally:
+            relay.before = None
+        assert arrived == ["late"]
+        left = [o["Key"] for o in raw.list_objects_v2(Bucket=bucket, Prefix=".sealgate/")["Contents"]]
+        assert left == records
+        assert _exists(raw, bucket)
