@@ -8,7 +8,7 @@ from urllib.parse import quote
 
 from aiohttp import web
 
-from proxy.crypto.format import SCOPE_OBJECT, Envelope, SealedMetadata, encryption_context, seal_metadata
+from proxy.crypto.format import SCOPE_OBJECT, Envelope, Manifest, SealedMetadata, encryption_context, seal_metadata
 from proxy.crypto.signing import encode_signature
 from proxy.kms.base import KeyringError
 from proxy.s3.errors import S3Error
@@ -21,7 +21,7 @@ from proxy.store.completion import drop_pending, put_pending
 from proxy.store.copies import backend_copy
 from proxy.store.errors import keyring_error
 from proxy.store.gateway import Gateway, require_key_use
-from proxy.store.objects import opaque_etag, open_copy_source, user_metadata
+from proxy.store.objects import Opened, opaque_etag, open_copy_source, user_metadata
 from proxy.store.records import check_reserved, put_record
 from proxy.store.signatures import require_signer, sign_manifest, sign_single
 
@@ -80,12 +80,7 @@ async def copy_object(gw: Gateway, request: web.Request, bucket: str, key: str) 
         source += "?versionId=" + quote(version, safe="")
     multipart = opened.manifest is not None
     if opened.manifest is not None:
-        # The copy's ETag is known only once it exists: until its manifest is stored, readers
-        # (and gc) find this pending record by the salt the copy keeps (proxy/store/completion.py).
-        pending = dataclasses.replace(opened.manifest, backend_etag="")
-        held = pending.seal(opened.data_key, env.salt)
-        held_signature = encode_signature(sign_manifest(gw, new_env, bucket, key, held))
-        await put_pending(gw, bucket, key, None, env.salt, pending, held, held_signature)
+        await _hold_manifest(gw, opened, new_env, bucket, key, opened.manifest)
     copied = await backend_copy(
         gw,
         bucket,
@@ -98,11 +93,9 @@ async def copy_object(gw: Gateway, request: web.Request, bucket: str, key: str) 
         conditions=conditions,
     )
     if opened.manifest is not None:
-        manifest = dataclasses.replace(opened.manifest, backend_etag=copied.etag)
-        sealed_manifest = manifest.seal(opened.data_key, env.salt)
-        signature = encode_signature(sign_manifest(gw, new_env, bucket, key, sealed_manifest))
-        await put_record(gw, bucket, key, manifest, sealed_manifest, signature)
-        await drop_pending(gw, bucket, key, env.salt)
+        await _store_manifest(
+            gw, opened, new_env, bucket, key, dataclasses.replace(opened.manifest, backend_etag=copied.etag)
+        )
         etag = opened.etag
     elif opened.meta.etag:
         etag = opened.etag  # a plaintext MD5: the same bytes keep it
@@ -110,3 +103,24 @@ async def copy_object(gw: Gateway, request: web.Request, bucket: str, key: str) 
         etag = opaque_etag(copied.etag)
     body = document("CopyObjectResult", [("LastModified", copied.last_modified), ("ETag", etag)])
     return web.Response(status=200, body=body, headers={**XML_HEADERS, **copied.versions})
+
+
+async def _hold_manifest(gw: Gateway, opened: Opened, env: Envelope, bucket: str, key: str, manifest: Manifest) -> None:
+    """Before the backend copies a multipart object: its manifest as a pending record, which
+    readers (and gc) find by the salt the copy keeps until the manifest is stored under the
+    copy's ETag, known only once the copy exists (proxy/store/completion.py)."""
+    pending = dataclasses.replace(manifest, backend_etag="")
+    held = pending.seal(opened.data_key, env.salt)
+    signature = encode_signature(sign_manifest(gw, env, bucket, key, held))
+    await put_pending(gw, bucket, key, None, env.salt, pending, held, signature)
+
+
+async def _store_manifest(
+    gw: Gateway, opened: Opened, env: Envelope, bucket: str, key: str, manifest: Manifest
+) -> None:
+    """After the copy: its manifest under the copy's ETag (signed anew, if this gateway signs),
+    then the pending record goes."""
+    sealed = manifest.seal(opened.data_key, env.salt)
+    signature = encode_signature(sign_manifest(gw, env, bucket, key, sealed))
+    await put_record(gw, bucket, key, manifest, sealed, signature)
+    await drop_pending(gw, bucket, key, env.salt)
