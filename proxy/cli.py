@@ -331,10 +331,15 @@ def rewrap(config_path: Path, bucket: str, prefix: str, to_key: str) -> None:
         async with audited_gateway(config, "rewrap") as gw:  # key uses to <audit.path>.rewrap
             return await run_rewrap(gw, bucket, prefix, to_key, progress=progress)
 
+    from proxy.s3.errors import S3Error
+
     try:
         report = asyncio.run(go())
     except AuditError as exc:
         _fail(str(exc))
+        return
+    except S3Error as exc:  # the bucket itself (missing, refused): nothing was changed
+        _fail(f"bucket {bucket}: {exc.code}: {exc.message}")
         return
     from proxy.tools.rewrap import RewrapReport
 
@@ -372,10 +377,15 @@ def gc_cmd(config_path: Path, bucket: str, older_than: str, dry_run: bool) -> No
         async with audited_gateway(config, "gc") as gw:  # finishing a completion unwraps its data key
             return await gc(gw, bucket, age, dry_run=dry_run)
 
+    from proxy.s3.errors import S3Error
+
     try:
         report = asyncio.run(go())
     except AuditError as exc:
         _fail(str(exc))
+        return
+    except S3Error as exc:  # the bucket itself (missing, refused)
+        _fail(f"bucket {bucket}: {exc.code}: {exc.message}")
         return
     from proxy.tools.gc import GcReport
 

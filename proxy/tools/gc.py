@@ -234,8 +234,8 @@ async def _carrying(gw: Gateway, bucket: str, key: str, salt: bytes) -> list[tup
 
 
 def parse_age(text: str) -> timedelta:
-    """'36h', '7d', '90m' -> timedelta."""
-    units = {"m": 60, "h": 3600, "d": 86400}
+    """'36h', '7d', '90m', '30s' (and '0s': everything, as old as it is) -> timedelta."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
     if not text or text[-1] not in units or not text[:-1].isdigit():
-        raise ValueError(f"{text!r}: use a number followed by m, h or d (e.g. 24h)")
+        raise ValueError(f"{text!r}: use a number followed by s, m, h or d (e.g. 24h)")
     return timedelta(seconds=int(text[:-1]) * units[text[-1]])

@@ -312,3 +312,22 @@ def test_upload_part_copy(stack: Stack, bucket: str) -> None:
         MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": r["CopyPartResult"]["ETag"]}]},
     )
     assert s3.get_object(Bucket=bucket, Key="across")["Body"].read() == copies[1][2]
+
+
+def test_tools_on_a_missing_bucket_say_so(stack: Stack) -> None:
+    """gc and rewrap name the bucket and S3's error, exit 2, and print no traceback (issue 21)."""
+    from click.testing import CliRunner
+
+    from proxy.cli import main
+    from proxy.tools.gc import parse_age
+
+    cfg = str(stack.dir / "sealgate.toml")
+    for args in (
+        ["gc", "--config", cfg, "--bucket", "no-such-bucket-here", "--older-than", "0s"],
+        ["rewrap", "--config", cfg, "--bucket", "no-such-bucket-here", "--to-key", "default"],
+    ):
+        run = CliRunner().invoke(main, args)
+        assert run.exit_code == 2, run.output
+        assert "bucket no-such-bucket-here: NoSuchBucket" in run.output
+        assert "Traceback" not in run.output and run.exception is None or isinstance(run.exception, SystemExit)
+    assert parse_age("0s").total_seconds() == 0 and parse_age("90s").total_seconds() == 90
