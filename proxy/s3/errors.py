@@ -84,3 +84,8 @@ class S3Error(Exception):
         parts.append(f"<RequestId>{escape(request_id)}</RequestId>")
         parts.append("</Error>")
         return "".join(parts).encode()
+
+
+def precondition_failed() -> S3Error:
+    """S3's 412 for a condition (If-Match, If-None-Match, If-Unmodified-Since) that does not hold."""
+    return S3Error("PreconditionFailed", "At least one of the pre-conditions you specified did not hold", 412)

@@ -80,6 +80,8 @@ SSE_ANSWER_HEADERS = (
     "x-amz-server-side-encryption-aws-kms-key-id",
     "x-amz-server-side-encryption-bucket-key-enabled",
 )
+#: What a write's answer relays of the backend's: the version id and its own encryption.
+WRITE_ANSWER_HEADERS = ("x-amz-version-id", *SSE_ANSWER_HEADERS)
 #: Properties an operator tool carries over when it rewrites an object in place.
 CARRIED_HEADERS = (*CONTENT_HEADERS, "x-amz-storage-class", "x-amz-website-redirect-location")
 #: Version ids a copy's answer carries in a versioned bucket (the copy's, the source's).

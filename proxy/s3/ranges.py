@@ -6,7 +6,7 @@ import re
 from datetime import datetime
 from email.utils import parsedate_to_datetime
 
-from proxy.s3.errors import S3Error
+from proxy.s3.errors import S3Error, precondition_failed
 
 # [0-9], not \d: RFC 7233's DIGIT is ASCII, and int() would read other scripts' digits too.
 _RANGE_RE = re.compile(r"^\s*bytes\s*=\s*([0-9]*)\s*-\s*([0-9]*)\s*$")
@@ -84,16 +84,16 @@ def check_conditions(
     """Raise PreconditionFailed (412) or NotModified (304) as S3 does for GET and HEAD."""
     if if_match is not None:
         if not etag_matches(if_match, etag):
-            raise S3Error("PreconditionFailed", "At least one of the pre-conditions you specified did not hold", 412)
+            raise precondition_failed()
     elif if_unmodified_since and last_modified is not None:
         since = _parse_date(if_unmodified_since)
         if since is not None and last_modified > since:
-            raise S3Error("PreconditionFailed", "At least one of the pre-conditions you specified did not hold", 412)
+            raise precondition_failed()
     if if_none_match is not None:
         if etag_matches(if_none_match, etag):
             if is_read:
                 raise S3Error("NotModified", "Not Modified", 304)
-            raise S3Error("PreconditionFailed", "At least one of the pre-conditions you specified did not hold", 412)
+            raise precondition_failed()
     elif if_modified_since and last_modified is not None and is_read:
         since = _parse_date(if_modified_since)
         if since is not None and last_modified <= since:

@@ -28,7 +28,7 @@ from proxy.crypto.format import (
 from proxy.crypto.multipart import MultipartDecryptor, read_plan
 from proxy.crypto.segments import StreamDecryptor, StreamEncryptor
 from proxy.s3.errors import S3Error
-from proxy.s3.headers import ACL_HEADERS, BYPASS_GOVERNANCE, RELAYED_HEADERS, SSE_ANSWER_HEADERS, stored_headers
+from proxy.s3.headers import ACL_HEADERS, BYPASS_GOVERNANCE, RELAYED_HEADERS, WRITE_ANSWER_HEADERS, stored_headers
 from proxy.s3.ranges import check_conditions, parse_range
 from proxy.s3.sigv4 import VerifiedRequest
 from proxy.s3.xml import S3_NS, XML_HEADERS, check_setting
@@ -97,7 +97,7 @@ async def put_object(
     out = web.Response(status=200, headers={"ETag": etag})
     for name, value in body.checksums.items():
         out.headers[name] = value
-    out.headers.update(version_ids(resp.headers, ("x-amz-version-id", *SSE_ANSWER_HEADERS)))
+    out.headers.update(version_ids(resp.headers, WRITE_ANSWER_HEADERS))
     return out
 
 

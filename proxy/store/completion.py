@@ -196,7 +196,7 @@ async def verify_stored(
                 piece, view = view[:left], view[left:]
                 digest.update(piece)
                 left -= len(piece)
-                if left == 0 and index < len(lengths):
+                if left == 0:
                     want = listed[index].lower()
                     if _MD5.match(want) and digest.hexdigest() != want:
                         raise IntegrityError(f"part {manifest.parts[index].number} is not the part that was completed")

@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator
 
 from proxy.s3.xml import child_text, iter_named, parse
 from proxy.store.gateway import Gateway
+from proxy.store.listing import list_keys
 from proxy.store.records import RESERVED_PREFIX
 
 #: How many record deletions run at once.
@@ -89,16 +90,8 @@ async def _records(gw: Gateway, bucket: str) -> AsyncIterator[tuple[str, str | N
         if child_text(root, "IsTruncated").lower() != "true" or not next_key:
             return
         markers = [("key-marker", next_key), ("version-id-marker", next_version)]
-    token = ""
-    while True:
-        query = [("list-type", "2"), ("prefix", RESERVED_PREFIX)] + ([("continuation-token", token)] if token else [])
-        _, body = await _listing(gw, bucket, query)
-        root = parse(body)
-        for el in iter_named(root, "Contents"):
-            yield child_text(el, "Key"), None
-        token = child_text(root, "NextContinuationToken")
-        if not token:
-            return
+    async for key, _ in list_keys(gw, bucket, RESERVED_PREFIX, reserved=True):  # a backend without versions
+        yield key, None
 
 
 async def _delete(gw: Gateway, bucket: str, key: str, version: str | None) -> None:

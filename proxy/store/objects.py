@@ -28,7 +28,7 @@ from proxy.crypto.format import (
 from proxy.crypto.multipart import MultipartDecryptor, stored_length
 from proxy.crypto.segments import StreamDecryptor, read_digest_slot
 from proxy.kms.base import KeyringError
-from proxy.s3.errors import S3Error
+from proxy.s3.errors import S3Error, precondition_failed
 from proxy.s3.headers import META_PREFIX, etag_value
 from proxy.s3.ranges import check_conditions, etag_matches
 from proxy.store import s3ec
@@ -178,7 +178,7 @@ async def write_conditions(
         if current is not None:
             shown, stored = current
             if etag_matches(if_none_match, shown):
-                raise S3Error("PreconditionFailed", _PRECONDITION, 412)
+                raise precondition_failed()
             out["If-Match"] = stored  # the object checked: a write racing ours makes the backend refuse
         else:
             out["If-None-Match"] = "*"
@@ -188,16 +188,13 @@ async def write_conditions(
         head = await gw.backend.request("HEAD", bucket, key)
         head.release()
         if head.status < 300:
-            raise S3Error("PreconditionFailed", "At least one of the pre-conditions you specified did not hold", 412)
+            raise precondition_failed()
         if head.status != 404:
             raise await head.error()
         out["If-None-Match"] = "*"
     if if_match is not None:
         out["If-Match"] = await matching_etag(gw, caller, bucket, key, if_match, version)
     return out
-
-
-_PRECONDITION = "At least one of the pre-conditions you specified did not hold"
 
 
 async def matching_etag(
@@ -210,7 +207,7 @@ async def matching_etag(
         raise S3Error("NoSuchKey", "The specified key does not exist.", 404, resource=f"/{bucket}/{key}")
     shown, stored = current
     if not etag_matches(if_match, shown):
-        raise S3Error("PreconditionFailed", "At least one of the pre-conditions you specified did not hold", 412)
+        raise precondition_failed()
     return stored
 
 

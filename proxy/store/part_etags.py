@@ -22,8 +22,8 @@ import re
 from proxy.crypto.format import part_etag_tag
 from proxy.s3.errors import S3Error
 from proxy.s3.headers import etag_value
-from proxy.s3.xml import child_text, iter_named, parse
 from proxy.store.gateway import Gateway
+from proxy.store.listing import list_keys
 from proxy.store.records import RESERVED_PREFIX
 
 log = logging.getLogger(__name__)
@@ -65,17 +65,8 @@ async def record_part(
 
 
 async def _names(gw: Gateway, bucket: str, prefix: str) -> list[str]:
-    """Every key under `prefix`, across listing pages."""
-    names: list[str] = []
-    token = ""
-    while True:
-        query = [("list-type", "2"), ("prefix", prefix)] + ([("continuation-token", token)] if token else [])
-        _, body = await gw.backend.read_ok("GET", bucket, None, query=query)
-        root = parse(body)
-        names.extend(child_text(item, "Key") for item in iter_named(root, "Contents"))
-        token = child_text(root, "NextContinuationToken")
-        if not token:
-            return names
+    """Every record under `prefix`."""
+    return [name async for name, _ in list_keys(gw, bucket, prefix, reserved=True)]
 
 
 async def recorded_parts(

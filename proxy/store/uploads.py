@@ -29,7 +29,7 @@ from proxy.crypto.signing import encode_signature
 from proxy.crypto.upload_id import PREFIX, UploadId, open_for_replicas, seal_for_replicas
 from proxy.kms.base import KeyringError, KeyUnavailable
 from proxy.s3.errors import S3Error
-from proxy.s3.headers import SSE_ANSWER_HEADERS, etag_value, stored_headers
+from proxy.s3.headers import SSE_ANSWER_HEADERS, WRITE_ANSWER_HEADERS, etag_value, stored_headers
 from proxy.s3.xml import complete_upload as complete_document
 from proxy.s3.xml import find_text, iter_named, parse, parse_answer
 from proxy.store.backend import version_ids
@@ -289,7 +289,7 @@ async def complete_upload(
     if head.status >= 300 or not made_by(head, uid.salt):
         # Replaced (or deleted) as soon as it appeared: whoever reads this version, or gc,
         # finishes its completion from the pending record.
-        return final_etag, version_ids(resp.headers)
+        return final_etag, version_ids(resp.headers, WRITE_ANSWER_HEADERS)
     actual = etag_value(head.headers.get("ETag", ""))
     if not actual and root is not None:
         actual = etag_value(find_text(root, "ETag") or "")
@@ -306,7 +306,7 @@ async def complete_upload(
     await drop_pending(gw, bucket, key, uid.salt)
     await drop_upload_record(gw, bucket, key, uid.backend_id)
     await drop_parts(gw, bucket, part_records)
-    return final_etag, version_ids(resp.headers, ("x-amz-version-id", *SSE_ANSWER_HEADERS))
+    return final_etag, version_ids(resp.headers, WRITE_ANSWER_HEADERS)
 
 
 async def completed_before(

@@ -100,8 +100,7 @@ async def gc(gw: Gateway, bucket: str, older_than: timedelta, *, dry_run: bool =
             if upload not in live and modified < cutoff:
                 report.records_deleted.append(record)
                 if not dry_run:
-                    resp = await gw.backend.request("DELETE", bucket, record)
-                    resp.release()
+                    await _delete(gw, bucket, record)
     async for name, modified in _listed(gw, bucket, PENDING_PREFIX):
         if modified >= cutoff:
             report.kept_young += 1
@@ -114,8 +113,7 @@ async def gc(gw: Gateway, bucket: str, older_than: timedelta, *, dry_run: bool =
         if await _orphan(gw, bucket, name):
             report.manifests_deleted.append(name)
             if not dry_run:
-                resp = await gw.backend.request("DELETE", bucket, name)
-                resp.release()
+                await _delete(gw, bucket, name)
     return report
 
 
@@ -199,8 +197,12 @@ async def _pending(gw: Gateway, bucket: str, name: str, live: set[str], report: 
     if not needed:
         report.pending_deleted.append(name)
         if not dry_run:
-            gone = await gw.backend.request("DELETE", bucket, name)
-            gone.release()
+            await _delete(gw, bucket, name)
+
+
+async def _delete(gw: Gateway, bucket: str, name: str) -> None:
+    resp = await gw.backend.request("DELETE", bucket, name)
+    resp.release()
 
 
 async def _exists(gw: Gateway, bucket: str, name: str) -> bool:
