@@ -209,9 +209,10 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
     verified = _authenticate(request)
     r = _route(request)
     request[OPERATION] = r.operation
-    if r.bucket is not None:
-        request[cors.BUCKET] = r.bucket
     _authorize(request, r, verified)
+    if r.bucket is not None:
+        # Only now: adding the bucket's CORS headers may read its rules from the backend.
+        request[cors.BUCKET] = r.bucket
     return await _run(gw, request, r, verified)
 
 

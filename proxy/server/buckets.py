@@ -205,10 +205,11 @@ async def bucket_config(gw: Gateway, request: web.Request, bucket: str, subresou
     server-side encryption (the backend's own, besides sealgate's), CORS, ACLs (they govern the
     ciphertext on the backend) and lifecycle rules, once checked to spare sealgate's records
     (`proxy.s3.lifecycle`)."""
-    if subresource == "cors":
-        gw.cors.forget(bucket)
     if request.method == "DELETE":
-        return await _relay(gw, "DELETE", bucket, query=[(subresource, "")], status=204)
+        answer = await _relay(gw, "DELETE", bucket, query=[(subresource, "")], status=204)
+        if subresource == "cors":
+            gw.cors.forget(bucket)  # once changed: a preflight in between would keep the old rules
+        return answer
     if request.method == "GET":
         resp, data = await gw.backend.read_ok("GET", bucket, None, query=[(subresource, "")])
         check_setting(data, subresource)  # not a listing, from a backend that ignores the setting
@@ -219,7 +220,10 @@ async def bucket_config(gw: Gateway, request: web.Request, bucket: str, subresou
     headers = {name: request.headers[name] for name in ACL_HEADERS if name in request.headers}
     if body or subresource != "acl":  # a canned ACL in a header comes without a body
         headers.update({"Content-MD5": content_md5(body), **XML_HEADERS})
-    return await _relay(gw, "PUT", bucket, query=[(subresource, "")], headers=headers, body=body)
+    answer = await _relay(gw, "PUT", bucket, query=[(subresource, "")], headers=headers, body=body)
+    if subresource == "cors":
+        gw.cors.forget(bucket)
+    return answer
 
 
 async def delete_objects(gw: Gateway, request: web.Request, bucket: str) -> web.StreamResponse:

@@ -59,3 +59,42 @@ def test_preflight_and_answers_follow_the_bucket_rules(stack: Stack, bucket: str
 
     s3.delete_bucket_cors(Bucket=bucket)
     assert _preflight(stack, bucket, ORIGIN).status == 403  # applies at once on this replica
+
+
+def test_a_refused_request_reads_no_cors_rules(moto_url: str, tls_files: dict[str, Any], tmp_path: Any) -> None:
+    """A signed request its identity policy refuses gets its 403 without sealgate reading the
+    bucket's CORS rules from the backend, Origin or not (least privilege)."""
+    from aiohttp import web
+
+    from tests.conftest import start_stack
+    from tests.faults.test_faults import FaultyRelay
+
+    seen: list[str] = []
+
+    async def record(request: web.Request) -> None:
+        seen.append(request.path_qs)
+        return None
+
+    statement = '{"Effect": "Allow", "Action": "s3:ListAllMyBuckets", "Resource": "*"}'
+    doc = f'{{"Version": "2012-10-17", "Statement": [{statement}]}}'
+    policy = f"[[policies]]\nname = \"only-list\"\nprincipals = [\"tester\"]\ndocument = '''{doc}'''\n"
+    relay = FaultyRelay(moto_url)
+    st = start_stack(tmp_path, relay.url, tls_files, extra=policy)
+    try:
+        relay.before = record
+        refused = send(
+            st, "GET", f"{st.gate.url}/some-bucket/k", headers={"Origin": ORIGIN, **_signed(st, "/some-bucket/k")}
+        )
+        assert refused.status == 403 and code(refused) == "AccessDenied"
+        assert seen == []  # nothing reached the backend, the CORS rules included
+    finally:
+        relay.before = None
+        st.gate.stop()
+        relay.loop.call_soon_threadsafe(relay.loop.stop)
+
+
+def _signed(stack: Stack, path: str) -> dict[str, str]:
+    from tests.signing import sign
+
+    url = f"https://localhost:{stack.gate.running.tls_port}{path}"
+    return sign("GET", url, {"Host": f"localhost:{stack.gate.running.tls_port}"})
