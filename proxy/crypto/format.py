@@ -140,12 +140,23 @@ def part_key(data_key: bytes, salt: bytes, header: bytes) -> bytes:
     return _hkdf(data_key, salt, _INFO_PART + header)
 
 
-def part_etag_tag(data_key: bytes, salt: bytes, number: int, backend_etag: str, md5_hex: str) -> str:
-    """What vouches (hex, 128 bits) that the part stored as `number` with this backend ETag has a
-    plaintext whose MD5 is `md5_hex`: the record that lets CompleteMultipartUpload check part ETags."""
+def _part_md5_context(data_key: bytes, salt: bytes, number: int, backend_etag: str) -> tuple[bytes, bytes]:
     etag = backend_etag.encode()
-    msg = struct.pack(">IH", number, len(etag)) + etag + md5_hex.encode()
-    return hmac.new(_hkdf(data_key, salt, _INFO_PART_ETAG), msg, sha256).hexdigest()[:32]
+    return _hkdf(data_key, salt, _INFO_PART_ETAG), struct.pack(">IH", number, len(etag)) + etag
+
+
+def seal_part_md5(data_key: bytes, salt: bytes, number: int, backend_etag: str, md5: bytes) -> bytes:
+    """The plaintext MD5 of the part stored as `number` with this backend ETag, sealed (and so
+    bound to both) for the record that lets CompleteMultipartUpload check part ETags: the
+    backend never sees a digest of the plaintext."""
+    key, aad = _part_md5_context(data_key, salt, number, backend_etag)
+    return seal_blob(key, md5, aad)
+
+
+def open_part_md5(data_key: bytes, salt: bytes, number: int, backend_etag: str, sealed: bytes) -> bytes:
+    """Inverse of `seal_part_md5`; IntegrityError unless it was sealed for this part and ETag."""
+    key, aad = _part_md5_context(data_key, salt, number, backend_etag)
+    return open_blob(key, sealed, aad)
 
 
 def manifest_key(data_key: bytes, salt: bytes) -> bytes:

@@ -4,22 +4,22 @@ ListParts shows the ETags UploadPart returned. The backend lists only its own ET
 (of the ciphertext), and an upload part cannot be read back before the upload is complete.
 
 One empty record per part upload whose plaintext MD5 sealgate computed (the ETag it then gave
-the client), named (docs/FORMAT.md §6c)
+the client), named (docs/FORMAT.md)
 
-    .sealgate/pt/<sha256(key)>/<sha256(backend upload id)>/<part number>.<backend ETag>.<MD5>.<tag>
+    .sealgate/pt/<sha256(key)>/<sha256(backend upload id)>/<part number>.<backend ETag>.<sealed MD5>
 
-where the tag, under the upload's data key, binds the four, so one listing gives them all and
-no one who can only write to the backend can vouch for another MD5."""
+where the MD5 is sealed under the upload's data key and bound to the part number and backend
+ETag, so one listing gives them all, the backend never sees a digest of the plaintext, and no
+one who can only write to the backend can vouch for another MD5."""
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
-import hmac
 import logging
 import re
 
-from proxy.crypto.format import part_etag_tag
+from proxy.crypto.format import IntegrityError, open_part_md5, seal_part_md5
 from proxy.s3.errors import S3Error
 from proxy.s3.headers import etag_value
 from proxy.store.gateway import Gateway
@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 PARTS_PREFIX = RESERVED_PREFIX + "pt/"
 
-_NAME = re.compile(r"^([0-9]{1,5})\.([0-9A-Za-z-]{1,80})\.([0-9a-f]{32})\.([0-9a-f]{32})$")
+_NAME = re.compile(r"^([0-9]{1,5})\.([0-9A-Za-z-]{1,80})\.([0-9a-f]{88})$")
 
 #: How many record deletions run at once.
 _PARALLEL = 16
@@ -56,8 +56,8 @@ async def record_part(
     """Record that the part `number` stored with `backend_etag` has this plaintext MD5; the
     backend's error if it cannot be stored (the UploadPart then fails, and the client retries)."""
     etag = etag_value(backend_etag)
-    tag = part_etag_tag(data_key, salt, number, etag, md5_hex)
-    name = f"{parts_prefix(key, backend_id)}{number}.{etag}.{md5_hex}.{tag}"
+    sealed = seal_part_md5(data_key, salt, number, etag, bytes.fromhex(md5_hex))
+    name = f"{parts_prefix(key, backend_id)}{number}.{etag}.{sealed.hex()}"
     resp = await gw.backend.request("PUT", bucket, name, headers={"Content-Type": "application/octet-stream"}, body=b"")
     if resp.status >= 300:
         raise await resp.error()
@@ -81,10 +81,10 @@ async def recorded_parts(
         m = _NAME.match(name[len(prefix) :])
         if m is None:
             continue
-        number, etag, md5, tag = int(m.group(1)), m.group(2), m.group(3), m.group(4)
-        if hmac.compare_digest(tag, part_etag_tag(data_key, salt, number, etag, md5)):
-            found[(number, etag)] = md5
-        else:
+        number, etag = int(m.group(1)), m.group(2)
+        try:
+            found[(number, etag)] = open_part_md5(data_key, salt, number, etag, bytes.fromhex(m.group(3))).hex()
+        except IntegrityError:
             log.warning("ignoring a part record of /%s/%s that does not authenticate", bucket, key)
     return found, names
 

@@ -202,3 +202,20 @@ def test_envelope_metadata_round_trip_and_errors() -> None:
         Envelope.from_metadata({**md, "sg-seg": "1000"})
     with pytest.raises(FormatError):
         Envelope.from_metadata({**md, "sg-salt": "!!"})
+
+
+def test_a_sealed_part_md5_opens_only_for_its_part_and_etag() -> None:
+    """The MD5 in a part record is bound to the data key, salt, part number and backend ETag."""
+    import os
+
+    import pytest
+
+    from proxy.crypto.format import IntegrityError, open_part_md5, seal_part_md5
+
+    dk, salt, md5 = os.urandom(32), os.urandom(32), os.urandom(16)
+    sealed = seal_part_md5(dk, salt, 3, "abc-1", md5)
+    assert open_part_md5(dk, salt, 3, "abc-1", sealed) == md5
+    assert md5.hex() not in sealed.hex()
+    for args in ((dk, salt, 4, "abc-1"), (dk, salt, 3, "abc-2"), (os.urandom(32), salt, 3, "abc-1")):
+        with pytest.raises(IntegrityError):
+            open_part_md5(*args, sealed)
