@@ -65,6 +65,16 @@ OPERATION_ACTIONS: Mapping[str, str] = {
     "GetObjectAcl": "s3:GetObjectAcl",
     "PutObjectAcl": "s3:PutObjectAcl",
     "GetObjectAttributes": "s3:GetObjectAttributes",
+    "GetBucketPolicy": "s3:GetBucketPolicy",
+    "PutBucketPolicy": "s3:PutBucketPolicy",
+    "DeleteBucketPolicy": "s3:DeleteBucketPolicy",
+    "GetBucketPolicyStatus": "s3:GetBucketPolicyStatus",
+    "GetPublicAccessBlock": "s3:GetBucketPublicAccessBlock",
+    "PutPublicAccessBlock": "s3:PutBucketPublicAccessBlock",
+    "DeletePublicAccessBlock": "s3:PutBucketPublicAccessBlock",
+    "GetBucketOwnershipControls": "s3:GetBucketOwnershipControls",
+    "PutBucketOwnershipControls": "s3:PutBucketOwnershipControls",
+    "DeleteBucketOwnershipControls": "s3:PutBucketOwnershipControls",
 }
 
 #: Actions that destroy or unprotect data: audited when allowed, not only when refused.
@@ -86,6 +96,11 @@ DESTRUCTIVE: frozenset[str] = frozenset(
         "s3:PutObjectAcl",
         "s3:PutObjectVersionAcl",
         "s3:PutEncryptionConfiguration",
+        # Who may do what: changes to access are audited like deletes.
+        "s3:PutBucketPolicy",
+        "s3:DeleteBucketPolicy",
+        "s3:PutBucketPublicAccessBlock",
+        "s3:PutBucketOwnershipControls",
     }
 )
 
@@ -172,6 +187,8 @@ def needs(
         out = [Need(action, bucket, None, ctx)]
         if operation == "CreateBucket" and _is_true(headers.get("x-amz-bucket-object-lock-enabled")):
             out += [Need("s3:PutBucketObjectLockConfiguration", bucket), Need("s3:PutBucketVersioning", bucket)]
+        if operation == "CreateBucket" and "x-amz-object-ownership" in headers:
+            out.append(Need("s3:PutBucketOwnershipControls", bucket))
         return tuple(out)
     version = query.get("versionId")
     out = [object_need(action, bucket, key, version if operation not in _WRITES else None, **ctx)]

@@ -9,21 +9,25 @@ a `Caller` too, one that policies do not bind (it holds the backend credentials 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from proxy.access.actions import DESTRUCTIVE, Need
+from proxy.access.bucket_policy import BucketPolicy
 from proxy.access.policy import Context, Decision, evaluate
 from proxy.audit import AuditLog
 from proxy.config import Config
 from proxy.s3.errors import S3Error
+from proxy.s3.sigv4 import ANONYMOUS
 
 log = logging.getLogger("sealgate.authz")
 
 #: The decision when the config has no ``[[policies]]`` (every client may do everything), and
 #: for the operator.
 OPEN = Decision(allowed=True, effect="Allow", policy=None, statement=None)
+#: What identity policies say to an anonymous request.
+NOBODY = Decision(allowed=False, effect="ImplicitDeny", policy=None, statement=None)
 
 
 @dataclass(frozen=True)
@@ -40,6 +44,11 @@ class Caller:
         return cls(identity=None)
 
     @property
+    def anonymous(self) -> bool:
+        """Whether this is an unsigned request (only bucket policies can allow it anything)."""
+        return self.identity == ANONYMOUS
+
+    @property
     def is_operator(self) -> bool:
         """Whether this is the operator (no policy applies)."""
         return self.identity is None
@@ -52,7 +61,7 @@ def context_for(caller: Caller, need: Need, now: datetime) -> Context:
         "aws:currenttime": now.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "aws:epochtime": str(int(now.timestamp())),
     }
-    if caller.identity is not None:
+    if caller.identity is not None and not caller.anonymous:
         ctx["aws:username"] = caller.identity
         ctx["aws:userid"] = caller.identity
     if caller.source_ip:
@@ -61,15 +70,38 @@ def context_for(caller: Caller, need: Need, now: datetime) -> Context:
     return ctx
 
 
-def decide(config: Config, caller: Caller, need: Need, now: datetime | None = None) -> Decision:
-    """The identity-policy decision for one need (no audit, no exception)."""
+#: A bucket's policy, by bucket name, and whether the bucket restricts public policies
+#: (RestrictPublicBuckets): what `decide` needs beyond the config.
+BucketPolicies = Mapping[str, tuple[BucketPolicy, bool]]
+
+
+def decide(
+    config: Config, caller: Caller, need: Need, now: datetime | None = None, buckets: BucketPolicies | None = None
+) -> Decision:
+    """The decision for one need (no audit, no exception): identity policies and the policy of
+    the need's bucket, combined as AWS does within one account. An explicit Deny in either
+    wins; else an Allow in either (a bucket policy grants to whom its Principal names); else
+    implicit deny. Without ``[[policies]]`` the identity side allows everything, so a bucket
+    policy can only deny."""
     if caller.is_operator:
         return OPEN
     assert caller.identity is not None
+    when = now or datetime.now(UTC)
     policies = config.policies_for(caller.identity)
-    if policies is None:
-        return OPEN
-    return evaluate(policies, need.action, need.resource, context_for(caller, need, now or datetime.now(UTC)))
+    context = context_for(caller, need, when)
+    if caller.anonymous:
+        own = NOBODY  # no identity policy is about an unsigned request, not even "no [[policies]]"
+    else:
+        own = OPEN if policies is None else evaluate(policies, need.action, need.resource, context)
+    held = buckets.get(need.bucket) if buckets and need.bucket else None
+    if held is None or own.effect == "Deny":
+        return own
+    policy, restrict_public = held
+    who = None if caller.anonymous else caller.identity
+    theirs = policy.decide(who, need.action, need.resource, context, restrict_public)
+    if theirs.effect == "Deny" or (theirs.allowed and not own.allowed):
+        return theirs
+    return own
 
 
 def denied_error() -> S3Error:
@@ -95,22 +127,34 @@ def record(audit: AuditLog | None, caller: Caller, need: Need, decision: Decisio
         )
 
 
-def check(config: Config, audit: AuditLog | None, caller: Caller, need: Need, now: datetime | None = None) -> Decision:
+def check(
+    config: Config,
+    audit: AuditLog | None,
+    caller: Caller,
+    need: Need,
+    now: datetime | None = None,
+    buckets: BucketPolicies | None = None,
+) -> Decision:
     """Decide one need and audit it; the caller acts on the decision (DeleteObjects per key)."""
-    decision = decide(config, caller, need, now)
+    decision = decide(config, caller, need, now, buckets)
     record(audit, caller, need, decision)
     return decision
 
 
 def require(
-    config: Config, audit: AuditLog | None, caller: Caller, needs: Iterable[Need], now: datetime | None = None
+    config: Config,
+    audit: AuditLog | None,
+    caller: Caller,
+    needs: Iterable[Need],
+    now: datetime | None = None,
+    buckets: BucketPolicies | None = None,
 ) -> None:
     """AccessDenied unless every need is allowed; decided before any backend or keyring call.
 
     All needs are decided before any is audited as allowed, so a refused copy does not leave an
     "allowed" line for the half of it that was."""
     when = now or datetime.now(UTC)
-    decided = [(need, decide(config, caller, need, when)) for need in needs]
+    decided = [(need, decide(config, caller, need, when, buckets)) for need in needs]
     refused = next(((n, d) for n, d in decided if not d.allowed), None)
     if refused is not None:
         record(audit, caller, *refused)

@@ -127,6 +127,15 @@ class AuditConfig(Section):
     hmac_key: SecretStr | None = None
 
 
+class AccessConfig(Section):
+    """``[access]``: requests that carry no signature."""
+
+    #: Serve unsigned (anonymous) requests where a bucket policy allows everyone (``"*"``) and
+    #: the bucket does not restrict public policies; every other unsigned request is refused.
+    #: Off: every unsigned request is refused before any backend call.
+    anonymous: StrictBool = False
+
+
 class Config(Section):
     """The whole validated config."""
 
@@ -139,6 +148,7 @@ class Config(Section):
     keys: tuple[KeyPolicy, ...] = ()
     policies: tuple[PolicyConfig, ...] = ()
     audit: AuditConfig = AuditConfig()
+    access: AccessConfig = AccessConfig()
 
     _clients_by_akid: dict[str, ClientConfig] = PrivateAttr(default_factory=dict)
     _clients_by_name: dict[str, ClientConfig] = PrivateAttr(default_factory=dict)

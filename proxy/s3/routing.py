@@ -65,6 +65,16 @@ class Op(StrEnum):
     GET_OBJECT_ACL = "GetObjectAcl"
     PUT_OBJECT_ACL = "PutObjectAcl"
     GET_OBJECT_ATTRIBUTES = "GetObjectAttributes"
+    GET_BUCKET_POLICY = "GetBucketPolicy"
+    PUT_BUCKET_POLICY = "PutBucketPolicy"
+    DELETE_BUCKET_POLICY = "DeleteBucketPolicy"
+    GET_BUCKET_POLICY_STATUS = "GetBucketPolicyStatus"
+    GET_PUBLIC_ACCESS_BLOCK = "GetPublicAccessBlock"
+    PUT_PUBLIC_ACCESS_BLOCK = "PutPublicAccessBlock"
+    DELETE_PUBLIC_ACCESS_BLOCK = "DeletePublicAccessBlock"
+    GET_BUCKET_OWNERSHIP_CONTROLS = "GetBucketOwnershipControls"
+    PUT_BUCKET_OWNERSHIP_CONTROLS = "PutBucketOwnershipControls"
+    DELETE_BUCKET_OWNERSHIP_CONTROLS = "DeleteBucketOwnershipControls"
 
 
 #: Every operation `route` can answer with.
@@ -224,6 +234,16 @@ _BUCKET_OPS: Mapping[tuple[str, str | None], Op] = {
     ("DELETE", "cors"): Op.DELETE_BUCKET_CORS,
     ("GET", "acl"): Op.GET_BUCKET_ACL,
     ("PUT", "acl"): Op.PUT_BUCKET_ACL,
+    ("GET", "policy"): Op.GET_BUCKET_POLICY,
+    ("PUT", "policy"): Op.PUT_BUCKET_POLICY,
+    ("DELETE", "policy"): Op.DELETE_BUCKET_POLICY,
+    ("GET", "policyStatus"): Op.GET_BUCKET_POLICY_STATUS,
+    ("GET", "publicAccessBlock"): Op.GET_PUBLIC_ACCESS_BLOCK,
+    ("PUT", "publicAccessBlock"): Op.PUT_PUBLIC_ACCESS_BLOCK,
+    ("DELETE", "publicAccessBlock"): Op.DELETE_PUBLIC_ACCESS_BLOCK,
+    ("GET", "ownershipControls"): Op.GET_BUCKET_OWNERSHIP_CONTROLS,
+    ("PUT", "ownershipControls"): Op.PUT_BUCKET_OWNERSHIP_CONTROLS,
+    ("DELETE", "ownershipControls"): Op.DELETE_BUCKET_OWNERSHIP_CONTROLS,
 }
 _OBJECT_OPS: Mapping[tuple[str, str | None], Op] = {
     ("PUT", None): Op.PUT_OBJECT,  # or CopyObject, by x-amz-copy-source

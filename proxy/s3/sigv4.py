@@ -205,6 +205,31 @@ class _SignedParts(NamedTuple):
     presigned: bool
 
 
+#: The identity of an unsigned request (never a client name: those cannot hold parentheses).
+ANONYMOUS = "(anonymous)"
+_SIGNING_PARAMS = ("X-Amz-Signature", "X-Amz-Credential", "X-Amz-Algorithm", "Signature", "AWSAccessKeyId")
+
+
+def is_unsigned(raw_path_and_query: str, headers: MultiMapping[str]) -> bool:
+    """Whether a request carries no signature at all (no Authorization, no signing query parameter)."""
+    if "Authorization" in headers:
+        return False
+    raw_query = raw_path_and_query.partition("?")[2]
+    names = {unquote(p.partition("=")[0]) for p in raw_query.split("&") if p}
+    return not names.intersection(_SIGNING_PARAMS)
+
+
+def anonymous_request(headers: MultiMapping[str]) -> VerifiedRequest:
+    """What an unsigned request is taken as where anonymous requests are served: a body hash it
+    names is still checked, an aws-chunked body may not claim chunk signatures."""
+    payload = headers.get("x-amz-content-sha256", UNSIGNED_PAYLOAD)
+    if payload in (STREAMING_SIGNED, STREAMING_SIGNED_TRAILER) or not (
+        payload in (UNSIGNED_PAYLOAD, STREAMING_UNSIGNED_TRAILER) or _HEX64.match(payload)
+    ):
+        raise S3Error("InvalidArgument", "an unsigned request cannot carry this x-amz-content-sha256", 400)
+    return VerifiedRequest(ANONYMOUS, "", payload, "", "", b"", "", False)
+
+
 def verify_request(
     method: str,
     raw_path_and_query: str,

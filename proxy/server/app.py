@@ -9,11 +9,12 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from aiohttp import web
 
 from proxy.access.actions import needs
-from proxy.access.authorize import Caller, require
+from proxy.access.authorize import Caller, decide, require
 from proxy.audit import AuditContext, audit_context
 from proxy.crypto.format import FormatError
 from proxy.kms.base import KeyringError
@@ -21,8 +22,8 @@ from proxy.metrics import ACTIVE, BYTES_OUT, render, request_finished
 from proxy.s3.errors import S3Error
 from proxy.s3.headers import refuse_reserved_metadata
 from proxy.s3.routing import Op, Route, route
-from proxy.s3.sigv4 import ClientCredentials, VerifiedRequest, verify_request
-from proxy.server import admin, buckets, copy, cors, multipart, objects
+from proxy.s3.sigv4 import ClientCredentials, VerifiedRequest, anonymous_request, is_unsigned, verify_request
+from proxy.server import admin, bucket_access, buckets, copy, cors, multipart, objects
 from proxy.server.budget import VERIFY_FIRST_BUDGET, MemoryBudget
 from proxy.server.direct import closes_connection
 from proxy.server.state import CALLER, IDENTITY, REQUEST_ID
@@ -115,6 +116,12 @@ def _authenticate(request: web.Request) -> VerifiedRequest:
     if isinstance(verified, VerifiedRequest):
         return verified
     gw = request.app[GATEWAY]
+    if gw.config.access.anonymous and is_unsigned(request.raw_path, request.headers):
+        verified = anonymous_request(request.headers)
+        check_client_certificate(gw.config, _peercert(request), verified.identity)
+        request[_VERIFIED] = verified
+        request[IDENTITY] = verified.identity
+        return verified
     verified = verify_request(
         request.method,
         request.raw_path,
@@ -126,11 +133,14 @@ def _authenticate(request: web.Request) -> VerifiedRequest:
         presign_max_seconds=gw.config.server.presign_max_seconds,
     )
     # Mutual TLS: a client certificate and the SigV4 key must name the same client.
-    peercert = request.transport.get_extra_info("peercert") if request.transport is not None else None
-    check_client_certificate(gw.config, peercert, verified.identity)
+    check_client_certificate(gw.config, _peercert(request), verified.identity)
     request[_VERIFIED] = verified
     request[IDENTITY] = verified.identity
     return verified
+
+
+def _peercert(request: web.Request) -> Any:
+    return request.transport.get_extra_info("peercert") if request.transport is not None else None
 
 
 def gw_lookup(gw: Gateway) -> Callable[[str], ClientCredentials | None]:
@@ -177,7 +187,7 @@ async def expect_continue(request: web.Request) -> web.StreamResponse | None:
             r = _route(request)
             _refuse_sse_c(request)
             _refuse_reserved_metadata(request, r)
-            _authorize(request, r, _authenticate(request))
+            await _authorize(request, r, _authenticate(request))
             conditional = "If-Match" in request.headers or "If-None-Match" in request.headers
             if r.operation is Op.PUT_OBJECT and conditional and r.bucket and r.key:
                 check_reserved(r.key)
@@ -209,16 +219,18 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
     verified = _authenticate(request)
     r = _route(request)
     request[OPERATION] = r.operation
-    _authorize(request, r, verified)
+    await _authorize(request, r, verified)
     if r.bucket is not None:
         # Only now: adding the bucket's CORS headers may read its rules from the backend.
         request[cors.BUCKET] = r.bucket
     return await _run(gw, request, r, verified)
 
 
-def _authorize(request: web.Request, r: Route, verified: VerifiedRequest) -> None:
-    """Identity policies: every action the request needs, allowed before any backend or keyring
-    call (once per request: the Expect: 100-continue check may have done it already)."""
+async def _authorize(request: web.Request, r: Route, verified: VerifiedRequest) -> None:
+    """Identity and bucket policies: every action the request needs, allowed before any backend
+    or keyring call but the reading of the buckets' own access settings, which only a request
+    that no identity policy denies outright makes (once per request: the Expect: 100-continue
+    check may have done it already)."""
     if request.get(CALLER) is not None:
         return
     gw = request.app[GATEWAY]
@@ -236,7 +248,11 @@ def _authorize(request: web.Request, r: Route, verified: VerifiedRequest) -> Non
         wanted = needs(r.operation, r.bucket, r.key, request.query, request.headers)
     except KeyError:
         raise S3Error("NotImplemented", f"{r.operation} is not implemented by sealgate", 501) from None
-    require(gw.config, gw.audit, caller, wanted)
+    if any(decide(gw.config, caller, need).effect == "Deny" for need in wanted):
+        require(gw.config, gw.audit, caller, wanted)  # refused (and audited) without a backend call
+    held = await bucket_access.bucket_policies(gw, request, r, wanted)
+    require(gw.config, gw.audit, caller, wanted, buckets=held)
+    bucket_access.check_acls(request, r.operation, r.bucket)
     request[CALLER] = caller
 
 
@@ -369,6 +385,7 @@ HANDLERS: Mapping[Op, Call] = {
     Op.GET_OBJECT_ACL: _object_property("acl"),
     Op.PUT_OBJECT_ACL: _object_property("acl"),
     Op.GET_OBJECT_ATTRIBUTES: _on_object(objects.get_object_attributes),
+    **{op: _on_bucket(handler) for op, handler in bucket_access.HANDLERS.items()},
 }
 
 

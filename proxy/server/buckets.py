@@ -15,13 +15,15 @@ from proxy.crypto.format import DEFAULT_SEGMENT_SIZE, FormatError, Layout
 from proxy.s3.errors import S3Error
 from proxy.s3.headers import ACL_HEADERS, etag_value, quoted
 from proxy.s3.lifecycle import check_lifecycle
-from proxy.s3.routing import LIST_PARAMS
+from proxy.s3.routing import LIST_PARAMS, Op
 from proxy.s3.xml import XML_HEADERS, check_setting, local_name, parse, parse_client, qname, serialize
+from proxy.server import bucket_access
 from proxy.server.state import CALLER
 from proxy.store import emptying
 from proxy.store.gateway import Gateway
 from proxy.store.objects import matching_etag, opaque_etag
-from proxy.store.records import RESERVED_PREFIX, content_md5, record_key
+from proxy.store.records import record_key
+from proxy.store.reserved import RESERVED_PREFIX, content_md5
 
 MAX_CONTROL_BODY = 1024 * 1024
 
@@ -60,8 +62,12 @@ async def list_buckets(gw: Gateway, request: web.Request) -> web.StreamResponse:
 async def create_bucket(gw: Gateway, request: web.Request, bucket: str) -> web.StreamResponse:
     """CreateBucket with its optional LocationConstraint document (and Object Lock, if asked)."""
     body = await _read_small_body(request)
-    lock = {k: v for k, v in request.headers.items() if k.lower() == "x-amz-bucket-object-lock-enabled"}
-    return await _relay(gw, "PUT", bucket, headers=lock, body=body, keep=("Location",))
+    ownership = bucket_access.asked_ownership(request)  # checked before the bucket exists
+    wanted = ("x-amz-bucket-object-lock-enabled", *ACL_HEADERS)
+    headers = {k: v for k, v in request.headers.items() if k.lower() in wanted}
+    answer = await _relay(gw, "PUT", bucket, headers=headers, body=body, keep=("Location",))
+    await bucket_access.created(gw, bucket, ownership)
+    return answer
 
 
 async def delete_bucket(gw: Gateway, request: web.Request, bucket: str) -> web.StreamResponse:
@@ -215,6 +221,8 @@ async def bucket_config(gw: Gateway, request: web.Request, bucket: str, subresou
         check_setting(data, subresource)  # not a listing, from a backend that ignores the setting
         return web.Response(status=resp.status, body=data, headers=XML_HEADERS)
     body = await _read_small_body(request)
+    if subresource == "acl":
+        bucket_access.check_acls(request, Op.PUT_BUCKET_ACL, bucket, body)
     if subresource == "lifecycle":
         check_lifecycle(body, RESERVED_PREFIX)
     headers = {name: request.headers[name] for name in ACL_HEADERS if name in request.headers}
@@ -270,7 +278,8 @@ def _unauthorized_deletes(gw: Gateway, request: web.Request, bucket: str, root: 
         key_el, version_el = _child(obj, "Key"), _child(obj, "VersionId")
         key = (key_el.text or "") if key_el is not None else ""
         version = version_el.text if version_el is not None else None
-        if not check(gw.config, gw.audit, caller, delete_need(bucket, key, version)).allowed:
+        need = delete_need(bucket, key, version)
+        if not check(gw.config, gw.audit, caller, need, buckets=bucket_access.held_policies(request)).allowed:
             refused.append((key, "AccessDenied", "Access Denied"))
             root.remove(obj)
     return refused

@@ -30,8 +30,10 @@ from proxy.crypto.segments import StreamDecryptor, StreamEncryptor
 from proxy.s3.errors import S3Error
 from proxy.s3.headers import ACL_HEADERS, BYPASS_GOVERNANCE, RELAYED_HEADERS, WRITE_ANSWER_HEADERS, stored_headers
 from proxy.s3.ranges import check_conditions, parse_range
+from proxy.s3.routing import Op
 from proxy.s3.sigv4 import VerifiedRequest
 from proxy.s3.xml import S3_NS, XML_HEADERS, check_setting
+from proxy.server import bucket_access
 from proxy.server import s3ec as s3ec_get
 from proxy.server.body import PlaintextBody, client_body
 from proxy.server.state import CALLER
@@ -50,7 +52,7 @@ from proxy.store.objects import (
     open_object,
     require_plain,
 )
-from proxy.store.records import content_md5
+from proxy.store.reserved import content_md5
 
 log = logging.getLogger(__name__)
 
@@ -535,6 +537,8 @@ async def object_property(
         body = await request.content.read(MAX_CONTROL_BODY + 1)
         if len(body) > MAX_CONTROL_BODY:
             raise S3Error("MaxMessageLengthExceeded", "Your request was too big.", 400)
+        if subresource == "acl":
+            bucket_access.check_acls(request, Op.PUT_OBJECT_ACL, bucket, body)
         if body or subresource != "acl":  # a canned ACL in a header comes without a body
             headers["Content-MD5"] = content_md5(body)
     resp, data = await gw.backend.read_ok(request.method, bucket, key, query=query, headers=headers, body=body)

@@ -12,3 +12,6 @@ IDENTITY = web.RequestKey("sealgate.identity", str)
 CALLER = web.RequestKey("sealgate.caller", Caller)
 #: The request id every response and log line carries.
 REQUEST_ID = web.RequestKey("sealgate.request_id", str)
+#: The access settings (bucket policy, public access block, ownership) of the buckets a request
+#: touches, read while it was authorized.
+BUCKET_ACCESS = web.RequestKey("sealgate.bucket_access", dict)

@@ -12,7 +12,7 @@ from proxy.crypto.segments import StreamEncryptor
 from proxy.s3.errors import S3Error
 from proxy.store.backend import BackendResponse, version_query
 from proxy.store.gateway import Gateway
-from proxy.store.records import content_md5
+from proxy.store.reserved import content_md5
 
 _CONTENT_RANGE_RE = re.compile(r"bytes (\d+)-(\d+)/(\d+)")
 

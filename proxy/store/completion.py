@@ -28,7 +28,8 @@ from proxy.s3.headers import etag_value
 from proxy.store.backend import BackendResponse
 from proxy.store.bodies import ranged, total_length
 from proxy.store.gateway import Gateway
-from proxy.store.records import RESERVED_PREFIX, ManifestMissing, drop_record, put_record, read_manifest
+from proxy.store.records import ManifestMissing, drop_record, put_record, read_manifest
+from proxy.store.reserved import RESERVED_PREFIX
 from proxy.store.signatures import MANIFEST_SIGNATURE, serves_signed, sign_manifest
 
 log = logging.getLogger(__name__)

@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator
 from proxy.s3.xml import child_text, iter_named, parse
 from proxy.store.gateway import Gateway
 from proxy.store.listing import list_keys
-from proxy.store.records import RESERVED_PREFIX
+from proxy.store.reserved import RESERVED_PREFIX
 
 #: How many record deletions run at once.
 _PARALLEL = 16

@@ -12,6 +12,7 @@ from proxy.kms.local import LocalKeyring
 from proxy.kms.materials import Materials
 from proxy.s3.errors import S3Error
 from proxy.store.backend import Backend
+from proxy.store.bucket_access import BucketAccessCache
 from proxy.store.cors import CorsCache
 from proxy.store.read_cache import ReadCache
 
@@ -34,6 +35,8 @@ class Gateway:
     reads: ReadCache = field(default_factory=ReadCache)
     #: Buckets' CORS rules, for browser requests (per process, briefly).
     cors: CorsCache = field(default_factory=CorsCache)
+    #: Buckets' policies, public access blocks and ownership controls (per process, briefly).
+    access: BucketAccessCache = field(default_factory=BucketAccessCache)
 
 
 def require_key_use(gw: Gateway, caller: Caller, action: str, key: str) -> None:

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from proxy.s3.headers import etag_value
 from proxy.s3.xml import child_text, iter_named, parse, qname
 from proxy.store.gateway import Gateway
-from proxy.store.records import RESERVED_PREFIX
+from proxy.store.reserved import RESERVED_PREFIX
 
 
 async def list_keys(gw: Gateway, bucket: str, prefix: str, *, reserved: bool = False) -> AsyncIterator[tuple[str, int]]:

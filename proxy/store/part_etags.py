@@ -24,7 +24,7 @@ from proxy.s3.errors import S3Error
 from proxy.s3.headers import etag_value
 from proxy.store.gateway import Gateway
 from proxy.store.listing import list_keys
-from proxy.store.records import RESERVED_PREFIX
+from proxy.store.reserved import RESERVED_PREFIX
 
 log = logging.getLogger(__name__)
 

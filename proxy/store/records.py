@@ -4,7 +4,6 @@ the ids of open uploads (``up/``)."""
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import logging
 from collections.abc import Callable, Mapping
@@ -17,18 +16,13 @@ from proxy.s3.errors import S3Error
 from proxy.s3.headers import etag_value
 from proxy.store.backend import BackendResponse
 from proxy.store.gateway import Gateway
+from proxy.store.reserved import RESERVED_PREFIX, content_md5
 
 log = logging.getLogger(__name__)
 
-RESERVED_PREFIX = ".sealgate/"
 
 #: An upload record holds one upload id: a few hundred bytes.
 MAX_RECORD = 8192
-
-
-def content_md5(body: bytes) -> str:
-    """The Content-MD5 header value of `body`."""
-    return base64.b64encode(hashlib.md5(body).digest()).decode()
 
 
 def check_reserved(key: str) -> None:

@@ -36,7 +36,8 @@ from proxy.store.gateway import Gateway
 from proxy.store.listing import versions_of, versions_with
 from proxy.store.objects import open_object
 from proxy.store.part_etags import PARTS_PREFIX
-from proxy.store.records import RESERVED_PREFIX, record_key, upload_record_key
+from proxy.store.records import record_key, upload_record_key
+from proxy.store.reserved import RESERVED_PREFIX
 
 
 @dataclass

@@ -32,6 +32,10 @@ _SUBRESOURCES = [
     "delete",
     "list-type=2",
     "versionId=v1",
+    "policy",
+    "policyStatus",
+    "publicAccessBlock",
+    "ownershipControls",
 ]
 
 

@@ -53,6 +53,16 @@ BUCKET_CASES: list[tuple[str, dict[str, str], dict[str, str], Op]] = [
     ("PUT", {"versioning": ""}, {}, Op.PUT_BUCKET_VERSIONING),
     ("GET", {"object-lock": ""}, {}, Op.GET_OBJECT_LOCK_CONFIGURATION),
     ("PUT", {"object-lock": ""}, {}, Op.PUT_OBJECT_LOCK_CONFIGURATION),
+    ("GET", {"policy": ""}, {}, Op.GET_BUCKET_POLICY),
+    ("PUT", {"policy": ""}, {}, Op.PUT_BUCKET_POLICY),
+    ("DELETE", {"policy": ""}, {}, Op.DELETE_BUCKET_POLICY),
+    ("GET", {"policyStatus": ""}, {}, Op.GET_BUCKET_POLICY_STATUS),
+    ("GET", {"publicAccessBlock": ""}, {}, Op.GET_PUBLIC_ACCESS_BLOCK),
+    ("PUT", {"publicAccessBlock": ""}, {}, Op.PUT_PUBLIC_ACCESS_BLOCK),
+    ("DELETE", {"publicAccessBlock": ""}, {}, Op.DELETE_PUBLIC_ACCESS_BLOCK),
+    ("GET", {"ownershipControls": ""}, {}, Op.GET_BUCKET_OWNERSHIP_CONTROLS),
+    ("PUT", {"ownershipControls": ""}, {}, Op.PUT_BUCKET_OWNERSHIP_CONTROLS),
+    ("DELETE", {"ownershipControls": ""}, {}, Op.DELETE_BUCKET_OWNERSHIP_CONTROLS),
 ]
 
 #: (method, query, headers) -> operation on an object.
@@ -146,7 +156,7 @@ def test_upload_part_needs_a_part_number() -> None:
     [
         ("GET", "/bkt", {"website": ""}),
         ("GET", "/bkt/k", {"restore": ""}),
-        ("PUT", "/bkt", {"policy": ""}),
+        ("PUT", "/bkt", {"website": ""}),
         ("GET", "/bkt/k", {"torrent": ""}),
         ("DELETE", "/bkt", {"versioning": ""}),  # a known sub-resource, not with this method
         ("POST", "/bkt/k", {"tagging": ""}),
