@@ -65,6 +65,7 @@ OPERATION_ACTIONS: Mapping[str, str] = {
     "GetObjectAcl": "s3:GetObjectAcl",
     "PutObjectAcl": "s3:PutObjectAcl",
     "GetObjectAttributes": "s3:GetObjectAttributes",
+    "PostObject": "s3:PutObject",  # the form's key; plus what its fields add, as PutObject's headers
 }
 
 #: Actions that destroy or unprotect data: audited when allowed, not only when refused.
@@ -103,7 +104,7 @@ _VERSIONED = {
 
 _LIST_KEYS = {"prefix": "s3:prefix", "delimiter": "s3:delimiter", "max-keys": "s3:max-keys"}
 _LISTINGS = {"ListObjects", "ListObjectsV2", "ListObjectVersions"}
-_WRITES = {"PutObject", "CreateMultipartUpload", "CopyObject"}
+_WRITES = {"PutObject", "CreateMultipartUpload", "CopyObject", "PostObject"}
 _COPIES = {"CopyObject", "UploadPartCopy"}
 BYPASS_HEADER = "x-amz-bypass-governance-retention"
 
