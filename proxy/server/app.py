@@ -170,7 +170,7 @@ async def expect_continue(request: web.Request) -> web.StreamResponse | None:
     """Check what can be checked before telling the client to send its body (Expect:
     100-continue): the signature, that the operation is one sealgate serves, and a PutObject's
     If-Match / If-None-Match, so that a request bound to fail does not send its body first."""
-    if post_object.is_form_upload(request) and request.headers.get("Expect", "").lower() == "100-continue":
+    if _form_route(request) is not None and request.headers.get("Expect", "").lower() == "100-continue":
         # A form upload's signature is its policy's, in the body: nothing to check before it.
         await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         request.writer.output_size = 0
@@ -211,7 +211,7 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
     if request.method == "OPTIONS":
         request[OPERATION] = "PreflightRequest"
         return await cors.preflight(gw, request)  # browsers send it unsigned
-    if post_object.is_form_upload(request) and (form := _route(request)).operation is Op.POST_OBJECT:
+    if (form := _form_route(request)) is not None:
         return await _form_upload(gw, request, form)  # signed in its body, not in its headers
     verified = _authenticate(request)
     r = _route(request)
@@ -279,6 +279,17 @@ def _refuse_reserved_metadata(request: web.Request, r: Route) -> None:
     if r.operation is Op.COPY_OBJECT and request.headers.get("x-amz-metadata-directive", "COPY").upper() != "REPLACE":
         return
     refuse_reserved_metadata(request.headers)
+
+
+def _form_route(request: web.Request) -> Route | None:
+    """The route of a browser form upload (PostObject, which its body authenticates), else None."""
+    if not post_object.is_form_upload(request):
+        return None
+    try:
+        r = _route(request)
+    except S3Error:
+        return None  # answered after authentication, as for any other request
+    return r if r.operation is Op.POST_OBJECT else None
 
 
 async def _form_upload(gw: Gateway, request: web.Request, r: Route) -> web.StreamResponse:

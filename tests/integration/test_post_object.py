@@ -9,6 +9,8 @@ import base64
 import json
 import os
 import re
+import subprocess
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,8 @@ from botocore.config import Config
 from tests.conftest import CLIENT_AKID, CLIENT_SECRET, Stack, start_stack
 
 GATEWAY = ("SGPOSTGATEWAY0000001", "post-gateway-secret-0001")
+S3EC_BUCKET = f"post-s3ec-{os.getpid()}-{os.urandom(2).hex()}"
+ORIGIN = "https://app.example"
 
 
 def presigner(stack: Stack, *, v4: bool = True, akid: str = CLIENT_AKID, secret: str = CLIENT_SECRET) -> Any:
@@ -276,6 +280,7 @@ def guarded(moto_url: str, tls_files: dict[str, Path], tmp_path_factory: pytest.
     )
     full = json.dumps({"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]})
     extra = (
+        f'[[buckets]]\nname = "{S3EC_BUCKET}"\nformat = "s3ec-v3"\n'
         f'[[clients]]\nname = "gateway"\naccess_key_id = "{GATEWAY[0]}"\nsecret_access_key = "{GATEWAY[1]}"\n'
         f"[[policies]]\nname = \"full\"\nprincipals = [\"tester\"]\ndocument = '''{full}'''\n"
         f"[[policies]]\nname = \"uploads\"\nprincipals = [\"gateway\"]\ndocument = '''{policy}'''\n"
@@ -304,3 +309,54 @@ def test_identity_policy_decides_before_any_backend_call(guarded: Stack) -> None
     # decision was made before anything was asked of the backend.
     post = gw.generate_presigned_post("no-such-bucket-for-post", "elsewhere/no.txt")
     assert code(post_form(guarded, post["url"], post["fields"], b"x")) == "AccessDenied"
+
+
+def test_s3ec_v3_bucket_stores_its_format(guarded: Stack) -> None:
+    guarded.client().create_bucket(Bucket=S3EC_BUCKET)
+    data = os.urandom(70_000)
+    post = presigner(guarded).generate_presigned_post(
+        S3EC_BUCKET, "s3ec.bin", Fields={"x-amz-meta-owner": "team"}, Conditions=[{"x-amz-meta-owner": "team"}]
+    )
+    assert post_form(guarded, post["url"], post["fields"], data).status == 204
+    got = guarded.client().get_object(Bucket=S3EC_BUCKET, Key="s3ec.bin")
+    assert got["Body"].read() == data and got["Metadata"]["owner"] == "team"
+    raw = guarded.backend().get_object(Bucket=S3EC_BUCKET, Key="s3ec.bin")
+    assert raw["Body"].read()[: len(data)] != data and "x-amz-c" in raw["Metadata"]
+
+
+def test_cors_headers_on_the_answer(stack: Stack, bucket: str) -> None:
+    rules = {"CORSRules": [{"AllowedOrigins": [ORIGIN], "AllowedMethods": ["POST"], "ExposeHeaders": ["ETag"]}]}
+    stack.client().put_bucket_cors(Bucket=bucket, CORSConfiguration=rules)
+    post = presigner(stack).generate_presigned_post(bucket, "from-browser")
+    resp = post_form(stack, post["url"], post["fields"], b"x", headers={"Origin": ORIGIN})
+    assert resp.status == 204
+    assert resp.headers["Access-Control-Allow-Origin"] == ORIGIN
+    assert resp.headers["Access-Control-Expose-Headers"] == "ETag"
+
+
+def test_checksum_field_is_checked(stack: Stack, bucket: str) -> None:
+    data = b"checked body"
+    good = base64.b64encode(zlib.crc32(data).to_bytes(4, "big")).decode()
+    for value, status in (("AAAAAA==", 400), (good, 204)):
+        post = presigner(stack).generate_presigned_post(
+            bucket, "summed", Fields={"x-amz-checksum-crc32": value}, Conditions=[{"x-amz-checksum-crc32": value}]
+        )
+        resp = post_form(stack, post["url"], post["fields"], data)
+        assert resp.status == status, resp.data
+        if status == 400:
+            assert code(resp) == "BadDigest" and backend_keys(stack, bucket) == []
+    assert stack.client().get_object(Bucket=bucket, Key="summed")["Body"].read() == data
+
+
+def test_curl_form_with_expect_continue(stack: Stack, bucket: str, tmp_path: Path) -> None:
+    """curl asks for 100 Continue on large bodies: a form's signature is in its body, so it gets it."""
+    data = os.urandom(2 * 1024 * 1024)
+    (tmp_path / "f.bin").write_bytes(data)
+    post = presigner(stack).generate_presigned_post(bucket, "curl/${filename}")
+    args = ["curl", "-sS", "--cacert", str(stack.ca_path), "-o", "/dev/null", "-w", "%{http_code}"]
+    for name, value in post["fields"].items():
+        args += ["--form-string", f"{name}={value}"]
+    args += ["-F", f"file=@{tmp_path / 'f.bin'}", "-H", "Expect: 100-continue", post["url"]]
+    out = subprocess.run(args, capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout == "204", out.stderr
+    assert stack.client().get_object(Bucket=bucket, Key="curl/f.bin")["Body"].read() == data
