@@ -9,7 +9,10 @@ import base64
 import json
 import os
 import re
+import socket
+import ssl
 import subprocess
+import time
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -360,3 +363,25 @@ def test_curl_form_with_expect_continue(stack: Stack, bucket: str, tmp_path: Pat
     out = subprocess.run(args, capture_output=True, text=True, timeout=60, check=True)
     assert out.stdout == "204", out.stderr
     assert stack.client().get_object(Bucket=bucket, Key="curl/f.bin")["Body"].read() == data
+
+
+def test_client_gone_mid_file_stores_nothing(stack: Stack, bucket: str) -> None:
+    """A large file whose sender disconnects halfway: the backend never gets its last segment."""
+    post = presigner(stack).generate_presigned_post(bucket, "cut/short")
+    data = os.urandom(2 * 1024 * 1024)
+    body, content_type = urllib3.encode_multipart_formdata([*post["fields"].items(), ("file", ("f", data))])
+    head = (
+        f"POST /{bucket} HTTP/1.1\r\nHost: localhost\r\nContent-Type: {content_type}\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    ctx = ssl.create_default_context(cafile=str(stack.ca_path))
+    raw = socket.create_connection(("127.0.0.1", stack.gate.running.tls_port))
+    with ctx.wrap_socket(raw, server_hostname="localhost") as tls:
+        tls.sendall(head + body[: len(body) // 2])
+        time.sleep(0.5)  # the first segments are on their way to the backend
+    for _ in range(10):  # while the server notices the disconnect and gives the upload up
+        time.sleep(0.2)
+        assert backend_keys(stack, bucket) == []
+    # The same form, sent whole, works.
+    assert post_form(stack, post["url"], post["fields"], data).status == 204
+    assert stack.client().get_object(Bucket=bucket, Key="cut/short")["Body"].read() == data
