@@ -108,7 +108,6 @@ class _Events:
             if not data:
                 self._parser.finish()
                 return FormEnd()
-            BYTES_IN.inc(len(data))
             self._pending.extend(self._parser.feed(data))
         return self._pending.popleft()
 
@@ -135,7 +134,8 @@ async def _read_fields(events: _Events) -> tuple[dict[str, str], PartStart]:
             return fields, event
         value = bytearray()
         while not isinstance(event := await events.next(), PartEnd):
-            assert isinstance(event, PartData)
+            if not isinstance(event, PartData):
+                raise malformed()
             total += len(event.data)
             if total > MAX_FIELD_BYTES:
                 raise _too_much_pre_data()
@@ -174,6 +174,7 @@ class FileBody:
 
     def _account(self, piece: bytes) -> None:
         self.received += len(piece)
+        BYTES_IN.inc(len(piece))
         if self.received > self.length:
             raise _misplaced_file()
         if self._md5 is not None:
