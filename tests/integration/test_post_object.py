@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import os
 import re
 import socket
@@ -185,7 +186,8 @@ def test_policy_lasting_longer_than_the_server_allows(stack: Stack, bucket: str)
     _refused(stack, bucket, resp, 403, "AccessDenied", "Policy expiration must be at most")
 
 
-def test_tampered_policy_and_wrong_signature(stack: Stack, bucket: str) -> None:
+def test_tampered_policy_and_wrong_signature(stack: Stack, bucket: str, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
     post = presigner(stack).generate_presigned_post(bucket, "fixed/name")
     doc = json.loads(base64.b64decode(post["fields"]["policy"]))
     doc["conditions"] = [c for c in doc["conditions"] if "key" not in c] + [["starts-with", "$key", ""]]
@@ -195,6 +197,10 @@ def test_tampered_policy_and_wrong_signature(stack: Stack, bucket: str) -> None:
     forged = {**post["fields"], "x-amz-signature": "0" * 64}
     _refused(stack, bucket, post_form(stack, post["url"], forged, b"x"), 403, "SignatureDoesNotMatch")
     assert "0" * 64 not in resp.data.decode() and post["fields"]["x-amz-signature"] not in resp.data.decode()
+    # Neither the signature nor the policy reaches a log line (the access log did log these requests).
+    assert f"/{bucket} 403" in caplog.text
+    for secret in (post["fields"]["x-amz-signature"], "0" * 64, post["fields"]["policy"], CLIENT_SECRET):
+        assert secret not in caplog.text
 
 
 def test_unknown_access_key(stack: Stack, bucket: str) -> None:
