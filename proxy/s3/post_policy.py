@@ -35,7 +35,7 @@ EXEMPT_V4 = frozenset({"policy", "x-amz-signature", "file"})
 EXEMPT_V2 = frozenset({"policy", "signature", "awsaccesskeyid", "file"})
 IGNORE_PREFIX = "x-ignore-"
 #: Fields whose conditions may only be exact matches (the signature's scope and the bucket).
-_EXACT_ONLY = frozenset({"bucket", "x-amz-algorithm", "x-amz-credential", "x-amz-date"})
+_EXACT_ONLY = frozenset({"bucket", "success_action_status", "x-amz-algorithm", "x-amz-credential", "x-amz-date"})
 _DATE_RE = re.compile(r"^\d{8}T\d{6}Z$")
 _DIGITS = re.compile(r"^[0-9]{1,19}$")
 
@@ -180,8 +180,8 @@ def _matches(cond: Condition, value: str | None) -> bool:
 def check_conditions(policy: PostPolicy, fields: Mapping[str, str], bucket: str, exempt: frozenset[str]) -> None:
     """AccessDenied ("Invalid according to Policy: ...") unless every condition holds and every
     field the form carries is named by one. `fields` are the form's fields before the file, by
-    lower-case name, with ``key`` as the client sent it (``${filename}`` unresolved, as S3
-    checks it); the bucket is the one the form was posted to."""
+    lower-case name, with ``${filename}`` expanded (`expand_filename`); the bucket is the one the
+    form was posted to."""
     values = dict(fields)
     if "bucket" in values and values["bucket"] != bucket:
         raise policy_denied("Bucket field does not match the bucket posted to.")
@@ -236,11 +236,11 @@ def check_length(policy: PostPolicy, size: int) -> None:
         )
 
 
-def resolve_key(key: str, filename: str | None) -> str:
-    """The object key: ``${filename}`` replaced by the file's name (without any path a browser
-    sent), as S3 does."""
+def expand_filename(fields: Mapping[str, str], filename: str | None) -> dict[str, str]:
+    """The fields with ``${filename}`` replaced by the file's name (without any path a browser
+    sent; empty without one), as S3 expands every field before it checks the policy."""
     name = (filename or "").replace("\\", "/").rsplit("/", 1)[-1]
-    return key.replace("${filename}", name)
+    return {k: v.replace("${filename}", name) for k, v in fields.items()}
 
 
 def missing_field(name: str) -> S3Error:

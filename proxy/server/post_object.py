@@ -16,6 +16,8 @@ is refused once that shows, before anything is stored.
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import hashlib
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -39,10 +41,10 @@ from proxy.s3.post_policy import (
     check_expiration,
     check_length,
     exempt_fields,
+    expand_filename,
     missing_field,
     object_headers,
     parse_policy,
-    resolve_key,
     verify_signature,
 )
 from proxy.s3.routing import Op, Route, bucket_from_host
@@ -58,10 +60,9 @@ from proxy.store.gateway import Gateway
 from proxy.store.objects import ETAG_TAIL, MAX_PUT_SIZE, new_envelope, opaque_etag
 from proxy.store.records import check_reserved
 
-#: S3's limit on the fields before the file ("MaxPostPreDataLengthExceeded").
-MAX_FIELD_BYTES = 20 * 1024
-#: ... and on everything before the file, part headers and boundaries included.
-MAX_PRE_DATA = 64 * 1024
+#: S3's limit on the form before the file, boundaries and part headers included
+#: ("MaxPostPreDataLengthExceeded").
+MAX_PRE_DATA = 20 * 1024
 READ_SIZE = 256 * 1024
 
 #: The identity-policy check of the app (`proxy.server.app`): the routed request with its key,
@@ -113,9 +114,9 @@ class _Events:
 
 
 async def _read_fields(events: _Events) -> tuple[dict[str, str], PartStart]:
-    """The fields before the file (by lower-case name) and the file part's start."""
+    """The fields before the file (by lower-case name; a name sent twice has its values joined
+    by commas, as S3 checks them) and the file part's start."""
     fields: dict[str, str] = {}
-    total = 0
     while True:
         event = await events.next()
         if isinstance(event, FormEnd):
@@ -136,16 +137,14 @@ async def _read_fields(events: _Events) -> tuple[dict[str, str], PartStart]:
         while not isinstance(event := await events.next(), PartEnd):
             if not isinstance(event, PartData):
                 raise malformed()
-            total += len(event.data)
-            if total > MAX_FIELD_BYTES:
-                raise _too_much_pre_data()
             value += event.data
-        if name in fields:
-            raise S3Error("InvalidArgument", f"The form field {name!r} appears more than once.", 400)
+            if len(value) > MAX_PRE_DATA:
+                raise _too_much_pre_data()
         try:
-            fields[name] = value.decode("utf-8")
+            text = value.decode("utf-8")
         except UnicodeDecodeError:
             raise S3Error("InvalidArgument", f"The form field {name!r} is not UTF-8.", 400) from None
+        fields[name] = f"{fields[name]},{text}" if name in fields else text
 
 
 class FileBody:
@@ -158,8 +157,11 @@ class FileBody:
         self._head = head
         self._ended = ended
         self.length = length
-        self.md5_wanted = want_md5
-        self._md5 = hashlib.md5(usedforsecurity=False) if want_md5 else None
+        #: The MD5 the form's Content-MD5 field declares, checked at the end (and then the ETag).
+        self.content_md5 = _content_md5(fields.get("content-md5"))
+        #: Whether the MD5 is computed for the ETag although no Content-MD5 came.
+        self.md5_wanted = want_md5 and self.content_md5 is None
+        self._md5 = hashlib.md5(usedforsecurity=False) if want_md5 or self.content_md5 else None
         self._checksum: tuple[str, str, Checksum] | None = None
         for alg in ALGORITHMS:
             value = fields.get(f"x-amz-checksum-{alg}")
@@ -198,10 +200,24 @@ class FileBody:
         # Fields after the file are ignored, as S3 does, but the form must end well.
         while not isinstance(await self._events.next(), FormEnd):
             pass
+        if self.content_md5 is not None and self.md5 != self.content_md5:
+            raise S3Error("BadDigest", "The Content-MD5 you specified did not match what we received.")
         if self._checksum is not None:
             alg, expected, checksum = self._checksum
             if b64(checksum) != expected:
                 raise S3Error("BadDigest", f"The {alg.upper()} you specified did not match the calculated checksum.")
+
+
+def _content_md5(value: str | None) -> bytes | None:
+    if value is None:
+        return None
+    try:
+        digest = base64.b64decode(value.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        digest = b""
+    if len(digest) != 16:
+        raise S3Error("InvalidDigest", "The Content-MD5 you specified was invalid.")
+    return digest
 
 
 def _misplaced_file() -> S3Error:
@@ -254,10 +270,10 @@ def _verified(creds: ClientCredentials) -> VerifiedRequest:
     )
 
 
-def _object_key(fields: Mapping[str, str], start: PartStart) -> str:
+def _object_key(fields: Mapping[str, str]) -> str:
     if "key" not in fields:
         raise missing_field("key")
-    key = resolve_key(fields["key"], start.filename)
+    key = fields["key"]
     if not key:
         raise S3Error("InvalidArgument", "User key must have a length greater than 0.", 400)
     if len(key.encode()) > 1024:
@@ -295,10 +311,11 @@ async def post_object(
     bucket = r.bucket
     boundary = boundary_of(request.headers.get("Content-Type", ""))
     events = _Events(request.content, FormParser(boundary), gw.config.server.body_stall_timeout_seconds)
-    fields, start = await _read_fields(events)
-    signer, policy = _authenticate(gw, request, fields, lookup)
+    signed, start = await _read_fields(events)
+    signer, policy = _authenticate(gw, request, signed, lookup)
+    fields = expand_filename(signed, start.filename)
     check_conditions(policy, fields, bucket, exempt_fields(fields))
-    key = _object_key(fields, start)
+    key = _object_key(fields)
     headers = object_headers(fields)
     refuse_reserved_metadata(headers)
     authorize(Route(Op.POST_OBJECT, bucket, key), _verified(signer.credentials), headers)
@@ -322,7 +339,10 @@ async def _store(
     if rule is not None and rule.format == "s3ec-v3":
         etag = await s3ec.write_s3ec_v3(gw, caller, bucket, key, body, body.length, s3ec.object_headers(meta, {}))
         return etag, {}
-    etag_field = ETAG_TAIL if body.md5_wanted else None
+    if body.content_md5 is not None:
+        etag_field: str | None = body.content_md5.hex()
+    else:
+        etag_field = ETAG_TAIL if body.md5_wanted else None
     data_key, env = await new_envelope(
         gw, caller, bucket, key, meta, layout=LAYOUT_SINGLE, etag_field=etag_field, size=body.length
     )
@@ -333,6 +353,8 @@ async def _store(
     if etag_field == ETAG_TAIL:
         assert body.md5 is not None
         etag = f'"{body.md5.hex()}"'
+    elif etag_field is not None:
+        etag = f'"{etag_field}"'
     else:
         etag = opaque_etag(resp.headers.get("ETag", ""))
     return etag, version_ids(resp.headers, WRITE_ANSWER_HEADERS)

@@ -6,6 +6,7 @@ Every refused form answers S3's error and leaves the bucket as it was on the bac
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import logging
 import os
@@ -391,3 +392,41 @@ def test_client_gone_mid_file_stores_nothing(stack: Stack, bucket: str) -> None:
     # The same form, sent whole, works.
     assert post_form(stack, post["url"], post["fields"], data).status == 204
     assert stack.client().get_object(Bucket=bucket, Key="cut/short")["Body"].read() == data
+
+
+def test_content_md5_field_is_checked_and_is_the_etag(stack: Stack, bucket: str) -> None:
+    data = b"an md5-checked body"
+    digest = hashlib.md5(data).digest()
+    for value, status in ((base64.b64encode(b"\0" * 16).decode(), 400), (base64.b64encode(digest).decode(), 204)):
+        post = presigner(stack).generate_presigned_post(
+            bucket, "md5", Fields={"Content-MD5": value}, Conditions=[{"Content-MD5": value}]
+        )
+        resp = post_form(stack, post["url"], post["fields"], data)
+        assert resp.status == status, resp.data
+        if status == 400:
+            assert code(resp) == "BadDigest" and backend_keys(stack, bucket) == []
+    assert resp.headers["ETag"] == f'"{digest.hex()}"'
+    assert stack.client().head_object(Bucket=bucket, Key="md5")["ETag"] == f'"{digest.hex()}"'
+
+
+def test_filename_in_metadata_and_repeated_fields(stack: Stack, bucket: str) -> None:
+    """${filename} is expanded in every field before the policy is checked; a field sent twice
+    is checked (and stored) as its values joined by a comma, as S3 does."""
+    post = presigner(stack).generate_presigned_post(
+        bucket,
+        "named/${filename}",
+        Fields={"x-amz-meta-original": "${filename}"},
+        Conditions=[{"x-amz-meta-original": "report.pdf"}, {"x-amz-meta-tag": "a,b"}],
+    )
+    fields = [*post["fields"].items(), ("x-amz-meta-tag", "a"), ("x-amz-meta-tag", "b")]
+    resp = post_form(stack, post["url"], fields, b"%PDF", filename="report.pdf")
+    assert resp.status == 204, resp.data
+    got = stack.client().get_object(Bucket=bucket, Key="named/report.pdf")
+    assert got["Metadata"] == {"original": "report.pdf", "tag": "a,b"}
+
+
+def test_fields_before_the_file_are_bounded(stack: Stack, bucket: str) -> None:
+    post = presigner(stack).generate_presigned_post(bucket, "k")
+    fields = {**post["fields"], "x-ignore-padding": "p" * 21_000}
+    resp = post_form(stack, post["url"], fields, b"x")
+    _refused(stack, bucket, resp, 400, "MaxPostPreDataLengthExceeded")

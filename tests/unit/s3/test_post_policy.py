@@ -24,9 +24,9 @@ from proxy.s3.post_policy import (
     check_expiration,
     check_length,
     exempt_fields,
+    expand_filename,
     object_headers,
     parse_policy,
-    resolve_key,
     tagging_header,
     verify_signature,
 )
@@ -141,9 +141,10 @@ def test_every_field_needs_a_condition() -> None:
     )
 
 
-def test_exact_only_fields_refuse_starts_with() -> None:
-    policy = PostPolicy(datetime(2030, 1, 1, tzinfo=UTC), (Condition("starts-with", "bucket", "b"),), None)
-    assert error(check_conditions, policy, {}, "bkt", EXEMPT_V4).code == "AccessDenied"
+@pytest.mark.parametrize("field", ["bucket", "success_action_status", "x-amz-credential", "x-amz-date"])
+def test_exact_only_fields_refuse_starts_with(field: str) -> None:
+    policy = PostPolicy(datetime(2030, 1, 1, tzinfo=UTC), (Condition("starts-with", field, ""),), None)
+    assert error(check_conditions, policy, {field: "bkt"}, "bkt", EXEMPT_V4).code == "AccessDenied"
 
 
 def test_content_type_lists_match_each_type() -> None:
@@ -217,12 +218,23 @@ def test_several_ranges_all_hold() -> None:
     assert parse_policy(policy_b64(doc)).length_range == (50, 100)
 
 
-def test_filename_substitution() -> None:
-    assert resolve_key("up/${filename}", "photo.jpg") == "up/photo.jpg"
-    assert resolve_key("up/${filename}", "C:\\Users\\me\\photo.jpg") == "up/photo.jpg"
-    assert resolve_key("up/${filename}", "../../etc/passwd") == "up/passwd"
-    assert resolve_key("fixed", "photo.jpg") == "fixed"
-    assert resolve_key("up/${filename}", None) == "up/"
+def test_filename_is_expanded_in_every_field() -> None:
+    fields = {"key": "up/${filename}", "x-amz-meta-name": "${filename}", "acl": "private"}
+    want = {"key": "up/photo.jpg", "x-amz-meta-name": "photo.jpg", "acl": "private"}
+    assert expand_filename(fields, "photo.jpg") == want
+    assert expand_filename(fields, "C:\\Users\\me\\photo.jpg")["key"] == "up/photo.jpg"
+    assert expand_filename(fields, "../../etc/passwd")["key"] == "up/passwd"
+    assert expand_filename(fields, None)["key"] == "up/"
+
+
+def test_conditions_see_the_expanded_key() -> None:
+    """As S3: ["starts-with", "$key", "up/"] holds for up/${filename}; an exact match on the
+    unexpanded text does not."""
+    fields = expand_filename({"key": "up/${filename}"}, "a.txt")
+    starts = PostPolicy(datetime(2030, 1, 1, tzinfo=UTC), (Condition("starts-with", "key", "up/"),), None)
+    check_conditions(starts, fields, "b", EXEMPT_V4)
+    exact = PostPolicy(datetime(2030, 1, 1, tzinfo=UTC), (Condition("eq", "key", "up/${filename}"),), None)
+    assert error(check_conditions, exact, fields, "b", EXEMPT_V4).code == "AccessDenied"
 
 
 def test_object_headers_from_fields() -> None:
