@@ -430,3 +430,18 @@ def test_fields_before_the_file_are_bounded(stack: Stack, bucket: str) -> None:
     fields = {**post["fields"], "x-ignore-padding": "p" * 21_000}
     resp = post_form(stack, post["url"], fields, b"x")
     _refused(stack, bucket, resp, 400, "MaxPostPreDataLengthExceeded")
+
+
+def test_empty_file_and_a_unicode_key(stack: Stack, bucket: str) -> None:
+    post = presigner(stack).generate_presigned_post(
+        bucket,
+        "dir/${filename}",
+        Fields={"success_action_status": "201"},
+        Conditions=[{"success_action_status": "201"}],
+    )
+    resp = post_form(stack, post["url"], post["fields"], b"", filename="résumé 1.txt")
+    assert resp.status == 201, resp.data
+    assert "<Key>dir/résumé 1.txt</Key>".encode() in resp.data
+    assert resp.headers["Location"].endswith(f"/{bucket}/dir/r%C3%A9sum%C3%A9%201.txt")
+    got = stack.client().get_object(Bucket=bucket, Key="dir/résumé 1.txt")
+    assert got["Body"].read() == b"" and got["ContentLength"] == 0
