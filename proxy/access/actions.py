@@ -75,6 +75,7 @@ OPERATION_ACTIONS: Mapping[str, str] = {
     "GetBucketOwnershipControls": "s3:GetBucketOwnershipControls",
     "PutBucketOwnershipControls": "s3:PutBucketOwnershipControls",
     "DeleteBucketOwnershipControls": "s3:PutBucketOwnershipControls",
+    "PostObject": "s3:PutObject",  # the form's key; plus what its fields add, as PutObject's headers
 }
 
 #: Actions that destroy or unprotect data: audited when allowed, not only when refused.
@@ -118,7 +119,7 @@ _VERSIONED = {
 
 _LIST_KEYS = {"prefix": "s3:prefix", "delimiter": "s3:delimiter", "max-keys": "s3:max-keys"}
 _LISTINGS = {"ListObjects", "ListObjectsV2", "ListObjectVersions"}
-_WRITES = {"PutObject", "CreateMultipartUpload", "CopyObject"}
+_WRITES = {"PutObject", "CreateMultipartUpload", "CopyObject", "PostObject"}
 _COPIES = {"CopyObject", "UploadPartCopy"}
 BYPASS_HEADER = "x-amz-bypass-governance-retention"
 

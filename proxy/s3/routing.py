@@ -75,6 +75,7 @@ class Op(StrEnum):
     GET_BUCKET_OWNERSHIP_CONTROLS = "GetBucketOwnershipControls"
     PUT_BUCKET_OWNERSHIP_CONTROLS = "PutBucketOwnershipControls"
     DELETE_BUCKET_OWNERSHIP_CONTROLS = "DeleteBucketOwnershipControls"
+    POST_OBJECT = "PostObject"
 
 
 #: Every operation `route` can answer with.
@@ -215,6 +216,7 @@ _BUCKET_OPS: Mapping[tuple[str, str | None], Op] = {
     ("GET", "location"): Op.GET_BUCKET_LOCATION,
     ("GET", "versions"): Op.LIST_OBJECT_VERSIONS,
     ("GET", "uploads"): Op.LIST_MULTIPART_UPLOADS,
+    ("POST", None): Op.POST_OBJECT,  # a browser form upload, if multipart/form-data
     ("POST", "delete"): Op.DELETE_OBJECTS,
     ("GET", "versioning"): Op.GET_BUCKET_VERSIONING,
     ("PUT", "versioning"): Op.PUT_BUCKET_VERSIONING,
@@ -288,6 +290,8 @@ def _operation(
         raise S3Error(
             "MethodNotAllowed", f"{method} is not allowed on {'a bucket' if key is None else 'an object'}", 405
         )
+    if op is Op.POST_OBJECT and not headers.get("Content-Type", "").lower().startswith("multipart/form-data"):
+        raise S3Error("MethodNotAllowed", "POST is not allowed on a bucket", 405)
     if op is Op.LIST_OBJECTS and query.get("list-type") == "2":
         return Op.LIST_OBJECTS_V2
     if op is Op.UPLOAD_PART and "partNumber" not in query:

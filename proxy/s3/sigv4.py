@@ -122,7 +122,8 @@ def _candidate_uris(raw_path: str) -> list[str]:
     return [raw_path] if reencoded == raw_path else [raw_path, reencoded]
 
 
-def _parse_credential(credential: str, query: bool) -> tuple[str, str, str, str]:
+def parse_credential(credential: str, query: bool) -> tuple[str, str, str, str]:
+    """(access key id, date, region, service) of a SigV4 credential scope ``AKID/date/region/s3/aws4_request``."""
     parts = credential.split("/")
     if len(parts) != 5 or parts[4] != "aws4_request" or not parts[0]:
         code = "AuthorizationQueryParametersError" if query else "AuthorizationHeaderMalformed"
@@ -265,7 +266,7 @@ def verify_request(
     else:
         raise _denied("Anonymous access is not allowed; sign requests with SigV4.")
 
-    akid, scope_date, region, service = _parse_credential(parts.credential, parts.presigned)
+    akid, scope_date, region, service = parse_credential(parts.credential, parts.presigned)
     creds = lookup(akid)
     if creds is None:
         raise S3Error("InvalidAccessKeyId", "The AWS Access Key Id you provided does not exist in our records.", 403)

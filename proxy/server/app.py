@@ -23,7 +23,7 @@ from proxy.s3.errors import S3Error
 from proxy.s3.headers import refuse_reserved_metadata
 from proxy.s3.routing import Op, Route, route
 from proxy.s3.sigv4 import ClientCredentials, VerifiedRequest, anonymous_request, is_unsigned, verify_request
-from proxy.server import admin, bucket_access, buckets, copy, cors, multipart, objects
+from proxy.server import admin, bucket_access, buckets, copy, cors, multipart, objects, post_object
 from proxy.server.budget import VERIFY_FIRST_BUDGET, MemoryBudget
 from proxy.server.direct import closes_connection
 from proxy.server.state import CALLER, IDENTITY, REQUEST_ID
@@ -180,6 +180,11 @@ async def expect_continue(request: web.Request) -> web.StreamResponse | None:
     """Check what can be checked before telling the client to send its body (Expect:
     100-continue): the signature, that the operation is one sealgate serves, and a PutObject's
     If-Match / If-None-Match, so that a request bound to fail does not send its body first."""
+    if _form_route(request) is not None and request.headers.get("Expect", "").lower() == "100-continue":
+        # A form upload's signature is its policy's, in the body: nothing to check before it.
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0
+        return None
     try:
         if not request.path.startswith(HEALTH_PREFIX) or request.path.startswith(admin.PREFIX):
             _authenticate(request)
@@ -216,6 +221,8 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
     if request.method == "OPTIONS":
         request[OPERATION] = "PreflightRequest"
         return await cors.preflight(gw, request)  # browsers send it unsigned
+    if (form := _form_route(request)) is not None:
+        return await _form_upload(gw, request, form)  # signed in its body, not in its headers
     verified = _authenticate(request)
     r = _route(request)
     request[OPERATION] = r.operation
@@ -226,11 +233,14 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
     return await _run(gw, request, r, verified)
 
 
-async def _authorize(request: web.Request, r: Route, verified: VerifiedRequest) -> None:
+async def _authorize(
+    request: web.Request, r: Route, verified: VerifiedRequest, headers: Mapping[str, str] | None = None
+) -> None:
     """Identity and bucket policies: every action the request needs, allowed before any backend
     or keyring call but the reading of the buckets' own access settings, which only a request
     that no identity policy denies outright makes (once per request: the Expect: 100-continue
-    check may have done it already)."""
+    check may have done it already). `headers` stand in for the request's own where its
+    parameters are elsewhere (a POST form's fields)."""
     if request.get(CALLER) is not None:
         return
     gw = request.app[GATEWAY]
@@ -245,14 +255,14 @@ async def _authorize(request: web.Request, r: Route, verified: VerifiedRequest) 
     )
     caller = Caller(verified.identity, request.remote, request.secure)
     try:
-        wanted = needs(r.operation, r.bucket, r.key, request.query, request.headers)
+        wanted = needs(r.operation, r.bucket, r.key, request.query, request.headers if headers is None else headers)
     except KeyError:
         raise S3Error("NotImplemented", f"{r.operation} is not implemented by sealgate", 501) from None
     if any(decide(gw.config, caller, need).effect == "Deny" for need in wanted):
         require(gw.config, gw.audit, caller, wanted)  # refused (and audited) without a backend call
     held = await bucket_access.bucket_policies(gw, request, r, wanted)
     require(gw.config, gw.audit, caller, wanted, buckets=held)
-    bucket_access.check_acls(request, r.operation, r.bucket)
+    bucket_access.check_acls(request, r.operation, r.bucket, headers=headers)
     request[CALLER] = caller
 
 
@@ -285,6 +295,27 @@ def _refuse_reserved_metadata(request: web.Request, r: Route) -> None:
     if r.operation is Op.COPY_OBJECT and request.headers.get("x-amz-metadata-directive", "COPY").upper() != "REPLACE":
         return
     refuse_reserved_metadata(request.headers)
+
+
+def _form_route(request: web.Request) -> Route | None:
+    """The route of a browser form upload (PostObject, which its body authenticates), else None."""
+    if not post_object.is_form_upload(request):
+        return None
+    try:
+        r = _route(request)
+    except S3Error:
+        return None  # answered after authentication, as for any other request
+    return r if r.operation is Op.POST_OBJECT else None
+
+
+async def _form_upload(gw: Gateway, request: web.Request, r: Route) -> web.StreamResponse:
+    """PostObject: authenticated and authorized by `post_object` once it has read the form's fields."""
+    request[OPERATION] = r.operation
+
+    async def authorize(routed: Route, verified: VerifiedRequest, headers: Mapping[str, str]) -> None:
+        await _authorize(request, routed, verified, headers)
+
+    return await post_object.post_object(gw, request, r, authorize, gw_lookup(gw))
 
 
 Call = Callable[[Gateway, web.Request, Route, VerifiedRequest], Awaitable[web.StreamResponse]]
@@ -386,6 +417,7 @@ HANDLERS: Mapping[Op, Call] = {
     Op.PUT_OBJECT_ACL: _object_property("acl"),
     Op.GET_OBJECT_ATTRIBUTES: _on_object(objects.get_object_attributes),
     **{op: _on_bucket(handler) for op, handler in bucket_access.HANDLERS.items()},
+    Op.POST_OBJECT: lambda gw, request, r, verified: _form_upload(gw, request, r),  # dispatch sends it first
 }
 
 

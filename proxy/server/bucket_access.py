@@ -44,7 +44,7 @@ _MENDING = frozenset(
 )
 #: Operations that may set an ACL (in headers, or in the body for the two ACL calls).
 _SETTING_ACLS = frozenset(
-    {Op.PUT_OBJECT, Op.COPY_OBJECT, Op.CREATE_MULTIPART_UPLOAD, Op.PUT_BUCKET_ACL, Op.PUT_OBJECT_ACL}
+    {Op.PUT_OBJECT, Op.COPY_OBJECT, Op.CREATE_MULTIPART_UPLOAD, Op.PUT_BUCKET_ACL, Op.PUT_OBJECT_ACL, Op.POST_OBJECT}
 )
 #: Operations before which there is no bucket whose settings could apply.
 _NO_BUCKET = frozenset({Op.LIST_BUCKETS, Op.CREATE_BUCKET})
@@ -83,16 +83,19 @@ def _access(request: web.Request, bucket: str) -> BucketAccess:
     return held.get(bucket, records.NONE)
 
 
-def check_acls(request: web.Request, operation: Op, bucket: str | None, body: bytes = b"") -> None:
+def check_acls(
+    request: web.Request, operation: Op, bucket: str | None, body: bytes = b"", headers: Mapping[str, str] | None = None
+) -> None:
     """What the bucket's ownership controls and public access block say of the ACL a request
     sets: BucketOwnerEnforced refuses ACLs (AccessControlListNotSupported), BlockPublicAcls
     refuses public ones (AccessDenied)."""
     if bucket is None or operation not in _SETTING_ACLS:
         return
     access = _access(request, bucket)
-    if access.ownership == "BucketOwnerEnforced" and sets_acl(request.headers, body):
+    asked = request.headers if headers is None else headers
+    if access.ownership == "BucketOwnerEnforced" and sets_acl(asked, body):
         raise acls_not_supported()
-    if access.pab.block_public_acls and public_acl_in(request.headers, body):
+    if access.pab.block_public_acls and public_acl_in(asked, body):
         raise S3Error("AccessDenied", "Access Denied: the bucket's public access block refuses public ACLs", 403)
 
 

@@ -51,7 +51,9 @@ def test_every_routed_request_has_needs() -> None:
         ["GET", "PUT", "POST", "DELETE", "HEAD"], ["/", "/bkt", "/bkt/k"], _SUBRESOURCES, [False, True]
     ):
         query = dict(p.partition("=")[::2] for p in sub.split("&") if p)
-        headers = CIMultiDict({"x-amz-copy-source": "src/key"} if copy else {})
+        headers = CIMultiDict(
+            {"x-amz-copy-source": "src/key"} if copy else {"Content-Type": "multipart/form-data; boundary=b"}
+        )
         try:
             r = route(method, path, query, "localhost", headers=headers)
         except S3Error:

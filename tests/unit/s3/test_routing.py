@@ -49,6 +49,7 @@ BUCKET_CASES: list[tuple[str, dict[str, str], dict[str, str], Op]] = [
     ("GET", {"versions": "", "key-marker": "k", "version-id-marker": "v"}, {}, Op.LIST_OBJECT_VERSIONS),
     ("GET", {"uploads": "", "max-uploads": "5", "upload-id-marker": "u"}, {}, Op.LIST_MULTIPART_UPLOADS),
     ("POST", {"delete": ""}, {}, Op.DELETE_OBJECTS),
+    ("POST", {}, {"Content-Type": "multipart/form-data; boundary=b"}, Op.POST_OBJECT),  # a browser form
     ("GET", {"versioning": ""}, {}, Op.GET_BUCKET_VERSIONING),
     ("PUT", {"versioning": ""}, {}, Op.PUT_BUCKET_VERSIONING),
     ("GET", {"object-lock": ""}, {}, Op.GET_OBJECT_LOCK_CONFIGURATION),
@@ -179,6 +180,14 @@ def test_what_sealgate_does_not_serve_is_not_implemented(method: str, path: str,
 def test_methods_without_an_operation_are_not_allowed(method: str, path: str) -> None:
     err = error(route, method, path, {}, "gate.example")
     assert (err.code, err.status) == ("MethodNotAllowed", 405)
+
+
+@pytest.mark.parametrize("content_type", ["application/x-www-form-urlencoded", "text/plain", ""])
+def test_only_a_multipart_form_posted_to_a_bucket_is_post_object(content_type: str) -> None:
+    err = error(route, "POST", "/bkt", {}, "gate.example", headers={"Content-Type": content_type})
+    assert (err.code, err.status) == ("MethodNotAllowed", 405)
+    form = {"Content-Type": "multipart/form-data; boundary=b"}
+    assert error(route, "POST", "/bkt/k", {}, "gate.example", headers=form).code == "MethodNotAllowed"
 
 
 @pytest.mark.parametrize(
