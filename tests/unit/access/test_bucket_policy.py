@@ -11,6 +11,7 @@ from proxy.access.actions import Need
 from proxy.access.authorize import Caller, decide
 from proxy.access.bucket_policy import MalformedPolicy, parse_bucket_policy
 from proxy.config import Config
+from proxy.config.access import KeyPolicy
 from proxy.s3.bucket_access import (
     PublicAccessBlock,
     ownership_xml,
@@ -198,3 +199,22 @@ def test_which_acls_are_public_or_set() -> None:
         b"</AccessControlList></AccessControlPolicy>"
     )
     assert not sets_acl({}, owner_only)
+
+
+def test_anonymous_requests_get_only_what_a_bucket_policy_grants_to_everyone() -> None:
+    from proxy.s3.sigv4 import ANONYMOUS
+
+    anonymous = Caller(ANONYMOUS)
+    need = Need("s3:GetObject", "b", "k")
+    for config in (_config(with_policies=False), _config(with_policies=True)):
+        assert not decide(config, anonymous, need).allowed  # not even where every client may do everything
+        assert not decide(
+            config, anonymous, need, buckets={"b": (parse(stmt("Allow", {"AWS": "alice"})), False)}
+        ).allowed
+        assert decide(config, anonymous, need, buckets={"b": (parse(stmt("Allow", "*")), False)}).allowed
+        assert not decide(config, anonymous, need, buckets={"b": (parse(stmt("Allow", "*")), True)}).allowed
+    keyed = _config(with_policies=False).model_copy(
+        update={"keys": (KeyPolicy(id="default", encrypt=("*",), decrypt=("*",)),)}
+    )
+    assert keyed.may_use_key("alice", "decrypt", "default")
+    assert not keyed.may_use_key(ANONYMOUS, "decrypt", "default")  # key policies name clients only
