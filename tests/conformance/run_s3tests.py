@@ -205,7 +205,9 @@ def make_keyring(d: Path, src: Path | None) -> Path:
     return keyring
 
 
-def write_sealgate_config(d: Path, *, port: int, backend_port: int, tls: dict[str, Path], keyring: Path) -> Path:
+def write_sealgate_config(
+    d: Path, *, port: int, backend_port: int, tls: dict[str, Path], keyring: Path, anonymous: bool = True
+) -> Path:
     clients = "".join(
         f'\n[[clients]]\nname = "{name}"\naccess_key_id = "{akid}"\nsecret_access_key = "{secret}"\n'
         for name, akid, secret in IDENTITIES.values()
@@ -231,16 +233,20 @@ provider = "local"
 keyring = "{keyring}"
 passphrase_file = "{keyring}.pass"
 default_key = "default"
-{clients}"""
+{clients}
+{"[access]" + chr(10) + "anonymous = true" if anonymous else ""}
+"""
     )
     return cfg
 
 
-def start_sealgate(d: Path, out: Path, backend_port: int, src: Path | None) -> tuple[subprocess.Popen[bytes], int]:
+def start_sealgate(
+    d: Path, out: Path, backend_port: int, src: Path | None, anonymous: bool = True
+) -> tuple[subprocess.Popen[bytes], int]:
     tls = make_tls(d)
     keyring = make_keyring(d, src)
     port = free_port()
-    cfg = write_sealgate_config(d, port=port, backend_port=backend_port, tls=tls, keyring=keyring)
+    cfg = write_sealgate_config(d, port=port, backend_port=backend_port, tls=tls, keyring=keyring, anonymous=anonymous)
     log = open(out / "sealgate.log", "wb")  # noqa: SIM115 - the child writes to it
     proc = subprocess.Popen(
         [sys.executable, "-m", "proxy.cli", "serve", "--config", str(cfg)],
@@ -562,6 +568,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rev", default="HEAD", help="the sealgate commit to run (git archive REV); default HEAD")
     p.add_argument("--worktree", action="store_true", help="run sealgate from the work tree, not git HEAD")
     p.add_argument("--serial", action="store_true", help="run the two sides one after the other")
+    p.add_argument(
+        "--anonymous",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="serve unsigned requests where bucket policies allow them ([access] anonymous; sealgate 5912a37 on)",
+    )
     p.add_argument("--compare-only", action="store_true", help="only rebuild the comparison from --out")
     p.add_argument("pytest_args", nargs="*", help="extra pytest arguments (after --)")
     args = p.parse_args(argv)
@@ -618,7 +630,7 @@ def main(argv: list[str] | None = None) -> int:
                         checkout, d, port=moto_port, secure=False, lc_interval=args.lc_debug_interval
                     )
                 else:
-                    sg, sg_port = start_sealgate(d, out, moto_port, src)
+                    sg, sg_port = start_sealgate(d, out, moto_port, src, args.anonymous)
                     procs.append(sg)
                     conf = write_s3tests_conf(
                         checkout, d, port=sg_port, secure=True, lc_interval=args.lc_debug_interval
