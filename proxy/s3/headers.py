@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Mapping
+from urllib.parse import quote
 
 from proxy.crypto import format as sg_format
 from proxy.crypto import s3ec
@@ -147,15 +149,29 @@ def refuse_reserved_metadata(headers: Mapping[str, str]) -> None:
         )
 
 
+def _ascii(name: str, value: str) -> str:
+    """A header value the backend can take: non-ASCII text as S3 stores it, RFC 2047 encoded
+    (percent-encoded in x-amz-tagging, a URL query); InvalidArgument for bytes that are not UTF-8."""
+    if value.isascii():
+        return value
+    try:
+        raw = value.encode("utf-8")
+    except UnicodeEncodeError:  # aiohttp keeps bytes that are not UTF-8 as surrogates
+        raise S3Error("InvalidArgument", f"the {name} header is not UTF-8 text", 400) from None
+    if name == "x-amz-tagging":
+        return quote(value, safe="=&%+-_.~/:@ ")
+    return f"=?UTF-8?B?{base64.b64encode(raw).decode()}?="
+
+
 def stored_headers(headers: Mapping[str, str]) -> dict[str, str]:
     """The client's content headers that the backend keeps as object properties (its
-    Content-Encoding without aws-chunked, which only framed the upload)."""
-    out = {name: headers[name] for name in STORED_HEADERS if name in headers}
+    Content-Encoding without aws-chunked, which only framed the upload), in ASCII."""
+    out = {name: _ascii(name, headers[name]) for name in STORED_HEADERS if name in headers}
     encoding = [
         t.strip()
         for t in headers.get("Content-Encoding", "").split(",")
         if t.strip() and t.strip().lower() != "aws-chunked"
     ]
     if encoding:
-        out["Content-Encoding"] = ",".join(encoding)
+        out["Content-Encoding"] = _ascii("Content-Encoding", ",".join(encoding))
     return out
