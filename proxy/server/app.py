@@ -500,5 +500,5 @@ def build_app(gw: Gateway) -> web.Application:
     app.on_response_prepare.append(_stamp_request_id)
     app.on_response_prepare.append(_cors_headers)
     app.on_response_prepare.append(_close_after_direct_body)
-    app.router.add_route("*", "/{tail:.*}", dispatch, expect_handler=expect_continue)
+    app.router.add_route("*", "/{tail:[\\s\\S]*}", dispatch, expect_handler=expect_continue)
     return app
