@@ -26,12 +26,37 @@ from proxy.tls_files import backend_ssl_context
 
 
 def make_keyring(config: Config) -> Keyring:
-    """The keyring the config names; opening a local keyring checks its passphrase now."""
+    """The keyring the config names; opening a local keyring checks its passphrase now, a
+    pkcs11 keyring reads its PIN now (the token is first used by the first call)."""
     kms = config.kms
     if kms.provider == "local":
         assert kms.keyring is not None
         passphrase = passphrase_from(kms.passphrase_env, kms.passphrase_file)
         return LocalKeyring(LocalKeyStore.open(kms.keyring, passphrase))
+    if kms.provider == "pkcs11":
+        from proxy.kms.pkcs11 import Pkcs11Keyring, pin_from
+
+        assert kms.pkcs11_module is not None and kms.pkcs11_token_label is not None
+        return Pkcs11Keyring(
+            str(kms.pkcs11_module),
+            kms.pkcs11_token_label,
+            pin_from(kms.pkcs11_pin_env, kms.pkcs11_pin_file),
+            sessions=kms.pkcs11_sessions or 4,
+        )
+    if kms.provider == "kmip":
+        from proxy.kms.kmip import KmipKeyring, KmipSettings
+
+        assert kms.endpoint and kms.kmip_ca and kms.kmip_client_cert and kms.kmip_client_key
+        return KmipKeyring(
+            KmipSettings(
+                endpoint=kms.endpoint,
+                ca=kms.kmip_ca,
+                client_cert=kms.kmip_client_cert,
+                client_key=kms.kmip_client_key,
+                timeout=kms.timeout_seconds or 10.0,
+                connections=kms.kmip_connections or 4,
+            )
+        )
     from proxy.kms.aws import AwsKmsKeyring
 
     return AwsKmsKeyring(

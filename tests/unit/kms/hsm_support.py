@@ -88,12 +88,10 @@ class KmipServer:
     process: subprocess.Popen[bytes]
 
     def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(10)
+        # Killed, not terminated: PyKMIP's server waits seconds for its session threads, and a
+        # key manager that vanishes is what the failure tests want anyway.
+        self.process.kill()
+        self.process.wait(10)
 
 
 _SERVER = """
