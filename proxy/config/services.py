@@ -178,6 +178,11 @@ class KmsConfig(Section):
     #: Connections (and threads) per worker process: at most this many KMIP calls at once.
     kmip_connections: StrictInt | None = Field(default=None, ge=1, le=64)
     cache: KeyCacheConfig = KeyCacheConfig()
+    #: ``[kms.previous]``: a keyring of another provider that objects were written under before
+    #: (a ``[kms]`` table of its own). Objects whose key reference is of its provider are
+    #: unwrapped by it; new data keys, copies and ``sealgate rewrap`` use the main keyring, so
+    #: rewrap moves objects from it to this one (and back, with the two tables swapped).
+    previous: KmsConfig | None = None
 
     @property
     def cache_enabled(self) -> bool:
@@ -232,6 +237,14 @@ class KmsConfig(Section):
     @model_validator(mode="after")
     def _check(self) -> KmsConfig:
         self._check_other_providers_keys()
+        if self.previous is not None:
+            if self.previous.provider == self.provider:
+                raise Invalid(
+                    ("previous", "provider"),
+                    f'must differ from kms.provider ("{self.provider}"): key references tell the two apart by provider',
+                )
+            if self.previous.previous is not None:
+                raise Invalid(("previous", "previous"), "one previous keyring only; remove it")
         if self.provider == "aws-kms":
             self._check_aws()
         elif self.provider == "local":

@@ -160,3 +160,40 @@ def test_kmip_config_loads(workdir: Path) -> None:
 )
 def test_bad_kms_config_names_the_key(workdir: Path, case: str, kms: str, expected: str) -> None:
     assert error_of(write(workdir, render(kms=kms))) == expected
+
+
+LOCAL = 'provider = "local"\nkeyring = "keyring"\npassphrase_file = "passphrase"\ndefault_key = "default"\n'
+
+
+def test_previous_keyring_of_another_provider(workdir: Path) -> None:
+    text = render(kms=PKCS11) + "\n[kms.previous]\n" + LOCAL
+    kms = load_config(write(workdir, text), ENV).kms
+    assert kms.provider == "pkcs11"
+    assert kms.previous is not None and kms.previous.provider == "local"
+    assert kms.previous.keyring == workdir / "keyring"
+
+
+@pytest.mark.parametrize(
+    ("case", "previous", "expected"),
+    [
+        (
+            "same provider",
+            PKCS11,
+            'kms.previous.provider: must differ from kms.provider ("pkcs11"): key references tell the two apart '
+            "by provider",
+        ),
+        (
+            "its own keys checked",
+            LOCAL + 'pkcs11_pin_env = "P"\n',
+            'kms.previous.pkcs11_pin_env: only used when provider = "pkcs11"; remove it',
+        ),
+        (
+            "chained",
+            LOCAL + "[kms.previous.previous]\n" + KMIP,
+            "kms.previous.previous: one previous keyring only; remove it",
+        ),
+    ],
+)
+def test_bad_previous_keyring(workdir: Path, case: str, previous: str, expected: str) -> None:
+    text = render(kms=PKCS11) + "\n[kms.previous]\n" + previous
+    assert error_of(write(workdir, text)) == expected
