@@ -50,6 +50,7 @@ def _keyring_for(kms: KmsConfig) -> Keyring:
             kms.pkcs11_token_label,
             pin_from(kms.pkcs11_pin_env, kms.pkcs11_pin_file),
             sessions=kms.pkcs11_sessions or 4,
+            timeout=kms.timeout_seconds or 30.0,
         )
     if kms.provider == "kmip":
         from proxy.kms.kmip import KmipKeyring, KmipSettings

@@ -120,7 +120,7 @@ _PROVIDER_KEYS: dict[str, tuple[str, ...]] = {
 #: Keys that more than one provider uses.
 _SHARED_KEYS: dict[str, tuple[str, ...]] = {
     "endpoint": ("aws-kms", "kmip"),
-    "timeout_seconds": ("aws-kms", "kmip"),
+    "timeout_seconds": ("aws-kms", "kmip", "pkcs11"),
 }
 #: Master key names of the pkcs11 and kmip keyrings: they go into key references
 #: (``pkcs11:<label>:<version>``, ``kmip:<name>:<uid>``), so no colon.
@@ -148,7 +148,8 @@ class KmsConfig(Section):
     access_key_id: SecretStr | None = None
     secret_access_key: SecretStr | None = None
     ca_bundle: ConfigPath | None = None
-    #: Longest wait for one KMS answer; a slow KMS fails the request (503) rather than hanging it.
+    #: Longest wait for one answer of the key service (aws-kms, kmip, pkcs11); a slow one fails
+    #: the request (503) rather than hanging it.
     timeout_seconds: float | None = Field(default=None, gt=0, le=300)
     #: Attempts per KMS call (botocore's standard retry mode: throttling and 5xx, with backoff).
     max_attempts: StrictInt | None = Field(default=None, ge=1, le=10)

@@ -18,12 +18,15 @@ class BlockingCalls:
     """Runs blocking calls in at most `workers` threads named `name`. The calls themselves turn
     foreign errors into keyring errors (in their thread: recovering may block too)."""
 
-    def __init__(self, name: str, workers: int) -> None:
-        """A pool of `workers` threads; no thread starts before the first call."""
+    def __init__(self, name: str, workers: int, timeout: float | None = None) -> None:
+        """A pool of `workers` threads; no thread starts before the first call. A call that takes
+        longer than `timeout` seconds fails with KeyUnavailable (its thread runs on: a blocked
+        library call cannot be interrupted, but the request it served is not held)."""
         # A pool of our own rather than the loop's default executor: a hung HSM or key manager
         # must not starve unrelated blocking work, and the bound is the session/connection count.
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"sealgate-{name}")
         self._name = name
+        self._timeout = timeout
         self.closed = False
 
     async def run(self, fn: Callable[..., T], *args: object) -> T:
@@ -32,7 +35,9 @@ class BlockingCalls:
             raise KeyUnavailable(f"the {self._name} keyring is closed")
         loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(self._pool, functools.partial(fn, *args))
+            return await asyncio.wait_for(loop.run_in_executor(self._pool, functools.partial(fn, *args)), self._timeout)
+        except TimeoutError:
+            raise KeyUnavailable(f"the {self._name} key service did not answer within {self._timeout}s") from None
         except asyncio.CancelledError:
             # close() cancels queued calls; unless our own task is being cancelled, that is the
             # keyring going away, which callers should see as a keyring error.

@@ -144,13 +144,14 @@ def _name(exc: BaseException) -> str:
 class Pkcs11Keyring:
     """A `Keyring` over AES-256 key objects on one PKCS#11 token."""
 
-    def __init__(self, module: str, token_label: str, pin: str, *, sessions: int = 4) -> None:
+    def __init__(self, module: str, token_label: str, pin: str, *, sessions: int = 4, timeout: float = 30.0) -> None:
         """Use token `token_label` of PKCS#11 module `module` with user PIN `pin`, with at most
-        `sessions` sessions (and threads). Nothing is loaded before the first call."""
+        `sessions` sessions (and threads); a call waiting longer than `timeout` seconds fails
+        (KeyUnavailable). Nothing is loaded before the first call."""
         self._module = module
         self._token_label = token_label
         self._pin = pin
-        self._calls = BlockingCalls("pkcs11", sessions)
+        self._calls = BlockingCalls("pkcs11", sessions, timeout)
         self._lock = _module_lock(module)
         self._token: Any = None
         self._login: Any = None

@@ -197,3 +197,17 @@ def test_previous_keyring_of_another_provider(workdir: Path) -> None:
 def test_bad_previous_keyring(workdir: Path, case: str, previous: str, expected: str) -> None:
     text = render(kms=PKCS11) + "\n[kms.previous]\n" + previous
     assert error_of(write(workdir, text)) == expected
+
+
+def test_key_policies_name_token_and_key_manager_references(workdir: Path) -> None:
+    keys = [
+        'id = "sealgate-master"\nencrypt = ["alice"]\ndecrypt = ["alice"]\n',
+        'id = "archive"\nmode = "encrypt-only"\n',
+    ]
+    config = load_config(write(workdir, render(kms=PKCS11, keys=keys)), ENV)
+    assert config.may_use_key("alice", "decrypt", "pkcs11:sealgate-master:2")
+    assert config.may_use_key("alice", "decrypt", "kmip:sealgate-master:6f1c-uid")
+    assert not config.may_use_key("alice", "decrypt", "pkcs11:other:1")
+    assert not config.may_use_key("alice", "decrypt", "pkcs11:sealgate-master-2:1")
+    assert config.encrypt_only("pkcs11:archive:3") and config.encrypt_only("kmip:archive:17")
+    assert not config.encrypt_only("pkcs11:sealgate-master:1")

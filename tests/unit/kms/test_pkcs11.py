@@ -218,3 +218,77 @@ def test_concurrent_calls_share_a_bounded_pool(keyring: object) -> None:
 
     asyncio.run(go())
     assert len(keyring._sessions) <= 2  # noqa: SLF001 - the bound is the point of this test
+
+
+def test_audited_uses_name_the_label_and_version_never_the_key(keyring: object, tmp_path: Any) -> None:
+    import base64
+    import json
+
+    from proxy.audit import AuditLog
+    from proxy.kms.audited import AuditingKeyring
+    from proxy.kms.pkcs11 import Pkcs11Keyring
+
+    assert isinstance(keyring, Pkcs11Keyring)
+    label = _label()
+    keyring.create_key(label)
+    path = tmp_path / "audit.jsonl"
+    log = AuditLog(path)
+    audited = AuditingKeyring(keyring, log)
+
+    async def go() -> bytes:
+        dk = await audited.generate_data_key(label, CTX)
+        await audited.decrypt_data_key(dk.key_ref, dk.wrapped, CTX)
+        with pytest.raises(InvalidWrappedKey):
+            await audited.decrypt_data_key(dk.key_ref, dk.wrapped, {"bucket": "b", "key": "other"})
+        return dk.plaintext
+
+    plaintext = asyncio.run(go())
+    log.close()
+    text = path.read_bytes()
+    docs = [json.loads(line) for line in text.splitlines()]
+    assert [(d["operation"], d["outcome"]) for d in docs] == [
+        ("generate", "allowed"),
+        ("decrypt", "allowed"),
+        ("decrypt", "error"),
+    ]
+    assert {d["key_id"] for d in docs} == {label}
+    assert docs[1]["key_version"] == f"pkcs11:{label}:1"
+    assert docs[2]["reason"] == "ObjectIntegrityError"
+    for spelling in (plaintext, plaintext.hex().encode(), base64.b64encode(plaintext)):
+        assert spelling not in text
+
+
+def test_routing_reads_both_keyrings_and_writes_the_main_one(keyring: object, tmp_path: Any) -> None:
+    from proxy.kms.keystore import LocalKeyStore
+    from proxy.kms.local import LocalKeyring
+    from proxy.kms.pkcs11 import Pkcs11Keyring
+    from proxy.kms.routing import RoutingKeyring, provider_of
+
+    assert isinstance(keyring, Pkcs11Keyring)
+    label = _label()
+    keyring.create_key(label)
+    store = LocalKeyStore.create(tmp_path / "kr", b"routing-test-passphrase")
+    store.create_key("old")
+    store.save()
+    local = LocalKeyring(store)
+    routed = RoutingKeyring(keyring, local, "local")
+    assert [provider_of(r) for r in ("local:a:1", "pkcs11:a:1", "kmip:a:u", "arn:aws:kms:x", "kms-rsa:arn:x")] == [
+        "local",
+        "pkcs11",
+        "kmip",
+        "aws-kms",
+        "aws-kms",
+    ]
+
+    async def go() -> None:
+        old = await local.generate_data_key("old", CTX)
+        assert await routed.decrypt_data_key(old.key_ref, old.wrapped, CTX) == old.plaintext
+        moved = await routed.wrap_data_key(label, old.plaintext, CTX)
+        assert moved.key_ref == f"pkcs11:{label}:1"
+        assert await routed.decrypt_data_key(moved.key_ref, moved.wrapped, CTX) == old.plaintext
+        assert (await routed.generate_data_key(label, CTX)).key_ref.startswith("pkcs11:")
+        with pytest.raises(KeyAccessDenied):
+            await routed.wrap_data_key("old", old.plaintext, CTX)  # the previous keyring writes nothing
+        await routed.ready(label)
+
+    asyncio.run(go())
