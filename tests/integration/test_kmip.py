@@ -105,7 +105,11 @@ def test_key_manager_down_is_503_and_not_ready(moto_url: str, tls_files: dict[st
     server = start_kmip_server(tmp_path / "kmip")
     kms = kms_section(server) + "[kms.cache]\nenabled = false\n"
     cfg = write_config(tmp_path, backend=moto_url, tls=tls_files, port=free_port(), kms=kms)
-    assert sealgate("keys", "create", "sealgate-master", "--config", str(cfg)).returncode == 0
+    try:
+        assert sealgate("keys", "create", "sealgate-master", "--config", str(cfg)).returncode == 0
+    except BaseException:
+        server.stop()
+        raise
     st = start_stack(tmp_path, moto_url, tls_files, kms=kms)
     try:
         s3 = st.client()
@@ -124,6 +128,7 @@ def test_key_manager_down_is_503_and_not_ready(moto_url: str, tls_files: dict[st
             assert err.value.response["Error"]["Code"] == "ServiceUnavailable"
     finally:
         st.gate.stop()
+        server.stop()
 
 
 def test_rewrap_from_local_into_the_key_manager(

@@ -3,6 +3,7 @@ PyKMIP server on loopback with trustme-made certificates for server and client."
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import socket
@@ -54,6 +55,7 @@ def softhsm() -> SoftHsm:
     global _softhsm
     if _softhsm is None:
         root = Path(tempfile.mkdtemp(prefix="sealgate-softhsm-"))
+        atexit.register(shutil.rmtree, root, ignore_errors=True)
         (root / "tokens").mkdir()
         conf = root / "softhsm2.conf"
         conf.write_text(f"directories.tokendir = {root / 'tokens'}\nobjectstore.backend = file\nlog.level = ERROR\n")

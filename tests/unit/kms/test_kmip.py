@@ -145,7 +145,6 @@ def test_server_down_is_unavailable(tmp_path: Path) -> None:
     ring = _ring(server)
     assert isinstance(ring, KmipKeyring)
     name = _name()
-    ring.create_key(name)
 
     async def go() -> None:
         dk = await ring.generate_data_key(name, CTX)
@@ -156,7 +155,11 @@ def test_server_down_is_unavailable(tmp_path: Path) -> None:
             await ring.ready(name)
         await ring.close()
 
-    asyncio.run(go())
+    try:
+        ring.create_key(name)
+        asyncio.run(go())
+    finally:
+        server.stop()
 
 
 def test_nothing_listening_and_wrong_ca_are_unavailable(kmip_server: KmipServer, tmp_path: Path) -> None:

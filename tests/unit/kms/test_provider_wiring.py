@@ -94,3 +94,25 @@ def test_a_local_config_imports_neither_binding(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_keys_commands_with_a_local_config_use_its_keyring(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from proxy.cli import main
+    from proxy.kms.keystore import LocalKeyStore
+    from tests.conftest import PASSPHRASE
+
+    cfg = config(tmp_path, None)  # a local keyring with key "default", its passphrase in a file
+    runner = CliRunner()
+    made = runner.invoke(main, ["keys", "create", "second", "--config", str(tmp_path / "sealgate.toml")])
+    assert made.exit_code == 0, made.output
+    rotated = runner.invoke(main, ["keys", "rotate", "second", "--config", str(tmp_path / "sealgate.toml")])
+    assert rotated.exit_code == 0 and "now version 2" in rotated.output
+    assert cfg.kms.keyring is not None
+    store = LocalKeyStore.open(cfg.kms.keyring, PASSPHRASE.encode())
+    assert {k.id: k.current_version for k in store.list_keys()} == {"default": 1, "second": 2}
+    missing = runner.invoke(
+        main, ["keys", "list", "--config", str(tmp_path / "sealgate.toml").replace("sealgate.toml", "nope.toml")]
+    )
+    assert missing.exit_code == 2 and "nope.toml" in missing.output
