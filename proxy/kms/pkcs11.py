@@ -126,7 +126,7 @@ _module_locks: dict[str, threading.RLock] = {}
 _module_locks_guard = threading.Lock()
 
 
-def _module_lock(module: str) -> threading.RLock:
+def module_lock(module: str) -> threading.RLock:
     """The lock every call into PKCS#11 module `module` holds, one per process.
 
     python-pkcs11 initialises a module with ``C_Initialize(NULL)``, which tells it (PKCS#11
@@ -152,7 +152,7 @@ class Pkcs11Keyring:
         self._token_label = token_label
         self._pin = pin
         self._calls = BlockingCalls("pkcs11", sessions, timeout)
-        self._lock = _module_lock(module)
+        self._lock = module_lock(module)
         self._token: Any = None
         self._login: Any = None
         self._sessions: list[Any] = []

@@ -292,3 +292,23 @@ def test_routing_reads_both_keyrings_and_writes_the_main_one(keyring: object, tm
         await routed.ready(label)
 
     asyncio.run(go())
+
+
+def test_a_token_that_does_not_answer_fails_closed_in_time(hsm: SoftHsm) -> None:
+    import time
+
+    from proxy.kms.pkcs11 import Pkcs11Keyring, module_lock
+
+    ring = Pkcs11Keyring(hsm.module, "sg-main", hsm.pin, timeout=0.5)
+
+    async def go() -> float:
+        start = time.monotonic()
+        with pytest.raises(KeyUnavailable, match="did not answer within 0.5s"):
+            await ring.generate_data_key("k", CTX)
+        return time.monotonic() - start
+
+    # A call stuck inside the module holds its lock, as this test does: later calls queue behind it.
+    with module_lock(hsm.module):
+        took = asyncio.run(go())
+    assert took < 5
+    asyncio.run(ring.close())
