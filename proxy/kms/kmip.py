@@ -42,7 +42,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -217,12 +217,12 @@ class KmipKeyring:
         attribute = client.attribute_factory.create_attribute(enums.AttributeType.NAME, name)
         return [str(uid) for uid in client.locate(attributes=[attribute])]
 
-    def _versions(self, client: Any, name: str) -> list[ManagedKey]:
-        """The versions of key `name`, newest first (a unique identifier names one version)."""
+    def _each_version(self, client: Any, name: str) -> Iterator[ManagedKey]:
+        """The versions of key `name`, newest first (a unique identifier names one version),
+        each described as it is reached."""
         if not _NAME.fullmatch(name):
             raise KeyAccessDenied(f"{name[:80]!r} is not a KMIP key name this keyring uses (no colons)")
         uids = self._locate(client, name) or [name]
-        out = []
         for uid in uids:
             try:
                 described = self._describe(client, uid)
@@ -232,17 +232,21 @@ class KmipKeyring:
                     raise KeyAccessDenied(f"no KMIP key named {name!r} (nor with that unique identifier)") from None
                 raise error from None
             if described is not None:
-                out.append(described)
-        return out
+                yield described
+
+    def _versions(self, client: Any, name: str) -> list[ManagedKey]:
+        return list(self._each_version(client, name))
 
     def _current(self, client: Any, name: str) -> ManagedKey:
-        versions = self._versions(client, name)
-        usable = [v for v in versions if v.active and v.encrypts]
-        if not usable:
-            if not versions:
-                raise KeyAccessDenied(f"no AES-256 KMIP key named {name!r}")
-            raise KeyAccessDenied(f"no version of KMIP key {name!r} is Active with the Encrypt usage bit")
-        return usable[0]
+        """The newest usable version: Get Attributes stops there, however many older ones exist."""
+        seen = False
+        for version in self._each_version(client, name):
+            if version.active and version.encrypts:
+                return version
+            seen = True
+        if not seen:
+            raise KeyAccessDenied(f"no AES-256 KMIP key named {name!r}")
+        raise KeyAccessDenied(f"no version of KMIP key {name!r} is Active with the Encrypt usage bit")
 
     # --- wrap and unwrap (in pool threads) --------------------------------------------------
 

@@ -7,6 +7,7 @@ import asyncio
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -187,5 +188,62 @@ def test_nothing_listening_and_wrong_ca_are_unavailable(kmip_server: KmipServer,
         with pytest.raises(KeyUnavailable):
             await ring.ready("k")
         await ring.close()
+
+    asyncio.run(go())
+
+
+def _pykmip_client(server: KmipServer) -> object:
+    from kmip import enums
+    from kmip.pie.client import ProxyKmipClient
+
+    host, port = server.endpoint.split(":")
+    return ProxyKmipClient(
+        hostname=host,
+        port=int(port),
+        cert=str(server.client_cert),
+        key=str(server.client_key),
+        ca=str(server.ca),
+        kmip_version=enums.KMIPVersion.KMIP_1_4,
+    )
+
+
+def test_encrypt_only_and_revoked_keys_are_refused(kmip_server: KmipServer, keyring: object) -> None:
+    from kmip import enums
+
+    from proxy.kms.kmip import KmipKeyring
+
+    assert isinstance(keyring, KmipKeyring)
+    sealing, revoked = _name(), _name()
+    admin: Any = _pykmip_client(kmip_server)
+    with admin:  # a key as a key manager's administrator would make it, with the same identity
+        # PyKMIP's ProxyKmipClient.create always adds Decrypt to the usage mask: go one level down.
+        from kmip.core import objects
+
+        make = admin.attribute_factory.create_attribute
+        template = objects.TemplateAttribute(
+            attributes=[
+                make(enums.AttributeType.CRYPTOGRAPHIC_ALGORITHM, enums.CryptographicAlgorithm.AES),
+                make(enums.AttributeType.CRYPTOGRAPHIC_LENGTH, 256),
+                make(enums.AttributeType.CRYPTOGRAPHIC_USAGE_MASK, [enums.CryptographicUsageMask.ENCRYPT]),
+                make(enums.AttributeType.NAME, sealing),
+            ]
+        )
+        uid = admin.proxy.create(enums.ObjectType.SYMMETRIC_KEY, template).uuid
+        admin.activate(uid)
+    keyring.create_key(revoked)
+
+    async def go() -> None:
+        dk = await keyring.generate_data_key(sealing, CTX)
+        with pytest.raises(KeyAccessDenied, match="PERMISSION_DENIED"):
+            await keyring.decrypt_data_key(dk.key_ref, dk.wrapped, CTX)
+        old = await keyring.generate_data_key(revoked, CTX)
+        with admin:
+            admin.revoke(enums.RevocationReasonCode.CESSATION_OF_OPERATION, old.key_ref.rsplit(":", 1)[1])
+        with pytest.raises(KeyAccessDenied, match="Active"):
+            await keyring.generate_data_key(revoked, CTX)
+        with pytest.raises(KeyAccessDenied):
+            await keyring.ready(revoked)
+        with pytest.raises(KeyAccessDenied):
+            await keyring.decrypt_data_key(old.key_ref, old.wrapped, CTX)
 
     asyncio.run(go())
