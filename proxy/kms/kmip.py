@@ -135,7 +135,11 @@ class KmipKeyring:
         from kmip.pie.client import ProxyKmipClient
 
         # PyKMIP's own TLS set-up checks no host name: connect with ours (`_Connection`).
-        client = ProxyKmipClient(hostname=self._host, port=self._port, kmip_version=enums.KMIPVersion.KMIP_1_4)
+        # config_file: not PyKMIP's default files (/etc/pykmip/...), whose settings (credentials,
+        # hosts) would mix into ours; everything it needs is given here.
+        client = ProxyKmipClient(
+            hostname=self._host, port=self._port, kmip_version=enums.KMIPVersion.KMIP_1_4, config_file=os.devnull
+        )
         client.proxy = _connection(self._host, self._port, self._settings.timeout, self._context())
         client.open()
         with self._lock:
@@ -399,4 +403,6 @@ def _connection(host: str, port: int, timeout: float, context: ssl.SSLContext) -
                 raise
             self.protocol = KMIPProtocol(self.socket)
 
-    return _Connection(host=host, port=port, timeout=timeout, kmip_version=enums.KMIPVersion.KMIP_1_4)
+    return _Connection(
+        host=host, port=port, timeout=timeout, kmip_version=enums.KMIPVersion.KMIP_1_4, config_file=os.devnull
+    )
