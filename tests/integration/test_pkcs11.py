@@ -146,7 +146,9 @@ def test_fails_closed_and_readyz_says_so(
         st.gate.stop()
 
 
-def test_missing_pin_stops_the_start(hsm: SoftHsm, moto_url: str, tls_files: dict[str, Path], tmp_path: Path) -> None:
+def test_an_unset_pin_variable_is_a_one_line_error(
+    hsm: SoftHsm, moto_url: str, tls_files: dict[str, Path], tmp_path: Path
+) -> None:
     cfg = write_config(
         tmp_path, backend=moto_url, tls=tls_files, port=free_port(), kms=kms_section(hsm, pin_env="SEALGATE_NO_PIN")
     )
