@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 import click
 
 from proxy import __version__
+from proxy.tools.token_keys import config_option as _config_opt
 
 if TYPE_CHECKING:
     from proxy.kms.keystore import LocalKeyStore
@@ -108,7 +109,7 @@ def certs_init(directory: Path, hostnames: tuple[str, ...], force: bool) -> None
 
 @main.group()
 def keys() -> None:
-    """Master keys in the local keyring."""
+    """Master keys in a local keyring (--keyring), or in the [kms] keyring of --config FILE."""
 
 
 def _passphrase(env: str | None, file: Path | None) -> bytes:
@@ -158,9 +159,23 @@ def _open_or_create(keyring: Path, passphrase: bytes) -> LocalKeyStore:
 @_keyring_opt
 @_pass_file_opt
 @_pass_env_opt
-def keys_create(key_id: str, key_type: str, keyring: Path, passphrase_file: Path | None, passphrase_env: str) -> None:
-    """Create a master key KEY_ID (creates the keyring file if needed)."""
+@_config_opt
+def keys_create(
+    key_id: str,
+    key_type: str,
+    keyring: Path,
+    passphrase_file: Path | None,
+    passphrase_env: str,
+    config_path: Path | None,
+) -> None:
+    """Create a master key KEY_ID (creates the keyring file if needed; with a pkcs11 / kmip
+    --config on the token or in the key manager)."""
     from proxy.kms.keystore import KeyringFileError, keyring_lock
+    from proxy.tools.token_keys import create, with_config
+
+    local = with_config(config_path, lambda config: create(config, key_id, key_type))
+    if local is not None:
+        keyring, passphrase_file, passphrase_env = local
 
     passphrase = _passphrase(None if passphrase_file else passphrase_env, passphrase_file)
     try:
@@ -179,9 +194,15 @@ def keys_create(key_id: str, key_type: str, keyring: Path, passphrase_file: Path
 @_keyring_opt
 @_pass_file_opt
 @_pass_env_opt
-def keys_list(keyring: Path, passphrase_file: Path | None, passphrase_env: str) -> None:
+@_config_opt
+def keys_list(keyring: Path, passphrase_file: Path | None, passphrase_env: str, config_path: Path | None) -> None:
     """List master keys (ids and versions, never material)."""
     from proxy.kms.keystore import KeyringFileError, LocalKeyStore
+    from proxy.tools.token_keys import list_lines, with_config
+
+    local = with_config(config_path, list_lines)
+    if local is not None:
+        keyring, passphrase_file, passphrase_env = local
 
     passphrase = _passphrase(None if passphrase_file else passphrase_env, passphrase_file)
     try:
@@ -218,8 +239,14 @@ def _open_store(keyring: Path, passphrase_file: Path | None, passphrase_env: str
 @_keyring_opt
 @_pass_file_opt
 @_pass_env_opt
+@_config_opt
 def keys_rotate(
-    key_id: str | None, due: bool, keyring: Path, passphrase_file: Path | None, passphrase_env: str
+    key_id: str | None,
+    due: bool,
+    keyring: Path,
+    passphrase_file: Path | None,
+    passphrase_env: str,
+    config_path: Path | None,
 ) -> None:
     """Give KEY_ID a new current version (older versions keep decrypting), or every --due key.
 
@@ -229,6 +256,11 @@ def keys_rotate(
 
     if due == bool(key_id):
         _fail("give either KEY_ID or --due")
+    from proxy.tools.token_keys import rotation, with_config
+
+    local = with_config(config_path, rotation(key_id, due))
+    if local is not None:
+        keyring, passphrase_file, passphrase_env = local
     # Locked against concurrent rotations (another cron run, POST /-/keys/<id>/rotate).
     with keyring_lock(keyring):
         store = _open_store(keyring, passphrase_file, passphrase_env)

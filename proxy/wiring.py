@@ -14,24 +14,58 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from proxy.audit import AuditContext, AuditLog, audit_context
-from proxy.config import Config
+from proxy.config import Config, KmsConfig
 from proxy.kms.audited import AuditingKeyring, cache_hit_recorder
 from proxy.kms.base import Keyring
 from proxy.kms.keystore import LocalKeyStore, passphrase_from
 from proxy.kms.local import LocalKeyring
 from proxy.kms.materials import Materials, ReuseLimits
+from proxy.kms.routing import RoutingKeyring
 from proxy.store.backend import Backend, BackendSettings
 from proxy.store.gateway import Gateway
 from proxy.tls_files import backend_ssl_context
 
 
 def make_keyring(config: Config) -> Keyring:
-    """The keyring the config names; opening a local keyring checks its passphrase now."""
-    kms = config.kms
+    """The keyring the config names (with ``[kms.previous]``, both behind a `RoutingKeyring`);
+    opening a local keyring checks its passphrase now, a pkcs11 keyring reads its PIN now (the
+    token is first used by the first call)."""
+    main = _keyring_for(config.kms)
+    if config.kms.previous is None:
+        return main
+    return RoutingKeyring(main, _keyring_for(config.kms.previous), config.kms.previous.provider)
+
+
+def _keyring_for(kms: KmsConfig) -> Keyring:
     if kms.provider == "local":
         assert kms.keyring is not None
         passphrase = passphrase_from(kms.passphrase_env, kms.passphrase_file)
         return LocalKeyring(LocalKeyStore.open(kms.keyring, passphrase))
+    if kms.provider == "pkcs11":
+        from proxy.kms.pkcs11 import Pkcs11Keyring, pin_from
+
+        assert kms.pkcs11_module is not None and kms.pkcs11_token_label is not None
+        return Pkcs11Keyring(
+            str(kms.pkcs11_module),
+            kms.pkcs11_token_label,
+            pin_from(kms.pkcs11_pin_env, kms.pkcs11_pin_file),
+            sessions=kms.pkcs11_sessions or 4,
+            timeout=kms.timeout_seconds or 30.0,
+        )
+    if kms.provider == "kmip":
+        from proxy.kms.kmip import KmipKeyring, KmipSettings
+
+        assert kms.endpoint and kms.kmip_ca and kms.kmip_client_cert and kms.kmip_client_key
+        return KmipKeyring(
+            KmipSettings(
+                endpoint=kms.endpoint,
+                ca=kms.kmip_ca,
+                client_cert=kms.kmip_client_cert,
+                client_key=kms.kmip_client_key,
+                timeout=kms.timeout_seconds or 10.0,
+                connections=kms.kmip_connections or 4,
+            )
+        )
     from proxy.kms.aws import AwsKmsKeyring
 
     return AwsKmsKeyring(
@@ -106,12 +140,13 @@ def make_gateway(
     data-key cache too unless `audit_cache_hits` is off."""
     base = keyring if keyring is not None else make_keyring(config)
     used = AuditingKeyring(base, audit) if audit is not None else base
+    main = base.main if isinstance(base, RoutingKeyring) else base  # signing and S3EC: the main keyring
     return Gateway(
         config=config,
         backend=make_backend(config),
         materials=make_materials(config, used, audit if audit_cache_hits else None),
         audit=audit,
-        local_keys=base if isinstance(base, LocalKeyring) else None,
+        local_keys=main if isinstance(main, LocalKeyring) else None,
     )
 
 

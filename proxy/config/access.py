@@ -116,13 +116,14 @@ class KeyPolicy(Section):
     def names(self, key_ref: str) -> bool:
         """Whether this policy is about the key a stored key reference points to.
 
-        Local references are ``local:<id>:<version>``; KMS references are key ARNs, which match a
+        Local references are ``local:<id>:<version>`` (``pkcs11:<label>:<version>`` and
+        ``kmip:<name>:<unique id>`` alike); KMS references are key ARNs, which match a
         policy written with the ARN or the bare key id (aliases cannot be matched offline)."""
         if key_ref.startswith("kms-rsa:"):
             key_ref = key_ref[len("kms-rsa:") :]  # an RSA KMS key's ARN, marked as such
         if key_ref == self.id:
             return True
-        if key_ref.startswith("local:"):
+        if key_ref.startswith(("local:", "pkcs11:", "kmip:")):  # <provider>:<key id>:<version>
             return key_ref.split(":")[1] == self.id
         return key_ref.endswith("/" + self.id)
 

@@ -5,9 +5,26 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, StrictBool, StrictInt, StrictStr, field_validator, model_validator
+from pydantic import (
+    Field,
+    SecretStr,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
-from proxy.config.values import ConfigPath, Invalid, Section, check_url, not_set_unless, require_pair
+from proxy.config.values import (
+    ConfigPath,
+    Invalid,
+    Section,
+    check_address,
+    check_url,
+    not_set_unless,
+    require_pair,
+)
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _AWS_KEY_ID = re.compile(r"^(?:[0-9a-f]{8}-(?:[0-9a-f]{4}-){3}[0-9a-f]{12}|mrk-[0-9a-f]{32})$")
@@ -73,9 +90,10 @@ class BackendConfig(Section):
 class KeyCacheConfig(Section):
     """``[kms.cache]``: sharing generated data keys and keeping unwrapped ones.
 
-    ``enabled`` defaults to on for ``aws-kms`` (each KMS call costs time and money) and off for
-    ``local``. A shared data key is wrapped for its bucket only; objects bind their names with a
-    tag instead, and each still has its own salt and derived keys.
+    ``enabled`` defaults to on for ``aws-kms``, ``pkcs11`` and ``kmip`` (each call to the key
+    service costs time, and for KMS money) and off for ``local``. A shared data key is wrapped
+    for its bucket only; objects bind their names with a tag instead, and each still has its
+    own salt and derived keys.
     """
 
     enabled: StrictBool | None = None
@@ -85,23 +103,53 @@ class KeyCacheConfig(Section):
     decrypt_seconds: StrictInt = Field(default=60, ge=0, le=3600)
 
 
-class KmsConfig(Section):
-    """``[kms]``: where master keys live, AWS KMS (``aws-kms``) or a local keyring file.
+#: Which provider each provider-specific key of ``[kms]`` belongs to; set under another
+#: provider it is an error (a half-edited switch of provider is caught, not ignored).
+_PROVIDER_KEYS: dict[str, tuple[str, ...]] = {
+    "aws-kms": (
+        "region",
+        "access_key_id",
+        "secret_access_key",
+        "ca_bundle",
+        "max_attempts",
+    ),
+    "local": ("keyring", "passphrase_file", "passphrase_env"),
+    "pkcs11": ("pkcs11_module", "pkcs11_token_label", "pkcs11_pin_env", "pkcs11_pin_file", "pkcs11_sessions"),
+    "kmip": ("kmip_ca", "kmip_client_cert", "kmip_client_key", "kmip_connections"),
+}
+#: Keys that more than one provider uses.
+_SHARED_KEYS: dict[str, tuple[str, ...]] = {
+    "endpoint": ("aws-kms", "kmip"),
+    "timeout_seconds": ("aws-kms", "kmip", "pkcs11"),
+}
+#: Master key names of the pkcs11 and kmip keyrings: they go into key references
+#: (``pkcs11:<label>:<version>``, ``kmip:<name>:<uid>``), so no colon.
+_TOKEN_KEY_NAME = re.compile(r"^[A-Za-z0-9_./@+-]{1,64}$")
 
-    Keys of the other provider are errors rather than being ignored, so a half-edited
-    switch from one provider to the other is caught.
+
+def _providers(names: tuple[str, ...]) -> str:
+    return " or ".join(f'provider = "{n}"' for n in names)
+
+
+class KmsConfig(Section):
+    """``[kms]``: where master keys live: AWS KMS (``aws-kms``), a local keyring file
+    (``local``), a PKCS#11 token such as an HSM (``pkcs11``) or a KMIP key manager (``kmip``).
+
+    Keys of the other providers are errors rather than being ignored, so a half-edited
+    switch from one provider to another is caught. docs/KEYRINGS.md describes pkcs11 and kmip.
     """
 
-    provider: Literal["aws-kms", "local"]
+    provider: Literal["aws-kms", "local", "pkcs11", "kmip"]
     #: Master key for new objects unless a bucket rule names another.
     default_key: StrictStr
-    # aws-kms
+    # aws-kms (endpoint: a URL); kmip (endpoint: host:port)
     region: StrictStr | None = None
     endpoint: StrictStr | None = None
     access_key_id: SecretStr | None = None
     secret_access_key: SecretStr | None = None
     ca_bundle: ConfigPath | None = None
-    #: Longest wait for one KMS answer; a slow KMS fails the request (503) rather than hanging it.
+    #: Longest wait for one answer of the key service (aws-kms, kmip, pkcs11); a slow one fails
+    #: the request (503) rather than hanging it.
     timeout_seconds: float | None = Field(default=None, gt=0, le=300)
     #: Attempts per KMS call (botocore's standard retry mode: throttling and 5xx, with backoff).
     max_attempts: StrictInt | None = Field(default=None, ge=1, le=10)
@@ -113,16 +161,45 @@ class KmsConfig(Section):
     keyring: ConfigPath | None = None
     passphrase_file: ConfigPath | None = None
     passphrase_env: StrictStr | None = None
+    # pkcs11
+    #: The token's PKCS#11 module (a shared library), e.g. ``/usr/lib/softhsm/libsofthsm2.so``.
+    pkcs11_module: ConfigPath | None = None
+    pkcs11_token_label: StrictStr | None = None
+    #: The user PIN, from an environment variable or a file (mode 0600); one of the two.
+    pkcs11_pin_env: StrictStr | None = None
+    pkcs11_pin_file: ConfigPath | None = None
+    #: Sessions (and threads) per worker process: at most this many token calls at once.
+    pkcs11_sessions: StrictInt | None = Field(default=None, ge=1, le=64)
+    # kmip
+    #: CA certificate(s) the key manager's TLS certificate must chain to.
+    kmip_ca: ConfigPath | None = None
+    #: This gateway's client certificate and key (mutual TLS; the key manager's identity of us).
+    kmip_client_cert: ConfigPath | None = None
+    kmip_client_key: ConfigPath | None = None
+    #: Connections (and threads) per worker process: at most this many KMIP calls at once.
+    kmip_connections: StrictInt | None = Field(default=None, ge=1, le=64)
     cache: KeyCacheConfig = KeyCacheConfig()
+    #: ``[kms.previous]``: a keyring of another provider that objects were written under before
+    #: (a ``[kms]`` table of its own). Objects whose key reference is of its provider are
+    #: unwrapped by it; new data keys, copies and ``sealgate rewrap`` use the main keyring, so
+    #: rewrap moves objects from it to this one (and back, with the two tables swapped).
+    previous: KmsConfig | None = None
 
     @property
     def cache_enabled(self) -> bool:
         """Whether data keys are shared and unwrapped keys kept (see KeyCacheConfig)."""
         if self.cache.enabled is not None:
             return self.cache.enabled
-        return self.provider == "aws-kms"
+        return self.provider != "local"
 
-    _check_endpoint = field_validator("endpoint")(check_url)
+    @field_validator("endpoint")
+    @classmethod
+    def _check_endpoint(cls, endpoint: str | None, info: ValidationInfo) -> str | None:
+        if info.data.get("provider") == "kmip":
+            if endpoint is not None and "://" in endpoint:
+                raise ValueError(f'must be "host:port" (KMIP has no URL scheme), got "{endpoint}"')
+            return check_address(endpoint)
+        return check_url(endpoint)
 
     @model_validator(mode="before")
     @classmethod
@@ -130,7 +207,7 @@ class KmsConfig(Section):
         # Checked before field validation so the message can say why it is required.
         if isinstance(data, dict) and "default_key" not in data:
             provider = data.get("provider")
-            if provider in ("aws-kms", "local"):
+            if provider in ("aws-kms", "local", "pkcs11", "kmip"):
                 raise Invalid(("default_key",), f'required when provider = "{provider}"')
         return data
 
@@ -141,45 +218,37 @@ class KmsConfig(Section):
             raise ValueError("must not be empty")
         return key
 
-    @field_validator("passphrase_env")
+    @field_validator("passphrase_env", "pkcs11_pin_env")
     @classmethod
     def _check_env_name(cls, name: str | None) -> str | None:
         if name is not None and not _ENV_NAME.match(name):
             raise ValueError(f'"{name}" is not an environment variable name')
         return name
 
+    def _check_other_providers_keys(self) -> None:
+        for provider, keys in _PROVIDER_KEYS.items():
+            if provider != self.provider:
+                not_set_unless(self, keys, _providers((provider,)))
+        for key, owners in _SHARED_KEYS.items():
+            if self.provider not in owners:
+                not_set_unless(self, (key,), _providers(owners))
+        if self.rsa_keys and self.provider != "aws-kms":
+            raise Invalid(("rsa_keys",), 'only used when provider = "aws-kms"; remove it')
+
     @model_validator(mode="after")
     def _check(self) -> KmsConfig:
+        self._check_other_providers_keys()
+        if self.previous is not None:
+            if self.previous.provider == self.provider:
+                raise Invalid(
+                    ("previous", "provider"),
+                    f'must differ from kms.provider ("{self.provider}"): key references tell the two apart by provider',
+                )
+            if self.previous.previous is not None:
+                raise Invalid(("previous", "previous"), "one previous keyring only; remove it")
         if self.provider == "aws-kms":
-            not_set_unless(self, ("keyring", "passphrase_file", "passphrase_env"), 'provider = "local"')
-            require_pair(
-                ("access_key_id", self.access_key_id),
-                ("secret_access_key", self.secret_access_key),
-                " (or leave out both to use the AWS default chain)",
-            )
-            problem = aws_key_problem(self.default_key)
-            if problem:
-                raise Invalid(("default_key",), problem)
-            for i, key in enumerate(self.rsa_keys):
-                problem = aws_key_problem(key)
-                if problem:
-                    raise Invalid(("rsa_keys", i), problem)
-        else:
-            if self.rsa_keys:
-                raise Invalid(("rsa_keys",), 'only used when provider = "aws-kms"; remove it')
-            not_set_unless(
-                self,
-                (
-                    "region",
-                    "endpoint",
-                    "access_key_id",
-                    "secret_access_key",
-                    "ca_bundle",
-                    "timeout_seconds",
-                    "max_attempts",
-                ),
-                'provider = "aws-kms"',
-            )
+            self._check_aws()
+        elif self.provider == "local":
             if self.keyring is None:
                 raise Invalid(("keyring",), 'required when provider = "local"')
             if self.passphrase_file is None and self.passphrase_env is None:
@@ -187,7 +256,50 @@ class KmsConfig(Section):
                     ("passphrase_file",),
                     'set passphrase_file or passphrase_env when provider = "local"',
                 )
+        elif self.provider == "pkcs11":
+            self._check_pkcs11()
+        else:
+            self._check_kmip()
         return self
+
+    def _check_aws(self) -> None:
+        require_pair(
+            ("access_key_id", self.access_key_id),
+            ("secret_access_key", self.secret_access_key),
+            " (or leave out both to use the AWS default chain)",
+        )
+        problem = aws_key_problem(self.default_key)
+        if problem:
+            raise Invalid(("default_key",), problem)
+        for i, key in enumerate(self.rsa_keys):
+            problem = aws_key_problem(key)
+            if problem:
+                raise Invalid(("rsa_keys", i), problem)
+
+    def _check_pkcs11(self) -> None:
+        for key in ("pkcs11_module", "pkcs11_token_label"):
+            if getattr(self, key) is None:
+                raise Invalid((key,), 'required when provider = "pkcs11"')
+        if (self.pkcs11_pin_env is None) == (self.pkcs11_pin_file is None):
+            raise Invalid(("pkcs11_pin_env",), 'set one of pkcs11_pin_env or pkcs11_pin_file when provider = "pkcs11"')
+        if self.pkcs11_token_label is not None and not 0 < len(self.pkcs11_token_label.encode()) <= 32:
+            raise Invalid(("pkcs11_token_label",), "must be 1 to 32 bytes (a PKCS#11 token label)")
+        self._check_key_name()
+
+    def _check_kmip(self) -> None:
+        for key in ("endpoint", "kmip_ca", "kmip_client_cert", "kmip_client_key"):
+            if getattr(self, key) is None:
+                why = " (host:port of the key manager)" if key == "endpoint" else " (KMIP uses mutual TLS)"
+                raise Invalid((key,), f'required when provider = "kmip"{why}')
+        self._check_key_name()
+
+    def _check_key_name(self) -> None:
+        if not _TOKEN_KEY_NAME.match(self.default_key):
+            raise Invalid(
+                ("default_key",),
+                f"must be 1-64 letters, digits and _./@+- (no colon: it goes into key references), "
+                f'got "{self.default_key}"',
+            )
 
 
 def aws_key_problem(key: str) -> str | None:

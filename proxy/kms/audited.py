@@ -23,9 +23,14 @@ log = logging.getLogger("proxy.audit")
 
 
 def _key_id_of(key_ref: str) -> str:
-    """The master key id in a key reference: `local:<id>:<version>`, else the reference (an ARN)."""
+    """The master key id in a key reference: `local:<id>:<version>` (`pkcs11:<label>:<version>`,
+    `kmip:<name>:<unique id>`), else the reference (an ARN)."""
     parsed = parse_key_ref(key_ref)
-    return parsed[0] if parsed else key_ref
+    if parsed:
+        return parsed[0]
+    if key_ref.startswith(("pkcs11:", "kmip:")) and key_ref.count(":") >= 2:
+        return key_ref.split(":")[1]
+    return key_ref
 
 
 class AuditingKeyring:

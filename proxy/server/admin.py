@@ -135,7 +135,7 @@ async def _list(gw: Gateway, identity: str) -> web.StreamResponse:
         keys = [_info_doc(i) for i in infos if i.id in mine]
     else:
         # KMS keeps versions and metadata itself; list the keys this identity administers.
-        keys = [{"id": key_id, "provider": "aws-kms"} for key_id in mine]
+        keys = [{"id": key_id, "provider": gw.config.kms.provider} for key_id in mine]
     _audit(gw, "list-keys", "allowed", key_id=None, reason=f"{len(keys)} keys")
     return _json({"keys": keys})
 
@@ -145,7 +145,10 @@ async def _rotate(gw: Gateway, identity: str, key_id: str) -> web.StreamResponse
         raise _deny(gw, identity, "rotate", key_id, "policy")
     if gw.config.kms.provider != "local":
         _audit(gw, "rotate", "error", key_id=key_id, reason="NotImplemented")
-        raise S3Error("NotImplemented", "aws-kms keys rotate in KMS (automatic rotation or RotateKeyOnDemand)", 501)
+        how = {
+            "aws-kms": "aws-kms keys rotate in KMS (automatic rotation or RotateKeyOnDemand)",
+        }.get(gw.config.kms.provider, f"{gw.config.kms.provider} keys rotate with `sealgate keys rotate --config`")
+        raise S3Error("NotImplemented", how, 501)
     keyring = gw.config.kms.keyring
     assert keyring is not None
 

@@ -241,7 +241,7 @@ CASES: list[tuple[str, dict[str, str | list[str] | None], str]] = [
     (
         "unknown provider",
         {"kms": 'provider = "vault"\ndefault_key = "k"\n'},
-        'kms.provider: must be "aws-kms" or "local"',
+        'kms.provider: must be "aws-kms", "local", "pkcs11" or "kmip"',
     ),
     (
         "local without keyring",
