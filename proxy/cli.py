@@ -44,7 +44,8 @@ def main() -> None:
     help="Share the port with a sealgate already running there (zero-downtime restart: start the "
     "new one with --join, then SIGTERM the old one).",
 )
-def serve(config_path: Path, verbose: bool, json_logs: bool, join: bool) -> None:
+@click.option("--worker", is_flag=True, hidden=True, help="Internal: a replacement worker of a running sealgate.")
+def serve(config_path: Path, verbose: bool, json_logs: bool, join: bool, worker: bool) -> None:
     """Run the proxy with the given config."""
     from proxy.config import ConfigError, load_config
     from proxy.server.run import serve as run_serve
@@ -57,7 +58,7 @@ def serve(config_path: Path, verbose: bool, json_logs: bool, join: bool) -> None
         return
     _tune_gc()
     try:
-        run_serve(config, config_path, join=join)
+        run_serve(config, config_path, join=join or worker, worker=worker)
     except Exception as exc:  # noqa: BLE001 - a start-up failure is reported in one line
         from proxy.kms.keystore import KeyringFileError
 

@@ -442,6 +442,8 @@ async def _health(request: web.Request) -> web.StreamResponse:
         try:
             resp = await gw.backend.request("GET", None)
             resp.release()
+            if resp.status >= 500:  # reachable, but not serving: a 403 (scoped credentials) is fine
+                problems.append(f"backend: answers {resp.status}")
         except S3Error as exc:
             problems.append(f"backend: {exc.message}")
         try:

@@ -7,7 +7,6 @@ import asyncio
 import logging
 import os
 import signal
-from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from proxy.kms.base import Keyring
 from proxy.server.app import GATEWAY, build_app
 from proxy.server.listener import Connections, GuardedSite, bind, port_in_use
 from proxy.server.tls import CertificateReloader, TLSConfigError, cert_binding_problem
+from proxy.server.workers import Workers, die_with_parent
 from proxy.wiring import make_gateway, open_audit
 
 log = logging.getLogger("sealgate")
@@ -131,18 +131,23 @@ class PortInUse(RuntimeError):
     """A listen address is taken and ``--join`` was not given."""
 
 
-def serve(config: Config, config_path: Path | None = None, *, join: bool = False) -> None:
+def serve(config: Config, config_path: Path | None = None, *, join: bool = False, worker: bool = False) -> None:
     """Run until SIGINT/SIGTERM (graceful: see `Running.stop`); SIGHUP re-reads `config_path`
     (see reload_config) and the TLS certificate and key.
 
     With ``workers = N`` the process forks N-1 more before any event loop exists; all of them
     listen on the same port (SO_REUSEPORT) and the kernel spreads connections. Signals sent to
-    the first process are passed on to the others. Every worker is a full, stateless sealgate.
+    the first process are passed on to the others. Every worker is a full, stateless sealgate;
+    one that dies is replaced, and all go when the first one does (`proxy.server.workers`).
+    `worker` is such a replacement: it only serves, on the port the others hold.
 
     A port something already listens on is refused (`PortInUse`) unless `join` is set: then this
     sealgate shares it with the running one (same user only), and stopping that one with SIGTERM
     hands its traffic over without downtime.
     """
+    if worker:
+        _serve_one(config, config_path, Workers([], None), watch=False)
+        return
     if not join:
         for host, port in _listen_addresses(config):
             if port_in_use(host, port):
@@ -152,18 +157,19 @@ def serve(config: Config, config_path: Path | None = None, *, join: bool = False
                     "then stop the old one with SIGTERM."
                 )
     children: list[int] = []
+    first = True
     for _ in range(config.server.workers - 1):
         pid = os.fork()
         if pid == 0:
-            children = []
+            die_with_parent()
+            children, first = [], False
             break
         children.append(pid)
+    workers = Workers(children, config_path)
     try:
-        _serve_one(config, config_path, children)
+        _serve_one(config, config_path, workers, watch=first and config.server.workers > 1)
     finally:
-        for pid in children:
-            with suppress(ChildProcessError):
-                os.waitpid(pid, 0)
+        workers.wait()
 
 
 def _listen_addresses(config: Config) -> list[tuple[str, int]]:
@@ -172,23 +178,19 @@ def _listen_addresses(config: Config) -> list[tuple[str, int]]:
     return out + ([srv.plain_http_address] if srv.plain_http_listen else [])
 
 
-def _serve_one(config: Config, config_path: Path | None, children: list[int]) -> None:
-    def forward(sig: int) -> None:
-        for pid in children:
-            with suppress(ProcessLookupError):
-                os.kill(pid, sig)
-
+def _serve_one(config: Config, config_path: Path | None, workers: Workers, *, watch: bool) -> None:
     async def main() -> None:
         running = await start(config, processes=config.server.workers, reuse_port=True)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
+        watcher = asyncio.create_task(workers.watch()) if watch else None
 
         def on_stop(sig: int) -> None:
-            forward(sig)
+            workers.forward(sig)
             stop.set()
 
         def on_hup() -> None:
-            forward(signal.SIGHUP)
+            workers.forward(signal.SIGHUP)
             if config_path is not None:
                 reload_config(running, config_path)
             running.reload_tls()
@@ -197,6 +199,8 @@ def _serve_one(config: Config, config_path: Path | None, children: list[int]) ->
             loop.add_signal_handler(sig, on_stop, sig)
         loop.add_signal_handler(signal.SIGHUP, on_hup)
         await stop.wait()
+        if watcher is not None:
+            watcher.cancel()
         log.info("shutting down: no new connections; requests in flight get %ss", running.shutdown_timeout)
         await running.stop()
 

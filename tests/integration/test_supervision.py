@@ -1,0 +1,119 @@
+"""Supervision of a running sealgate (issue 19): a worker that dies is replaced, workers do not
+outlive the process that started them, and readiness means the backend serves."""
+
+from __future__ import annotations
+
+import http.server
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import urllib3
+
+from tests.conftest import client_for, free_port, start_stack, wait_port, write_config
+from tests.integration.test_cli import SEALGATE
+
+
+def _children(pid: int) -> set[int]:
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+    return {int(p) for p in out}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return not Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1].startswith("Z")
+    except OSError:
+        return False
+
+
+def _eventually(check, seconds: float = 20.0) -> bool:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.2)
+    return False
+
+
+@pytest.fixture
+def two_workers(
+    moto_url: str, tls_files: dict[str, Path], tmp_path: Path
+) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+    port = free_port()
+    cfg = write_config(tmp_path, backend=moto_url, tls=tls_files, port=port, server_extra="workers = 2")
+    proc = subprocess.Popen([*SEALGATE, "serve", "--config", str(cfg)], cwd=tmp_path)
+    wait_port(port, 30)
+    assert _eventually(lambda: len(_children(proc.pid)) == 1)
+    yield proc, port
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+
+
+def test_a_killed_worker_is_replaced(
+    two_workers: tuple[subprocess.Popen[bytes], int], tls_files: dict[str, Path]
+) -> None:
+    proc, port = two_workers
+    (first,) = _children(proc.pid)
+    os.kill(first, signal.SIGKILL)
+    assert _eventually(lambda: len(_children(proc.pid)) == 1 and first not in _children(proc.pid))
+    (replacement,) = _children(proc.pid)
+    s3 = client_for(f"https://localhost:{port}", tls_files["ca"])
+    s3.create_bucket(Bucket="supervised")
+    for i in range(20):  # the kernel spreads new connections over both processes
+        fresh = client_for(f"https://localhost:{port}", tls_files["ca"])
+        fresh.put_object(Bucket="supervised", Key=f"k{i}", Body=b"x" * i)
+        assert fresh.get_object(Bucket="supervised", Key=f"k{i}")["Body"].read() == b"x" * i
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=30)
+    assert _eventually(lambda: not _alive(replacement), 10)
+
+
+def test_workers_go_when_the_first_process_is_killed(
+    two_workers: tuple[subprocess.Popen[bytes], int], moto_url: str, tls_files: dict[str, Path], tmp_path: Path
+) -> None:
+    proc, port = two_workers
+    (worker,) = _children(proc.pid)
+    proc.kill()
+    proc.wait(timeout=10)
+    assert _eventually(lambda: not _alive(worker), 15), "a worker outlived the process that started it"
+    # The port is free again: a fresh start (without --join) is not refused.
+    again = subprocess.Popen([*SEALGATE, "serve", "--config", str(tmp_path / "sealgate.toml")], cwd=tmp_path)
+    try:
+        wait_port(port, 30)
+        assert again.poll() is None
+    finally:
+        again.send_signal(signal.SIGTERM)
+        again.wait(timeout=30)
+
+
+class _Unavailable(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        body = b"<Error><Code>ServiceUnavailable</Code><Message>down</Message></Error>"
+        self.send_response(503)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_readyz_is_not_ready_while_the_backend_answers_503(tls_files: dict[str, Path], tmp_path: Path) -> None:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Unavailable)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    st = start_stack(
+        tmp_path, f"http://127.0.0.1:{server.server_address[1]}", tls_files, backend_extra="max_attempts = 1"
+    )
+    try:
+        r = urllib3.PoolManager(ca_certs=str(st.ca_path)).request("GET", st.gate.url + "/-/readyz")
+        assert r.status == 503
+        assert b"backend: answers 503" in r.data
+    finally:
+        st.gate.stop()
+        server.shutdown()
