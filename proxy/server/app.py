@@ -101,8 +101,10 @@ async def s3_errors(request: web.Request, handler: Handler) -> web.StreamRespons
     request_finished(operation, resp.status, elapsed)
     BYTES_OUT.inc(resp.body_length)
     log.info(
-        "%s %s %s %s %.1fms",
+        "%s %s %s %s %s %s %.1fms",  # who (address, client) asked what, and how it ended
         rid,
+        request.remote or "-",
+        request.get(IDENTITY) or "-",
         request.method,
         request.path,
         resp.status,

@@ -226,6 +226,8 @@ def test_json_logs(moto_url: str, tls_files: dict[str, Path], tmp_path: Path) ->
         _, err = proc.communicate(timeout=30)
     lines = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
     assert any("PUT /jsonlogs/k 200" in rec["message"] for rec in lines)
+    # The access line names the client's address and identity.
+    assert any(" 127.0.0.1 tester PUT /jsonlogs/k 200 " in rec["message"] for rec in lines)
     assert all({"time", "level", "logger", "message"} <= rec.keys() for rec in lines)
     assert CLIENT_SECRET not in err and "JSON-LOGGED-PLAINTEXT" not in err
 
