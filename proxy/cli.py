@@ -488,10 +488,19 @@ def keys_import_pem(
 def quickstart(directory: Path, port: int, backend_port: int) -> None:
     """Set up ./.sealgate/ and run sealgate in front of an in-memory demo S3 store."""
     from proxy.config import load_config
+    from proxy.server.listener import port_in_use
     from proxy.server.run import serve as run_serve
     from proxy.tools.quickstart import banner, set_up
 
     _setup_logging(False)
+    # Checked before anything is written, so a busy port changes nothing in `directory`.
+    for flag, number, what in (
+        ("--port", port, "sealgate's HTTPS port"),
+        ("--backend-port", backend_port, "the demo store's port"),
+    ):
+        if port_in_use("127.0.0.1", number):
+            _fail(f"port {number} ({what}) is already in use; pick another with {flag} N")
+            return
     demo = set_up(directory, port, backend_port)
     os.environ["SEALGATE_QUICKSTART_SECRET"] = demo.secret
     config = load_config(demo.config)
@@ -502,7 +511,11 @@ def quickstart(directory: Path, port: int, backend_port: int) -> None:
         _fail("quickstart needs the demo store: pip install 'sealgate[demo]' (moto[server])")
         return
     store_server = ThreadedMotoServer(ip_address="127.0.0.1", port=backend_port, verbose=False)
-    store_server.start()
+    try:
+        store_server.start()
+    except OSError as exc:  # taken since the check above
+        _fail(f"cannot start the demo store on port {backend_port}: {exc.strerror}; pick another with --backend-port N")
+        return
     click.echo(banner(demo), err=False)
     try:
         run_serve(config)
@@ -510,88 +523,19 @@ def quickstart(directory: Path, port: int, backend_port: int) -> None:
         store_server.stop()
 
 
-@main.group()
-def policy() -> None:
-    """Identity policies ([[policies]]): check what they allow."""
-
-
-@policy.command("check")
-@click.option("--config", "config_path", type=click.Path(path_type=Path), required=True, help="TOML config file.")
-@click.option("--as", "client", required=True, help="The client name ([[clients]] name) asking.")
-@click.option(
-    "--context",
-    "contexts",
-    multiple=True,
-    metavar="KEY=VALUE",
-    help="A condition key's value, e.g. s3:prefix=home/ or aws:SourceIp=10.0.0.7 (repeat a key for several values).",
-)
-@click.argument("action")
-@click.argument("resource")
-def policy_check(config_path: Path, client: str, contexts: tuple[str, ...], action: str, resource: str) -> None:
-    """Would CLIENT be allowed ACTION (s3:GetObject) on RESOURCE (arn:aws:s3:::bucket/key, or
-    bucket/key)? Prints allowed/denied and the statement that decided, using the server's own
-    evaluator; exits 0 when allowed, 1 when denied."""
-    from datetime import UTC, datetime
-
-    from proxy.access.actions import need_for
-    from proxy.access.authorize import Caller, decide
-    from proxy.access.policy import CONDITION_KEYS, KNOWN_S3_ACTIONS
-    from proxy.config import ConfigError, load_config
-
-    try:
-        config = load_config(config_path)
-    except ConfigError as exc:
-        _fail(str(exc))
-        return
-    if config.client_by_name(client) is None:
-        _fail(f"no [[clients]] entry is named {client!r}")
-    canonical = {a.lower(): a for a in KNOWN_S3_ACTIONS}.get(action.lower())
-    if canonical is None:
-        _fail(f"unknown S3 action {action!r} (e.g. s3:GetObject)")
-        return
-    values: dict[str, list[str]] = {}
-    for item in contexts:
-        key, sep, value = item.partition("=")
-        if not sep or key.strip().lower() not in CONDITION_KEYS:
-            _fail(f"--context {item!r}: expected KEY=VALUE with a supported key ({', '.join(sorted(CONDITION_KEYS))})")
-        values.setdefault(key.strip().lower(), []).append(value)
-    ctx: dict[str, str | tuple[str, ...]] = {k: v[0] if len(v) == 1 else tuple(v) for k, v in values.items()}
-    source = ctx.pop("aws:sourceip", None)
-    secure = ctx.pop("aws:securetransport", "true")
-    when = datetime.now(UTC)
-    if "aws:currenttime" in ctx:
-        text = str(ctx.pop("aws:currenttime"))
-        try:
-            when = datetime.fromisoformat(text.replace("Z", "+00:00"))
-        except ValueError:
-            _fail(f"aws:CurrentTime must be an ISO 8601 time, got {text!r}")
-    try:
-        need = need_for(canonical, resource, ctx)
-    except ValueError as exc:
-        _fail(str(exc))
-        return
-    caller = Caller(client, source if isinstance(source, str) else None, secure != "false")
-    decision = decide(config, caller, need, when)
-    if not config.policies:
-        reason = "the config has no [[policies]]: every client may do everything"
-    else:
-        reason = decision.describe()
-    verdict = "allowed" if decision.allowed else "denied"
-    click.echo(f"{verdict}: {client} {canonical} {need.resource}: {reason}")
-    sys.exit(0 if decision.allowed else 1)
-
-
 def _register_tools() -> None:
     from proxy.tools.audit import audit_group
     from proxy.tools.convert import convert_cmd
     from proxy.tools.copy import copy_cmd
     from proxy.tools.offline.commands import decrypt_cmd, encrypt_cmd
+    from proxy.tools.policy_check import policy_group
 
     main.add_command(encrypt_cmd, "encrypt")
     main.add_command(decrypt_cmd, "decrypt")
     main.add_command(audit_group, "audit")
     main.add_command(convert_cmd, "convert")
     main.add_command(copy_cmd, "copy")
+    main.add_command(policy_group, "policy")
 
 
 _register_tools()

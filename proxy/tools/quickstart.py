@@ -120,6 +120,11 @@ sealgate quickstart
   secret key:   {secret}
   backend:      http://127.0.0.1:{backend_port}  (IN-MEMORY DEMO STORE, data is lost on exit)
   keyring:      {keyring} (passphrase in {pass_file})
+  config:       {demo.config}
+
+Run `sealgate quickstart` again (same --dir) to serve this set-up again: the keyring,
+credentials and certificates are kept. Against your own S3 store, edit [backend] in the config
+and run: SEALGATE_QUICKSTART_SECRET={secret} sealgate serve --config {demo.config}
 
 aws cli:
   export AWS_ACCESS_KEY_ID={akid} AWS_SECRET_ACCESS_KEY={secret} AWS_DEFAULT_REGION=us-east-1

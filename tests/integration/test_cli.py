@@ -314,3 +314,20 @@ def test_a_used_port_is_refused_and_join_restarts_without_downtime(
             if proc is not None and proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
                 proc.wait(30)
+
+
+def test_quickstart_with_a_busy_port_says_which_flag_and_writes_nothing(tmp_path: Path) -> None:
+    import socket
+
+    for flag in ("--port", "--backend-port"):
+        with socket.socket() as busy:
+            busy.bind(("127.0.0.1", 0))
+            busy.listen()
+            taken = busy.getsockname()[1]
+            other = free_port()
+            ports = [taken, other] if flag == "--port" else [other, taken]
+            r = run(["quickstart", "--port", str(ports[0]), "--backend-port", str(ports[1])], tmp_path)
+        assert r.returncode == 2
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and f"port {taken}" in lines[0] and f"{flag} N" in lines[0], r.stderr
+        assert not (tmp_path / ".sealgate").exists()
