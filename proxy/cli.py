@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -11,6 +10,7 @@ from typing import TYPE_CHECKING
 import click
 
 from proxy import __version__
+from proxy.tools.options import config_option
 from proxy.tools.token_keys import config_option as _config_opt
 
 if TYPE_CHECKING:
@@ -28,14 +28,31 @@ def _fail(message: str) -> None:
     sys.exit(2)
 
 
-@click.group()
+class _Commands(click.Group):
+    """The top-level help lists each command with its whole first sentence (wrapped), not cut at 45 characters."""
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = []
+        for name in self.list_commands(ctx):
+            command = self.get_command(ctx, name)
+            if command is not None and not command.hidden:
+                rows.append((name, command.get_short_help_str(limit=1000)))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+
+@click.group(cls=_Commands, invoke_without_command=True)
 @click.version_option(__version__, prog_name="sealgate")
-def main() -> None:
-    """sealgate: a TLS-terminating, envelope-encrypting S3 proxy."""
+@click.pass_context
+def main(ctx: click.Context) -> None:
+    """sealgate: a TLS-terminating, envelope-encrypting S3 proxy. Start with `sealgate quickstart`."""
+    if ctx.invoked_subcommand is None:
+        click.echo(ctx.get_help())
 
 
 @main.command()
-@click.option("--config", "config_path", type=click.Path(path_type=Path), required=True, help="TOML config file.")
+@config_option()
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 @click.option("--json-logs", is_flag=True, help="One JSON object per log line (for log shippers).")
 @click.option(
@@ -336,7 +353,7 @@ def keys_disable(key_id: str, enable: bool, keyring: Path, passphrase_file: Path
 
 
 @main.command()
-@click.option("--config", "config_path", type=click.Path(path_type=Path), required=True, help="TOML config file.")
+@config_option()
 @click.option("--bucket", required=True)
 @click.option("--prefix", default="", help="Only objects whose key starts with this.")
 @click.option("--to-key", required=True, help="Master key to re-wrap data keys under (id, alias or ARN).")
@@ -385,7 +402,7 @@ def rewrap(config_path: Path, bucket: str, prefix: str, to_key: str) -> None:
 
 
 @main.command("gc")
-@click.option("--config", "config_path", type=click.Path(path_type=Path), required=True, help="TOML config file.")
+@config_option()
 @click.option("--bucket", required=True)
 @click.option("--older-than", default="24h", show_default=True, help="Age limit, e.g. 36h or 7d.")
 @click.option("--dry-run", is_flag=True, help="Only report what would be removed.")
@@ -502,7 +519,6 @@ def quickstart(directory: Path, port: int, backend_port: int) -> None:
             _fail(f"port {number} ({what}) is already in use; pick another with {flag} N")
             return
     demo = set_up(directory, port, backend_port)
-    os.environ["SEALGATE_QUICKSTART_SECRET"] = demo.secret
     config = load_config(demo.config)
 
     try:

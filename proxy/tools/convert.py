@@ -47,6 +47,7 @@ from proxy.store.listing import list_keys
 from proxy.store.objects import ETAG_TAIL, MAX_PUT_SIZE, read_plaintext, seal_envelope
 from proxy.store.records import record_key
 from proxy.store.signatures import trusted_signers
+from proxy.tools.options import config_option
 
 # Named as before the move to tools/: operators filter logs on it.
 log = logging.getLogger("proxy.convert")
@@ -433,7 +434,7 @@ async def convert(
 
 
 @click.command("convert")
-@click.option("--config", "config_path", type=click.Path(path_type=Path), required=True, help="TOML config file.")
+@config_option()
 @click.option("--bucket", required=True)
 @click.option("--prefix", default="", help="Only objects whose key starts with this.")
 @click.option(

@@ -42,6 +42,7 @@ from proxy.store.listing import list_keys
 from proxy.store.objects import open_copy_source
 from proxy.store.records import check_reserved, put_record, record_key
 from proxy.store.signatures import require_signer, sign_manifest, sign_single
+from proxy.tools.options import config_option
 from proxy.tools.progress import ProgressLine
 from proxy.wiring import audited_gateway
 
@@ -205,7 +206,7 @@ async def copy(
 @click.argument("source")
 @click.argument("destination")
 @click.option("--to-key", required=True, help="Master key to wrap the copies' data keys under (id, alias or ARN).")
-@click.option("--config", "config_path", type=click.Path(path_type=Path), required=True, help="TOML config file.")
+@config_option()
 @click.option("--recursive", is_flag=True, help="SOURCE and DESTINATION are prefixes: copy every object below.")
 @click.option(
     "--as", "identity", default=None, help="Apply the [[policies]] and [[keys]] policies of this client name."

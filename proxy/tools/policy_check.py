@@ -8,6 +8,8 @@ from pathlib import Path
 
 import click
 
+from proxy.tools.options import config_option
+
 
 def fail(message: str) -> None:
     """One line on stderr, exit status 2 (as the other commands fail)."""
@@ -21,7 +23,7 @@ def policy_group() -> None:
 
 
 @policy_group.command("check")
-@click.option("--config", "config_path", type=click.Path(path_type=Path), required=True, help="TOML config file.")
+@config_option()
 @click.option("--as", "client", required=True, help="The client name ([[clients]] name) asking.")
 @click.option(
     "--context",

@@ -19,20 +19,29 @@ import click
 
 from proxy.config import Config, ConfigError, load_config
 from proxy.kms.base import KeyringError
+from proxy.tools.options import config_option as _config_option
+from proxy.tools.options import config_was_chosen
 
 if TYPE_CHECKING:
     from proxy.kms.kmip import KmipKeyring
     from proxy.kms.pkcs11 import Pkcs11Keyring
 
 
-#: ``--config FILE`` of the ``keys`` commands.
-config_option = click.option(
-    "--config",
-    "config_path",
-    type=click.Path(path_type=Path, dir_okay=False),
-    default=None,
+#: ``-c/--config FILE`` of the ``keys`` commands (or $SEALGATE_CONFIG, or quickstart's).
+config_option = _config_option(
+    required=False,
     help="sealgate config: the keys of its [kms] keyring (pkcs11, kmip or local) instead of --keyring.",
 )
+
+
+def _keyring_named() -> bool:
+    """Whether the command line named a keyring or passphrase itself (then a config found only
+    where quickstart leaves one is not used)."""
+    ctx = click.get_current_context(silent=True)
+    if ctx is None:
+        return False
+    given = click.core.ParameterSource.COMMANDLINE
+    return any(ctx.get_parameter_source(p) == given for p in ("keyring", "passphrase_file", "passphrase_env"))
 
 
 class KeyAdminError(Exception):
@@ -62,7 +71,7 @@ def with_config(
     """For a ``keys`` command given --config: `run` on a pkcs11 / kmip config, printing what it
     says, and exit; for a local config, its (keyring, passphrase file, passphrase variable) for
     the command's own code. Without --config: None."""
-    if config_path is None:
+    if config_path is None or (not config_was_chosen() and _keyring_named()):
         return None
     try:
         config = load(config_path)

@@ -39,8 +39,8 @@ def test_quickstart_serves_encrypted_round_trip(tmp_path: Path) -> None:
         assert (state / "passphrase").stat().st_mode & 0o777 == 0o600
         assert (state / "keyring").stat().st_mode & 0o777 == 0o600
         akid, secret = (state / "client-credentials").read_text().split()[:2]
-        # The config file references the secret; it does not contain it.
-        assert secret not in (state / "sealgate.toml").read_text()
+        # The config holds the demo client's secret (so every command can load it): owner only.
+        assert (state / "sealgate.toml").stat().st_mode & 0o777 == 0o600
         # It shows the form of an identity policy: one that lets the demo client do everything.
         assert "[[policies]]" in (state / "sealgate.toml").read_text()
         s3 = client_for(f"https://localhost:{port}", state / "certs" / "ca.pem", akid=akid, secret=secret)
@@ -51,6 +51,11 @@ def test_quickstart_serves_encrypted_round_trip(tmp_path: Path) -> None:
 
         raw = backend_client(f"http://127.0.0.1:{backend_port}").get_object(Bucket="demo", Key="k")["Body"].read()
         assert b"QUICKSTART" not in raw
+        # Every command run there finds quickstart's config, without flags or a passphrase.
+        listed = run(["keys", "list"], tmp_path)
+        assert listed.returncode == 0 and "default" in listed.stdout, listed.stderr
+        checked = run(["policy", "check", "--as", "quickstart", "s3:GetObject", "demo/k"], tmp_path)
+        assert checked.returncode == 0 and checked.stdout.startswith("allowed"), checked.stderr
     finally:
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=30)
@@ -58,6 +63,7 @@ def test_quickstart_serves_encrypted_round_trip(tmp_path: Path) -> None:
     assert "no [[policies]]" not in out  # the start-up warning of a config without policies
     assert "IN-MEMORY DEMO STORE" in out
     assert "aws --endpoint-url" in out and "boto3.client" in out
+    assert str(Path(".sealgate") / "sealgate.toml") in out and "sealgate serve --config" in out
 
 
 def test_bad_config_is_one_clear_line(tmp_path: Path) -> None:
@@ -331,3 +337,24 @@ def test_quickstart_with_a_busy_port_says_which_flag_and_writes_nothing(tmp_path
         lines = r.stderr.strip().splitlines()
         assert len(lines) == 1 and f"port {taken}" in lines[0] and f"{flag} N" in lines[0], r.stderr
         assert not (tmp_path / ".sealgate").exists()
+
+
+def test_every_tool_takes_c_and_sealgate_config(moto_url: str, tls_files: dict[str, Path], tmp_path: Path) -> None:
+    from tests.conftest import write_config
+
+    cfg = write_config(tmp_path, backend=moto_url, tls=tls_files, port=free_port())
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    short = run(["policy", "check", "-c", str(cfg), "--as", "tester", "s3:GetObject", "b/k"], elsewhere)
+    assert short.returncode == 0 and short.stdout.startswith("allowed"), short.stderr
+    env = run(["policy", "check", "--as", "tester", "s3:GetObject", "b/k"], elsewhere, {"SEALGATE_CONFIG": str(cfg)})
+    assert env.returncode == 0 and env.stdout.startswith("allowed"), env.stderr
+    missing = run(["gc", "--bucket", "b"], elsewhere)
+    assert missing.returncode == 2 and "SEALGATE_CONFIG" in missing.stderr
+
+
+def test_bare_sealgate_shows_whole_summaries(tmp_path: Path) -> None:
+    r = run([], tmp_path)
+    assert r.returncode == 0
+    assert "..." not in r.stdout.split("Commands:")[1] and "quickstart" in r.stdout
+    assert "interrupted, and delete manifests whose object is gone." in " ".join(r.stdout.split())
