@@ -164,10 +164,14 @@ def load_config(path: Path, env: Mapping[str, str] | None = None) -> Config:
         config = Config.model_validate(data)
     except ValidationError as exc:
         # `from None`: the ValidationError's own text includes input values, secrets among them.
-        errors = exc.errors()
+        # An unknown key first: a typo'd name ("[kmss]") is the cause of the "required" beside it.
+        errors = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")
         key, problem = _describe(errors[0])
-        if len(errors) > 1:
-            more = len(errors) - 1
+        others = [_describe(e) for e in errors[1:3]]
+        if others:
+            problem += "; also " + "; ".join(f"{k}: {p}" if k else p for k, p in others)
+        if len(errors) > 3:
+            more = len(errors) - 3
             problem += f" (and {more} more problem{'s' if more > 1 else ''})"
         raise ConfigError(source, key or None, problem) from None
     missing = _check_environment(config, environ)

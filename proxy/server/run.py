@@ -13,7 +13,8 @@ from pathlib import Path
 from aiohttp import web
 
 from proxy.config import Config
-from proxy.kms.base import Keyring
+from proxy.kms.base import KeyAccessDenied, Keyring
+from proxy.kms.materials import Materials
 from proxy.server.app import GATEWAY, build_app
 from proxy.server.listener import Connections, GuardedSite, bind, port_in_use
 from proxy.server.tls import CertificateReloader, TLSConfigError, cert_binding_problem
@@ -72,7 +73,9 @@ async def start(
         )
     certificates = CertificateReloader.from_config(srv) if srv.tls else None
     audit = open_audit(config, per_process=processes > 1)
-    app = build_app(make_gateway(config, keyring=keyring, audit=audit))
+    gateway = make_gateway(config, keyring=keyring, audit=audit)
+    await _check_local_keys(config, gateway.materials)
+    app = build_app(gateway)
     connections = Connections(srv.max_connections, srv.header_timeout_seconds)
     app.on_response_prepare.append(connections.on_response_prepare)
     # Requests in flight get their time in Connections.drain; this only bounds handlers that
@@ -102,6 +105,24 @@ async def start(
             plain_port,
         )
     return running
+
+
+async def _check_local_keys(config: Config, materials: Materials) -> None:
+    """A local keyring must hold the keys the config names for new objects, or sealgate would
+    start and fail at the first upload (a typo'd ``kms.default_key``). Remote keyrings are not
+    asked: a KMS that is down at start-up is a readiness problem, not a config error."""
+    if config.kms.provider != "local":
+        return
+    named = [("kms.default_key", config.kms.default_key)]
+    named += [(f"buckets[{i}].key", rule.key) for i, rule in enumerate(config.buckets) if rule.key]
+    for where, key_id in named:
+        try:
+            await materials.ready(key_id)
+        except KeyAccessDenied:
+            raise RuntimeError(
+                f"{where}: the keyring {config.kms.keyring} holds no usable key {key_id!r} "
+                "(see `sealgate keys list`)"
+            ) from None
 
 
 def reload_config(running: Running, path: Path) -> bool:

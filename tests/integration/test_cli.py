@@ -358,3 +358,13 @@ def test_bare_sealgate_shows_whole_summaries(tmp_path: Path) -> None:
     assert r.returncode == 0
     assert "..." not in r.stdout.split("Commands:")[1] and "quickstart" in r.stdout
     assert "interrupted, and delete manifests whose object is gone." in " ".join(r.stdout.split())
+
+
+def test_serve_refuses_a_default_key_the_keyring_lacks(moto_url: str, tls_files: dict[str, Path], tmp_path: Path) -> None:
+    from tests.conftest import write_config
+
+    cfg = write_config(tmp_path, backend=moto_url, tls=tls_files, port=free_port())
+    cfg.write_text(cfg.read_text().replace('default_key = "default"', 'default_key = "defualt"'))
+    r = subprocess.run([*SEALGATE, "serve", "-c", str(cfg)], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2
+    assert "kms.default_key" in r.stderr and "'defualt'" in r.stderr and "Traceback" not in r.stderr

@@ -143,6 +143,11 @@ CASES: list[tuple[str, dict[str, str | list[str] | None], str]] = [
     ("unknown section", {"serverr": "x = 1\n"}, 'serverr: unknown key (did you mean "server"?)'),
     ("missing section", {"backend": None}, "backend: required"),
     (
+        "misspelt section",  # the typo is named first, with its did-you-mean, not hidden behind "required"
+        {"backend": None, "backendd": 'endpoint = "http://x:1"\n'},
+        'backendd: unknown key (did you mean "backend"?); also backend: required',
+    ),
+    (
         "no port",
         {"server": 'listen = "0.0.0.0"\ntls_cert = "c"\ntls_key = "k"\n'},
         'server.listen: must be "host:port", got "0.0.0.0"',
