@@ -125,13 +125,25 @@ def _parse_time(value: str) -> datetime:
     return datetime.fromisoformat(value.replace("Z", "+00:00"))
 
 
+def _mounted_secret(st: os.stat_result) -> bool:
+    """A file someone else owns that only a group of this process may also read, and nobody may
+    change: what a Kubernetes Secret mounted with ``fsGroup`` and ``defaultMode: 0440`` looks like
+    to a non-root container user."""
+    if st.st_mode & 0o037 or st.st_uid == os.geteuid():
+        return False
+    return st.st_gid == os.getegid() or st.st_gid in os.getgroups()
+
+
 def _check_private(path: Path, fd: int, what: str) -> None:
-    """Refuse a secret file that anyone but its owner can read or change."""
-    mode = os.fstat(fd).st_mode
-    if mode & 0o077:
+    """Refuse a secret file that anyone but its owner can read or change (a mounted secret that
+    only this process's group can also read is accepted: `_mounted_secret`)."""
+    st = os.fstat(fd)
+    mode = st.st_mode
+    if mode & 0o077 and not _mounted_secret(st):
         raise KeyringFileError(
             f"{what} {path} has mode {stat.S_IMODE(mode):04o} and is accessible by group "
-            f"or others; run `chmod 600 {path}`"
+            f"or others; run `chmod 600 {path}` (a Kubernetes Secret: mount it with the pod's "
+            "fsGroup and defaultMode 0440, see deploy/kubernetes)"
         )
 
 

@@ -166,6 +166,17 @@ class LocalKeyring:
             self._refresh(force=True)
             material = self._store.material(key_id, version)
         if material is None:
+            newest = self._store.current(key_id)
+            if newest is not None and newest[0] < version:
+                # Written by a replica whose keyring is newer: one keyring file per host is not enough.
+                log.error(
+                    "an object names version %s of master key %r, but this keyring %s has only up to %s: "
+                    "every replica must read the same keyring file (copy it after `sealgate keys rotate`)",
+                    version,
+                    key_id,
+                    self._store.path,
+                    newest[0],
+                )
             raise KeyAccessDenied(f"no version {version} of master key {key_id!r} in the local keyring")
         if self._store.key_type(key_id) == signing.KEY_TYPE:
             raise KeyAccessDenied(f"key {key_id!r} is a signing key: it wraps no data keys")

@@ -120,8 +120,7 @@ async def _check_local_keys(config: Config, materials: Materials) -> None:
             await materials.ready(key_id)
         except KeyAccessDenied:
             raise RuntimeError(
-                f"{where}: the keyring {config.kms.keyring} holds no usable key {key_id!r} "
-                "(see `sealgate keys list`)"
+                f"{where}: the keyring {config.kms.keyring} holds no usable key {key_id!r} (see `sealgate keys list`)"
             ) from None
 
 

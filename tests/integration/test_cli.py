@@ -360,7 +360,9 @@ def test_bare_sealgate_shows_whole_summaries(tmp_path: Path) -> None:
     assert "interrupted, and delete manifests whose object is gone." in " ".join(r.stdout.split())
 
 
-def test_serve_refuses_a_default_key_the_keyring_lacks(moto_url: str, tls_files: dict[str, Path], tmp_path: Path) -> None:
+def test_serve_refuses_a_default_key_the_keyring_lacks(
+    moto_url: str, tls_files: dict[str, Path], tmp_path: Path
+) -> None:
     from tests.conftest import write_config
 
     cfg = write_config(tmp_path, backend=moto_url, tls=tls_files, port=free_port())

@@ -252,3 +252,19 @@ def test_reopen_refuses_a_rekeyed_or_corrupted_file(store: LocalKeyStore, path: 
     path.write_bytes(bytes(blob))
     with pytest.raises(KeyringFileError, match="corrupted"):
         store.reopen()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give the file another owner")
+@pytest.mark.parametrize(
+    ("mode", "accepted"), [(0o440, True), (0o400, True), (0o640, True), (0o660, False), (0o444, False)]
+)
+def test_a_secret_mounted_for_the_pods_group(store: LocalKeyStore, path: Path, mode: int, accepted: bool) -> None:
+    """A Kubernetes Secret with fsGroup: owned by root (here: another user), readable by the
+    process's group, changeable by nobody. Writable by the group, or readable by others, it is not."""
+    os.chown(path, 12345, os.getegid())
+    path.chmod(mode)
+    if accepted:
+        assert LocalKeyStore.open(path, PASS).current("default") is not None
+    else:
+        with pytest.raises(KeyringFileError, match="fsGroup"):
+            LocalKeyStore.open(path, PASS)

@@ -212,3 +212,23 @@ def test_parse_key_ref() -> None:
     assert parse_key_ref("local:default:12") == ("default", 12)
     for ref in ("local:default:0", "local:default:01", "local::1", "local:a b:1", "arn:aws:kms:x", "local:k:1:2"):
         assert parse_key_ref(ref) is None
+
+
+async def test_a_newer_version_from_another_replica_is_refused_and_says_why(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two hosts, one keyring file each: a rotation on one reaches only its own file."""
+    here = LocalKeyStore.create(tmp_path / "here", PASS)
+    here.create_key("default")
+    here.save()
+    (tmp_path / "there").write_bytes((tmp_path / "here").read_bytes())
+    (tmp_path / "there").chmod(0o600)
+    there = LocalKeyStore.open(tmp_path / "there", PASS)
+    there.rotate_key("default")
+    there.save()
+    ctx = {"sealgate:bucket": "b", "sealgate:key": "k"}
+    dk = await LocalKeyring(there).generate_data_key("default", ctx)
+    assert dk.key_ref == "local:default:2"
+    with pytest.raises(KeyAccessDenied):
+        await LocalKeyring(here).decrypt_data_key(dk.key_ref, dk.wrapped, ctx)
+    assert "every replica must read the same keyring file" in caplog.text
