@@ -182,6 +182,9 @@ def needs(
     acl = headers.get("x-amz-acl")
     if acl is not None:
         ctx["s3:x-amz-acl"] = acl
+    for name in ("x-amz-server-side-encryption", "x-amz-server-side-encryption-aws-kms-key-id"):
+        if name in headers and operation in _WRITES:
+            ctx[f"s3:{name}"] = headers[name]
     if operation in _LISTINGS:
         ctx.update({name: query[param] for param, name in _LIST_KEYS.items() if param in query})
     if bucket is None or key is None:

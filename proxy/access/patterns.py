@@ -18,6 +18,8 @@ CONDITION_KEYS: frozenset[str] = frozenset(
         "s3:max-keys",
         "s3:versionid",
         "s3:x-amz-acl",
+        "s3:x-amz-server-side-encryption",
+        "s3:x-amz-server-side-encryption-aws-kms-key-id",
         "aws:sourceip",
         "aws:securetransport",
         "aws:currenttime",

@@ -61,6 +61,9 @@ async def bucket_policies(gw: Gateway, request: web.Request, r: Route, wanted: I
         held[name] = await gw.access.settings(gw, name)
     request[BUCKET_ACCESS] = held
     for name, access in held.items():
+        if not access.exists:
+            # As S3 answers anyone, authorized or not: whether a bucket name exists is no secret.
+            raise S3Error("NoSuchBucket", "The specified bucket does not exist", 404, resource=name)
         if access.broken is not None and not (name == r.bucket and r.operation in _MENDING):
             raise S3Error(
                 "ObjectIntegrityError",

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import suppress
 from datetime import UTC, datetime
 from urllib.parse import unquote_plus
@@ -31,7 +31,7 @@ from proxy.crypto.format import (
 from proxy.crypto.segments import StreamEncryptor
 from proxy.crypto.upload_id import PREFIX, UploadId
 from proxy.s3.errors import S3Error
-from proxy.s3.headers import etag_value
+from proxy.s3.headers import SSE_ANSWER_HEADERS, etag_value
 from proxy.s3.sigv4 import VerifiedRequest
 from proxy.s3.xml import (
     XML_HEADERS,
@@ -105,7 +105,7 @@ async def upload_part(
         # The client gets the plaintext's MD5; Complete checks it against this record.
         await record_part(gw, bucket, key, uid.backend_id, data_key, uid.salt, number, etag, md5.hex())
         etag = f'"{md5.hex()}"'
-    out = web.Response(status=200, headers={"ETag": etag})
+    out = web.Response(status=200, headers={"ETag": etag, **_sse_answer(resp.headers)})
     for name, value in body.checksums.items():
         out.headers[name] = value
     return out
@@ -144,7 +144,12 @@ async def upload_part_copy(gw: Gateway, request: web.Request, bucket: str, key: 
         raise S3Error("ObjectIntegrityError", f"copy source failed authentication: {exc}", 500) from exc
     modified = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z")
     body = document("CopyPartResult", [("LastModified", modified), ("ETag", resp.headers.get("ETag", ""))])
-    return web.Response(status=200, body=body, headers=XML_HEADERS)
+    return web.Response(status=200, body=body, headers={**XML_HEADERS, **_sse_answer(resp.headers)})
+
+
+def _sse_answer(headers: Mapping[str, str]) -> dict[str, str]:
+    """The backend's own server-side encryption of a part, as S3 reports it on part answers."""
+    return {name: headers[name] for name in SSE_ANSWER_HEADERS if name in headers}
 
 
 async def complete(gw: Gateway, request: web.Request, bucket: str, key: str) -> web.StreamResponse:

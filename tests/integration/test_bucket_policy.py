@@ -18,6 +18,7 @@ from tests.conftest import SealgateThread, Stack, client_for, free_port, start_s
 
 ALICE = ("SGBPALICE00000000001", "alice-secret-0000000001")
 BOB = ("SGBPBOB0000000000001", "bob-secret-000000000001")
+DAVE = ("SGBPDAVE000000000001", "dave-secret-00000000001")
 RUN = f"{os.getpid()}-{os.urandom(2).hex()}"
 RECORDS = ".sealgate/bk/"
 
@@ -32,9 +33,14 @@ def _extra(audit: Path) -> str:
     lists = json.dumps(
         {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:ListAllMyBuckets", "Resource": "*"}]}
     )
+    nothing = json.dumps(
+        {"Version": "2012-10-17", "Statement": [{"Effect": "Deny", "Action": "s3:*", "Resource": "*"}]}
+    )
     return (
         _client("alice", ALICE)
         + _client("bob", BOB)
+        + _client("dave", DAVE)
+        + f"[[policies]]\nname = \"nothing\"\nprincipals = [\"dave\"]\ndocument = '''{nothing}'''\n"
         + f"[[policies]]\nname = \"full\"\nprincipals = [\"tester\"]\ndocument = '''{full}'''\n"
         + f"[[policies]]\nname = \"list\"\nprincipals = [\"alice\", \"bob\"]\ndocument = '''{lists}'''\n"
         + f'[audit]\npath = "{audit}"\n'
@@ -382,3 +388,16 @@ def test_anonymous_requests_get_what_a_public_policy_allows(open_st: Stack) -> N
     assert as_(open_st, ALICE).get_object(Bucket=name, Key="doc.txt")["Body"].read() == b"the plaintext"
     audit = (open_st.dir / "audit.jsonl").read_text()
     assert "(anonymous)" in audit
+
+
+def test_a_missing_bucket_is_no_such_bucket_to_anyone(open_st: Stack) -> None:
+    name = f"bp-never-{RUN}"
+    assert error_of(unsigned(open_st).get_object, Bucket=name, Key="k") == (404, "NoSuchBucket")
+    assert error_of(as_(open_st, ALICE).get_object, Bucket=name, Key="k") == (404, "NoSuchBucket")
+    assert error_of(open_st.client().get_object, Bucket=name, Key="k") == (404, "NoSuchBucket")
+
+
+def test_an_explicit_identity_deny_is_decided_before_any_backend_call(open_st: Stack) -> None:
+    """dave's identity policy denies everything: the refusal comes before the bucket's settings
+    are read, so even a bucket that does not exist is a 403, not a NoSuchBucket."""
+    assert error_of(as_(open_st, DAVE).get_object, Bucket=f"bp-never-{RUN}", Key="k") == (403, "AccessDenied")

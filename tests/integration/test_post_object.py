@@ -315,10 +315,10 @@ def test_identity_policy_decides_before_any_backend_call(guarded: Stack) -> None
     )
     assert code(post_form(guarded, post["url"], post["fields"], b"x")) == "AccessDenied"  # s3:PutObjectTagging
     assert backend_keys(guarded, bucket) == ["uploads/ok.txt"]
-    # On a bucket the backend does not have, the refusal is still 403, not NoSuchBucket: the
-    # decision was made before anything was asked of the backend.
+    # On a bucket the backend does not have, the answer is S3's NoSuchBucket, as to anyone (its
+    # settings are read before the decision; nothing is stored).
     post = gw.generate_presigned_post("no-such-bucket-for-post", "elsewhere/no.txt")
-    assert code(post_form(guarded, post["url"], post["fields"], b"x")) == "AccessDenied"
+    assert code(post_form(guarded, post["url"], post["fields"], b"x")) == "NoSuchBucket"
 
 
 def test_s3ec_v3_bucket_stores_its_format(guarded: Stack) -> None:
