@@ -543,6 +543,7 @@ def _register_tools() -> None:
     from proxy.tools.audit import audit_group
     from proxy.tools.convert import convert_cmd
     from proxy.tools.copy import copy_cmd
+    from proxy.tools.health import health_cmd
     from proxy.tools.offline.commands import decrypt_cmd, encrypt_cmd
     from proxy.tools.policy_check import policy_group
 
@@ -552,6 +553,7 @@ def _register_tools() -> None:
     main.add_command(convert_cmd, "convert")
     main.add_command(copy_cmd, "copy")
     main.add_command(policy_group, "policy")
+    main.add_command(health_cmd, "health")
 
 
 _register_tools()

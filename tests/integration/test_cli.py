@@ -370,3 +370,20 @@ def test_serve_refuses_a_default_key_the_keyring_lacks(
     r = subprocess.run([*SEALGATE, "serve", "-c", str(cfg)], cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert r.returncode == 2
     assert "kms.default_key" in r.stderr and "'defualt'" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_health_asks_the_configs_own_listener(moto_url: str, tls_files: dict[str, Path], tmp_path: Path) -> None:
+    from tests.conftest import SealgateThread, write_config
+
+    port = free_port()
+    cfg = write_config(tmp_path, backend=moto_url, tls=tls_files, port=port)
+    down = run(["health", "-c", str(cfg)], tmp_path)
+    assert down.returncode == 1 and f"127.0.0.1:{port}" in down.stderr
+    gate = SealgateThread(cfg).start()
+    try:
+        alive = run(["health"], tmp_path, {"SEALGATE_CONFIG": str(cfg)})
+        assert alive.returncode == 0 and alive.stdout.strip() == "ok", alive.stderr
+        ready = run(["health", "--ready", "-c", str(cfg)], tmp_path)
+        assert ready.returncode == 0 and ready.stdout.strip() == "ready", ready.stderr
+    finally:
+        gate.stop()
