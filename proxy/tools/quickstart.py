@@ -132,7 +132,7 @@ Every sealgate command run here finds this config (or give -c FILE / $SEALGATE_C
 
 aws cli:
   export AWS_ACCESS_KEY_ID={akid} AWS_SECRET_ACCESS_KEY={secret} AWS_DEFAULT_REGION=us-east-1
-  export AWS_CA_BUNDLE={ca.resolve()}   # unset it before running rclone 1.60, which cannot read it
+  export AWS_CA_BUNDLE={ca.resolve()}   # rclone 1.60 fails while this is set: unset it for rclone
   aws --endpoint-url {endpoint} s3 mb s3://demo
   aws --endpoint-url {endpoint} s3 cp ./README.md s3://demo/README.md
   aws --endpoint-url {endpoint} s3 cp s3://demo/README.md -
