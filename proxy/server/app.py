@@ -25,6 +25,7 @@ from proxy.s3.sigv4 import ClientCredentials, VerifiedRequest, verify_request
 from proxy.server import admin, buckets, copy, cors, multipart, objects
 from proxy.server.budget import VERIFY_FIRST_BUDGET, MemoryBudget
 from proxy.server.direct import closes_connection
+from proxy.server.listener import mark_authenticated
 from proxy.server.state import CALLER, IDENTITY, REQUEST_ID
 from proxy.server.tls import check_client_certificate
 from proxy.server.writes import WRITE_CONDITIONS, write_conditions
@@ -130,6 +131,7 @@ def _authenticate(request: web.Request) -> VerifiedRequest:
     check_client_certificate(gw.config, peercert, verified.identity)
     request[_VERIFIED] = verified
     request[IDENTITY] = verified.identity
+    mark_authenticated(request)
     return verified
 
 

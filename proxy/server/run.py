@@ -73,8 +73,14 @@ async def start(
     certificates = CertificateReloader.from_config(srv) if srv.tls else None
     audit = open_audit(config, per_process=processes > 1)
     app = build_app(make_gateway(config, keyring=keyring, audit=audit))
-    connections = Connections(srv.max_connections, srv.header_timeout_seconds)
-    app.on_response_prepare.append(connections.on_response_prepare)
+    connections = Connections(
+        srv.max_connections,
+        srv.header_timeout_seconds,
+        anonymous=srv.anonymous_share,
+        per_address=srv.anonymous_per_address,
+        anonymous_idle=srv.anonymous_idle_timeout_seconds,
+    )
+    connections.install(app)
     # Requests in flight get their time in Connections.drain; this only bounds handlers that
     # outlive their cut connection.
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=2.0)

@@ -1,0 +1,69 @@
+"""The issue 19 limits in ``[server]`` and ``[backend]``: defaults, and bad values named clearly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from proxy.config import ConfigError, load_config
+from tests.unit.config.test_config import BASE, ENV, SERVER, render
+
+BACKEND = str(BASE["backend"])
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.chdir(tmp_path)
+    for name in ("certs/server.pem", "certs/server-key.pem", "keyring", "passphrase"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("x")
+    return tmp_path
+
+
+def load(workdir: Path, server: str = "", backend: str = "") -> object:
+    path = workdir / "sealgate.toml"
+    path.write_text(render(server=SERVER + server, backend=BACKEND + backend))
+    return load_config(path, ENV)
+
+
+def error(workdir: Path, server: str = "", backend: str = "") -> str:
+    with pytest.raises(ConfigError) as info:
+        load(workdir, server, backend)
+    return str(info.value).split(": ", 1)[1]
+
+
+def test_connection_share_defaults(workdir: Path) -> None:
+    srv = load(workdir).server  # type: ignore[attr-defined]
+    assert (srv.anonymous_share, srv.anonymous_per_address, srv.anonymous_idle_timeout_seconds) == (512, 64, 5.0)
+    srv = load(workdir, "max_connections = 20\n").server  # type: ignore[attr-defined]
+    assert (srv.anonymous_share, srv.anonymous_per_address) == (10, 10)
+    srv = load(workdir, "max_connections = 1\n").server  # type: ignore[attr-defined]
+    assert (srv.anonymous_share, srv.anonymous_per_address) == (1, 1)
+    srv = load(workdir, "anonymous_connections = 100\nanonymous_connections_per_address = 0\n").server  # type: ignore[attr-defined]
+    assert (srv.anonymous_share, srv.anonymous_per_address) == (100, 0)
+
+
+@pytest.mark.parametrize(
+    ("server", "expected"),
+    [
+        ("anonymous_connections = 0\n", "server.anonymous_connections: must be greater than or equal to 1"),
+        (
+            "max_connections = 10\nanonymous_connections = 11\n",
+            "server.anonymous_connections: must be at most max_connections (10), got 11",
+        ),
+        (
+            "anonymous_connections_per_address = -1\n",
+            "server.anonymous_connections_per_address: must be greater than or equal to 0",
+        ),
+        (
+            "max_connections = 20\nanonymous_connections_per_address = 11\n",
+            "server.anonymous_connections_per_address: must be at most the anonymous share (10: "
+            "anonymous_connections, or half of max_connections), got 11",
+        ),
+        ("anonymous_idle_timeout_seconds = 0\n", "server.anonymous_idle_timeout_seconds: must be greater than 0"),
+        ('anonymous_connections = "half"\n', "server.anonymous_connections: must be an integer"),
+    ],
+)
+def test_connection_share_errors(workdir: Path, server: str, expected: str) -> None:
+    assert error(workdir, server) == expected
