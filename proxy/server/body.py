@@ -26,6 +26,7 @@ from proxy.s3.chunked import AwsChunkedDecoder
 from proxy.s3.errors import S3Error
 from proxy.s3.routing import QUERY_CHECKSUMS
 from proxy.s3.sigv4 import VerifiedRequest, chunk_verifier_for
+from proxy.server.budget import BodyPace
 from proxy.server.direct import take_over
 from proxy.store.gateway import Gateway
 
@@ -94,9 +95,11 @@ class PlaintextBody:
         *,
         want_md5: bool,
         stall_timeout: float = 60.0,
+        min_rate: int = 0,
     ) -> None:
         self._stream = stream
         self._stall = stall_timeout
+        self._min_rate = min_rate
         payload = verified.payload_hash
         self.chunked = payload.startswith(STREAMING_PREFIX)
         encoding = headers.get("Content-Encoding", "")
@@ -154,14 +157,18 @@ class PlaintextBody:
             self._checksum.update(piece)
 
     async def __aiter__(self) -> AsyncIterator[bytes | memoryview]:
+        pace = BodyPace(self._stall, self._min_rate)
         while True:
             try:
                 # What has arrived is taken without arming a timer (a small body usually has
-                # all arrived by now); only a read that has to wait is bounded by the stall timeout.
+                # all arrived by now); only a read that has to wait is bounded by the stall
+                # timeout, and by the minimum rate (BodyPace).
                 data = self._stream.read_nowait()
                 if not data and not self._stream.at_eof():
-                    async with asyncio.timeout(self._stall):
+                    async with asyncio.timeout(pace.wait()):
                         data = await self._stream.readany()
+                if data:
+                    pace.took(len(data))
             except TimeoutError as exc:
                 raise S3Error(
                     "RequestTimeout",
@@ -231,4 +238,5 @@ def client_body(gw: Gateway, request: web.Request, verified: VerifiedRequest) ->
         verified,
         want_md5=wants_md5(gw, verified),
         stall_timeout=gw.config.server.body_stall_timeout_seconds,
+        min_rate=gw.config.server.body_min_bytes_per_second,
     )

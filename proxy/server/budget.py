@@ -1,5 +1,6 @@
-"""A memory budget shared by every connection of one process: the plaintext that verify-first
-S3EC reads hold before their GCM tag has checked (proxy/server/s3ec.py).
+"""Limits on what one request may hold: a memory budget shared by every connection of one
+process, for the plaintext that verify-first S3EC reads hold before their GCM tag has checked
+(proxy/server/s3ec.py); and `BodyPace`, the deadlines that keep a request body coming.
 
 A read reserves what it will hold before it reads the body and gives it back when its response
 ends, however it ends. One that does not fit waits a moment for others to finish, then is
@@ -10,7 +11,8 @@ these reads hold at once never exceeds the budget, whatever the number of connec
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Final
 
@@ -105,3 +107,33 @@ class MemoryBudget:
 
 #: The process's budget for verify-first reads (``server.verify_first_memory_bytes``).
 VERIFY_FIRST_BUDGET = web.AppKey("sealgate.verify_first_budget", MemoryBudget)
+
+
+class BodyPace:
+    """When the next piece of a request body must have arrived.
+
+    Each span of `stall` seconds must bring `rate` × `stall` bytes (or the rest of the body):
+    a span starts when the one before it got its bytes, so no wait exceeds `stall` (the
+    per-read stall timeout, which is all that applies with `rate` 0) and a trickle that keeps
+    just inside it is cut off as well. Nothing is carried over from a fast span to a slow one.
+    """
+
+    def __init__(self, stall: float, rate: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self._stall = stall
+        self._need = rate * stall
+        self._clock = clock
+        self._start = clock()
+        self._got = 0
+
+    def wait(self) -> float:
+        """Seconds the next read may wait (0: the span is over, short of its bytes)."""
+        return max(0.0, self._start + self._stall - self._clock())
+
+    def took(self, size: int) -> None:
+        """`size` bytes arrived; TimeoutError if they came after their span ended short."""
+        self._got += size
+        now = self._clock()
+        if self._got >= self._need:
+            self._start, self._got = now, 0
+        elif now > self._start + self._stall:
+            raise TimeoutError(f"{self._got} bytes in {self._stall}s, fewer than {self._need}")

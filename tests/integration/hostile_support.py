@@ -185,3 +185,54 @@ __all__ = [
     "tls_socket",
     "wait_until",
 ]
+
+
+VICTIM_AKID = "SGVICTIM000000000001"
+VICTIM_SECRET = "victim-secret-0123456789abcdef"
+#: A second client, for the tests where one client attacks and another must still be served.
+VICTIM = f"""
+[[clients]]
+name = "victim"
+access_key_id = "{VICTIM_AKID}"
+secret_access_key = "{VICTIM_SECRET}"
+"""
+
+
+class Trickle:
+    """A signed streamed PUT that sends its head and a first piece, then trickles."""
+
+    def __init__(self, g: Gate, bucket: str, key: str, length: int = 1024 * 1024, first: int = 64 * 1024) -> None:
+        self.sock = tls_socket(g.port, g.ca)
+        self.length = length
+        self.sent = first
+        self.answer: bytes = b""
+        self.sock.sendall(signed_put_head(g.port, bucket, key, length) + b"x" * first)
+
+    def step(self, size: int) -> bool:
+        """Send `size` more bytes unless the server has answered; whether it has."""
+        self.sock.settimeout(0.01)
+        try:
+            self.answer += self.sock.recv(65536)
+            return True  # an answer, or the connection closed
+        except TimeoutError:
+            pass
+        except (OSError, ssl.SSLError):
+            return True
+        size = min(size, self.length - self.sent - 1)  # never finish the body
+        if size > 0:
+            try:
+                self.sock.settimeout(2)
+                self.sock.sendall(b"y" * size)
+                self.sent += size
+            except (OSError, ssl.SSLError):
+                return True
+        return False
+
+    @property
+    def status(self) -> int | None:
+        if not self.answer.startswith(b"HTTP/1.1 "):
+            return None
+        return int(self.answer.split(b" ")[1])
+
+    def close(self) -> None:
+        close_all([self.sock])

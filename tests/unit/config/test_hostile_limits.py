@@ -67,3 +67,42 @@ def test_connection_share_defaults(workdir: Path) -> None:
 )
 def test_connection_share_errors(workdir: Path, server: str, expected: str) -> None:
     assert error(workdir, server) == expected
+
+
+def test_pool_and_body_rate_defaults(workdir: Path) -> None:
+    cfg = load(workdir)
+    b = cfg.backend  # type: ignore[attr-defined]
+    assert (b.pool_size, b.pool_wait_seconds, b.uploads_per_client) == (256, 2.0, 64)
+    assert cfg.server.body_min_bytes_per_second == 1024  # type: ignore[attr-defined]
+    b = load(workdir, backend="pool_size = 3\n").backend  # type: ignore[attr-defined]
+    assert b.uploads_per_client == 1
+    b = load(workdir, backend="pool_size = 8\nstreamed_uploads_per_client = 8\n").backend  # type: ignore[attr-defined]
+    assert b.uploads_per_client == 8
+
+
+@pytest.mark.parametrize(
+    ("server", "backend", "expected"),
+    [
+        ("", "pool_size = 0\n", "backend.pool_size: must be greater than or equal to 1"),
+        ("", "pool_wait_seconds = 0\n", "backend.pool_wait_seconds: must be greater than 0"),
+        ("", "pool_wait_seconds = 301\n", "backend.pool_wait_seconds: must be less than or equal to 300"),
+        (
+            "",
+            "streamed_uploads_per_client = 0\n",
+            "backend.streamed_uploads_per_client: must be greater than or equal to 1",
+        ),
+        (
+            "",
+            "pool_size = 8\nstreamed_uploads_per_client = 9\n",
+            "backend.streamed_uploads_per_client: must be at most pool_size (8), got 9",
+        ),
+        (
+            "body_min_bytes_per_second = -1\n",
+            "",
+            "server.body_min_bytes_per_second: must be greater than or equal to 0",
+        ),
+        ('body_min_bytes_per_second = "1k"\n', "", "server.body_min_bytes_per_second: must be an integer"),
+    ],
+)
+def test_pool_and_body_rate_errors(workdir: Path, server: str, backend: str, expected: str) -> None:
+    assert error(workdir, server, backend) == expected
