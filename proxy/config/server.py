@@ -108,6 +108,11 @@ class ServerConfig(Section):
     #: just inside the stall timeout would hold its connections, and for a streamed upload a
     #: backend connection, for hours.
     body_min_bytes_per_second: StrictInt = Field(default=1024, ge=0, le=1024**3)
+    #: s3ec-v3 multipart uploads in progress whose GCM stream state this process holds, and how
+    #: many of them one client may have (default: a sixteenth of the total), so that one client
+    #: cannot take them all.
+    s3ec_uploads: StrictInt = Field(default=4096, ge=1, le=1_000_000)
+    s3ec_uploads_per_client: StrictInt | None = Field(default=None, ge=1, le=1_000_000)
 
     _check_listen = field_validator("listen", "plain_http_listen")(check_address)
 
@@ -150,6 +155,12 @@ class ServerConfig(Section):
                 f"must be at most the anonymous share ({self.anonymous_share}: anonymous_connections, "
                 f"or half of max_connections), got {per_address}",
             )
+        per_client = self.s3ec_uploads_per_client
+        if per_client is not None and per_client > self.s3ec_uploads:
+            raise Invalid(
+                ("s3ec_uploads_per_client",),
+                f"must be at most s3ec_uploads ({self.s3ec_uploads}), got {per_client}",
+            )
 
     @property
     def anonymous_share(self) -> int:
@@ -164,6 +175,13 @@ class ServerConfig(Section):
         if self.anonymous_connections_per_address is not None:
             return self.anonymous_connections_per_address
         return min(64, self.anonymous_share)
+
+    @property
+    def s3ec_uploads_quota(self) -> int:
+        """s3ec-v3 uploads in progress one client may have in this process."""
+        if self.s3ec_uploads_per_client is not None:
+            return self.s3ec_uploads_per_client
+        return max(1, self.s3ec_uploads // 16)
 
     @property
     def listen_address(self) -> tuple[str, int]:

@@ -106,3 +106,19 @@ def test_pool_and_body_rate_defaults(workdir: Path) -> None:
 )
 def test_pool_and_body_rate_errors(workdir: Path, server: str, backend: str, expected: str) -> None:
     assert error(workdir, server, backend) == expected
+
+
+def test_s3ec_upload_quota(workdir: Path) -> None:
+    srv = load(workdir).server  # type: ignore[attr-defined]
+    assert (srv.s3ec_uploads, srv.s3ec_uploads_quota) == (4096, 256)
+    srv = load(workdir, "s3ec_uploads = 8\n").server  # type: ignore[attr-defined]
+    assert srv.s3ec_uploads_quota == 1
+    assert error(workdir, "s3ec_uploads = 0\n") == "server.s3ec_uploads: must be greater than or equal to 1"
+    assert (
+        error(workdir, "s3ec_uploads = 8\ns3ec_uploads_per_client = 9\n")
+        == "server.s3ec_uploads_per_client: must be at most s3ec_uploads (8), got 9"
+    )
+    assert (
+        error(workdir, "s3ec_uploads_per_client = 0\n")
+        == "server.s3ec_uploads_per_client: must be greater than or equal to 1"
+    )
