@@ -33,11 +33,15 @@ class Gate:
                 stdout=out,
                 stderr=subprocess.STDOUT,
             )
-        try:
-            wait_port(port)
-        except RuntimeError:
-            self.stop()
-            raise RuntimeError(f"sealgate did not start: {self.log.read_text()[-2000:]}") from None
+        deadline = time.monotonic() + 20
+        while self.proc.poll() is None and time.monotonic() < deadline:
+            try:
+                wait_port(port, 0.2)
+                return
+            except RuntimeError:
+                continue
+        self.stop()
+        raise RuntimeError(f"sealgate did not start: {self.log.read_text()[-2000:]}")
 
     @property
     def url(self) -> str:

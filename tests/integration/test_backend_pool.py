@@ -6,6 +6,7 @@ must still be served, or at worst told to slow down, never left hanging."""
 
 from __future__ import annotations
 
+import select
 import time
 import uuid
 from pathlib import Path
@@ -121,3 +122,25 @@ def test_a_steady_slow_upload_above_the_rate_goes_through(
             assert up.status == 200, up.answer[:300]
         finally:
             up.close()
+
+
+def test_the_default_pool_survives_260_slow_uploads(moto_url: str, tls_files: dict[str, Path], tmp_path: Path) -> None:
+    """The finding at its own scale: 260 slow uploads from one client took all 256 pooled
+    connections, and a 5-byte GET from another client got no answer. Default settings."""
+    with gate(tmp_path, moto_url, tls_files, extra=VICTIM) as g:
+        bucket = setup_bucket(g)
+        uploads = [Trickle(g, bucket, f"slow-{i}", first=1024) for i in range(260)]
+        try:
+            deadline = time.monotonic() + 3.0  # the default pool wait (2 s) and then some
+            while time.monotonic() < deadline:
+                readable, _, _ = select.select([up.sock for up in uploads if up.status is None], [], [], 0.2)
+                for up in uploads:
+                    if up.sock in readable:
+                        up.step(0)
+            t0 = time.monotonic()
+            assert victim(g).get_object(Bucket=bucket, Key="small")["Body"].read() == b"hello"  # type: ignore[attr-defined]
+            assert time.monotonic() - t0 < 5.0
+            assert sum(up.status == 503 for up in uploads) == 260 - 64  # a quarter of the pool each
+        finally:
+            for up in uploads:
+                up.close()
