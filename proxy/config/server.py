@@ -103,10 +103,10 @@ class ServerConfig(Section):
     anonymous_connections_per_address: StrictInt | None = Field(default=None, ge=0, le=1_000_000)
     #: An anonymous connection waiting this long for a request (its first or the next) is closed.
     anonymous_idle_timeout_seconds: float = Field(default=5.0, gt=0, le=3600)
-    #: A request body must bring at least this many bytes per second, averaged over each span of
-    #: ``body_stall_timeout_seconds`` (0: only the stall timeout applies): a trickle that keeps
-    #: just inside the stall timeout would hold its connections, and for a streamed upload a
-    #: backend connection, for hours.
+    #: A request body must bring at least this many bytes per second sealgate waits for it,
+    #: averaged over each span of ``body_stall_timeout_seconds`` (0: only the stall timeout
+    #: applies): a trickle that keeps just inside the stall timeout would hold its connections,
+    #: and for a streamed upload a backend connection, for hours.
     body_min_bytes_per_second: StrictInt = Field(default=1024, ge=0, le=1024**3)
     #: s3ec-v3 multipart uploads in progress whose GCM stream state this process holds, and how
     #: many of them one client may have (default: a sixteenth of the total), so that one client

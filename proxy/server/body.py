@@ -13,6 +13,7 @@ import asyncio
 import base64
 import binascii
 import hashlib
+import time
 from collections.abc import AsyncIterator
 from typing import Protocol
 
@@ -164,11 +165,14 @@ class PlaintextBody:
                 # all arrived by now); only a read that has to wait is bounded by the stall
                 # timeout, and by the minimum rate (BodyPace).
                 data = self._stream.read_nowait()
+                waited = 0.0
                 if not data and not self._stream.at_eof():
+                    began = time.monotonic()
                     async with asyncio.timeout(pace.wait()):
                         data = await self._stream.readany()
+                    waited = time.monotonic() - began
                 if data:
-                    pace.took(len(data))
+                    pace.took(len(data), waited)
             except TimeoutError as exc:
                 raise S3Error(
                     "RequestTimeout",

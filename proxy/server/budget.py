@@ -11,8 +11,7 @@ these reads hold at once never exceeds the budget, whatever the number of connec
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Final
 
@@ -110,30 +109,32 @@ VERIFY_FIRST_BUDGET = web.AppKey("sealgate.verify_first_budget", MemoryBudget)
 
 
 class BodyPace:
-    """When the next piece of a request body must have arrived.
+    """How long the next read of a request body may wait for the client.
 
-    Each span of `stall` seconds must bring `rate` × `stall` bytes (or the rest of the body):
-    a span starts when the one before it got its bytes, so no wait exceeds `stall` (the
-    per-read stall timeout, which is all that applies with `rate` 0) and a trickle that keeps
-    just inside it is cut off as well. Nothing is carried over from a fast span to a slow one.
+    Each span of `stall` seconds spent waiting for the client must bring `rate` × `stall` bytes
+    (or the rest of the body); a span starts when the one before it got its bytes, so no single
+    wait exceeds `stall` (the per-read stall timeout, all that applies with `rate` 0), and a
+    trickle that keeps just inside it is cut off as well. Only time spent waiting for the client
+    counts: a slow backend, which slows the reads, is not the client's fault. Nothing is carried
+    over from a fast span to a slow one.
     """
 
-    def __init__(self, stall: float, rate: int, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, stall: float, rate: int) -> None:
         self._stall = stall
         self._need = rate * stall
-        self._clock = clock
-        self._start = clock()
+        self._waited = 0.0
         self._got = 0
 
     def wait(self) -> float:
         """Seconds the next read may wait (0: the span is over, short of its bytes)."""
-        return max(0.0, self._start + self._stall - self._clock())
+        return max(0.0, self._stall - self._waited)
 
-    def took(self, size: int) -> None:
-        """`size` bytes arrived; TimeoutError if they came after their span ended short."""
+    def took(self, size: int, waited: float) -> None:
+        """`size` bytes arrived after waiting `waited` seconds for them; TimeoutError if the
+        span has run out of time short of its bytes."""
         self._got += size
-        now = self._clock()
+        self._waited += waited
         if self._got >= self._need:
-            self._start, self._got = now, 0
-        elif now > self._start + self._stall:
-            raise TimeoutError(f"{self._got} bytes in {self._stall}s, fewer than {self._need}")
+            self._waited, self._got = 0.0, 0
+        elif self._waited >= self._stall:
+            raise TimeoutError(f"{self._got} bytes in {self._stall}s of waiting, fewer than {self._need}")

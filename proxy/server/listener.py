@@ -7,7 +7,8 @@ accepts itself instead, which gives it what aiohttp lacks:
   so further clients queue in the kernel's backlog (as nginx does at ``worker_connections``)
   instead of being accepted and starved.
 - **fair slots**: a connection is *anonymous* until a request on it passes SigV4 verification
-  (`mark_authenticated`; health and admin paths never authenticate one). Anonymous connections
+  (`mark_authenticated`; health and metrics paths, CORS preflights and requests that fail
+  verification never authenticate one). Anonymous connections
   hold at most a share of the slots, and at most a few per source address (IPv4 address, IPv6
   /64), and are closed after a short idle time. A new connection that finds its share (or its
   address's) full takes the place of the oldest anonymous one that can give way: one idle after
@@ -18,7 +19,8 @@ accepts itself instead, which gives it what aiohttp lacks:
   anonymous connection that can give way. Busy connections are never pushed out.
 - **header_timeout**: the TLS handshake, and the request headers of every request, must be
   complete within it. A connection that dribbles its headers (slowloris) is cut; one idle
-  between requests is left to aiohttp's keep-alive timeout and a body to the stall timeout.
+  between requests is left to the keep-alive timeouts (aiohttp's, and the shorter anonymous
+  one) and a body to the stall timeout and minimum rate (proxy/server/budget.py).
 - **drain**: on shutdown, listeners close first, idle connections are closed, requests in
   flight run to completion until a deadline, and whatever is left is then cut.
 
