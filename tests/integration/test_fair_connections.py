@@ -36,7 +36,7 @@ def test_idle_anonymous_keepalives_do_not_lock_out_a_client(
         try:
             t0 = time.monotonic()
             g.client(timeout=5).list_buckets()
-            assert time.monotonic() - t0 < 4.0
+            assert time.monotonic() - t0 < 4.5
         finally:
             close_all(held)
 
@@ -72,7 +72,7 @@ def test_renewed_anonymous_load_does_not_lock_out_a_client(
                 t0 = time.monotonic()
                 g.client(timeout=5).list_buckets()  # a new connection each time
                 s3.list_buckets()
-                assert time.monotonic() - t0 < 4.0
+                assert time.monotonic() - t0 < 4.5
         finally:
             stop.set()
             for t in attackers:
@@ -100,7 +100,7 @@ def test_authenticated_connections_keep_their_reserve(
             assert len(alive) <= 4
             t0 = time.monotonic()
             g.client(timeout=5).list_buckets()
-            assert time.monotonic() - t0 < 4.0
+            assert time.monotonic() - t0 < 4.5
         finally:
             close_all(mine + anonymous)
 
