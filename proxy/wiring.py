@@ -109,6 +109,9 @@ def make_backend(config: Config) -> Backend:
             read_timeout=b.read_timeout_seconds,
             max_attempts=b.max_attempts,
             upload_checksum=b.upload_checksum,
+            pool_size=b.pool_size,
+            pool_wait=b.pool_wait_seconds,
+            uploads_per_client=b.uploads_per_client,
         )
     )
 

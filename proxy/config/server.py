@@ -94,6 +94,25 @@ class ServerConfig(Section):
     max_connections: StrictInt = Field(default=1024, ge=1, le=1_000_000)
     #: On SIGTERM: how long requests in flight may still run before their connections are cut.
     shutdown_timeout_seconds: float = Field(default=30.0, ge=0, le=3600)
+    #: Connections not yet authenticated (no request on them has passed SigV4 verification:
+    #: health and admin paths, CORS preflights, bad signatures) may hold this many of the
+    #: ``max_connections`` slots; the rest stay for authenticated ones. Default: half.
+    anonymous_connections: StrictInt | None = Field(default=None, ge=1, le=1_000_000)
+    #: Of those, at most this many from one source address (IPv4 address, IPv6 /64); 0: no such
+    #: cap (behind a proxy that hides client addresses). Default: 64, or the anonymous share if less.
+    anonymous_connections_per_address: StrictInt | None = Field(default=None, ge=0, le=1_000_000)
+    #: An anonymous connection waiting this long for a request (its first or the next) is closed.
+    anonymous_idle_timeout_seconds: float = Field(default=5.0, gt=0, le=3600)
+    #: A request body must bring at least this many bytes per second sealgate waits for it,
+    #: averaged over each span of ``body_stall_timeout_seconds`` (0: only the stall timeout
+    #: applies): a trickle that keeps just inside the stall timeout would hold its connections,
+    #: and for a streamed upload a backend connection, for hours.
+    body_min_bytes_per_second: StrictInt = Field(default=1024, ge=0, le=1024**3)
+    #: s3ec-v3 multipart uploads in progress whose GCM stream state this process holds, and how
+    #: many of them one client may have (default: a sixteenth of the total), so that one client
+    #: cannot take them all.
+    s3ec_uploads: StrictInt = Field(default=4096, ge=1, le=1_000_000)
+    s3ec_uploads_per_client: StrictInt | None = Field(default=None, ge=1, le=1_000_000)
 
     _check_listen = field_validator("listen", "plain_http_listen")(check_address)
 
@@ -120,7 +139,49 @@ class ServerConfig(Section):
         plain = self.plain_http_listen
         if self.tls and plain is not None and parse_address(plain) == self.listen_address:
             raise Invalid(("plain_http_listen",), "is the same address as listen")
+        self._check_shares()
         return self
+
+    def _check_shares(self) -> None:
+        if self.anonymous_connections is not None and self.anonymous_connections > self.max_connections:
+            raise Invalid(
+                ("anonymous_connections",),
+                f"must be at most max_connections ({self.max_connections}), got {self.anonymous_connections}",
+            )
+        per_address = self.anonymous_connections_per_address
+        if per_address is not None and per_address > self.anonymous_share:
+            raise Invalid(
+                ("anonymous_connections_per_address",),
+                f"must be at most the anonymous share ({self.anonymous_share}: anonymous_connections, "
+                f"or half of max_connections), got {per_address}",
+            )
+        per_client = self.s3ec_uploads_per_client
+        if per_client is not None and per_client > self.s3ec_uploads:
+            raise Invalid(
+                ("s3ec_uploads_per_client",),
+                f"must be at most s3ec_uploads ({self.s3ec_uploads}), got {per_client}",
+            )
+
+    @property
+    def anonymous_share(self) -> int:
+        """Slots connections not yet authenticated may hold (``anonymous_connections``, default half)."""
+        if self.anonymous_connections is not None:
+            return self.anonymous_connections
+        return max(1, self.max_connections // 2)
+
+    @property
+    def anonymous_per_address(self) -> int:
+        """Anonymous connections one source address may hold (0: no cap)."""
+        if self.anonymous_connections_per_address is not None:
+            return self.anonymous_connections_per_address
+        return min(64, self.anonymous_share)
+
+    @property
+    def s3ec_uploads_quota(self) -> int:
+        """s3ec-v3 uploads in progress one client may have in this process."""
+        if self.s3ec_uploads_per_client is not None:
+            return self.s3ec_uploads_per_client
+        return max(1, self.s3ec_uploads // 16)
 
     @property
     def listen_address(self) -> tuple[str, int]:

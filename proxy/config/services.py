@@ -62,8 +62,25 @@ class BackendConfig(Section):
     #: retention, which take uploads only with a checksum. Bodies sent whole always carry
     #: Content-MD5.
     upload_checksum: StrictBool = False
+    #: Connections to the backend this process keeps open at most (its pool).
+    pool_size: StrictInt = Field(default=256, ge=1, le=65536)
+    #: A request that finds every pooled connection busy waits this long for one, then gets
+    #: 503 SlowDown (SDKs retry with backoff) instead of hanging.
+    pool_wait_seconds: float = Field(default=2.0, gt=0, le=300)
+    #: Streamed uploads (bodies above 256 KiB, multipart parts) one client may be sending to the
+    #: backend at once, each holding a pooled connection until its body ends; one more waits up
+    #: to ``pool_wait_seconds`` for one of them to end, then gets 503 SlowDown. Default: a
+    #: quarter of ``pool_size``, so one client never holds the pool.
+    streamed_uploads_per_client: StrictInt | None = Field(default=None, ge=1, le=65536)
 
     _check_endpoint = field_validator("endpoint")(check_url)
+
+    @property
+    def uploads_per_client(self) -> int:
+        """Streamed uploads one client may send at once (``streamed_uploads_per_client``)."""
+        if self.streamed_uploads_per_client is not None:
+            return self.streamed_uploads_per_client
+        return max(1, self.pool_size // 4)
 
     @field_validator("region")
     @classmethod
@@ -84,6 +101,11 @@ class BackendConfig(Section):
                 raise Invalid(("ca_bundle",), "only used with an https:// endpoint")
             if not self.verify_tls:
                 raise Invalid(("ca_bundle",), "has no effect with verify_tls = false")
+        per_client = self.streamed_uploads_per_client
+        if per_client is not None and per_client > self.pool_size:
+            raise Invalid(
+                ("streamed_uploads_per_client",), f"must be at most pool_size ({self.pool_size}), got {per_client}"
+            )
         return self
 
 

@@ -39,7 +39,6 @@ import fcntl
 import json
 import os
 import re
-import stat
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -53,6 +52,9 @@ from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 from proxy.crypto import signing
 from proxy.kms import asymmetric
+from proxy.kms.secret_files import KeyringFileError as KeyringFileError
+from proxy.kms.secret_files import passphrase_from as passphrase_from
+from proxy.kms.secret_files import read_private, write_atomic
 
 FORMAT_VERSION = 1
 MAGIC = b"SGKR1"
@@ -75,10 +77,6 @@ _MAX_P = 16
 
 #: Generated keys rotate yearly unless told otherwise (as AWS KMS does).
 DEFAULT_ROTATION_DAYS = 365
-
-
-class KeyringFileError(Exception):
-    """The keyring file or passphrase cannot be used; the message says which and why."""
 
 
 @dataclass(frozen=True)
@@ -125,67 +123,6 @@ def _parse_time(value: str) -> datetime:
     return datetime.fromisoformat(value.replace("Z", "+00:00"))
 
 
-def _mounted_secret(st: os.stat_result) -> bool:
-    """A file someone else owns that only a group of this process may also read, and nobody may
-    change: what a Kubernetes Secret mounted with ``fsGroup`` and ``defaultMode: 0440`` looks like
-    to a non-root container user."""
-    if st.st_mode & 0o037 or st.st_uid == os.geteuid():
-        return False
-    return st.st_gid == os.getegid() or st.st_gid in os.getgroups()
-
-
-def _check_private(path: Path, fd: int, what: str) -> None:
-    """Refuse a secret file that anyone but its owner can read or change (a mounted secret that
-    only this process's group can also read is accepted: `_mounted_secret`)."""
-    st = os.fstat(fd)
-    mode = st.st_mode
-    if mode & 0o077 and not _mounted_secret(st):
-        raise KeyringFileError(
-            f"{what} {path} has mode {stat.S_IMODE(mode):04o} and is accessible by group "
-            f"or others; run `chmod 600 {path}` (a Kubernetes Secret: mount it with the pod's "
-            "fsGroup and defaultMode 0440, see deploy/kubernetes)"
-        )
-
-
-def _read_private(path: Path, what: str) -> bytes:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
-        raise KeyringFileError(f"{what} {path} does not exist") from None
-    except OSError as e:
-        raise KeyringFileError(f"cannot open {what} {path}: {e.strerror}") from None
-    # Check the opened file, not the path, so a swap between check and read cannot win.
-    with os.fdopen(fd, "rb") as f:
-        _check_private(path, f.fileno(), what)
-        return f.read()
-
-
-def passphrase_from(env: str | None, file: Path | None) -> bytes:
-    """The keyring passphrase from environment variable `env`, else from `file`.
-
-    One trailing newline is stripped from a file. The file must be private (mode 0600).
-    """
-    if env:
-        value = os.environ.get(env)
-        if value:
-            return value.encode()
-    if file is not None:
-        data = _read_private(file, "passphrase file")
-        if data.endswith(b"\r\n"):
-            data = data[:-2]
-        elif data.endswith(b"\n"):
-            data = data[:-1]
-        if data:
-            return data
-        raise KeyringFileError(f"passphrase file {file} is empty")
-    sources = []
-    if env:
-        sources.append(f"environment variable {env} is unset or empty")
-    if file is None:
-        sources.append("no passphrase file is configured")
-    raise KeyringFileError("no keyring passphrase: " + "; ".join(sources))
-
-
 #: scrypt runs in this process so far: each costs tens of milliseconds of CPU (by design), so
 #: nothing a client can trigger at will may cause one; tests watch this count.
 derivations = 0
@@ -195,38 +132,6 @@ def _derive_kek(passphrase: bytes, salt: bytes, log2_n: int, r: int, p: int) -> 
     global derivations
     derivations += 1
     return Scrypt(salt=salt, length=KEY_SIZE, n=1 << log2_n, r=r, p=p).derive(passphrase)
-
-
-def _write_atomic(path: Path, data: bytes, *, exclusive: bool) -> None:
-    """Write `data` to `path` with mode 0600 so readers see the old or new file, never half."""
-    tmp = path.with_name(f".{path.name}.{os.urandom(6).hex()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            # The umask can only remove bits, but be explicit: this file is a secret.
-            os.fchmod(f.fileno(), 0o600)
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        if exclusive:
-            # link() fails if `path` exists, unlike replace(): create must never clobber.
-            try:
-                os.link(tmp, path)
-            except FileExistsError:
-                raise KeyringFileError(f"keyring file {path} already exists") from None
-            os.unlink(tmp)
-        else:
-            os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    # Make the rename itself durable.
-    dfd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
 
 
 def _malformed(path: Path, why: str) -> KeyringFileError:
@@ -347,7 +252,7 @@ class LocalKeyStore:
     def open(cls, path: Path, passphrase: bytes) -> LocalKeyStore:
         """Open and decrypt the keyring file at `path`."""
         path = Path(path)
-        blob = _read_private(path, "keyring file")
+        blob = read_private(path, "keyring file")
         if len(blob) < _HEADER.size + NONCE_SIZE + TAG_SIZE or not blob.startswith(MAGIC):
             raise KeyringFileError(f"{path} is not a sealgate keyring file")
         header = blob[: _HEADER.size]
@@ -383,7 +288,7 @@ class LocalKeyStore:
         return LocalKeyStore(self.path, self._kek, self._salt, self._params, self._read_keys())
 
     def _read_keys(self) -> dict[str, _MasterKey]:
-        blob = _read_private(self.path, "keyring file")
+        blob = read_private(self.path, "keyring file")
         header = blob[: _HEADER.size]
         if header != _HEADER.pack(MAGIC, *self._params, self._salt):
             raise KeyringFileError(f"keyring file {self.path} was re-keyed; restart sealgate to open it")
@@ -607,4 +512,4 @@ class LocalKeyStore:
         header = _HEADER.pack(MAGIC, *self._params, self._salt)
         nonce = os.urandom(NONCE_SIZE)
         sealed = AESGCM(self._kek).encrypt(nonce, self._document(), header)
-        _write_atomic(self.path, header + nonce + sealed, exclusive=exclusive)
+        write_atomic(self.path, header + nonce + sealed, exclusive=exclusive)

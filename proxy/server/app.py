@@ -26,6 +26,7 @@ from proxy.s3.sigv4 import ClientCredentials, VerifiedRequest, anonymous_request
 from proxy.server import admin, bucket_access, buckets, copy, cors, multipart, objects, post_object
 from proxy.server.budget import VERIFY_FIRST_BUDGET, MemoryBudget
 from proxy.server.direct import closes_connection
+from proxy.server.listener import mark_authenticated
 from proxy.server.state import CALLER, IDENTITY, REQUEST_ID
 from proxy.server.tls import check_client_certificate
 from proxy.server.writes import WRITE_CONDITIONS, write_conditions
@@ -138,6 +139,7 @@ def _authenticate(request: web.Request) -> VerifiedRequest:
     check_client_certificate(gw.config, _peercert(request), verified.identity)
     request[_VERIFIED] = verified
     request[IDENTITY] = verified.identity
+    mark_authenticated(request)
     return verified
 
 

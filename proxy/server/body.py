@@ -13,6 +13,7 @@ import asyncio
 import base64
 import binascii
 import hashlib
+import time
 from collections.abc import AsyncIterator
 from typing import Protocol
 
@@ -26,6 +27,7 @@ from proxy.s3.chunked import AwsChunkedDecoder
 from proxy.s3.errors import S3Error
 from proxy.s3.routing import QUERY_CHECKSUMS
 from proxy.s3.sigv4 import VerifiedRequest, chunk_verifier_for
+from proxy.server.budget import BodyPace
 from proxy.server.direct import take_over
 from proxy.store.gateway import Gateway
 
@@ -94,9 +96,11 @@ class PlaintextBody:
         *,
         want_md5: bool,
         stall_timeout: float = 60.0,
+        min_rate: int = 0,
     ) -> None:
         self._stream = stream
         self._stall = stall_timeout
+        self._min_rate = min_rate
         payload = verified.payload_hash
         self.chunked = payload.startswith(STREAMING_PREFIX)
         encoding = headers.get("Content-Encoding", "")
@@ -154,14 +158,21 @@ class PlaintextBody:
             self._checksum.update(piece)
 
     async def __aiter__(self) -> AsyncIterator[bytes | memoryview]:
+        pace = BodyPace(self._stall, self._min_rate)
         while True:
             try:
                 # What has arrived is taken without arming a timer (a small body usually has
-                # all arrived by now); only a read that has to wait is bounded by the stall timeout.
+                # all arrived by now); only a read that has to wait is bounded by the stall
+                # timeout, and by the minimum rate (BodyPace).
                 data = self._stream.read_nowait()
+                waited = 0.0
                 if not data and not self._stream.at_eof():
-                    async with asyncio.timeout(self._stall):
+                    began = time.monotonic()
+                    async with asyncio.timeout(pace.wait()):
                         data = await self._stream.readany()
+                    waited = time.monotonic() - began
+                if data:
+                    pace.took(len(data), waited)
             except TimeoutError as exc:
                 raise S3Error(
                     "RequestTimeout",
@@ -231,4 +242,5 @@ def client_body(gw: Gateway, request: web.Request, verified: VerifiedRequest) ->
         verified,
         want_md5=wants_md5(gw, verified),
         stall_timeout=gw.config.server.body_stall_timeout_seconds,
+        min_rate=gw.config.server.body_min_bytes_per_second,
     )

@@ -1,5 +1,6 @@
-"""A memory budget shared by every connection of one process: the plaintext that verify-first
-S3EC reads hold before their GCM tag has checked (proxy/server/s3ec.py).
+"""Limits on what one request may hold: a memory budget shared by every connection of one
+process, for the plaintext that verify-first S3EC reads hold before their GCM tag has checked
+(proxy/server/s3ec.py); and `BodyPace`, the deadlines that keep a request body coming.
 
 A read reserves what it will hold before it reads the body and gives it back when its response
 ends, however it ends. One that does not fit waits a moment for others to finish, then is
@@ -105,3 +106,35 @@ class MemoryBudget:
 
 #: The process's budget for verify-first reads (``server.verify_first_memory_bytes``).
 VERIFY_FIRST_BUDGET = web.AppKey("sealgate.verify_first_budget", MemoryBudget)
+
+
+class BodyPace:
+    """How long the next read of a request body may wait for the client.
+
+    Each span of `stall` seconds spent waiting for the client must bring `rate` × `stall` bytes
+    (or the rest of the body); a span starts when the one before it got its bytes, so no single
+    wait exceeds `stall` (the per-read stall timeout, all that applies with `rate` 0), and a
+    trickle that keeps just inside it is cut off as well. Only time spent waiting for the client
+    counts: a slow backend, which slows the reads, is not the client's fault. Nothing is carried
+    over from a fast span to a slow one.
+    """
+
+    def __init__(self, stall: float, rate: int) -> None:
+        self._stall = stall
+        self._need = rate * stall
+        self._waited = 0.0
+        self._got = 0
+
+    def wait(self) -> float:
+        """Seconds the next read may wait (0: the span is over, short of its bytes)."""
+        return max(0.0, self._stall - self._waited)
+
+    def took(self, size: int, waited: float) -> None:
+        """`size` bytes arrived after waiting `waited` seconds for them; TimeoutError if the
+        span has run out of time short of its bytes."""
+        self._got += size
+        self._waited += waited
+        if self._got >= self._need:
+            self._waited, self._got = 0.0, 0
+        elif self._waited >= self._stall:
+            raise TimeoutError(f"{self._got} bytes in {self._stall}s of waiting, fewer than {self._need}")

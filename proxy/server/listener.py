@@ -1,14 +1,26 @@
-"""The listening sockets: a connection cap, a header deadline and a graceful drain.
+"""The listening sockets: a connection cap shared fairly, a header deadline and a graceful drain.
 
 aiohttp's own sites hand every accepted connection straight to the HTTP protocol. sealgate
-accepts itself instead, which gives it three things aiohttp lacks:
+accepts itself instead, which gives it what aiohttp lacks:
 
 - **max_connections**: a slot is taken before ``accept()``; at the cap the accept loop waits,
   so further clients queue in the kernel's backlog (as nginx does at ``worker_connections``)
   instead of being accepted and starved.
+- **fair slots**: a connection is *anonymous* until a request on it passes SigV4 verification
+  (`mark_authenticated`; health and metrics paths, CORS preflights and requests that fail
+  verification never authenticate one). Anonymous connections
+  hold at most a share of the slots, and at most a few per source address (IPv4 address, IPv6
+  /64), and are closed after a short idle time. A new connection that finds its share (or its
+  address's) full takes the place of the oldest anonymous one that can give way: one idle after
+  a response, or one that has sent no complete request head for a second. So anonymous load,
+  however it is spread over connections, cannot keep a client out: the slots beyond the share
+  stay for authenticated connections, and a new client (anonymous until its first request)
+  pushes out an idle anonymous one. At the cap itself, a waiting client likewise replaces an
+  anonymous connection that can give way. Busy connections are never pushed out.
 - **header_timeout**: the TLS handshake, and the request headers of every request, must be
   complete within it. A connection that dribbles its headers (slowloris) is cut; one idle
-  between requests is left to aiohttp's keep-alive timeout and a body to the stall timeout.
+  between requests is left to the keep-alive timeouts (aiohttp's, and the shorter anonymous
+  one) and a body to the stall timeout and minimum rate (proxy/server/budget.py).
 - **drain**: on shutdown, listeners close first, idle connections are closed, requests in
   flight run to completion until a deadline, and whatever is left is then cut.
 
@@ -20,11 +32,14 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import ipaddress
 import logging
 import socket
 import ssl
+import time
+from collections import Counter
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any, Final, cast
 
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
@@ -33,9 +48,29 @@ from proxy.metrics import CONNECTIONS
 
 log = logging.getLogger("sealgate.listener")
 
-__all__ = ["Connections", "GuardedSite", "bind", "port_in_use"]
+__all__ = ["CONNECTIONS_KEY", "Connections", "GuardedSite", "bind", "mark_authenticated", "port_in_use"]
 
 _DRAIN_POLL = 0.05
+#: How often a full accept loop looks again for an anonymous connection that can give way.
+_CAP_POLL = 0.1
+#: How long an anonymous connection without a complete request head is safe from being pushed
+#: out: a client's own handshake and first request take milliseconds, a silent socket longer.
+EVICT_MIN_AGE: Final = 1.0
+
+
+def address_key(peer: Any) -> str:
+    """The source an address counts against: an IPv4 address, or an IPv6 /64 (what one host
+    usually gets); IPv4-mapped IPv6 addresses count as their IPv4 address."""
+    host = peer[0] if isinstance(peer, tuple) and peer else str(peer)
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return str(host)
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)
 
 
 class _Guard(asyncio.Protocol):
@@ -47,25 +82,39 @@ class _Guard(asyncio.Protocol):
     aiohttp upgrade changes them.
     """
 
-    def __init__(self, inner: RequestHandler, connections: Connections) -> None:
+    def __init__(self, inner: RequestHandler, connections: Connections, address: str = "") -> None:
         self.inner = inner
         self._connections = connections
         self.transport: asyncio.Transport | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._armed_at_count = 0
         self._released = False
+        #: Where the connection comes from (`address_key`).
+        self.address = address
+        #: Whether a request on it has passed SigV4 verification.
+        self.authenticated = False
+        #: The task that runs the TLS handshake (cancelled to push the connection out before it).
+        self.opening: asyncio.Task[Any] | None = None
+        self.born = self._last_seen = time.monotonic()
+        self._idle_timer: asyncio.TimerHandle | None = None
 
     # -- asyncio protocol, forwarded ----------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports do not derive from asyncio.Transport, but have its methods.
         self.transport = cast(asyncio.Transport, transport)
-        self._connections.open.add(self)
+        self._connections.opened(self)
         CONNECTIONS.inc()
         self.inner.connection_made(self.transport)
         self._arm()
+        self._last_seen = time.monotonic()
+        if not self.authenticated and self._connections.anonymous_idle is not None:
+            loop = asyncio.get_running_loop()
+            self._idle_timer = loop.call_later(self._connections.anonymous_idle, self._idle_check)
 
     def data_received(self, data: bytes) -> None:
+        if not self.authenticated:
+            self._last_seen = time.monotonic()
         if self._timer is None and self.idle():
             self._arm()  # the first byte of the next request on a kept-alive connection
         self.inner.data_received(data)
@@ -83,6 +132,9 @@ class _Guard(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
         self.inner.connection_lost(exc)
         self.release()
 
@@ -119,6 +171,41 @@ class _Guard(asyncio.Protocol):
         )
         self.transport.abort()
 
+    def _idle_check(self) -> None:
+        """Close an anonymous connection that has waited for a request, with nothing arriving,
+        for the anonymous idle time; look again later otherwise."""
+        self._idle_timer = None
+        timeout = self._connections.anonymous_idle
+        if self.authenticated or self.closing() or timeout is None:
+            return
+        now = time.monotonic()
+        if not self.idle():
+            self._last_seen = now  # a request is running: its end is not visible, count from now
+        elif now - self._last_seen >= timeout:
+            log.debug("closing anonymous connection from %s: idle for %ss", self.address, timeout)
+            self.abort()
+            return
+        loop = asyncio.get_running_loop()
+        self._idle_timer = loop.call_later(max(self._last_seen + timeout - now, 0.05), self._idle_check)
+
+    def can_give_way(self, now: float) -> bool:
+        """An anonymous connection that may be pushed out for a new one: idle after a response,
+        or without a complete request head (still in its TLS handshake, too) for
+        `EVICT_MIN_AGE`. A request being handled is never cut."""
+        if self.authenticated:
+            return False
+        if self.transport is not None and self.idle() and self._request_count() > 0:
+            return True
+        head_pending = self.transport is None or self.idle() or self._timer is not None
+        return head_pending and now - self.born >= min(EVICT_MIN_AGE, self._connections.header_timeout)
+
+    def push_out(self) -> None:
+        """Cut the connection (or its handshake) to make room for another."""
+        if self.transport is not None:
+            self.transport.abort()
+        elif self.opening is not None:
+            self.opening.cancel()
+
     def closing(self) -> bool:
         """Whether the connection is closing or closed."""
         return self.transport is None or self.transport.is_closing()
@@ -143,19 +230,112 @@ class _Guard(asyncio.Protocol):
             self._released = True
             if self in self._connections.open:
                 CONNECTIONS.dec()
-            self._connections.open.discard(self)
+            self._connections.closed(self)
             self._connections.slots.release()
 
 
 class Connections:
-    """The client connections of one process, shared by its listeners."""
+    """The client connections of one process, shared by its listeners, and their fair shares.
 
-    def __init__(self, max_connections: int, header_timeout: float) -> None:
+    `anonymous`: most connections not (yet) authenticated at once (default: all of them);
+    `per_address`: most of those from one source (0: no such cap); `anonymous_idle`: seconds
+    an anonymous connection may wait for a request (None: aiohttp's keep-alive timeout only).
+    """
+
+    def __init__(
+        self,
+        max_connections: int,
+        header_timeout: float,
+        *,
+        anonymous: int | None = None,
+        per_address: int = 0,
+        anonymous_idle: float | None = None,
+    ) -> None:
         self.slots = asyncio.Semaphore(max_connections)
         self.header_timeout = header_timeout
+        self.anonymous_limit = anonymous if anonymous is not None else max_connections
+        self.per_address = per_address
+        self.anonymous_idle = anonymous_idle
         self.open: set[_Guard] = set()
+        #: Admitted connections not authenticated, oldest first (handshakes included).
+        self._anonymous: dict[_Guard, None] = {}
+        self._from: Counter[str] = Counter()
+        self._by_transport: dict[asyncio.BaseTransport, _Guard] = {}
         #: Set once shutdown began: responses then say ``Connection: close``.
         self.draining = False
+
+    @property
+    def anonymous(self) -> int:
+        """Connections admitted and not authenticated now."""
+        return len(self._anonymous)
+
+    def anonymous_from(self, address: str) -> int:
+        """Anonymous connections from `address` (an `address_key`) now."""
+        return self._from[address]
+
+    def install(self, app: web.Application) -> None:
+        """Hook into `app` (before it starts): drain-time ``Connection: close``, and the
+        authenticated-connection mark (`mark_authenticated`)."""
+        app.on_response_prepare.append(self.on_response_prepare)
+        app[CONNECTIONS_KEY] = self
+
+    def admit(self, guard: _Guard) -> bool:
+        """Count a just-accepted connection as anonymous, pushing out an anonymous one that can
+        give way if its address's cap or the anonymous share is full; False (refuse it) if
+        none can."""
+        # Debug level: under attack these come by the thousand.
+        full = self.per_address and self._from[guard.address] >= self.per_address
+        if full and not self.push_out(guard.address):
+            log.debug("refusing a connection from %s: %d anonymous ones already", guard.address, self.per_address)
+            return False
+        if len(self._anonymous) >= self.anonymous_limit and not self.push_out():
+            log.debug("refusing a connection: %d anonymous connections, none can give way", self.anonymous_limit)
+            return False
+        self._anonymous[guard] = None
+        self._from[guard.address] += 1
+        return True
+
+    def can_push_out(self) -> bool:
+        """Whether some anonymous connection could give way now."""
+        now = time.monotonic()
+        return any(g.can_give_way(now) for g in self._anonymous)
+
+    def push_out(self, address: str | None = None) -> bool:
+        """Push out the oldest anonymous connection (from `address`, if given) that can give way."""
+        now = time.monotonic()
+        for guard in self._anonymous:
+            if (address is None or guard.address == address) and guard.can_give_way(now):
+                self._forget(guard)
+                log.debug("pushing out an anonymous connection from %s", guard.address)
+                guard.push_out()
+                return True
+        return False
+
+    def authenticated(self, transport: asyncio.BaseTransport | None) -> None:
+        """A request on this connection passed SigV4 verification: it leaves the anonymous share."""
+        guard = self._by_transport.get(transport) if transport is not None else None
+        if guard is not None and not guard.authenticated:
+            guard.authenticated = True
+            self._forget(guard)
+
+    def opened(self, guard: _Guard) -> None:
+        """`guard`'s connection is established (after the TLS handshake)."""
+        self.open.add(guard)
+        if guard.transport is not None:
+            self._by_transport[guard.transport] = guard
+
+    def closed(self, guard: _Guard) -> None:
+        """`guard`'s connection (or handshake) is over."""
+        self.open.discard(guard)
+        if guard.transport is not None:
+            self._by_transport.pop(guard.transport, None)
+        self._forget(guard)
+
+    def _forget(self, guard: _Guard) -> None:
+        if self._anonymous.pop(guard, False) is None:
+            self._from[guard.address] -= 1
+            if self._from[guard.address] <= 0:
+                del self._from[guard.address]
 
     async def on_response_prepare(self, request: web.Request, response: web.StreamResponse) -> None:
         """aiohttp signal: while draining, no response keeps its connection alive."""
@@ -275,34 +455,58 @@ class GuardedSite(web.BaseSite):
             sock.close()
         await super().stop()
 
-    def _spawn(self, loop: asyncio.AbstractEventLoop, coro: Any) -> None:
+    def _spawn(self, loop: asyncio.AbstractEventLoop, coro: Any) -> asyncio.Task[Any]:
         task = loop.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     async def _accept_loop(self, sock: socket.socket) -> None:
+        while True:
+            accepted = await self._accept(sock)
+            if accepted is None:
+                continue
+            conn, peer = accepted
+            server = self._runner.server
+            assert server is not None
+            guard = _Guard(server(), self._connections, address_key(peer))
+            if not self._connections.admit(guard):
+                conn.close()
+                self._connections.slots.release()
+                continue
+            guard.opening = self._spawn(asyncio.get_running_loop(), self._open(conn, guard))
+
+    async def _accept(self, sock: socket.socket) -> tuple[socket.socket, Any] | None:
+        """The next connection, with a slot taken for it; None after a failed ``accept()``."""
         loop = asyncio.get_running_loop()
         slots = self._connections.slots
-        while True:
+        while slots.locked() and not self._connections.can_push_out():
+            await asyncio.sleep(_CAP_POLL)
+        make_room = slots.locked()
+        if not make_room:
             await slots.acquire()
-            try:
-                conn, _ = await loop.sock_accept(sock)
-            except OSError as exc:
+        try:
+            conn, peer = await loop.sock_accept(sock)
+            if make_room:
+                # At the cap, a client is waiting: an anonymous connection gives way to it.
+                if slots.locked():
+                    self._connections.push_out()
+                await slots.acquire()
+        except OSError as exc:
+            if not make_room:
                 slots.release()
-                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                    log.error("cannot accept connections: %s; retrying shortly", exc.strerror)
-                    await asyncio.sleep(0.5)
-                continue
-            except BaseException:
+            if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                log.error("cannot accept connections: %s; retrying shortly", exc.strerror)
+                await asyncio.sleep(0.5)
+            return None
+        except BaseException:
+            if not make_room:
                 slots.release()
-                raise
-            self._spawn(loop, self._open(conn))
+            raise
+        return conn, peer
 
-    async def _open(self, conn: socket.socket) -> None:
+    async def _open(self, conn: socket.socket, guard: _Guard) -> None:
         loop = asyncio.get_running_loop()
-        server = self._runner.server
-        assert server is not None
-        guard = _Guard(server(), self._connections)
         ctx = self._context() if self._context is not None else None
         try:
             await loop.connect_accepted_socket(
@@ -312,9 +516,23 @@ class GuardedSite(web.BaseSite):
                 ssl_handshake_timeout=self._connections.header_timeout if ctx is not None else None,
             )
         except BaseException as exc:
-            # A failed or timed-out handshake: the protocol never saw the connection.
+            # A failed, timed-out or pushed-out handshake: the protocol never saw the connection.
             conn.close()
             guard.release()
             if not isinstance(exc, Exception):
                 raise
             log.debug("TLS handshake failed: %s", exc)
+        finally:
+            guard.opening = None
+
+
+#: The process's `Connections`, on the app (`Connections.install`).
+CONNECTIONS_KEY = web.AppKey("sealgate.connections", Connections)
+
+
+def mark_authenticated(request: web.Request) -> None:
+    """A request on this connection passed SigV4 verification: from now on it is an
+    authenticated connection (out of the anonymous share, usual keep-alive timeout)."""
+    connections = request.app.get(CONNECTIONS_KEY)
+    if connections is not None:
+        connections.authenticated(request.transport)

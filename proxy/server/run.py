@@ -76,8 +76,14 @@ async def start(
     gateway = make_gateway(config, keyring=keyring, audit=audit)
     await _check_local_keys(config, gateway.materials)
     app = build_app(gateway)
-    connections = Connections(srv.max_connections, srv.header_timeout_seconds)
-    app.on_response_prepare.append(connections.on_response_prepare)
+    connections = Connections(
+        srv.max_connections,
+        srv.header_timeout_seconds,
+        anonymous=srv.anonymous_share,
+        per_address=srv.anonymous_per_address,
+        anonymous_idle=srv.anonymous_idle_timeout_seconds,
+    )
+    connections.install(app)
     # Requests in flight get their time in Connections.drain; this only bounds handlers that
     # outlive their cut connection.
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=2.0)

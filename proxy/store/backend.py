@@ -3,6 +3,11 @@
 Requests are signed with botocore's SigV4 signer under sealgate's own credentials, always with
 ``UNSIGNED-PAYLOAD`` (the body is sealgate's ciphertext, authenticated by its own tags) and
 always with a computed Content-Length: several S3 implementations refuse chunked uploads.
+
+The pool of connections is bounded (``pool_size``) and so is the wait for one of them
+(``pool_wait``): a request that gets none in time is answered 503 SlowDown rather than left
+hanging. A streamed upload holds its connection until its body ends, however slowly the client
+sends it, so each client may have only ``uploads_per_client`` of them at once.
 """
 
 from __future__ import annotations
@@ -25,9 +30,11 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials, ReadOnlyCredentials
 from yarl import URL
 
+from proxy.audit import audit_context
 from proxy.metrics import BACKEND_RETRIES
 from proxy.s3.errors import S3Error
 from proxy.s3.xml import local_name, parse
+from proxy.store.pool import PoolWait, UploadSlots, slow_down, tracing
 
 # Named as before the move to store/: operators filter logs on it.
 log = logging.getLogger("proxy.backend")
@@ -191,6 +198,10 @@ class BackendSettings:
     connect_timeout: float = 5.0
     read_timeout: float = 60.0
     pool_size: int = 256
+    #: Longest wait for a pooled connection before 503 SlowDown.
+    pool_wait: float = 2.0
+    #: Streamed uploads one client (`audit_context` identity) may send at once.
+    uploads_per_client: int = 64
     max_attempts: int = 3
     #: Seconds before the first retry; doubled each time, with jitter.
     retry_base_delay: float = 0.05
@@ -329,6 +340,8 @@ class Backend:
         self._base_path = parts.path
         self._session: aiohttp.ClientSession | None = None
         self._credentials: Credentials | None = None
+        #: Streamed uploads being sent, by client.
+        self.uploads = UploadSlots(settings.uploads_per_client, settings.pool_wait)
         if settings.access_key_id and settings.secret_access_key:
             self._credentials = Credentials(settings.access_key_id, settings.secret_access_key)
 
@@ -350,6 +363,7 @@ class Backend:
         )
         self._session = aiohttp.ClientSession(
             connector=connector,
+            trace_configs=[tracing()],
             timeout=aiohttp.ClientTimeout(
                 total=None,
                 sock_connect=self.settings.connect_timeout,
@@ -410,6 +424,21 @@ class Backend:
         if headers:
             hdrs.update(headers)
         body, trailer = self._frame(method, hdrs, body, content_length)
+        if body is None or isinstance(body, bytes):
+            return await self._send(method, bucket, url, hdrs, body, trailer=trailer)
+        # A streamed upload holds its connection as long as the client takes to send it.
+        client = audit_context.get().identity
+        if client is None:  # operator tools: not a client's share
+            return await self._send(method, bucket, url, hdrs, body, trailer=trailer)
+        await self.uploads.acquire(client)
+        try:
+            return await self._send(method, bucket, url, hdrs, body, trailer=trailer)
+        finally:
+            self.uploads.release(client)
+
+    async def _send(
+        self, method: str, bucket: str | None, url: str, hdrs: dict[str, str], body: Body, *, trailer: bool
+    ) -> BackendResponse:
         # Only a body that can be sent again may be retried: a streamed upload is consumed.
         attempts = self.settings.max_attempts if body is None or isinstance(body, bytes) else 1
         for attempt in range(1, attempts + 1):
@@ -462,15 +491,22 @@ class Backend:
         # Signed per attempt: a retry after a long backoff must not carry a stale date.
         send_headers = dict(sign_request(self._frozen(), self.settings.region, method, url, hdrs, trailer=trailer))
         try:
-            resp = await self._session.request(
-                method,
-                URL(url, encoded=True),
-                headers=send_headers,
-                data=body if body is not None else (b"" if "Content-Length" in hdrs else None),
-                allow_redirects=False,
-                compress=None,
-            )
+            async with asyncio.timeout(None) as deadline:
+                wait = PoolWait(deadline, self.settings.pool_wait)
+                resp = await self._session.request(
+                    method,
+                    URL(url, encoded=True),
+                    headers=send_headers,
+                    data=body if body is not None else (b"" if "Content-Length" in hdrs else None),
+                    allow_redirects=False,
+                    compress=None,
+                    trace_request_ctx=wait,
+                )
         except TimeoutError as exc:
+            if wait.waiting:
+                # Not the backend's fault and not worth a retry here: the client's SDK backs off.
+                log.warning("no backend connection free within %ss (pool of %d)", wait.seconds, self.settings.pool_size)
+                raise slow_down("all backend connections are busy") from exc
             if last:
                 raise S3Error("ServiceUnavailable", "the storage backend timed out", 503) from exc
             return "timeout"

@@ -23,6 +23,16 @@ another process, with the data key unwrapped from the id.
 Where the tag goes: S3 requires every part but the last to be at least 5 MiB, so a smaller
 part must be the last one and gets the tag appended. If the last part is 5 MiB or more, the
 tag is uploaded at CompleteMultipartUpload as one more part (16 bytes, allowed as the last).
+
+How many: a process holds at most ``server.s3ec_uploads`` of these states, and one client at
+most ``server.s3ec_uploads_per_client`` of them, so one client cannot take them from the others
+(503 SlowDown, naming the quota). The state is inherent to the format (the next part's counter
+and GHASH come from the parts before it), so it cannot move to the client or the backend; what
+lives on the backend is the multipart upload itself, and that is the record of whether an
+upload is still open. An abort may land on any replica (or ``sealgate gc`` may abort it): it
+deletes the backend's upload, and before refusing a new upload for want of room, the process
+that holds the state asks the backend (ListParts, a few of the longest-unchecked uploads at a
+time) which of its uploads still exist, and forgets those that do not.
 """
 
 from __future__ import annotations
@@ -58,10 +68,15 @@ UPLOAD_PREFIX = S3EC_PREFIX
 PART_ORDER_WAIT = 30.0
 
 
-MAX_LIVE_UPLOADS = 4096
-
-
+#: An upload older than this (S3 keeps them until aborted; sealgate gc aborts them after a
+#: week by default) is forgotten.
 UPLOAD_TTL = 7 * 24 * 3600.0
+
+#: When looking for room, how many held uploads are checked against the backend at once, and
+#: how soon one is checked again: this bounds the backend requests a client at its quota causes
+#: (at most `ROOM_CHECKS` per refused CreateMultipartUpload, each upload once a second).
+ROOM_CHECKS = 8
+RECHECK_SECONDS = 1.0
 
 
 @dataclass
@@ -86,7 +101,11 @@ class Upload:
     state: GcmStreamState
     #: The S3EC data key, which authenticates the upload id.
     data_key: bytes = field(repr=False)
+    #: The client that created it (the quota it counts against).
+    owner: str | None = None
     created: float = field(default_factory=time.monotonic)
+    #: When the backend last said the upload still exists (never, at first).
+    checked: float = float("-inf")
     parts: list[Part] = field(default_factory=list)
     tagged: bool = False
     tag_part: tuple[int, str] | None = None
@@ -210,11 +229,7 @@ async def create_upload(gw: Gateway, caller: Caller, bucket: str, key: str, requ
     """Start an s3ec-v3 upload: S3EC metadata on the backend's upload, the GCM stream's state in
     this process; returns the upload id for the client."""
     reg = _uploads(gw)
-    now = time.monotonic()
-    for stale in [u for u, up in reg.items() if now - up.created > UPLOAD_TTL]:
-        del reg[stale]
-    if len(reg) >= MAX_LIVE_UPLOADS:
-        raise S3Error("SlowDown", "too many s3ec-v3 multipart uploads in progress on this sealgate process", 503)
+    await _room_for(gw, reg, caller.identity)
     plain_key, wrapped, wrap_alg, context, key_ref = await new_data_key(gw, caller, bucket, key)
     body = S3ecV3Multipart(plain_key, message_id=s3ec_keys.bound_message_id(plain_key, bucket, key))
     headers = object_headers(request_headers, body.metadata(wrapped, wrap_alg, encryption_context=context))
@@ -230,8 +245,62 @@ async def create_upload(gw: Gateway, caller: Caller, bucket: str, key: str, requ
     uid = UploadId(backend_id, key_ref, wrapped, salt, sealed_key=sealed, prefix=S3EC_PREFIX)
     upload_id = uid.encode(plain_key, bucket, key)
     await put_upload_record(gw, bucket, key, backend_id, upload_id)
-    reg[backend_id] = Upload(bucket, key, backend_id, body, body.start, plain_key)
+    reg[backend_id] = Upload(bucket, key, backend_id, body, body.start, plain_key, owner=caller.identity)
     return upload_id
+
+
+async def _room_for(gw: Gateway, reg: dict[str, Upload], client: str | None) -> None:
+    """Room for one more upload of `client`, within its quota and the process's total; uploads
+    the backend no longer has (aborted on another replica, by gc, ...) are forgotten to make it.
+    503 SlowDown, saying which limit, if there is none."""
+    now = time.monotonic()
+    for stale in [u for u, up in reg.items() if now - up.created > UPLOAD_TTL]:
+        del reg[stale]
+    srv = gw.config.server
+    quota = srv.s3ec_uploads_quota
+    mine = [up for up in reg.values() if up.owner == client]
+    if len(mine) >= quota and not await _forget_gone(gw, reg, mine):
+        raise S3Error(
+            "SlowDown",
+            f"client {client} already has {len(mine)} s3ec-v3 multipart uploads in progress on this sealgate "
+            f"process, its quota (server.s3ec_uploads_per_client = {quota}); complete or abort some of them",
+            503,
+        )
+    if len(reg) >= srv.s3ec_uploads and not await _forget_gone(gw, reg, list(reg.values())):
+        raise S3Error(
+            "SlowDown",
+            f"this sealgate process holds {len(reg)} s3ec-v3 multipart uploads in progress, its limit "
+            "(server.s3ec_uploads); complete or abort some, or retry later",
+            503,
+        )
+
+
+async def _forget_gone(gw: Gateway, reg: dict[str, Upload], candidates: list[Upload]) -> bool:
+    """Ask the backend about the `ROOM_CHECKS` candidates checked longest ago (none checked in
+    the last `RECHECK_SECONDS`) and forget those it no longer has; whether any was forgotten."""
+    now = time.monotonic()
+    due = sorted((up for up in candidates if now - up.checked >= RECHECK_SECONDS), key=lambda up: up.checked)
+    due = due[:ROOM_CHECKS]
+    found = await asyncio.gather(*(_still_open(gw, up) for up in due))
+    freed = False
+    for up, still_open in zip(due, found, strict=True):
+        up.checked = now
+        if not still_open and reg.get(up.backend_id) is up:
+            del reg[up.backend_id]
+            freed = True
+    return freed
+
+
+async def _still_open(gw: Gateway, up: Upload) -> bool:
+    """Whether the backend still has this upload (True too when it cannot say)."""
+    query = [("max-parts", "1"), ("uploadId", up.backend_id)]
+    try:
+        resp = await gw.backend.request("GET", up.bucket, up.key, query=query)
+    except S3Error:
+        return True
+    resp.release()
+    # NoSuchUpload, or NoSuchBucket: either way the upload is gone.
+    return resp.status != 404
 
 
 async def encrypt_part(
@@ -279,15 +348,20 @@ async def encrypt_part(
                 up.sealed_at = after[0].offset
                 yield up.body.tag(after[0])
 
-        resp = await put_stream(
-            gw,
-            up.bucket,
-            up.key,
-            await _primed(ciphertext()),
-            length + (s3ec.TAG_SIZE if is_last else 0),
-            headers={},
-            query=[("partNumber", str(number)), ("uploadId", up.backend_id)],
-        )
+        try:
+            resp = await put_stream(
+                gw,
+                up.bucket,
+                up.key,
+                await _primed(ciphertext()),
+                length + (s3ec.TAG_SIZE if is_last else 0),
+                headers={},
+                query=[("partNumber", str(number)), ("uploadId", up.backend_id)],
+            )
+        except S3Error as exc:
+            if exc.code == "NoSuchUpload":  # aborted elsewhere: nothing to keep
+                forget_upload(gw, up.backend_id)
+            raise
         etag = etag_value(resp.headers.get("ETag", ""))
         part = Part(number, length, etag, etag, start)
         if retry:

@@ -48,6 +48,15 @@ def health(conn: http.client.HTTPSConnection) -> int:
     return resp.status
 
 
+def list_buckets(conn: http.client.HTTPSConnection, port: int) -> int:
+    """A signed request, which makes the connection an authenticated one."""
+    headers = sign("GET", f"https://localhost:{port}/", {"Host": f"localhost:{port}"})
+    conn.request("GET", "/", headers=headers)
+    resp = conn.getresponse()
+    resp.read()
+    return resp.status
+
+
 def seconds_until_closed(tls: ssl.SSLSocket, limit: float, during: Any = None) -> float:
     """Send one header byte every 0.1 s until the server closes; the time it took."""
     t0 = time.monotonic()
@@ -139,8 +148,9 @@ def test_connections_beyond_the_cap_wait_for_a_free_slot(
     st = start(tmp_path, moto_url, tls_files, "max_connections = 2")
     port = st.gate.running.tls_port
     try:
+        # Authenticated connections: anonymous ones would give way to the third (test_fair_connections).
         first, second = https(port, st.ca_path), https(port, st.ca_path)
-        assert health(first) == 200 and health(second) == 200
+        assert list_buckets(first, port) == 200 and list_buckets(second, port) == 200
         third = https(port, st.ca_path)
         result: list[Any] = []
         thread = threading.Thread(target=lambda: result.append(health(third)), daemon=True)
@@ -150,7 +160,7 @@ def test_connections_beyond_the_cap_wait_for_a_free_slot(
         first.close()
         thread.join(3)
         assert result == [200]
-        assert health(second) == 200
+        assert list_buckets(second, port) == 200
     finally:
         st.gate.stop()
 
