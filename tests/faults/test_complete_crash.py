@@ -40,6 +40,7 @@ MiB = 1024 * 1024
 
 #: The backend requests of one Complete, in order (a gateway that does not sign).
 STEPS = [
+    ("GET", "bucket", "read the bucket's access settings"),  # authorization, before Complete's own
     ("GET", "key", "list the stored parts"),
     ("HEAD", ".sealgate/up/", "read the upload record"),
     ("GET", "bucket", "list the part records"),
