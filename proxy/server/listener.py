@@ -45,6 +45,7 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
 from proxy.metrics import CONNECTIONS
+from proxy.server.protocol_errors import answer_as_s3
 
 log = logging.getLogger("sealgate.listener")
 
@@ -469,7 +470,7 @@ class GuardedSite(web.BaseSite):
             conn, peer = accepted
             server = self._runner.server
             assert server is not None
-            guard = _Guard(server(), self._connections, address_key(peer))
+            guard = _Guard(answer_as_s3(server()), self._connections, address_key(peer))
             if not self._connections.admit(guard):
                 conn.close()
                 self._connections.slots.release()

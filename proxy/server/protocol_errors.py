@@ -1,0 +1,59 @@
+"""Requests that are not HTTP aiohttp can parse (a bare LF, a bad header line, a body that
+breaks its framing) get an S3 XML error like every other answer, and one log line at INFO: no
+traceback, and neither the offending bytes nor anything the request carried (a presigned URL's
+signature, say) in the log or the answer."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+
+from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
+
+from proxy.s3.errors import S3Error
+
+log = logging.getLogger("sealgate.protocol")
+
+_CODES = {400: "BadRequest", 408: "RequestTimeout", 413: "EntityTooLarge", 431: "RequestHeaderSectionTooLarge"}
+
+
+class S3ProtocolErrors(RequestHandler):
+    """aiohttp's connection protocol, with its protocol-level errors answered as S3 would."""
+
+    __slots__ = ()  # the same layout as RequestHandler's, so a connection's class can become this
+
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        """`RequestHandler.handle_error`, answered with an S3 XML error and logged without the request's bytes."""
+        if status >= 500:
+            # sealgate's own failure, not the client's input: with its traceback.
+            log.error("internal error on a connection from %s", request.remote, exc_info=exc)
+        else:
+            log.info("malformed request from %s: %s (%s)", request.remote, status, type(exc).__name__ if exc else "-")
+        if request.writer.output_size > 0:  # an answer has begun: the connection can only be cut
+            raise ConnectionError("cannot answer with an error: the response has started")
+        code = _CODES.get(status, "InternalError" if status >= 500 else "BadRequest")
+        text = (
+            "We encountered an internal error. Please try again." if status >= 500 else "The request is not valid HTTP."
+        )
+        rid = secrets.token_hex(8).upper()
+        resp = web.Response(
+            status=status,
+            body=S3Error(code, text, status).to_xml(rid, resource=""),
+            headers={"Content-Type": "application/xml", "x-amz-request-id": rid, "x-amz-id-2": rid},
+        )
+        resp.force_close()
+        return resp
+
+
+def answer_as_s3(handler: RequestHandler) -> RequestHandler:
+    """Make one connection's protocol answer its protocol-level errors as `S3ProtocolErrors` does
+    (aiohttp makes the protocol object; its class has slots, so the class is what changes)."""
+    handler.__class__ = S3ProtocolErrors
+    return handler
