@@ -114,20 +114,19 @@ async def start(
 
 
 async def _check_local_keys(config: Config, materials: Materials) -> None:
-    """A local keyring must hold the keys the config names for new objects, or sealgate would
-    start and fail at the first upload (a typo'd ``kms.default_key``). Remote keyrings are not
-    asked: a KMS that is down at start-up is a readiness problem, not a config error."""
+    """A local keyring must hold the config's default key, or sealgate would start and fail at
+    the first upload (a typo'd ``kms.default_key``). Bucket rules may name a key made later, or
+    one a key policy keeps from use; remote keyrings are not asked: a KMS that is down at
+    start-up is a readiness problem, not a config error."""
     if config.kms.provider != "local":
         return
-    named = [("kms.default_key", config.kms.default_key)]
-    named += [(f"buckets[{i}].key", rule.key) for i, rule in enumerate(config.buckets) if rule.key]
-    for where, key_id in named:
-        try:
-            await materials.ready(key_id)
-        except KeyAccessDenied:
-            raise RuntimeError(
-                f"{where}: the keyring {config.kms.keyring} holds no usable key {key_id!r} (see `sealgate keys list`)"
-            ) from None
+    try:
+        await materials.ready(config.kms.default_key)
+    except KeyAccessDenied:
+        raise RuntimeError(
+            f"kms.default_key: the keyring {config.kms.keyring} holds no usable key "
+            f"{config.kms.default_key!r} (see `sealgate keys list`)"
+        ) from None
 
 
 def reload_config(running: Running, path: Path) -> bool:

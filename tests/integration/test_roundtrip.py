@@ -146,7 +146,7 @@ def test_unsupported_operation_is_not_forwarded(stack: Stack, bucket: str) -> No
 
     s3 = stack.client()
     with pytest.raises(ClientError) as err:
-        s3.get_bucket_policy(Bucket=bucket)
+        s3.get_bucket_website(Bucket=bucket)
     assert err.value.response["Error"]["Code"] == "NotImplemented"
     assert err.value.response["ResponseMetadata"]["HTTPStatusCode"] == 501
 
