@@ -17,7 +17,8 @@ SIGNATURE = "5eb7a1c2d3e4f5061728394a5b6c7d8e9f00112233445566778899aabbccddee"
 def _send(stack: Stack, raw: bytes) -> bytes:
     port = int(stack.gate.url.rsplit(":", 1)[1])
     ctx = ssl.create_default_context(cafile=str(stack.ca_path))
-    with socket.create_connection(("127.0.0.1", port)) as sock, ctx.wrap_socket(sock, server_hostname="localhost") as tls:
+    sock = socket.create_connection(("127.0.0.1", port))
+    with sock, ctx.wrap_socket(sock, server_hostname="localhost") as tls:
         tls.sendall(raw)
         tls.settimeout(3)
         out = b""
@@ -35,7 +36,9 @@ def _send(stack: Stack, raw: bytes) -> bytes:
         # A bare LF in the request line, on a presigned URL: the signature must not reach the log.
         f"GET /b/k?X-Amz-Signature={SIGNATURE} HTTP/1.1\nHost: localhost\n\n".encode(),
         f"GET /b/k HTTP/1.1\r\nHost: localhost\r\nX-Bad\x01Header: {SIGNATURE}\r\n\r\n".encode(),
-        f"GET /b/k HTTP/1.1\r\nHost: localhost\r\nContent-Length: 1\r\nContent-Length: 2\r\nX: {SIGNATURE}\r\n\r\n".encode(),
+        (
+            f"GET /b/k HTTP/1.1\r\nHost: localhost\r\nContent-Length: 1\r\nContent-Length: 2\r\nX: {SIGNATURE}\r\n\r\n"
+        ).encode(),
     ],
     ids=["bare-lf", "bad-header-name", "two-lengths"],
 )
