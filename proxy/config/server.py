@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
 from pathlib import Path
@@ -113,6 +114,10 @@ class ServerConfig(Section):
     #: cannot take them all.
     s3ec_uploads: StrictInt = Field(default=4096, ge=1, le=1_000_000)
     s3ec_uploads_per_client: StrictInt | None = Field(default=None, ge=1, le=1_000_000)
+    #: Who may read ``/-/metrics`` (traffic volumes, key-use counts) and the reasons ``/-/readyz``
+    #: gives: source networks (CIDR). Others get 403 from metrics and only ready / not ready.
+    #: Add the Prometheus scraper's network (a pod CIDR on Kubernetes).
+    metrics_allow: tuple[StrictStr, ...] = ("127.0.0.0/8", "::1/128")
 
     _check_listen = field_validator("listen", "plain_http_listen")(check_address)
 
@@ -123,6 +128,26 @@ class ServerConfig(Section):
             if not HOSTNAME.match(domain):
                 raise Invalid((i,), f'"{domain}" is not a valid domain name')
         return domains
+
+    @field_validator("metrics_allow")
+    @classmethod
+    def _check_networks(cls, networks: tuple[str, ...]) -> tuple[str, ...]:
+        for i, text in enumerate(networks):
+            try:
+                ipaddress.ip_network(text, strict=False)
+            except ValueError:
+                raise Invalid((i,), f'"{text}" is not a network (CIDR like "10.0.0.0/8" or an address)') from None
+        return networks
+
+    def metrics_allowed(self, address: str | None) -> bool:
+        """Whether a client at `address` may read metrics and readiness details."""
+        if not address:
+            return False
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(ip in ipaddress.ip_network(n, strict=False) for n in self.metrics_allow)
 
     @model_validator(mode="after")
     def _check_listeners(self) -> ServerConfig:

@@ -438,10 +438,13 @@ async def _health(request: web.Request) -> web.StreamResponse:
     """/-/healthz: alive. /-/readyz: backend and key service reachable. /-/metrics: Prometheus."""
     if request.path == "/-/healthz":
         return web.Response(text="ok\n")
+    gw = request.app[GATEWAY]
+    trusted = gw.config.server.metrics_allowed(request.remote)
     if request.path == "/-/metrics":
+        if not trusted:  # traffic volumes and key-use counts are not for anyone who asks
+            raise S3Error("AccessDenied", "metrics are served to server.metrics_allow only", 403)
         return web.Response(body=render(), content_type="text/plain", charset="utf-8")
     if request.path == "/-/readyz":
-        gw = request.app[GATEWAY]
         problems = []
         try:
             resp = await gw.backend.request("GET", None)
@@ -455,7 +458,8 @@ async def _health(request: web.Request) -> web.StreamResponse:
         except KeyringError as exc:
             problems.append(f"kms: {exc.message}")
         if problems:
-            return web.Response(status=503, text="not ready\n" + "\n".join(problems) + "\n")
+            detail = "\n".join(problems) + "\n" if trusted else ""
+            return web.Response(status=503, text="not ready\n" + detail)
         return web.Response(text="ready\n")
     raise S3Error("NoSuchKey", "no such health path", 404)
 

@@ -117,3 +117,25 @@ def test_readyz_is_not_ready_while_the_backend_answers_503(tls_files: dict[str, 
     finally:
         st.gate.stop()
         server.shutdown()
+
+
+def test_metrics_and_readiness_details_only_for_metrics_allow(tls_files: dict[str, Path], tmp_path: Path) -> None:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Unavailable)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    st = start_stack(
+        tmp_path,
+        f"http://127.0.0.1:{server.server_address[1]}",
+        tls_files,
+        backend_extra="max_attempts = 1",
+        server_extra='metrics_allow = ["10.0.0.0/8"]',  # the test client, on loopback, is not in it
+    )
+    try:
+        http_ = urllib3.PoolManager(ca_certs=str(st.ca_path))
+        metrics = http_.request("GET", st.gate.url + "/-/metrics")
+        assert metrics.status == 403 and b"sealgate_requests_total" not in metrics.data
+        ready = http_.request("GET", st.gate.url + "/-/readyz")
+        assert (ready.status, ready.data) == (503, b"not ready\n")  # no reasons for outsiders
+        assert http_.request("GET", st.gate.url + "/-/healthz").status == 200
+    finally:
+        st.gate.stop()
+        server.shutdown()
