@@ -89,6 +89,13 @@ async def s3_errors(request: web.Request, handler: Handler) -> web.StreamRespons
     except web.HTTPException as exc:
         code = {404: "NoSuchKey", 405: "MethodNotAllowed", 413: "EntityTooLarge"}.get(exc.status, "InvalidRequest")
         resp = error_response(request, S3Error(code, exc.reason, exc.status))
+    except ConnectionResetError:
+        # The client closed the connection (a download it stopped reading): not our error, and
+        # nothing can be answered on it.
+        log.info(
+            "%s %s %s %s: the client closed the connection", rid, request.remote or "-", request.method, request.path
+        )
+        raise
     except Exception:
         log.exception("unhandled error in request %s", rid)
         resp = error_response(request, S3Error("InternalError", "We encountered an internal error. Please try again."))

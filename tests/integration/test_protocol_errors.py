@@ -4,8 +4,11 @@ in one line at INFO: no traceback, and nothing of what the request carried (issu
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import ssl
+import time
+from pathlib import Path
 
 import pytest
 
@@ -55,3 +58,29 @@ def test_malformed_requests_get_an_s3_error_and_leave_no_trace_of_their_bytes(
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert "Traceback" not in caplog.text
     assert "malformed request from 127.0.0.1: 400" in caplog.text
+
+
+@pytest.mark.parametrize("fmt", ["sealgate", "s3ec-v3"])
+def test_a_client_that_stops_reading_a_download_is_no_internal_error(
+    moto_url: str, tls_files: dict[str, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture, fmt: str
+) -> None:
+    from tests.conftest import start_stack
+
+    rule = '[[buckets]]\nname = "gone-v3"\nformat = "s3ec-v3"\n' if fmt == "s3ec-v3" else ""
+    st = start_stack(tmp_path, moto_url, tls_files, extra=rule)
+    bucket = "gone-v3" if fmt == "s3ec-v3" else "gone-plain"
+    try:
+        c = st.client()
+        c.create_bucket(Bucket=bucket)
+        c.put_object(Bucket=bucket, Key="big", Body=os.urandom(24 * 1024 * 1024))
+        caplog.set_level(logging.INFO)
+        for _ in range(3):
+            body = c.get_object(Bucket=bucket, Key="big")["Body"]
+            body.read(1024)
+            body.close()  # stops reading and closes the connection mid-answer
+        time.sleep(1.0)
+        assert "unhandled error" not in caplog.text and "Traceback" not in caplog.text
+        assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text[-2000:]
+        assert c.get_object(Bucket=bucket, Key="big")["ContentLength"] == 24 * 1024 * 1024
+    finally:
+        st.gate.stop()
