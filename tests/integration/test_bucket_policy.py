@@ -401,3 +401,33 @@ def test_an_explicit_identity_deny_is_decided_before_any_backend_call(open_st: S
     """dave's identity policy denies everything: the refusal comes before the bucket's settings
     are read, so even a bucket that does not exist is a 403, not a NoSuchBucket."""
     assert error_of(as_(open_st, DAVE).get_object, Bucket=f"bp-never-{RUN}", Key="k") == (403, "AccessDenied")
+
+
+def test_a_gateway_that_cannot_decrypt_with_its_key_refuses_bucket_settings(
+    moto_url: str, tls_files: dict[str, Path], tmp_path: Path
+) -> None:
+    """Settings are sealed under the bucket's master key; a public-key gateway could not read
+    them back, so it refuses to store them (501) rather than lock the bucket."""
+    from proxy.kms.keystore import LocalKeyStore
+    from tests.conftest import PASSPHRASE, make_keyring
+
+    full_ring, ring = tmp_path / "full", tmp_path / "keyring"
+    make_keyring(full_ring)
+    full = LocalKeyStore.open(full_ring, PASSPHRASE.encode())
+    full.create_asymmetric_key("sealed", "ec-p256")
+    full.save()
+    make_keyring(ring)
+    public = LocalKeyStore.open(ring, PASSPHRASE.encode())
+    public.import_asymmetric_key("sealed", full.public_key_pem("sealed"))
+    public.save()
+    kms = f'provider = "local"\nkeyring = "{ring}"\npassphrase_file = "{ring}.pass"\ndefault_key = "sealed"\n'
+    st = start_stack(tmp_path, moto_url, tls_files, kms=kms)
+    try:
+        c = st.client()
+        name = f"bp-public-key-{RUN}"
+        c.create_bucket(Bucket=name)
+        text = policy(name, deny("*", "s3:DeleteObject", f"arn:aws:s3:::{name}/*"))
+        assert error_of(c.put_bucket_policy, Bucket=name, Policy=text) == (501, "NotImplemented")
+        assert stored_records(st, name) == []
+    finally:
+        st.gate.stop()
