@@ -431,3 +431,30 @@ def test_a_gateway_that_cannot_decrypt_with_its_key_refuses_bucket_settings(
         assert stored_records(st, name) == []
     finally:
         st.gate.stop()
+
+
+def test_an_unsigned_upload_is_held_to_the_body_hash_it_names(open_st: Stack) -> None:
+    import hashlib
+
+    import urllib3
+
+    c = open_st.client()
+    name = f"bp-anon-hash-{RUN}"
+    c.create_bucket(Bucket=name)
+    c.put_bucket_policy(Bucket=name, Policy=policy(name, allow("*", "s3:PutObject", f"arn:aws:s3:::{name}/*")))
+    http = urllib3.PoolManager(ca_certs=str(open_st.ca_path))
+    url = f"{open_st.gate.url}/{name}/k"
+    wrong = http.request(
+        "PUT", url, body=b"body", headers={"x-amz-content-sha256": hashlib.sha256(b"other").hexdigest()}
+    )
+    assert wrong.status == 400 and b"XAmzContentSHA256Mismatch" in wrong.data
+    chunked = http.request(
+        "PUT", url, body=b"body", headers={"x-amz-content-sha256": "STREAMING-AWS4-HMAC-SHA256-PAYLOAD"}
+    )
+    assert chunked.status == 400 and b"InvalidArgument" in chunked.data
+    assert "k" not in [o["Key"] for o in open_st.backend().list_objects_v2(Bucket=name).get("Contents", [])]
+    right = http.request(
+        "PUT", url, body=b"body", headers={"x-amz-content-sha256": hashlib.sha256(b"body").hexdigest()}
+    )
+    assert right.status == 200
+    assert c.get_object(Bucket=name, Key="k")["Body"].read() == b"body"
