@@ -12,7 +12,7 @@ accepts itself instead, which gives it what aiohttp lacks:
   hold at most a share of the slots, and at most a few per source address (IPv4 address, IPv6
   /64), and are closed after a short idle time. A new connection that finds its share (or its
   address's) full takes the place of the oldest anonymous one that can give way: one idle after
-  a response, or one that has sent no complete request head for a second. So anonymous load,
+  a response, or one that has sent no complete request head for two seconds. So anonymous load,
   however it is spread over connections, cannot keep a client out: the slots beyond the share
   stay for authenticated connections, and a new client (anonymous until its first request)
   pushes out an idle anonymous one. At the cap itself, a waiting client likewise replaces an
@@ -56,7 +56,7 @@ _DRAIN_POLL = 0.05
 _CAP_POLL = 0.1
 #: How long an anonymous connection without a complete request head is safe from being pushed
 #: out: a client's own handshake and first request take milliseconds, a silent socket longer.
-EVICT_MIN_AGE: Final = 1.0
+EVICT_MIN_AGE: Final = 2.0
 
 
 def address_key(peer: Any) -> str:

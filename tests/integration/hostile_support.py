@@ -47,8 +47,10 @@ class Gate:
     def url(self) -> str:
         return f"https://localhost:{self.port}"
 
-    def client(self, *, timeout: float = 5.0, akid: str = CLIENT_AKID, secret: str = CLIENT_SECRET) -> Any:
-        """boto3 through this sealgate: no retries, so a refused or hung request shows."""
+    def client(
+        self, *, timeout: float = 5.0, akid: str = CLIENT_AKID, secret: str = CLIENT_SECRET, attempts: int = 1
+    ) -> Any:
+        """boto3 through this sealgate: no retries unless asked, so a refused or hung request shows."""
         return boto3.client(
             "s3",
             endpoint_url=self.url,
@@ -58,7 +60,7 @@ class Gate:
             verify=str(self.ca),
             config=BotoConfig(
                 s3={"addressing_style": "path"},
-                retries={"max_attempts": 1, "mode": "standard"},
+                retries={"max_attempts": attempts, "mode": "standard"},
                 connect_timeout=timeout,
                 read_timeout=timeout,
                 max_pool_connections=50,
