@@ -458,3 +458,13 @@ def test_an_unsigned_upload_is_held_to_the_body_hash_it_names(open_st: Stack) ->
     )
     assert right.status == 200
     assert c.get_object(Bucket=name, Key="k")["Body"].read() == b"body"
+
+
+def test_a_policy_can_require_server_side_encryption_headers(st: Stack, bucket: str) -> None:
+    c = st.client()
+    require = {"Null": {"s3:x-amz-server-side-encryption": "true"}}
+    statement = {**deny("*", "s3:PutObject", f"arn:aws:s3:::{bucket}/*"), "Condition": require}
+    c.put_bucket_policy(Bucket=bucket, Policy=policy(bucket, statement))
+    assert error_of(c.put_object, Bucket=bucket, Key="plain", Body=b"x") == (403, "AccessDenied")
+    c.put_object(Bucket=bucket, Key="asked", Body=b"x", ServerSideEncryption="AES256")
+    assert st.backend().head_object(Bucket=bucket, Key="asked")["ServerSideEncryption"] == "AES256"

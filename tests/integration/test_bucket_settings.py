@@ -112,5 +112,14 @@ def test_encryption_answers_on_copies_and_uploads(stack: Stack, bucket: str) -> 
     assert stack.backend().head_object(Bucket=bucket, Key="dst")["ServerSideEncryption"] == "AES256"
     started = s3.create_multipart_upload(Bucket=bucket, Key="mp", ServerSideEncryption="AES256")
     assert started["ServerSideEncryption"] == "AES256"
+    # The parts of such an upload, sent or copied, report it as well (s3-tests' copy_part_enc).
+    uid = started["UploadId"]
+    part = s3.upload_part(Bucket=bucket, Key="mp", UploadId=uid, PartNumber=1, Body=b"x" * 5 * 1024 * 1024)
+    assert part["ServerSideEncryption"] == "AES256"
+    copied_part = s3.upload_part_copy(
+        Bucket=bucket, Key="mp", UploadId=uid, PartNumber=2, CopySource={"Bucket": bucket, "Key": "src"}
+    )
+    assert copied_part["ServerSideEncryption"] == "AES256"
+    s3.abort_multipart_upload(Bucket=bucket, Key="mp", UploadId=uid)
     attrs = s3.get_object_attributes(Bucket=bucket, Key="src", ObjectAttributes=["ObjectParts", "ObjectSize"])
     assert "ObjectParts" not in attrs and attrs["ObjectSize"] == 6
