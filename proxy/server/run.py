@@ -170,6 +170,7 @@ def serve(config: Config, config_path: Path | None = None, *, join: bool = False
     sealgate shares it with the running one (same user only), and stopping that one with SIGTERM
     hands its traffic over without downtime.
     """
+    _hold_early_hup()
     if worker:
         _serve_one(config, config_path, Workers([], None), watch=False)
         return
@@ -195,6 +196,16 @@ def serve(config: Config, config_path: Path | None = None, *, join: bool = False
         _serve_one(config, config_path, workers, watch=first and config.server.workers > 1)
     finally:
         workers.wait()
+
+
+_early_hup: list[int] = []
+
+
+def _hold_early_hup() -> None:
+    """Until the event loop's handlers are in place, a SIGHUP (a reload, or one the first
+    process passes on to a worker it just forked) is remembered and honoured once they are,
+    instead of killing the process with the default action."""
+    signal.signal(signal.SIGHUP, lambda signum, frame: _early_hup.append(signum))
 
 
 def _listen_addresses(config: Config) -> list[tuple[str, int]]:
@@ -223,6 +234,9 @@ def _serve_one(config: Config, config_path: Path | None, workers: Workers, *, wa
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, on_stop, sig)
         loop.add_signal_handler(signal.SIGHUP, on_hup)
+        if _early_hup:
+            _early_hup.clear()
+            on_hup()
         await stop.wait()
         if watcher is not None:
             watcher.cancel()

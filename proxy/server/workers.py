@@ -41,6 +41,13 @@ def die_with_parent() -> None:
         os._exit(0)
 
 
+def _prepare_worker() -> None:
+    """In a replacement worker before exec: die with the parent, and ignore SIGHUP until the new
+    interpreter can remember one (it reads the config and certificates after that anyway)."""
+    die_with_parent()
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+
 class Workers:
     """The other worker processes of this sealgate, as seen by the first one."""
 
@@ -90,7 +97,7 @@ class Workers:
             log.error("a worker died and cannot be replaced: sealgate was not started from a config file")
             return
         cmd = [sys.executable, "-m", "proxy.cli", "serve", "--config", str(self._config_path), "--worker"]
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, preexec_fn=die_with_parent)  # noqa: PLW1509
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, preexec_fn=_prepare_worker)  # noqa: PLW1509
         self._spawned.append(proc)
         self._last_spawn = time.monotonic()
 

@@ -74,6 +74,27 @@ def test_a_killed_worker_is_replaced(
     assert _eventually(lambda: not _alive(replacement), 10)
 
 
+def test_a_reload_signal_during_a_workers_start_does_not_kill_it(
+    two_workers: tuple[subprocess.Popen[bytes], int], tls_files: dict[str, Path]
+) -> None:
+    """SIGHUP's default action ends a process: a worker still starting (no handler yet) must
+    remember the reload instead (a CI run lost a whole sealgate this way)."""
+    proc, port = two_workers
+    (first,) = _children(proc.pid)
+    os.kill(first, signal.SIGKILL)
+    assert _eventually(lambda: len(_children(proc.pid)) == 1 and first not in _children(proc.pid))
+    (replacement,) = _children(proc.pid)
+    for _ in range(10):  # the replacement is a fresh interpreter: these land while it starts
+        proc.send_signal(signal.SIGHUP)
+        time.sleep(0.05)
+    time.sleep(3)
+    assert proc.poll() is None
+    assert _children(proc.pid) == {replacement}, "the starting worker died of SIGHUP"
+    s3 = client_for(f"https://localhost:{port}", tls_files["ca"])
+    s3.create_bucket(Bucket="reloaded")
+    assert s3.list_objects_v2(Bucket="reloaded")["KeyCount"] == 0
+
+
 def test_workers_go_when_the_first_process_is_killed(
     two_workers: tuple[subprocess.Popen[bytes], int], moto_url: str, tls_files: dict[str, Path], tmp_path: Path
 ) -> None:
