@@ -73,6 +73,7 @@ async def create_bucket(gw: Gateway, request: web.Request, bucket: str) -> web.S
 async def delete_bucket(gw: Gateway, request: web.Request, bucket: str) -> web.StreamResponse:
     """DeleteBucket, once nothing but sealgate's own records is left in it."""
     await emptying.delete_bucket(gw, bucket)
+    gw.access.forget(bucket)  # its settings went with it: a new bucket of that name starts bare
     return web.Response(status=204)
 
 

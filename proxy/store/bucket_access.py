@@ -15,6 +15,7 @@ once, one made through another replica within `TTL_SECONDS`.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import logging
@@ -161,19 +162,45 @@ class BucketAccessCache:
 
     def __init__(self) -> None:
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
+        #: The refresh in flight per bucket, shared by every request that needs it.
+        self._refreshing: dict[str, asyncio.Future[BucketAccess]] = {}
+        #: Counts `forget` calls: a refresh that began before one may have read the old value,
+        #: so it answers its waiters but is not kept.
+        self._changes = 0
 
     def forget(self, bucket: str) -> None:
         """Read the bucket's settings again next time (they were just changed here)."""
         self._entries.pop(bucket, None)
+        self._refreshing.pop(bucket, None)
+        self._changes += 1
 
     async def settings(self, gw: Gateway, bucket: str) -> BucketAccess:
         """The bucket's settings; MISSING for a bucket that does not exist (its request fails
-        on the backend). ServiceUnavailable when they cannot be read: nothing is decided without them."""
-        now = time.monotonic()
+        on the backend). ServiceUnavailable when they cannot be read: nothing is decided without them.
+
+        Requests that find the settings stale at the same moment share one refresh: without
+        that, every connection busy on a bucket listed its settings at each expiry."""
         entry = self._entries.get(bucket)
-        if entry is not None and now - entry.read_at < TTL_SECONDS:
+        if entry is not None and time.monotonic() - entry.read_at < TTL_SECONDS:
             self._entries.move_to_end(bucket)
             return entry.access
+        refresh = self._refreshing.get(bucket)
+        if refresh is None:
+            refresh = asyncio.ensure_future(self._refresh(gw, bucket, entry))
+            self._refreshing[bucket] = refresh
+            refresh.add_done_callback(lambda done: self._settled(bucket, done))
+        # Shielded: one waiter's cancellation (its client went away) is not the others'.
+        return await asyncio.shield(refresh)
+
+    def _settled(self, bucket: str, done: asyncio.Future[BucketAccess]) -> None:
+        if self._refreshing.get(bucket) is done:
+            del self._refreshing[bucket]
+        if not done.cancelled():
+            done.exception()  # retrieved: a failure nobody awaited any more is not "never retrieved"
+
+    async def _refresh(self, gw: Gateway, bucket: str, entry: _Entry | None) -> BucketAccess:
+        now = time.monotonic()
+        changes = self._changes
         listed = await _list(gw, bucket)
         if listed is None:
             return MISSING
@@ -192,6 +219,8 @@ class BucketAccessCache:
             except IntegrityError as exc:
                 log.error("bucket %s: its %s record is not authentic (%s); refusing its requests", bucket, setting, exc)
                 fresh.access = replace(fresh.access, broken=f"its {setting} record is not authentic")
+        if changes != self._changes:
+            return fresh.access  # a setting changed here while this read: may be the old one
         self._entries[bucket] = fresh
         while len(self._entries) > MAX_BUCKETS:
             self._entries.popitem(last=False)

@@ -10,6 +10,7 @@ import socket
 import ssl
 import threading
 from collections.abc import Awaitable, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -371,3 +372,21 @@ def test_slow_kms_fails_closed_within_its_timeout(moto_url: str, tls_files: dict
         relay.fault = None
         s3.put_object(Bucket="slowkms", Key="k", Body=b"secret")
         assert s3.get_object(Bucket="slowkms", Key="k")["Body"].read() == b"secret"
+
+
+def test_requests_that_find_the_bucket_settings_stale_share_one_read(
+    faulty: tuple[FaultyRelay, Stack], moto_url: str
+) -> None:
+    """Sixteen uploads arriving together on a bucket whose settings this process has not read
+    make one listing of them between them, not sixteen (each waited for its own before)."""
+    relay, st = faulty
+    backend_client(moto_url).create_bucket(Bucket="faults-herd")  # not through sealgate: nothing cached
+    relay.arm("slow", "list-type=2", delay=0.5)
+    try:
+        with ThreadPoolExecutor(16) as pool:
+            answers = list(pool.map(lambda i: _once(st, "PUT", f"faults-herd/k{i}", b"v")[0], range(16)))
+        assert answers == [200] * 16
+        assert relay.hits == 1
+    finally:
+        relay.fault = None
+    assert st.client().get_object(Bucket="faults-herd", Key="k7")["Body"].read() == b"v"

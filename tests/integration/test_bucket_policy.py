@@ -468,3 +468,23 @@ def test_a_policy_can_require_server_side_encryption_headers(st: Stack, bucket: 
     assert error_of(c.put_object, Bucket=bucket, Key="plain", Body=b"x") == (403, "AccessDenied")
     c.put_object(Bucket=bucket, Key="asked", Body=b"x", ServerSideEncryption="AES256")
     assert st.backend().head_object(Bucket=bucket, Key="asked")["ServerSideEncryption"] == "AES256"
+
+
+def test_a_deleted_bucket_leaves_no_settings_behind(open_st: Stack) -> None:
+    """The settings go with the bucket; this process must not go on applying the cached ones
+    to a new bucket of the same name (a public read would outlive the bucket it was for)."""
+    c, anon = open_st.client(), unsigned(open_st)
+    name = f"bp-again-{RUN}"
+    c.create_bucket(Bucket=name)
+    c.put_object(Bucket=name, Key="doc.txt", Body=b"public once")
+    c.put_bucket_policy(Bucket=name, Policy=policy(name, allow("*", "s3:GetObject", f"arn:aws:s3:::{name}/*")))
+    assert anon.get_object(Bucket=name, Key="doc.txt")["Body"].read() == b"public once"
+    c.put_public_access_block(Bucket=name, PublicAccessBlockConfiguration={"RestrictPublicBuckets": True})
+    assert error_of(anon.get_object, Bucket=name, Key="doc.txt") == (403, "AccessDenied")
+    c.delete_object(Bucket=name, Key="doc.txt")
+    c.delete_bucket(Bucket=name)
+    # At once, as for a bucket that never was (not the deleted bucket's cached refusal).
+    assert error_of(anon.get_object, Bucket=name, Key="doc.txt") == (404, "NoSuchBucket")
+    c.create_bucket(Bucket=name)
+    c.put_object(Bucket=name, Key="doc.txt", Body=b"private now")
+    assert error_of(anon.get_object, Bucket=name, Key="doc.txt") == (403, "AccessDenied")
