@@ -119,6 +119,34 @@ def rss_mib(pid: int) -> float:
     return max((_status_kib(p, "VmRSS") / 1024 for p in descendants(pid)), default=0.0)
 
 
+def memory_mib(pid: int) -> list[dict[str, float]]:
+    """Resident memory of `pid` and each descendant from ``/proc/PID/smaps_rollup``: RSS, PSS
+    (shared pages divided among the processes sharing them) and USS (pages no other process
+    has), in MiB. Forked workers share what was imported before the fork, so RSS counts it in
+    every worker while PSS counts each page once in all."""
+    out = []
+    for p in descendants(pid):
+        fields: dict[str, int] = {}
+        try:
+            text = Path(f"/proc/{p}/smaps_rollup").read_text()
+        except OSError:
+            continue
+        for line in text.splitlines()[1:]:
+            name, _, rest = line.partition(":")
+            parts = rest.split()
+            if parts and parts[0].isdigit():
+                fields[name] = int(parts[0])
+        uss = fields.get("Private_Clean", 0) + fields.get("Private_Dirty", 0)
+        out.append(
+            {
+                "rss_mib": round(fields.get("Rss", 0) / 1024, 1),
+                "pss_mib": round(fields.get("Pss", 0) / 1024, 1),
+                "uss_mib": round(uss / 1024, 1),
+            }
+        )
+    return out
+
+
 def reset_peak_rss(pid: int) -> bool:
     """Reset VmHWM to the current RSS (``echo 5 > clear_refs``); False where that is refused."""
     ok = True

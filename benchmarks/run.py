@@ -50,6 +50,12 @@ TARGET_RATIO = 0.9
 TARGET_RSS_MIB = 100.0
 TARGET_SMALL_RATE = 3000.0
 TARGET_P99_MS = 30.0
+#: Issue 22's targets: 4 KiB requests with 2 workers at 64 connections, and memory per worker.
+TARGET22_CPU_US = 150.0
+TARGET22_RATE = 8000.0
+TARGET22_P99_MS = 15.0
+TARGET22_IDLE_MIB = 45.0
+TARGET22_PEAK_MIB = 80.0
 
 
 @dataclass
@@ -361,7 +367,11 @@ class Bench:
         gate = self.servers.start_sealgate(self.files, self.sink.endpoint, workers=s.workers, tag="-rss")
         procs.wait_healthy(gate, self.files["ca"])
         t = self.target_for(gate, "sealgate")
-        out: dict[str, Any] = {"idle_mib": round(procs.rss_mib(gate.pid), 1), "transfers": []}
+        out: dict[str, Any] = {
+            "idle_mib": round(procs.rss_mib(gate.pid), 1),
+            "idle_workers": procs.memory_mib(gate.pid),
+            "transfers": [],
+        }
         if not procs.reset_peak_rss(gate.pid):
             self.note("could not reset VmHWM (clear_refs refused): peaks are cumulative over the RSS runs")
         async with client.session_for(t, connections=8) as session:
@@ -715,6 +725,13 @@ def render_table(s: Settings, results: dict[str, Any], med: dict[str, Any]) -> s
         )
         for row in rss["transfers"]:
             w(f"  {row['what']:38s}{row['peak_mib']:8.1f} MiB")
+        idle = rss.get("idle_workers") or []
+        if idle:
+            w(
+                "  idle, each worker: "
+                + "; ".join(f"RSS {m['rss_mib']} PSS {m['pss_mib']} USS {m['uss_mib']} MiB" for m in idle)
+                + " (PSS: shared pages divided among the workers; USS: the worker's own)"
+            )
     kc = results.get("keyring_calls") or {}
     if kc:
         w("")
@@ -754,6 +771,9 @@ def render_table(s: Settings, results: dict[str, Any], med: dict[str, Any]) -> s
     w("issue 5 targets:")
     for line in target_lines(s, results, med):
         w("  " + line)
+    w("issue 22 targets (range reads: benchmarks/parquet_scan.py):")
+    for line in target22_lines(s, results, med):
+        w("  " + line)
     for note in results.get("notes", []):
         w("note: " + note)
     return "\n".join(lines)
@@ -789,6 +809,44 @@ def target_lines(s: Settings, results: dict[str, Any], med: dict[str, Any]) -> l
     if kc:
         per100 = kc["cache_on"]["per_1000_puts"] / 10
         out.append(f"[{'met' if per100 <= 1 else 'NOT met'}] <= 1 KMS call per 100 PUTs with the cache: {per100:.2f}")
+    return out
+
+
+def target22_lines(s: Settings, results: dict[str, Any], med: dict[str, Any]) -> list[str]:
+    """Each target of issue 22 with the figure that decides it (the range-read targets are
+    `benchmarks/parquet_scan.py`'s)."""
+    out = []
+    for op in ("put", "get"):
+        fig = med["small"].get(op, {}).get("sealgate")
+        if not fig:
+            continue
+        cpu = fig.get("proxy_cpu_us_per_req")
+        ok = cpu is not None and cpu <= TARGET22_CPU_US
+        out.append(f"[{'met' if ok else 'NOT met'}] 4 KiB {op.upper()} <= 150 us proxy CPU per request: {cpu:.0f} us")
+        ok = fig["req_per_s"] >= TARGET22_RATE and fig["p99_ms"] < TARGET22_P99_MS and s.workers == 2
+        out.append(
+            f"[{'met' if ok else 'NOT met'}] 4 KiB {op.upper()} >= 8,000 req/s, p99 < 15 ms (2 workers, 64 conns): "
+            f"{fig['req_per_s']:.0f} req/s, p99 {fig['p99_ms']:.1f} ms with {s.workers} worker(s), "
+            f"{s.connections} conns"
+        )
+    rss = results.get("rss") or {}
+    if rss:
+        idle = max((m["rss_mib"] for m in rss.get("idle_workers") or []), default=rss["idle_mib"])
+        met = "met" if idle <= TARGET22_IDLE_MIB else "NOT met"
+        out.append(f"[{met}] idle RSS <= 45 MiB per worker: {idle:.1f} MiB")
+        peak = max((row["peak_mib"] for row in rss["transfers"]), default=0.0)
+        biggest = _sizeof(max(s.rss_sizes)) if s.rss_sizes else "-"
+        out.append(
+            f"[{'met' if peak <= TARGET22_PEAK_MIB else 'NOT met'}] peak RSS <= 80 MiB per worker "
+            f"(objects up to {biggest}): {peak:.1f} MiB"
+        )
+    put = med["throughput"].get("put", {})
+    sg, ng = put.get("sealgate", {}).get("mb_s"), put.get("nginx", {}).get("mb_s")
+    if sg and ng:
+        ok = sg / ng >= TARGET_RATIO and s.size >= 1024 * MiB
+        out.append(
+            f"[{'met' if ok else 'NOT met'}] PUT 1 GiB >= 0.9x nginx: {sg / ng:.2f}x with {_sizeof(s.size)} bodies"
+        )
     return out
 
 
