@@ -176,7 +176,10 @@ async def head_object(gw: Gateway, request: web.Request, bucket: str, key: str) 
         headers["Content-Length"] = str(total)
         _conditions(request, headers["ETag"], last_modified(resp))
         return web.Response(status=200, headers=headers)
-    opened = await open_object(gw, request[CALLER], bucket, key, resp, total, version)
+    # A HEAD releases no plaintext: the manifest a read already opened under this very ETag,
+    # salt and commitment gives its size as well as the stored record would.
+    cached = "partNumber" not in request.query
+    opened = await open_object(gw, request[CALLER], bucket, key, resp, total, version, cached=cached)
     _conditions(request, opened.etag, last_modified(resp))
     headers = _object_headers(resp, opened)
     _response_overrides(request, headers)

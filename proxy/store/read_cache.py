@@ -64,12 +64,15 @@ class ReadCache:
     def remember(
         self, bucket: str, key: str, version: str | None, etag: str, env: Envelope, manifest: Manifest
     ) -> None:
-        """Keep an opened manifest (replacing what was known of the object)."""
+        """Keep an opened manifest (replacing what was known of the object; the part headers
+        already read stay when it is the same stored object, opened again by a full read)."""
         name = (bucket, key, version)
+        old = self._entries.get(name)
+        headers = old.headers if old is not None and old.matches(etag, env) else {}
         self.forget(bucket, key, version)
         if len(manifest.parts) > self._max_parts:
             return
-        self._entries[name] = Known(etag, env.salt, env.commitment, env.segment_size, manifest)
+        self._entries[name] = Known(etag, env.salt, env.commitment, env.segment_size, manifest, headers)
         self._parts += len(manifest.parts)
         while self._parts > self._max_parts:
             _, old = self._entries.popitem(last=False)

@@ -46,3 +46,35 @@ def test_a_range_scan_costs_one_backend_request_per_range(
         tail = s3.get_object(Bucket="scan", Key="table.parquet", Range="bytes=-100")["Body"].read()
         assert tail == other[-100:]
         relay.before = None
+
+
+def test_a_head_between_range_reads_costs_nothing_more(
+    moto_url: str, tls_files: dict[str, Path], tmp_path: Path
+) -> None:
+    """pyarrow opens a file with a HEAD before its range reads: once the object was read, the
+    HEAD is one backend HEAD (no manifest fetch) and the ranges stay at one request each (the
+    HEAD used to drop the part headers already read, sending each range the long way: 3)."""
+    seen: list[str] = []
+
+    async def count(request: web.Request) -> None:
+        seen.append(f"{request.method} {request.path_qs}")
+        return None
+
+    with relayed(moto_url, tls_files, tmp_path) as (relay, st):
+        s3 = st.client()
+        s3.create_bucket(Bucket="scan")
+        body = multipart_put(s3, "scan", "cols.parquet", [os.urandom(5 * MiB), os.urandom(5 * MiB), os.urandom(MiB)])
+        ranges = [(6 * MiB + 1000, 6 * MiB + 300_000), (2 * MiB + 7, 2 * MiB + 200_000)]
+
+        def scan() -> None:
+            assert s3.head_object(Bucket="scan", Key="cols.parquet")["ContentLength"] == len(body)
+            for start, end in ranges:
+                got = s3.get_object(Bucket="scan", Key="cols.parquet", Range=f"bytes={start}-{end}")["Body"].read()
+                assert got == body[start : end + 1]
+
+        scan()  # opens the manifest, reads both parts' headers
+        relay.before = count
+        scan()
+        relay.before = None
+        assert len(seen) == 1 + len(ranges), seen
+        assert seen[0].startswith("HEAD ")
