@@ -5,8 +5,9 @@ A ~70 MiB Parquet file (random data, many row groups) is uploaded in 8 MiB parts
 sealgate, and the same bytes straight to the backend (a moto_server started here). pyarrow's
 S3FileSystem then reads it both ways, twice: `pq.read_table` (pyarrow's own coalesced range
 reads, all columns), and one column's pages read in 256 KiB ranges with `read_at`. Printed: wall
-time each way and their ratio, and the backend requests sealgate made per client range (counted
-in moto's request log). Targets: at most 1.5 backend requests per range, the scan within 2x
+time each way and their ratio, and the backend requests sealgate made per client request
+(counted in moto's request log, divided by the requests the same scan makes straight to moto).
+Targets: at most 1.5 backend requests per range, the scan within 2x
 (issue 18) / 1.5x (issue 22) of the direct one.
 
     python benchmarks/parquet_scan.py [--mib 70] [--runs 3]
@@ -46,9 +47,12 @@ def parquet_bytes(mib: int) -> bytes:
     return out.getvalue()
 
 
-def moto_requests(log: Path) -> int:
-    """How many requests moto has logged so far."""
-    return sum(1 for line in log.read_text(errors="replace").splitlines() if 'HTTP/1.1"' in line)
+def moto_requests(log: Path, *, settings: bool = False) -> int:
+    """How many requests moto has logged so far: object requests, or (`settings`) sealgate's
+    listings of a bucket's access settings, which every process repeats once per 5 s per bucket
+    in use (so that every replica applies a changed bucket policy within that bound)."""
+    lines = [line for line in log.read_text(errors="replace").splitlines() if 'HTTP/1.1"' in line]
+    return sum(1 for line in lines if ("prefix=.sealgate/bk/" in line) == settings)
 
 
 def scan_table(fs: pafs.S3FileSystem, path: str) -> float:
@@ -133,13 +137,18 @@ def main(argv: list[str] | None = None) -> int:
             "sealgate-ranges": [],
         }
         per_range: list[float] = []
+        settings_reads: list[int] = []
         for _ in range(args.runs):
             results["direct-table"].append(scan_table(straight, "plain/scan.parquet"))
-            results["direct-ranges"].append(scan_ranges(straight, "plain/scan.parquet")[0])
-            results["sealgate-table"].append(scan_table(via, "sealed/scan.parquet"))
+            # The direct scan's requests are exactly the client's (HEADs, footer and ranges).
             before = moto_requests(moto.log)
-            seconds, reads = scan_ranges(via, "sealed/scan.parquet")
-            per_range.append((moto_requests(moto.log) - before) / reads)
+            results["direct-ranges"].append(scan_ranges(straight, "plain/scan.parquet")[0])
+            asked = moto_requests(moto.log) - before
+            results["sealgate-table"].append(scan_table(via, "sealed/scan.parquet"))
+            before, refreshes = moto_requests(moto.log), moto_requests(moto.log, settings=True)
+            seconds, _ = scan_ranges(via, "sealed/scan.parquet")
+            per_range.append((moto_requests(moto.log) - before) / asked)
+            settings_reads.append(moto_requests(moto.log, settings=True) - refreshes)
             results["sealgate-ranges"].append(seconds)
         med = {k: statistics.median(v) for k, v in results.items()}
         size = len(data) / 1024**2
@@ -149,10 +158,15 @@ def main(argv: list[str] | None = None) -> int:
             d, s = med[f"direct-{what}"], med[f"sealgate-{what}"]
             label = "read_table (all columns)" if what == "table" else "one column, 256 KiB ranges"
             print(f"{label:28} {d:8.2f}s {s:8.2f}s {s / d:6.2f}x")
-        bound = statistics.median(per_range)
-        print(f"backend requests per client range (ranged scan, after its HEAD/footer reads): {bound:.2f}")
+        print(f"backend requests per client request, first ranged scan (manifest, part headers): {per_range[0]:.2f}")
+        warm = per_range[1:] or per_range
+        bound = statistics.median(warm)
+        print(f"backend requests per client request, later ranged scans (median): {bound:.2f}")
+        print(f"besides: bucket-settings refreshes during each ranged scan (one per 5 s): {settings_reads}")
         ratio = med["sealgate-ranges"] / med["direct-ranges"]
-        print(f"target <= 1.5 backend requests per range: {'met' if bound <= 1.5 else 'not met'}")
+        print(f"target <= 1.5 backend requests per range (issue 18): {'met' if per_range[0] <= 1.5 else 'not met'}")
+        met = "met" if bound <= 1.0 else "not met"
+        print(f"target <= 1 backend request per range after the first (issue 22): {met}")
         print(f"target range scan within 1.5x of direct: {'met' if ratio <= 1.5 else 'not met'} ({ratio:.2f}x)")
     return 0
 
