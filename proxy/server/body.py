@@ -85,6 +85,32 @@ def _header_checksum(headers: CIMultiDictProxy[str]) -> tuple[str, str] | None:
     return None
 
 
+async def paced_read(stream: _Stream, pace: BodyPace) -> bytes | memoryview:
+    """The next bytes of a request body (empty at its end). What has arrived is taken without
+    arming a timer (a small body usually has all arrived by now); only a read that has to wait
+    is bounded, by the stall timeout and the minimum rate (`BodyPace`). A client too slow gets
+    S3's RequestTimeout, one that goes away IncompleteBody."""
+    try:
+        data = stream.read_nowait()
+        waited = 0.0
+        if not data and not stream.at_eof():
+            began = time.monotonic()
+            async with asyncio.timeout(pace.wait()):
+                data = await stream.readany()
+            waited = time.monotonic() - began
+        if data:
+            pace.took(len(data), waited)
+    except TimeoutError as exc:
+        raise S3Error(
+            "RequestTimeout",
+            "Your socket connection to the server was not read from or written to within the timeout period.",
+            400,
+        ) from exc
+    except Exception as exc:  # noqa: BLE001 - aiohttp raises several types on disconnect
+        raise S3Error("IncompleteBody", "The client connection ended mid-body.") from exc
+    return data
+
+
 class PlaintextBody:
     """Async iterator over the plaintext the client uploads; raises S3Error on a failed check."""
 
@@ -160,27 +186,7 @@ class PlaintextBody:
     async def __aiter__(self) -> AsyncIterator[bytes | memoryview]:
         pace = BodyPace(self._stall, self._min_rate)
         while True:
-            try:
-                # What has arrived is taken without arming a timer (a small body usually has
-                # all arrived by now); only a read that has to wait is bounded by the stall
-                # timeout, and by the minimum rate (BodyPace).
-                data = self._stream.read_nowait()
-                waited = 0.0
-                if not data and not self._stream.at_eof():
-                    began = time.monotonic()
-                    async with asyncio.timeout(pace.wait()):
-                        data = await self._stream.readany()
-                    waited = time.monotonic() - began
-                if data:
-                    pace.took(len(data), waited)
-            except TimeoutError as exc:
-                raise S3Error(
-                    "RequestTimeout",
-                    "Your socket connection to the server was not read from or written to within the timeout period.",
-                    400,
-                ) from exc
-            except Exception as exc:  # noqa: BLE001 - aiohttp raises several types on disconnect
-                raise S3Error("IncompleteBody", "The client connection ended mid-body.") from exc
+            data = await paced_read(self._stream, pace)
             if not data:
                 break
             if self._decoder is not None:

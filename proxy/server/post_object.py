@@ -15,7 +15,6 @@ is refused once that shows, before anything is stored.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import hashlib
@@ -51,6 +50,8 @@ from proxy.s3.routing import Op, Route, bucket_from_host
 from proxy.s3.sigv4 import UNSIGNED_PAYLOAD, ClientCredentials, VerifiedRequest
 from proxy.s3.xml import S3_NS, XML_HEADERS
 from proxy.server import cors
+from proxy.server.body import paced_read
+from proxy.server.budget import BodyPace
 from proxy.server.state import CALLER, IDENTITY
 from proxy.server.tls import check_client_certificate
 from proxy.store import s3ec
@@ -63,7 +64,6 @@ from proxy.store.records import check_reserved
 #: S3's limit on the form before the file, boundaries and part headers included
 #: ("MaxPostPreDataLengthExceeded").
 MAX_PRE_DATA = 20 * 1024
-READ_SIZE = 256 * 1024
 
 #: The identity-policy check of the app (`proxy.server.app`): the routed request with its key,
 #: who signed it, and the headers a PutObject of the same object would carry.
@@ -83,29 +83,20 @@ def _too_much_pre_data() -> S3Error:
 
 
 class _Events:
-    """The form's events as the body arrives (reads bounded by the stall timeout)."""
+    """The form's events as the body arrives (reads bounded by the stall timeout and the
+    minimum body rate, as every upload's are)."""
 
-    def __init__(self, stream: StreamReader, parser: FormParser, stall: float) -> None:
+    def __init__(self, stream: StreamReader, parser: FormParser, pace: BodyPace) -> None:
         self._stream = stream
         self._parser = parser
-        self._stall = stall
+        self._pace = pace
         self._pending: deque[Event] = deque()
 
     async def next(self) -> Event:
         while not self._pending:
             if self._parser.ended:
                 return FormEnd()
-            try:
-                async with asyncio.timeout(self._stall):
-                    data = await self._stream.read(READ_SIZE)
-            except TimeoutError as exc:
-                raise S3Error(
-                    "RequestTimeout",
-                    "Your socket connection to the server was not read from or written to within the timeout period.",
-                    400,
-                ) from exc
-            except Exception as exc:  # noqa: BLE001 - aiohttp raises several types on disconnect
-                raise S3Error("IncompleteBody", "The client connection ended mid-body.") from exc
+            data = await paced_read(self._stream, self._pace)
             if not data:
                 self._parser.finish()
                 return FormEnd()
@@ -310,7 +301,9 @@ async def post_object(
     assert r.bucket is not None
     bucket = r.bucket
     boundary = boundary_of(request.headers.get("Content-Type", ""))
-    events = _Events(request.content, FormParser(boundary), gw.config.server.body_stall_timeout_seconds)
+    srv = gw.config.server
+    pace = BodyPace(srv.body_stall_timeout_seconds, srv.body_min_bytes_per_second)
+    events = _Events(request.content, FormParser(boundary), pace)
     signed, start = await _read_fields(events)
     signer, policy = _authenticate(gw, request, signed, lookup)
     fields = expand_filename(signed, start.filename)

@@ -207,12 +207,21 @@ secret_access_key = "{VICTIM_SECRET}"
 class Trickle:
     """A signed streamed PUT that sends its head and a first piece, then trickles."""
 
-    def __init__(self, g: Gate, bucket: str, key: str, length: int = 1024 * 1024, first: int = 64 * 1024) -> None:
+    def __init__(
+        self,
+        g: Gate,
+        bucket: str,
+        key: str,
+        length: int = 1024 * 1024,
+        first: int = 64 * 1024,
+        head: bytes | None = None,
+    ) -> None:
+        """`head`: another request's head and body start (a form upload) instead of a PUT's."""
         self.sock = tls_socket(g.port, g.ca)
         self.length = length
         self.sent = first
         self.answer: bytes = b""
-        self.sock.sendall(signed_put_head(g.port, bucket, key, length) + b"x" * first)
+        self.sock.sendall((head or signed_put_head(g.port, bucket, key, length)) + b"x" * first)
 
     def step(self, size: int) -> bool:
         """Send `size` more bytes unless the server has answered; whether it has."""

@@ -110,6 +110,39 @@ def test_a_trickling_upload_is_cut_off(moto_url: str, tls_files: dict[str, Path]
             backend_client(moto_url).head_object(Bucket=bucket, Key="trickle")  # nothing stored
 
 
+def test_a_trickling_form_upload_is_cut_off_too(moto_url: str, tls_files: dict[str, Path], tmp_path: Path) -> None:
+    """POST Object reads its form with the same pace as every upload (it had only the per-read
+    stall timeout, so a form trickled just inside it held its backend connection for ever)."""
+    server = "body_stall_timeout_seconds = 2\nbody_min_bytes_per_second = 65536\n"
+    with gate(tmp_path, moto_url, tls_files, server) as g:
+        bucket = setup_bucket(g)
+        post = g.client().generate_presigned_post(bucket, "trickled-form")  # type: ignore[attr-defined]
+        boundary = "sealgateformboundary"
+        fields = "".join(
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'
+            for k, v in post["fields"].items()
+        )
+        fields += f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="f"\r\n\r\n'
+        length = len(fields) + 1024 * 1024 + len(f"\r\n--{boundary}--\r\n")
+        head = (
+            f"POST /{bucket} HTTP/1.1\r\nHost: localhost:{g.port}\r\n"
+            f"Content-Type: multipart/form-data; boundary={boundary}\r\nContent-Length: {length}\r\n\r\n{fields}"
+        ).encode()
+        up = Trickle(g, bucket, "trickled-form", length=1024 * 1024, head=head)
+        try:
+            t0 = time.monotonic()
+            while up.status is None and time.monotonic() - t0 < 8:
+                up.step(2048)
+                time.sleep(0.25)
+            assert up.status == 400, up.answer[:300]
+            assert b"<Code>RequestTimeout</Code>" in up.answer
+            assert time.monotonic() - t0 < 6.0
+        finally:
+            up.close()
+        with pytest.raises(ClientError):
+            backend_client(moto_url).head_object(Bucket=bucket, Key="trickled-form")  # nothing stored
+
+
 def test_a_steady_slow_upload_above_the_rate_goes_through(
     moto_url: str, tls_files: dict[str, Path], tmp_path: Path
 ) -> None:
