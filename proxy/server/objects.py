@@ -16,7 +16,6 @@ from proxy.crypto.format import (
     DEFAULT_SEGMENT_SIZE,
     DIGEST_SLOT,
     LAYOUT_MULTIPART,
-    LAYOUT_SINGLE,
     META_LAYOUT,
     PART_HEADER_SIZE,
     FormatError,
@@ -26,29 +25,26 @@ from proxy.crypto.format import (
     stream_key,
 )
 from proxy.crypto.multipart import MultipartDecryptor, read_plan
-from proxy.crypto.segments import StreamDecryptor, StreamEncryptor
+from proxy.crypto.segments import StreamDecryptor
 from proxy.s3.errors import S3Error
-from proxy.s3.headers import ACL_HEADERS, BYPASS_GOVERNANCE, RELAYED_HEADERS, WRITE_ANSWER_HEADERS, stored_headers
+from proxy.s3.headers import ACL_HEADERS, BYPASS_GOVERNANCE, RELAYED_HEADERS
 from proxy.s3.ranges import check_conditions, parse_range
 from proxy.s3.routing import Op
 from proxy.s3.sigv4 import VerifiedRequest
 from proxy.s3.xml import S3_NS, XML_HEADERS, check_setting
 from proxy.server import bucket_access
 from proxy.server import s3ec as s3ec_get
-from proxy.server.body import PlaintextBody, client_body
+from proxy.server.body import client_body
 from proxy.server.state import CALLER
-from proxy.server.writes import WRITE_CONDITIONS, write_conditions
+from proxy.server.writes import WRITE_CONDITIONS, store_single, write_conditions
 from proxy.store import s3ec
-from proxy.store.backend import BackendResponse, version_ids, version_query
-from proxy.store.bodies import Decryptor, ranged, send_sealed, total_length
+from proxy.store.backend import BackendResponse, version_query
+from proxy.store.bodies import Decryptor, ranged, total_length
 from proxy.store.gateway import Gateway
 from proxy.store.objects import (
-    ETAG_TAIL,
     MAX_PUT_SIZE,
     Opened,
     last_modified,
-    new_envelope,
-    opaque_etag,
     open_object,
     require_plain,
 )
@@ -57,12 +53,6 @@ from proxy.store.reserved import content_md5
 log = logging.getLogger(__name__)
 
 MAX_CONTROL_BODY = 1024 * 1024
-
-
-def _put_etag_field(body: PlaintextBody) -> str | None:
-    if body.content_md5 is not None:
-        return body.content_md5.hex()
-    return ETAG_TAIL if body.md5_wanted else None
 
 
 async def put_object(
@@ -75,31 +65,11 @@ async def put_object(
     body = client_body(gw, request, verified)
     if body.length > MAX_PUT_SIZE:
         raise S3Error("EntityTooLarge", "Your proposed upload exceeds the maximum allowed size", 400)
-    rule = gw.config.rule_for_bucket(bucket, key)
-    if rule is not None and rule.format == "s3ec-v3":
-        headers = {**s3ec.object_headers(request.headers, {}), **conditions}
-        etag = await s3ec.write_s3ec_v3(gw, request[CALLER], bucket, key, body, body.length, headers)
-        return web.Response(status=200, headers={"ETag": etag})
-    etag_field = _put_etag_field(body)
-    data_key, env = await new_envelope(
-        gw, request[CALLER], bucket, key, request.headers, layout=LAYOUT_SINGLE, etag_field=etag_field, size=body.length
-    )
-    headers = {f"x-amz-meta-{k}": v for k, v in env.to_metadata().items()}
-    headers.update(stored_headers(request.headers))
-    headers.update(conditions)
-    encryptor = StreamEncryptor(stream_key(data_key, env.salt, 0), env.segment_size)
-    resp = await send_sealed(gw, bucket, key, body, encryptor, digest_md5=etag_field == ETAG_TAIL, headers=headers)
-    if etag_field == ETAG_TAIL:
-        assert body.md5 is not None
-        etag = f'"{body.md5.hex()}"'
-    elif etag_field is not None:
-        etag = f'"{etag_field}"'
-    else:
-        etag = opaque_etag(resp.headers.get("ETag", ""))
+    etag, extra = await store_single(gw, request[CALLER], bucket, key, body, request.headers, conditions)
     out = web.Response(status=200, headers={"ETag": etag})
     for name, value in body.checksums.items():
         out.headers[name] = value
-    out.headers.update(version_ids(resp.headers, WRITE_ANSWER_HEADERS))
+    out.headers.update(extra)
     return out
 
 

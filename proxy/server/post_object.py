@@ -26,12 +26,10 @@ from xml.sax.saxutils import escape
 
 from aiohttp import StreamReader, web
 
-from proxy.crypto.format import LAYOUT_SINGLE, stream_key
-from proxy.crypto.segments import StreamEncryptor
 from proxy.metrics import BYTES_IN
 from proxy.s3.checksums import ALGORITHMS, Checksum, b64, new_checksum
 from proxy.s3.errors import S3Error
-from proxy.s3.headers import WRITE_ANSWER_HEADERS, refuse_reserved_metadata, stored_headers
+from proxy.s3.headers import refuse_reserved_metadata
 from proxy.s3.post_form import Event, FormEnd, FormParser, PartData, PartEnd, PartStart, boundary_of, malformed
 from proxy.s3.post_policy import (
     PostPolicy,
@@ -54,11 +52,10 @@ from proxy.server.body import paced_read
 from proxy.server.budget import BodyPace
 from proxy.server.state import CALLER, IDENTITY
 from proxy.server.tls import check_client_certificate
-from proxy.store import s3ec
-from proxy.store.backend import version_ids
-from proxy.store.bodies import SMALL_BODY_BYTES, send_sealed
+from proxy.server.writes import store_single
+from proxy.store.bodies import SMALL_BODY_BYTES
 from proxy.store.gateway import Gateway
-from proxy.store.objects import ETAG_TAIL, MAX_PUT_SIZE, new_envelope, opaque_etag
+from proxy.store.objects import MAX_PUT_SIZE
 from proxy.store.records import check_reserved
 
 #: S3's limit on the form before the file, boundaries and part headers included
@@ -325,30 +322,7 @@ async def _store(
     gw: Gateway, request: web.Request, bucket: str, key: str, body: FileBody, meta: Mapping[str, str]
 ) -> tuple[str, dict[str, str]]:
     """Seal and store the file as PutObject does; (the ETag shown, the answer's extra headers)."""
-    caller = request[CALLER]
-    rule = gw.config.rule_for_bucket(bucket, key)
-    if rule is not None and rule.format == "s3ec-v3":
-        etag = await s3ec.write_s3ec_v3(gw, caller, bucket, key, body, body.length, s3ec.object_headers(meta, {}))
-        return etag, {}
-    if body.content_md5 is not None:
-        etag_field: str | None = body.content_md5.hex()
-    else:
-        etag_field = ETAG_TAIL if body.md5_wanted else None
-    data_key, env = await new_envelope(
-        gw, caller, bucket, key, meta, layout=LAYOUT_SINGLE, etag_field=etag_field, size=body.length
-    )
-    headers = {f"x-amz-meta-{k}": v for k, v in env.to_metadata().items()}
-    headers.update(stored_headers(meta))
-    encryptor = StreamEncryptor(stream_key(data_key, env.salt, 0), env.segment_size)
-    resp = await send_sealed(gw, bucket, key, body, encryptor, digest_md5=etag_field == ETAG_TAIL, headers=headers)
-    if etag_field == ETAG_TAIL:
-        assert body.md5 is not None
-        etag = f'"{body.md5.hex()}"'
-    elif etag_field is not None:
-        etag = f'"{etag_field}"'
-    else:
-        etag = opaque_etag(resp.headers.get("ETag", ""))
-    return etag, version_ids(resp.headers, WRITE_ANSWER_HEADERS)
+    return await store_single(gw, request[CALLER], bucket, key, body, meta, {})
 
 
 def _location(request: web.Request, bucket: str, key: str, virtual: bool) -> str:
