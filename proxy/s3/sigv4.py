@@ -68,6 +68,12 @@ class VerifiedRequest:
     seed_signature: str
     presigned: bool
 
+    @classmethod
+    def without_payload_signature(cls, creds: ClientCredentials) -> VerifiedRequest:
+        """A request signed by a scheme that covers no body hash and no chunk signatures
+        (a SigV2 presigned URL, a signed POST form): its body is taken unsigned."""
+        return cls(creds.identity, creds.access_key_id, UNSIGNED_PAYLOAD, "", "", b"", "", True)
+
 
 @lru_cache(maxsize=256)
 def signing_key(secret: str, date: str, region: str, service: str) -> bytes:
@@ -569,13 +575,4 @@ def _verify_presigned_v2(
             "The request signature we calculated does not match the signature you provided.",
             403,
         )
-    return VerifiedRequest(
-        identity=creds.identity,
-        access_key_id=creds.access_key_id,
-        payload_hash=UNSIGNED_PAYLOAD,
-        amz_date="",
-        scope="",
-        signing_key=b"",
-        seed_signature="",
-        presigned=True,
-    )
+    return VerifiedRequest.without_payload_signature(creds)

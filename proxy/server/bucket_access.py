@@ -4,6 +4,7 @@ keeps them; `proxy.access.authorize` decides)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import astuple
 
@@ -56,9 +57,10 @@ async def bucket_policies(gw: Gateway, request: web.Request, r: Route, wanted: I
     if r.operation in _NO_BUCKET:
         return {}
     names = sorted({need.bucket for need in wanted if need.bucket} | ({r.bucket} if r.bucket else set()))
-    held: dict[str, BucketAccess] = {}
-    for name in names:
-        held[name] = await gw.access.settings(gw, name)
+    if len(names) == 1:  # the usual case, without gather's tasks
+        held = {names[0]: await gw.access.settings(gw, names[0])}
+    else:  # a copy's source and target: read at the same time
+        held = dict(zip(names, await asyncio.gather(*(gw.access.settings(gw, n) for n in names)), strict=True))
     request[BUCKET_ACCESS] = held
     for name, access in held.items():
         if not access.exists:

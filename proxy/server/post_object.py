@@ -45,7 +45,7 @@ from proxy.s3.post_policy import (
     verify_signature,
 )
 from proxy.s3.routing import Op, Route, bucket_from_host
-from proxy.s3.sigv4 import UNSIGNED_PAYLOAD, ClientCredentials, VerifiedRequest
+from proxy.s3.sigv4 import ClientCredentials, VerifiedRequest
 from proxy.s3.xml import S3_NS, XML_HEADERS
 from proxy.server import cors
 from proxy.server.body import paced_read
@@ -244,20 +244,6 @@ async def _file_body(
     return FileBody(events, head, ended, length, want_md5, fields)
 
 
-def _verified(creds: ClientCredentials) -> VerifiedRequest:
-    """What the rest of the server knows of a signed request, for a signed form."""
-    return VerifiedRequest(
-        identity=creds.identity,
-        access_key_id=creds.access_key_id,
-        payload_hash=UNSIGNED_PAYLOAD,
-        amz_date="",
-        scope="",
-        signing_key=b"",
-        seed_signature="",
-        presigned=True,
-    )
-
-
 def _object_key(fields: Mapping[str, str]) -> str:
     if "key" not in fields:
         raise missing_field("key")
@@ -308,7 +294,8 @@ async def post_object(
     key = _object_key(fields)
     headers = object_headers(fields)
     refuse_reserved_metadata(headers)
-    await authorize(Route(Op.POST_OBJECT, bucket, key), _verified(signer.credentials), headers)
+    verified = VerifiedRequest.without_payload_signature(signer.credentials)
+    await authorize(Route(Op.POST_OBJECT, bucket, key), verified, headers)
     request[cors.BUCKET] = bucket  # only now: its CORS rules may be read from the backend
     body = await _file_body(events, start, request.content_length, boundary, gw.config.encryption.etag == "md5", fields)
     check_length(policy, body.length)
