@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -10,17 +9,20 @@ from typing import TYPE_CHECKING
 import click
 
 from proxy import __version__
-from proxy.tools.options import config_option
+from proxy.tools.options import config_option, tool_logging, verbosity, verbosity_options
 from proxy.tools.token_keys import config_option as _config_opt
 
 if TYPE_CHECKING:
     from proxy.kms.keystore import LocalKeyStore
 
 
-def _setup_logging(verbose: bool, json_logs: bool = False) -> None:
+def _setup_logging(json_logs: bool = False) -> None:
+    """serve's and quickstart's logging: INFO (the access log) on stderr, DEBUG with -v, only
+    warnings and errors with -q."""
     from proxy.logs import setup_logging
 
-    setup_logging(verbose, json_logs)
+    chosen = verbosity()
+    setup_logging(chosen.verbose, json_logs, quiet=chosen.quiet)
 
 
 def _fail(message: str) -> None:
@@ -45,6 +47,7 @@ class _Commands(click.Group):
 @click.group(cls=_Commands, invoke_without_command=True)
 @click.version_option(__version__, prog_name="sealgate")
 @click.pass_context
+@verbosity_options
 def main(ctx: click.Context) -> None:
     """sealgate: a TLS-terminating, envelope-encrypting S3 proxy. Start with `sealgate quickstart`."""
     if ctx.invoked_subcommand is None:
@@ -53,7 +56,6 @@ def main(ctx: click.Context) -> None:
 
 @main.command()
 @config_option()
-@click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 @click.option("--json-logs", is_flag=True, help="One JSON object per log line (for log shippers).")
 @click.option(
     "--join",
@@ -62,12 +64,13 @@ def main(ctx: click.Context) -> None:
     "new one with --join, then SIGTERM the old one).",
 )
 @click.option("--worker", is_flag=True, hidden=True, help="Internal: a replacement worker of a running sealgate.")
-def serve(config_path: Path, verbose: bool, json_logs: bool, join: bool, worker: bool) -> None:
+@verbosity_options
+def serve(config_path: Path, json_logs: bool, join: bool, worker: bool) -> None:
     """Run the proxy with the given config."""
     from proxy.config import ConfigError, load_config
     from proxy.server.run import serve as run_serve
 
-    _setup_logging(verbose, json_logs)
+    _setup_logging(json_logs)
     try:
         config = load_config(config_path)
     except ConfigError as exc:
@@ -99,6 +102,7 @@ def _tune_gc() -> None:
 
 
 @main.group()
+@verbosity_options
 def certs() -> None:
     """TLS certificates."""
 
@@ -107,6 +111,7 @@ def certs() -> None:
 @click.option("--dir", "directory", type=click.Path(path_type=Path), default=Path("certs"), show_default=True)
 @click.option("--hostname", "hostnames", multiple=True, help="Extra DNS name or IP for the server cert.")
 @click.option("--force", is_flag=True, help="Overwrite existing files.")
+@verbosity_options
 def certs_init(directory: Path, hostnames: tuple[str, ...], force: bool) -> None:
     """Make a local CA and a server certificate signed by it."""
     from proxy.certs import init_certs
@@ -126,6 +131,7 @@ def certs_init(directory: Path, hostnames: tuple[str, ...], force: bool) -> None
 
 
 @main.group()
+@verbosity_options
 def keys() -> None:
     """Master keys in a local keyring (--keyring), or in the [kms] keyring of --config FILE."""
 
@@ -178,6 +184,7 @@ def _open_or_create(keyring: Path, passphrase: bytes) -> LocalKeyStore:
 @_pass_file_opt
 @_pass_env_opt
 @_config_opt
+@verbosity_options
 def keys_create(
     key_id: str,
     key_type: str,
@@ -213,6 +220,7 @@ def keys_create(
 @_pass_file_opt
 @_pass_env_opt
 @_config_opt
+@verbosity_options
 def keys_list(keyring: Path, passphrase_file: Path | None, passphrase_env: str, config_path: Path | None) -> None:
     """List master keys (ids and versions, never material)."""
     from proxy.kms.keystore import KeyringFileError, LocalKeyStore
@@ -258,6 +266,7 @@ def _open_store(keyring: Path, passphrase_file: Path | None, passphrase_env: str
 @_pass_file_opt
 @_pass_env_opt
 @_config_opt
+@verbosity_options
 def keys_rotate(
     key_id: str | None,
     due: bool,
@@ -306,6 +315,7 @@ def keys_rotate(
 @_keyring_opt
 @_pass_file_opt
 @_pass_env_opt
+@verbosity_options
 def keys_import(
     key_id: str,
     material_file: Path,
@@ -338,6 +348,7 @@ def keys_import(
 @_keyring_opt
 @_pass_file_opt
 @_pass_env_opt
+@verbosity_options
 def keys_disable(key_id: str, enable: bool, keyring: Path, passphrase_file: Path | None, passphrase_env: str) -> None:
     """Disable KEY_ID: it no longer wraps or unwraps anything (until --enable)."""
     from proxy.kms.keystore import KeyringFileError, keyring_lock
@@ -357,6 +368,7 @@ def keys_disable(key_id: str, enable: bool, keyring: Path, passphrase_file: Path
 @click.option("--bucket", required=True)
 @click.option("--prefix", default="", help="Only objects whose key starts with this.")
 @click.option("--to-key", required=True, help="Master key to re-wrap data keys under (id, alias or ARN).")
+@verbosity_options
 def rewrap(config_path: Path, bucket: str, prefix: str, to_key: str) -> None:
     """Move objects to another master key by re-wrapping their data keys (bodies untouched).
 
@@ -369,7 +381,7 @@ def rewrap(config_path: Path, bucket: str, prefix: str, to_key: str) -> None:
     from proxy.tools.rewrap import rewrap as run_rewrap
     from proxy.wiring import audited_gateway
 
-    logging.basicConfig(level=logging.WARNING)
+    tool_logging()
     try:
         config = load_config(config_path)
     except ConfigError as exc:
@@ -406,6 +418,7 @@ def rewrap(config_path: Path, bucket: str, prefix: str, to_key: str) -> None:
 @click.option("--bucket", required=True)
 @click.option("--older-than", default="24h", show_default=True, help="Age limit, e.g. 36h or 7d.")
 @click.option("--dry-run", is_flag=True, help="Only report what would be removed.")
+@verbosity_options
 def gc_cmd(config_path: Path, bucket: str, older_than: str, dry_run: bool) -> None:
     """Abort stale multipart uploads, finish completions a crash interrupted, and delete
     manifests whose object is gone."""
@@ -416,6 +429,7 @@ def gc_cmd(config_path: Path, bucket: str, older_than: str, dry_run: bool) -> No
     from proxy.tools.gc import gc, parse_age
     from proxy.wiring import audited_gateway
 
+    tool_logging()
     try:
         config = load_config(config_path)
         age = parse_age(older_than)
@@ -460,6 +474,7 @@ def gc_cmd(config_path: Path, bucket: str, older_than: str, dry_run: bool) -> No
 @_keyring_opt
 @_pass_file_opt
 @_pass_env_opt
+@verbosity_options
 def keys_export_public(key_id: str, keyring: Path, passphrase_file: Path | None, passphrase_env: str) -> None:
     """Print the public key of an asymmetric KEY_ID (PEM), for an encrypt-only gateway; of a
     signing key, the ``ed25519:<base64>`` line for readers' ``trusted_signers``."""
@@ -478,6 +493,7 @@ def keys_export_public(key_id: str, keyring: Path, passphrase_file: Path | None,
 @_keyring_opt
 @_pass_file_opt
 @_pass_env_opt
+@verbosity_options
 def keys_import_pem(
     key_id: str, pem_file: Path, keyring: Path, passphrase_file: Path | None, passphrase_env: str
 ) -> None:
@@ -502,6 +518,7 @@ def keys_import_pem(
 @click.option("--dir", "directory", type=click.Path(path_type=Path), default=Path(".sealgate"), show_default=True)
 @click.option("--port", default=8443, show_default=True, help="HTTPS port for sealgate.")
 @click.option("--backend-port", default=9000, show_default=True, help="Port of the in-memory demo store.")
+@verbosity_options
 def quickstart(directory: Path, port: int, backend_port: int) -> None:
     """Set up ./.sealgate/ and run sealgate in front of an in-memory demo S3 store."""
     from proxy.config import load_config
@@ -509,7 +526,7 @@ def quickstart(directory: Path, port: int, backend_port: int) -> None:
     from proxy.server.run import serve as run_serve
     from proxy.tools.quickstart import banner, set_up
 
-    _setup_logging(False)
+    _setup_logging()
     # Checked before anything is written, so a busy port changes nothing in `directory`.
     for flag, number, what in (
         ("--port", port, "sealgate's HTTPS port"),

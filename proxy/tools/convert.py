@@ -47,7 +47,7 @@ from proxy.store.listing import list_keys
 from proxy.store.objects import ETAG_TAIL, MAX_PUT_SIZE, read_plaintext, seal_envelope
 from proxy.store.records import record_key
 from proxy.store.signatures import trusted_signers
-from proxy.tools.options import config_option
+from proxy.tools.options import config_option, tool_logging, verbosity_options
 
 # Named as before the move to tools/: operators filter logs on it.
 log = logging.getLogger("proxy.convert")
@@ -450,6 +450,7 @@ async def convert(
     default=None,
     help="Progress bar on stderr. [default: when stderr is a terminal]",
 )
+@verbosity_options
 def convert_cmd(
     config_path: Path, bucket: str, prefix: str, to: Target, limit: int | None, progress: bool | None
 ) -> None:
@@ -463,7 +464,7 @@ def convert_cmd(
     from proxy.config import ConfigError, load_config
     from proxy.wiring import operator_gateway
 
-    logging.basicConfig(level=logging.WARNING)
+    tool_logging()
     try:
         config = load_config(config_path)
     except ConfigError as exc:

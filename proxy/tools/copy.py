@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import logging
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -42,7 +41,7 @@ from proxy.store.listing import list_keys
 from proxy.store.objects import open_copy_source
 from proxy.store.records import check_reserved, put_record, record_key
 from proxy.store.signatures import require_signer, sign_manifest, sign_single
-from proxy.tools.options import config_option
+from proxy.tools.options import config_option, tool_logging, verbosity_options
 from proxy.tools.progress import ProgressLine
 from proxy.wiring import audited_gateway
 
@@ -211,6 +210,7 @@ async def copy(
 @click.option(
     "--as", "identity", default=None, help="Apply the [[policies]] and [[keys]] policies of this client name."
 )
+@verbosity_options
 def copy_cmd(
     source: str, destination: str, to_key: str, config_path: Path, recursive: bool, identity: str | None
 ) -> None:
@@ -220,7 +220,7 @@ def copy_cmd(
     from proxy.audit import AuditError
     from proxy.config import ConfigError, load_config
 
-    logging.basicConfig(level=logging.WARNING)
+    tool_logging()
     try:
         config = load_config(config_path)
         src, dst = parse_s3_url(source), parse_s3_url(destination)

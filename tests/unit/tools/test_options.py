@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import click
 import pytest
+
+from proxy.cli import main
 
 
 def test_a_url_and_the_options_name_the_same_places() -> None:
@@ -37,3 +41,30 @@ def test_conflicting_or_malformed_places_are_usage_errors(
     with pytest.raises(click.UsageError) as err:
         resolve_location(url, bucket, prefix)
     assert says in err.value.message
+
+
+def _commands(group: click.Group, path: str = "sealgate") -> Iterator[tuple[str, click.Command]]:
+    yield path, group
+    for name, command in group.commands.items():
+        if isinstance(command, click.Group):
+            yield from _commands(command, f"{path} {name}")
+        else:
+            yield f"{path} {name}", command
+
+
+def test_every_command_takes_verbose_and_quiet() -> None:
+    lacking = [
+        path
+        for path, command in _commands(main)
+        if not {"-v", "--verbose", "-q", "--quiet"} <= {o for p in command.params for o in p.opts}
+    ]
+    assert lacking == []
+    assert len(list(_commands(main))) > 20  # the whole tree was walked
+
+
+def test_verbose_and_quiet_together_are_refused() -> None:
+    from click.testing import CliRunner
+
+    for args in (["-v", "keys", "list", "-q"], ["keys", "list", "-q", "--verbose"]):
+        run = CliRunner().invoke(main, args)
+        assert run.exit_code == 2 and "-v/--verbose and -q/--quiet contradict each other" in run.output, run.output
