@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import click
 
 from proxy import __version__
-from proxy.tools.options import config_option, tool_logging, verbosity, verbosity_options
+from proxy.tools.options import config_option, verbosity, verbosity_options
 from proxy.tools.token_keys import config_option as _config_opt
 
 if TYPE_CHECKING:
@@ -363,112 +363,6 @@ def keys_disable(key_id: str, enable: bool, keyring: Path, passphrase_file: Path
     click.echo(f"{key_id} {'enabled' if enable else 'disabled'}")
 
 
-@main.command()
-@config_option()
-@click.option("--bucket", required=True)
-@click.option("--prefix", default="", help="Only objects whose key starts with this.")
-@click.option("--to-key", required=True, help="Master key to re-wrap data keys under (id, alias or ARN).")
-@verbosity_options
-def rewrap(config_path: Path, bucket: str, prefix: str, to_key: str) -> None:
-    """Move objects to another master key by re-wrapping their data keys (bodies untouched).
-
-    Talks to the backend and KMS with the config's credentials; safe to interrupt and re-run."""
-    import asyncio
-
-    from proxy.audit import AuditError
-    from proxy.config import ConfigError, load_config
-    from proxy.tools.progress import ProgressLine
-    from proxy.tools.rewrap import rewrap as run_rewrap
-    from proxy.wiring import audited_gateway
-
-    tool_logging()
-    try:
-        config = load_config(config_path)
-    except ConfigError as exc:
-        _fail(str(exc))
-        return
-    progress = ProgressLine("rewrapped")
-
-    async def go() -> object:
-        async with audited_gateway(config, "rewrap") as gw:  # key uses to <audit.path>.rewrap
-            return await run_rewrap(gw, bucket, prefix, to_key, progress=progress)
-
-    from proxy.s3.errors import S3Error
-
-    try:
-        report = asyncio.run(go())
-    except AuditError as exc:
-        _fail(str(exc))
-        return
-    except S3Error as exc:  # the bucket itself (missing, refused): nothing was changed
-        _fail(f"bucket {bucket}: {exc.code}: {exc.message}")
-        return
-    from proxy.tools.rewrap import RewrapReport
-
-    assert isinstance(report, RewrapReport)
-    progress.finish(
-        f"rewrapped {report.rewrapped} objects ({report.bytes} bytes), {report.already} already under {to_key}, "
-        f"{len(report.skipped)} skipped",
-        report.skipped,
-    )
-
-
-@main.command("gc")
-@config_option()
-@click.option("--bucket", required=True)
-@click.option("--older-than", default="24h", show_default=True, help="Age limit, e.g. 36h or 7d.")
-@click.option("--dry-run", is_flag=True, help="Only report what would be removed.")
-@verbosity_options
-def gc_cmd(config_path: Path, bucket: str, older_than: str, dry_run: bool) -> None:
-    """Abort stale multipart uploads, finish completions a crash interrupted, and delete
-    manifests whose object is gone."""
-    import asyncio
-
-    from proxy.audit import AuditError
-    from proxy.config import ConfigError, load_config
-    from proxy.tools.gc import gc, parse_age
-    from proxy.wiring import audited_gateway
-
-    tool_logging()
-    try:
-        config = load_config(config_path)
-        age = parse_age(older_than)
-    except (ConfigError, ValueError) as exc:
-        _fail(str(exc))
-        return
-
-    async def go() -> object:
-        async with audited_gateway(config, "gc") as gw:  # finishing a completion unwraps its data key
-            return await gc(gw, bucket, age, dry_run=dry_run)
-
-    from proxy.s3.errors import S3Error
-
-    try:
-        report = asyncio.run(go())
-    except AuditError as exc:
-        _fail(str(exc))
-        return
-    except S3Error as exc:  # the bucket itself (missing, refused)
-        _fail(f"bucket {bucket}: {exc.code}: {exc.message}")
-        return
-    from proxy.tools.gc import GcReport
-
-    assert isinstance(report, GcReport)
-    verb = "would remove" if dry_run else "removed"
-    click.echo(
-        f"{verb} {len(report.uploads_aborted)} stale uploads, {len(report.manifests_deleted)} orphan manifests "
-        f"and {len(report.records_deleted)} upload records ({report.kept_young} recent manifests kept)"
-    )
-    if report.completions_finished or report.pending_deleted:
-        finished = "would finish" if dry_run else "finished"
-        click.echo(
-            f"{finished} {len(report.completions_finished)} interrupted completions; "
-            f"{verb} {len(report.pending_deleted)} pending records no object needs"
-        )
-    for name, why in report.pending_kept:
-        click.echo(f"kept {name}: {why}", err=True)
-
-
 @keys.command("export-public")
 @click.argument("key_id")
 @_keyring_opt
@@ -560,15 +454,19 @@ def _register_tools() -> None:
     from proxy.tools.audit import audit_group
     from proxy.tools.convert import convert_cmd
     from proxy.tools.copy import copy_cmd
+    from proxy.tools.gc import gc_cmd
     from proxy.tools.health import health_cmd
     from proxy.tools.offline.commands import decrypt_cmd, encrypt_cmd
     from proxy.tools.policy_check import policy_group
+    from proxy.tools.rewrap import rewrap_cmd
 
     main.add_command(encrypt_cmd, "encrypt")
     main.add_command(decrypt_cmd, "decrypt")
     main.add_command(audit_group, "audit")
     main.add_command(convert_cmd, "convert")
     main.add_command(copy_cmd, "copy")
+    main.add_command(rewrap_cmd, "rewrap")
+    main.add_command(gc_cmd, "gc")
     main.add_command(policy_group, "policy")
     main.add_command(health_cmd, "health")
 

@@ -147,45 +147,6 @@ class Ahead(Generic[T]):
         return item
 
 
-class ProgressLine:
-    """The progress line an operator tool keeps rewriting on a terminal's stderr:
-    ``<verb> N (X MB), already done N, skipped N``. Call it with each object's outcome (`verb`,
-    ``already`` or ``skipped``) and size; it prints nothing when stderr is not a terminal."""
-
-    def __init__(self, verb: str) -> None:
-        self.verb = verb
-        self.counts = {verb: 0, "already": 0, "skipped": 0}
-        self.bytes = 0
-        self.tty = sys.stderr.isatty()
-
-    def __call__(self, outcome: str, size: int) -> None:
-        self.counts[outcome] += 1
-        if outcome == self.verb:
-            self.bytes += size
-        if self.tty:
-            click.echo(
-                f"\r{self.verb} {self.counts[self.verb]} ({self.bytes / 1e6:.1f} MB), "
-                f"already done {self.counts['already']}, skipped {self.counts['skipped']}",
-                nl=False,
-                err=True,
-            )
-
-    def end(self) -> None:
-        """Finish the line (before the summary)."""
-        if self.tty:
-            click.echo("", err=True)
-
-    def finish(self, summary: str, skipped: list[tuple[str, str]]) -> None:
-        """End the line, print the run's `summary` and each skipped object (key: why) on stdout,
-        and exit with status 1 when any was skipped."""
-        self.end()
-        click.echo(summary)
-        for key, why in skipped:
-            click.echo(f"  skipped {key}: {why}")
-        if skipped:
-            sys.exit(1)
-
-
 class Progress(Protocol):
     """What the file loops report to: bytes processed so far, in increments."""
 

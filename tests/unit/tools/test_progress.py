@@ -4,12 +4,11 @@ listing fetched ahead that gives them a total."""
 from __future__ import annotations
 
 import asyncio
-import sys
 from collections.abc import AsyncIterator
 
 import pytest
 
-from proxy.tools.progress import Ahead, ProgressLine, Tally
+from proxy.tools.progress import Ahead, Tally
 
 
 def test_tally_counts_and_prints_lines_only_when_asked(capsys: pytest.CaptureFixture[str]) -> None:
@@ -73,27 +72,3 @@ def test_leaving_ahead_early_stops_the_listing() -> None:
         return seen
 
     assert asyncio.run(run()) == len(listed) <= 3 + 10 + 1
-
-
-def test_progress_line_on_a_terminal(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
-    progress = ProgressLine("copied")
-    progress("copied", 2_000_000)
-    progress("already", 10)
-    progress("skipped", 0)
-    progress("copied", 500_000)
-    progress.end()
-    err = capsys.readouterr().err
-    assert err.endswith("\rcopied 2 (2.5 MB), already done 1, skipped 1\n")
-    assert progress.counts == {"copied": 2, "already": 1, "skipped": 1} and progress.bytes == 2_500_000
-
-
-def test_progress_line_is_silent_off_a_terminal(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    monkeypatch.setattr(sys.stderr, "isatty", lambda: False)
-    progress = ProgressLine("rewrapped")
-    progress("rewrapped", 100)
-    progress.end()
-    assert capsys.readouterr().err == ""
-    assert progress.counts["rewrapped"] == 1
