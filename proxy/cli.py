@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import click
 
 from proxy import __version__
-from proxy.tools.options import config_option, verbosity, verbosity_options
+from proxy.tools.options import config_option, dry_run_option, verbosity, verbosity_options
 from proxy.tools.token_keys import config_option as _config_opt
 
 if TYPE_CHECKING:
@@ -266,6 +266,7 @@ def _open_store(keyring: Path, passphrase_file: Path | None, passphrase_env: str
 @_pass_file_opt
 @_pass_env_opt
 @_config_opt
+@dry_run_option("Only say which keys would rotate, to which version; change nothing.")
 @verbosity_options
 def keys_rotate(
     key_id: str | None,
@@ -274,6 +275,7 @@ def keys_rotate(
     passphrase_file: Path | None,
     passphrase_env: str,
     config_path: Path | None,
+    dry_run: bool,
 ) -> None:
     """Give KEY_ID a new current version (older versions keep decrypting), or every --due key.
 
@@ -285,7 +287,7 @@ def keys_rotate(
         _fail("give either KEY_ID or --due")
     from proxy.tools.token_keys import rotation, with_config
 
-    local = with_config(config_path, rotation(key_id, due))
+    local = with_config(config_path, rotation(key_id, due, dry_run))
     if local is not None:
         keyring, passphrase_file, passphrase_env = local
     # Locked against concurrent rotations (another cron run, POST /-/keys/<id>/rotate).
@@ -294,9 +296,11 @@ def keys_rotate(
         targets = store.due_for_rotation() if due else [key_id or ""]
         try:
             for target in targets:
-                info = store.rotate_key(target)
-                click.echo(f"rotated {info.id}: now version {info.current_version}")
-            store.save()
+                info = store.rotate_key(target)  # in memory: a dry run checks it all, then saves nothing
+                verb = "would rotate" if dry_run else "rotated"
+                click.echo(f"{verb} {info.id}: {'to' if dry_run else 'now'} version {info.current_version}")
+            if not dry_run:
+                store.save()
         except KeyringFileError as exc:
             _fail(str(exc))
     if due and not targets:

@@ -178,6 +178,8 @@ def test_dry_run_lists_what_would_change_and_changes_nothing(tools: Stack) -> No
     s3.create_multipart_upload(Bucket="tl-dry", Key="abandoned")
     (stale,) = [u["UploadId"] for u in raw.list_multipart_uploads(Bucket="tl-dry")["Uploads"]]  # the backend's id
     time.sleep(1.1)
+    keyring = tools.dir / "keyring"
+    ring_before = keyring.read_bytes()
     before = _snapshot(raw, "tl-dry", "tl-dry-dst")
     objects = ["s3://tl-dry/a/1", "s3://tl-dry/a/2", "s3://tl-dry/a/mp"]
 
@@ -200,7 +202,17 @@ def test_dry_run_lists_what_would_change_and_changes_nothing(tools: Stack) -> No
     assert f"would abort stale upload abandoned ({stale})" in r.stdout.splitlines()
     assert [line for line in r.stdout.splitlines() if line.startswith("would delete orphan manifest")] != []
     assert "would remove 1 stale uploads, 1 orphan manifests" in r.stdout
+    r = subprocess.run(
+        [*SEALGATE, "keys", "rotate", "key2", "--dry-run", "--keyring", str(keyring)],
+        env={**os.environ, "SEALGATE_KEYRING_PASSPHRASE": PASSPHRASE},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 0 and r.stdout == "would rotate key2: to version 2\n", r.stdout + r.stderr
+
     assert _snapshot(raw, "tl-dry", "tl-dry-dst") == before
+    assert keyring.read_bytes() == ring_before
     # What the dry runs listed is what the real runs do.
     r = _cli(tools, "rewrap", "s3://tl-dry/a/", "--to-key", "key2")
     assert r.returncode == 0 and r.stdout.startswith("rewrapped 3 objects"), r.stdout + r.stderr
