@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -10,17 +9,20 @@ from typing import TYPE_CHECKING
 import click
 
 from proxy import __version__
-from proxy.tools.options import config_option
+from proxy.tools.options import config_option, dry_run_option, verbosity, verbosity_options
 from proxy.tools.token_keys import config_option as _config_opt
 
 if TYPE_CHECKING:
     from proxy.kms.keystore import LocalKeyStore
 
 
-def _setup_logging(verbose: bool, json_logs: bool = False) -> None:
+def _setup_logging(json_logs: bool = False) -> None:
+    """serve's and quickstart's logging: INFO (the access log) on stderr, DEBUG with -v, only
+    warnings and errors with -q."""
     from proxy.logs import setup_logging
 
-    setup_logging(verbose, json_logs)
+    chosen = verbosity()
+    setup_logging(chosen.verbose, json_logs, quiet=chosen.quiet)
 
 
 def _fail(message: str) -> None:
@@ -45,6 +47,7 @@ class _Commands(click.Group):
 @click.group(cls=_Commands, invoke_without_command=True)
 @click.version_option(__version__, prog_name="sealgate")
 @click.pass_context
+@verbosity_options
 def main(ctx: click.Context) -> None:
     """sealgate: a TLS-terminating, envelope-encrypting S3 proxy. Start with `sealgate quickstart`."""
     if ctx.invoked_subcommand is None:
@@ -53,7 +56,6 @@ def main(ctx: click.Context) -> None:
 
 @main.command()
 @config_option()
-@click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 @click.option("--json-logs", is_flag=True, help="One JSON object per log line (for log shippers).")
 @click.option(
     "--join",
@@ -62,12 +64,13 @@ def main(ctx: click.Context) -> None:
     "new one with --join, then SIGTERM the old one).",
 )
 @click.option("--worker", is_flag=True, hidden=True, help="Internal: a replacement worker of a running sealgate.")
-def serve(config_path: Path, verbose: bool, json_logs: bool, join: bool, worker: bool) -> None:
+@verbosity_options
+def serve(config_path: Path, json_logs: bool, join: bool, worker: bool) -> None:
     """Run the proxy with the given config."""
     from proxy.config import ConfigError, load_config
     from proxy.server.run import serve as run_serve
 
-    _setup_logging(verbose, json_logs)
+    _setup_logging(json_logs)
     try:
         config = load_config(config_path)
     except ConfigError as exc:
@@ -99,6 +102,7 @@ def _tune_gc() -> None:
 
 
 @main.group()
+@verbosity_options
 def certs() -> None:
     """TLS certificates."""
 
@@ -107,6 +111,7 @@ def certs() -> None:
 @click.option("--dir", "directory", type=click.Path(path_type=Path), default=Path("certs"), show_default=True)
 @click.option("--hostname", "hostnames", multiple=True, help="Extra DNS name or IP for the server cert.")
 @click.option("--force", is_flag=True, help="Overwrite existing files.")
+@verbosity_options
 def certs_init(directory: Path, hostnames: tuple[str, ...], force: bool) -> None:
     """Make a local CA and a server certificate signed by it."""
     from proxy.certs import init_certs
@@ -126,6 +131,7 @@ def certs_init(directory: Path, hostnames: tuple[str, ...], force: bool) -> None
 
 
 @main.group()
+@verbosity_options
 def keys() -> None:
     """Master keys in a local keyring (--keyring), or in the [kms] keyring of --config FILE."""
 
@@ -178,6 +184,7 @@ def _open_or_create(keyring: Path, passphrase: bytes) -> LocalKeyStore:
 @_pass_file_opt
 @_pass_env_opt
 @_config_opt
+@verbosity_options
 def keys_create(
     key_id: str,
     key_type: str,
@@ -213,6 +220,7 @@ def keys_create(
 @_pass_file_opt
 @_pass_env_opt
 @_config_opt
+@verbosity_options
 def keys_list(keyring: Path, passphrase_file: Path | None, passphrase_env: str, config_path: Path | None) -> None:
     """List master keys (ids and versions, never material)."""
     from proxy.kms.keystore import KeyringFileError, LocalKeyStore
@@ -258,6 +266,8 @@ def _open_store(keyring: Path, passphrase_file: Path | None, passphrase_env: str
 @_pass_file_opt
 @_pass_env_opt
 @_config_opt
+@dry_run_option("Only say which keys would rotate, to which version; change nothing.")
+@verbosity_options
 def keys_rotate(
     key_id: str | None,
     due: bool,
@@ -265,6 +275,7 @@ def keys_rotate(
     passphrase_file: Path | None,
     passphrase_env: str,
     config_path: Path | None,
+    dry_run: bool,
 ) -> None:
     """Give KEY_ID a new current version (older versions keep decrypting), or every --due key.
 
@@ -276,7 +287,7 @@ def keys_rotate(
         _fail("give either KEY_ID or --due")
     from proxy.tools.token_keys import rotation, with_config
 
-    local = with_config(config_path, rotation(key_id, due))
+    local = with_config(config_path, rotation(key_id, due, dry_run))
     if local is not None:
         keyring, passphrase_file, passphrase_env = local
     # Locked against concurrent rotations (another cron run, POST /-/keys/<id>/rotate).
@@ -285,9 +296,11 @@ def keys_rotate(
         targets = store.due_for_rotation() if due else [key_id or ""]
         try:
             for target in targets:
-                info = store.rotate_key(target)
-                click.echo(f"rotated {info.id}: now version {info.current_version}")
-            store.save()
+                info = store.rotate_key(target)  # in memory: a dry run checks it all, then saves nothing
+                verb = "would rotate" if dry_run else "rotated"
+                click.echo(f"{verb} {info.id}: {'to' if dry_run else 'now'} version {info.current_version}")
+            if not dry_run:
+                store.save()
         except KeyringFileError as exc:
             _fail(str(exc))
     if due and not targets:
@@ -306,6 +319,7 @@ def keys_rotate(
 @_keyring_opt
 @_pass_file_opt
 @_pass_env_opt
+@verbosity_options
 def keys_import(
     key_id: str,
     material_file: Path,
@@ -338,6 +352,7 @@ def keys_import(
 @_keyring_opt
 @_pass_file_opt
 @_pass_env_opt
+@verbosity_options
 def keys_disable(key_id: str, enable: bool, keyring: Path, passphrase_file: Path | None, passphrase_env: str) -> None:
     """Disable KEY_ID: it no longer wraps or unwraps anything (until --enable)."""
     from proxy.kms.keystore import KeyringFileError, keyring_lock
@@ -352,114 +367,12 @@ def keys_disable(key_id: str, enable: bool, keyring: Path, passphrase_file: Path
     click.echo(f"{key_id} {'enabled' if enable else 'disabled'}")
 
 
-@main.command()
-@config_option()
-@click.option("--bucket", required=True)
-@click.option("--prefix", default="", help="Only objects whose key starts with this.")
-@click.option("--to-key", required=True, help="Master key to re-wrap data keys under (id, alias or ARN).")
-def rewrap(config_path: Path, bucket: str, prefix: str, to_key: str) -> None:
-    """Move objects to another master key by re-wrapping their data keys (bodies untouched).
-
-    Talks to the backend and KMS with the config's credentials; safe to interrupt and re-run."""
-    import asyncio
-
-    from proxy.audit import AuditError
-    from proxy.config import ConfigError, load_config
-    from proxy.tools.progress import ProgressLine
-    from proxy.tools.rewrap import rewrap as run_rewrap
-    from proxy.wiring import audited_gateway
-
-    logging.basicConfig(level=logging.WARNING)
-    try:
-        config = load_config(config_path)
-    except ConfigError as exc:
-        _fail(str(exc))
-        return
-    progress = ProgressLine("rewrapped")
-
-    async def go() -> object:
-        async with audited_gateway(config, "rewrap") as gw:  # key uses to <audit.path>.rewrap
-            return await run_rewrap(gw, bucket, prefix, to_key, progress=progress)
-
-    from proxy.s3.errors import S3Error
-
-    try:
-        report = asyncio.run(go())
-    except AuditError as exc:
-        _fail(str(exc))
-        return
-    except S3Error as exc:  # the bucket itself (missing, refused): nothing was changed
-        _fail(f"bucket {bucket}: {exc.code}: {exc.message}")
-        return
-    from proxy.tools.rewrap import RewrapReport
-
-    assert isinstance(report, RewrapReport)
-    progress.finish(
-        f"rewrapped {report.rewrapped} objects ({report.bytes} bytes), {report.already} already under {to_key}, "
-        f"{len(report.skipped)} skipped",
-        report.skipped,
-    )
-
-
-@main.command("gc")
-@config_option()
-@click.option("--bucket", required=True)
-@click.option("--older-than", default="24h", show_default=True, help="Age limit, e.g. 36h or 7d.")
-@click.option("--dry-run", is_flag=True, help="Only report what would be removed.")
-def gc_cmd(config_path: Path, bucket: str, older_than: str, dry_run: bool) -> None:
-    """Abort stale multipart uploads, finish completions a crash interrupted, and delete
-    manifests whose object is gone."""
-    import asyncio
-
-    from proxy.audit import AuditError
-    from proxy.config import ConfigError, load_config
-    from proxy.tools.gc import gc, parse_age
-    from proxy.wiring import audited_gateway
-
-    try:
-        config = load_config(config_path)
-        age = parse_age(older_than)
-    except (ConfigError, ValueError) as exc:
-        _fail(str(exc))
-        return
-
-    async def go() -> object:
-        async with audited_gateway(config, "gc") as gw:  # finishing a completion unwraps its data key
-            return await gc(gw, bucket, age, dry_run=dry_run)
-
-    from proxy.s3.errors import S3Error
-
-    try:
-        report = asyncio.run(go())
-    except AuditError as exc:
-        _fail(str(exc))
-        return
-    except S3Error as exc:  # the bucket itself (missing, refused)
-        _fail(f"bucket {bucket}: {exc.code}: {exc.message}")
-        return
-    from proxy.tools.gc import GcReport
-
-    assert isinstance(report, GcReport)
-    verb = "would remove" if dry_run else "removed"
-    click.echo(
-        f"{verb} {len(report.uploads_aborted)} stale uploads, {len(report.manifests_deleted)} orphan manifests "
-        f"and {len(report.records_deleted)} upload records ({report.kept_young} recent manifests kept)"
-    )
-    if report.completions_finished or report.pending_deleted:
-        finished = "would finish" if dry_run else "finished"
-        click.echo(
-            f"{finished} {len(report.completions_finished)} interrupted completions; "
-            f"{verb} {len(report.pending_deleted)} pending records no object needs"
-        )
-    for name, why in report.pending_kept:
-        click.echo(f"kept {name}: {why}", err=True)
-
-
 @keys.command("export-public")
 @click.argument("key_id")
 @_keyring_opt
 @_pass_file_opt
 @_pass_env_opt
+@verbosity_options
 def keys_export_public(key_id: str, keyring: Path, passphrase_file: Path | None, passphrase_env: str) -> None:
     """Print the public key of an asymmetric KEY_ID (PEM), for an encrypt-only gateway; of a
     signing key, the ``ed25519:<base64>`` line for readers' ``trusted_signers``."""
@@ -478,6 +391,7 @@ def keys_export_public(key_id: str, keyring: Path, passphrase_file: Path | None,
 @_keyring_opt
 @_pass_file_opt
 @_pass_env_opt
+@verbosity_options
 def keys_import_pem(
     key_id: str, pem_file: Path, keyring: Path, passphrase_file: Path | None, passphrase_env: str
 ) -> None:
@@ -502,6 +416,7 @@ def keys_import_pem(
 @click.option("--dir", "directory", type=click.Path(path_type=Path), default=Path(".sealgate"), show_default=True)
 @click.option("--port", default=8443, show_default=True, help="HTTPS port for sealgate.")
 @click.option("--backend-port", default=9000, show_default=True, help="Port of the in-memory demo store.")
+@verbosity_options
 def quickstart(directory: Path, port: int, backend_port: int) -> None:
     """Set up ./.sealgate/ and run sealgate in front of an in-memory demo S3 store."""
     from proxy.config import load_config
@@ -509,7 +424,7 @@ def quickstart(directory: Path, port: int, backend_port: int) -> None:
     from proxy.server.run import serve as run_serve
     from proxy.tools.quickstart import banner, set_up
 
-    _setup_logging(False)
+    _setup_logging()
     # Checked before anything is written, so a busy port changes nothing in `directory`.
     for flag, number, what in (
         ("--port", port, "sealgate's HTTPS port"),
@@ -543,15 +458,19 @@ def _register_tools() -> None:
     from proxy.tools.audit import audit_group
     from proxy.tools.convert import convert_cmd
     from proxy.tools.copy import copy_cmd
+    from proxy.tools.gc import gc_cmd
     from proxy.tools.health import health_cmd
     from proxy.tools.offline.commands import decrypt_cmd, encrypt_cmd
     from proxy.tools.policy_check import policy_group
+    from proxy.tools.rewrap import rewrap_cmd
 
     main.add_command(encrypt_cmd, "encrypt")
     main.add_command(decrypt_cmd, "decrypt")
     main.add_command(audit_group, "audit")
     main.add_command(convert_cmd, "convert")
     main.add_command(copy_cmd, "copy")
+    main.add_command(rewrap_cmd, "rewrap")
+    main.add_command(gc_cmd, "gc")
     main.add_command(policy_group, "policy")
     main.add_command(health_cmd, "health")
 

@@ -98,8 +98,9 @@ class BatchingStreamHandler(logging.StreamHandler[TextIO]):
         super().flush()
 
 
-def setup_logging(verbose: bool, json_logs: bool = False) -> None:
-    """Root logging for `sealgate serve` (and quickstart): stderr, plain or JSON lines."""
+def setup_logging(verbose: bool, json_logs: bool = False, *, quiet: bool = False) -> None:
+    """Root logging for `sealgate serve` (and quickstart): stderr, plain or JSON lines; INFO,
+    DEBUG when `verbose`, WARNING when `quiet`."""
     handler = BatchingStreamHandler()
     if json_logs:
         formatter: logging.Formatter = JsonFormatter()
@@ -107,7 +108,8 @@ def setup_logging(verbose: bool, json_logs: bool = False) -> None:
     else:
         formatter = PlainFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
     handler.setFormatter(formatter)
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler])
+    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+    logging.basicConfig(level=level, handlers=[handler])
     # botocore logs request details (headers) at DEBUG; never let them through.
     logging.getLogger("botocore").setLevel(logging.WARNING)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)

@@ -9,9 +9,11 @@ from pathlib import Path
 import click
 
 from proxy.audit import verify_file
+from proxy.tools.options import verbosity_options
 
 
 @click.group("audit")
+@verbosity_options
 def audit_group() -> None:
     """The key-use audit log."""
 
@@ -24,6 +26,7 @@ def audit_group() -> None:
     default=None,
     help="Environment variable holding the audit HMAC key (for HMAC-chained logs).",
 )
+@verbosity_options
 def verify_cmd(file: Path, hmac_key_env: str | None) -> None:
     """Check the hash chain of an audit log FILE: exit 0 if intact, 1 if tampered."""
     hmac_key: bytes | None = None

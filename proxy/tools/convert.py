@@ -20,8 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import sys
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -47,7 +46,17 @@ from proxy.store.listing import list_keys
 from proxy.store.objects import ETAG_TAIL, MAX_PUT_SIZE, read_plaintext, seal_envelope
 from proxy.store.records import record_key
 from proxy.store.signatures import trusted_signers
-from proxy.tools.options import config_option
+from proxy.tools.bulk import finish, run_tool
+from proxy.tools.options import (
+    config_option,
+    dry_run_option,
+    location_options,
+    progress_option,
+    required_location,
+    tool_logging,
+    verbosity_options,
+)
+from proxy.tools.progress import Ahead, Tally
 
 # Named as before the move to tools/: operators filter logs on it.
 log = logging.getLogger("proxy.convert")
@@ -260,14 +269,19 @@ class Serving:
             )
 
 
-async def _to_s3ec(gw: Gateway, serving: Serving, bucket: str, key: str, meta: Mapping[str, str]) -> int:
-    """A sealgate object, rewritten as S3EC V3 (kms+context). Returns the plaintext size."""
+async def _to_s3ec(
+    gw: Gateway, serving: Serving, bucket: str, key: str, meta: Mapping[str, str], dry_run: bool = False
+) -> int:
+    """A sealgate object, rewritten as S3EC V3 (kms+context) (with `dry_run`, only opened and
+    checked). Returns the plaintext size."""
     serving.source(Envelope.from_metadata(meta).key_ref)
     serving.target_key(bucket, key, "s3ec-v3")
     length, plaintext, opened, head = await read_plaintext(gw, Caller.operator(), bucket, key, None)
     if length > MAX_PUT_SIZE - s3ec.TAG_SIZE:
         raise ConvertObjectError(f"{length} bytes is more than one PUT takes (5 GiB)")
     serving.target_object(bucket, key, "s3ec-v3", length, opened.meta.user)
+    if dry_run:
+        return length  # the body is never fetched
     headers = _carried_headers(head.headers)
     # The S3EC keeps user metadata in the clear: it leaves the sealed envelope here.
     headers.update({f"x-amz-meta-{k}": v for k, v in opened.meta.user.items()})
@@ -287,9 +301,11 @@ async def _from_s3ec(
     meta: dict[str, str],
     envelope: dict[str, str],
     to: Target,
+    dry_run: bool = False,
 ) -> int:
     """An S3EC object (V2, or V3 with its envelope in an instruction file...), rewritten in
-    sealgate's format or as S3EC V3 with its metadata in the object. Returns the plaintext size."""
+    sealgate's format or as S3EC V3 with its metadata in the object (with `dry_run`, only opened
+    and checked). Returns the plaintext size."""
     # S3EC records no key id: the bucket's key opens it, and is the one it is written under.
     serving.source(gw.config.key_for_bucket(bucket, key))
     serving.target_key(bucket, key, to)
@@ -301,6 +317,8 @@ async def _from_s3ec(
         raise ConvertObjectError(f"{length} bytes is more than one PUT takes (5 GiB)")
     user = s3ec_objects.user_metadata(meta)
     serving.target_object(bucket, key, to, length, user)
+    if dry_run:
+        return length
     carried = _carried_headers(head_headers)
     carried.update(await _tagging(gw, bucket, key, head_headers.get("x-amz-tagging-count")))
     if to == "s3ec-v3":
@@ -342,9 +360,13 @@ async def _served_as_v3(gw: Gateway, bucket: str, key: str, envelope: Mapping[st
     return s3ec_keys.name_binding(materials, bucket, key) is True
 
 
-async def convert_object(gw: Gateway, bucket: str, key: str, to: Target, serving: Serving | None = None) -> Outcome:
+async def convert_object(
+    gw: Gateway, bucket: str, key: str, to: Target, serving: Serving | None = None, *, dry_run: bool = False
+) -> Outcome:
     """Convert one object to `to`; failures come back as an `Outcome`, never raised. An object
-    the config would not serve in the target format (`Serving`) is skipped, untouched."""
+    the config would not serve in the target format (`Serving`) is skipped, untouched. With
+    `dry_run` the object is opened (its key unwrapped) and checked, but its body is not read
+    and nothing is written: "converted" means it would be."""
     serving = serving or Serving(gw)
     try:
         head = await gw.backend.request("HEAD", bucket, key)
@@ -358,7 +380,7 @@ async def convert_object(gw: Gateway, bucket: str, key: str, to: Target, serving
         if is_sealgate_object(meta):
             if to == "sealgate":
                 return Outcome("already")
-            return Outcome("converted", size=await _to_s3ec(gw, serving, bucket, key, meta))
+            return Outcome("converted", size=await _to_s3ec(gw, serving, bucket, key, meta, dry_run))
         envelope = await s3ec_objects.s3ec_metadata(gw, bucket, key, meta)
         if envelope is None:
             if key.endswith(s3ec.INSTRUCTION_SUFFIX):
@@ -379,7 +401,8 @@ async def convert_object(gw: Gateway, bucket: str, key: str, to: Target, serving
         ):
             return Outcome("already")
         # S3EC V1/V2 become V3 too: the official client's default policy reads only V3.
-        return Outcome("converted", size=await _from_s3ec(gw, serving, bucket, key, head.headers, meta, envelope, to))
+        size = await _from_s3ec(gw, serving, bucket, key, head.headers, meta, envelope, to, dry_run)
+        return Outcome("converted", size=size)
     except Unservable as exc:
         return Outcome("skipped", f"not converted, left as it was: {exc}")
     except S3Error as exc:
@@ -403,30 +426,34 @@ async def convert(
     *,
     limit: int | None = None,
     progress: Callable[[str, Outcome], None] | None = None,
+    listed: Callable[[tuple[str, int]], None] | None = None,
+    dry_run: bool = False,
 ) -> ConvertReport:
-    """Convert every object under `prefix` to `to`, at most `limit` of them in this run;
-    failures are reported, not fatal."""
+    """Convert every object under `prefix` to `to`, at most `limit` of them in this run (with
+    `dry_run`, report what would be converted and write nothing); failures are reported, not
+    fatal. `listed` hears of each object as the listing (fetched ahead) finds it."""
     if to not in TARGETS:
         raise ConvertError(f"unknown target format {to!r} (one of {', '.join(TARGETS)})")
 
     report = ConvertReport()
     serving = Serving(gw)
-    async for key, _size in list_keys(gw, bucket, prefix):
-        if limit is not None and report.converted >= limit:
-            report.stopped_at_limit = True
-            break
-        outcome = await convert_object(gw, bucket, key, to, serving)
-        if outcome.status == "converted":
-            report.converted += 1
-            report.bytes += outcome.size
-        elif outcome.status == "already":
-            report.already += 1
-        elif outcome.status == "skipped":
-            report.skipped.append((key, outcome.reason))
-        else:
-            report.failed.append((key, outcome.reason))
-        if progress is not None:
-            progress(key, outcome)
+    async with Ahead(list_keys(gw, bucket, prefix), listed) as found:
+        async for key, _size in found:
+            if limit is not None and report.converted >= limit:
+                report.stopped_at_limit = True
+                break
+            outcome = await convert_object(gw, bucket, key, to, serving, dry_run=dry_run)
+            if outcome.status == "converted":
+                report.converted += 1
+                report.bytes += outcome.size
+            elif outcome.status == "already":
+                report.already += 1
+            elif outcome.status == "skipped":
+                report.skipped.append((key, outcome.reason))
+            else:
+                report.failed.append((key, outcome.reason))
+            if progress is not None:
+                progress(key, outcome)
     return report
 
 
@@ -434,9 +461,7 @@ async def convert(
 
 
 @click.command("convert")
-@config_option()
-@click.option("--bucket", required=True)
-@click.option("--prefix", default="", help="Only objects whose key starts with this.")
+@location_options()
 @click.option(
     "--to",
     "to",
@@ -444,66 +469,58 @@ async def convert(
     required=True,
     help="Target format: sealgate's own, or the AWS S3 Encryption Client's V3 (kms+context).",
 )
+@config_option()
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Convert at most this many objects, then stop.")
-@click.option(
-    "--progress/--no-progress",
-    default=None,
-    help="Progress bar on stderr. [default: when stderr is a terminal]",
-)
+@dry_run_option("List what would be converted (each object opened and checked, no body read); write nothing.")
+@progress_option
+@verbosity_options
 def convert_cmd(
-    config_path: Path, bucket: str, prefix: str, to: Target, limit: int | None, progress: bool | None
+    target: str | None,
+    bucket: str | None,
+    prefix: str | None,
+    to: Target,
+    config_path: Path,
+    limit: int | None,
+    dry_run: bool,
+    progress: bool | None,
 ) -> None:
     """Re-encrypt objects from one format to the other (sealgate <-> S3EC V3), in place.
 
-    Talks to the backend and KMS with the config's credentials (no client key policy applies).
-    Objects already in the target format are skipped, so it is safe to interrupt and re-run.
-    For S3EC objects the bucket's key (buckets.key or kms.default_key) is the KMS key."""
-    import asyncio
+    Works on s3://BUCKET[/PREFIX] (or --bucket B --prefix P). Talks to the backend and KMS with
+    the config's credentials (no client key policy applies). Objects already in the target
+    format are skipped, so it is safe to interrupt and re-run. For S3EC objects the bucket's
+    key (buckets.key or kms.default_key) is the KMS key."""
+    where = required_location(target, bucket, prefix)
+    chosen = tool_logging()
+    verb = "would convert" if dry_run else "converted"
+    tally = Tally(f"convert to {to}", show=False if chosen.quiet else progress, verbose=chosen.verbose, dry_run=dry_run)
 
-    from proxy.config import ConfigError, load_config
-    from proxy.wiring import operator_gateway
+    def one(key: str, outcome: Outcome) -> None:
+        word = verb if outcome.status == "converted" else outcome.status
+        line = f"{word} s3://{where.bucket}/{key}" + (f": {outcome.reason}" if outcome.reason else "")
+        tally.done(word, line, size=outcome.size, changes=outcome.status == "converted")
 
-    logging.basicConfig(level=logging.WARNING)
-    try:
-        config = load_config(config_path)
-    except ConfigError as exc:
-        click.echo(f"sealgate: {exc}", err=True)
-        sys.exit(1)
-    show = sys.stderr.isatty() if progress is None else progress
-    bar = None
-    if show:
-        from tqdm import tqdm
-
-        bar = tqdm(desc=f"convert to {to}", unit="obj", file=sys.stderr, dynamic_ncols=True, total=limit)
-    counts = {"converted": 0, "already": 0, "skipped": 0, "failed": 0}
-
-    def on_object(key: str, outcome: Outcome) -> None:
-        counts[outcome.status] += 1
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(counts, refresh=False)
-
-    async def go() -> ConvertReport:
-        async with operator_gateway(config) as gw:
-            return await convert(gw, bucket, prefix, to, limit=limit, progress=on_object)
+    def work(gw: Gateway) -> Awaitable[ConvertReport]:
+        return convert(
+            gw,
+            where.bucket,
+            where.prefix,
+            to,
+            limit=limit,
+            progress=one,
+            listed=lambda _: tally.found(),
+            dry_run=dry_run,
+        )
 
     try:
-        report = asyncio.run(go())
-    except ConvertError as exc:
-        click.echo(f"sealgate: {exc}", err=True)
-        sys.exit(1)
+        report = run_tool(config_path, where, work, audit_as=None)
     finally:
-        if bar is not None:
-            bar.close()
-    click.echo(
-        f"converted {report.converted} objects ({report.bytes} bytes) to {to}, {report.already} already {to}, "
+        tally.close()
+    summary = (
+        f"{verb} {report.converted} objects ({report.bytes} bytes) to {to}, {report.already} already {to}, "
         f"{len(report.skipped)} skipped, {len(report.failed)} failed"
     )
-    for key, why in report.skipped:
-        click.echo(f"  skipped {key}: {why}")
-    for key, why in report.failed:
-        click.echo(f"  failed {key}: {why}")
-    if report.stopped_at_limit:
-        click.echo(f"stopped after --limit {limit}; run again to go on")
-    if report.failed:
-        sys.exit(1)
+    problems = [("skipped", key, why) for key, why in report.skipped] + [("failed", k, w) for k, w in report.failed]
+    then = f"stopped after --limit {limit}; run again to go on" if report.stopped_at_limit else ""
+    # Skipped objects are listed but fail nothing: they were left as they were, by design.
+    finish(tally, chosen, summary, problems, then=then, failed=bool(report.failed))

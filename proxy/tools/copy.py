@@ -11,11 +11,8 @@ refusals are audited into ``<audit.path>.copy`` (see `proxy.wiring.audited_gatew
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
-import logging
-import sys
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
@@ -42,9 +39,17 @@ from proxy.store.listing import list_keys
 from proxy.store.objects import open_copy_source
 from proxy.store.records import check_reserved, put_record, record_key
 from proxy.store.signatures import require_signer, sign_manifest, sign_single
-from proxy.tools.options import config_option
-from proxy.tools.progress import ProgressLine
-from proxy.wiring import audited_gateway
+from proxy.tools.bulk import finish, run_tool
+from proxy.tools.options import (
+    Location,
+    config_option,
+    dry_run_option,
+    progress_option,
+    resolve_location,
+    tool_logging,
+    verbosity_options,
+)
+from proxy.tools.progress import Ahead, Tally
 
 
 @dataclass
@@ -55,16 +60,6 @@ class CopyReport:
     bytes: int = 0
     already: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)
-
-
-def parse_s3_url(url: str) -> tuple[str, str]:
-    """(bucket, key) from ``s3://bucket/key`` (the key may be empty: a whole bucket)."""
-    if not url.startswith("s3://"):
-        raise ValueError(f"{url!r} is not an s3://bucket/key URL")
-    bucket, _, key = url[len("s3://") :].partition("/")
-    if not bucket:
-        raise ValueError(f"{url!r} names no bucket")
-    return bucket, key
 
 
 def _deny(gw: Gateway, action: str, key: str, bucket: str, name: str, reason: str, message: str) -> S3Error:
@@ -114,10 +109,12 @@ async def copy_object(
     to_key: str,
     *,
     identity: str | None = None,
+    dry_run: bool = False,
 ) -> tuple[str, int]:
     """Copy one object under `to_key`: ("copied" or "already", stored size). Nothing is written
     unless the source opens and its data key wraps under `to_key` (and, with `identity`, that
-    client's identity policies and key policies allow both)."""
+    client's identity policies and key policies allow both); with `dry_run`, nothing at all
+    ("copied": it would be)."""
     check_reserved(src_key)
     check_reserved(dst_key)
     if (src_bucket, src_key) == (dst_bucket, dst_key):
@@ -149,6 +146,8 @@ async def copy_object(
     )
     if opened.manifest is None:  # signed anew for its own name, if this config's keyring signs
         new_env = sign_single(gw, new_env, dst_bucket, dst_key, opened.plaintext_length)
+    if dry_run:
+        return "copied", total
     headers = {f"x-amz-meta-{k}": v for k, v in new_env.to_metadata().items()}
     headers.update({n: head.headers[n] for n in CONTENT_HEADERS if n in head.headers})
     source = "/" + quote(f"{src_bucket}/{src_key}", safe="/~")
@@ -172,77 +171,143 @@ async def copy(
     *,
     recursive: bool = False,
     identity: str | None = None,
-    progress: Callable[[str, int], None] | None = None,
+    progress: Callable[[str, str, str, int], None] | None = None,
+    listed: Callable[[tuple[str, int]], None] | None = None,
+    dry_run: bool = False,
 ) -> CopyReport:
     """Copy one object, or with `recursive` every object under the source prefix (the rest of
-    each key is appended to the destination prefix). Failures are reported, not fatal."""
+    each key is appended to the destination prefix); with `dry_run` report what would be
+    copied and write nothing. Failures are reported, not fatal. `listed` hears of each object
+    as the listing (fetched ahead) finds it, `progress` of each one's (source key, destination
+    key, outcome, stored size)."""
     report = CopyReport()
     (src_bucket, src_prefix), (dst_bucket, dst_prefix) = src, dst
-    if recursive:
-        items = [(k, size) async for k, size in list_keys(gw, src_bucket, src_prefix)]
-        pairs = [(k, dst_prefix + k[len(src_prefix) :], size) for k, size in items]
-    else:
-        # As `aws s3 cp`: a destination ending in "/" (or none) keeps the source's base name.
-        basename = src_prefix.rsplit("/", 1)[-1]
-        target = dst_prefix + basename if dst_prefix.endswith("/") or not dst_prefix else dst_prefix
-        pairs = [(src_prefix, target, 0)]
-    for src_key, dst_key, size in pairs:
-        try:
-            outcome, size = await copy_object(gw, src_bucket, src_key, dst_bucket, dst_key, to_key, identity=identity)
-        except (S3Error, KeyringError, FormatError) as exc:
-            report.skipped.append((src_key, exc.message if isinstance(exc, S3Error | KeyringError) else str(exc)))
-            outcome = "skipped"
-        if outcome == "copied":
-            report.copied += 1
-            report.bytes += size
-        elif outcome == "already":
-            report.already += 1
-        if progress is not None:
-            progress(outcome, size)
+    async with Ahead(_sources(gw, src_bucket, src_prefix, recursive), listed) as found:
+        async for src_key, size in found:
+            if recursive:
+                dst_key = dst_prefix + src_key[len(src_prefix) :]
+            else:
+                # As `aws s3 cp`: a destination ending in "/" (or none) keeps the source's base name.
+                basename = src_key.rsplit("/", 1)[-1]
+                dst_key = dst_prefix + basename if dst_prefix.endswith("/") or not dst_prefix else dst_prefix
+            try:
+                outcome, size = await copy_object(
+                    gw, src_bucket, src_key, dst_bucket, dst_key, to_key, identity=identity, dry_run=dry_run
+                )
+            except (S3Error, KeyringError, FormatError) as exc:
+                report.skipped.append((src_key, exc.message if isinstance(exc, S3Error | KeyringError) else str(exc)))
+                outcome = "skipped"
+            if outcome == "copied":
+                report.copied += 1
+                report.bytes += size
+            elif outcome == "already":
+                report.already += 1
+            if progress is not None:
+                progress(src_key, dst_key, outcome, size)
     return report
 
 
+async def _sources(gw: Gateway, bucket: str, prefix: str, recursive: bool) -> AsyncIterator[tuple[str, int]]:
+    """(key, listed size) of what a copy copies: every object under `prefix`, or the one it names."""
+    if recursive:
+        async for item in list_keys(gw, bucket, prefix):
+            yield item
+    else:
+        yield prefix, 0
+
+
 @click.command("copy")
-@click.argument("source")
-@click.argument("destination")
+@click.argument("urls", nargs=-1, metavar="[SOURCE] [DESTINATION]")
 @click.option("--to-key", required=True, help="Master key to wrap the copies' data keys under (id, alias or ARN).")
 @config_option()
 @click.option("--recursive", is_flag=True, help="SOURCE and DESTINATION are prefixes: copy every object below.")
+@click.option("--bucket", default=None, help="The source's bucket (instead of SOURCE).")
+@click.option("--prefix", default=None, help="The source's key (with --recursive: its prefix).")
+@click.option("--to-bucket", default=None, help="The destination's bucket (instead of DESTINATION).")
+@click.option("--to-prefix", default=None, help="The destination's key, or prefix (ending in / keeps the names).")
 @click.option(
     "--as", "identity", default=None, help="Apply the [[policies]] and [[keys]] policies of this client name."
 )
+@dry_run_option("List what would be copied (every check and key use is made); write nothing.")
+@progress_option
+@verbosity_options
 def copy_cmd(
-    source: str, destination: str, to_key: str, config_path: Path, recursive: bool, identity: str | None
+    urls: tuple[str, ...],
+    to_key: str,
+    config_path: Path,
+    recursive: bool,
+    bucket: str | None,
+    prefix: str | None,
+    to_bucket: str | None,
+    to_prefix: str | None,
+    identity: str | None,
+    dry_run: bool,
+    progress: bool | None,
 ) -> None:
     """Copy s3://A/k to s3://B/k2 under master key --to-key; the backend copies the body.
 
-    Safe to interrupt and re-run: finished copies are recognised and skipped."""
-    from proxy.audit import AuditError
-    from proxy.config import ConfigError, load_config
+    SOURCE and DESTINATION are s3://BUCKET/KEY (prefixes with --recursive), or --bucket /
+    --prefix and --to-bucket / --to-prefix. Safe to interrupt and re-run: finished copies are
+    recognised and skipped."""
+    src, dst = _places(urls, bucket, prefix, to_bucket, to_prefix)
+    if not recursive and not src.prefix:
+        raise click.UsageError("SOURCE names no object (use --recursive for a prefix)")
+    chosen = tool_logging()
+    verb = "would copy" if dry_run else "copied"
+    tally = Tally("copy", show=False if chosen.quiet else progress, verbose=chosen.verbose, dry_run=dry_run)
 
-    logging.basicConfig(level=logging.WARNING)
+    def one(src_key: str, dst_key: str, outcome: str, size: int) -> None:
+        word = verb if outcome == "copied" else outcome
+        line = f"{word} s3://{src.bucket}/{src_key}" + (
+            f" to s3://{dst.bucket}/{dst_key}" if outcome != "skipped" else ""
+        )
+        tally.done(word, line, size=size, changes=outcome == "copied")
+
+    def work(gw: Gateway) -> Awaitable[CopyReport]:
+        return copy(
+            gw,
+            (src.bucket, src.prefix),
+            (dst.bucket, dst.prefix),
+            to_key,
+            recursive=recursive,
+            identity=identity,
+            progress=one,
+            listed=lambda _: tally.found(),
+            dry_run=dry_run,
+        )
+
     try:
-        config = load_config(config_path)
-        src, dst = parse_s3_url(source), parse_s3_url(destination)
-    except (ConfigError, ValueError) as exc:
-        click.echo(f"sealgate: {exc}", err=True)
-        sys.exit(2)
-    if not recursive and not src[1]:
-        click.echo("sealgate: SOURCE names no object (use --recursive for a prefix)", err=True)
-        sys.exit(2)
-    progress = ProgressLine("copied")
-
-    async def go() -> CopyReport:
-        async with audited_gateway(config, "copy", identity) as gw:
-            return await copy(gw, src, dst, to_key, recursive=recursive, identity=identity, progress=progress)
-
-    try:
-        report = asyncio.run(go())
-    except AuditError as exc:
-        click.echo(f"sealgate: {exc}", err=True)
-        sys.exit(2)
-    progress.finish(
-        f"copied {report.copied} objects ({report.bytes} bytes), {report.already} already copied, "
-        f"{len(report.skipped)} skipped",
-        report.skipped,
+        report = run_tool(config_path, src, work, audit_as="copy", identity=identity)
+    finally:
+        tally.close()
+    summary = (
+        f"{verb} {report.copied} objects ({report.bytes} bytes), {report.already} already copied, "
+        f"{len(report.skipped)} skipped"
     )
+    finish(tally, chosen, summary, [("skipped", key, why) for key, why in report.skipped])
+
+
+def _places(
+    urls: tuple[str, ...], bucket: str | None, prefix: str | None, to_bucket: str | None, to_prefix: str | None
+) -> tuple[Location, Location]:
+    """SOURCE and DESTINATION, from the URLs and the options: the URLs fill what the options
+    leave unnamed, in that order; anything named twice, or left unnamed, is a usage error."""
+    from_options = [
+        resolve_location(None, bucket, prefix),
+        resolve_location(None, to_bucket, to_prefix, flags=("--to-bucket", "--to-prefix")),
+    ]
+    open_slots = [i for i, place in enumerate(from_options) if place is None]
+    if len(urls) > len(open_slots):
+        named = " and ".join(("--bucket", "--to-bucket")[i] for i in range(2) if from_options[i] is not None)
+        raise click.UsageError(f"too many s3:// URLs for what {named} left to name")
+    if len(urls) < len(open_slots):
+        missing = " and ".join(
+            ("SOURCE (or --bucket)", "DESTINATION (or --to-bucket)")[i] for i in open_slots[len(urls) :]
+        )
+        raise click.UsageError(f"missing {missing}")
+    places = list(from_options)
+    for slot, url in zip(open_slots, urls, strict=True):
+        places[slot] = resolve_location(url, None, None)
+    src, dst = places
+    assert src is not None and dst is not None
+    return src, dst

@@ -19,11 +19,16 @@ object is the only one).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TypeVar
 from urllib.parse import unquote
 from xml.etree.ElementTree import Element
+
+import click
 
 from proxy.access.authorize import Caller
 from proxy.kms.base import KeyringError
@@ -38,6 +43,19 @@ from proxy.store.objects import open_object
 from proxy.store.part_etags import PARTS_PREFIX
 from proxy.store.records import record_key, upload_record_key
 from proxy.store.reserved import RESERVED_PREFIX
+from proxy.tools.bulk import run_tool
+from proxy.tools.options import (
+    config_option,
+    dry_run_option,
+    location_options,
+    progress_option,
+    required_location,
+    tool_logging,
+    verbosity_options,
+)
+from proxy.tools.progress import Ahead, Tally
+
+_T = TypeVar("_T")
 
 
 @dataclass
@@ -71,51 +89,90 @@ def _parse_time(text: str) -> datetime:
     return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
-async def gc(gw: Gateway, bucket: str, older_than: timedelta, *, dry_run: bool = False) -> GcReport:
-    """Clean one bucket; with `dry_run` only report."""
+#: What gc tells its `progress` an item came to (for each, whether it changes the bucket).
+ACTIONS = {"abort": True, "delete": True, "finish": True, "keep": False}
+
+
+async def gc(
+    gw: Gateway,
+    bucket: str,
+    older_than: timedelta,
+    *,
+    dry_run: bool = False,
+    progress: Callable[[str, str], None] | None = None,
+    listed: Callable[[object], None] | None = None,
+) -> GcReport:
+    """Clean one bucket; with `dry_run` only report. Its listings (uploads, upload and part
+    records, pending records, manifests) are all fetched ahead from the start, each item told
+    to `listed` as found, and worked through in that order; `progress` hears of each item's
+    action (`ACTIONS`) and what it was."""
     report = GcReport()
     cutoff = datetime.now(UTC) - older_than
-    key_marker = upload_marker = ""
-    live: set[str] = set()
-    while True:
-        query = [("uploads", ""), ("key-marker", key_marker), ("upload-id-marker", upload_marker)]
-        root = await _xml(gw, bucket, query)
-        for up in iter_named(root, "Upload"):
-            key, upload_id, initiated = child_text(up, "Key"), child_text(up, "UploadId"), child_text(up, "Initiated")
+    note = progress or (lambda action, what: None)
+    async with AsyncExitStack() as stack:
+
+        async def ahead(items: AsyncIterator[_T]) -> Ahead[_T]:
+            return await stack.enter_async_context(Ahead(items, listed))
+
+        uploads = await ahead(_uploads(gw, bucket))
+        records = [await ahead(_listed(gw, bucket, p)) for p in (RESERVED_PREFIX + "up/", PARTS_PREFIX)]
+        pending = await ahead(_listed(gw, bucket, PENDING_PREFIX))
+        manifests = await ahead(_listed(gw, bucket, RESERVED_PREFIX + "mp/"))
+        live: set[str] = set()
+        async for key, upload_id, initiated in uploads:
             if initiated and _parse_time(initiated) < cutoff:
                 report.uploads_aborted.append((key, upload_id))
                 if not dry_run:
                     resp = await gw.backend.request("DELETE", bucket, key, query=[("uploadId", upload_id)])
                     resp.release()
+                note("abort", f"stale upload {key} ({upload_id})")
             else:
                 live.add(upload_record_key(key, upload_id))
+                note("keep", f"upload {key} ({upload_id})")
+        for prefix, listing in zip((RESERVED_PREFIX + "up/", PARTS_PREFIX), records, strict=True):
+            async for record, modified in listing:
+                # .sealgate/{up,pt}/<key digest>/<upload digest>[/...]: the upload's record names the two.
+                upload = RESERVED_PREFIX + "up/" + "/".join(record[len(prefix) :].split("/")[:2])
+                if upload not in live and modified < cutoff:
+                    report.records_deleted.append(record)
+                    if not dry_run:
+                        await _delete(gw, bucket, record)
+                    note("delete", f"upload record {record}")
+                else:
+                    note("keep", f"upload record {record}")
+        async for name, modified in pending:
+            if modified >= cutoff:
+                report.kept_young += 1
+                note("keep", f"recent pending record {name}")
+            else:
+                note(*await _pending(gw, bucket, name, live, report, dry_run))
+        async for name, modified in manifests:
+            if modified >= cutoff:
+                report.kept_young += 1
+                note("keep", f"recent manifest {name}")
+            elif await _orphan(gw, bucket, name):
+                report.manifests_deleted.append(name)
+                if not dry_run:
+                    await _delete(gw, bucket, name)
+                note("delete", f"orphan manifest {name}")
+            else:
+                note("keep", f"manifest {name}")
+    return report
+
+
+async def _uploads(gw: Gateway, bucket: str) -> AsyncIterator[tuple[str, str, str]]:
+    """(key, upload id, initiated) of every multipart upload the backend lists."""
+    key_marker = upload_marker = ""
+    while True:
+        query = [("uploads", ""), ("key-marker", key_marker), ("upload-id-marker", upload_marker)]
+        root = await _xml(gw, bucket, query)
+        for up in iter_named(root, "Upload"):
+            yield child_text(up, "Key"), child_text(up, "UploadId"), child_text(up, "Initiated")
         if child_text(root, "IsTruncated").lower() != "true":
-            break
+            return
         key_marker, upload_marker = child_text(root, "NextKeyMarker"), child_text(root, "NextUploadIdMarker")
         if not key_marker:
-            break
-    for prefix in (RESERVED_PREFIX + "up/", PARTS_PREFIX):
-        async for record, modified in _listed(gw, bucket, prefix):
-            # .sealgate/{up,pt}/<key digest>/<upload digest>[/...]: the upload's record names the two.
-            upload = RESERVED_PREFIX + "up/" + "/".join(record[len(prefix) :].split("/")[:2])
-            if upload not in live and modified < cutoff:
-                report.records_deleted.append(record)
-                if not dry_run:
-                    await _delete(gw, bucket, record)
-    async for name, modified in _listed(gw, bucket, PENDING_PREFIX):
-        if modified >= cutoff:
-            report.kept_young += 1
-        else:
-            await _pending(gw, bucket, name, live, report, dry_run)
-    async for name, modified in _listed(gw, bucket, RESERVED_PREFIX + "mp/"):
-        if modified >= cutoff:
-            report.kept_young += 1
-            continue
-        if await _orphan(gw, bucket, name):
-            report.manifests_deleted.append(name)
-            if not dry_run:
-                await _delete(gw, bucket, name)
-    return report
+            return
 
 
 async def _listed(gw: Gateway, bucket: str, prefix: str) -> AsyncIterator[tuple[str, datetime]]:
@@ -152,27 +209,26 @@ async def _orphan(gw: Gateway, bucket: str, name: str) -> bool:
     return await versions_with(gw, bucket, key, etag) is False
 
 
-async def _pending(gw: Gateway, bucket: str, name: str, live: set[str], report: GcReport, dry_run: bool) -> None:
-    """Finish, keep or delete one old pending record (see the module's docstring)."""
+async def _pending(
+    gw: Gateway, bucket: str, name: str, live: set[str], report: GcReport, dry_run: bool
+) -> tuple[str, str]:
+    """Finish, keep or delete one old pending record (see the module's docstring); which of
+    them (`ACTIONS`), and what."""
     head = await gw.backend.request("HEAD", bucket, name)
     head.release()
     meta = head.user_metadata()
     if head.status >= 300 or "sg-object" not in meta:
-        report.pending_kept.append((name, "its record cannot be read"))
-        return
+        return _kept(report, name, "its record cannot be read")
     key, upload = unquote(meta["sg-object"]), unquote(meta.get("sg-upload", ""))
     if upload and upload_record_key(key, upload) in live:
-        report.pending_kept.append((name, "its upload can still be completed"))
-        return
+        return _kept(report, name, "its upload can still be completed")
     try:
         salt = bytes.fromhex(name.rsplit("/", 1)[-1])
     except ValueError:
-        report.pending_kept.append((name, "its name is not a pending record's"))
-        return
+        return _kept(report, name, "its name is not a pending record's")
     carriers = await _carrying(gw, bucket, key, salt)
     if carriers is None:
-        report.pending_kept.append((name, "the backend cannot list the object's versions"))
-        return
+        return _kept(report, name, "the backend cannot list the object's versions")
     needed = False
     for version, resp in carriers:
         manifest = record_key(key, etag_value(resp.headers.get("ETag", "")))
@@ -189,16 +245,21 @@ async def _pending(gw: Gateway, bucket: str, name: str, live: set[str], report: 
             )
         except (S3Error, KeyringError) as exc:
             report.completions_finished.pop()
-            report.pending_kept.append((name, f"finishing {key} failed: {exc}"))
-            return
+            return _kept(report, name, f"finishing {key} failed: {exc}")
         if not await _exists(gw, bucket, manifest):
             report.completions_finished.pop()
-            report.pending_kept.append((name, f"{key} is served, but this config cannot sign its manifest"))
-            return
-    if not needed:
-        report.pending_deleted.append(name)
-        if not dry_run:
-            await _delete(gw, bucket, name)
+            return _kept(report, name, f"{key} is served, but this config cannot sign its manifest")
+    if needed:
+        return "finish", f"the interrupted completion of {key} ({name})"
+    report.pending_deleted.append(name)
+    if not dry_run:
+        await _delete(gw, bucket, name)
+    return "delete", f"pending record {name}"
+
+
+def _kept(report: GcReport, name: str, why: str) -> tuple[str, str]:
+    report.pending_kept.append((name, why))
+    return "keep", f"pending record {name}: {why}"
 
 
 async def _delete(gw: Gateway, bucket: str, name: str) -> None:
@@ -242,3 +303,64 @@ def parse_age(text: str) -> timedelta:
     if not text or text[-1] not in units or not text[:-1].isdigit():
         raise ValueError(f"{text!r}: use a number followed by s, m, h or d (e.g. 24h)")
     return timedelta(seconds=int(text[:-1]) * units[text[-1]])
+
+
+@click.command("gc")
+@location_options(prefix=False)
+@config_option()
+@click.option("--older-than", default="24h", show_default=True, help="Age limit, e.g. 36h, 7d or 0s (everything).")
+@dry_run_option("Only list what would be removed or finished; change nothing.")
+@progress_option
+@verbosity_options
+def gc_cmd(
+    target: str | None,
+    bucket: str | None,
+    prefix: str | None,
+    config_path: Path,
+    older_than: str,
+    dry_run: bool,
+    progress: bool | None,
+) -> None:
+    """Abort stale multipart uploads, finish completions a crash interrupted, and delete
+    manifests whose object is gone.
+
+    Works on a whole bucket: s3://BUCKET (or --bucket B). Its records are named by digests of
+    object keys, which no prefix can select."""
+    where = required_location(
+        target, bucket, prefix, whole="gc works on whole buckets (its records are named by digests of object keys)"
+    )
+    try:
+        age = parse_age(older_than)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--older-than") from None
+    chosen = tool_logging()
+    tally = Tally("gc", show=False if chosen.quiet else progress, verbose=chosen.verbose, dry_run=dry_run)
+    done = {"abort": "aborted", "delete": "deleted", "finish": "finished", "keep": "kept"}
+
+    def one(action: str, what: str) -> None:
+        changes = ACTIONS[action]
+        verb = f"would {action}" if dry_run and changes else done[action]
+        tally.done(verb, f"{verb} {what}", changes=changes)
+
+    def work(gw: Gateway) -> Awaitable[GcReport]:  # finishing a completion unwraps its data key
+        return gc(gw, where.bucket, age, dry_run=dry_run, progress=one, listed=lambda _: tally.found())
+
+    try:
+        report = run_tool(config_path, where, work, audit_as="gc")
+    finally:
+        tally.close()
+    verb = "would remove" if dry_run else "removed"
+    lines = [
+        f"{verb} {len(report.uploads_aborted)} stale uploads, {len(report.manifests_deleted)} orphan manifests "
+        f"and {len(report.records_deleted)} upload records ({report.kept_young} recent manifests kept)"
+    ]
+    if report.completions_finished or report.pending_deleted:
+        finished = "would finish" if dry_run else "finished"
+        lines.append(
+            f"{finished} {len(report.completions_finished)} interrupted completions; "
+            f"{verb} {len(report.pending_deleted)} pending records no object needs"
+        )
+    if not chosen.quiet:
+        click.echo("\n".join(lines))
+    for name, why in report.pending_kept:
+        click.echo(f"kept {name}: {why}", err=True)

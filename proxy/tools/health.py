@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from proxy.tools.options import config_option
+from proxy.tools.options import config_option, verbosity_options
 
 
 def health_url(listen: tuple[str, int], tls: bool, ready: bool) -> str:
@@ -31,6 +31,7 @@ def health_url(listen: tuple[str, int], tls: bool, ready: bool) -> str:
 @config_option()
 @click.option("--ready", is_flag=True, help="Ask /-/readyz (backend and key service usable) instead of /-/healthz.")
 @click.option("--timeout", default=3.0, show_default=True, help="Seconds to wait for the answer.")
+@verbosity_options
 def health_cmd(config_path: Path, ready: bool, timeout: float) -> None:
     """Exit 0 if this host's sealgate (the config's listener) answers healthy, else 1."""
     from proxy.config import ConfigError, load_config

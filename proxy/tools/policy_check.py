@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from proxy.tools.options import config_option
+from proxy.tools.options import config_option, verbosity_options
 
 
 def fail(message: str) -> None:
@@ -18,6 +18,7 @@ def fail(message: str) -> None:
 
 
 @click.group("policy")
+@verbosity_options
 def policy_group() -> None:
     """Identity policies ([[policies]]): check what they allow."""
 
@@ -34,6 +35,7 @@ def policy_group() -> None:
 )
 @click.argument("action")
 @click.argument("resource")
+@verbosity_options
 def policy_check(config_path: Path, client: str, contexts: tuple[str, ...], action: str, resource: str) -> None:
     """Would CLIENT be allowed ACTION (s3:GetObject) on RESOURCE (arn:aws:s3:::bucket/key, or
     bucket/key)? Prints allowed/denied and the statement that decided, using the server's own

@@ -1,51 +1,150 @@
-"""What the operator tools show while they run: a line of object counts (rewrap, copy) and byte
-progress bars (offline encrypt/decrypt), both on stderr and only where they help."""
+"""What the operator tools show while they run: a bar of objects done out of objects listed,
+with ETA (rewrap, copy, convert, gc), and byte progress bars (offline encrypt/decrypt), both on
+stderr and only where they help; and the listing fetched ahead that gives the bulk tools' totals."""
 
 from __future__ import annotations
 
+import asyncio
+import os
 import sys
-from typing import Any, Protocol
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any, Generic, Protocol, TypeVar
 
 import click
 
 
-class ProgressLine:
-    """The progress line an operator tool keeps rewriting on a terminal's stderr:
-    ``<verb> N (X MB), already done N, skipped N``. Call it with each object's outcome (`verb`,
-    ``already`` or ``skipped``) and size; it prints nothing when stderr is not a terminal."""
+class Tally:
+    """How a bulk tool (rewrap, copy, convert, gc) shows its run.
 
-    def __init__(self, verb: str) -> None:
-        self.verb = verb
-        self.counts = {verb: 0, "already": 0, "skipped": 0}
+    With `show` (default: when stderr is a terminal) a tqdm bar on stderr: objects done out of
+    those listed so far (`found`: the total grows as listing pages arrive), rate, ETA and the
+    outcome counts. With `verbose` a line per object on stdout, and with `dry_run` a line per
+    object the run would change; the bar is cleared around each. Nothing else: the caller
+    prints the summary."""
+
+    def __init__(self, desc: str, *, show: bool | None = None, verbose: bool = False, dry_run: bool = False) -> None:
+        self.counts: dict[str, int] = {}
         self.bytes = 0
-        self.tty = sys.stderr.isatty()
+        self.listed = 0
+        self._verbose, self._dry_run = verbose, dry_run
+        self._bar: Any = None
+        self._drawn = 0.0
+        if sys.stderr.isatty() if show is None else show:
+            from tqdm import tqdm
 
-    def __call__(self, outcome: str, size: int) -> None:
-        self.counts[outcome] += 1
-        if outcome == self.verb:
+            self._bar = tqdm(desc=desc, unit="obj", file=sys.stderr, total=0, leave=False, **_screen())
+
+    def found(self, n: int = 1) -> None:
+        """`n` more objects were listed: the total grows."""
+        self.listed += n
+        if self._bar is not None:
+            self._bar.total = self.listed
+            now = time.monotonic()
+            if now - self._drawn >= 0.5:  # a page of a listing is a thousand calls
+                self._drawn = now
+                self._bar.refresh()
+
+    def done(self, outcome: str, line: str, *, size: int = 0, changes: bool = False) -> None:
+        """One object finished with `outcome` (a count's name); `line` says so, printed with
+        `verbose` (or with `dry_run` when it `changes` something). `size` counts as bytes moved
+        when it `changes`."""
+        self.counts[outcome] = self.counts.get(outcome, 0) + 1
+        if changes:
             self.bytes += size
-        if self.tty:
-            click.echo(
-                f"\r{self.verb} {self.counts[self.verb]} ({self.bytes / 1e6:.1f} MB), "
-                f"already done {self.counts['already']}, skipped {self.counts['skipped']}",
-                nl=False,
-                err=True,
-            )
+        if self._verbose or (self._dry_run and changes):
+            self.say(line)
+        if self._bar is not None:
+            self._bar.set_postfix_str(", ".join(f"{name} {n}" for name, n in self.counts.items()), refresh=False)
+            self._bar.update(1)
 
-    def end(self) -> None:
-        """Finish the line (before the summary)."""
-        if self.tty:
-            click.echo("", err=True)
+    def say(self, line: str) -> None:
+        """A line on stdout that does not break the bar."""
+        if self._bar is None:
+            click.echo(line)
+        else:
+            from tqdm import tqdm
 
-    def finish(self, summary: str, skipped: list[tuple[str, str]]) -> None:
-        """End the line, print the run's `summary` and each skipped object (key: why) on stdout,
-        and exit with status 1 when any was skipped."""
-        self.end()
-        click.echo(summary)
-        for key, why in skipped:
-            click.echo(f"  skipped {key}: {why}")
-        if skipped:
-            sys.exit(1)
+            tqdm.write(line, file=sys.stdout)
+
+    def close(self) -> None:
+        """Show the bar's last state, then clear it (before the summary)."""
+        if self._bar is not None:
+            self._bar.refresh()
+            self._bar.close()
+            self._bar = None
+
+
+def _screen() -> dict[str, Any]:
+    """tqdm's size arguments: the terminal's, followed as it changes; a terminal that reports no
+    size (0 x 0, as a fresh pty) gets 80 x 24, since tqdm draws nothing in no columns or rows."""
+    try:
+        size = os.get_terminal_size(sys.stderr.fileno())
+    except (OSError, ValueError):
+        size = os.terminal_size((0, 0))
+    if size.columns and size.lines:
+        return {"dynamic_ncols": True}
+    return {"ncols": 80, "nrows": 24}
+
+
+T = TypeVar("T")
+
+
+class _End:
+    pass
+
+
+class Ahead(Generic[T]):
+    """The items of `items` (a listing), fetched ahead by a task of their own while the caller
+    works on earlier ones, each reported to `found` as it arrives (a `Tally`'s total); at most
+    `depth` wait. An async context manager: leaving it stops the listing. An error of the
+    listing is raised where its place in the order comes."""
+
+    def __init__(
+        self, items: AsyncIterator[T], found: Callable[[T], None] | None = None, *, depth: int = 10_000
+    ) -> None:
+        self._items = items
+        self._found = found
+        self._queue: asyncio.Queue[T | _End | BaseException] = asyncio.Queue(depth)
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> Ahead[T]:
+        self._task = asyncio.create_task(self._fill())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.wait({self._task})
+
+    async def _fill(self) -> None:
+        try:
+            async for item in self._items:
+                if self._found is not None:
+                    self._found(item)
+                await self._queue.put(item)
+        except Exception as exc:  # noqa: BLE001 - handed to the consumer, raised there
+            await self._queue.put(exc)
+            return
+        finally:
+            close = getattr(self._items, "aclose", None)
+            if close is not None:
+                await close()
+        await self._queue.put(_End())
+
+    def __aiter__(self) -> Ahead[T]:
+        return self
+
+    async def __anext__(self) -> T:
+        if self._task is None:
+            raise RuntimeError("Ahead is iterated inside `async with` only")
+        item = await self._queue.get()
+        if isinstance(item, _End):
+            self._queue.put_nowait(item)  # iterated again: still at the end
+            raise StopAsyncIteration
+        if isinstance(item, BaseException):
+            raise item
+        return item
 
 
 class Progress(Protocol):

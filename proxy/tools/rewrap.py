@@ -14,9 +14,12 @@ Objects moved by runs from before pending records existed are found by their ear
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from urllib.parse import quote
+
+import click
 
 from proxy.crypto.format import Envelope, FormatError, IntegrityError, Layout, Manifest, is_sealgate_object
 from proxy.crypto.multipart import stored_length
@@ -29,7 +32,7 @@ from proxy.store.completion import drop_pending, find_manifest, finish_pending, 
 from proxy.store.copies import SourceChanged, backend_copy
 from proxy.store.gateway import Gateway
 from proxy.store.listing import list_keys, versions_with
-from proxy.store.records import ManifestMissing, put_record, record_key
+from proxy.store.records import ManifestMissing, put_record, read_manifest, record_key
 from proxy.store.signatures import (
     check_single,
     manifest_check,
@@ -38,6 +41,17 @@ from proxy.store.signatures import (
     sign_single,
     signed_single,
 )
+from proxy.tools.bulk import finish, run_tool
+from proxy.tools.options import (
+    config_option,
+    dry_run_option,
+    location_options,
+    progress_option,
+    required_location,
+    tool_logging,
+    verbosity_options,
+)
+from proxy.tools.progress import Ahead, Tally
 
 
 @dataclass
@@ -54,22 +68,23 @@ class RewrapReport:
 CHANGED_ATTEMPTS = 3
 
 
-async def rewrap_object(gw: Gateway, bucket: str, key: str, to_key: str) -> str:
-    """Re-wrap one object's data key under `to_key`; returns "rewrapped" or "already".
+async def rewrap_object(gw: Gateway, bucket: str, key: str, to_key: str, *, dry_run: bool = False) -> str:
+    """Re-wrap one object's data key under `to_key`; returns "rewrapped" or "already" (with
+    `dry_run`, what it would return: every check and key use is made, nothing is written).
 
     A client may overwrite the object while this runs; the backend copy is pinned to the body
     that was read (see `backend_copy`), so the new object is refused rather than stored
     with the old one's envelope, and the rewrap starts again with the new object."""
     for attempt in range(1, CHANGED_ATTEMPTS + 1):
         try:
-            return await _rewrap_once(gw, bucket, key, to_key)
+            return await _rewrap_once(gw, bucket, key, to_key, dry_run)
         except SourceChanged:
             if attempt == CHANGED_ATTEMPTS:
                 raise
     raise AssertionError("unreachable")
 
 
-async def _rewrap_once(gw: Gateway, bucket: str, key: str, to_key: str) -> str:
+async def _rewrap_once(gw: Gateway, bucket: str, key: str, to_key: str, dry_run: bool) -> str:
     head = await gw.backend.request("HEAD", bucket, key)
     head.release()
     if head.status >= 300:
@@ -94,13 +109,13 @@ async def _rewrap_once(gw: Gateway, bucket: str, key: str, to_key: str) -> str:
     env.check_name(data_key, bucket, key)
     wrapped = await gw.materials.wrap(to_key, data_key, context)
     if wrapped.key_ref == env.key_ref:
-        if env.layout == "multipart" and await _follow_manifest(gw, bucket, key, head, data_key, env):
+        if env.layout == "multipart" and await _follow_manifest(gw, bucket, key, head, data_key, env, dry_run):
             return "rewrapped"  # finishes a run interrupted between object and manifest
         return "already"
     manifest: Manifest | None = None
     if env.layout == "multipart":
         check = manifest_check(gw, env, bucket, key)  # signed anew below: only if it is authentic now
-        manifest = await find_manifest(gw, bucket, key, head, total, data_key, env, check)
+        manifest = await _manifest(gw, bucket, key, head, total, data_key, env, check, dry_run)
     new_env = dataclasses.replace(env, key_ref=wrapped.key_ref, wrapped_key=wrapped.wrapped)
     if manifest is not None:
         require_signer(gw, new_env.key_ref)  # its moved manifest must be signed for the target key's readers
@@ -110,6 +125,8 @@ async def _rewrap_once(gw: Gateway, bucket: str, key: str, to_key: str) -> str:
             # Its signature (the wrapped key is not signed) is not one the target key's readers trust.
             require_signer(gw, new_env.key_ref)
             new_env = sign_single(gw, new_env, bucket, key, plaintext_length)
+    if dry_run:
+        return "rewrapped"
     headers = {f"x-amz-meta-{k}": v for k, v in new_env.to_metadata().items()}
     headers.update({n: head.headers[n] for n in CONTENT_HEADERS if n in head.headers})
     source = "/" + quote(f"{bucket}/{key}", safe="/~")
@@ -143,8 +160,29 @@ async def _drop_record(gw: Gateway, bucket: str, key: str, name: str) -> None:
         old.release()
 
 
+async def _manifest(
+    gw: Gateway,
+    bucket: str,
+    key: str,
+    head: BackendResponse,
+    total: int,
+    data_key: bytes,
+    env: Envelope,
+    check: Callable[[bytes, Mapping[str, str]], None] | None,
+    dry_run: bool,
+) -> Manifest:
+    """The multipart object's manifest; in a dry run only the one stored under its ETag is read
+    (finishing a pending record would write), and a pending one stands in as it is."""
+    if not dry_run:
+        return await find_manifest(gw, bucket, key, head, total, data_key, env, check)
+    try:
+        return await read_manifest(gw, bucket, key, head, data_key, env.salt, check)
+    except ManifestMissing:
+        return Manifest((), "", "")  # a real run finishes the pending record first
+
+
 async def _follow_manifest(
-    gw: Gateway, bucket: str, key: str, head: BackendResponse, data_key: bytes, env: Envelope
+    gw: Gateway, bucket: str, key: str, head: BackendResponse, data_key: bytes, env: Envelope, dry_run: bool
 ) -> bool:
     """Make sure a multipart object's manifest is recorded under its current backend ETag; True
     when it had to be moved there from an earlier ETag of the same body.
@@ -163,6 +201,8 @@ async def _follow_manifest(
         raise await probe.error()
     require_signer(gw, env.key_ref)
     check = manifest_check(gw, env, bucket, key)
+    if dry_run:
+        return True  # a real run moves (or looks for) the record: something to do
     size = int(head.headers.get("Content-Length", "-1"))
     try:
         await finish_pending(gw, bucket, key, head, size, data_key, env, check)
@@ -201,21 +241,71 @@ async def rewrap(
     prefix: str,
     to_key: str,
     *,
-    progress: Callable[[str, int], None] | None = None,
+    progress: Callable[[str, str, int], None] | None = None,
+    listed: Callable[[tuple[str, int]], None] | None = None,
+    dry_run: bool = False,
 ) -> RewrapReport:
-    """Re-wrap every sealgate object under `prefix`; failures are reported, not fatal."""
+    """Re-wrap every sealgate object under `prefix` (with `dry_run`, report what would be, and
+    write nothing); failures are reported, not fatal. `listed` hears of each object as the
+    listing (fetched ahead) finds it, `progress` of each one's (key, outcome, stored size)."""
     report = RewrapReport()
-    async for key, size in list_keys(gw, bucket, prefix):
-        try:
-            outcome = await rewrap_object(gw, bucket, key, to_key)
-        except (S3Error, KeyringError, FormatError) as exc:
-            report.skipped.append((key, str(exc)))
-            outcome = "skipped"
-        if outcome == "rewrapped":
-            report.rewrapped += 1
-            report.bytes += size
-        elif outcome == "already":
-            report.already += 1
-        if progress is not None:
-            progress(outcome, size)
+    async with Ahead(list_keys(gw, bucket, prefix), listed) as found:
+        async for key, size in found:
+            try:
+                outcome = await rewrap_object(gw, bucket, key, to_key, dry_run=dry_run)
+            except (S3Error, KeyringError, FormatError) as exc:
+                report.skipped.append((key, str(exc)))
+                outcome = "skipped"
+            if outcome == "rewrapped":
+                report.rewrapped += 1
+                report.bytes += size
+            elif outcome == "already":
+                report.already += 1
+            if progress is not None:
+                progress(key, outcome, size)
     return report
+
+
+@click.command("rewrap")
+@location_options()
+@click.option("--to-key", required=True, help="Master key to re-wrap data keys under (id, alias or ARN).")
+@config_option()
+@dry_run_option("List what would be rewrapped (every check and key use is made); write nothing.")
+@progress_option
+@verbosity_options
+def rewrap_cmd(
+    target: str | None,
+    bucket: str | None,
+    prefix: str | None,
+    to_key: str,
+    config_path: Path,
+    dry_run: bool,
+    progress: bool | None,
+) -> None:
+    """Move objects to another master key by re-wrapping their data keys (bodies untouched).
+
+    Works on s3://BUCKET[/PREFIX] (or --bucket B --prefix P). Talks to the backend and KMS
+    with the config's credentials; safe to interrupt and re-run."""
+    where = required_location(target, bucket, prefix)
+    chosen = tool_logging()
+    verb = "would rewrap" if dry_run else "rewrapped"
+    tally = Tally("rewrap", show=False if chosen.quiet else progress, verbose=chosen.verbose, dry_run=dry_run)
+
+    def one(key: str, outcome: str, size: int) -> None:
+        word = verb if outcome == "rewrapped" else outcome
+        tally.done(word, f"{word} s3://{where.bucket}/{key}", size=size, changes=outcome == "rewrapped")
+
+    def work(gw: Gateway) -> Awaitable[RewrapReport]:  # key uses to <audit.path>.rewrap
+        return rewrap(
+            gw, where.bucket, where.prefix, to_key, progress=one, listed=lambda _: tally.found(), dry_run=dry_run
+        )
+
+    try:
+        report = run_tool(config_path, where, work, audit_as="rewrap")
+    finally:
+        tally.close()
+    summary = (
+        f"{verb} {report.rewrapped} objects ({report.bytes} bytes), {report.already} already under {to_key}, "
+        f"{len(report.skipped)} skipped"
+    )
+    finish(tally, chosen, summary, [("skipped", key, why) for key, why in report.skipped])

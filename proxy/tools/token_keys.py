@@ -86,12 +86,17 @@ def with_config(
     sys.exit(0)
 
 
-def rotation(key_id: str | None, due: bool) -> Callable[[Config], str]:
+def rotation(key_id: str | None, due: bool, dry_run: bool = False) -> Callable[[Config], str]:
     """`keys rotate` of a pkcs11 / kmip config: a new version of `key_id` (no --due here)."""
 
     def rotate(config: Config) -> str:
         if due:
             raise KeyAdminError(f"{config.kms.provider} keys have no rotation schedule here: rotate KEY_ID")
+        if dry_run:
+            raise KeyAdminError(
+                f"--dry-run previews local keyrings only: a {config.kms.provider} rotation adds one key object "
+                f"under {key_id}, and `sealgate keys list` shows its versions"
+            )
         return create(config, key_id or "", "aes-256", rotate=True)
 
     return rotate

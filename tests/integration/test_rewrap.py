@@ -50,7 +50,7 @@ def test_rewrap_200_objects_interrupted_and_resumed(moto_url: str, tls_files: di
             await backend.start()
             seen = 0
 
-            def stop_halfway(outcome: str, size: int) -> None:
+            def stop_halfway(key: str, outcome: str, size: int) -> None:
                 nonlocal seen
                 seen += 1
                 if seen == 100:

@@ -18,6 +18,7 @@ from proxy.tools.offline.encrypt import encrypt_file
 from proxy.tools.offline.files import OfflineError, Output, outputs
 from proxy.tools.offline.keys import KeySource, key_source_options
 from proxy.tools.offline.metadata import parse_metadata_document, parse_user_metadata
+from proxy.tools.options import verbosity_options
 from proxy.tools.progress import Bars
 
 #: A manifest lists at most 10,000 parts (~100 bytes each): anything bigger is not one.
@@ -108,6 +109,7 @@ _progress_opt = click.option(
 @_progress_opt
 @click.argument("src", metavar="IN", type=click.Path(path_type=Path, exists=True, dir_okay=False))
 @click.argument("dst", metavar="OUT", type=click.Path(path_type=Path, dir_okay=False))
+@verbosity_options
 def encrypt_cmd(
     keys: KeySource,
     key_id: str | None,
@@ -193,6 +195,7 @@ def encrypt_cmd(
 @_progress_opt
 @click.argument("src", metavar="IN", type=click.Path(path_type=Path, exists=True, dir_okay=False))
 @click.argument("dst", metavar="OUT", type=click.Path(path_type=Path, dir_okay=False))
+@verbosity_options
 def decrypt_cmd(
     keys: KeySource,
     bucket: str,

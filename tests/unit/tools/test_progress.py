@@ -1,33 +1,74 @@
-"""The operator tools' progress line (rewrap, copy)."""
+"""What the bulk tools show while they run: the bar's counts, the per-object lines, and the
+listing fetched ahead that gives them a total."""
 
 from __future__ import annotations
 
-import sys
+import asyncio
+from collections.abc import AsyncIterator
 
 import pytest
 
-from proxy.tools.progress import ProgressLine
+from proxy.tools.progress import Ahead, Tally
 
 
-def test_progress_line_on_a_terminal(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
-    progress = ProgressLine("copied")
-    progress("copied", 2_000_000)
-    progress("already", 10)
-    progress("skipped", 0)
-    progress("copied", 500_000)
-    progress.end()
-    err = capsys.readouterr().err
-    assert err.endswith("\rcopied 2 (2.5 MB), already done 1, skipped 1\n")
-    assert progress.counts == {"copied": 2, "already": 1, "skipped": 1} and progress.bytes == 2_500_000
+def test_tally_counts_and_prints_lines_only_when_asked(capsys: pytest.CaptureFixture[str]) -> None:
+    quiet = Tally("copy", show=False)
+    quiet.found(3)
+    quiet.done("copied", "copied s3://a/1", size=2_000_000, changes=True)
+    quiet.done("already", "already s3://a/2", size=10)
+    quiet.close()
+    assert capsys.readouterr() == ("", "")
+    assert quiet.counts == {"copied": 1, "already": 1} and quiet.bytes == 2_000_000 and quiet.listed == 3
+
+    dry = Tally("copy", show=False, dry_run=True)
+    dry.done("would copy", "would copy s3://a/1", changes=True)
+    dry.done("already", "already s3://a/2")
+    verbose = Tally("copy", show=False, verbose=True)
+    verbose.done("already", "already s3://a/2")
+    assert capsys.readouterr().out == "would copy s3://a/1\nalready s3://a/2\n"
 
 
-def test_progress_line_is_silent_off_a_terminal(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    monkeypatch.setattr(sys.stderr, "isatty", lambda: False)
-    progress = ProgressLine("rewrapped")
-    progress("rewrapped", 100)
-    progress.end()
-    assert capsys.readouterr().err == ""
-    assert progress.counts["rewrapped"] == 1
+def test_ahead_lists_in_order_reports_each_item_and_raises_where_the_listing_failed() -> None:
+    async def listing(fail_after: int | None) -> AsyncIterator[int]:
+        for i in range(5):
+            if i == fail_after:
+                raise LookupError("page 2 failed")
+            await asyncio.sleep(0)
+            yield i
+
+    async def run(fail_after: int | None) -> tuple[list[int], list[int], BaseException | None]:
+        found: list[int] = []
+        got: list[int] = []
+        try:
+            async with Ahead(listing(fail_after), found.append, depth=2) as items:
+                async for item in items:
+                    got.append(item)
+        except LookupError as exc:
+            return found, got, exc
+        return found, got, None
+
+    assert asyncio.run(run(None)) == ([0, 1, 2, 3, 4], [0, 1, 2, 3, 4], None)
+    found, got, error = asyncio.run(run(3))
+    assert got == [0, 1, 2] and found == [0, 1, 2] and isinstance(error, LookupError)
+
+
+def test_leaving_ahead_early_stops_the_listing() -> None:
+    listed: list[int] = []
+
+    async def endless() -> AsyncIterator[int]:
+        i = 0
+        while True:
+            await asyncio.sleep(0)
+            yield i
+            i += 1
+
+    async def run() -> int:
+        async with Ahead(endless(), listed.append, depth=10) as items:
+            async for item in items:
+                if item == 3:
+                    break
+        seen = len(listed)
+        await asyncio.sleep(0.05)
+        return seen
+
+    assert asyncio.run(run()) == len(listed) <= 3 + 10 + 1

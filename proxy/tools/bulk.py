@@ -1,0 +1,94 @@
+"""What the commands of the bulk tools (rewrap, copy, convert, gc) share: the config loaded, the
+work run on an operator gateway, one clear line and a non-zero exit for what stops a run as a
+whole (a missing bucket, an unreachable backend or key service, an audit log in use), and the
+summary with the objects skipped or failed."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import NoReturn, TypeVar
+
+import click
+
+from proxy.store.gateway import Gateway
+from proxy.tools.options import Location, Verbosity
+from proxy.tools.progress import Tally
+
+R = TypeVar("R")
+
+
+def fail(message: str, status: int = 2) -> NoReturn:
+    """One line on stderr, then exit (2: the run could not start or go on)."""
+    click.echo(f"sealgate: {message}", err=True)
+    sys.exit(status)
+
+
+def run_tool(
+    config_path: Path,
+    where: Location,
+    work: Callable[[Gateway], Awaitable[R]],
+    *,
+    audit_as: str | None,
+    identity: str | None = None,
+) -> R:
+    """`work` on a gateway of the config's backend and keys (key uses audited into
+    ``<audit.path>.<audit_as>`` when `audit_as`), as one run; what stops the run as a whole ends
+    the command with one line naming it, never a traceback."""
+    import aiohttp
+
+    from proxy.audit import AuditError
+    from proxy.config import ConfigError, load_config
+    from proxy.kms.base import KeyringError
+    from proxy.kms.keystore import KeyringFileError
+    from proxy.s3.errors import S3Error
+    from proxy.wiring import audited_gateway, operator_gateway
+
+    try:
+        config = load_config(config_path)
+    except ConfigError as exc:
+        fail(str(exc))
+
+    async def go() -> R:
+        if audit_as is not None:
+            async with audited_gateway(config, audit_as, identity) as gw:
+                return await work(gw)
+        async with operator_gateway(config) as gw:
+            return await work(gw)
+
+    try:
+        return asyncio.run(go())
+    except S3Error as exc:  # listing the bucket itself (missing, refused): nothing was changed
+        fail(f"bucket {where.bucket}: {exc.code}: {exc.message}")
+    except KeyringError as exc:
+        fail(f"{exc.code}: {exc.message}")
+    except (AuditError, KeyringFileError, RuntimeError) as exc:
+        fail(str(exc))
+    except (OSError, aiohttp.ClientError) as exc:
+        fail(f"backend {config.backend.endpoint}: {exc or type(exc).__name__}")
+    except KeyboardInterrupt:
+        fail("interrupted: what was done stays done, and running the same command again goes on", 130)
+
+
+def finish(
+    tally: Tally,
+    chosen: Verbosity,
+    summary: str,
+    problems: list[tuple[str, str, str]],
+    *,
+    then: str = "",
+    failed: bool | None = None,
+) -> None:
+    """Clear the bar, print the `summary` (not with ``-q``) and each problem (kind, key, why),
+    then the line `then`; exit 1 when the run `failed` (default: when there were problems)."""
+    tally.close()
+    if not chosen.quiet:
+        click.echo(summary)
+    for kind, key, why in problems:
+        click.echo(f"  {kind} {key}: {why}")
+    if then and not chosen.quiet:
+        click.echo(then)
+    if bool(problems) if failed is None else failed:
+        sys.exit(1)

@@ -1,0 +1,290 @@
+"""The bulk tools (rewrap, copy, convert, gc) as one family (issue 21): the same two ways to name
+what they work on, a --dry-run that changes nothing, progress with a total and ETA on a terminal
+and nothing but the summary on a pipe, and one line for what stops a run as a whole.
+
+Real moto behind a real sealgate, and the real command run as a process."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pty
+import re
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from proxy.cli import main
+from tests.conftest import PASSPHRASE, Stack, backend_client, free_port, multipart_put, start_stack, write_config
+
+SEALGATE = [sys.executable, "-m", "proxy.cli"]
+MiB = 1024 * 1024
+
+
+@pytest.fixture(scope="module")
+def tools(moto_url: str, tls_files: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """A sealgate on moto whose local keyring holds "default" and "key2"."""
+    from proxy.kms.keystore import LocalKeyStore
+
+    st = start_stack(tmp_path_factory.mktemp("tools"), moto_url, tls_files)
+    store = LocalKeyStore.open(st.dir / "keyring", PASSPHRASE.encode())
+    store.create_key("key2")
+    store.save()
+    yield st
+    st.gate.stop()
+
+
+def _cli(st: Stack, *args: str) -> subprocess.CompletedProcess[str]:
+    """The command as a script runs it: stdout and stderr both pipes."""
+    return subprocess.run(
+        [*SEALGATE, *args, "-c", str(st.dir / "sealgate.toml")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def _on_a_terminal(st: Stack, *args: str) -> tuple[int, str, str]:
+    """The command with its stderr on a terminal (a fresh pty, which reports no size) and its
+    stdout on a pipe: (status, stdout, what the terminal showed)."""
+    controller, terminal = pty.openpty()
+    proc = subprocess.Popen(
+        [*SEALGATE, *args, "-c", str(st.dir / "sealgate.toml")],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=terminal,
+        text=True,
+    )
+    os.close(terminal)
+    shown = bytearray()
+
+    def pump() -> None:  # read while it runs: Linux drops what is unread once the pty closes
+        while True:
+            try:
+                chunk = os.read(controller, 65536)
+            except OSError:
+                return
+            if not chunk:
+                return
+            shown.extend(chunk)
+
+    reader = threading.Thread(target=pump, daemon=True)
+    reader.start()
+    try:
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        reader.join(10)
+        os.close(controller)
+    return proc.returncode, out, shown.decode("utf-8", "replace")
+
+
+def _snapshot(raw: Any, *buckets: str) -> dict[str, Any]:
+    """Everything stored in `buckets` (sealgate's own records too): each object's body digest and
+    metadata, and the multipart uploads in progress."""
+    out: dict[str, Any] = {}
+    for bucket in buckets:
+        for item in raw.list_objects_v2(Bucket=bucket).get("Contents", []):
+            obj = raw.get_object(Bucket=bucket, Key=item["Key"])
+            out[f"{bucket}/{item['Key']}"] = (hashlib.sha256(obj["Body"].read()).hexdigest(), obj["Metadata"])
+        uploads = raw.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
+        out[f"{bucket} uploads"] = sorted((u["Key"], u["UploadId"]) for u in uploads)
+    return out
+
+
+def _key_of(raw: Any, bucket: str, key: str) -> str:
+    return str(raw.head_object(Bucket=bucket, Key=key)["Metadata"].get("sg-kr", "not a sealgate object"))
+
+
+def test_each_tool_takes_a_url_or_the_bucket_options(tools: Stack) -> None:
+    s3, raw = tools.client(), backend_client(tools.backend_url)
+    for bucket in ("tl-forms", "tl-forms-dst"):
+        s3.create_bucket(Bucket=bucket)
+    bodies = {key: os.urandom(500) for key in ("a/1", "a/2", "b/1")}
+    for key, body in bodies.items():
+        s3.put_object(Bucket="tl-forms", Key=key, Body=body)
+
+    r = _cli(tools, "rewrap", "s3://tl-forms/a/", "--to-key", "key2")
+    assert r.returncode == 0 and r.stdout.startswith("rewrapped 2 objects"), r.stdout + r.stderr
+    assert [_key_of(raw, "tl-forms", k)[:11] for k in bodies] == ["local:key2:", "local:key2:", "local:defau"]
+    r = _cli(tools, "rewrap", "--bucket", "tl-forms", "--prefix", "b/", "--to-key", "key2")
+    assert r.returncode == 0 and r.stdout.startswith("rewrapped 1 objects"), r.stdout + r.stderr
+
+    r = _cli(tools, "copy", "--bucket", "tl-forms", "--prefix", "a/", "--to-bucket", "tl-forms-dst", "--to-prefix")
+    assert r.returncode == 2  # --to-prefix wants its value
+    args = ("--bucket", "tl-forms", "--prefix", "a/", "--to-bucket", "tl-forms-dst", "--to-prefix", "c/")
+    r = _cli(tools, "copy", *args, "--recursive", "--to-key", "default")
+    assert r.returncode == 0 and r.stdout.startswith("copied 2 objects"), r.stdout + r.stderr
+    r = _cli(tools, "copy", "s3://tl-forms/b/1", "--to-bucket", "tl-forms-dst", "--to-key", "default")
+    assert r.returncode == 0 and r.stdout.startswith("copied 1 objects"), r.stdout + r.stderr
+    assert s3.get_object(Bucket="tl-forms-dst", Key="c/2")["Body"].read() == bodies["a/2"]
+    assert s3.get_object(Bucket="tl-forms-dst", Key="1")["Body"].read() == bodies["b/1"]  # the name kept
+
+    r = _cli(tools, "gc", "s3://tl-forms", "--older-than", "0s")
+    assert r.returncode == 0 and r.stdout.startswith("removed 0 stale uploads"), r.stdout + r.stderr
+
+    r = _cli(tools, "convert", "s3://tl-forms/a/", "--to", "s3ec-v3")
+    assert r.returncode == 0 and r.stdout.startswith("converted 2 objects"), r.stdout + r.stderr
+    assert _key_of(raw, "tl-forms", "b/1").startswith("local:key2:")  # outside the prefix: as it was
+    r = _cli(tools, "convert", "--bucket", "tl-forms", "--to", "s3ec-v3")
+    assert r.returncode == 0 and r.stdout.startswith("converted 1 objects (500 bytes) to s3ec-v3, 2 already"), r.stdout
+    for key, body in bodies.items():
+        assert s3.get_object(Bucket="tl-forms", Key=key)["Body"].read() == body
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["rewrap", "s3://x/a/", "--bucket", "y", "--to-key", "k"], "s3://x/a/ and --bucket y name different places"),
+        (["convert", "s3://x/a/", "--prefix", "b/", "--to", "sealgate"], "and --prefix b/ name different places"),
+        (["convert", "s3://x", "--prefix", "b/", "--to", "sealgate"], "name different places"),
+        (["rewrap", "--prefix", "a/", "--to-key", "k"], "--prefix needs --bucket"),
+        (["rewrap", "--to-key", "k"], "name the bucket: s3://BUCKET[/PREFIX] or --bucket BUCKET"),
+        (["gc"], "name the bucket: s3://BUCKET or --bucket BUCKET"),
+        (["gc", "s3://x/a/"], "gc works on whole buckets"),
+        (["gc", "--bucket", "x", "--prefix", "a/"], "s3://x/a/ names a prefix, but gc works on whole buckets"),
+        (["rewrap", "x/a", "--to-key", "k"], "is not an s3:// URL"),
+        (["copy", "s3://x/a", "s3://y/", "s3://z/", "--to-key", "k"], "too many s3:// URLs"),
+        (["copy", "--bucket", "x", "--prefix", "a", "s3://x/a", "s3://y/", "--to-key", "k"], "too many s3:// URLs"),
+        (["copy", "s3://x/a", "--to-key", "k"], "missing DESTINATION (or --to-bucket)"),
+        (["copy", "--to-prefix", "c/", "s3://x/a", "--to-key", "k"], "--to-prefix needs --to-bucket"),
+        (["copy", "--bucket", "x", "--to-bucket", "y", "--to-key", "k"], "SOURCE names no object"),
+    ],
+)
+def test_conflicting_or_missing_places_are_usage_errors(tmp_path: Path, args: list[str], says: str) -> None:
+    config = tmp_path / "sealgate.toml"
+    config.write_text("# never read: the command line is refused first\n")
+    run = CliRunner().invoke(main, [*args, "-c", str(config)])
+    assert run.exit_code == 2 and says in run.output, run.output
+    assert "Traceback" not in run.output
+
+
+def test_dry_run_lists_what_would_change_and_changes_nothing(tools: Stack) -> None:
+    s3, raw = tools.client(), backend_client(tools.backend_url)
+    for bucket in ("tl-dry", "tl-dry-dst"):
+        s3.create_bucket(Bucket=bucket)
+    for key in ("a/1", "a/2"):
+        s3.put_object(Bucket="tl-dry", Key=key, Body=os.urandom(700))
+    multipart_put(s3, "tl-dry", "a/mp", [os.urandom(5 * MiB), b"tail"])
+    multipart_put(s3, "tl-dry", "gone", [os.urandom(5 * MiB), b"tail"])
+    s3.delete_object(Bucket="tl-dry", Key="gone")  # its manifest is an orphan now
+    s3.create_multipart_upload(Bucket="tl-dry", Key="abandoned")
+    (stale,) = [u["UploadId"] for u in raw.list_multipart_uploads(Bucket="tl-dry")["Uploads"]]  # the backend's id
+    time.sleep(1.1)
+    keyring = tools.dir / "keyring"
+    ring_before = keyring.read_bytes()
+    before = _snapshot(raw, "tl-dry", "tl-dry-dst")
+    objects = ["s3://tl-dry/a/1", "s3://tl-dry/a/2", "s3://tl-dry/a/mp"]
+
+    r = _cli(tools, "rewrap", "--bucket", "tl-dry", "--prefix", "a/", "--to-key", "key2", "--dry-run")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.splitlines() == [f"would rewrap {o}" for o in objects] + [
+        f"would rewrap 3 objects ({r.stdout.split('(')[1].split(')')[0]}), 0 already under key2, 0 skipped"
+    ]
+    r = _cli(tools, "copy", "s3://tl-dry/a/", "s3://tl-dry-dst/b/", "--recursive", "--to-key", "key2", "--dry-run")
+    assert r.returncode == 0, r.stdout + r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[:3] == [f"would copy {o} to s3://tl-dry-dst/b/{o.rsplit('/', 1)[1]}" for o in objects]
+    assert lines[3].startswith("would copy 3 objects") and len(lines) == 4
+    r = _cli(tools, "convert", "--bucket", "tl-dry", "--prefix", "a/", "--to", "s3ec-v3", "--dry-run")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.splitlines()[:3] == [f"would convert {o}" for o in objects]
+    assert r.stdout.splitlines()[3].startswith("would convert 3 objects")
+    r = _cli(tools, "gc", "--bucket", "tl-dry", "--older-than", "0s", "--dry-run")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"would abort stale upload abandoned ({stale})" in r.stdout.splitlines()
+    assert [line for line in r.stdout.splitlines() if line.startswith("would delete orphan manifest")] != []
+    assert "would remove 1 stale uploads, 1 orphan manifests" in r.stdout
+    r = subprocess.run(
+        [*SEALGATE, "keys", "rotate", "key2", "--dry-run", "--keyring", str(keyring)],
+        env={**os.environ, "SEALGATE_KEYRING_PASSPHRASE": PASSPHRASE},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 0 and r.stdout == "would rotate key2: to version 2\n", r.stdout + r.stderr
+
+    assert _snapshot(raw, "tl-dry", "tl-dry-dst") == before
+    assert keyring.read_bytes() == ring_before
+    # What the dry runs listed is what the real runs do.
+    r = _cli(tools, "rewrap", "s3://tl-dry/a/", "--to-key", "key2")
+    assert r.returncode == 0 and r.stdout.startswith("rewrapped 3 objects"), r.stdout + r.stderr
+    r = _cli(tools, "gc", "s3://tl-dry", "--older-than", "0s")
+    assert r.returncode == 0 and "removed 1 stale uploads, 1 orphan manifests" in r.stdout, r.stdout + r.stderr
+
+
+def _total_and_eta(shown: str, total: int) -> bool:
+    """Whether the terminal showed a bar of N/`total` objects with its ETA (tqdm's
+    ``3/12 [00:01<00:02, ...]``)."""
+    return re.search(rf"\b\d+/{total} \[\d\d:\d\d<\d\d:\d\d", shown) is not None
+
+
+def test_progress_shows_a_total_on_a_terminal_and_only_the_summary_on_a_pipe(tools: Stack) -> None:
+    s3, raw = tools.client(), backend_client(tools.backend_url)
+    for bucket in ("tl-progress", "tl-progress-dst"):
+        s3.create_bucket(Bucket=bucket)
+    for i in range(12):
+        s3.put_object(Bucket="tl-progress", Key=f"obj/{i:02d}", Body=os.urandom(300))
+    for key in ("mp/1", "mp/2", "mp/3"):
+        multipart_put(s3, "tl-progress", key, [os.urandom(100)])  # what gc looks at: their manifests, kept
+    gc_items = len(raw.list_multipart_uploads(Bucket="tl-progress").get("Uploads", [])) + sum(
+        raw.list_objects_v2(Bucket="tl-progress", Prefix=f".sealgate/{kind}/")["KeyCount"]
+        for kind in ("up", "pt", "pc", "mp")
+    )
+    assert gc_items == 3
+    runs = [
+        (["rewrap", "--bucket", "tl-progress", "--prefix", "obj/", "--to-key", "key2"], 12, "rewrapped 12", "already"),
+        (
+            ["copy", "s3://tl-progress/obj/", "s3://tl-progress-dst/", "--recursive", "--to-key", "key2"],
+            12,
+            "copied 12",
+            "already",
+        ),
+        (["convert", "--bucket", "tl-progress", "--prefix", "obj/", "--to", "s3ec-v3"], 12, "converted 12", "already"),
+        (["gc", "--bucket", "tl-progress"], gc_items, "removed 0 stale uploads", "kept"),
+    ]
+    for args, total, summary, word in runs:
+        status, out, shown = _on_a_terminal(tools, *args)
+        assert status == 0 and out.startswith(summary), out + shown
+        assert _total_and_eta(shown, total), shown
+        # Run again (nothing left to do): on a pipe, only the summary line, nothing on stderr.
+        r = _cli(tools, *args)
+        assert r.returncode == 0 and r.stderr == "" and len(r.stdout.splitlines()) == 1, r.stdout + r.stderr
+        r = _cli(tools, *args, "-q")
+        assert (r.returncode, r.stdout, r.stderr) == (0, "", "")
+        r = _cli(tools, *args, "-v")  # a line per object
+        lines = r.stdout.splitlines()
+        assert r.returncode == 0 and len(lines) == total + 1, r.stdout + r.stderr
+        assert all(
+            line.startswith(f"{word} s3://tl-progress/" if word == "already" else word) for line in lines[:-1]
+        ), lines
+
+
+def test_what_stops_a_run_is_one_line(tools: Stack, tmp_path: Path, tls_files: dict[str, Path]) -> None:
+    """A bucket that is not there, or a backend that does not answer: one line naming it, exit 2."""
+    runs = [
+        ["rewrap", "--bucket", "tl-no-such-bucket", "--to-key", "default"],
+        ["gc", "--bucket", "tl-no-such-bucket", "--older-than", "0s"],
+        ["convert", "--bucket", "tl-no-such-bucket", "--to", "sealgate"],
+        ["copy", "s3://tl-no-such-bucket/a/", "s3://tl-elsewhere/", "--recursive", "--to-key", "default"],
+    ]
+    for args in runs:
+        r = _cli(tools, *args)
+        assert r.returncode == 2 and r.stdout == "", r.stdout + r.stderr
+        lines = r.stderr.splitlines()
+        assert len(lines) == 1 and lines[0].startswith("sealgate: bucket tl-no-such-bucket: NoSuchBucket: "), lines
+    dead = Stack(tools.gate, f"http://127.0.0.1:{free_port()}", tools.ca_path, tmp_path)
+    write_config(tmp_path, backend=dead.backend_url, tls=tls_files, port=free_port())
+    for args in runs:
+        r = _cli(dead, *args)
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+        lines = r.stderr.splitlines()
+        assert lines[-1] == "sealgate: bucket tl-no-such-bucket: ServiceUnavailable: the storage backend is unreachable"
+        assert len(lines) <= 2, lines  # and the backend's warning, once
