@@ -1,5 +1,7 @@
 # sealgate: TLS-terminating, envelope-encrypting S3 proxy.
-FROM python:3.12-slim
+# Pinned by digest (the multi-arch index of python:3.12-slim): a rebuild gets the same base.
+# To update: docker pull python:3.12-slim && docker images --digests python
+FROM python:3.12-slim@sha256:78387bc3881b8273120a12ebe6c1ab22b018ccc2c9adf565ae1ac9b536e184ea
 
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
 WORKDIR /app

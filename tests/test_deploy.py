@@ -7,6 +7,8 @@ import re
 import tomllib
 from pathlib import Path
 
+import kubernetes_validate
+import pytest
 import yaml
 
 from proxy.config import Config
@@ -23,8 +25,12 @@ def _valid(text: str) -> Config:
 def test_kubernetes_recipe() -> None:
     docs = list(yaml.safe_load_all((DEPLOY / "kubernetes" / "sealgate.yaml").read_text()))
     kinds = {d["kind"]: d for d in docs}
-    assert set(kinds) == {"ConfigMap", "Deployment", "Service"}
+    assert set(kinds) == {"ConfigMap", "Deployment", "Service", "PodDisruptionBudget", "NetworkPolicy"}
     config = _valid(kinds["ConfigMap"]["data"]["sealgate.toml"])
+    assert kinds["Deployment"]["spec"]["replicas"] >= 2
+    assert kinds["PodDisruptionBudget"]["spec"]["maxUnavailable"] == 1
+    (ingress,) = kinds["NetworkPolicy"]["spec"]["ingress"]
+    assert ingress["ports"] == [{"protocol": "TCP", "port": config.server.listen_address[1]}]
     assert config.server.listen_address[1] == 8443
     pod = kinds["Deployment"]["spec"]["template"]["spec"]
     (container,) = pod["containers"]
@@ -33,6 +39,13 @@ def test_kubernetes_recipe() -> None:
     # Secrets as sealgate accepts them: readable by the pod's group only.
     assert pod["securityContext"]["fsGroup"] == pod["securityContext"]["runAsUser"]
     assert all(v["secret"]["defaultMode"] == 0o440 for v in pod["volumes"] if "secret" in v)
+
+
+@pytest.mark.parametrize("version", ["1.29.0", kubernetes_validate.latest_version()])
+def test_kubernetes_manifests_match_the_kubernetes_schemas(version: str) -> None:
+    """Strict: a misspelt or misplaced field is an error, not something kubectl drops."""
+    for doc in yaml.safe_load_all((DEPLOY / "kubernetes" / "sealgate.yaml").read_text()):
+        kubernetes_validate.validate(doc, version, strict=True)
 
 
 def test_compose_recipe() -> None:
@@ -47,3 +60,12 @@ def test_balancer_recipes_check_readiness_and_pass_tls_through() -> None:
     assert "mode tcp" in haproxy and "GET /-/readyz" in haproxy
     nginx = (DEPLOY / "nginx" / "nginx.conf").read_text()
     assert "stream {" in nginx and "ssl_certificate" not in nginx
+
+
+def test_dockerfile_is_pinned_and_checks_the_configured_listener() -> None:
+    dockerfile = (DEPLOY.parent / "Dockerfile").read_text()
+    (base,) = re.findall(r"^FROM (\S+)", dockerfile, re.M)
+    assert re.fullmatch(r"python:[\w.-]+@sha256:[0-9a-f]{64}", base), base
+    # `sealgate health` asks the port $SEALGATE_CONFIG names, not a fixed address.
+    assert 'CMD ["sealgate", "health"]' in dockerfile and "127.0.0.1" not in dockerfile
+    assert "ENV SEALGATE_CONFIG=" in dockerfile and "USER sealgate" in dockerfile
