@@ -86,14 +86,14 @@ def decide(
     if caller.is_operator:
         return OPEN
     assert caller.identity is not None
-    when = now or datetime.now(UTC)
     policies = config.policies_for(caller.identity)
-    context = context_for(caller, need, when)
-    if caller.anonymous:
-        own = NOBODY  # no identity policy is about an unsigned request, not even "no [[policies]]"
-    else:
-        own = OPEN if policies is None else evaluate(policies, need.action, need.resource, context)
     held = buckets.get(need.bucket) if buckets and need.bucket else None
+    # No identity policy is about an unsigned request, not even "no [[policies]]".
+    fixed = NOBODY if caller.anonymous else OPEN if policies is None else None
+    if fixed is not None and held is None:
+        return fixed  # nothing to evaluate, so no condition keys to gather (most requests)
+    context = context_for(caller, need, now or datetime.now(UTC))
+    own = fixed if fixed is not None else evaluate(policies or (), need.action, need.resource, context)
     if held is None or own.effect == "Deny":
         return own
     policy, restrict_public = held
