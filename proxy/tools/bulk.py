@@ -1,7 +1,7 @@
 """What the commands of the bulk tools (rewrap, copy, convert, gc) share: the config loaded, the
 work run on an operator gateway, one clear line and a non-zero exit for what stops a run as a
-whole (a missing bucket, an unreachable backend or key service, an audit log in use), and the
-summary with the objects skipped or failed."""
+whole (a missing bucket, an unreachable backend or key service, an audit log in use), how a run
+shows its progress, and the summary with the objects skipped or failed."""
 
 from __future__ import annotations
 
@@ -70,6 +70,30 @@ def run_tool(
         fail(f"backend {config.backend.endpoint}: {exc or type(exc).__name__}")
     except KeyboardInterrupt:
         fail("interrupted: what was done stays done, and running the same command again goes on", 130)
+
+
+def start_tally(
+    desc: str,
+    chosen: Verbosity,
+    progress: bool | None,
+    interval: float,
+    *,
+    dry_run: bool,
+    unit: str = "objects",
+    sizes: bool = True,
+) -> Tally:
+    """The run's `Tally`: no progress at all with ``-q`` or ``--no-progress``, else as
+    ``--progress`` and ``--progress-interval`` say."""
+    show = False if chosen.quiet else progress
+    return Tally(
+        desc,
+        show=show,
+        verbose=chosen.verbose,
+        dry_run=dry_run,
+        interval=interval,
+        unit=unit,
+        sizes=sizes,
+    )
 
 
 def finish(

@@ -46,7 +46,7 @@ from proxy.store.listing import list_keys
 from proxy.store.objects import ETAG_TAIL, MAX_PUT_SIZE, read_plaintext, seal_envelope
 from proxy.store.records import record_key
 from proxy.store.signatures import trusted_signers
-from proxy.tools.bulk import finish, run_tool
+from proxy.tools.bulk import finish, run_tool, start_tally
 from proxy.tools.options import (
     config_option,
     dry_run_option,
@@ -56,7 +56,7 @@ from proxy.tools.options import (
     tool_logging,
     verbosity_options,
 )
-from proxy.tools.progress import Ahead, Tally
+from proxy.tools.progress import Ahead
 
 # Named as before the move to tools/: operators filter logs on it.
 log = logging.getLogger("proxy.convert")
@@ -483,6 +483,7 @@ def convert_cmd(
     limit: int | None,
     dry_run: bool,
     progress: bool | None,
+    progress_interval: float,
 ) -> None:
     """Re-encrypt objects from one format to the other (sealgate <-> S3EC V3), in place.
 
@@ -493,7 +494,7 @@ def convert_cmd(
     where = required_location(target, bucket, prefix)
     chosen = tool_logging()
     verb = "would convert" if dry_run else "converted"
-    tally = Tally(f"convert to {to}", show=False if chosen.quiet else progress, verbose=chosen.verbose, dry_run=dry_run)
+    tally = start_tally(f"convert to {to}", chosen, progress, progress_interval, dry_run=dry_run)
 
     def one(key: str, outcome: Outcome) -> None:
         word = verb if outcome.status == "converted" else outcome.status

@@ -39,7 +39,7 @@ from proxy.store.listing import list_keys
 from proxy.store.objects import open_copy_source
 from proxy.store.records import check_reserved, put_record, record_key
 from proxy.store.signatures import require_signer, sign_manifest, sign_single
-from proxy.tools.bulk import finish, run_tool
+from proxy.tools.bulk import finish, run_tool, start_tally
 from proxy.tools.options import (
     Location,
     config_option,
@@ -49,7 +49,7 @@ from proxy.tools.options import (
     tool_logging,
     verbosity_options,
 )
-from proxy.tools.progress import Ahead, Tally
+from proxy.tools.progress import Ahead
 
 
 @dataclass
@@ -243,6 +243,7 @@ def copy_cmd(
     identity: str | None,
     dry_run: bool,
     progress: bool | None,
+    progress_interval: float,
 ) -> None:
     """Copy s3://A/k to s3://B/k2 under master key --to-key; the backend copies the body.
 
@@ -254,7 +255,7 @@ def copy_cmd(
         raise click.UsageError("SOURCE names no object (use --recursive for a prefix)")
     chosen = tool_logging()
     verb = "would copy" if dry_run else "copied"
-    tally = Tally("copy", show=False if chosen.quiet else progress, verbose=chosen.verbose, dry_run=dry_run)
+    tally = start_tally("copy", chosen, progress, progress_interval, dry_run=dry_run)
 
     def one(src_key: str, dst_key: str, outcome: str, size: int) -> None:
         word = verb if outcome == "copied" else outcome

@@ -43,7 +43,7 @@ from proxy.store.objects import open_object
 from proxy.store.part_etags import PARTS_PREFIX
 from proxy.store.records import record_key, upload_record_key
 from proxy.store.reserved import RESERVED_PREFIX
-from proxy.tools.bulk import run_tool
+from proxy.tools.bulk import run_tool, start_tally
 from proxy.tools.options import (
     config_option,
     dry_run_option,
@@ -53,7 +53,7 @@ from proxy.tools.options import (
     tool_logging,
     verbosity_options,
 )
-from proxy.tools.progress import Ahead, Tally
+from proxy.tools.progress import Ahead
 
 _T = TypeVar("_T")
 
@@ -320,6 +320,7 @@ def gc_cmd(
     older_than: str,
     dry_run: bool,
     progress: bool | None,
+    progress_interval: float,
 ) -> None:
     """Abort stale multipart uploads, finish completions a crash interrupted, and delete
     manifests whose object is gone.
@@ -334,7 +335,7 @@ def gc_cmd(
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--older-than") from None
     chosen = tool_logging()
-    tally = Tally("gc", show=False if chosen.quiet else progress, verbose=chosen.verbose, dry_run=dry_run)
+    tally = start_tally("gc", chosen, progress, progress_interval, dry_run=dry_run, unit="items", sizes=False)
     done = {"abort": "aborted", "delete": "deleted", "finish": "finished", "keep": "kept"}
 
     def one(action: str, what: str) -> None:

@@ -41,7 +41,7 @@ from proxy.store.signatures import (
     sign_single,
     signed_single,
 )
-from proxy.tools.bulk import finish, run_tool
+from proxy.tools.bulk import finish, run_tool, start_tally
 from proxy.tools.options import (
     config_option,
     dry_run_option,
@@ -51,7 +51,7 @@ from proxy.tools.options import (
     tool_logging,
     verbosity_options,
 )
-from proxy.tools.progress import Ahead, Tally
+from proxy.tools.progress import Ahead
 
 
 @dataclass
@@ -281,6 +281,7 @@ def rewrap_cmd(
     config_path: Path,
     dry_run: bool,
     progress: bool | None,
+    progress_interval: float,
 ) -> None:
     """Move objects to another master key by re-wrapping their data keys (bodies untouched).
 
@@ -289,7 +290,7 @@ def rewrap_cmd(
     where = required_location(target, bucket, prefix)
     chosen = tool_logging()
     verb = "would rewrap" if dry_run else "rewrapped"
-    tally = Tally("rewrap", show=False if chosen.quiet else progress, verbose=chosen.verbose, dry_run=dry_run)
+    tally = start_tally("rewrap", chosen, progress, progress_interval, dry_run=dry_run)
 
     def one(key: str, outcome: str, size: int) -> None:
         word = verb if outcome == "rewrapped" else outcome

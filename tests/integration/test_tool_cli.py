@@ -1,6 +1,6 @@
 """The bulk tools (rewrap, copy, convert, gc) as one family (issue 21): the same two ways to name
 what they work on, a --dry-run that changes nothing, progress with a total and ETA on a terminal
-and nothing but the summary on a pipe, and one line for what stops a run as a whole.
+and as a plain line now and then elsewhere, and one line for what stops a run as a whole.
 
 Real moto behind a real sealgate, and the real command run as a process."""
 
@@ -41,14 +41,15 @@ def tools(moto_url: str, tls_files: dict[str, Path], tmp_path_factory: pytest.Te
     st.gate.stop()
 
 
-def _cli(st: Stack, *args: str) -> subprocess.CompletedProcess[str]:
-    """The command as a script runs it: stdout and stderr both pipes."""
+def _cli(st: Stack, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """The command as a script runs it: stdout and stderr both pipes (`env` added to ours)."""
     return subprocess.run(
         [*SEALGATE, *args, "-c", str(st.dir / "sealgate.toml")],
         capture_output=True,
         text=True,
         timeout=120,
         stdin=subprocess.DEVNULL,
+        env={**os.environ, **(env or {})},
     )
 
 
@@ -265,6 +266,45 @@ def test_progress_shows_a_total_on_a_terminal_and_only_the_summary_on_a_pipe(too
         assert all(
             line.startswith(f"{word} s3://tl-progress/" if word == "already" else word) for line in lines[:-1]
         ), lines
+
+
+def _progress_lines(stderr: str, desc: str, unit: str = "objects") -> list[str]:
+    """The plain progress lines in `stderr` that give a total (``rewrap: 3/30 objects (10%), ...``)."""
+    shape = rf"{desc}: \d+/[1-9]\d* {unit} \(\d+%\)(, \d+(\.\d)? [kMGT]?B)?, ETA (\d+[hms]\S*|unknown)( \(.+\))?"
+    return [line for line in stderr.splitlines() if re.fullmatch(shape, line)]
+
+
+def test_on_a_pipe_progress_is_a_plain_line_now_and_then(tools: Stack) -> None:
+    """Where stderr is a log or a pipe, each tool says where it is every --progress-interval
+    (or $SEALGATE_PROGRESS_INTERVAL) seconds, with its total; stdout is as without; -q and
+    --no-progress silence the lines."""
+    s3 = tools.client()
+    for bucket in ("tl-lines", "tl-lines-dst"):
+        s3.create_bucket(Bucket=bucket)
+    for i in range(30):
+        multipart_put(s3, "tl-lines", f"mp/{i:02d}", [os.urandom(200)])  # manifests too: what gc works through
+    often = ("--progress-interval", "0.05")
+    runs = [
+        (["rewrap", "s3://tl-lines/mp/", "--to-key", "key2"], "rewrap", "objects", "rewrapped 30 objects"),
+        (["copy", "s3://tl-lines/mp/", "s3://tl-lines-dst/", "--recursive", "--to-key", "key2"], "copy", "objects", ""),
+        (["gc", "s3://tl-lines", "--older-than", "0s"], "gc", "items", "removed 0 stale uploads"),
+        (["convert", "s3://tl-lines/mp/", "--to", "s3ec-v3"], "convert to s3ec-v3", "objects", "converted 30"),
+    ]
+    for args, desc, unit, summary in runs:
+        r = _cli(tools, *args, *often)
+        assert r.returncode == 0 and r.stdout.startswith(summary), r.stdout + r.stderr
+        assert len(r.stdout.splitlines()) == 1, r.stdout  # stdout as without the lines
+        assert _progress_lines(r.stderr, desc, unit) != [], r.stderr
+        # Again (nothing left to do, the same work of looking): the interval from the environment ...
+        r = _cli(tools, *args, env={"SEALGATE_PROGRESS_INTERVAL": "0.01"})
+        assert r.returncode == 0 and _progress_lines(r.stderr, desc, unit) != [], r.stderr
+        # ... and silenced.
+        for silent in ("-q", "--no-progress"):
+            r = _cli(tools, *args, silent, env={"SEALGATE_PROGRESS_INTERVAL": "0.01"})
+            assert r.returncode == 0 and r.stderr == "", r.stderr
+    # The default interval (10 s) says nothing in a run this short: the pipe keeps its old output.
+    r = _cli(tools, *runs[3][0])
+    assert r.returncode == 0 and r.stderr == "", r.stderr
 
 
 def test_what_stops_a_run_is_one_line(tools: Stack, tmp_path: Path, tls_files: dict[str, Path]) -> None:
