@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -9,11 +10,11 @@ from typing import TYPE_CHECKING
 import click
 
 from proxy import __version__
-from proxy.tools.options import config_option, dry_run_option, verbosity, verbosity_options
+from proxy.tools.options import config_option, dry_run_option, json_option, verbosity, verbosity_options
 from proxy.tools.token_keys import config_option as _config_opt
 
 if TYPE_CHECKING:
-    from proxy.kms.keystore import LocalKeyStore
+    from proxy.kms.keystore import KeyInfo, LocalKeyStore
 
 
 def _setup_logging(json_logs: bool = False) -> None:
@@ -220,13 +221,16 @@ def keys_create(
 @_pass_file_opt
 @_pass_env_opt
 @_config_opt
+@json_option
 @verbosity_options
-def keys_list(keyring: Path, passphrase_file: Path | None, passphrase_env: str, config_path: Path | None) -> None:
+def keys_list(
+    keyring: Path, passphrase_file: Path | None, passphrase_env: str, config_path: Path | None, as_json: bool
+) -> None:
     """List master keys (ids and versions, never material)."""
     from proxy.kms.keystore import KeyringFileError, LocalKeyStore
-    from proxy.tools.token_keys import list_lines, with_config
+    from proxy.tools.token_keys import listing, with_config
 
-    local = with_config(config_path, list_lines)
+    local = with_config(config_path, listing(as_json))
     if local is not None:
         keyring, passphrase_file, passphrase_env = local
 
@@ -235,6 +239,9 @@ def keys_list(keyring: Path, passphrase_file: Path | None, passphrase_env: str, 
         store = LocalKeyStore.open(keyring, passphrase)
     except KeyringFileError as exc:
         _fail(str(exc))
+        return
+    if as_json:
+        click.echo(json.dumps({"provider": "local", "keys": [_key_row(info) for info in store.list_keys()]}))
         return
     click.echo(
         f"{'ID':<20} {'TYPE':<8} {'VERSIONS':>8} {'CURRENT':>7}  {'ORIGIN':<10} {'ROTATION':<9} CREATED / LAST ROTATED"
@@ -246,6 +253,20 @@ def keys_list(keyring: Path, passphrase_file: Path | None, passphrase_env: str, 
             f"{info.id:<20} {info.type:<8} {info.versions:>8} {info.current_version:>7}  {info.origin:<10} "
             f"{rotation:<9} {info.created.isoformat()} / {last}"
         )
+
+
+def _key_row(info: KeyInfo) -> dict[str, object]:
+    """A local key as `keys list --json` shows it."""
+    return {
+        "id": info.id,
+        "type": info.type,
+        "versions": info.versions,
+        "current_version": info.current_version,
+        "origin": info.origin,
+        "rotation_period_days": info.rotation_period_days,
+        "created": info.created.isoformat(),
+        "last_rotated": info.last_rotated.isoformat() if info.last_rotated else None,
+    }
 
 
 def _open_store(keyring: Path, passphrase_file: Path | None, passphrase_env: str) -> LocalKeyStore:

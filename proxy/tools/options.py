@@ -1,7 +1,7 @@
 """Options every command shares: which config file (``-c/--config``, ``$SEALGATE_CONFIG``, or
 the one `sealgate quickstart` wrote), how much it says (``-v`` / ``-q``), and for the bulk tools
-what they work on (``s3://bucket[/prefix]`` or ``--bucket`` / ``--prefix``), ``--dry-run``
-and how they show progress."""
+what they work on (``s3://bucket[/prefix]`` or ``--bucket`` / ``--prefix``), ``--dry-run``,
+how they show progress and ``--json``."""
 
 from __future__ import annotations
 
@@ -166,6 +166,16 @@ def progress_option(f: F) -> F:
         default=None,
         help="Progress bar on stderr (--no-progress: no progress at all). [default: a bar on a terminal, "
         "else a plain line every --progress-interval]",
+    )(f)
+
+
+def json_option(f: F) -> F:
+    """``--json``: the command's summary as one JSON object on stdout, and nothing else there."""
+    return click.option(
+        "--json",
+        "as_json",
+        is_flag=True,
+        help="The summary as one JSON object on stdout (nothing else there); exit status as without.",
     )(f)
 
 

@@ -24,7 +24,10 @@ class Tally:
     with `show` None (the default) that bar on a terminal, and elsewhere (a log, a pipe) a
     plain line every `interval` seconds saying the same (`status`); with `show` False nothing.
     With `verbose` a line per object on stdout, and with `dry_run` a line per object the run
-    would change; the bar is cleared around each. Nothing else: the caller prints the summary."""
+    would change; the bar is cleared around each. With `json` the caller prints its summary as
+    JSON on stdout, so those lines go elsewhere: a line per object on stderr with `verbose`,
+    and a dry run's objects into `would` (for the JSON) instead. Nothing else: the caller prints
+    the summary."""
 
     def __init__(
         self,
@@ -33,6 +36,7 @@ class Tally:
         show: bool | None = None,
         verbose: bool = False,
         dry_run: bool = False,
+        json: bool = False,
         interval: float = 10.0,
         unit: str = "objects",
         sizes: bool = True,
@@ -40,9 +44,11 @@ class Tally:
         self.counts: dict[str, int] = {}
         self.bytes = 0
         self.listed = 0
+        #: With `json` and `dry_run`: what each object the run would change was (`done`'s `item`).
+        self.would: list[object] = []
         self.started = time.monotonic()
         self._desc, self._unit, self._sizes = desc, unit, sizes
-        self._verbose, self._dry_run = verbose, dry_run
+        self._verbose, self._dry_run, self._json = verbose, dry_run, json
         self._bar: Any = None
         self._drawn = 0.0
         self._ticker: _Ticker | None = None
@@ -64,27 +70,29 @@ class Tally:
                 self._drawn = now
                 self._bar.refresh()
 
-    def done(self, outcome: str, line: str, *, size: int = 0, changes: bool = False) -> None:
+    def done(self, outcome: str, line: str, *, size: int = 0, changes: bool = False, item: object = None) -> None:
         """One object finished with `outcome` (a count's name); `line` says so, printed with
         `verbose` (or with `dry_run` when it `changes` something). `size` counts as bytes moved
-        when it `changes`."""
+        when it `changes`; `item` is what the JSON of a dry run lists for it (default: `line`)."""
         self.counts[outcome] = self.counts.get(outcome, 0) + 1
         if changes:
             self.bytes += size
-        if self._verbose or (self._dry_run and changes):
+        if self._dry_run and changes and self._json:
+            self.would.append(line if item is None else item)
+        if self._verbose or (self._dry_run and changes and not self._json):
             self.say(line)
         if self._bar is not None:
             self._bar.set_postfix_str(", ".join(f"{name} {n}" for name, n in self.counts.items()), refresh=False)
             self._bar.update(1)
 
     def say(self, line: str) -> None:
-        """A line on stdout that does not break the bar."""
+        """A line on stdout (on stderr with `json`) that does not break the bar."""
         if self._bar is None:
-            click.echo(line)
+            click.echo(line, err=self._json)
         else:
             from tqdm import tqdm
 
-            tqdm.write(line, file=sys.stdout)
+            tqdm.write(line, file=sys.stderr if self._json else sys.stdout)
 
     def elapsed(self) -> float:
         """Seconds since the run started."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -94,6 +95,14 @@ def test_keys_create_and_list(tmp_path: Path) -> None:
     listed = run(["keys", "list", "--keyring", "kr"], tmp_path, env)
     assert listed.returncode == 0
     assert re.search(r"^default\s+aes-256\s+1\s+1\s+generated", listed.stdout, re.M) and "finance" in listed.stdout
+    listed = run(["keys", "list", "--keyring", "kr", "--json"], tmp_path, env)
+    assert listed.returncode == 0, listed.stderr
+    document = json.loads(listed.stdout)
+    assert document["provider"] == "local" and [k["id"] for k in document["keys"]] == ["default", "finance"]
+    first = document["keys"][0]
+    assert (first["type"], first["versions"], first["current_version"]) == ("aes-256", 1, 1)
+    assert first["origin"] == "generated" and first["rotation_period_days"] == 365
+    assert first["last_rotated"] is None and first["created"].startswith("20")
     wrong = run(["keys", "list", "--keyring", "kr"], tmp_path, {"SEALGATE_KEYRING_PASSPHRASE": "wrong"})
     assert wrong.returncode != 0 and "passphrase" in wrong.stderr
     assert "Traceback" not in wrong.stderr
@@ -379,11 +388,20 @@ def test_health_asks_the_configs_own_listener(moto_url: str, tls_files: dict[str
     cfg = write_config(tmp_path, backend=moto_url, tls=tls_files, port=port)
     down = run(["health", "-c", str(cfg)], tmp_path)
     assert down.returncode == 1 and f"127.0.0.1:{port}" in down.stderr
+    down = run(["health", "-c", str(cfg), "--json"], tmp_path)
+    assert down.returncode == 1 and down.stderr == "", down.stderr
+    said = json.loads(down.stdout)
+    assert (said["healthy"], said["status"], said["ready"]) == (False, None, False) and said["answer"], said
+    assert said["url"] == f"https://127.0.0.1:{port}/-/healthz"
     gate = SealgateThread(cfg).start()
     try:
         alive = run(["health"], tmp_path, {"SEALGATE_CONFIG": str(cfg)})
         assert alive.returncode == 0 and alive.stdout.strip() == "ok", alive.stderr
         ready = run(["health", "--ready", "-c", str(cfg)], tmp_path)
         assert ready.returncode == 0 and ready.stdout.strip() == "ready", ready.stderr
+        ready = run(["health", "--ready", "-c", str(cfg), "--json"], tmp_path)
+        assert ready.returncode == 0, ready.stderr
+        said = json.loads(ready.stdout)
+        assert (said["healthy"], said["status"], said["ready"], said["answer"]) == (True, 200, True, "ready")
     finally:
         gate.stop()

@@ -7,6 +7,7 @@ Real moto behind a real sealgate, and the real command run as a process."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import pty
 import re
@@ -305,6 +306,83 @@ def test_on_a_pipe_progress_is_a_plain_line_now_and_then(tools: Stack) -> None:
     # The default interval (10 s) says nothing in a run this short: the pipe keeps its old output.
     r = _cli(tools, *runs[3][0])
     assert r.returncode == 0 and r.stderr == "", r.stderr
+
+
+def _json(r: subprocess.CompletedProcess[str]) -> dict[str, Any]:
+    """The one JSON object that is all a --json run printed on stdout."""
+    assert len(r.stdout.splitlines()) == 1, r.stdout + r.stderr
+    document = json.loads(r.stdout)
+    assert isinstance(document, dict) and isinstance(document.pop("elapsed_seconds"), float), document
+    return document
+
+
+def test_json_summaries_are_one_object_on_stdout_and_exit_as_without(tools: Stack) -> None:
+    s3, raw = tools.client(), backend_client(tools.backend_url)
+    for bucket in ("tl-json", "tl-json-dst"):
+        s3.create_bucket(Bucket=bucket)
+    for key in ("a/1", "a/2", "a/3"):
+        s3.put_object(Bucket="tl-json", Key=key, Body=os.urandom(500))
+    raw.put_object(Bucket="tl-json", Key="a/plain", Body=b"not encrypted")  # what each tool skips
+    listed = raw.list_objects_v2(Bucket="tl-json", Prefix="a/")["Contents"]
+    stored = sum(o["Size"] for o in listed if o["Key"] != "a/plain")
+    not_ours = [{"key": "a/plain", "reason": "InvalidObjectState: not a sealgate object"}]
+
+    r = _cli(tools, "rewrap", "s3://tl-json/a/", "--to-key", "key2", "--dry-run", "--json")
+    assert r.returncode == 1 and r.stderr == "", r.stderr  # a skipped object fails a rewrap, as without --json
+    assert _json(r) == {
+        "command": "rewrap",
+        "dry_run": True,
+        "target": "s3://tl-json/a/",
+        "to_key": "key2",
+        "rewrapped": 3,
+        "bytes": stored,
+        "already": 0,
+        "skipped": not_ours,
+        "failed": [],
+        "would_change": ["a/1", "a/2", "a/3"],
+    }
+    r = _cli(tools, "rewrap", "s3://tl-json/a/", "--to-key", "key2", "--json", "-v")
+    assert r.returncode == 1 and "rewrapped s3://tl-json/a/1" in r.stderr.splitlines(), r.stderr  # -v: on stderr
+    document = _json(r)
+    assert (document["dry_run"], document["rewrapped"], document["skipped"]) == (False, 3, not_ours)
+    assert "would_change" not in document
+    assert _key_of(raw, "tl-json", "a/1").startswith("local:key2:")
+
+    r = _cli(tools, "copy", "s3://tl-json/a/", "s3://tl-json-dst/b/", "--recursive", "--to-key", "key2", "--json")
+    assert r.returncode == 1, r.stdout + r.stderr
+    document = _json(r)
+    assert (document["source"], document["destination"]) == ("s3://tl-json/a/", "s3://tl-json-dst/b/")
+    assert (document["copied"], document["already"], document["bytes"]) == (3, 0, stored)
+    assert document["skipped"] == [{"key": "a/plain", "reason": "sealgate copies only objects it wrote"}]
+    r = _cli(tools, "copy", "s3://tl-json/a/1", "s3://tl-json-dst/c", "--to-key", "key2", "--json", "--dry-run", "-q")
+    assert r.returncode == 0 and _json(r)["would_change"] == [{"key": "a/1", "to": "c"}], r.stdout  # -q: JSON too
+
+    # A tampered body: convert fails it (exit 1), and says why.
+    obj = raw.get_object(Bucket="tl-json", Key="a/3")
+    body = bytearray(obj["Body"].read())
+    body[-1] ^= 1
+    raw.put_object(Bucket="tl-json", Key="a/3", Body=bytes(body), Metadata=obj["Metadata"])
+    r = _cli(tools, "convert", "s3://tl-json/a/", "--to", "s3ec-v3", "--json")
+    assert r.returncode == 1, r.stdout + r.stderr
+    document = _json(r)
+    assert (document["converted"], document["bytes"], document["already"]) == (2, 1000, 0), document
+    unencrypted = "not encrypted (neither a sealgate nor an S3EC object)"
+    assert document["skipped"] == [{"key": "a/plain", "reason": unencrypted}]
+    assert [f["key"] for f in document["failed"]] == ["a/3"] and document["failed"][0]["reason"], document
+    assert (document["to"], document["stopped_at_limit"]) == ("s3ec-v3", False)
+
+    s3.create_multipart_upload(Bucket="tl-json", Key="abandoned")
+    (stale,) = [u["UploadId"] for u in raw.list_multipart_uploads(Bucket="tl-json")["Uploads"]]
+    r = _cli(tools, "gc", "s3://tl-json", "--older-than", "0s", "--json")
+    assert r.returncode == 0, r.stdout + r.stderr
+    document = _json(r)
+    assert document["uploads_aborted"] == [{"key": "abandoned", "upload_id": stale}], document
+    assert (document["command"], document["dry_run"], document["older_than"]) == ("gc", False, "0s")
+    assert document["skipped"] == document["failed"] == document["pending_kept"] == []
+
+    # What stops a run as a whole is still one line on stderr, and nothing on stdout.
+    r = _cli(tools, "rewrap", "--bucket", "tl-no-such-bucket", "--to-key", "key2", "--json")
+    assert (r.returncode, r.stdout) == (2, ""), r.stdout + r.stderr
 
 
 def test_what_stops_a_run_is_one_line(tools: Stack, tmp_path: Path, tls_files: dict[str, Path]) -> None:
