@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -31,8 +31,19 @@ def _fail(message: str) -> None:
     sys.exit(2)
 
 
+#: The variable that asks `sealgate` for shell completions (click's, named for the program).
+COMPLETE_VAR = "_SEALGATE_COMPLETE"
+SHELLS = ("bash", "zsh", "fish")
+
+
 class _Commands(click.Group):
-    """The top-level help lists each command with its whole first sentence (wrapped), not cut at 45 characters."""
+    """The top-level help lists each command with its whole first sentence (wrapped), not cut at
+    45 characters; completion requests are `COMPLETE_VAR` however sealgate was started (the
+    `sealgate` script, or ``python -m proxy.cli``, which click would name otherwise)."""
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs.setdefault("complete_var", COMPLETE_VAR)
+        return super().main(*args, **kwargs)
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         rows = []
@@ -473,6 +484,22 @@ def quickstart(directory: Path, port: int, backend_port: int) -> None:
         run_serve(config)
     finally:
         store_server.stop()
+
+
+@main.command("completion")
+@click.argument("shell", type=click.Choice(SHELLS))
+@verbosity_options
+def completion(shell: str) -> None:
+    """Print the shell completion script for SHELL (bash, zsh or fish).
+
+    Load it from the shell's start-up file: `eval "$(sealgate completion bash)"` in ~/.bashrc,
+    `eval "$(sealgate completion zsh)"` in ~/.zshrc, or `sealgate completion fish >
+    ~/.config/fish/completions/sealgate.fish`."""
+    from click.shell_completion import get_completion_class
+
+    script = get_completion_class(shell)
+    assert script is not None  # one of SHELLS, all click's own
+    click.echo(script(main, {}, "sealgate", COMPLETE_VAR).source())
 
 
 def _register_tools() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -367,6 +368,43 @@ def test_bare_sealgate_shows_whole_summaries(tmp_path: Path) -> None:
     assert r.returncode == 0
     assert "..." not in r.stdout.split("Commands:")[1] and "quickstart" in r.stdout
     assert "interrupted, and delete manifests whose object is gone." in " ".join(r.stdout.split())
+
+
+def _entry_point() -> list[str]:
+    """The `sealgate` script pip installed beside this Python, else what it runs: `main()` with
+    ``sealgate`` as the program's name."""
+    script = Path(sys.executable).with_name("sealgate")
+    if script.is_file():
+        return [str(script)]
+    run_as_script = "import sys; sys.argv[0] = 'sealgate'; from proxy.cli import main; sys.exit(main())"
+    return [sys.executable, "-c", run_as_script]
+
+
+def test_shell_completion_scripts_and_requests(tmp_path: Path) -> None:
+    for shell, says in (("bash", "_sealgate_completion() {"), ("zsh", "#compdef sealgate"), ("fish", "function")):
+        r = run(["completion", shell], tmp_path)
+        assert r.returncode == 0 and says in r.stdout and "_sealgate_completion" in r.stdout, r.stdout + r.stderr
+        assert "_SEALGATE_COMPLETE=" in r.stdout
+    assert run(["completion", "tcsh"], tmp_path).returncode == 2
+
+    # What the scripts ask: the installed `sealgate`, and `python -m proxy.cli` alike.
+    for command in (_entry_point(), SEALGATE):
+        asked = {"COMP_WORDS": "sealgate re", "COMP_CWORD": "1", "_SEALGATE_COMPLETE": "bash_complete"}
+        r = subprocess.run(command, env={**os.environ, **asked}, capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0 and r.stdout.splitlines() == ["plain,rewrap"], (command, r.stdout, r.stderr)
+        asked = {"COMP_WORDS": "sealgate convert --to ", "COMP_CWORD": "3", "_SEALGATE_COMPLETE": "bash_complete"}
+        r = subprocess.run(command, env={**os.environ, **asked}, capture_output=True, text=True, timeout=60)
+        assert r.stdout.splitlines() == ["plain,sealgate", "plain,s3ec-v3"], (command, r.stdout, r.stderr)
+
+    # The bash script itself, loaded into bash and asked as a TAB would; it runs the command it
+    # completes, here a `sealgate` that is the entry point.
+    script, sealgate = tmp_path / "sealgate.bash", tmp_path / "sealgate"
+    script.write_text(run(["completion", "bash"], tmp_path).stdout)
+    sealgate.write_text(f'#!/bin/sh\nexec {shlex.join(_entry_point())} "$@"\n')
+    sealgate.chmod(0o755)
+    tab = f"source {script}; COMP_WORDS=(sealgate gc --older); COMP_CWORD=2; _sealgate_completion {sealgate}"
+    r = subprocess.run(["bash", "-c", tab + '; echo "${COMPREPLY[@]}"'], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stdout.split() == ["--older-than"], r.stdout + r.stderr
 
 
 def test_serve_refuses_a_default_key_the_keyring_lacks(
