@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from proxy import __version__
-from proxy.tools.options import config_option, dry_run_option, verbosity, verbosity_options
+from proxy.tools.options import config_option, dry_run_option, json_option, verbosity, verbosity_options
 from proxy.tools.token_keys import config_option as _config_opt
 
 if TYPE_CHECKING:
-    from proxy.kms.keystore import LocalKeyStore
+    from proxy.kms.keystore import KeyInfo, LocalKeyStore
 
 
 def _setup_logging(json_logs: bool = False) -> None:
@@ -30,8 +31,19 @@ def _fail(message: str) -> None:
     sys.exit(2)
 
 
+#: The variable that asks `sealgate` for shell completions (click's, named for the program).
+COMPLETE_VAR = "_SEALGATE_COMPLETE"
+SHELLS = ("bash", "zsh", "fish")
+
+
 class _Commands(click.Group):
-    """The top-level help lists each command with its whole first sentence (wrapped), not cut at 45 characters."""
+    """The top-level help lists each command with its whole first sentence (wrapped), not cut at
+    45 characters; completion requests are `COMPLETE_VAR` however sealgate was started (the
+    `sealgate` script, or ``python -m proxy.cli``, which click would name otherwise)."""
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs.setdefault("complete_var", COMPLETE_VAR)
+        return super().main(*args, **kwargs)
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         rows = []
@@ -220,13 +232,16 @@ def keys_create(
 @_pass_file_opt
 @_pass_env_opt
 @_config_opt
+@json_option
 @verbosity_options
-def keys_list(keyring: Path, passphrase_file: Path | None, passphrase_env: str, config_path: Path | None) -> None:
+def keys_list(
+    keyring: Path, passphrase_file: Path | None, passphrase_env: str, config_path: Path | None, as_json: bool
+) -> None:
     """List master keys (ids and versions, never material)."""
     from proxy.kms.keystore import KeyringFileError, LocalKeyStore
-    from proxy.tools.token_keys import list_lines, with_config
+    from proxy.tools.token_keys import listing, with_config
 
-    local = with_config(config_path, list_lines)
+    local = with_config(config_path, listing(as_json))
     if local is not None:
         keyring, passphrase_file, passphrase_env = local
 
@@ -235,6 +250,9 @@ def keys_list(keyring: Path, passphrase_file: Path | None, passphrase_env: str, 
         store = LocalKeyStore.open(keyring, passphrase)
     except KeyringFileError as exc:
         _fail(str(exc))
+        return
+    if as_json:
+        click.echo(json.dumps({"provider": "local", "keys": [_key_row(info) for info in store.list_keys()]}))
         return
     click.echo(
         f"{'ID':<20} {'TYPE':<8} {'VERSIONS':>8} {'CURRENT':>7}  {'ORIGIN':<10} {'ROTATION':<9} CREATED / LAST ROTATED"
@@ -246,6 +264,20 @@ def keys_list(keyring: Path, passphrase_file: Path | None, passphrase_env: str, 
             f"{info.id:<20} {info.type:<8} {info.versions:>8} {info.current_version:>7}  {info.origin:<10} "
             f"{rotation:<9} {info.created.isoformat()} / {last}"
         )
+
+
+def _key_row(info: KeyInfo) -> dict[str, object]:
+    """A local key as `keys list --json` shows it."""
+    return {
+        "id": info.id,
+        "type": info.type,
+        "versions": info.versions,
+        "current_version": info.current_version,
+        "origin": info.origin,
+        "rotation_period_days": info.rotation_period_days,
+        "created": info.created.isoformat(),
+        "last_rotated": info.last_rotated.isoformat() if info.last_rotated else None,
+    }
 
 
 def _open_store(keyring: Path, passphrase_file: Path | None, passphrase_env: str) -> LocalKeyStore:
@@ -452,6 +484,22 @@ def quickstart(directory: Path, port: int, backend_port: int) -> None:
         run_serve(config)
     finally:
         store_server.stop()
+
+
+@main.command("completion")
+@click.argument("shell", type=click.Choice(SHELLS))
+@verbosity_options
+def completion(shell: str) -> None:
+    """Print the shell completion script for SHELL (bash, zsh or fish).
+
+    Load it from the shell's start-up file: `eval "$(sealgate completion bash)"` in ~/.bashrc,
+    `eval "$(sealgate completion zsh)"` in ~/.zshrc, or `sealgate completion fish >
+    ~/.config/fish/completions/sealgate.fish`."""
+    from click.shell_completion import get_completion_class
+
+    script = get_completion_class(shell)
+    assert script is not None  # one of SHELLS, all click's own
+    click.echo(script(main, {}, "sealgate", COMPLETE_VAR).source())
 
 
 def _register_tools() -> None:

@@ -1,11 +1,13 @@
 """What the commands of the bulk tools (rewrap, copy, convert, gc) share: the config loaded, the
 work run on an operator gateway, one clear line and a non-zero exit for what stops a run as a
-whole (a missing bucket, an unreachable backend or key service, an audit log in use), and the
-summary with the objects skipped or failed."""
+whole (a missing bucket, an unreachable backend or key service, an audit log in use), how a run
+shows its progress, and the summary with the objects skipped or failed (or, with ``--json``, one
+JSON object saying the same)."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -72,6 +74,54 @@ def run_tool(
         fail("interrupted: what was done stays done, and running the same command again goes on", 130)
 
 
+def start_tally(
+    desc: str,
+    chosen: Verbosity,
+    progress: bool | None,
+    interval: float,
+    *,
+    dry_run: bool,
+    as_json: bool,
+    unit: str = "objects",
+    sizes: bool = True,
+) -> Tally:
+    """The run's `Tally`: no progress at all with ``-q`` or ``--no-progress``, else as
+    ``--progress`` and ``--progress-interval`` say."""
+    show = False if chosen.quiet else progress
+    return Tally(
+        desc,
+        show=show,
+        verbose=chosen.verbose,
+        dry_run=dry_run,
+        json=as_json,
+        interval=interval,
+        unit=unit,
+        sizes=sizes,
+    )
+
+
+def record(
+    tally: Tally,
+    command: str,
+    fields: dict[str, object],
+    *,
+    dry_run: bool,
+    skipped: list[tuple[str, str]],
+    failed: list[tuple[str, str]] | None = None,
+    would_change: bool = True,
+) -> dict[str, object]:
+    """The ``--json`` summary of a run of `command`: whether it was a dry run, its `fields`
+    (counts, bytes, what it worked on), the objects skipped and failed with the reasons, and
+    in a dry run what it would have changed (unless the `fields` say it: not `would_change`);
+    `finish` adds the seconds it took."""
+    out: dict[str, object] = {"command": command, "dry_run": dry_run, **fields}
+    out["skipped"] = [{"key": key, "reason": why} for key, why in skipped]
+    out["failed"] = [{"key": key, "reason": why} for key, why in failed or []]
+    if dry_run and would_change:
+        out["would_change"] = tally.would
+    return out
+
+
 def finish(
     tally: Tally,
     chosen: Verbosity,
@@ -80,15 +130,20 @@ def finish(
     *,
     then: str = "",
     failed: bool | None = None,
+    as_json: dict[str, object] | None = None,
 ) -> None:
     """Clear the bar, print the `summary` (not with ``-q``) and each problem (kind, key, why),
-    then the line `then`; exit 1 when the run `failed` (default: when there were problems)."""
+    then the line `then`; or with `as_json` (a `record`) only that, as one JSON object, with the
+    run's elapsed seconds. Exit 1 when the run `failed` (default: when there were problems)."""
     tally.close()
-    if not chosen.quiet:
-        click.echo(summary)
-    for kind, key, why in problems:
-        click.echo(f"  {kind} {key}: {why}")
-    if then and not chosen.quiet:
-        click.echo(then)
+    if as_json is not None:
+        click.echo(json.dumps({**as_json, "elapsed_seconds": round(tally.elapsed(), 3)}))
+    else:
+        if not chosen.quiet:
+            click.echo(summary)
+        for kind, key, why in problems:
+            click.echo(f"  {kind} {key}: {why}")
+        if then and not chosen.quiet:
+            click.echo(then)
     if bool(problems) if failed is None else failed:
         sys.exit(1)

@@ -46,17 +46,18 @@ from proxy.store.listing import list_keys
 from proxy.store.objects import ETAG_TAIL, MAX_PUT_SIZE, read_plaintext, seal_envelope
 from proxy.store.records import record_key
 from proxy.store.signatures import trusted_signers
-from proxy.tools.bulk import finish, run_tool
+from proxy.tools.bulk import finish, record, run_tool, start_tally
 from proxy.tools.options import (
     config_option,
     dry_run_option,
+    json_option,
     location_options,
     progress_option,
     required_location,
     tool_logging,
     verbosity_options,
 )
-from proxy.tools.progress import Ahead, Tally
+from proxy.tools.progress import Ahead
 
 # Named as before the move to tools/: operators filter logs on it.
 log = logging.getLogger("proxy.convert")
@@ -473,6 +474,7 @@ async def convert(
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Convert at most this many objects, then stop.")
 @dry_run_option("List what would be converted (each object opened and checked, no body read); write nothing.")
 @progress_option
+@json_option
 @verbosity_options
 def convert_cmd(
     target: str | None,
@@ -483,6 +485,8 @@ def convert_cmd(
     limit: int | None,
     dry_run: bool,
     progress: bool | None,
+    progress_interval: float,
+    as_json: bool,
 ) -> None:
     """Re-encrypt objects from one format to the other (sealgate <-> S3EC V3), in place.
 
@@ -493,12 +497,12 @@ def convert_cmd(
     where = required_location(target, bucket, prefix)
     chosen = tool_logging()
     verb = "would convert" if dry_run else "converted"
-    tally = Tally(f"convert to {to}", show=False if chosen.quiet else progress, verbose=chosen.verbose, dry_run=dry_run)
+    tally = start_tally(f"convert to {to}", chosen, progress, progress_interval, dry_run=dry_run, as_json=as_json)
 
     def one(key: str, outcome: Outcome) -> None:
         word = verb if outcome.status == "converted" else outcome.status
         line = f"{word} s3://{where.bucket}/{key}" + (f": {outcome.reason}" if outcome.reason else "")
-        tally.done(word, line, size=outcome.size, changes=outcome.status == "converted")
+        tally.done(word, line, size=outcome.size, changes=outcome.status == "converted", item=key)
 
     def work(gw: Gateway) -> Awaitable[ConvertReport]:
         return convert(
@@ -522,5 +526,16 @@ def convert_cmd(
     )
     problems = [("skipped", key, why) for key, why in report.skipped] + [("failed", k, w) for k, w in report.failed]
     then = f"stopped after --limit {limit}; run again to go on" if report.stopped_at_limit else ""
+    fields: dict[str, object] = {
+        "target": str(where),
+        "to": to,
+        "converted": report.converted,
+        "bytes": report.bytes,
+        "already": report.already,
+        "stopped_at_limit": report.stopped_at_limit,
+    }
+    document = record(tally, "convert", fields, dry_run=dry_run, skipped=report.skipped, failed=report.failed)
     # Skipped objects are listed but fail nothing: they were left as they were, by design.
-    finish(tally, chosen, summary, problems, then=then, failed=bool(report.failed))
+    finish(
+        tally, chosen, summary, problems, then=then, failed=bool(report.failed), as_json=document if as_json else None
+    )

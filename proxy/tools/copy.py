@@ -39,17 +39,18 @@ from proxy.store.listing import list_keys
 from proxy.store.objects import open_copy_source
 from proxy.store.records import check_reserved, put_record, record_key
 from proxy.store.signatures import require_signer, sign_manifest, sign_single
-from proxy.tools.bulk import finish, run_tool
+from proxy.tools.bulk import finish, record, run_tool, start_tally
 from proxy.tools.options import (
     Location,
     config_option,
     dry_run_option,
+    json_option,
     progress_option,
     resolve_location,
     tool_logging,
     verbosity_options,
 )
-from proxy.tools.progress import Ahead, Tally
+from proxy.tools.progress import Ahead
 
 
 @dataclass
@@ -230,6 +231,7 @@ async def _sources(gw: Gateway, bucket: str, prefix: str, recursive: bool) -> As
 )
 @dry_run_option("List what would be copied (every check and key use is made); write nothing.")
 @progress_option
+@json_option
 @verbosity_options
 def copy_cmd(
     urls: tuple[str, ...],
@@ -243,6 +245,8 @@ def copy_cmd(
     identity: str | None,
     dry_run: bool,
     progress: bool | None,
+    progress_interval: float,
+    as_json: bool,
 ) -> None:
     """Copy s3://A/k to s3://B/k2 under master key --to-key; the backend copies the body.
 
@@ -254,14 +258,14 @@ def copy_cmd(
         raise click.UsageError("SOURCE names no object (use --recursive for a prefix)")
     chosen = tool_logging()
     verb = "would copy" if dry_run else "copied"
-    tally = Tally("copy", show=False if chosen.quiet else progress, verbose=chosen.verbose, dry_run=dry_run)
+    tally = start_tally("copy", chosen, progress, progress_interval, dry_run=dry_run, as_json=as_json)
 
     def one(src_key: str, dst_key: str, outcome: str, size: int) -> None:
         word = verb if outcome == "copied" else outcome
         line = f"{word} s3://{src.bucket}/{src_key}" + (
             f" to s3://{dst.bucket}/{dst_key}" if outcome != "skipped" else ""
         )
-        tally.done(word, line, size=size, changes=outcome == "copied")
+        tally.done(word, line, size=size, changes=outcome == "copied", item={"key": src_key, "to": dst_key})
 
     def work(gw: Gateway) -> Awaitable[CopyReport]:
         return copy(
@@ -284,7 +288,16 @@ def copy_cmd(
         f"{verb} {report.copied} objects ({report.bytes} bytes), {report.already} already copied, "
         f"{len(report.skipped)} skipped"
     )
-    finish(tally, chosen, summary, [("skipped", key, why) for key, why in report.skipped])
+    fields: dict[str, object] = {
+        "source": str(src),
+        "destination": str(dst),
+        "to_key": to_key,
+        "copied": report.copied,
+        "bytes": report.bytes,
+        "already": report.already,
+    }
+    document = record(tally, "copy", fields, dry_run=dry_run, skipped=report.skipped) if as_json else None
+    finish(tally, chosen, summary, [("skipped", key, why) for key, why in report.skipped], as_json=document)
 
 
 def _places(

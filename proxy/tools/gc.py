@@ -43,10 +43,12 @@ from proxy.store.objects import open_object
 from proxy.store.part_etags import PARTS_PREFIX
 from proxy.store.records import record_key, upload_record_key
 from proxy.store.reserved import RESERVED_PREFIX
-from proxy.tools.bulk import run_tool
+from proxy.tools.bulk import finish, record, run_tool, start_tally
 from proxy.tools.options import (
+    Location,
     config_option,
     dry_run_option,
+    json_option,
     location_options,
     progress_option,
     required_location,
@@ -311,6 +313,7 @@ def parse_age(text: str) -> timedelta:
 @click.option("--older-than", default="24h", show_default=True, help="Age limit, e.g. 36h, 7d or 0s (everything).")
 @dry_run_option("Only list what would be removed or finished; change nothing.")
 @progress_option
+@json_option
 @verbosity_options
 def gc_cmd(
     target: str | None,
@@ -320,6 +323,8 @@ def gc_cmd(
     older_than: str,
     dry_run: bool,
     progress: bool | None,
+    progress_interval: float,
+    as_json: bool,
 ) -> None:
     """Abort stale multipart uploads, finish completions a crash interrupted, and delete
     manifests whose object is gone.
@@ -334,7 +339,9 @@ def gc_cmd(
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--older-than") from None
     chosen = tool_logging()
-    tally = Tally("gc", show=False if chosen.quiet else progress, verbose=chosen.verbose, dry_run=dry_run)
+    tally = start_tally(
+        "gc", chosen, progress, progress_interval, dry_run=dry_run, as_json=as_json, unit="items", sizes=False
+    )
     done = {"abort": "aborted", "delete": "deleted", "finish": "finished", "keep": "kept"}
 
     def one(action: str, what: str) -> None:
@@ -349,6 +356,14 @@ def gc_cmd(
         report = run_tool(config_path, where, work, audit_as="gc")
     finally:
         tally.close()
+    document = _record(tally, report, where, older_than, dry_run) if as_json else None
+    finish(tally, chosen, _summary(report, dry_run), [], failed=False, as_json=document)
+    if document is None:
+        for name, why in report.pending_kept:
+            click.echo(f"kept {name}: {why}", err=True)
+
+
+def _summary(report: GcReport, dry_run: bool) -> str:
     verb = "would remove" if dry_run else "removed"
     lines = [
         f"{verb} {len(report.uploads_aborted)} stale uploads, {len(report.manifests_deleted)} orphan manifests "
@@ -360,7 +375,20 @@ def gc_cmd(
             f"{finished} {len(report.completions_finished)} interrupted completions; "
             f"{verb} {len(report.pending_deleted)} pending records no object needs"
         )
-    if not chosen.quiet:
-        click.echo("\n".join(lines))
-    for name, why in report.pending_kept:
-        click.echo(f"kept {name}: {why}", err=True)
+    return "\n".join(lines)
+
+
+def _record(tally: Tally, report: GcReport, where: Location, older_than: str, dry_run: bool) -> dict[str, object]:
+    """gc's ``--json`` summary: what it removed, finished and kept, each by name."""
+    fields: dict[str, object] = {
+        "target": str(where),
+        "older_than": older_than,
+        "uploads_aborted": [{"key": key, "upload_id": upload} for key, upload in report.uploads_aborted],
+        "manifests_deleted": report.manifests_deleted,
+        "records_deleted": report.records_deleted,
+        "kept_young": report.kept_young,
+        "completions_finished": [{"key": key, "version_id": v} for key, v in report.completions_finished],
+        "pending_deleted": report.pending_deleted,
+        "pending_kept": [{"record": name, "reason": why} for name, why in report.pending_kept],
+    }
+    return record(tally, "gc", fields, dry_run=dry_run, skipped=[], would_change=False)

@@ -1,6 +1,7 @@
 """Options every command shares: which config file (``-c/--config``, ``$SEALGATE_CONFIG``, or
 the one `sealgate quickstart` wrote), how much it says (``-v`` / ``-q``), and for the bulk tools
-what they work on (``s3://bucket[/prefix]`` or ``--bucket`` / ``--prefix``) and ``--dry-run``."""
+what they work on (``s3://bucket[/prefix]`` or ``--bucket`` / ``--prefix``), ``--dry-run``,
+how they show progress and ``--json``."""
 
 from __future__ import annotations
 
@@ -143,10 +144,38 @@ def dry_run_option(help: str = "Only list what would be done; change nothing.") 
     return click.option("--dry-run", is_flag=True, help=help)
 
 
+#: The seconds between plain progress lines (`progress_option`), where no option says.
+PROGRESS_INTERVAL_ENV = "SEALGATE_PROGRESS_INTERVAL"
+
+
 def progress_option(f: F) -> F:
-    """``--progress/--no-progress`` of the bulk tools (a bar with a total and ETA on stderr)."""
+    """``--progress/--no-progress`` of the bulk tools (a bar with a total and ETA on stderr; on a
+    stderr that is not a terminal, by default, a plain line every ``--progress-interval``)."""
+    f = click.option(
+        "--progress-interval",
+        type=click.FloatRange(min=0, min_open=True),
+        default=10.0,
+        show_default=True,
+        envvar=PROGRESS_INTERVAL_ENV,
+        show_envvar=True,
+        metavar="SECONDS",
+        help="Where stderr is not a terminal: a progress line this often.",
+    )(f)
     return click.option(
-        "--progress/--no-progress", default=None, help="Progress bar on stderr. [default: when stderr is a terminal]"
+        "--progress/--no-progress",
+        default=None,
+        help="Progress bar on stderr (--no-progress: no progress at all). [default: a bar on a terminal, "
+        "else a plain line every --progress-interval]",
+    )(f)
+
+
+def json_option(f: F) -> F:
+    """``--json``: the command's summary as one JSON object on stdout, and nothing else there."""
+    return click.option(
+        "--json",
+        "as_json",
+        is_flag=True,
+        help="The summary as one JSON object on stdout (nothing else there); exit status as without.",
     )(f)
 
 

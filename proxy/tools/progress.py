@@ -1,12 +1,14 @@
 """What the operator tools show while they run: a bar of objects done out of objects listed,
-with ETA (rewrap, copy, convert, gc), and byte progress bars (offline encrypt/decrypt), both on
-stderr and only where they help; and the listing fetched ahead that gives the bulk tools' totals."""
+with ETA (rewrap, copy, convert, gc; on a stderr that is not a terminal, the same as a plain line
+now and then), and byte progress bars (offline encrypt/decrypt), both on stderr and only where
+they help; and the listing fetched ahead that gives the bulk tools' totals."""
 
 from __future__ import annotations
 
 import asyncio
 import os
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Generic, Protocol, TypeVar
@@ -17,23 +19,46 @@ import click
 class Tally:
     """How a bulk tool (rewrap, copy, convert, gc) shows its run.
 
-    With `show` (default: when stderr is a terminal) a tqdm bar on stderr: objects done out of
-    those listed so far (`found`: the total grows as listing pages arrive), rate, ETA and the
-    outcome counts. With `verbose` a line per object on stdout, and with `dry_run` a line per
-    object the run would change; the bar is cleared around each. Nothing else: the caller
-    prints the summary."""
+    Progress on stderr: with `show` a tqdm bar of the objects done out of those listed so far
+    (`found`: the total grows as listing pages arrive), rate, ETA and the outcome counts;
+    with `show` None (the default) that bar on a terminal, and elsewhere (a log, a pipe) a
+    plain line every `interval` seconds saying the same (`status`); with `show` False nothing.
+    With `verbose` a line per object on stdout, and with `dry_run` a line per object the run
+    would change; the bar is cleared around each. With `json` the caller prints its summary as
+    JSON on stdout, so those lines go elsewhere: a line per object on stderr with `verbose`,
+    and a dry run's objects into `would` (for the JSON) instead. Nothing else: the caller prints
+    the summary."""
 
-    def __init__(self, desc: str, *, show: bool | None = None, verbose: bool = False, dry_run: bool = False) -> None:
+    def __init__(
+        self,
+        desc: str,
+        *,
+        show: bool | None = None,
+        verbose: bool = False,
+        dry_run: bool = False,
+        json: bool = False,
+        interval: float = 10.0,
+        unit: str = "objects",
+        sizes: bool = True,
+    ) -> None:
         self.counts: dict[str, int] = {}
         self.bytes = 0
         self.listed = 0
-        self._verbose, self._dry_run = verbose, dry_run
+        #: With `json` and `dry_run`: what each object the run would change was (`done`'s `item`).
+        self.would: list[object] = []
+        self.started = time.monotonic()
+        self._desc, self._unit, self._sizes = desc, unit, sizes
+        self._verbose, self._dry_run, self._json = verbose, dry_run, json
         self._bar: Any = None
         self._drawn = 0.0
-        if sys.stderr.isatty() if show is None else show:
+        self._ticker: _Ticker | None = None
+        terminal = sys.stderr.isatty()
+        if show or (show is None and terminal):
             from tqdm import tqdm
 
             self._bar = tqdm(desc=desc, unit="obj", file=sys.stderr, total=0, leave=False, **_screen())
+        elif show is None:
+            self._ticker = _Ticker(interval, lambda: click.echo(self.status(), err=True))
 
     def found(self, n: int = 1) -> None:
         """`n` more objects were listed: the total grows."""
@@ -45,34 +70,103 @@ class Tally:
                 self._drawn = now
                 self._bar.refresh()
 
-    def done(self, outcome: str, line: str, *, size: int = 0, changes: bool = False) -> None:
+    def done(self, outcome: str, line: str, *, size: int = 0, changes: bool = False, item: object = None) -> None:
         """One object finished with `outcome` (a count's name); `line` says so, printed with
         `verbose` (or with `dry_run` when it `changes` something). `size` counts as bytes moved
-        when it `changes`."""
+        when it `changes`; `item` is what the JSON of a dry run lists for it (default: `line`)."""
         self.counts[outcome] = self.counts.get(outcome, 0) + 1
         if changes:
             self.bytes += size
-        if self._verbose or (self._dry_run and changes):
+        if self._dry_run and changes and self._json:
+            self.would.append(line if item is None else item)
+        if self._verbose or (self._dry_run and changes and not self._json):
             self.say(line)
         if self._bar is not None:
             self._bar.set_postfix_str(", ".join(f"{name} {n}" for name, n in self.counts.items()), refresh=False)
             self._bar.update(1)
 
     def say(self, line: str) -> None:
-        """A line on stdout that does not break the bar."""
+        """A line on stdout (on stderr with `json`) that does not break the bar."""
         if self._bar is None:
-            click.echo(line)
+            click.echo(line, err=self._json)
         else:
             from tqdm import tqdm
 
-            tqdm.write(line, file=sys.stdout)
+            tqdm.write(line, file=sys.stderr if self._json else sys.stdout)
+
+    def elapsed(self) -> float:
+        """Seconds since the run started."""
+        return time.monotonic() - self.started
+
+    def status(self) -> str:
+        """Where the run is, in one line: ``rewrap: 1200/5000 objects (24%), 1.2 GB, ETA 3m10s
+        (rewrapped 1150, already 50)``."""
+        counts = dict(self.counts)  # a copy: the run goes on while this is read
+        finished, listed = sum(counts.values()), self.listed
+        said = f"{self._desc}: {finished}/{listed} {self._unit}"
+        if listed:
+            said += f" ({min(finished, listed) * 100 // listed}%)"
+        if self._sizes:
+            said += f", {human_bytes(self.bytes)}"
+        if finished and listed >= finished:
+            said += f", ETA {human_duration((listed - finished) * self.elapsed() / finished)}"
+        else:
+            said += ", ETA unknown"
+        if counts:
+            said += " (" + ", ".join(f"{name} {n}" for name, n in counts.items()) + ")"
+        return said
 
     def close(self) -> None:
-        """Show the bar's last state, then clear it (before the summary)."""
+        """Stop the plain lines; show the bar's last state, then clear it (before the summary)."""
+        if self._ticker is not None:
+            self._ticker.stop()
+            self._ticker = None
         if self._bar is not None:
             self._bar.refresh()
             self._bar.close()
             self._bar = None
+
+
+class _Ticker:
+    """Calls `tick` every `interval` seconds, from a thread of its own, until stopped: the plain
+    progress lines come on time even while one large object takes minutes."""
+
+    def __init__(self, interval: float, tick: Callable[[], None]) -> None:
+        self._stopped = threading.Event()
+        self._interval, self._tick = interval, tick
+        self._thread = threading.Thread(target=self._run, name="progress-lines", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stopped.wait(self._interval):
+            try:
+                self._tick()
+            except (OSError, ValueError):  # stderr went away (a closed pipe): stop saying anything
+                return
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self._thread.join()
+
+
+def human_bytes(n: int) -> str:
+    """``0 B``, ``512 B``, ``1.2 kB``, ``3.4 GB`` (powers of 1000, as the bar's rate)."""
+    size = float(n)
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if size < 999.95 or unit == "TB":
+            return f"{n} B" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    raise AssertionError("unreachable")
+
+
+def human_duration(seconds: float) -> str:
+    """``45s``, ``3m10s``, ``2h05m``."""
+    whole = round(seconds)
+    if whole < 60:
+        return f"{whole}s"
+    if whole < 3600:
+        return f"{whole // 60}m{whole % 60:02d}s"
+    return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
 
 
 def _screen() -> dict[str, Any]:

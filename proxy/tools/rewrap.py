@@ -41,17 +41,18 @@ from proxy.store.signatures import (
     sign_single,
     signed_single,
 )
-from proxy.tools.bulk import finish, run_tool
+from proxy.tools.bulk import finish, record, run_tool, start_tally
 from proxy.tools.options import (
     config_option,
     dry_run_option,
+    json_option,
     location_options,
     progress_option,
     required_location,
     tool_logging,
     verbosity_options,
 )
-from proxy.tools.progress import Ahead, Tally
+from proxy.tools.progress import Ahead
 
 
 @dataclass
@@ -272,6 +273,7 @@ async def rewrap(
 @config_option()
 @dry_run_option("List what would be rewrapped (every check and key use is made); write nothing.")
 @progress_option
+@json_option
 @verbosity_options
 def rewrap_cmd(
     target: str | None,
@@ -281,6 +283,8 @@ def rewrap_cmd(
     config_path: Path,
     dry_run: bool,
     progress: bool | None,
+    progress_interval: float,
+    as_json: bool,
 ) -> None:
     """Move objects to another master key by re-wrapping their data keys (bodies untouched).
 
@@ -289,11 +293,11 @@ def rewrap_cmd(
     where = required_location(target, bucket, prefix)
     chosen = tool_logging()
     verb = "would rewrap" if dry_run else "rewrapped"
-    tally = Tally("rewrap", show=False if chosen.quiet else progress, verbose=chosen.verbose, dry_run=dry_run)
+    tally = start_tally("rewrap", chosen, progress, progress_interval, dry_run=dry_run, as_json=as_json)
 
     def one(key: str, outcome: str, size: int) -> None:
         word = verb if outcome == "rewrapped" else outcome
-        tally.done(word, f"{word} s3://{where.bucket}/{key}", size=size, changes=outcome == "rewrapped")
+        tally.done(word, f"{word} s3://{where.bucket}/{key}", size=size, changes=outcome == "rewrapped", item=key)
 
     def work(gw: Gateway) -> Awaitable[RewrapReport]:  # key uses to <audit.path>.rewrap
         return rewrap(
@@ -308,4 +312,12 @@ def rewrap_cmd(
         f"{verb} {report.rewrapped} objects ({report.bytes} bytes), {report.already} already under {to_key}, "
         f"{len(report.skipped)} skipped"
     )
-    finish(tally, chosen, summary, [("skipped", key, why) for key, why in report.skipped])
+    fields: dict[str, object] = {
+        "target": str(where),
+        "to_key": to_key,
+        "rewrapped": report.rewrapped,
+        "bytes": report.bytes,
+        "already": report.already,
+    }
+    document = record(tally, "rewrap", fields, dry_run=dry_run, skipped=report.skipped) if as_json else None
+    finish(tally, chosen, summary, [("skipped", key, why) for key, why in report.skipped], as_json=document)

@@ -10,10 +10,11 @@ proxy/kms/pkcs11.py and proxy/kms/kmip.py); older versions keep unwrapping.
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import click
 
@@ -145,30 +146,65 @@ def create(config: Config, key_id: str, key_type: str, *, rotate: bool = False) 
         _close(keyring)
 
 
-def list_lines(config: Config) -> list[str]:
-    """A table of the master keys: every AES-256 key on a token; for KMIP, the keys the config
-    names (KMIP has no listing by name), each with its versions, newest first."""
+def listing(as_json: bool = False) -> Callable[[Config], str | list[str]]:
+    """`keys list` of a pkcs11 / kmip config: a table of its master keys, or with `as_json` one
+    JSON object (``{"provider": ..., "keys": [...]}``, a row per key or KMIP key version)."""
+
+    def run(config: Config) -> str | list[str]:
+        rows = key_rows(config)
+        if as_json:
+            return json.dumps({"provider": config.kms.provider, "keys": rows})
+        if config.kms.provider == "pkcs11":
+            out = [f"{'LABEL':<24} {'VERSIONS':<16} {'CURRENT':>7}  ENCRYPT DECRYPT"]
+            for row in rows:
+                versions = ",".join(str(v) for v in cast("list[int]", row["versions"]))
+                out.append(
+                    f"{row['id']!s:<24} {versions:<16} {row['current_version']!s:>7}  {row['encrypts']!s:<7} "
+                    f"{row['decrypts']}"
+                )
+            return out
+        out = [f"{'NAME':<24} {'UNIQUE ID':<40} STATE     ENCRYPT DECRYPT"]
+        for row in rows:
+            if "error" in row:
+                out.append(f"{row['id']!s:<24} ({row['error']})")
+                continue
+            state = "Active" if row["active"] else "inactive"
+            flags = f"{row['encrypts']!s:<7} {row['decrypts']}"
+            out.append(f"{row['id']!s:<24} {row['unique_id']!s:<40} {state:<9} {flags}")
+        return out
+
+    return run
+
+
+def key_rows(config: Config) -> list[dict[str, object]]:
+    """The master keys: every AES-256 key on a token; for KMIP, the keys the config names (KMIP
+    has no listing by name), a row for each version, newest first (or for the error of one)."""
     from proxy.kms.pkcs11 import Pkcs11Keyring
 
     keyring = _admin(config)
     try:
         if isinstance(keyring, Pkcs11Keyring):
-            out = [f"{'LABEL':<24} {'VERSIONS':<16} {'CURRENT':>7}  ENCRYPT DECRYPT"]
-            for key in keyring.list_keys():
-                versions = ",".join(str(v) for v in key.versions)
-                out.append(f"{key.label:<24} {versions:<16} {key.current:>7}  {key.encrypts!s:<7} {key.decrypts}")
-            return out
-        out = [f"{'NAME':<24} {'UNIQUE ID':<40} STATE     ENCRYPT DECRYPT"]
+            return [
+                {
+                    "id": key.label,
+                    "versions": list(key.versions),
+                    "current_version": key.current,
+                    "encrypts": key.encrypts,
+                    "decrypts": key.decrypts,
+                }
+                for key in keyring.list_keys()
+            ]
+        rows: list[dict[str, object]] = []
         for name in _named_keys(config):
             try:
                 found = keyring.versions(name)
             except KeyringError as exc:
-                out.append(f"{name:<24} ({exc.message})")
+                rows.append({"id": name, "error": exc.message})
                 continue
             for v in found:
-                state = "Active" if v.active else "inactive"
-                out.append(f"{name:<24} {v.uid:<40} {state:<9} {v.encrypts!s:<7} {v.decrypts}")
-        return out
+                row = {"id": name, "unique_id": v.uid, "active": v.active, "encrypts": v.encrypts}
+                rows.append({**row, "decrypts": v.decrypts})
+        return rows
     except KeyringError as exc:
         raise KeyAdminError(exc.message) from None
     finally:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -94,6 +96,14 @@ def test_keys_create_and_list(tmp_path: Path) -> None:
     listed = run(["keys", "list", "--keyring", "kr"], tmp_path, env)
     assert listed.returncode == 0
     assert re.search(r"^default\s+aes-256\s+1\s+1\s+generated", listed.stdout, re.M) and "finance" in listed.stdout
+    listed = run(["keys", "list", "--keyring", "kr", "--json"], tmp_path, env)
+    assert listed.returncode == 0, listed.stderr
+    document = json.loads(listed.stdout)
+    assert document["provider"] == "local" and [k["id"] for k in document["keys"]] == ["default", "finance"]
+    first = document["keys"][0]
+    assert (first["type"], first["versions"], first["current_version"]) == ("aes-256", 1, 1)
+    assert first["origin"] == "generated" and first["rotation_period_days"] == 365
+    assert first["last_rotated"] is None and first["created"].startswith("20")
     wrong = run(["keys", "list", "--keyring", "kr"], tmp_path, {"SEALGATE_KEYRING_PASSPHRASE": "wrong"})
     assert wrong.returncode != 0 and "passphrase" in wrong.stderr
     assert "Traceback" not in wrong.stderr
@@ -360,6 +370,43 @@ def test_bare_sealgate_shows_whole_summaries(tmp_path: Path) -> None:
     assert "interrupted, and delete manifests whose object is gone." in " ".join(r.stdout.split())
 
 
+def _entry_point() -> list[str]:
+    """The `sealgate` script pip installed beside this Python, else what it runs: `main()` with
+    ``sealgate`` as the program's name."""
+    script = Path(sys.executable).with_name("sealgate")
+    if script.is_file():
+        return [str(script)]
+    run_as_script = "import sys; sys.argv[0] = 'sealgate'; from proxy.cli import main; sys.exit(main())"
+    return [sys.executable, "-c", run_as_script]
+
+
+def test_shell_completion_scripts_and_requests(tmp_path: Path) -> None:
+    for shell, says in (("bash", "_sealgate_completion() {"), ("zsh", "#compdef sealgate"), ("fish", "function")):
+        r = run(["completion", shell], tmp_path)
+        assert r.returncode == 0 and says in r.stdout and "_sealgate_completion" in r.stdout, r.stdout + r.stderr
+        assert "_SEALGATE_COMPLETE=" in r.stdout
+    assert run(["completion", "tcsh"], tmp_path).returncode == 2
+
+    # What the scripts ask: the installed `sealgate`, and `python -m proxy.cli` alike.
+    for command in (_entry_point(), SEALGATE):
+        asked = {"COMP_WORDS": "sealgate re", "COMP_CWORD": "1", "_SEALGATE_COMPLETE": "bash_complete"}
+        r = subprocess.run(command, env={**os.environ, **asked}, capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0 and r.stdout.splitlines() == ["plain,rewrap"], (command, r.stdout, r.stderr)
+        asked = {"COMP_WORDS": "sealgate convert --to ", "COMP_CWORD": "3", "_SEALGATE_COMPLETE": "bash_complete"}
+        r = subprocess.run(command, env={**os.environ, **asked}, capture_output=True, text=True, timeout=60)
+        assert r.stdout.splitlines() == ["plain,sealgate", "plain,s3ec-v3"], (command, r.stdout, r.stderr)
+
+    # The bash script itself, loaded into bash and asked as a TAB would; it runs the command it
+    # completes, here a `sealgate` that is the entry point.
+    script, sealgate = tmp_path / "sealgate.bash", tmp_path / "sealgate"
+    script.write_text(run(["completion", "bash"], tmp_path).stdout)
+    sealgate.write_text(f'#!/bin/sh\nexec {shlex.join(_entry_point())} "$@"\n')
+    sealgate.chmod(0o755)
+    tab = f"source {script}; COMP_WORDS=(sealgate gc --older); COMP_CWORD=2; _sealgate_completion {sealgate}"
+    r = subprocess.run(["bash", "-c", tab + '; echo "${COMPREPLY[@]}"'], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stdout.split() == ["--older-than"], r.stdout + r.stderr
+
+
 def test_serve_refuses_a_default_key_the_keyring_lacks(
     moto_url: str, tls_files: dict[str, Path], tmp_path: Path
 ) -> None:
@@ -379,11 +426,20 @@ def test_health_asks_the_configs_own_listener(moto_url: str, tls_files: dict[str
     cfg = write_config(tmp_path, backend=moto_url, tls=tls_files, port=port)
     down = run(["health", "-c", str(cfg)], tmp_path)
     assert down.returncode == 1 and f"127.0.0.1:{port}" in down.stderr
+    down = run(["health", "-c", str(cfg), "--json"], tmp_path)
+    assert down.returncode == 1 and down.stderr == "", down.stderr
+    said = json.loads(down.stdout)
+    assert (said["healthy"], said["status"], said["ready"]) == (False, None, False) and said["answer"], said
+    assert said["url"] == f"https://127.0.0.1:{port}/-/healthz"
     gate = SealgateThread(cfg).start()
     try:
         alive = run(["health"], tmp_path, {"SEALGATE_CONFIG": str(cfg)})
         assert alive.returncode == 0 and alive.stdout.strip() == "ok", alive.stderr
         ready = run(["health", "--ready", "-c", str(cfg)], tmp_path)
         assert ready.returncode == 0 and ready.stdout.strip() == "ready", ready.stderr
+        ready = run(["health", "--ready", "-c", str(cfg), "--json"], tmp_path)
+        assert ready.returncode == 0, ready.stderr
+        said = json.loads(ready.stdout)
+        assert (said["healthy"], said["status"], said["ready"], said["answer"]) == (True, 200, True, "ready")
     finally:
         gate.stop()

@@ -5,6 +5,7 @@ manager going away (503, readyz not ready), and rewrap from the local keyring in
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -84,6 +85,13 @@ def test_objects_sealed_by_the_key_manager_and_rotation(kmip_stack: Stack) -> No
     assert listed.returncode == 0, listed.stderr
     uids = [line.split()[1] for line in listed.stdout.splitlines()[1:]]
     assert uids == [second.rsplit(":", 1)[1], first.rsplit(":", 1)[1]]
+    listed = sealgate("keys", "list", "--config", cfg, "--json")
+    assert listed.returncode == 0, listed.stderr
+    document = json.loads(listed.stdout)
+    assert document["provider"] == "kmip" and [k["unique_id"] for k in document["keys"]] == uids
+    assert {(k["id"], k["active"], k["encrypts"], k["decrypts"]) for k in document["keys"]} == {
+        ("sealgate-master", True, True, True)
+    }
 
 
 def test_a_wrapped_key_moved_to_another_object_does_not_unwrap(kmip_stack: Stack) -> None:

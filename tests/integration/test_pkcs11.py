@@ -5,6 +5,7 @@ the local keyring and the token without re-encrypting bodies."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -88,6 +89,12 @@ def test_objects_sealed_by_the_token_and_rotation(token_stack: Stack) -> None:
     assert listed.returncode == 0, listed.stderr
     row = next(line for line in listed.stdout.splitlines() if line.startswith("sealgate-master"))
     assert row.split()[1:3] == ["1,2", "2"]
+    listed = sealgate("keys", "list", "--config", str(st.dir / "sealgate.toml"), "--json")
+    assert listed.returncode == 0, listed.stderr
+    document = json.loads(listed.stdout)
+    (key,) = [k for k in document["keys"] if k["id"] == "sealgate-master"]
+    assert document["provider"] == "pkcs11" and (key["versions"], key["current_version"]) == ([1, 2], 2)
+    assert (key["encrypts"], key["decrypts"]) == (True, True)
     assert sealgate("keys", "rotate", "--due", "--config", str(st.dir / "sealgate.toml")).returncode == 2
 
 

@@ -1,12 +1,13 @@
 """The bulk tools (rewrap, copy, convert, gc) as one family (issue 21): the same two ways to name
 what they work on, a --dry-run that changes nothing, progress with a total and ETA on a terminal
-and nothing but the summary on a pipe, and one line for what stops a run as a whole.
+and as a plain line now and then elsewhere, and one line for what stops a run as a whole.
 
 Real moto behind a real sealgate, and the real command run as a process."""
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import pty
 import re
@@ -41,14 +42,15 @@ def tools(moto_url: str, tls_files: dict[str, Path], tmp_path_factory: pytest.Te
     st.gate.stop()
 
 
-def _cli(st: Stack, *args: str) -> subprocess.CompletedProcess[str]:
-    """The command as a script runs it: stdout and stderr both pipes."""
+def _cli(st: Stack, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """The command as a script runs it: stdout and stderr both pipes (`env` added to ours)."""
     return subprocess.run(
         [*SEALGATE, *args, "-c", str(st.dir / "sealgate.toml")],
         capture_output=True,
         text=True,
         timeout=120,
         stdin=subprocess.DEVNULL,
+        env={**os.environ, **(env or {})},
     )
 
 
@@ -265,6 +267,122 @@ def test_progress_shows_a_total_on_a_terminal_and_only_the_summary_on_a_pipe(too
         assert all(
             line.startswith(f"{word} s3://tl-progress/" if word == "already" else word) for line in lines[:-1]
         ), lines
+
+
+def _progress_lines(stderr: str, desc: str, unit: str = "objects") -> list[str]:
+    """The plain progress lines in `stderr` that give a total (``rewrap: 3/30 objects (10%), ...``)."""
+    shape = rf"{desc}: \d+/[1-9]\d* {unit} \(\d+%\)(, \d+(\.\d)? [kMGT]?B)?, ETA (\d+[hms]\S*|unknown)( \(.+\))?"
+    return [line for line in stderr.splitlines() if re.fullmatch(shape, line)]
+
+
+def test_on_a_pipe_progress_is_a_plain_line_now_and_then(tools: Stack) -> None:
+    """Where stderr is a log or a pipe, each tool says where it is every --progress-interval
+    (or $SEALGATE_PROGRESS_INTERVAL) seconds, with its total; stdout is as without; -q and
+    --no-progress silence the lines."""
+    s3 = tools.client()
+    for bucket in ("tl-lines", "tl-lines-dst"):
+        s3.create_bucket(Bucket=bucket)
+    for i in range(30):
+        multipart_put(s3, "tl-lines", f"mp/{i:02d}", [os.urandom(200)])  # manifests too: what gc works through
+    often = ("--progress-interval", "0.05")
+    runs = [
+        (["rewrap", "s3://tl-lines/mp/", "--to-key", "key2"], "rewrap", "objects", "rewrapped 30 objects"),
+        (["copy", "s3://tl-lines/mp/", "s3://tl-lines-dst/", "--recursive", "--to-key", "key2"], "copy", "objects", ""),
+        (["gc", "s3://tl-lines", "--older-than", "0s"], "gc", "items", "removed 0 stale uploads"),
+        (["convert", "s3://tl-lines/mp/", "--to", "s3ec-v3"], "convert to s3ec-v3", "objects", "converted 30"),
+    ]
+    for args, desc, unit, summary in runs:
+        r = _cli(tools, *args, *often)
+        assert r.returncode == 0 and r.stdout.startswith(summary), r.stdout + r.stderr
+        assert len(r.stdout.splitlines()) == 1, r.stdout  # stdout as without the lines
+        assert _progress_lines(r.stderr, desc, unit) != [], r.stderr
+        # Again (nothing left to do, the same work of looking): the interval from the environment ...
+        r = _cli(tools, *args, env={"SEALGATE_PROGRESS_INTERVAL": "0.01"})
+        assert r.returncode == 0 and _progress_lines(r.stderr, desc, unit) != [], r.stderr
+        # ... and silenced.
+        for silent in ("-q", "--no-progress"):
+            r = _cli(tools, *args, silent, env={"SEALGATE_PROGRESS_INTERVAL": "0.01"})
+            assert r.returncode == 0 and r.stderr == "", r.stderr
+    # The default interval (10 s) says nothing in a run this short: the pipe keeps its old output.
+    r = _cli(tools, *runs[3][0])
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+
+
+def _json(r: subprocess.CompletedProcess[str]) -> dict[str, Any]:
+    """The one JSON object that is all a --json run printed on stdout."""
+    assert len(r.stdout.splitlines()) == 1, r.stdout + r.stderr
+    document = json.loads(r.stdout)
+    assert isinstance(document, dict) and isinstance(document.pop("elapsed_seconds"), float), document
+    return document
+
+
+def test_json_summaries_are_one_object_on_stdout_and_exit_as_without(tools: Stack) -> None:
+    s3, raw = tools.client(), backend_client(tools.backend_url)
+    for bucket in ("tl-json", "tl-json-dst"):
+        s3.create_bucket(Bucket=bucket)
+    for key in ("a/1", "a/2", "a/3"):
+        s3.put_object(Bucket="tl-json", Key=key, Body=os.urandom(500))
+    raw.put_object(Bucket="tl-json", Key="a/plain", Body=b"not encrypted")  # what each tool skips
+    listed = raw.list_objects_v2(Bucket="tl-json", Prefix="a/")["Contents"]
+    stored = sum(o["Size"] for o in listed if o["Key"] != "a/plain")
+    not_ours = [{"key": "a/plain", "reason": "InvalidObjectState: not a sealgate object"}]
+
+    r = _cli(tools, "rewrap", "s3://tl-json/a/", "--to-key", "key2", "--dry-run", "--json")
+    assert r.returncode == 1 and r.stderr == "", r.stderr  # a skipped object fails a rewrap, as without --json
+    assert _json(r) == {
+        "command": "rewrap",
+        "dry_run": True,
+        "target": "s3://tl-json/a/",
+        "to_key": "key2",
+        "rewrapped": 3,
+        "bytes": stored,
+        "already": 0,
+        "skipped": not_ours,
+        "failed": [],
+        "would_change": ["a/1", "a/2", "a/3"],
+    }
+    r = _cli(tools, "rewrap", "s3://tl-json/a/", "--to-key", "key2", "--json", "-v")
+    assert r.returncode == 1 and "rewrapped s3://tl-json/a/1" in r.stderr.splitlines(), r.stderr  # -v: on stderr
+    document = _json(r)
+    assert (document["dry_run"], document["rewrapped"], document["skipped"]) == (False, 3, not_ours)
+    assert "would_change" not in document
+    assert _key_of(raw, "tl-json", "a/1").startswith("local:key2:")
+
+    r = _cli(tools, "copy", "s3://tl-json/a/", "s3://tl-json-dst/b/", "--recursive", "--to-key", "key2", "--json")
+    assert r.returncode == 1, r.stdout + r.stderr
+    document = _json(r)
+    assert (document["source"], document["destination"]) == ("s3://tl-json/a/", "s3://tl-json-dst/b/")
+    assert (document["copied"], document["already"], document["bytes"]) == (3, 0, stored)
+    assert document["skipped"] == [{"key": "a/plain", "reason": "sealgate copies only objects it wrote"}]
+    r = _cli(tools, "copy", "s3://tl-json/a/1", "s3://tl-json-dst/c", "--to-key", "key2", "--json", "--dry-run", "-q")
+    assert r.returncode == 0 and _json(r)["would_change"] == [{"key": "a/1", "to": "c"}], r.stdout  # -q: JSON too
+
+    # A tampered body: convert fails it (exit 1), and says why.
+    obj = raw.get_object(Bucket="tl-json", Key="a/3")
+    body = bytearray(obj["Body"].read())
+    body[-1] ^= 1
+    raw.put_object(Bucket="tl-json", Key="a/3", Body=bytes(body), Metadata=obj["Metadata"])
+    r = _cli(tools, "convert", "s3://tl-json/a/", "--to", "s3ec-v3", "--json")
+    assert r.returncode == 1, r.stdout + r.stderr
+    document = _json(r)
+    assert (document["converted"], document["bytes"], document["already"]) == (2, 1000, 0), document
+    unencrypted = "not encrypted (neither a sealgate nor an S3EC object)"
+    assert document["skipped"] == [{"key": "a/plain", "reason": unencrypted}]
+    assert [f["key"] for f in document["failed"]] == ["a/3"] and document["failed"][0]["reason"], document
+    assert (document["to"], document["stopped_at_limit"]) == ("s3ec-v3", False)
+
+    s3.create_multipart_upload(Bucket="tl-json", Key="abandoned")
+    (stale,) = [u["UploadId"] for u in raw.list_multipart_uploads(Bucket="tl-json")["Uploads"]]
+    r = _cli(tools, "gc", "s3://tl-json", "--older-than", "0s", "--json")
+    assert r.returncode == 0, r.stdout + r.stderr
+    document = _json(r)
+    assert document["uploads_aborted"] == [{"key": "abandoned", "upload_id": stale}], document
+    assert (document["command"], document["dry_run"], document["older_than"]) == ("gc", False, "0s")
+    assert document["skipped"] == document["failed"] == document["pending_kept"] == []
+
+    # What stops a run as a whole is still one line on stderr, and nothing on stdout.
+    r = _cli(tools, "rewrap", "--bucket", "tl-no-such-bucket", "--to-key", "key2", "--json")
+    assert (r.returncode, r.stdout) == (2, ""), r.stdout + r.stderr
 
 
 def test_what_stops_a_run_is_one_line(tools: Stack, tmp_path: Path, tls_files: dict[str, Path]) -> None:
