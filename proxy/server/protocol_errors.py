@@ -1,15 +1,24 @@
 """Requests that are not HTTP aiohttp can parse (a bare LF, a bad header line, a body that
-breaks its framing) get an S3 XML error like every other answer, and one log line at INFO: no
-traceback, and neither the offending bytes nor anything the request carried (a presigned URL's
-signature, say) in the log or the answer."""
+breaks its framing) get an S3 XML error like every other answer, over HTTP/1.1, and one log
+line at INFO: no traceback, and neither the offending bytes nor anything the request carried (a
+presigned URL's signature, say) in the log or the answer.
+
+aiohttp answers such a request as if it had said HTTP/1.0 (the placeholder request it makes for
+it has no version of its own); the answer here goes out under a request of our own that says
+HTTP/1.1 and asks for the connection to close."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 
-from aiohttp import web
+from aiohttp import HttpVersion11, web
+from aiohttp.abc import AbstractStreamWriter
+from aiohttp.http import RawRequestMessage
 from aiohttp.web_protocol import RequestHandler
+from multidict import CIMultiDict, CIMultiDictProxy
+from yarl import URL
 
 from proxy.s3.errors import S3Error
 
@@ -43,13 +52,26 @@ class S3ProtocolErrors(RequestHandler):
             "We encountered an internal error. Please try again." if status >= 500 else "The request is not valid HTTP."
         )
         rid = secrets.token_hex(8).upper()
-        resp = web.Response(
+        resp = _Http11Answer(
             status=status,
             body=S3Error(code, text, status).to_xml(rid, resource=""),
             headers={"Content-Type": "application/xml", "x-amz-request-id": rid, "x-amz-id-2": rid},
         )
         resp.force_close()
         return resp
+
+
+class _Http11Answer(web.Response):
+    """A response sent as HTTP/1.1 with ``Connection: close``, whatever request line it answers."""
+
+    async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
+        """`web.Response.prepare`, for a stand-in of `request` that says HTTP/1.1 and should close."""
+        message = RawRequestMessage(
+            request.method, "/", HttpVersion11, CIMultiDictProxy(CIMultiDict()), (), True, None, False, False, URL("/")
+        )
+        loop = asyncio.get_running_loop()
+        stand_in = web.BaseRequest(message, request.content, request.protocol, request.writer, request.task, loop)
+        return await super().prepare(stand_in)
 
 
 def answer_as_s3(handler: RequestHandler) -> RequestHandler:
