@@ -174,6 +174,9 @@ def serve(config: Config, config_path: Path | None = None, *, join: bool = False
     if worker:
         _serve_one(config, config_path, Workers([], None), watch=False)
         return
+    problem = s3ec_workers_problem(config)
+    if problem is not None:
+        log.warning("%s", problem)
     if not join:
         for host, port in _listen_addresses(config):
             if port_in_use(host, port):
@@ -196,6 +199,25 @@ def serve(config: Config, config_path: Path | None = None, *, join: bool = False
         _serve_one(config, config_path, workers, watch=first and config.server.workers > 1)
     finally:
         workers.wait()
+
+
+def s3ec_workers_problem(config: Config) -> str | None:
+    """Why this config's s3ec-v3 multipart uploads would fail across its workers, or None.
+
+    Such an upload's parts form one GCM stream whose state lives in the process that created the
+    upload (proxy/store/s3ec_uploads.py); SO_REUSEPORT hands each new connection to any worker,
+    so parts an SDK sends over several connections reach processes without that state."""
+    rules = [rule.name for rule in config.buckets if rule.format == "s3ec-v3"]
+    workers = config.server.workers
+    if not rules or workers <= 1:
+        return None
+    return (
+        f'[[buckets]] {", ".join(rules)} write format = "s3ec-v3", whose multipart uploads keep their '
+        f"encryption state in the one process that created them: with server.workers = {workers}, parts "
+        "sent over other connections reach other workers and fail with NoSuchUpload. To serve them, run "
+        "server.workers = 1 on each replica and balance each client to one replica (sticky, e.g. HAProxy "
+        "`balance source`); single PUTs and reads work with any number of workers"
+    )
 
 
 _early_hup: list[int] = []
