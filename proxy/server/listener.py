@@ -44,7 +44,9 @@ from typing import Any, Final, cast
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
+from proxy.logs import LogLimit
 from proxy.metrics import CONNECTIONS
+from proxy.server.handshakes import log_failure
 from proxy.server.protocol_errors import answer_as_s3
 
 log = logging.getLogger("sealgate.listener")
@@ -57,6 +59,11 @@ _CAP_POLL = 0.1
 #: How long an anonymous connection without a complete request head is safe from being pushed
 #: out: a client's own handshake and first request take milliseconds, a silent socket longer.
 EVICT_MIN_AGE: Final = 2.0
+
+
+def peer_host(peer: Any) -> str:
+    """The host part of a socket address (``peername``)."""
+    return str(peer[0]) if isinstance(peer, tuple) and peer else str(peer)
 
 
 def address_key(peer: Any) -> str:
@@ -264,6 +271,8 @@ class Connections:
         self._by_transport: dict[asyncio.BaseTransport, _Guard] = {}
         #: Set once shutdown began: responses then say ``Connection: close``.
         self.draining = False
+        #: How often lines about what clients get wrong (failed handshakes) may be logged.
+        self.log_limit = LogLimit()
 
     @property
     def anonymous(self) -> int:
@@ -475,7 +484,7 @@ class GuardedSite(web.BaseSite):
                 conn.close()
                 self._connections.slots.release()
                 continue
-            guard.opening = self._spawn(asyncio.get_running_loop(), self._open(conn, guard))
+            guard.opening = self._spawn(asyncio.get_running_loop(), self._open(conn, guard, peer))
 
     async def _accept(self, sock: socket.socket) -> tuple[socket.socket, Any] | None:
         """The next connection, with a slot taken for it; None after a failed ``accept()``."""
@@ -506,7 +515,7 @@ class GuardedSite(web.BaseSite):
             raise
         return conn, peer
 
-    async def _open(self, conn: socket.socket, guard: _Guard) -> None:
+    async def _open(self, conn: socket.socket, guard: _Guard, peer: Any) -> None:
         loop = asyncio.get_running_loop()
         ctx = self._context() if self._context is not None else None
         try:
@@ -522,7 +531,7 @@ class GuardedSite(web.BaseSite):
             guard.release()
             if not isinstance(exc, Exception):
                 raise
-            log.debug("TLS handshake failed: %s", exc)
+            log_failure(peer_host(peer), exc, self._connections.log_limit)
         finally:
             guard.opening = None
 

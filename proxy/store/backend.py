@@ -31,10 +31,12 @@ from botocore.credentials import Credentials, ReadOnlyCredentials
 from yarl import URL
 
 from proxy.audit import audit_context
+from proxy.logs import LogLimit
 from proxy.metrics import BACKEND_RETRIES
 from proxy.s3.errors import S3Error
 from proxy.s3.xml import local_name, parse
 from proxy.store.pool import PoolWait, UploadSlots, slow_down, tracing
+from proxy.tls_files import backend_tls_problem
 
 # Named as before the move to store/: operators filter logs on it.
 log = logging.getLogger("proxy.backend")
@@ -342,6 +344,7 @@ class Backend:
         self._credentials: Credentials | None = None
         #: Streamed uploads being sent, by client.
         self.uploads = UploadSlots(settings.uploads_per_client, settings.pool_wait)
+        self._log_limit = LogLimit()
         if settings.access_key_id and settings.secret_access_key:
             self._credentials = Credentials(settings.access_key_id, settings.secret_access_key)
 
@@ -511,7 +514,11 @@ class Backend:
                 raise S3Error("ServiceUnavailable", "the storage backend timed out", 503) from exc
             return "timeout"
         except aiohttp.ClientConnectorError as exc:
-            log.warning("backend unreachable: %s", exc.__class__.__name__)
+            problem = backend_tls_problem(self.settings.endpoint, exc)
+            if problem is None:
+                log.warning("backend unreachable: %s", exc.__class__.__name__)
+            else:  # the same misconfiguration on every request: a few lines a minute say it
+                self._log_limit.log(log, logging.WARNING, "tls", "backend unreachable: %s", problem)
             if last:
                 raise S3Error("ServiceUnavailable", "the storage backend is unreachable", 503) from exc
             return exc.__class__.__name__
