@@ -62,9 +62,11 @@ def test_a_client_that_does_not_trust_the_certificate_is_logged(
     caplog.set_level(logging.INFO, logger="sealgate.tls")
     ctx = ssl.create_default_context()
     trustme.CA().configure_trust(ctx)  # some other CA than the one that issued sealgate's cert
-    with socket.create_connection(("127.0.0.1", _port(fresh_stack)), timeout=5) as raw:
-        with pytest.raises(ssl.SSLCertVerificationError):
-            ctx.wrap_socket(raw, server_hostname="localhost")
+    with (
+        socket.create_connection(("127.0.0.1", _port(fresh_stack)), timeout=5) as raw,
+        pytest.raises(ssl.SSLCertVerificationError),
+    ):
+        ctx.wrap_socket(raw, server_hostname="localhost")
     (line,) = _logged(caplog, "does not accept sealgate's certificate")
     assert line.levelno == logging.WARNING  # most often sealgate's side: a certificate clients cannot check
     assert "TLS handshake from 127.0.0.1 failed" in line.getMessage()
