@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+from typing import cast
 
 from aiohttp import HttpVersion11, web
 from aiohttp.abc import AbstractStreamWriter
@@ -31,6 +32,16 @@ class S3ProtocolErrors(RequestHandler):
     """aiohttp's connection protocol, with its protocol-level errors answered as S3 would."""
 
     __slots__ = ()  # the same layout as RequestHandler's, so a connection's class can become this
+
+    @property
+    def peername(self) -> str | tuple[str, int, int, int] | tuple[str, int] | None:
+        """The client a PROXY header named (kept by the connection's protocol, a
+        proxy/server/listener.py `Guard`), else the socket's peer: what ``request.remote`` is."""
+        transport = self.transport
+        declared = getattr(transport.get_protocol(), "declared_peer", None) if transport is not None else None
+        if isinstance(declared, tuple):
+            return cast(tuple[str, int], declared)
+        return super().peername
 
     def handle_error(
         self,

@@ -15,8 +15,10 @@ from aiohttp import web
 from proxy.config import Config
 from proxy.kms.base import KeyAccessDenied, Keyring
 from proxy.kms.materials import Materials
+from proxy.net.forwarded import TrustedProxies, trusted_proxies
 from proxy.server.app import GATEWAY, build_app
-from proxy.server.listener import Connections, GuardedSite, bind, port_in_use
+from proxy.server.listener import Connections
+from proxy.server.sites import GuardedSite, bind, port_in_use
 from proxy.server.tls import CertificateReloader, TLSConfigError, cert_binding_problem
 from proxy.server.workers import Workers, die_with_parent
 from proxy.wiring import make_gateway, open_audit
@@ -89,18 +91,38 @@ async def start(
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=2.0)
     await runner.setup()
     running = Running(runner, None, None, connections, certificates, srv.shutdown_timeout_seconds)
+
+    def trusted() -> TrustedProxies:  # as the config is now: a reload may change the list
+        return trusted_proxies(app[GATEWAY].config.server.trusted_proxies)
+
     if certificates is not None:
         host, port = srv.listen_address
-        site = GuardedSite(runner, bind(host, port, reuse_port=reuse_port), connections, lambda: certificates.context)
+        site = GuardedSite(
+            runner,
+            bind(host, port, reuse_port=reuse_port),
+            connections,
+            lambda: certificates.context,
+            trusted=trusted,
+            proxy_protocol=srv.proxy_protocol,
+        )
         await site.start()
         running.sites.append(site)
         running.tls_port = site.port
-        log.info("sealgate serving https on %s:%s", host, site.port)
+        pp = " (each connection from server.trusted_proxies, with a PROXY header)" if srv.proxy_protocol else ""
+        log.info("sealgate serving https on %s:%s%s", host, site.port, pp)
         if srv.tls_reload_seconds > 0:
             running.watch = asyncio.get_running_loop().create_task(certificates.watch(srv.tls_reload_seconds))
     if srv.plain_http_listen:
         host, port = srv.plain_http_address
-        site = GuardedSite(runner, bind(host, port, reuse_port=reuse_port), connections)
+        # With TLS on, this one is a sidecar's (loopback, a pod): no balancer in between.
+        public = not srv.tls
+        site = GuardedSite(
+            runner,
+            bind(host, port, reuse_port=reuse_port),
+            connections,
+            trusted=trusted,
+            proxy_protocol=srv.proxy_protocol and public,
+        )
         await site.start()
         running.sites.append(site)
         plain_port = running.plain_port = site.port

@@ -1,17 +1,21 @@
 """`sealgate health`: ask the sealgate this config describes, on this host, whether it is alive
 (``/-/healthz``) or ready (``/-/readyz``); for container health checks, which should not have to
-repeat the port the config already names."""
+repeat the port the config already names. Where the listener expects PROXY protocol headers
+(``server.proxy_protocol``), the check opens with a v2 LOCAL header, as a balancer's own
+health checks do, so this host's address must be among ``server.trusted_proxies``."""
 
 from __future__ import annotations
 
+import http.client
+import socket
 import ssl
 import sys
-import urllib.error
-import urllib.request
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import click
 
+from proxy.net.proxy_protocol import v2_header
 from proxy.tools.options import config_option
 
 
@@ -42,14 +46,34 @@ def health_cmd(config_path: Path, ready: bool, timeout: float) -> None:
         sys.exit(2)
     srv = config.server
     url = health_url(srv.listen_address if srv.tls else srv.plain_http_address, srv.tls, ready)
-    # Our own process on this host: its certificate names the public host name, not loopback.
-    context = ssl._create_unverified_context()  # noqa: S323
     try:
-        with urllib.request.urlopen(url, context=context, timeout=timeout) as resp:  # noqa: S310
-            click.echo(resp.read().decode("utf-8", "replace").strip())
-    except urllib.error.HTTPError as exc:
-        click.echo(f"{url}: {exc.code} {exc.read().decode('utf-8', 'replace').strip()}", err=True)
-        sys.exit(1)
+        status, text = ask(url, timeout, proxy_header=v2_header(None) if srv.proxy_protocol else b"")
     except OSError as exc:
-        click.echo(f"{url}: {exc}", err=True)
+        hint = " (server.proxy_protocol: is this host in server.trusted_proxies?)" if srv.proxy_protocol else ""
+        click.echo(f"{url}: {str(exc) or type(exc).__name__}{hint}", err=True)
         sys.exit(1)
+    if status != 200:
+        click.echo(f"{url}: {status} {text}", err=True)
+        sys.exit(1)
+    click.echo(text)
+
+
+def ask(url: str, timeout: float, proxy_header: bytes = b"") -> tuple[int, str]:
+    """GET `url` on this host's sealgate, opening the connection with `proxy_header`: the status
+    and the body's text."""
+    parts = urlsplit(url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 443
+    sock: socket.socket = socket.create_connection((host, port), timeout=timeout)
+    try:
+        sock.sendall(proxy_header)
+        if parts.scheme == "https":
+            # Our own process on this host: its certificate names the public host name, not loopback.
+            context = ssl._create_unverified_context()  # noqa: S323
+            sock = context.wrap_socket(sock, server_hostname=host)
+        conn = http.client.HTTPConnection(host, port, timeout=timeout)
+        conn.sock = sock  # the connection, PROXY header and TLS already in place
+        conn.request("GET", parts.path, headers={"Connection": "close"})
+        resp = conn.getresponse()
+        return resp.status, resp.read().decode("utf-8", "replace").strip()
+    finally:
+        sock.close()
