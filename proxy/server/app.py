@@ -74,6 +74,9 @@ def error_response(request: web.Request, err: S3Error) -> web.Response:
     return web.Response(status=err.status, body=body, headers=headers)
 
 
+_INTERNAL = S3Error("InternalError", "We encountered an internal error. Please try again.")
+
+
 @web.middleware
 async def s3_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Every failure becomes an S3 XML error; every response carries a request id."""
@@ -92,15 +95,19 @@ async def s3_errors(request: web.Request, handler: Handler) -> web.StreamRespons
     except web.HTTPException as exc:
         code = {404: "NoSuchKey", 405: "MethodNotAllowed", 413: "EntityTooLarge"}.get(exc.status, "InvalidRequest")
         resp = error_response(request, S3Error(code, exc.reason, exc.status))
-    except ConnectionResetError:
-        # The client closed the connection (a download it stopped reading): not our error, and
-        # nothing can be answered on it.
-        client = client_of(request) or "-"
-        log.info("%s %s %s %s: the client closed the connection", rid, client, request.method, request.path)
-        raise
+    except ConnectionError as exc:
+        if not _client_gone(request, exc):
+            log.exception("unhandled error in request %s", rid)
+            resp = error_response(request, _INTERNAL)
+        else:
+            # The client closed the connection (a download it stopped reading): not our error,
+            # and nothing can be answered on it.
+            client = client_of(request) or "-"
+            log.info("%s %s %s %s: the client closed the connection", rid, client, request.method, request.path)
+            raise
     except Exception:
         log.exception("unhandled error in request %s", rid)
-        resp = error_response(request, S3Error("InternalError", "We encountered an internal error. Please try again."))
+        resp = error_response(request, _INTERNAL)
     finally:
         ACTIVE.dec()
     if not resp.prepared:
@@ -121,6 +128,13 @@ async def s3_errors(request: web.Request, handler: Handler) -> web.StreamRespons
         (time.monotonic() - start) * 1000,
     )
     return resp
+
+
+def _client_gone(request: web.Request, exc: ConnectionError) -> bool:
+    """Whether `exc` is the client's connection ending: a reset, or any connection error once
+    the client's transport is gone (aiohttp's paused writer says only "Connection lost")."""
+    transport = request.transport
+    return isinstance(exc, ConnectionResetError) or transport is None or transport.is_closing()
 
 
 def client_of(request: web.Request) -> str | None:

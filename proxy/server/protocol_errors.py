@@ -51,6 +51,11 @@ class S3ProtocolErrors(RequestHandler):
         message: str | None = None,
     ) -> web.StreamResponse:
         """`RequestHandler.handle_error`, answered with an S3 XML error and logged without the request's bytes."""
+        gone = self.transport is None or self.transport.is_closing()
+        if isinstance(exc, ConnectionError) and gone:
+            # The client went away mid-response (proxy/server/app.py logged it at INFO): nothing
+            # failed here, and nothing can be answered.
+            raise ConnectionError("the client closed the connection") from exc
         if status >= 500:
             # sealgate's own failure, not the client's input: with its traceback.
             log.error("internal error on a connection from %s", request.remote, exc_info=exc)
