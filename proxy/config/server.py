@@ -109,6 +109,11 @@ class ServerConfig(Section):
     #: applies): a trickle that keeps just inside the stall timeout would hold its connections,
     #: and for a streamed upload a backend connection, for hours.
     body_min_bytes_per_second: StrictInt = Field(default=1024, ge=0, le=1024**3)
+    #: A client reading an object must take at least this many bytes per second sealgate waits
+    #: for it, averaged over each span of ``download_grace_seconds`` (0: no such limit): a slow
+    #: reader holds its download's backend connection as long as it reads.
+    download_min_bytes_per_second: StrictInt = Field(default=1024, ge=0, le=1024**3)
+    download_grace_seconds: float = Field(default=30.0, ge=1, le=3600)
     #: s3ec-v3 multipart uploads in progress whose GCM stream state this process holds, and how
     #: many of them one client may have (default: a sixteenth of the total), so that one client
     #: cannot take them all.

@@ -312,6 +312,11 @@ CASES: list[tuple[str, dict[str, str | list[str] | None], str]] = [
         "buckets[0].allow_unencrypted_reads: must be true or false",
     ),
     (
+        "more downloads per client than the pool",
+        {"backend": str(BASE["backend"]) + "pool_size = 8\nstreamed_downloads_per_client = 9\n"},
+        "backend.streamed_downloads_per_client: must be at most pool_size (8), got 9",
+    ),
+    (
         "PROXY protocol from no one",
         {"server": SERVER + "proxy_protocol = true\n"},
         "server.trusted_proxies: required when proxy_protocol = true: the balancers' networks (CIDR) that may "
