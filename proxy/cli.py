@@ -452,8 +452,8 @@ def keys_import_pem(
 def quickstart(directory: Path, port: int, backend_port: int) -> None:
     """Set up ./.sealgate/ and run sealgate in front of an in-memory demo S3 store."""
     from proxy.config import load_config
-    from proxy.server.listener import port_in_use
     from proxy.server.run import serve as run_serve
+    from proxy.server.sites import port_in_use
     from proxy.tools.quickstart import banner, set_up
 
     _setup_logging()

@@ -14,6 +14,8 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TextIO
 
 
@@ -96,6 +98,49 @@ class BatchingStreamHandler(logging.StreamHandler[TextIO]):
         with self.lock:  # type: ignore[union-attr]
             self._write_pending()
         super().flush()
+
+
+@dataclass
+class _Window:
+    start: float
+    lines: int = 0
+    dropped: int = 0
+
+
+class LogLimit:
+    """At most `lines` log lines of one kind per `seconds`, for events anyone on the network can
+    cause (a flood of bad handshakes must not fill the disk); the lines beyond are counted, and
+    the count is told with the next line of that kind let through."""
+
+    def __init__(self, lines: int = 5, seconds: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.lines = lines
+        self.seconds = seconds
+        self._clock = clock
+        self._kinds: dict[str, _Window] = {}
+
+    def admit(self, kind: str) -> int | None:
+        """None: leave this line out; otherwise how many lines of `kind` were left out before it."""
+        now = self._clock()
+        window = self._kinds.get(kind)
+        if window is None or now - window.start >= self.seconds:
+            dropped = window.dropped if window is not None else 0
+            window = self._kinds[kind] = _Window(now, dropped=dropped)
+        if window.lines >= self.lines:
+            window.dropped += 1
+            return None
+        window.lines += 1
+        dropped, window.dropped = window.dropped, 0
+        return dropped
+
+    def log(self, logger: logging.Logger, level: int, kind: str, message: str, *args: object) -> None:
+        """`logger.log(level, message, *args)` unless `kind` is over its limit; the line says how
+        many of its kind were left out before it."""
+        dropped = self.admit(kind)
+        if dropped is None:
+            return
+        if dropped:
+            message += f" ({dropped} more like this not logged)"
+        logger.log(level, message, *args, stacklevel=2)
 
 
 def setup_logging(verbose: bool, json_logs: bool = False, *, quiet: bool = False) -> None:

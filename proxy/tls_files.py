@@ -33,6 +33,32 @@ def ssl_reason(exc: ssl.SSLError) -> str:
     return reason.lower().replace("_", " ") or str(exc)
 
 
+#: What the client side of a handshake reports when the server answered with something not TLS.
+_NOT_TLS = frozenset({"WRONG_VERSION_NUMBER", "PACKET_LENGTH_TOO_LONG", "RECORD_LAYER_FAILURE", "HTTP_REQUEST"})
+
+
+def backend_tls_problem(endpoint: str, exc: BaseException) -> str | None:
+    """What a failed TLS connection to the backend at `endpoint` means for the operator; None if
+    `exc` is no TLS failure. `exc` may be aiohttp's wrapper (which keeps OpenSSL's error aside)."""
+    cause = getattr(exc, "certificate_error", None) or getattr(exc, "os_error", None) or exc
+    if not isinstance(cause, ssl.SSLError):
+        return None
+    if isinstance(cause, ssl.SSLCertVerificationError):
+        detail = cause.verify_message or ssl_reason(cause)
+        return (
+            f"the backend {endpoint} presents a certificate this sealgate does not trust ({detail}): set "
+            "backend.ca_bundle to the CA that issued it"
+        )
+    reason = cause.reason or ""
+    if reason in _NOT_TLS:
+        plain = "http://" + endpoint.split("://", 1)[-1]
+        return (
+            f"the backend {endpoint} does not speak TLS ({ssl_reason(cause)}): if it serves plain HTTP, "
+            f"set backend.endpoint = {plain!r}"
+        )
+    return f"TLS with the backend {endpoint} failed: {ssl_reason(cause)}"
+
+
 def backend_ssl_context(ca_bundle: Path | None, verify: bool = True) -> ssl.SSLContext | bool:
     """The `ssl` argument for the aiohttp client that talks to the backend.
 

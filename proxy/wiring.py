@@ -112,6 +112,7 @@ def make_backend(config: Config) -> Backend:
             pool_size=b.pool_size,
             pool_wait=b.pool_wait_seconds,
             uploads_per_client=b.uploads_per_client,
+            downloads_per_client=b.downloads_per_client,
         )
     )
 

@@ -169,9 +169,9 @@ def test_functions_are_short() -> None:
     assert long == {}
 
 
-@pytest.mark.parametrize("module", ["proxy.crypto", "proxy.s3", "proxy.access"])
+@pytest.mark.parametrize("module", ["proxy.crypto", "proxy.s3", "proxy.access", "proxy.net"])
 def test_the_pure_core_does_no_io(module: str) -> None:
-    """crypto/, s3/ and access/ decide; they neither serve nor call out."""
+    """crypto/, s3/, access/ and net/ decide; they neither serve nor call out."""
     io = ("aiohttp", "asyncio", "boto3", "botocore.session", "socket", "proxy.store", "proxy.server", "proxy.kms")
     offenders = []
     for m, path in MODULES.items():

@@ -69,3 +69,21 @@ def test_dockerfile_is_pinned_and_checks_the_configured_listener() -> None:
     # `sealgate health` asks the port $SEALGATE_CONFIG names, not a fixed address.
     assert 'CMD ["sealgate", "health"]' in dockerfile and "127.0.0.1" not in dockerfile
     assert "ENV SEALGATE_CONFIG=" in dockerfile and "USER sealgate" in dockerfile
+
+
+def _commented_config(recipe: str) -> Config:
+    """The ``[server]`` settings a balancer recipe tells the replicas to use, as a whole config."""
+    lines = [line.removeprefix("#").strip() for line in recipe.splitlines() if line.startswith("#   ")]
+    server = "\n".join(line for line in lines if "=" in line and not line.startswith("["))
+    base = (DEPLOY / "compose" / "sealgate.toml").read_text()
+    return _valid(base.replace("[server]\n", f"[server]\n{server}\n", 1))
+
+
+def test_balancer_recipes_pass_client_addresses_as_sealgate_reads_them() -> None:
+    haproxy = (DEPLOY / "haproxy" / "haproxy.cfg").read_text()
+    assert "send-proxy-v2" in haproxy and "check-send-proxy" in haproxy  # health checks too
+    nginx = (DEPLOY / "nginx" / "nginx.conf").read_text()
+    assert "proxy_protocol on;" in nginx
+    for recipe in (haproxy, nginx):
+        server = _commented_config(recipe).server
+        assert server.proxy_protocol and server.trusted_proxies == ("10.0.0.5/32",)

@@ -109,6 +109,11 @@ class ServerConfig(Section):
     #: applies): a trickle that keeps just inside the stall timeout would hold its connections,
     #: and for a streamed upload a backend connection, for hours.
     body_min_bytes_per_second: StrictInt = Field(default=1024, ge=0, le=1024**3)
+    #: A client reading an object must take at least this many bytes per second sealgate waits
+    #: for it, averaged over each span of ``download_grace_seconds`` (0: no such limit): a slow
+    #: reader holds its download's backend connection as long as it reads.
+    download_min_bytes_per_second: StrictInt = Field(default=1024, ge=0, le=1024**3)
+    download_grace_seconds: float = Field(default=30.0, ge=1, le=3600)
     #: s3ec-v3 multipart uploads in progress whose GCM stream state this process holds, and how
     #: many of them one client may have (default: a sixteenth of the total), so that one client
     #: cannot take them all.
@@ -118,6 +123,16 @@ class ServerConfig(Section):
     #: gives: source networks (CIDR). Others get 403 from metrics and only ready / not ready.
     #: Add the Prometheus scraper's network (a pod CIDR on Kubernetes).
     metrics_allow: tuple[StrictStr, ...] = ("127.0.0.0/8", "::1/128")
+    #: Balancers and proxies (CIDR) whose connections may say whom they carry: a PROXY protocol
+    #: header, and ``X-Forwarded-For`` (the right-most address in it that is not one of these
+    #: is the client), are believed from them only. The client's address is then what the access
+    #: and audit logs show, ``aws:SourceIp`` and ``metrics_allow`` check and the per-address
+    #: connection cap counts.
+    trusted_proxies: tuple[StrictStr, ...] = ()
+    #: Every connection to the public listener (``listen``; ``plain_http_listen`` when
+    #: ``tls = false``) starts with a PROXY protocol header, v1 or v2, from ``trusted_proxies``
+    #: (HAProxy ``send-proxy-v2``, nginx ``proxy_protocol on``); others are closed.
+    proxy_protocol: StrictBool = False
 
     _check_listen = field_validator("listen", "plain_http_listen")(check_address)
 
@@ -129,7 +144,7 @@ class ServerConfig(Section):
                 raise Invalid((i,), f'"{domain}" is not a valid domain name')
         return domains
 
-    @field_validator("metrics_allow")
+    @field_validator("metrics_allow", "trusted_proxies")
     @classmethod
     def _check_networks(cls, networks: tuple[str, ...]) -> tuple[str, ...]:
         for i, text in enumerate(networks):
@@ -164,6 +179,11 @@ class ServerConfig(Section):
         plain = self.plain_http_listen
         if self.tls and plain is not None and parse_address(plain) == self.listen_address:
             raise Invalid(("plain_http_listen",), "is the same address as listen")
+        if self.proxy_protocol and not self.trusted_proxies:
+            raise Invalid(
+                ("trusted_proxies",),
+                "required when proxy_protocol = true: the balancers' networks (CIDR) that may send PROXY headers",
+            )
         self._check_shares()
         return self
 

@@ -72,6 +72,11 @@ class BackendConfig(Section):
     #: to ``pool_wait_seconds`` for one of them to end, then gets 503 SlowDown. Default: a
     #: quarter of ``pool_size``, so one client never holds the pool.
     streamed_uploads_per_client: StrictInt | None = Field(default=None, ge=1, le=65536)
+    #: Object downloads (GetObject) one client may be reading at once, each holding a pooled
+    #: connection until the client has taken the body; one more waits up to
+    #: ``pool_wait_seconds``, then gets 503 SlowDown. Default: a quarter of ``pool_size``.
+    #: Unsigned (public) reads count per client address.
+    streamed_downloads_per_client: StrictInt | None = Field(default=None, ge=1, le=65536)
 
     _check_endpoint = field_validator("endpoint")(check_url)
 
@@ -80,6 +85,13 @@ class BackendConfig(Section):
         """Streamed uploads one client may send at once (``streamed_uploads_per_client``)."""
         if self.streamed_uploads_per_client is not None:
             return self.streamed_uploads_per_client
+        return max(1, self.pool_size // 4)
+
+    @property
+    def downloads_per_client(self) -> int:
+        """Downloads one client may be reading at once (``streamed_downloads_per_client``)."""
+        if self.streamed_downloads_per_client is not None:
+            return self.streamed_downloads_per_client
         return max(1, self.pool_size // 4)
 
     @field_validator("region")
@@ -101,11 +113,10 @@ class BackendConfig(Section):
                 raise Invalid(("ca_bundle",), "only used with an https:// endpoint")
             if not self.verify_tls:
                 raise Invalid(("ca_bundle",), "has no effect with verify_tls = false")
-        per_client = self.streamed_uploads_per_client
-        if per_client is not None and per_client > self.pool_size:
-            raise Invalid(
-                ("streamed_uploads_per_client",), f"must be at most pool_size ({self.pool_size}), got {per_client}"
-            )
+        for name in ("streamed_uploads_per_client", "streamed_downloads_per_client"):
+            per_client = getattr(self, name)
+            if per_client is not None and per_client > self.pool_size:
+                raise Invalid((name,), f"must be at most pool_size ({self.pool_size}), got {per_client}")
         return self
 
 

@@ -31,8 +31,10 @@ from aiohttp import web
 from proxy.audit import AuditContext, Outcome, audit_context
 from proxy.kms.keystore import KeyInfo, KeyringFileError, LocalKeyStore, keyring_lock, passphrase_from
 from proxy.kms.local import LocalKeyring
+from proxy.net.forwarded import trusted_proxies
 from proxy.s3.errors import S3Error
 from proxy.s3.sigv4 import VerifiedRequest
+from proxy.server.proxied import client_address
 from proxy.server.state import REQUEST_ID
 from proxy.store.gateway import Gateway
 
@@ -109,7 +111,8 @@ def _info_doc(info: KeyInfo) -> dict[str, Any]:
 async def handle(gw: Gateway, request: web.Request, verified: VerifiedRequest) -> web.StreamResponse:
     """Serve one admin request from an authenticated client."""
     identity = verified.identity
-    audit_context.set(AuditContext(identity=identity, source=request.remote, request_id=request.get(REQUEST_ID)))
+    source = client_address(request, trusted_proxies(gw.config.server.trusted_proxies))
+    audit_context.set(AuditContext(identity=identity, source=source, request_id=request.get(REQUEST_ID)))
     if request.can_read_body:  # a Content-Length or a chunked body
         raise S3Error("InvalidRequest", "admin requests take no body", 400)
     path = request.path.rstrip("/")

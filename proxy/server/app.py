@@ -19,6 +19,7 @@ from proxy.audit import AuditContext, audit_context
 from proxy.crypto.format import FormatError
 from proxy.kms.base import KeyringError
 from proxy.metrics import ACTIVE, BYTES_OUT, render, request_finished
+from proxy.net.forwarded import trusted_proxies
 from proxy.s3.errors import S3Error
 from proxy.s3.headers import refuse_reserved_metadata
 from proxy.s3.routing import Op, Route, route
@@ -26,7 +27,8 @@ from proxy.s3.sigv4 import ClientCredentials, VerifiedRequest, anonymous_request
 from proxy.server import admin, bucket_access, buckets, copy, cors, multipart, objects, post_object
 from proxy.server.budget import VERIFY_FIRST_BUDGET, MemoryBudget
 from proxy.server.direct import closes_connection
-from proxy.server.listener import mark_authenticated
+from proxy.server.listener import mark_authenticated, request_from
+from proxy.server.proxied import client_address
 from proxy.server.state import CALLER, IDENTITY, REQUEST_ID
 from proxy.server.tls import check_client_certificate
 from proxy.server.writes import WRITE_CONDITIONS, write_conditions
@@ -72,6 +74,9 @@ def error_response(request: web.Request, err: S3Error) -> web.Response:
     return web.Response(status=err.status, body=body, headers=headers)
 
 
+_INTERNAL = S3Error("InternalError", "We encountered an internal error. Please try again.")
+
+
 @web.middleware
 async def s3_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Every failure becomes an S3 XML error; every response carries a request id."""
@@ -79,7 +84,8 @@ async def s3_errors(request: web.Request, handler: Handler) -> web.StreamRespons
     start = time.monotonic()
     ACTIVE.inc()
     try:
-        resp = await handler(request)
+        refused = _admit_client(request)
+        resp = refused if refused is not None else await handler(request)
     except S3Error as err:
         resp = error_response(request, err)
     except KeyringError as err:
@@ -89,16 +95,19 @@ async def s3_errors(request: web.Request, handler: Handler) -> web.StreamRespons
     except web.HTTPException as exc:
         code = {404: "NoSuchKey", 405: "MethodNotAllowed", 413: "EntityTooLarge"}.get(exc.status, "InvalidRequest")
         resp = error_response(request, S3Error(code, exc.reason, exc.status))
-    except ConnectionResetError:
-        # The client closed the connection (a download it stopped reading): not our error, and
-        # nothing can be answered on it.
-        log.info(
-            "%s %s %s %s: the client closed the connection", rid, request.remote or "-", request.method, request.path
-        )
-        raise
+    except ConnectionError as exc:
+        if not _client_gone(request, exc):
+            log.exception("unhandled error in request %s", rid)
+            resp = error_response(request, _INTERNAL)
+        else:
+            # The client closed the connection (a download it stopped reading): not our error,
+            # and nothing can be answered on it.
+            client = client_of(request) or "-"
+            log.info("%s %s %s %s: the client closed the connection", rid, client, request.method, request.path)
+            raise
     except Exception:
         log.exception("unhandled error in request %s", rid)
-        resp = error_response(request, S3Error("InternalError", "We encountered an internal error. Please try again."))
+        resp = error_response(request, _INTERNAL)
     finally:
         ACTIVE.dec()
     if not resp.prepared:
@@ -111,13 +120,38 @@ async def s3_errors(request: web.Request, handler: Handler) -> web.StreamRespons
     log.info(
         "%s %s %s %s %s %s %.1fms",  # who (address, client) asked what, and how it ended
         rid,
-        request.remote or "-",
+        client_of(request) or "-",
         request.get(IDENTITY) or "-",
         request.method,
         request.path,
         resp.status,
         (time.monotonic() - start) * 1000,
     )
+    return resp
+
+
+def _client_gone(request: web.Request, exc: ConnectionError) -> bool:
+    """Whether `exc` is the client's connection ending: a reset, or any connection error once
+    the client's transport is gone (aiohttp's paused writer says only "Connection lost")."""
+    transport = request.transport
+    return isinstance(exc, ConnectionResetError) or transport is None or transport.is_closing()
+
+
+def client_of(request: web.Request) -> str | None:
+    """The client's address, behind trusted proxies too (proxy/server/proxied.py)."""
+    return client_address(request, trusted_proxies(request.app[GATEWAY].config.server.trusted_proxies))
+
+
+def _admit_client(request: web.Request) -> web.Response | None:
+    """Work out the client's address first. Behind a trusted proxy, the connection counts against
+    that address's anonymous cap from here on, as the client's own connection would: None, or
+    the refusal (503, connection closed) if that cap is full and none from there can give way."""
+    trusted = trusted_proxies(request.app[GATEWAY].config.server.trusted_proxies)
+    client = client_address(request, trusted)
+    if not trusted or request.remote not in trusted or request_from(request, client, trusted):
+        return None
+    resp = error_response(request, S3Error("SlowDown", "too many connections from your address", 503))
+    resp.force_close()
     return resp
 
 
@@ -258,13 +292,13 @@ async def _authorize(
     audit_context.set(
         AuditContext(
             identity=verified.identity,
-            source=request.remote,
+            source=client_of(request),
             request_id=request.get(REQUEST_ID),
             bucket=r.bucket,
             object_key=r.key,
         )
     )
-    caller = Caller(verified.identity, request.remote, request.secure)
+    caller = Caller(verified.identity, client_of(request), request.secure)
     try:
         wanted = needs(r.operation, r.bucket, r.key, request.query, request.headers if headers is None else headers)
     except KeyError:
@@ -446,7 +480,7 @@ async def _health(request: web.Request) -> web.StreamResponse:
     if request.path == "/-/healthz":
         return web.Response(text="ok\n")
     gw = request.app[GATEWAY]
-    trusted = gw.config.server.metrics_allowed(request.remote)
+    trusted = gw.config.server.metrics_allowed(client_of(request))
     if request.path == "/-/metrics":
         if not trusted:  # traffic volumes and key-use counts are not for anyone who asks
             raise S3Error("AccessDenied", "metrics are served to server.metrics_allow only", 403)

@@ -1,7 +1,7 @@
-"""The listening sockets: a connection cap shared fairly, a header deadline and a graceful drain.
+"""The client connections: a connection cap shared fairly, a header deadline and a graceful drain.
 
 aiohttp's own sites hand every accepted connection straight to the HTTP protocol. sealgate
-accepts itself instead, which gives it what aiohttp lacks:
+accepts itself instead (proxy/server/sites.py), which gives it what aiohttp lacks:
 
 - **max_connections**: a slot is taken before ``accept()``; at the cap the accept loop waits,
   so further clients queue in the kernel's backlog (as nginx does at ``worker_connections``)
@@ -17,46 +17,46 @@ accepts itself instead, which gives it what aiohttp lacks:
   stay for authenticated connections, and a new client (anonymous until its first request)
   pushes out an idle anonymous one. At the cap itself, a waiting client likewise replaces an
   anonymous connection that can give way. Busy connections are never pushed out.
-- **header_timeout**: the TLS handshake, and the request headers of every request, must be
-  complete within it. A connection that dribbles its headers (slowloris) is cut; one idle
-  between requests is left to the keep-alive timeouts (aiohttp's, and the shorter anonymous
-  one) and a body to the stall timeout and minimum rate (proxy/server/budget.py).
+- **source addresses behind a balancer**: a connection from ``server.trusted_proxies`` carries
+  other clients, so it counts per address only once it says whose: its PROXY header, or each
+  request's X-Forwarded-For (`Connections.readdress`). Its requests see that client as their peer.
+- **header_timeout**: the PROXY header, the TLS handshake, and the request headers of every
+  request, must be complete within it. A connection that dribbles its headers (slowloris) is
+  cut; one idle between requests is left to the keep-alive timeouts (aiohttp's, and the shorter
+  anonymous one) and a body to the stall timeout and minimum rate (proxy/server/budget.py).
 - **drain**: on shutdown, listeners close first, idle connections are closed, requests in
   flight run to completion until a deadline, and whatever is left is then cut.
-
-Each connection takes the TLS context current at accept time, which is what makes certificate
-reloads affect new handshakes only.
 """
 
 from __future__ import annotations
 
 import asyncio
-import errno
 import ipaddress
 import logging
-import socket
-import ssl
 import time
 from collections import Counter
-from collections.abc import Callable
 from typing import Any, Final, cast
 
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
+from proxy.logs import LogLimit
 from proxy.metrics import CONNECTIONS
-from proxy.server.protocol_errors import answer_as_s3
+from proxy.net.forwarded import TrustedProxies
 
 log = logging.getLogger("sealgate.listener")
 
-__all__ = ["CONNECTIONS_KEY", "Connections", "GuardedSite", "bind", "mark_authenticated", "port_in_use"]
+__all__ = ["CONNECTIONS_KEY", "Connections", "Guard", "address_key", "mark_authenticated", "peer_host", "request_from"]
 
 _DRAIN_POLL = 0.05
-#: How often a full accept loop looks again for an anonymous connection that can give way.
-_CAP_POLL = 0.1
 #: How long an anonymous connection without a complete request head is safe from being pushed
 #: out: a client's own handshake and first request take milliseconds, a silent socket longer.
 EVICT_MIN_AGE: Final = 2.0
+
+
+def peer_host(peer: Any) -> str:
+    """The host part of a socket address (``peername``)."""
+    return str(peer[0]) if isinstance(peer, tuple) and peer else str(peer)
 
 
 def address_key(peer: Any) -> str:
@@ -74,7 +74,7 @@ def address_key(peer: Any) -> str:
     return str(ip)
 
 
-class _Guard(asyncio.Protocol):
+class Guard(asyncio.Protocol):
     """One client connection: aiohttp's RequestHandler behind a header-deadline timer.
 
     The timer runs from the connection's start, and from the first byte of each later request,
@@ -83,15 +83,20 @@ class _Guard(asyncio.Protocol):
     aiohttp upgrade changes them.
     """
 
-    def __init__(self, inner: RequestHandler, connections: Connections, address: str = "") -> None:
+    def __init__(self, inner: RequestHandler, connections: Connections, address: str | None, peer: str) -> None:
         self.inner = inner
         self._connections = connections
         self.transport: asyncio.Transport | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._armed_at_count = 0
         self._released = False
-        #: Where the connection comes from (`address_key`).
+        #: Where the connection comes from (`address_key`), as the per-address cap counts it;
+        #: None for a trusted proxy's connection until it says whom it carries.
         self.address = address
+        #: The client's host, for log lines.
+        self.peer = peer
+        #: The client a PROXY header named (aiohttp's requests see it as their peer).
+        self.declared_peer: tuple[str, int] | None = None
         #: Whether a request on it has passed SigV4 verification.
         self.authenticated = False
         #: The task that runs the TLS handshake (cancelled to push the connection out before it).
@@ -164,10 +169,9 @@ class _Guard(asyncio.Protocol):
         self._timer = None
         if self.transport is None or self._request_count() != self._armed_at_count:
             return
-        peer = self.transport.get_extra_info("peername")
         log.info(
             "closing connection from %s: request headers not complete within %ss",
-            peer[0] if isinstance(peer, tuple) else "?",
+            self.peer,
             self._connections.header_timeout,
         )
         self.transport.abort()
@@ -257,13 +261,15 @@ class Connections:
         self.anonymous_limit = anonymous if anonymous is not None else max_connections
         self.per_address = per_address
         self.anonymous_idle = anonymous_idle
-        self.open: set[_Guard] = set()
+        self.open: set[Guard] = set()
         #: Admitted connections not authenticated, oldest first (handshakes included).
-        self._anonymous: dict[_Guard, None] = {}
+        self._anonymous: dict[Guard, None] = {}
         self._from: Counter[str] = Counter()
-        self._by_transport: dict[asyncio.BaseTransport, _Guard] = {}
+        self._by_transport: dict[asyncio.BaseTransport, Guard] = {}
         #: Set once shutdown began: responses then say ``Connection: close``.
         self.draining = False
+        #: How often lines about what clients get wrong (failed handshakes) may be logged.
+        self.log_limit = LogLimit()
 
     @property
     def anonymous(self) -> int:
@@ -280,12 +286,12 @@ class Connections:
         app.on_response_prepare.append(self.on_response_prepare)
         app[CONNECTIONS_KEY] = self
 
-    def admit(self, guard: _Guard) -> bool:
+    def admit(self, guard: Guard) -> bool:
         """Count a just-accepted connection as anonymous, pushing out an anonymous one that can
         give way if its address's cap or the anonymous share is full; False (refuse it) if
         none can."""
         # Debug level: under attack these come by the thousand.
-        full = self.per_address and self._from[guard.address] >= self.per_address
+        full = self.per_address and guard.address is not None and self._from[guard.address] >= self.per_address
         if full and not self.push_out(guard.address):
             log.debug("refusing a connection from %s: %d anonymous ones already", guard.address, self.per_address)
             return False
@@ -293,18 +299,47 @@ class Connections:
             log.debug("refusing a connection: %d anonymous connections, none can give way", self.anonymous_limit)
             return False
         self._anonymous[guard] = None
-        self._from[guard.address] += 1
+        if guard.address is not None:
+            self._from[guard.address] += 1
         return True
+
+    def readdress(self, guard: Guard, address: str | None) -> bool:
+        """`guard`'s connection turns out to carry a client from `address` (an `address_key`;
+        None: a trusted proxy itself): an anonymous one counts against that address's cap from
+        now on, pushing out one from there that can give way if it is full; False (cut it) if
+        none can."""
+        if address == guard.address:
+            return True
+        anonymous = guard in self._anonymous
+        if anonymous:
+            self._uncount(guard.address)
+        guard.address = address
+        if not anonymous or address is None:
+            return True
+        if self.per_address and self._from[address] >= self.per_address and not self.push_out(address, guard):
+            log.debug("refusing a connection from %s: %d anonymous ones already", address, self.per_address)
+            self._anonymous.pop(guard, None)
+            return False
+        self._from[address] += 1
+        return True
+
+    def request_from(self, transport: asyncio.BaseTransport | None, address: str | None) -> bool:
+        """A request on this connection comes from `address` (X-Forwarded-For): `readdress`."""
+        guard = self._by_transport.get(transport) if transport is not None else None
+        return guard is None or self.readdress(guard, address)
 
     def can_push_out(self) -> bool:
         """Whether some anonymous connection could give way now."""
         now = time.monotonic()
         return any(g.can_give_way(now) for g in self._anonymous)
 
-    def push_out(self, address: str | None = None) -> bool:
-        """Push out the oldest anonymous connection (from `address`, if given) that can give way."""
+    def push_out(self, address: str | None = None, keep: Guard | None = None) -> bool:
+        """Push out the oldest anonymous connection (from `address`, if given; never `keep`)
+        that can give way."""
         now = time.monotonic()
         for guard in self._anonymous:
+            if guard is keep:
+                continue
             if (address is None or guard.address == address) and guard.can_give_way(now):
                 self._forget(guard)
                 log.debug("pushing out an anonymous connection from %s", guard.address)
@@ -319,24 +354,28 @@ class Connections:
             guard.authenticated = True
             self._forget(guard)
 
-    def opened(self, guard: _Guard) -> None:
+    def opened(self, guard: Guard) -> None:
         """`guard`'s connection is established (after the TLS handshake)."""
         self.open.add(guard)
         if guard.transport is not None:
             self._by_transport[guard.transport] = guard
 
-    def closed(self, guard: _Guard) -> None:
+    def closed(self, guard: Guard) -> None:
         """`guard`'s connection (or handshake) is over."""
         self.open.discard(guard)
         if guard.transport is not None:
             self._by_transport.pop(guard.transport, None)
         self._forget(guard)
 
-    def _forget(self, guard: _Guard) -> None:
+    def _forget(self, guard: Guard) -> None:
         if self._anonymous.pop(guard, False) is None:
-            self._from[guard.address] -= 1
-            if self._from[guard.address] <= 0:
-                del self._from[guard.address]
+            self._uncount(guard.address)
+
+    def _uncount(self, address: str | None) -> None:
+        if address is not None:
+            self._from[address] -= 1
+            if self._from[address] <= 0:
+                del self._from[address]
 
     async def on_response_prepare(self, request: web.Request, response: web.StreamResponse) -> None:
         """aiohttp signal: while draining, no response keeps its connection alive."""
@@ -371,164 +410,18 @@ class Connections:
             guard.abort()
 
 
-def bind(host: str, port: int, *, reuse_port: bool = False, backlog: int = 511) -> list[socket.socket]:
-    """Listening, non-blocking sockets for every address `host` resolves to."""
-    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    sockets: list[socket.socket] = []
-    try:
-        for family, kind, proto, _, addr in dict.fromkeys(infos):
-            sock = socket.socket(family, kind, proto)
-            sockets.append(sock)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if reuse_port:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            if family == socket.AF_INET6:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            # Port 0: the port the kernel chose for the first address is used for the others.
-            sock.bind((addr[0], port, *addr[2:]))
-            sock.listen(backlog)
-            sock.setblocking(False)
-            port = sock.getsockname()[1]
-    except OSError:
-        for sock in sockets:
-            sock.close()
-        raise
-    return sockets
-
-
-def port_in_use(host: str, port: int) -> bool:
-    """Whether something already listens on `host`:`port`: a test bind without SO_REUSEPORT
-    fails even where every listener there set it (Linux lets only same-user SO_REUSEPORT
-    sockets share a port)."""
-    if port == 0:
-        return False
-    try:
-        probe = bind(host, port)
-    except OSError as exc:
-        if exc.errno == errno.EADDRINUSE:
-            return True
-        raise
-    for sock in probe:
-        sock.close()
-    return False
-
-
-class GuardedSite(web.BaseSite):
-    """An aiohttp site on sockets from `bind`, accepting through `Connections`' slots."""
-
-    def __init__(
-        self,
-        runner: web.BaseRunner,
-        sockets: list[socket.socket],
-        connections: Connections,
-        ssl_context: Callable[[], ssl.SSLContext] | None = None,
-    ) -> None:
-        super().__init__(runner)
-        self._sockets = sockets
-        self._connections = connections
-        self._context = ssl_context
-        self._tasks: set[asyncio.Task[Any]] = set()
-
-    @property
-    def name(self) -> str:
-        """``https://host:port`` (or http) of the first socket."""
-        host, port = self._sockets[0].getsockname()[:2]
-        return f"{'https' if self._context else 'http'}://{host}:{port}"
-
-    @property
-    def port(self) -> int:
-        """The bound port."""
-        return int(self._sockets[0].getsockname()[1])
-
-    async def start(self) -> None:
-        """Start the accept loops."""
-        await super().start()
-        loop = asyncio.get_running_loop()
-        for sock in self._sockets:
-            self._spawn(loop, self._accept_loop(sock))
-
-    async def stop(self) -> None:
-        """Close the listening sockets (new connections are refused) and drop handshakes in progress."""
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        for sock in self._sockets:
-            sock.close()
-        await super().stop()
-
-    def _spawn(self, loop: asyncio.AbstractEventLoop, coro: Any) -> asyncio.Task[Any]:
-        task = loop.create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
-
-    async def _accept_loop(self, sock: socket.socket) -> None:
-        while True:
-            accepted = await self._accept(sock)
-            if accepted is None:
-                continue
-            conn, peer = accepted
-            server = self._runner.server
-            assert server is not None
-            guard = _Guard(answer_as_s3(server()), self._connections, address_key(peer))
-            if not self._connections.admit(guard):
-                conn.close()
-                self._connections.slots.release()
-                continue
-            guard.opening = self._spawn(asyncio.get_running_loop(), self._open(conn, guard))
-
-    async def _accept(self, sock: socket.socket) -> tuple[socket.socket, Any] | None:
-        """The next connection, with a slot taken for it; None after a failed ``accept()``."""
-        loop = asyncio.get_running_loop()
-        slots = self._connections.slots
-        while slots.locked() and not self._connections.can_push_out():
-            await asyncio.sleep(_CAP_POLL)
-        make_room = slots.locked()
-        if not make_room:
-            await slots.acquire()
-        try:
-            conn, peer = await loop.sock_accept(sock)
-            if make_room:
-                # At the cap, a client is waiting: an anonymous connection gives way to it.
-                if slots.locked():
-                    self._connections.push_out()
-                await slots.acquire()
-        except OSError as exc:
-            if not make_room:
-                slots.release()
-            if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                log.error("cannot accept connections: %s; retrying shortly", exc.strerror)
-                await asyncio.sleep(0.5)
-            return None
-        except BaseException:
-            if not make_room:
-                slots.release()
-            raise
-        return conn, peer
-
-    async def _open(self, conn: socket.socket, guard: _Guard) -> None:
-        loop = asyncio.get_running_loop()
-        ctx = self._context() if self._context is not None else None
-        try:
-            await loop.connect_accepted_socket(
-                lambda: guard,
-                conn,
-                ssl=ctx,
-                ssl_handshake_timeout=self._connections.header_timeout if ctx is not None else None,
-            )
-        except BaseException as exc:
-            # A failed, timed-out or pushed-out handshake: the protocol never saw the connection.
-            conn.close()
-            guard.release()
-            if not isinstance(exc, Exception):
-                raise
-            log.debug("TLS handshake failed: %s", exc)
-        finally:
-            guard.opening = None
-
-
 #: The process's `Connections`, on the app (`Connections.install`).
 CONNECTIONS_KEY = web.AppKey("sealgate.connections", Connections)
+
+
+def request_from(request: web.Request, address: str | None, trusted: TrustedProxies) -> bool:
+    """A request on this connection comes from `address` (X-Forwarded-For of a trusted proxy):
+    the connection counts against that address's anonymous cap from now on (`readdress`);
+    False if it is full and none from there can give way."""
+    connections = request.app.get(CONNECTIONS_KEY)
+    if connections is None or address is None:
+        return True
+    return connections.request_from(request.transport, None if address in trusted else address_key(address))
 
 
 def mark_authenticated(request: web.Request) -> None:

@@ -19,7 +19,6 @@ from proxy.crypto.format import (
     META_LAYOUT,
     PART_HEADER_SIZE,
     FormatError,
-    IntegrityError,
     Layout,
     is_sealgate_object,
     stream_key,
@@ -35,11 +34,12 @@ from proxy.s3.xml import S3_NS, XML_HEADERS, check_setting
 from proxy.server import bucket_access
 from proxy.server import s3ec as s3ec_get
 from proxy.server.body import client_body
+from proxy.server.downloads import DownloadPace, abort, download_slot, paced, pump
 from proxy.server.state import CALLER
 from proxy.server.writes import WRITE_CONDITIONS, store_single, write_conditions
 from proxy.store import s3ec
 from proxy.store.backend import BackendResponse, version_query
-from proxy.store.bodies import Decryptor, ranged, total_length
+from proxy.store.bodies import ranged, total_length
 from proxy.store.gateway import Gateway
 from proxy.store.objects import (
     MAX_PUT_SIZE,
@@ -211,7 +211,13 @@ def _backend_range(header: str | None, segment_size: int) -> str | None:
 
 
 async def get_object(gw: Gateway, request: web.Request, bucket: str, key: str) -> web.StreamResponse:
-    """Stream the object back, authenticating each segment before releasing its bytes."""
+    """Stream the object back, authenticating each segment before releasing its bytes; one of
+    the client's download slots is held until the body is sent (proxy/server/downloads.py)."""
+    async with download_slot(gw, request):
+        return await _get_object(gw, request, bucket, key)
+
+
+async def _get_object(gw: Gateway, request: web.Request, bucket: str, key: str) -> web.StreamResponse:
     range_header = request.headers.get("Range")
     version = request.query.get("versionId")
     resp = await _pinned_read(gw, request, bucket, key, version, range_header)
@@ -293,7 +299,8 @@ async def _stream_object(
         )
     if not is_sealgate_object(meta):
         require_plain(gw, bucket, key, resp)
-        return await _stream_plain(request, resp, resp_start, total, range_header)
+        with paced(gw, request, f"/{bucket}/{key}") as pace:
+            return await _stream_plain(request, resp, resp_start, total, range_header, pace)
     cached = range_header is not None and "partNumber" not in request.query
     opened = await open_object(gw, request[CALLER], bucket, key, resp, total, version, cached=cached)
     _conditions(request, opened.etag, last_modified(resp))
@@ -322,10 +329,9 @@ async def _stream_object(
         raise S3Error("BadGateway", "backend returned a range that does not cover the request", 502)
     decryptor = StreamDecryptor(stream_key(opened.data_key, opened.envelope.salt, 0), layout, span, size)
     out = web.StreamResponse(status=status, headers=headers)
-    skip = span.ciphertext_start - resp_start
-    return await _pump(
-        request, out, resp, decryptor, skip, span.ciphertext_end - span.ciphertext_start, f"/{bucket}/{key}"
-    )
+    fetch = (span.ciphertext_start - resp_start, span.ciphertext_end - span.ciphertext_start)
+    with paced(gw, request, f"/{bucket}/{key}") as pace:
+        return await pump(request, out, resp, decryptor, fetch, pace)
 
 
 async def _stream_multipart(
@@ -376,8 +382,10 @@ async def _stream_multipart(
         first, _ = total_length(source)
         skip = dec.fetch_range[0] - first
     out = web.StreamResponse(status=status, headers=headers)
+    fetch = (skip, dec.fetch_range[1] - dec.fetch_range[0])
     try:
-        return await _pump(request, out, source, dec, skip, dec.fetch_range[1] - dec.fetch_range[0], f"/{bucket}/{key}")
+        with paced(gw, request, f"/{bucket}/{key}") as pace:
+            return await pump(request, out, source, dec, fetch, pace)
     finally:
         source.close()
 
@@ -389,58 +397,13 @@ def _covers(resp: BackendResponse, fetch: tuple[int, int]) -> bool:
     return resp.status in (200, 206) and m is not None and int(m.group(1)) <= fetch[0] < fetch[1] <= int(m.group(2)) + 1
 
 
-async def _pump(
-    request: web.Request,
-    out: web.StreamResponse,
-    source: BackendResponse,
-    decryptor: Decryptor,
-    skip: int,
-    remaining: int,
-    name: str,
-) -> web.StreamResponse:
-    """Send the response: backend bytes (after `skip`, `remaining` of them) through the
-    decryptor to the client, only authenticated bytes. A failure once the response has started
-    aborts the connection, so the client never sees a body that ends cleanly but wrong."""
-    await out.prepare(request)
-    try:
-        async for chunk in source.raw.content.iter_any():
-            view = memoryview(chunk)
-            if skip:
-                take = min(skip, len(view))
-                view = view[take:]
-                skip -= take
-            view = view[:remaining]
-            remaining -= len(view)
-            for piece in decryptor.feed(view):
-                await out.write(piece)
-            if remaining == 0:
-                break
-        decryptor.finish()
-    except (IntegrityError, FormatError) as exc:
-        log.error("integrity failure on GET %s: %s; aborting the response", name, exc)
-        _abort(request)
-        return out
-    except Exception as exc:  # noqa: BLE001 - backend read errors mid-body
-        log.warning("backend read failed mid-body on GET %s: %s", name, exc.__class__.__name__)
-        _abort(request)
-        return out
-    await out.write_eof()
-    return out
-
-
-def _abort(request: web.Request) -> None:
-    """Cut the client connection: a body must never end cleanly with missing or wrong bytes."""
-    transport = request.transport
-    if transport is not None:
-        transport.abort()
-
-
 async def _stream_plain(
     request: web.Request,
     resp: BackendResponse,
     resp_start: int,
     total: int,
     range_header: str | None,
+    pace: DownloadPace,
 ) -> web.StreamResponse:
     """Migration mode: an object sealgate did not write, relayed as it is stored."""
     headers = _object_headers(resp, None)
@@ -461,15 +424,15 @@ async def _stream_plain(
             lo = max(start - pos, 0)
             hi = min(end - pos, len(chunk))
             if hi > lo:
-                await out.write(chunk[lo:hi])
+                await pace.write(out, chunk[lo:hi])
             pos += len(chunk)
             if pos >= end:
                 break
     except Exception:  # noqa: BLE001
-        _abort(request)
+        abort(request)
         return out
     if pos < end:
-        _abort(request)
+        abort(request)
         return out
     await out.write_eof()
     return out

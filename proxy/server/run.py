@@ -15,8 +15,10 @@ from aiohttp import web
 from proxy.config import Config
 from proxy.kms.base import KeyAccessDenied, Keyring
 from proxy.kms.materials import Materials
+from proxy.net.forwarded import TrustedProxies, trusted_proxies
 from proxy.server.app import GATEWAY, build_app
-from proxy.server.listener import Connections, GuardedSite, bind, port_in_use
+from proxy.server.listener import Connections
+from proxy.server.sites import GuardedSite, bind, port_in_use
 from proxy.server.tls import CertificateReloader, TLSConfigError, cert_binding_problem
 from proxy.server.workers import Workers, die_with_parent
 from proxy.wiring import make_gateway, open_audit
@@ -89,18 +91,38 @@ async def start(
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=2.0)
     await runner.setup()
     running = Running(runner, None, None, connections, certificates, srv.shutdown_timeout_seconds)
+
+    def trusted() -> TrustedProxies:  # as the config is now: a reload may change the list
+        return trusted_proxies(app[GATEWAY].config.server.trusted_proxies)
+
     if certificates is not None:
         host, port = srv.listen_address
-        site = GuardedSite(runner, bind(host, port, reuse_port=reuse_port), connections, lambda: certificates.context)
+        site = GuardedSite(
+            runner,
+            bind(host, port, reuse_port=reuse_port),
+            connections,
+            lambda: certificates.context,
+            trusted=trusted,
+            proxy_protocol=srv.proxy_protocol,
+        )
         await site.start()
         running.sites.append(site)
         running.tls_port = site.port
-        log.info("sealgate serving https on %s:%s", host, site.port)
+        pp = " (each connection from server.trusted_proxies, with a PROXY header)" if srv.proxy_protocol else ""
+        log.info("sealgate serving https on %s:%s%s", host, site.port, pp)
         if srv.tls_reload_seconds > 0:
             running.watch = asyncio.get_running_loop().create_task(certificates.watch(srv.tls_reload_seconds))
     if srv.plain_http_listen:
         host, port = srv.plain_http_address
-        site = GuardedSite(runner, bind(host, port, reuse_port=reuse_port), connections)
+        # With TLS on, this one is a sidecar's (loopback, a pod): no balancer in between.
+        public = not srv.tls
+        site = GuardedSite(
+            runner,
+            bind(host, port, reuse_port=reuse_port),
+            connections,
+            trusted=trusted,
+            proxy_protocol=srv.proxy_protocol and public,
+        )
         await site.start()
         running.sites.append(site)
         plain_port = running.plain_port = site.port
@@ -174,6 +196,9 @@ def serve(config: Config, config_path: Path | None = None, *, join: bool = False
     if worker:
         _serve_one(config, config_path, Workers([], None), watch=False)
         return
+    problem = s3ec_workers_problem(config)
+    if problem is not None:
+        log.warning("%s", problem)
     if not join:
         for host, port in _listen_addresses(config):
             if port_in_use(host, port):
@@ -196,6 +221,25 @@ def serve(config: Config, config_path: Path | None = None, *, join: bool = False
         _serve_one(config, config_path, workers, watch=first and config.server.workers > 1)
     finally:
         workers.wait()
+
+
+def s3ec_workers_problem(config: Config) -> str | None:
+    """Why this config's s3ec-v3 multipart uploads would fail across its workers, or None.
+
+    Such an upload's parts form one GCM stream whose state lives in the process that created the
+    upload (proxy/store/s3ec_uploads.py); SO_REUSEPORT hands each new connection to any worker,
+    so parts an SDK sends over several connections reach processes without that state."""
+    rules = [rule.name for rule in config.buckets if rule.format == "s3ec-v3"]
+    workers = config.server.workers
+    if not rules or workers <= 1:
+        return None
+    return (
+        f'[[buckets]] {", ".join(rules)} write format = "s3ec-v3", whose multipart uploads keep their '
+        f"encryption state in the one process that created them: with server.workers = {workers}, parts "
+        "sent over other connections reach other workers and fail with NoSuchUpload. To serve them, run "
+        "server.workers = 1 on each replica and balance each client to one replica (sticky, e.g. HAProxy "
+        "`balance source`); single PUTs and reads work with any number of workers"
+    )
 
 
 _early_hup: list[int] = []

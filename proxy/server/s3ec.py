@@ -28,6 +28,7 @@ from proxy.s3.sigv4 import VerifiedRequest
 from proxy.s3.xml import XML_HEADERS, completed_parts, document
 from proxy.server.body import client_body
 from proxy.server.budget import VERIFY_FIRST_BUDGET, BudgetExhausted
+from proxy.server.downloads import DownloadPace, paced
 from proxy.server.parts import parse_part_number, read_copy_source
 from proxy.server.state import CALLER
 from proxy.server.writes import write_conditions
@@ -131,7 +132,8 @@ async def stream_s3ec(
     out = web.StreamResponse(status=206 if rng else 200, headers=headers)
     stall = float(gw.config.server.body_stall_timeout_seconds) if held else None
     try:
-        await _send(request, out, resp, decryptor, (start, end), stall, f"/{bucket}/{key}")
+        with paced(gw, request, f"/{bucket}/{key}") as pace:
+            await _send(request, out, resp, decryptor, (start, end), stall, pace)
     finally:
         resp.close()
         budget.release(held)
@@ -145,11 +147,13 @@ async def _send(
     decryptor: S3ecDecryptor | S3ecCbcDecryptor,
     span: tuple[int, int],
     stall: float | None,
-    name: str,
+    pace: DownloadPace,
 ) -> None:
     """Decrypt the backend's body into `out`, releasing only bytes `span` of the plaintext; a
-    write that has not gone out within `stall` seconds (None: no limit) cuts the connection."""
+    write that has not gone out within `stall` seconds (None: no limit) cuts the connection, and
+    so does `pace`, for a client that takes the body too slowly."""
     start, end = span
+    name = pace.name
     position = 0
     held = b""
 
@@ -168,7 +172,7 @@ async def _send(
             if hi > lo:
                 if not out.prepared:
                     await _within(stall, out.prepare(request))
-                await _within(stall, out.write(piece[lo:hi]))
+                await _within(stall, pace.write(out, piece[lo:hi]))
             position += len(piece)
 
     try:
@@ -186,6 +190,9 @@ async def _send(
     except _Stalled:
         log.warning("client took nothing of %s for %ss; cutting the connection", name, stall)
         _abort(request)
+    except ConnectionError:
+        if not pace.cut:  # the client left (proxy/server/app.py says so); the pace cut it: said
+            raise
 
 
 async def _within(seconds: float | None, step: Awaitable[object]) -> None:

@@ -7,7 +7,8 @@ always with a computed Content-Length: several S3 implementations refuse chunked
 The pool of connections is bounded (``pool_size``) and so is the wait for one of them
 (``pool_wait``): a request that gets none in time is answered 503 SlowDown rather than left
 hanging. A streamed upload holds its connection until its body ends, however slowly the client
-sends it, so each client may have only ``uploads_per_client`` of them at once.
+sends it, so each client may have only ``uploads_per_client`` of them at once; a download holds
+one until the client has read the body, hence ``downloads_per_client``.
 """
 
 from __future__ import annotations
@@ -31,10 +32,12 @@ from botocore.credentials import Credentials, ReadOnlyCredentials
 from yarl import URL
 
 from proxy.audit import audit_context
+from proxy.logs import LogLimit
 from proxy.metrics import BACKEND_RETRIES
 from proxy.s3.errors import S3Error
 from proxy.s3.xml import local_name, parse
-from proxy.store.pool import PoolWait, UploadSlots, slow_down, tracing
+from proxy.store.pool import ClientSlots, PoolWait, slow_down, tracing
+from proxy.tls_files import backend_tls_problem
 
 # Named as before the move to store/: operators filter logs on it.
 log = logging.getLogger("proxy.backend")
@@ -202,6 +205,8 @@ class BackendSettings:
     pool_wait: float = 2.0
     #: Streamed uploads one client (`audit_context` identity) may send at once.
     uploads_per_client: int = 64
+    #: Object downloads one client may be reading at once.
+    downloads_per_client: int = 64
     max_attempts: int = 3
     #: Seconds before the first retry; doubled each time, with jitter.
     retry_base_delay: float = 0.05
@@ -341,7 +346,11 @@ class Backend:
         self._session: aiohttp.ClientSession | None = None
         self._credentials: Credentials | None = None
         #: Streamed uploads being sent, by client.
-        self.uploads = UploadSlots(settings.uploads_per_client, settings.pool_wait)
+        self.uploads = ClientSlots(settings.uploads_per_client, settings.pool_wait)
+        #: Object downloads being read (each holding its backend connection until the client
+        #: has taken the body), by client; the server takes these (proxy/server/downloads.py).
+        self.downloads = ClientSlots(settings.downloads_per_client, settings.pool_wait, "downloads")
+        self._log_limit = LogLimit()
         if settings.access_key_id and settings.secret_access_key:
             self._credentials = Credentials(settings.access_key_id, settings.secret_access_key)
 
@@ -511,7 +520,11 @@ class Backend:
                 raise S3Error("ServiceUnavailable", "the storage backend timed out", 503) from exc
             return "timeout"
         except aiohttp.ClientConnectorError as exc:
-            log.warning("backend unreachable: %s", exc.__class__.__name__)
+            problem = backend_tls_problem(self.settings.endpoint, exc)
+            if problem is None:
+                log.warning("backend unreachable: %s", exc.__class__.__name__)
+            else:  # the same misconfiguration on every request: a few lines a minute say it
+                self._log_limit.log(log, logging.WARNING, "tls", "backend unreachable: %s", problem)
             if last:
                 raise S3Error("ServiceUnavailable", "the storage backend is unreachable", 503) from exc
             return exc.__class__.__name__

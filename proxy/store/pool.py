@@ -1,12 +1,15 @@
 """Bounds on what the backend's connection pool gives out: how long a request waits for a
 connection (`PoolWait`), and how many streamed uploads, each holding one until its body ends,
-a client may send at once (`UploadSlots`). Both answer 503 SlowDown when exceeded."""
+a client may send at once, and how many downloads it may be reading (`ClientSlots`). All answer
+503 SlowDown when exceeded."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from types import SimpleNamespace
 
 import aiohttp
@@ -21,13 +24,15 @@ def slow_down(why: str) -> S3Error:
     return S3Error("SlowDown", f"Please reduce your request rate ({why}).", 503)
 
 
-class UploadSlots:
-    """How many streamed uploads each client is sending to the backend: at most `limit` at
-    once; one more waits up to `wait` seconds for one to end, then is refused (SlowDown)."""
+class ClientSlots:
+    """How many transfers of one kind (`what`: streamed uploads, downloads) each client has in
+    progress, each holding a backend connection: at most `limit` at once; one more waits up to
+    `wait` seconds for one to end, then is refused (SlowDown)."""
 
-    def __init__(self, limit: int, wait: float) -> None:
+    def __init__(self, limit: int, wait: float, what: str = "streamed uploads") -> None:
         self.limit = limit
         self.wait = wait
+        self.what = what
         self._slots: dict[str, asyncio.Semaphore] = {}
         #: Holders and waiters by client, to drop a client's semaphore once nobody uses it.
         self._users: Counter[str] = Counter()
@@ -42,9 +47,18 @@ class UploadSlots:
         except BaseException as exc:
             self._done(client)
             if isinstance(exc, TimeoutError):
-                log.warning("client %s already sends %d streamed uploads: one more refused", client, self.limit)
-                raise slow_down(f"{self.limit} uploads of this client are already streaming") from None
+                log.warning("client %s already has %d %s: one more refused", client, self.limit, self.what)
+                raise slow_down(f"{self.limit} {self.what} of this client are already in progress") from None
             raise
+
+    @asynccontextmanager
+    async def held(self, client: str) -> AsyncIterator[None]:
+        """One of `client`'s slots for the block (`acquire`, then `release` however it ends)."""
+        await self.acquire(client)
+        try:
+            yield
+        finally:
+            self.release(client)
 
     def release(self, client: str) -> None:
         """Give back a slot `acquire` took."""

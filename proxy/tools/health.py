@@ -1,19 +1,23 @@
 """`sealgate health`: ask the sealgate this config describes, on this host, whether it is alive
 (``/-/healthz``) or ready (``/-/readyz``); for container health checks, which should not have to
 repeat the port the config already names (``--json``: the answer as one JSON object, for a
-script)."""
+script). Where the listener expects PROXY protocol headers (``server.proxy_protocol``), the
+check opens with a v2 LOCAL header, as a balancer's own health checks do, so this host's
+address must be among ``server.trusted_proxies``."""
 
 from __future__ import annotations
 
+import http.client
 import json
+import socket
 import ssl
 import sys
-import urllib.error
-import urllib.request
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import click
 
+from proxy.net.proxy_protocol import v2_header
 from proxy.tools.options import config_option, json_option, verbosity_options
 
 
@@ -46,16 +50,12 @@ def health_cmd(config_path: Path, ready: bool, timeout: float, as_json: bool) ->
         sys.exit(2)
     srv = config.server
     url = health_url(srv.listen_address if srv.tls else srv.plain_http_address, srv.tls, ready)
-    # Our own process on this host: its certificate names the public host name, not loopback.
-    context = ssl._create_unverified_context()  # noqa: S323
     status: int | None = None
     try:
-        with urllib.request.urlopen(url, context=context, timeout=timeout) as resp:  # noqa: S310
-            status, answer = resp.status, resp.read().decode("utf-8", "replace").strip()
-    except urllib.error.HTTPError as exc:
-        status, answer = exc.code, exc.read().decode("utf-8", "replace").strip()
+        status, answer = ask(url, timeout, proxy_header=v2_header(None) if srv.proxy_protocol else b"")
     except OSError as exc:
-        answer = str(exc)
+        hint = " (server.proxy_protocol: is this host in server.trusted_proxies?)" if srv.proxy_protocol else ""
+        answer = f"{str(exc) or type(exc).__name__}{hint}"
     healthy = status is not None and status < 300
     if as_json:
         click.echo(json.dumps({"url": url, "ready": ready, "healthy": healthy, "status": status, "answer": answer}))
@@ -65,3 +65,24 @@ def health_cmd(config_path: Path, ready: bool, timeout: float, as_json: bool) ->
         click.echo(f"{url}: {answer}" if status is None else f"{url}: {status} {answer}", err=True)
     if not healthy:
         sys.exit(1)
+
+
+def ask(url: str, timeout: float, proxy_header: bytes = b"") -> tuple[int, str]:
+    """GET `url` on this host's sealgate, opening the connection with `proxy_header`: the status
+    and the body's text."""
+    parts = urlsplit(url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 443
+    sock: socket.socket = socket.create_connection((host, port), timeout=timeout)
+    try:
+        sock.sendall(proxy_header)
+        if parts.scheme == "https":
+            # Our own process on this host: its certificate names the public host name, not loopback.
+            context = ssl._create_unverified_context()  # noqa: S323
+            sock = context.wrap_socket(sock, server_hostname=host)
+        conn = http.client.HTTPConnection(host, port, timeout=timeout)
+        conn.sock = sock  # the connection, PROXY header and TLS already in place
+        conn.request("GET", parts.path, headers={"Connection": "close"})
+        resp = conn.getresponse()
+        return resp.status, resp.read().decode("utf-8", "replace").strip()
+    finally:
+        sock.close()

@@ -6,8 +6,10 @@
 
 from __future__ import annotations
 
+import logging
 import socket
 import ssl
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -114,14 +116,28 @@ def test_health_check_works_with_a_client_certificate(mtls: MTLS) -> None:
     assert raw_exchange(mtls, mtls.certs["alice"]).startswith(b"HTTP/1.1 200")
 
 
-def test_no_certificate_handshake_refused(mtls: MTLS) -> None:
+def _logged(caplog: pytest.LogCaptureFixture, text: str, seconds: float = 5.0) -> list[logging.LogRecord]:
+    """The records containing `text`, waiting for the server's thread to write them."""
+    deadline = time.monotonic() + seconds
+    while not (found := [r for r in caplog.records if text in r.getMessage()]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return found
+
+
+def test_no_certificate_handshake_refused(mtls: MTLS, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="sealgate.tls")
     assert raw_exchange(mtls, None) == b""
+    (line,) = _logged(caplog, "the client sent no certificate, and server.tls_client_ca requires one")
+    assert line.levelno == logging.INFO and "TLS handshake from 127.0.0.1 failed" in line.getMessage()
     with pytest.raises((SSLError, EndpointConnectionError, ConnectionClosedError)):
         mtls.client(None).list_buckets()
 
 
-def test_certificate_from_another_ca_refused(mtls: MTLS) -> None:
+def test_certificate_from_another_ca_refused(mtls: MTLS, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="sealgate.tls")
     assert raw_exchange(mtls, mtls.certs["forged"]) == b""
+    (line,) = _logged(caplog, "the client's certificate is not accepted by server.tls_client_ca")
+    assert "TLS handshake from 127.0.0.1 failed" in line.getMessage() and "issuer" in line.getMessage()
     with pytest.raises((SSLError, EndpointConnectionError, ConnectionClosedError)):
         mtls.client("forged").list_buckets()
 

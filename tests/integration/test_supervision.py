@@ -160,3 +160,31 @@ def test_metrics_and_readiness_details_only_for_metrics_allow(tls_files: dict[st
     finally:
         st.gate.stop()
         server.shutdown()
+
+
+@pytest.mark.parametrize("workers", [2, 1])
+def test_s3ec_v3_buckets_with_several_workers_get_a_warning_at_start(
+    moto_url: str, tls_files: dict[str, Path], tmp_path: Path, workers: int
+) -> None:
+    """s3ec-v3 multipart state lives in one process (issue 21 item 8): with workers > 1, say so
+    once at start-up, before anything fails with NoSuchUpload."""
+    port = free_port()
+    rule = '[[buckets]]\nname = "v3-*"\nformat = "s3ec-v3"\n'
+    cfg = write_config(
+        tmp_path, backend=moto_url, tls=tls_files, port=port, server_extra=f"workers = {workers}", extra=rule
+    )
+    proc = subprocess.Popen([*SEALGATE, "serve", "--config", str(cfg)], cwd=tmp_path, stderr=subprocess.PIPE)
+    try:
+        wait_port(port, 30)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    log = err.decode()
+    assert "sealgate serving https" in log, log[-2000:]
+    warnings = [line for line in log.splitlines() if 's3ec-v3"' in line and "WARNING" in line]
+    if workers == 1:
+        assert warnings == []
+    else:
+        assert len(warnings) == 1, log[-2000:]  # once, not once per worker
+        assert "[[buckets]] v3-*" in warnings[0] and "server.workers = 2" in warnings[0]
+        assert "sticky" in warnings[0] and "NoSuchUpload" in warnings[0]

@@ -126,3 +126,32 @@ def test_plain_lines_cannot_be_forged_or_split() -> None:
     text = out.getvalue()
     assert text.count("\n") == 1 and "\r" not in text and "\x1b" not in text and "\u2028" not in text
     assert "a\\x0a2026-12-01 INFO sealgate.access: FORGED 200\\x0d\\x1b[2K\\u2028 404" in text
+
+
+def test_log_limit_lets_a_few_lines_through_and_counts_the_rest() -> None:
+    from proxy.logs import LogLimit
+
+    now = [0.0]
+    limit = LogLimit(lines=2, seconds=60.0, clock=lambda: now[0])
+    assert [limit.admit("a") for _ in range(5)] == [0, 0, None, None, None]
+    assert limit.admit("b") == 0  # each kind has its own allowance
+    now[0] = 59.9
+    assert limit.admit("a") is None
+    now[0] = 60.0
+    assert limit.admit("a") == 4  # the next window's first line tells what was left out
+    assert limit.admit("a") == 0
+    assert limit.admit("a") is None
+
+
+def test_log_limit_appends_the_count_to_the_line(caplog: pytest.LogCaptureFixture) -> None:
+    from proxy.logs import LogLimit
+
+    now = [0.0]
+    limit = LogLimit(lines=1, seconds=10.0, clock=lambda: now[0])
+    log = logging.getLogger("sealgate.test-limit")
+    caplog.set_level(logging.INFO, logger="sealgate.test-limit")
+    for peer in ("a", "b", "c"):
+        limit.log(log, logging.INFO, "kind", "from %s", peer)
+    now[0] = 10.0
+    limit.log(log, logging.INFO, "kind", "from %s", "d")
+    assert [r.getMessage() for r in caplog.records] == ["from a", "from d (2 more like this not logged)"]

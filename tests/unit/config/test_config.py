@@ -311,6 +311,22 @@ CASES: list[tuple[str, dict[str, str | list[str] | None], str]] = [
         {"buckets": ['name = "a"\nallow_unencrypted_reads = "yes"\n']},
         "buckets[0].allow_unencrypted_reads: must be true or false",
     ),
+    (
+        "more downloads per client than the pool",
+        {"backend": str(BASE["backend"]) + "pool_size = 8\nstreamed_downloads_per_client = 9\n"},
+        "backend.streamed_downloads_per_client: must be at most pool_size (8), got 9",
+    ),
+    (
+        "PROXY protocol from no one",
+        {"server": SERVER + "proxy_protocol = true\n"},
+        "server.trusted_proxies: required when proxy_protocol = true: the balancers' networks (CIDR) that may "
+        "send PROXY headers",
+    ),
+    (
+        "trusted proxy not a network",
+        {"server": SERVER + 'trusted_proxies = ["10.0.0.0/8", "balancer"]\n'},
+        'server.trusted_proxies[1]: "balancer" is not a network (CIDR like "10.0.0.0/8" or an address)',
+    ),
 ]
 
 
