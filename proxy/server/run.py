@@ -137,9 +137,9 @@ async def start(
 
 async def _check_local_keys(config: Config, materials: Materials) -> None:
     """A local keyring must hold the config's default key, or sealgate would start and fail at
-    the first upload (a typo'd ``kms.default_key``). Bucket rules may name a key made later, or
-    one a key policy keeps from use; remote keyrings are not asked: a KMS that is down at
-    start-up is a readiness problem, not a config error."""
+    the first upload (a typo'd ``kms.default_key``). A bucket rule may name a key made later, so
+    one the keyring lacks is a warning (its uploads fail until the key exists); remote keyrings
+    are not asked: a KMS that is down at start-up is a readiness problem, not a config error."""
     if config.kms.provider != "local":
         return
     try:
@@ -149,6 +149,21 @@ async def _check_local_keys(config: Config, materials: Materials) -> None:
             f"kms.default_key: the keyring {config.kms.keyring} holds no usable key "
             f"{config.kms.default_key!r} (see `sealgate keys list`)"
         ) from None
+    for i, rule in enumerate(config.buckets):
+        if rule.key is None or rule.key == config.kms.default_key or ":" in rule.key:
+            continue  # ":": a key of another keyring (routed by its reference)
+        try:
+            await materials.ready(rule.key)
+        except KeyAccessDenied:
+            log.warning(
+                "buckets[%d] (%s): the keyring %s holds no usable key %r: uploads there fail until "
+                "`sealgate keys create %s`",
+                i,
+                rule.name,
+                config.kms.keyring,
+                rule.key,
+                rule.key,
+            )
 
 
 def reload_config(running: Running, path: Path) -> bool:

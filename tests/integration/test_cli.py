@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shlex
@@ -417,6 +418,24 @@ def test_serve_refuses_a_default_key_the_keyring_lacks(
     r = subprocess.run([*SEALGATE, "serve", "-c", str(cfg)], cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert r.returncode == 2
     assert "kms.default_key" in r.stderr and "'defualt'" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_serve_warns_of_a_bucket_rule_key_the_keyring_lacks(
+    moto_url: str, tls_files: dict[str, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A key a rule names may be made later (so sealgate still starts), but a typo must not wait
+    for the first upload to show."""
+    from tests.conftest import SealgateThread, write_config
+
+    rule = '[[buckets]]\nname = "invoices-*"\nkey = "invoces"\n'
+    cfg = write_config(tmp_path, backend=moto_url, tls=tls_files, port=free_port(), extra=rule)
+    caplog.set_level(logging.WARNING, logger="sealgate")
+    gate = SealgateThread(cfg).start()
+    try:
+        lines = [r.getMessage() for r in caplog.records if "holds no usable key" in r.getMessage()]
+        assert len(lines) == 1 and "buckets[0] (invoices-*)" in lines[0] and "'invoces'" in lines[0]
+    finally:
+        gate.stop()
 
 
 def test_health_asks_the_configs_own_listener(moto_url: str, tls_files: dict[str, Path], tmp_path: Path) -> None:
