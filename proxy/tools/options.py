@@ -264,6 +264,9 @@ def tool_logging() -> Verbosity:
     if not chosen.verbose:
         handler.addFilter(_Once())
     level = logging.DEBUG if chosen.verbose else logging.ERROR if chosen.quiet else logging.WARNING
+    # On the handler too: a library logger with a level of its own (werkzeug sets INFO) would
+    # otherwise pass its records on to this handler whatever the root logger's level.
+    handler.setLevel(level)
     logging.basicConfig(level=level, handlers=[handler], force=True)
     # botocore logs request details (headers) at DEBUG; never let them through.
     logging.getLogger("botocore").setLevel(logging.WARNING)

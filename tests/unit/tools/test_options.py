@@ -68,3 +68,29 @@ def test_verbose_and_quiet_together_are_refused() -> None:
     for args in (["-v", "keys", "list", "-q"], ["keys", "list", "-q", "--verbose"]):
         run = CliRunner().invoke(main, args)
         assert run.exit_code == 2 and "-v/--verbose and -q/--quiet contradict each other" in run.output, run.output
+
+
+def test_a_library_logger_with_a_level_of_its_own_stays_quiet() -> None:
+    """werkzeug (and any library that sets its logger's level) must not print INFO lines into a
+    tool's stderr: the root level alone does not stop records passed up from such loggers."""
+    import logging
+
+    from click.testing import CliRunner
+
+    from proxy.tools.options import tool_logging, verbosity_options
+
+    @click.command()
+    @verbosity_options
+    def tool() -> None:
+        tool_logging()
+        noisy = logging.getLogger("noisy-library")
+        noisy.setLevel(logging.INFO)
+        noisy.info("a request line nobody asked for")
+        noisy.warning("a warning worth seeing")
+
+    run = CliRunner().invoke(tool, [])
+    assert run.exit_code == 0, run.output
+    assert "a warning worth seeing" in run.stderr and "nobody asked for" not in run.stderr
+    verbose = CliRunner().invoke(tool, ["-v"])
+    assert "nobody asked for" in verbose.stderr
+    logging.getLogger("noisy-library").setLevel(logging.NOTSET)
