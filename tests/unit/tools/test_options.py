@@ -73,24 +73,32 @@ def test_verbose_and_quiet_together_are_refused() -> None:
 def test_a_library_logger_with_a_level_of_its_own_stays_quiet() -> None:
     """werkzeug (and any library that sets its logger's level) must not print INFO lines into a
     tool's stderr: the root level alone does not stop records passed up from such loggers."""
+    import contextlib
+    import io
     import logging
 
     from click.testing import CliRunner
 
     from proxy.tools.options import tool_logging, verbosity_options
 
+    printed: list[str] = []
+
     @click.command()
     @verbosity_options
     def tool() -> None:
         tool_logging()
-        noisy = logging.getLogger("noisy-library")
-        noisy.setLevel(logging.INFO)
-        noisy.info("a request line nobody asked for")
-        noisy.warning("a warning worth seeing")
+        seen = io.StringIO()
+        with contextlib.redirect_stderr(seen):  # the tool's handler writes to sys.stderr
+            noisy = logging.getLogger("noisy-library")
+            noisy.setLevel(logging.INFO)
+            noisy.info("a request line nobody asked for")
+            noisy.warning("a warning worth seeing")
+        printed.append(seen.getvalue())
 
-    run = CliRunner().invoke(tool, [])
-    assert run.exit_code == 0, run.output
-    assert "a warning worth seeing" in run.stderr and "nobody asked for" not in run.stderr
-    verbose = CliRunner().invoke(tool, ["-v"])
-    assert "nobody asked for" in verbose.stderr
-    logging.getLogger("noisy-library").setLevel(logging.NOTSET)
+    try:
+        assert CliRunner().invoke(tool, []).exit_code == 0
+        assert "a warning worth seeing" in printed[0] and "nobody asked for" not in printed[0]
+        assert CliRunner().invoke(tool, ["-v"]).exit_code == 0
+        assert "nobody asked for" in printed[1]
+    finally:
+        logging.getLogger("noisy-library").setLevel(logging.NOTSET)
