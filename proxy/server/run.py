@@ -241,7 +241,7 @@ def serve(config: Config, config_path: Path | None = None, *, join: bool = False
     if worker:
         _serve_one(config, config_path, Workers({}, None), watch=False, channel=Channel.from_environment())
         return
-    problem = s3ec_workers_problem(config)
+    problem = s3ec_replicas_problem(config)
     if problem is not None:
         log.warning("%s", problem)
     if not join:
@@ -273,22 +273,25 @@ def serve(config: Config, config_path: Path | None = None, *, join: bool = False
             channel.remove()
 
 
-def s3ec_workers_problem(config: Config) -> str | None:
-    """Why this config's s3ec-v3 multipart uploads would fail across its workers, or None.
+def s3ec_replicas_problem(config: Config) -> str | None:
+    """Why this config's s3ec-v3 multipart uploads could fail across replicas, or None.
 
-    Such an upload's parts form one GCM stream whose state lives in the process that created the
-    upload (proxy/store/s3ec_uploads.py); SO_REUSEPORT hands each new connection to any worker,
-    so parts an SDK sends over several connections reach processes without that state."""
+    Such an upload's parts form one GCM stream whose state lives in the process that created it
+    (proxy/store/s3ec_uploads.py). The workers of one sealgate pass its parts to that process
+    (proxy/server/peers.py), but another replica cannot: a balancer must send every request of
+    an upload to the replica that created it. sealgate cannot see its replicas; a PROXY
+    protocol listener or trusted proxies say it runs behind a balancer."""
     rules = [rule.name for rule in config.buckets if rule.format == "s3ec-v3"]
-    workers = config.server.workers
-    if not rules or workers <= 1:
+    srv = config.server
+    if not rules or not (srv.proxy_protocol or srv.trusted_proxies):
         return None
+    behind = "server.proxy_protocol" if srv.proxy_protocol else "server.trusted_proxies"
     return (
         f'[[buckets]] {", ".join(rules)} write format = "s3ec-v3", whose multipart uploads keep their '
-        f"encryption state in the one process that created them: with server.workers = {workers}, parts "
-        "sent over other connections reach other workers and fail with NoSuchUpload. To serve them, run "
-        "server.workers = 1 on each replica and balance each client to one replica (sticky, e.g. HAProxy "
-        "`balance source`); single PUTs and reads work with any number of workers"
+        "encryption state in the sealgate that created them (its workers pass parts to each other, "
+        f"but replicas cannot): with {behind} set, sealgate runs behind a balancer, which must send every "
+        "request of one upload to the replica that created it (sticky, e.g. HAProxy `balance source`), "
+        "or its parts fail with NoSuchUpload; single PUTs and reads work on any replica"
     )
 
 
