@@ -2,9 +2,10 @@
 
 ``prefix`` ‖ base64url(lp(backend upload id) ‖ lp(key ref) ‖ lp(wrapped data key) ‖ lp(sealed data key) ‖
 salt(32) ‖ [slot(2)] ‖ mac(16))
-with ``lp(x) = uint16_be(len(x)) ‖ x`` and the optional slot a uint16_be (the worker process of a
-sealgate with several that holds an s3ec-v3 upload's state; absent in older ids and with one worker) and mac = HMAC-SHA256(upload-id key, bucket ‖ 0 ‖ key ‖ 0 ‖
-everything before the mac)[:16]. The prefix names the object format: ``SG1`` for sealgate's,
+with ``lp(x) = uint16_be(len(x)) ‖ x``, the optional slot a uint16_be (the worker process of a
+sealgate with several that holds an s3ec-v3 upload's state; absent in older ids and with one
+worker) and mac = HMAC-SHA256(upload-id key, bucket ‖ 0 ‖ key ‖ 0 ‖ everything before the mac)[:16].
+The prefix names the object format: ``SG1`` for sealgate's,
 whose upload-id key is HKDF(data key, salt, "sealgate/1/upload-id"); ``s3ec3-`` for the S3
 Encryption Client's V3, whose key is HKDF(data key, salt, "sealgate/1/s3ec-upload-id"). The
 upload-id key derives from the data key, which only unwraps for this bucket and key (or only

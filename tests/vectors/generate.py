@@ -64,7 +64,9 @@ def vector(name: str, size: int, *, tail_md5: bool = False, user: dict[str, str]
     }
 
 
-def upload_id_vector(name: str, prefix: str, *, secret: str | None = None, slot: int | None = None) -> dict[str, object]:
+def upload_id_vector(
+    name: str, prefix: str, *, secret: str | None = None, slot: int | None = None
+) -> dict[str, object]:
     """An upload id (docs/FORMAT.md, "Upload ids"), its sealed data key made with a zero nonce."""
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
