@@ -22,6 +22,7 @@ from proxy.server.peers import PEERS, Peers
 from proxy.server.sites import GuardedSite, bind, port_in_use
 from proxy.server.tls import CertificateReloader, TLSConfigError, cert_binding_problem
 from proxy.server.workers import Channel, Workers, die_with_parent
+from proxy.store.gateway import Gateway
 from proxy.wiring import make_gateway, open_audit
 
 log = logging.getLogger("sealgate")
@@ -81,7 +82,7 @@ async def start(
     gateway = make_gateway(config, keyring=keyring, audit=audit)
     await _check_local_keys(config, gateway.materials)
     app = build_app(gateway)
-    peers = await _start_peers(app, channel)
+    peers = await _start_peers(app, gateway, channel)
     connections = Connections(
         srv.max_connections,
         srv.header_timeout_seconds,
@@ -151,12 +152,11 @@ def _check_config(config: Config) -> None:
         )
 
 
-async def _start_peers(app: web.Application, channel: Channel | None) -> Peers | None:
+async def _start_peers(app: web.Application, gateway: Gateway, channel: Channel | None) -> Peers | None:
     """With several workers: this one's end of their channel, serving (proxy/server/peers.py),
     and its slot in the s3ec-v3 upload ids it makes."""
     if channel is None:
         return None
-    gateway = app[GATEWAY]
     gateway.worker_slot = channel.slot
     peers = app[PEERS] = Peers(gateway, channel)
     await peers.start()
