@@ -1,9 +1,11 @@
 """Upload ids that carry, authenticated, what every replica needs to serve an upload.
 
 ``prefix`` ‖ base64url(lp(backend upload id) ‖ lp(key ref) ‖ lp(wrapped data key) ‖ lp(sealed data key) ‖
-salt(32) ‖ mac(16))
-with ``lp(x) = uint16_be(len(x)) ‖ x`` and mac = HMAC-SHA256(upload-id key, bucket ‖ 0 ‖ key ‖ 0 ‖
-everything before the mac)[:16]. The prefix names the object format: ``SG1`` for sealgate's,
+salt(32) ‖ [slot(2)] ‖ mac(16))
+with ``lp(x) = uint16_be(len(x)) ‖ x``, the optional slot a uint16_be (the worker process of a
+sealgate with several that holds an s3ec-v3 upload's state; absent in older ids and with one
+worker) and mac = HMAC-SHA256(upload-id key, bucket ‖ 0 ‖ key ‖ 0 ‖ everything before the mac)[:16].
+The prefix names the object format: ``SG1`` for sealgate's,
 whose upload-id key is HKDF(data key, salt, "sealgate/1/upload-id"); ``s3ec3-`` for the S3
 Encryption Client's V3, whose key is HKDF(data key, salt, "sealgate/1/s3ec-upload-id"). The
 upload-id key derives from the data key, which only unwraps for this bucket and key (or only
@@ -24,6 +26,7 @@ PREFIX = "SG1"
 #: The prefix of s3ec-v3 uploads' ids (same fields, its own MAC key).
 S3EC_PREFIX = "s3ec3-"
 _MAC = 16
+_SLOT = 2
 _S3EC_INFO = b"sealgate/1/s3ec-upload-id"
 
 
@@ -47,12 +50,14 @@ class UploadId:
     sealed_key: bytes = b""
     #: `PREFIX` (a sealgate-format upload) or `S3EC_PREFIX` (an s3ec-v3 upload).
     prefix: str = PREFIX
+    #: The worker slot whose process holds an s3ec-v3 upload's state (None: unknown, one worker).
+    slot: int | None = None
 
     def _body(self) -> bytes:
         out = b""
         for item in (self.backend_id.encode(), self.key_ref.encode(), self.wrapped_key, self.sealed_key):
             out += struct.pack(">H", len(item)) + item
-        return out + self.salt
+        return out + self.salt + (b"" if self.slot is None else struct.pack(">H", self.slot))
 
     def _mac(self, data_key: bytes, bucket: str, key: str) -> bytes:
         msg = bucket.encode() + b"\0" + key.encode() + b"\0" + self._body()
@@ -69,6 +74,8 @@ class UploadId:
                 raise ValueError("upload id field too long")
         if len(self.salt) != SALT_SIZE:
             raise ValueError(f"upload id salt must be {SALT_SIZE} bytes")
+        if self.slot is not None and not 0 <= self.slot <= 0xFFFF:
+            raise ValueError("upload id slot out of range")
         raw = self._body() + self._mac(data_key, bucket, key)
         return self.prefix + base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
@@ -98,10 +105,13 @@ class UploadId:
                     raise ValueError("short")
                 pos += 2 + n
             salt = raw[pos : pos + SALT_SIZE]
-            mac = raw[pos + SALT_SIZE :]
+            rest = raw[pos + SALT_SIZE :]
+            # The slot's presence shows in the length alone: the mac is always the last 16 bytes.
+            slot = struct.unpack(">H", rest[:_SLOT])[0] if len(rest) == _SLOT + _MAC else None
+            mac = rest[-_MAC:] if len(rest) in (_MAC, _SLOT + _MAC) else b""
             if len(salt) != SALT_SIZE or len(mac) != _MAC:
                 raise ValueError("bad length")
-            return cls(items[0].decode(), items[1].decode(), items[2], salt, mac, items[3], prefix)
+            return cls(items[0].decode(), items[1].decode(), items[2], salt, mac, items[3], prefix, slot)
         except (ValueError, struct.error, UnicodeDecodeError) as exc:
             raise FormatError("malformed upload id") from exc
 

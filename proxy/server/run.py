@@ -18,9 +18,11 @@ from proxy.kms.materials import Materials
 from proxy.net.forwarded import TrustedProxies, trusted_proxies
 from proxy.server.app import GATEWAY, build_app
 from proxy.server.listener import Connections
+from proxy.server.peers import PEERS, Peers
 from proxy.server.sites import GuardedSite, bind, port_in_use
 from proxy.server.tls import CertificateReloader, TLSConfigError, cert_binding_problem
-from proxy.server.workers import Workers, die_with_parent
+from proxy.server.workers import Channel, Workers, die_with_parent
+from proxy.store.gateway import Gateway
 from proxy.wiring import make_gateway, open_audit
 
 log = logging.getLogger("sealgate")
@@ -38,6 +40,7 @@ class Running:
     shutdown_timeout: float = 30.0
     sites: list[GuardedSite] = field(default_factory=list)
     watch: asyncio.Task[None] | None = None
+    peers: Peers | None = None
 
     async def stop(self, timeout: float | None = None) -> None:
         """Graceful shutdown: stop accepting (new connections are refused), let requests in flight
@@ -50,6 +53,8 @@ class Running:
         if self.connections is not None:
             await self.connections.drain(self.shutdown_timeout if timeout is None else timeout)
         await self.runner.cleanup()
+        if self.peers is not None:
+            await self.peers.close()
 
     def reload_tls(self) -> bool | None:
         """Load the certificate, key and client CA files again (None without TLS)."""
@@ -57,27 +62,27 @@ class Running:
 
 
 async def start(
-    config: Config, *, keyring: Keyring | None = None, processes: int = 1, reuse_port: bool = False
+    config: Config,
+    *,
+    keyring: Keyring | None = None,
+    processes: int = 1,
+    reuse_port: bool = False,
+    channel: Channel | None = None,
 ) -> Running:
     """Bind the listeners and start serving; returns once they accept connections. `processes`
     is how many processes serve this config (`serve` forks ``server.workers`` of them): with
     more than one, each writes its own audit file. `reuse_port` (SO_REUSEPORT) lets the
     listeners share their port with the other workers, and with a sealgate started with
-    ``--join``."""
+    ``--join``. `channel`: how this worker reaches the others (proxy/server/peers.py), with
+    several."""
     srv = config.server
-    problem = cert_binding_problem(config)
-    if problem is not None:
-        raise TLSConfigError(problem)
-    if not config.policies:
-        log.warning(
-            "no [[policies]] in the config: every client may do every S3 operation on every bucket "
-            "(only [[keys]] key policies apply); add [[policies]] to authorize requests"
-        )
+    _check_config(config)
     certificates = CertificateReloader.from_config(srv) if srv.tls else None
     audit = open_audit(config, per_process=processes > 1)
     gateway = make_gateway(config, keyring=keyring, audit=audit)
     await _check_local_keys(config, gateway.materials)
     app = build_app(gateway)
+    peers = await _start_peers(app, gateway, channel)
     connections = Connections(
         srv.max_connections,
         srv.header_timeout_seconds,
@@ -90,7 +95,7 @@ async def start(
     # outlive their cut connection.
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=2.0)
     await runner.setup()
-    running = Running(runner, None, None, connections, certificates, srv.shutdown_timeout_seconds)
+    running = Running(runner, None, None, connections, certificates, srv.shutdown_timeout_seconds, peers=peers)
 
     def trusted() -> TrustedProxies:  # as the config is now: a reload may change the list
         return trusted_proxies(app[GATEWAY].config.server.trusted_proxies)
@@ -133,6 +138,29 @@ async def start(
             plain_port,
         )
     return running
+
+
+def _check_config(config: Config) -> None:
+    """Refuse a certificate that cannot serve the config; warn of a config without policies."""
+    problem = cert_binding_problem(config)
+    if problem is not None:
+        raise TLSConfigError(problem)
+    if not config.policies:
+        log.warning(
+            "no [[policies]] in the config: every client may do every S3 operation on every bucket "
+            "(only [[keys]] key policies apply); add [[policies]] to authorize requests"
+        )
+
+
+async def _start_peers(app: web.Application, gateway: Gateway, channel: Channel | None) -> Peers | None:
+    """With several workers: this one's end of their channel, serving (proxy/server/peers.py),
+    and its slot in the s3ec-v3 upload ids it makes."""
+    if channel is None:
+        return None
+    gateway.worker_slot = channel.slot
+    peers = app[PEERS] = Peers(gateway, channel)
+    await peers.start()
+    return peers
 
 
 async def _check_local_keys(config: Config, materials: Materials) -> None:
@@ -199,8 +227,10 @@ def serve(config: Config, config_path: Path | None = None, *, join: bool = False
 
     With ``workers = N`` the process forks N-1 more before any event loop exists; all of them
     listen on the same port (SO_REUSEPORT) and the kernel spreads connections. Signals sent to
-    the first process are passed on to the others. Every worker is a full, stateless sealgate;
-    one that dies is replaced, and all go when the first one does (`proxy.server.workers`).
+    the first process are passed on to the others. Every worker is a full sealgate, stateless
+    but for the s3ec-v3 uploads it created, whose parts the others pass to it over their private
+    channel (proxy/server/peers.py); one that dies is replaced in its slot, and all go when the
+    first one does (`proxy.server.workers`).
     `worker` is such a replacement: it only serves, on the port the others hold.
 
     A port something already listens on is refused (`PortInUse`) unless `join` is set: then this
@@ -209,9 +239,9 @@ def serve(config: Config, config_path: Path | None = None, *, join: bool = False
     """
     _hold_early_hup()
     if worker:
-        _serve_one(config, config_path, Workers([], None), watch=False)
+        _serve_one(config, config_path, Workers({}, None), watch=False, channel=Channel.from_environment())
         return
-    problem = s3ec_workers_problem(config)
+    problem = s3ec_replicas_problem(config)
     if problem is not None:
         log.warning("%s", problem)
     if not join:
@@ -222,38 +252,46 @@ def serve(config: Config, config_path: Path | None = None, *, join: bool = False
                     "sealgate without downtime, start the new one with `sealgate serve --join`, "
                     "then stop the old one with SIGTERM."
                 )
-    children: list[int] = []
-    first = True
-    for _ in range(config.server.workers - 1):
+    count = config.server.workers
+    channel = Channel.create(count) if count > 1 else None
+    children: dict[int, int] = {}
+    slot = 0
+    for i in range(1, count):
         pid = os.fork()
         if pid == 0:
             die_with_parent()
-            children, first = [], False
+            children, slot = {}, i
             break
-        children.append(pid)
-    workers = Workers(children, config_path)
+        children[pid] = i
+    workers = Workers(children, config_path, channel)
     try:
-        _serve_one(config, config_path, workers, watch=first and config.server.workers > 1)
+        mine = channel.as_slot(slot) if channel is not None else None
+        _serve_one(config, config_path, workers, watch=slot == 0 and count > 1, channel=mine)
     finally:
         workers.wait()
+        if slot == 0 and channel is not None:
+            channel.remove()
 
 
-def s3ec_workers_problem(config: Config) -> str | None:
-    """Why this config's s3ec-v3 multipart uploads would fail across its workers, or None.
+def s3ec_replicas_problem(config: Config) -> str | None:
+    """Why this config's s3ec-v3 multipart uploads could fail across replicas, or None.
 
-    Such an upload's parts form one GCM stream whose state lives in the process that created the
-    upload (proxy/store/s3ec_uploads.py); SO_REUSEPORT hands each new connection to any worker,
-    so parts an SDK sends over several connections reach processes without that state."""
+    Such an upload's parts form one GCM stream whose state lives in the process that created it
+    (proxy/store/s3ec_uploads.py). The workers of one sealgate pass its parts to that process
+    (proxy/server/peers.py), but another replica cannot: a balancer must send every request of
+    an upload to the replica that created it. sealgate cannot see its replicas; a PROXY
+    protocol listener or trusted proxies say it runs behind a balancer."""
     rules = [rule.name for rule in config.buckets if rule.format == "s3ec-v3"]
-    workers = config.server.workers
-    if not rules or workers <= 1:
+    srv = config.server
+    if not rules or not (srv.proxy_protocol or srv.trusted_proxies):
         return None
+    behind = "server.proxy_protocol" if srv.proxy_protocol else "server.trusted_proxies"
     return (
         f'[[buckets]] {", ".join(rules)} write format = "s3ec-v3", whose multipart uploads keep their '
-        f"encryption state in the one process that created them: with server.workers = {workers}, parts "
-        "sent over other connections reach other workers and fail with NoSuchUpload. To serve them, run "
-        "server.workers = 1 on each replica and balance each client to one replica (sticky, e.g. HAProxy "
-        "`balance source`); single PUTs and reads work with any number of workers"
+        "encryption state in the sealgate that created them (its workers pass parts to each other, "
+        f"but replicas cannot): with {behind} set, sealgate runs behind a balancer, which must send every "
+        "request of one upload to the replica that created it (sticky, e.g. HAProxy `balance source`), "
+        "or its parts fail with NoSuchUpload; single PUTs and reads work on any replica"
     )
 
 
@@ -273,9 +311,11 @@ def _listen_addresses(config: Config) -> list[tuple[str, int]]:
     return out + ([srv.plain_http_address] if srv.plain_http_listen else [])
 
 
-def _serve_one(config: Config, config_path: Path | None, workers: Workers, *, watch: bool) -> None:
+def _serve_one(
+    config: Config, config_path: Path | None, workers: Workers, *, watch: bool, channel: Channel | None = None
+) -> None:
     async def main() -> None:
-        running = await start(config, processes=config.server.workers, reuse_port=True)
+        running = await start(config, processes=config.server.workers, reuse_port=True, channel=channel)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         watcher = asyncio.create_task(workers.watch()) if watch else None

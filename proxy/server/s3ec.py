@@ -22,6 +22,7 @@ from aiohttp import web
 from proxy.crypto import s3ec as crypto_s3ec
 from proxy.crypto.format import FormatError, IntegrityError
 from proxy.crypto.s3ec_streams import S3ecCbcDecryptor, S3ecDecryptor
+from proxy.crypto.upload_id import UploadId
 from proxy.s3.errors import S3Error
 from proxy.s3.ranges import parse_range
 from proxy.s3.sigv4 import VerifiedRequest
@@ -30,6 +31,7 @@ from proxy.server.body import client_body
 from proxy.server.budget import VERIFY_FIRST_BUDGET, BudgetExhausted
 from proxy.server.downloads import DownloadPace, paced
 from proxy.server.parts import parse_part_number, read_copy_source
+from proxy.server.peers import PEERS, Peers
 from proxy.server.state import CALLER
 from proxy.server.writes import write_conditions
 from proxy.store import s3ec
@@ -42,7 +44,8 @@ from proxy.store.s3ec_uploads import (
     completed_upload,
     create_upload,
     encrypt_part,
-    find_upload,
+    locate_upload,
+    lost_upload,
 )
 from proxy.store.uploads import MAX_XML
 
@@ -219,9 +222,13 @@ async def create_multipart(gw: Gateway, request: web.Request, bucket: str, key: 
 async def upload_part(
     gw: Gateway, request: web.Request, bucket: str, key: str, verified: VerifiedRequest
 ) -> web.StreamResponse:
-    """UploadPart (or UploadPartCopy) of an s3ec-v3 upload: encrypted in order, in this process."""
-    up = find_upload(gw, request[CALLER], bucket, key, request.query["uploadId"])
+    """UploadPart (or UploadPartCopy) of an s3ec-v3 upload: encrypted in order, in the process
+    that holds the upload (this one, or another worker it is passed to)."""
+    found = locate_upload(gw, request[CALLER], bucket, key, request.query["uploadId"])
     number = parse_part_number(request)
+    if not isinstance(found, Upload):
+        return await _pass_part(gw, request, (bucket, key, number), _owner(request, found), verified)
+    up = found
     if "x-amz-copy-source" in request.headers:
         return await _upload_part_copy(gw, request, up, number)
     body = client_body(gw, request, verified)
@@ -232,12 +239,60 @@ async def upload_part(
     if (body.md5_wanted or body.content_md5 is not None) and md5 is not None:
         # Clients that check part ETags compare them with the plaintext MD5.
         up.parts[-1].client_etag = md5.hex()
-    out = web.Response(status=200, headers={"ETag": f'"{up.parts[-1].client_etag}"'})
+    return _part_answer(up.parts[-1].client_etag, backend_etag, body.checksums)
+
+
+def _part_answer(client_etag: str, backend_etag: str, checksums: Mapping[str, str]) -> web.Response:
+    out = web.Response(status=200, headers={"ETag": f'"{client_etag}"'})
     if not backend_etag:
         out.headers["ETag"] = '""'
-    for name, value in body.checksums.items():
+    for name, value in checksums.items():
         out.headers[name] = value
     return out
+
+
+def _owner(request: web.Request, uid: UploadId) -> tuple[Peers, int]:
+    """The channel to the other worker of this sealgate that holds the upload `uid` names;
+    NoSuchUpload if none does (it is another sealgate's, or from before a restart)."""
+    peers = request.app.get(PEERS)
+    slot = peers.owner_of(uid) if peers is not None else None
+    if peers is None or slot is None:
+        raise lost_upload()
+    return peers, slot
+
+
+async def _pass_part(
+    gw: Gateway,
+    request: web.Request,
+    part: tuple[str, str, int],
+    owner: tuple[Peers, int],
+    verified: VerifiedRequest,
+) -> web.StreamResponse:
+    """Part `part` (bucket, key, number) of an upload another worker holds, checked here as a
+    local one would be, then streamed to that worker (proxy/server/peers.py); its answer to the
+    client."""
+    peers, slot = owner
+    bucket, key, number = part
+    fields = {
+        "bucket": bucket,
+        "key": key,
+        "upload_id": request.query["uploadId"],
+        "identity": request[CALLER].identity,
+        "number": number,
+    }
+    if "x-amz-copy-source" in request.headers:
+        length, plaintext = await read_copy_source(gw, request)
+        try:
+            answer = await peers.send_part(slot, {**fields, "length": length}, length, plaintext)
+        except IntegrityError as exc:
+            raise S3Error("ObjectIntegrityError", f"copy source failed authentication: {exc}", 500) from exc
+        return _copy_answer(str(answer["backend_etag"]))
+    body = client_body(gw, request, verified)
+    if body.length > MAX_PUT_SIZE:
+        raise S3Error("EntityTooLarge", "Your proposed upload exceeds the maximum allowed size", 400)
+    with_md5 = body.md5_wanted or body.content_md5 is not None
+    answer = await peers.send_part(slot, {**fields, "length": body.length, "md5": with_md5}, body.length, body)
+    return _part_answer(str(answer["etag"]), str(answer["backend_etag"]), body.checksums)
 
 
 async def _upload_part_copy(gw: Gateway, request: web.Request, up: Upload, number: int) -> web.StreamResponse:
@@ -246,6 +301,10 @@ async def _upload_part_copy(gw: Gateway, request: web.Request, up: Upload, numbe
         etag = await encrypt_part(gw, up, number, length, plaintext)
     except IntegrityError as exc:
         raise S3Error("ObjectIntegrityError", f"copy source failed authentication: {exc}", 500) from exc
+    return _copy_answer(etag)
+
+
+def _copy_answer(etag: str) -> web.Response:
     modified = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z")
     xml = document("CopyPartResult", [("LastModified", modified), ("ETag", f'"{etag}"')])
     return web.Response(status=200, body=xml, headers=XML_HEADERS)
@@ -253,25 +312,38 @@ async def _upload_part_copy(gw: Gateway, request: web.Request, up: Upload, numbe
 
 async def complete_multipart(gw: Gateway, request: web.Request, bucket: str, key: str) -> web.StreamResponse:
     """CompleteMultipartUpload of an s3ec-v3 upload: the parts stored, then the tag if no part
-    carried it, completed on the backend; the object then reads as one S3EC V3 body."""
+    carried it, completed on the backend; the object then reads as one S3EC V3 body. Done by
+    the process that holds the upload: this one, or another worker it is passed to."""
     text = request.query["uploadId"]
+    caller = request[CALLER]
+    found = locate_upload(gw, caller, bucket, key, text)
     try:
-        up = find_upload(gw, request[CALLER], bucket, key, text)
+        if isinstance(found, Upload):
+            wanted, conditions = await _completion(gw, request, bucket, key)
+            etag, versions = await complete_upload(gw, found, bucket, key, wanted, conditions)
+        else:
+            peers, slot = _owner(request, found)
+            wanted, conditions = await _completion(gw, request, bucket, key)
+            fields = {"bucket": bucket, "key": key, "upload_id": text, "identity": caller.identity}
+            answer = await peers.send_complete(slot, {**fields, "parts": wanted, "conditions": conditions})
+            etag, versions = str(answer["etag"]), dict(answer["versions"])
     except S3Error as lost:
-        if lost.code != "NoSuchUpload":
+        if lost.code != "NoSuchUpload" or isinstance(found, Upload):
             raise
-        up = None
-        # A retry of a Complete that succeeded (here, or on a replica that died answering).
-        etag, versions = await completed_upload(gw, request[CALLER], bucket, key, text, lost)
-    if up is not None:
-        doc = await request.content.read(MAX_XML + 1)
-        if len(doc) > MAX_XML:
-            raise S3Error("MaxMessageLengthExceeded", "Your request was too big.", 400)
-        wanted = completed_parts(doc)
-        conditions = await write_conditions(gw, request, bucket, key)
-        etag, versions = await complete_upload(gw, up, bucket, key, wanted, conditions)
+        # A retry of a Complete that succeeded (here, or on a process that died answering).
+        etag, versions = await completed_upload(gw, caller, bucket, key, text, lost)
     out = document(
         "CompleteMultipartUploadResult",
         [("Location", f"/{bucket}/{key}"), ("Bucket", bucket), ("Key", key), ("ETag", etag)],
     )
     return web.Response(status=200, body=out, headers={**XML_HEADERS, **versions})
+
+
+async def _completion(
+    gw: Gateway, request: web.Request, bucket: str, key: str
+) -> tuple[list[tuple[int, str]], dict[str, str]]:
+    """The parts a CompleteMultipartUpload names, and the backend headers of its conditions."""
+    doc = await request.content.read(MAX_XML + 1)
+    if len(doc) > MAX_XML:
+        raise S3Error("MaxMessageLengthExceeded", "Your request was too big.", 400)
+    return completed_parts(doc), await write_conditions(gw, request, bucket, key)

@@ -37,6 +37,9 @@ class Gateway:
     cors: CorsCache = field(default_factory=CorsCache)
     #: Buckets' policies, public access blocks and ownership controls (per process, briefly).
     access: BucketAccessCache = field(default_factory=BucketAccessCache)
+    #: This worker's slot, with several worker processes (proxy/server/workers.py): s3ec-v3
+    #: upload ids name it, so the other workers pass the upload's parts here. None: one worker.
+    worker_slot: int | None = None
 
 
 def require_key_use(gw: Gateway, caller: Caller, action: str, key: str) -> None:

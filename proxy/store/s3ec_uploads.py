@@ -3,7 +3,11 @@
 An S3EC body is one GCM stream, so part N is encrypted from the stream state after part N-1
 (`GcmStreamState`: offset, GHASH accumulator, < 16 pending bytes) and the tag ends the
 body. That state lives in the memory of the sealgate process that created the upload: parts
-must come to that process, in order (1, 2, 3, ...). A part that arrives early waits a little
+must come to that process, in order (1, 2, 3, ...). With several workers (``server.workers``)
+the upload id names the worker's slot, and a part or a Complete that reaches another worker of
+the same sealgate is checked there and passed over the workers' private channel to this one
+(proxy/server/peers.py: `locate_upload` tells the two cases apart). Another replica, or this
+sealgate after a restart, has no such path: NoSuchUpload. A part that arrives early waits a little
 for its predecessor to start; one that is still out of order is refused (InvalidPartOrder),
 never stored where it would make the object unreadable. The state before each part is kept,
 so the latest part can be retried (after a failed check or a backend error).
@@ -146,12 +150,14 @@ def forget_upload(gw: Gateway, backend_id: str) -> None:
     _uploads(gw).pop(backend_id, None)
 
 
-def _lost_upload() -> S3Error:
+def lost_upload() -> S3Error:
+    """NoSuchUpload, saying why a process may not hold an s3ec-v3 upload."""
     return S3Error(
         "NoSuchUpload",
         "this s3ec-v3 multipart upload is not known to this sealgate process (it was started by another "
-        "replica, sealgate restarted, or it was completed or aborted): its parts form one GCM stream whose "
-        "state stays in the process that created it, so they must go there, in order; abort it and upload again",
+        "replica, sealgate or the worker holding it restarted, or it was completed or aborted): its parts "
+        "form one GCM stream whose state stays in the process that created it, so they must go there, in "
+        "order; abort it and upload again",
         404,
     )
 
@@ -184,10 +190,18 @@ def _held(gw: Gateway, uid: UploadId, bucket: str, key: str) -> Upload | None:
 
 def find_upload(gw: Gateway, caller: Caller, bucket: str, key: str, text: str) -> Upload:
     """The state of the upload that client id `text` names, authenticated for this object."""
-    up = _held(gw, _decode(gw, caller, text), bucket, key)
-    if up is None:
-        raise _lost_upload()
+    up = locate_upload(gw, caller, bucket, key, text)
+    if not isinstance(up, Upload):
+        raise lost_upload()
     return up
+
+
+def locate_upload(gw: Gateway, caller: Caller, bucket: str, key: str, text: str) -> Upload | UploadId:
+    """As `find_upload`, but where this process does not hold the upload, the id's fields
+    (not authenticated: the worker its slot names checks them) instead of NoSuchUpload."""
+    uid = _decode(gw, caller, text)
+    up = _held(gw, uid, bucket, key)
+    return uid if up is None else up
 
 
 async def verified_upload(gw: Gateway, caller: Caller, bucket: str, key: str, text: str) -> UploadId:
@@ -242,7 +256,7 @@ async def create_upload(gw: Gateway, caller: Caller, bucket: str, key: str, requ
     sealed = b""
     if secret is not None:
         sealed = seal_for_replicas(secret.get_secret_value().encode(), salt, plain_key, bucket, key)
-    uid = UploadId(backend_id, key_ref, wrapped, salt, sealed_key=sealed, prefix=S3EC_PREFIX)
+    uid = UploadId(backend_id, key_ref, wrapped, salt, sealed_key=sealed, prefix=S3EC_PREFIX, slot=gw.worker_slot)
     upload_id = uid.encode(plain_key, bucket, key)
     await put_upload_record(gw, bucket, key, backend_id, upload_id)
     reg[backend_id] = Upload(bucket, key, backend_id, body, body.start, plain_key, owner=caller.identity)

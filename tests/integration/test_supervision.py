@@ -162,17 +162,20 @@ def test_metrics_and_readiness_details_only_for_metrics_allow(tls_files: dict[st
         server.shutdown()
 
 
-@pytest.mark.parametrize("workers", [2, 1])
-def test_s3ec_v3_buckets_with_several_workers_get_a_warning_at_start(
-    moto_url: str, tls_files: dict[str, Path], tmp_path: Path, workers: int
+@pytest.mark.parametrize(
+    ("settings", "warned"),
+    [("workers = 2", False), ("workers = 1", False), ('workers = 2\ntrusted_proxies = ["127.0.0.1"]', True)],
+    ids=["workers", "one-worker", "behind-a-balancer"],
+)
+def test_s3ec_v3_buckets_behind_a_balancer_get_a_warning_at_start(
+    moto_url: str, tls_files: dict[str, Path], tmp_path: Path, settings: str, warned: bool
 ) -> None:
-    """s3ec-v3 multipart state lives in one process (issue 21 item 8): with workers > 1, say so
-    once at start-up, before anything fails with NoSuchUpload."""
+    """s3ec-v3 multipart state lives in one process (issue 21 item 8): the workers of one
+    sealgate pass parts to each other, replicas cannot. Behind a balancer (trusted proxies, or
+    the PROXY protocol) say once at start-up that it must be sticky."""
     port = free_port()
     rule = '[[buckets]]\nname = "v3-*"\nformat = "s3ec-v3"\n'
-    cfg = write_config(
-        tmp_path, backend=moto_url, tls=tls_files, port=port, server_extra=f"workers = {workers}", extra=rule
-    )
+    cfg = write_config(tmp_path, backend=moto_url, tls=tls_files, port=port, server_extra=settings, extra=rule)
     proc = subprocess.Popen([*SEALGATE, "serve", "--config", str(cfg)], cwd=tmp_path, stderr=subprocess.PIPE)
     try:
         wait_port(port, 30)
@@ -182,9 +185,9 @@ def test_s3ec_v3_buckets_with_several_workers_get_a_warning_at_start(
     log = err.decode()
     assert "sealgate serving https" in log, log[-2000:]
     warnings = [line for line in log.splitlines() if 's3ec-v3"' in line and "WARNING" in line]
-    if workers == 1:
+    if not warned:
         assert warnings == []
     else:
         assert len(warnings) == 1, log[-2000:]  # once, not once per worker
-        assert "[[buckets]] v3-*" in warnings[0] and "server.workers = 2" in warnings[0]
-        assert "sticky" in warnings[0] and "NoSuchUpload" in warnings[0]
+        assert "[[buckets]] v3-*" in warnings[0] and "server.trusted_proxies" in warnings[0]
+        assert "sticky" in warnings[0] and "balance source" in warnings[0] and "NoSuchUpload" in warnings[0]

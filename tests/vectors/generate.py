@@ -64,7 +64,9 @@ def vector(name: str, size: int, *, tail_md5: bool = False, user: dict[str, str]
     }
 
 
-def upload_id_vector(name: str, prefix: str, *, secret: str | None = None) -> dict[str, object]:
+def upload_id_vector(
+    name: str, prefix: str, *, secret: str | None = None, slot: int | None = None
+) -> dict[str, object]:
     """An upload id (docs/FORMAT.md, "Upload ids"), its sealed data key made with a zero nonce."""
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
@@ -76,7 +78,13 @@ def upload_id_vector(name: str, prefix: str, *, secret: str | None = None) -> di
         aad = bucket.encode() + b"\0" + key.encode()
         sealed = bytes(12) + AESGCM(_secret_key(secret.encode(), SALT)).encrypt(bytes(12), DATA_KEY, aad)
     uid = UploadId(
-        "backend-upload-id.0001", "local:default:1", b"wrapped-by-the-keyring", SALT, sealed_key=sealed, prefix=prefix
+        "backend-upload-id.0001",
+        "local:default:1",
+        b"wrapped-by-the-keyring",
+        SALT,
+        sealed_key=sealed,
+        prefix=prefix,
+        slot=slot,
     )
     text = uid.encode(DATA_KEY, bucket, key)
     return {
@@ -90,6 +98,7 @@ def upload_id_vector(name: str, prefix: str, *, secret: str | None = None) -> di
         "sealed_key_hex": sealed.hex(),
         "upload_secret": secret,
         "salt_hex": SALT.hex(),
+        "slot": slot,
         "mac_hex": UploadId.decode(text).mac.hex(),
         "upload_id": text,
     }
@@ -145,6 +154,7 @@ def main() -> None:
         upload_id_vector("sealgate", "SG1"),
         upload_id_vector("sealgate-with-upload-secret", "SG1", secret="a shared upload secret"),
         upload_id_vector("s3ec-v3", "s3ec3-"),
+        upload_id_vector("s3ec-v3-worker-slot", "s3ec3-", slot=1),
     ]
     out.with_name("upload_id.json").write_text(
         json.dumps({"format": "sealgate/1 upload ids", "vectors": ids}, indent=1) + "\n"

@@ -40,6 +40,8 @@ def test_vector_matches_format_md(v: dict[str, str]) -> None:
     dk, salt = bytes.fromhex(v["data_key_hex"]), bytes.fromhex(v["salt_hex"])
     fields = (v["backend_id"].encode(), v["key_ref"].encode(), bytes.fromhex(v["wrapped_key_hex"]))
     body = b"".join(_lp(f) for f in fields) + _lp(bytes.fromhex(v["sealed_key_hex"])) + salt
+    if v["slot"] is not None:
+        body += struct.pack(">H", v["slot"])
     prefix = v["upload_id"][: len(S3EC_PREFIX)] if v["upload_id"].startswith(S3EC_PREFIX) else PREFIX
     info = b"sealgate/1/upload-id" if prefix == PREFIX else b"sealgate/1/s3ec-upload-id"
     msg = v["bucket"].encode() + b"\0" + v["key"].encode() + b"\0" + body
@@ -48,6 +50,7 @@ def test_vector_matches_format_md(v: dict[str, str]) -> None:
     assert v["upload_id"] == prefix + base64.urlsafe_b64encode(body + mac).decode().rstrip("=")
     uid = UploadId.decode(v["upload_id"])
     assert (uid.prefix, uid.backend_id, uid.key_ref, uid.salt) == (prefix, v["backend_id"], v["key_ref"], salt)
+    assert uid.slot == v["slot"]
     uid.verify(dk, v["bucket"], v["key"])
     assert uid.encode(dk, v["bucket"], v["key"]) == v["upload_id"]
     if v["upload_secret"]:
@@ -58,8 +61,10 @@ def test_vector_matches_format_md(v: dict[str, str]) -> None:
         assert open_for_replicas(v["upload_secret"].encode(), salt, sealed, v["bucket"], v["key"]) == dk
 
 
-def _uid(prefix: str = PREFIX, sealed: bytes = b"") -> UploadId:
-    return UploadId("2~backend/id+=", "local:default:3", os.urandom(60), SALT, sealed_key=sealed, prefix=prefix)
+def _uid(prefix: str = PREFIX, sealed: bytes = b"", slot: int | None = None) -> UploadId:
+    return UploadId(
+        "2~backend/id+=", "local:default:3", os.urandom(60), SALT, sealed_key=sealed, prefix=prefix, slot=slot
+    )
 
 
 @pytest.mark.parametrize("prefix", [PREFIX, S3EC_PREFIX])
@@ -81,9 +86,55 @@ def test_round_trip(prefix: str) -> None:
     assert open_for_replicas(b"secret", back.salt, back.sealed_key, "b", "k") == DK
 
 
+@pytest.mark.parametrize("slot", [None, 0, 1, 0xFFFF])
+def test_worker_slot_round_trips_and_an_id_without_one_still_decodes(slot: int | None) -> None:
+    """The slot (which worker holds an s3ec-v3 upload's state) is optional: ids made before it,
+    or by a sealgate with one worker, decode with slot None."""
+    uid = UploadId("bk", "local:default:3", b"w", SALT, prefix=S3EC_PREFIX, slot=slot)
+    text = uid.encode(DK, "b", "k")
+    back = UploadId.decode(text)
+    back.verify(DK, "b", "k")
+    assert back.slot == slot
+    assert back.encode(DK, "b", "k") == text
+    if slot is not None:
+        assert len(text) > len(UploadId("bk", "local:default:3", b"w", SALT, prefix=S3EC_PREFIX).encode(DK, "b", "k"))
+
+
+def _raw(text: str) -> bytes:
+    b64 = text[len(S3EC_PREFIX) :]
+    return base64.urlsafe_b64decode(b64 + "=" * (-len(b64) % 4))
+
+
+def _text(raw: bytes) -> str:
+    return S3EC_PREFIX + base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def test_a_changed_added_or_dropped_slot_is_refused() -> None:
+    """The slot is under the mac: a client can neither send an upload's parts to another worker
+    nor add a slot to an id without one, or drop it."""
+    with_slot = _raw(UploadId("bk", "local:default:3", b"w", SALT, prefix=S3EC_PREFIX, slot=1).encode(DK, "b", "k"))
+    body, mac = with_slot[:-18], with_slot[-16:]
+    for forged in (
+        body + struct.pack(">H", 0) + mac,
+        body + struct.pack(">H", 2) + mac,
+        body + mac,  # dropped: decodes as an id without a slot
+    ):
+        uid = UploadId.decode(_text(forged))
+        with pytest.raises(FormatError):
+            uid.verify(DK, "b", "k")
+    without = _raw(UploadId("bk", "local:default:3", b"w", SALT, prefix=S3EC_PREFIX).encode(DK, "b", "k"))
+    added = UploadId.decode(_text(without[:-16] + struct.pack(">H", 1) + without[-16:]))
+    assert added.slot == 1
+    with pytest.raises(FormatError):
+        added.verify(DK, "b", "k")
+    with pytest.raises(ValueError, match="slot"):
+        UploadId("bk", "k", b"w", SALT, prefix=S3EC_PREFIX, slot=0x10000).encode(DK, "b", "k")
+
+
 @given(st.data())
 def test_any_flipped_byte_is_refused(data: st.DataObject) -> None:
-    text = _uid(data.draw(st.sampled_from([PREFIX, S3EC_PREFIX]))).encode(DK, "b", "k")
+    slot = data.draw(st.sampled_from([None, 0, 3]))
+    text = _uid(data.draw(st.sampled_from([PREFIX, S3EC_PREFIX])), slot=slot).encode(DK, "b", "k")
     prefix = PREFIX if text.startswith(PREFIX) else S3EC_PREFIX
     raw = bytearray(base64.urlsafe_b64decode(text[len(prefix) :] + "=" * (-len(text[len(prefix) :]) % 4)))
     raw[data.draw(st.integers(0, len(raw) - 1))] ^= 1 << data.draw(st.integers(0, 7))
