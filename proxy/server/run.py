@@ -14,6 +14,7 @@ from aiohttp import web
 
 from proxy.config import Config
 from proxy.kms.base import KeyAccessDenied, Keyring
+from proxy.kms.keyring_object import KeyringObject
 from proxy.kms.materials import Materials
 from proxy.net.forwarded import TrustedProxies, trusted_proxies
 from proxy.server.app import GATEWAY, build_app
@@ -21,6 +22,7 @@ from proxy.server.listener import Connections
 from proxy.server.sites import GuardedSite, bind, port_in_use
 from proxy.server.tls import CertificateReloader, TLSConfigError, cert_binding_problem
 from proxy.server.workers import Workers, die_with_parent
+from proxy.store.gateway import Gateway
 from proxy.wiring import make_gateway, open_audit
 
 log = logging.getLogger("sealgate")
@@ -76,6 +78,7 @@ async def start(
     certificates = CertificateReloader.from_config(srv) if srv.tls else None
     audit = open_audit(config, per_process=processes > 1)
     gateway = make_gateway(config, keyring=keyring, audit=audit)
+    await _check_keyring_object(gateway)
     await _check_local_keys(config, gateway.materials)
     app = build_app(gateway)
     connections = Connections(
@@ -133,6 +136,15 @@ async def start(
             plain_port,
         )
     return running
+
+
+async def _check_keyring_object(gateway: Gateway) -> None:
+    """A keyring object is changed by read-modify-writes with conditional PUTs: on a backend
+    that ignores their conditions, two hosts rotating at once would lose a key version (and the
+    objects sealed under it), so such a backend is refused now (KeyringFileError)."""
+    local = gateway.local_keys
+    if local is not None and isinstance(local.path, KeyringObject):
+        await asyncio.to_thread(local.path.check_conditional_writes)
 
 
 async def _check_local_keys(config: Config, materials: Materials) -> None:
