@@ -143,7 +143,7 @@ def _derive_kek(passphrase: bytes, salt: bytes, log2_n: int, r: int, p: int) -> 
 
 
 def _malformed(path: Where, why: str) -> KeyringFileError:
-    return KeyringFileError(f"malformed keyring file {path}: {why}")
+    return KeyringFileError(f"malformed {_kind(path)} {path}: {why}")
 
 
 def _load_keys(path: Where, doc: Any) -> dict[str, _MasterKey]:
@@ -151,7 +151,7 @@ def _load_keys(path: Where, doc: Any) -> dict[str, _MasterKey]:
         raise _malformed(path, "not a JSON object")
     if doc.get("format") != FORMAT_VERSION:
         raise KeyringFileError(
-            f"keyring file {path} has format {doc.get('format')!r}; this version reads format {FORMAT_VERSION}"
+            f"{_kind(path)} {path} has format {doc.get('format')!r}; this version reads format {FORMAT_VERSION}"
         )
     raw_keys = doc.get("keys")
     if not isinstance(raw_keys, list):
@@ -286,7 +286,7 @@ class LocalKeyStore:
         _, log2_n, r, p, salt = _HEADER.unpack(header)
         if not (1 <= log2_n <= _MAX_LOG2_N and 1 <= r <= _MAX_R and 1 <= p <= _MAX_P):
             raise KeyringFileError(
-                f"keyring file {path} has unsupported scrypt parameters (N=2**{log2_n}, r={r}, p={p})"
+                f"{_kind(path)} {path} has unsupported scrypt parameters (N=2**{log2_n}, r={r}, p={p})"
             )
         kek = _derive_kek(passphrase, salt, log2_n, r, p)
         nonce = blob[_HEADER.size : _HEADER.size + NONCE_SIZE]
