@@ -555,6 +555,7 @@ def _register_tools() -> None:
     from proxy.tools.copy import copy_cmd
     from proxy.tools.gc import gc_cmd
     from proxy.tools.health import health_cmd
+    from proxy.tools.keyring_publish import publish_cmd
     from proxy.tools.offline.commands import decrypt_cmd, encrypt_cmd
     from proxy.tools.policy_check import policy_group
     from proxy.tools.rewrap import rewrap_cmd
@@ -568,6 +569,7 @@ def _register_tools() -> None:
     main.add_command(gc_cmd, "gc")
     main.add_command(policy_group, "policy")
     main.add_command(health_cmd, "health")
+    keys.add_command(publish_cmd, "publish")
 
 
 _register_tools()

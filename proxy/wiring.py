@@ -44,20 +44,22 @@ def keyring_where(kms: KmsConfig, backend: BackendConfig) -> Where:
     assert kms.keyring is not None
     if isinstance(kms.keyring, Path):
         return kms.keyring
+    return KeyringObject(kms.keyring, backend_access(backend))
+
+
+def backend_access(backend: BackendConfig) -> BackendAccess:
+    """How a keyring object's client reaches the backend: as sealgate's own client does."""
     verify: bool | str = (str(backend.ca_bundle) if backend.ca_bundle else True) if backend.verify_tls else False
-    return KeyringObject(
-        kms.keyring,
-        BackendAccess(
-            endpoint=backend.endpoint,
-            region=backend.region,
-            access_key_id=backend.access_key_id.get_secret_value() if backend.access_key_id else None,
-            secret_access_key=backend.secret_access_key.get_secret_value() if backend.secret_access_key else None,
-            verify=verify if backend.endpoint.startswith("https") else False,
-            addressing_style=backend.addressing_style,
-            connect_timeout=backend.connect_timeout_seconds,
-            read_timeout=min(backend.read_timeout_seconds, 30.0),
-            max_attempts=backend.max_attempts,
-        ),
+    return BackendAccess(
+        endpoint=backend.endpoint,
+        region=backend.region,
+        access_key_id=backend.access_key_id.get_secret_value() if backend.access_key_id else None,
+        secret_access_key=backend.secret_access_key.get_secret_value() if backend.secret_access_key else None,
+        verify=verify if backend.endpoint.startswith("https") else False,
+        addressing_style=backend.addressing_style,
+        connect_timeout=backend.connect_timeout_seconds,
+        read_timeout=min(backend.read_timeout_seconds, 30.0),
+        max_attempts=backend.max_attempts,
     )
 
 

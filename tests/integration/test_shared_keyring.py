@@ -345,3 +345,45 @@ def test_the_loaded_keyring_stays_in_use_when_the_object_goes_bad(
         assert s3.get_object(Bucket="ring-goes-bad", Key="during3")["Body"].read() == b"sealed meanwhile"
     finally:
         gate.stop()
+
+
+def test_an_existing_keyring_file_is_published_for_every_host(
+    moto_url: str, tls_files: dict[str, Path], tmp_path: Path, ring: str
+) -> None:
+    """`keys publish` copies a host's keyring file to the object unchanged: objects sealed under
+    the file's keys open on a host that reads only the object; a second publish is refused."""
+    first = tmp_path / "first"
+    first.mkdir()
+    cfg_file = write_config(first, backend=moto_url, tls=tls_files, port=free_port())  # a keyring file
+    gate = SealgateThread(cfg_file).start()
+    try:
+        s3 = client_for(gate.url, tls_files["ca"])
+        s3.create_bucket(Bucket="before-publish")
+        s3.put_object(Bucket="before-publish", Key="k", Body=b"sealed under the file's key")
+    finally:
+        gate.stop()
+    done = keys(cfg_file, "publish", ring)
+    assert done.returncode == 0, done.stderr
+    assert f'kms.keyring = "{ring}"' in done.stdout
+    again = keys(cfg_file, "publish", ring)
+    assert again.returncode == 2
+    assert failure(again.stderr) == (
+        f"sealgate: {ring} already exists: change its keys with `sealgate keys ... --config` on a host using it"
+    )
+    # --keyring names files only: an object is reached through a config's backend.
+    wrong = subprocess.run(
+        [*SEALGATE, "keys", "list", "--keyring", ring, "--passphrase-file", str(first / "keyring.pass")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert wrong.returncode == 2
+    assert "give --config FILE whose kms.keyring names it" in failure(wrong.stderr)
+
+    other = host(tmp_path / "other", moto_url, tls_files, ring)
+    gate = SealgateThread(other).start()
+    try:
+        s3 = client_for(gate.url, tls_files["ca"])
+        assert s3.get_object(Bucket="before-publish", Key="k")["Body"].read() == b"sealed under the file's key"
+    finally:
+        gate.stop()
