@@ -166,8 +166,7 @@ class KeyringObject:
         new ETag. KeyringConflict when someone else changed it first."""
         from botocore.exceptions import BotoCoreError, ClientError
 
-        if not self._probed:
-            self.check_conditional_writes()
+        self.check_conditional_writes()
         condition = {"IfMatch": etag} if etag is not None else {"IfNoneMatch": "*"}
         try:
             done = self._client().put_object(Bucket=self.location.bucket, Key=self.location.key, Body=blob, **condition)
@@ -184,9 +183,11 @@ class KeyringObject:
     def check_conditional_writes(self) -> None:
         """KeyringFileError unless the backend refuses writes whose condition fails: a second
         ``If-None-Match: *`` PUT of a probe object beside the keyring, and an ``If-Match`` PUT
-        with an ETag it does not have, must both get 412. Done once per object."""
+        with an ETag it does not have, must both get 412. Done once per `KeyringObject`."""
         from botocore.exceptions import BotoCoreError, ClientError
 
+        if self._probed:
+            return
         client, bucket, key = self._client(), self.location.bucket, self.location.probe_key
         probes = (
             ("If-None-Match", {"IfNoneMatch": "*"}),
