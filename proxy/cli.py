@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
@@ -14,7 +15,9 @@ from proxy.tools.options import config_option, dry_run_option, json_option, verb
 from proxy.tools.token_keys import config_option as _config_opt
 
 if TYPE_CHECKING:
-    from proxy.kms.keystore import KeyInfo, LocalKeyStore
+    from proxy.kms.keystore import KeyInfo, LocalKeyStore, Where
+
+T = TypeVar("T")
 
 
 def _setup_logging(json_logs: bool = False) -> None:
@@ -172,13 +175,38 @@ _pass_env_opt = click.option(
 )
 
 
-def _open_or_create(keyring: Path, passphrase: bytes) -> LocalKeyStore:
-    from proxy.kms.keystore import LocalKeyStore
+def _where(keyring: Where) -> Where:
+    if isinstance(keyring, Path) and str(keyring).startswith("s3:"):
+        _fail(
+            f"{keyring}: a keyring object is reached with the backend of a config: give --config FILE "
+            "whose kms.keyring names it"
+        )
+    return keyring
 
-    if keyring.exists():
-        return LocalKeyStore.open(keyring, passphrase)
-    keyring.parent.mkdir(parents=True, exist_ok=True)
-    return LocalKeyStore.create(keyring, passphrase)
+
+def _change(
+    keyring: Where,
+    passphrase_file: Path | None,
+    passphrase_env: str,
+    change: Callable[[LocalKeyStore], T],
+    *,
+    create: bool = False,
+) -> T:
+    """`change` the keyring and save it, losing no concurrent change (proxy/kms/keyring_edits.py);
+    with `create`, the keyring is made if there is none. Exits with one line on failure."""
+    from proxy.kms.keyring_edits import edit, open_or_create
+    from proxy.kms.keystore import KeyringFileError, LocalKeyStore
+
+    where = _where(keyring)
+    passphrase = _passphrase(None if passphrase_file else passphrase_env, passphrase_file)
+    try:
+        if create and isinstance(where, Path):
+            where.parent.mkdir(parents=True, exist_ok=True)  # for the lock beside the keyring
+        opener = open_or_create if create else LocalKeyStore.open
+        return edit(where, lambda: opener(where, passphrase), change)
+    except (KeyringFileError, ValueError, KeyError) as exc:
+        _fail(str(exc))
+        raise
 
 
 @keys.command("create")
@@ -205,26 +233,20 @@ def keys_create(
     passphrase_env: str,
     config_path: Path | None,
 ) -> None:
-    """Create a master key KEY_ID (creates the keyring file if needed; with a pkcs11 / kmip
-    --config on the token or in the key manager)."""
-    from proxy.kms.keystore import KeyringFileError, keyring_lock
+    """Create a master key KEY_ID (creates the keyring file or object if needed; with a pkcs11 /
+    kmip --config on the token or in the key manager)."""
     from proxy.tools.token_keys import create, with_config
 
+    where: Where = keyring
     local = with_config(config_path, lambda config: create(config, key_id, key_type))
     if local is not None:
-        keyring, passphrase_file, passphrase_env = local
+        where, passphrase_file, passphrase_env = local
 
-    passphrase = _passphrase(None if passphrase_file else passphrase_env, passphrase_file)
-    try:
-        keyring.parent.mkdir(parents=True, exist_ok=True)
-        with keyring_lock(keyring):
-            store = _open_or_create(keyring, passphrase)
-            info = store.create_key(key_id) if key_type == "aes-256" else store.create_asymmetric_key(key_id, key_type)
-            store.save()
-    except (KeyringFileError, ValueError, KeyError) as exc:
-        _fail(str(exc))
-        return
-    click.echo(f"created key {info.id} (version {info.current_version}) in {keyring}")
+    def change(store: LocalKeyStore) -> KeyInfo:
+        return store.create_key(key_id) if key_type == "aes-256" else store.create_asymmetric_key(key_id, key_type)
+
+    info = _change(where, passphrase_file, passphrase_env, change, create=True)
+    click.echo(f"created key {info.id} (version {info.current_version}) in {where}")
 
 
 @keys.command("list")
@@ -241,13 +263,14 @@ def keys_list(
     from proxy.kms.keystore import KeyringFileError, LocalKeyStore
     from proxy.tools.token_keys import listing, with_config
 
+    where: Where = keyring
     local = with_config(config_path, listing(as_json))
     if local is not None:
-        keyring, passphrase_file, passphrase_env = local
+        where, passphrase_file, passphrase_env = local
 
     passphrase = _passphrase(None if passphrase_file else passphrase_env, passphrase_file)
     try:
-        store = LocalKeyStore.open(keyring, passphrase)
+        store = LocalKeyStore.open(_where(where), passphrase)
     except KeyringFileError as exc:
         _fail(str(exc))
         return
@@ -280,12 +303,12 @@ def _key_row(info: KeyInfo) -> dict[str, object]:
     }
 
 
-def _open_store(keyring: Path, passphrase_file: Path | None, passphrase_env: str) -> LocalKeyStore:
+def _open_store(keyring: Where, passphrase_file: Path | None, passphrase_env: str) -> LocalKeyStore:
     from proxy.kms.keystore import KeyringFileError, LocalKeyStore
 
     passphrase = _passphrase(None if passphrase_file else passphrase_env, passphrase_file)
     try:
-        return LocalKeyStore.open(keyring, passphrase)
+        return LocalKeyStore.open(_where(keyring), passphrase)
     except KeyringFileError as exc:
         _fail(str(exc))
         raise
@@ -312,31 +335,51 @@ def keys_rotate(
     """Give KEY_ID a new current version (older versions keep decrypting), or every --due key.
 
     Run `keys rotate --due` daily (cron, a systemd timer) for scheduled rotation; running
-    sealgate processes pick up new versions from the file within a second."""
-    from proxy.kms.keystore import KeyringFileError, keyring_lock
+    sealgate processes pick up new versions from the file within a second (from a keyring
+    object, within kms.keyring_poll_seconds)."""
+    from proxy.kms.keystore import KeyringFileError
 
     if due == bool(key_id):
         _fail("give either KEY_ID or --due")
     from proxy.tools.token_keys import rotation, with_config
 
+    where: Where = keyring
     local = with_config(config_path, rotation(key_id, due, dry_run))
     if local is not None:
-        keyring, passphrase_file, passphrase_env = local
-    # Locked against concurrent rotations (another cron run, POST /-/keys/<id>/rotate).
-    with keyring_lock(keyring):
-        store = _open_store(keyring, passphrase_file, passphrase_env)
-        targets = store.due_for_rotation() if due else [key_id or ""]
+        where, passphrase_file, passphrase_env = local
+
+    def rotate(store: LocalKeyStore) -> list[KeyInfo]:
+        # Runs again on a fresh copy if another host changed a keyring object first.
+        return [store.rotate_key(target) for target in (store.due_for_rotation() if due else [key_id or ""])]
+
+    if dry_run:  # in memory: checks it all, then saves nothing
         try:
-            for target in targets:
-                info = store.rotate_key(target)  # in memory: a dry run checks it all, then saves nothing
-                verb = "would rotate" if dry_run else "rotated"
-                click.echo(f"{verb} {info.id}: {'to' if dry_run else 'now'} version {info.current_version}")
-            if not dry_run:
-                store.save()
+            infos = rotate(_open_store(where, passphrase_file, passphrase_env))
         except KeyringFileError as exc:
             _fail(str(exc))
-    if due and not targets:
+            return
+    else:  # no rotation is lost to a concurrent one (another cron run, POST /-/keys/<id>/rotate)
+        infos = _change(where, passphrase_file, passphrase_env, rotate)
+    for info in infos:
+        verb = "would rotate" if dry_run else "rotated"
+        click.echo(f"{verb} {info.id}: {'to' if dry_run else 'now'} version {info.current_version}")
+    if due and not infos:
         click.echo("no key is due for rotation")
+
+
+def _local(
+    config_path: Path | None, keyring: Path, passphrase_file: Path | None, passphrase_env: str, command: str
+) -> tuple[Where, Path | None, str]:
+    """The keyring (file or object), passphrase file and variable a local-only command works on:
+    --config's when it names a local keyring, else the command line's."""
+    from proxy.config import Config
+    from proxy.tools.token_keys import KeyAdminError, with_config
+
+    def refuse(config: Config) -> str:
+        raise KeyAdminError(f"keys {command} changes local keyrings; {config.kms.provider} keys are not changed here")
+
+    local = with_config(config_path, refuse)
+    return local if local is not None else (keyring, passphrase_file, passphrase_env)
 
 
 @keys.command("import")
@@ -351,6 +394,7 @@ def keys_rotate(
 @_keyring_opt
 @_pass_file_opt
 @_pass_env_opt
+@_config_opt
 @verbosity_options
 def keys_import(
     key_id: str,
@@ -359,22 +403,19 @@ def keys_import(
     keyring: Path,
     passphrase_file: Path | None,
     passphrase_env: str,
+    config_path: Path | None,
 ) -> None:
     """Import AES-256 key material as KEY_ID; imported keys rotate only by hand (--rotate)."""
-    from proxy.kms.keystore import KeyringFileError, keyring_lock
-
     raw = material_file.read_bytes()
     text = raw.strip()
     is_hex = len(text) == 64 and all(c in b"0123456789abcdefABCDEF" for c in text)
     material = bytes.fromhex(text.decode()) if is_hex else raw
-    with keyring_lock(keyring):
-        store = _open_store(keyring, passphrase_file, passphrase_env)
-        try:
-            info = store.rotate_key(key_id, material) if as_rotation else store.import_key(key_id, material)
-            store.save()
-        except KeyringFileError as exc:
-            _fail(str(exc))
-            return
+    where, passphrase_file, passphrase_env = _local(config_path, keyring, passphrase_file, passphrase_env, "import")
+
+    def change(store: LocalKeyStore) -> KeyInfo:
+        return store.rotate_key(key_id, material) if as_rotation else store.import_key(key_id, material)
+
+    info = _change(where, passphrase_file, passphrase_env, change)
     click.echo(f"imported {info.id} (version {info.current_version})")
 
 
@@ -384,18 +425,19 @@ def keys_import(
 @_keyring_opt
 @_pass_file_opt
 @_pass_env_opt
+@_config_opt
 @verbosity_options
-def keys_disable(key_id: str, enable: bool, keyring: Path, passphrase_file: Path | None, passphrase_env: str) -> None:
+def keys_disable(
+    key_id: str,
+    enable: bool,
+    keyring: Path,
+    passphrase_file: Path | None,
+    passphrase_env: str,
+    config_path: Path | None,
+) -> None:
     """Disable KEY_ID: it no longer wraps or unwraps anything (until --enable)."""
-    from proxy.kms.keystore import KeyringFileError, keyring_lock
-
-    with keyring_lock(keyring):
-        store = _open_store(keyring, passphrase_file, passphrase_env)
-        try:
-            store.set_enabled(key_id, enable)
-            store.save()
-        except KeyringFileError as exc:
-            _fail(str(exc))
+    where, passphrase_file, passphrase_env = _local(config_path, keyring, passphrase_file, passphrase_env, "disable")
+    _change(where, passphrase_file, passphrase_env, lambda store: store.set_enabled(key_id, enable))
     click.echo(f"{key_id} {'enabled' if enable else 'disabled'}")
 
 
@@ -404,13 +446,19 @@ def keys_disable(key_id: str, enable: bool, keyring: Path, passphrase_file: Path
 @_keyring_opt
 @_pass_file_opt
 @_pass_env_opt
+@_config_opt
 @verbosity_options
-def keys_export_public(key_id: str, keyring: Path, passphrase_file: Path | None, passphrase_env: str) -> None:
+def keys_export_public(
+    key_id: str, keyring: Path, passphrase_file: Path | None, passphrase_env: str, config_path: Path | None
+) -> None:
     """Print the public key of an asymmetric KEY_ID (PEM), for an encrypt-only gateway; of a
     signing key, the ``ed25519:<base64>`` line for readers' ``trusted_signers``."""
     from proxy.kms.keystore import KeyringFileError
 
-    store = _open_store(keyring, passphrase_file, passphrase_env)
+    where, passphrase_file, passphrase_env = _local(
+        config_path, keyring, passphrase_file, passphrase_env, "export-public"
+    )
+    store = _open_store(where, passphrase_file, passphrase_env)
     try:
         click.echo(store.public_key_pem(key_id).decode(), nl=False)
     except KeyringFileError as exc:
@@ -423,24 +471,23 @@ def keys_export_public(key_id: str, keyring: Path, passphrase_file: Path | None,
 @_keyring_opt
 @_pass_file_opt
 @_pass_env_opt
+@_config_opt
 @verbosity_options
 def keys_import_pem(
-    key_id: str, pem_file: Path, keyring: Path, passphrase_file: Path | None, passphrase_env: str
+    key_id: str,
+    pem_file: Path,
+    keyring: Path,
+    passphrase_file: Path | None,
+    passphrase_env: str,
+    config_path: Path | None,
 ) -> None:
     """Import an RSA/EC key pair or a PUBLIC key (PEM). With only the public key, this keyring
     encrypts uploads it can never read back: the MITM-safe upload gateway."""
-    from proxy.kms.keystore import KeyringFileError, keyring_lock
-
-    passphrase = _passphrase(None if passphrase_file else passphrase_env, passphrase_file)
-    try:
-        keyring.parent.mkdir(parents=True, exist_ok=True)
-        with keyring_lock(keyring):
-            store = _open_or_create(keyring, passphrase)
-            info = store.import_asymmetric_key(key_id, pem_file.read_bytes())
-            store.save()
-    except KeyringFileError as exc:
-        _fail(str(exc))
-        return
+    where, passphrase_file, passphrase_env = _local(config_path, keyring, passphrase_file, passphrase_env, "import-pem")
+    pem = pem_file.read_bytes()
+    info = _change(
+        where, passphrase_file, passphrase_env, lambda store: store.import_asymmetric_key(key_id, pem), create=True
+    )
     click.echo(f"imported {info.type} key {info.id}")
 
 
@@ -508,6 +555,7 @@ def _register_tools() -> None:
     from proxy.tools.copy import copy_cmd
     from proxy.tools.gc import gc_cmd
     from proxy.tools.health import health_cmd
+    from proxy.tools.keyring_publish import publish_cmd
     from proxy.tools.offline.commands import decrypt_cmd, encrypt_cmd
     from proxy.tools.policy_check import policy_group
     from proxy.tools.rewrap import rewrap_cmd
@@ -521,6 +569,7 @@ def _register_tools() -> None:
     main.add_command(gc_cmd, "gc")
     main.add_command(policy_group, "policy")
     main.add_command(health_cmd, "health")
+    keys.add_command(publish_cmd, "publish")
 
 
 _register_tools()

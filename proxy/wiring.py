@@ -12,12 +12,14 @@ import os
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from proxy.audit import AuditContext, AuditLog, audit_context
-from proxy.config import Config, KmsConfig
+from proxy.config import BackendConfig, Config, KmsConfig
 from proxy.kms.audited import AuditingKeyring, cache_hit_recorder
 from proxy.kms.base import Keyring
-from proxy.kms.keystore import LocalKeyStore, passphrase_from
+from proxy.kms.keyring_object import BackendAccess, KeyringObject
+from proxy.kms.keystore import LocalKeyStore, Where, passphrase_from
 from proxy.kms.local import LocalKeyring
 from proxy.kms.materials import Materials, ReuseLimits
 from proxy.kms.routing import RoutingKeyring
@@ -30,17 +32,42 @@ def make_keyring(config: Config) -> Keyring:
     """The keyring the config names (with ``[kms.previous]``, both behind a `RoutingKeyring`);
     opening a local keyring checks its passphrase now, a pkcs11 keyring reads its PIN now (the
     token is first used by the first call)."""
-    main = _keyring_for(config.kms)
+    main = _keyring_for(config.kms, config.backend)
     if config.kms.previous is None:
         return main
-    return RoutingKeyring(main, _keyring_for(config.kms.previous), config.kms.previous.provider)
+    return RoutingKeyring(main, _keyring_for(config.kms.previous, config.backend), config.kms.previous.provider)
 
 
-def _keyring_for(kms: KmsConfig) -> Keyring:
+def keyring_where(kms: KmsConfig, backend: BackendConfig) -> Where:
+    """The local keyring `kms` names: its file, or its object on the backend (reached with the
+    backend's own endpoint and credentials)."""
+    assert kms.keyring is not None
+    if isinstance(kms.keyring, Path):
+        return kms.keyring
+    return KeyringObject(kms.keyring, backend_access(backend))
+
+
+def backend_access(backend: BackendConfig) -> BackendAccess:
+    """How a keyring object's client reaches the backend: as sealgate's own client does."""
+    verify: bool | str = (str(backend.ca_bundle) if backend.ca_bundle else True) if backend.verify_tls else False
+    return BackendAccess(
+        endpoint=backend.endpoint,
+        region=backend.region,
+        access_key_id=backend.access_key_id.get_secret_value() if backend.access_key_id else None,
+        secret_access_key=backend.secret_access_key.get_secret_value() if backend.secret_access_key else None,
+        verify=verify if backend.endpoint.startswith("https") else False,
+        addressing_style=backend.addressing_style,
+        connect_timeout=backend.connect_timeout_seconds,
+        read_timeout=min(backend.read_timeout_seconds, 30.0),
+        max_attempts=backend.max_attempts,
+    )
+
+
+def _keyring_for(kms: KmsConfig, backend: BackendConfig) -> Keyring:
     if kms.provider == "local":
-        assert kms.keyring is not None
         passphrase = passphrase_from(kms.passphrase_env, kms.passphrase_file)
-        return LocalKeyring(LocalKeyStore.open(kms.keyring, passphrase))
+        store = LocalKeyStore.open(keyring_where(kms, backend), passphrase)
+        return LocalKeyring(store, poll_seconds=kms.keyring_poll_seconds or 5.0)
     if kms.provider == "pkcs11":
         from proxy.kms.pkcs11 import Pkcs11Keyring, pin_from
 

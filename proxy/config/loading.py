@@ -122,7 +122,7 @@ def _check_environment(config: Config, env: Mapping[str, str]) -> tuple[str, str
         ("server.tls_key", config.server.tls_key),
         ("backend.ca_bundle", config.backend.ca_bundle),
         ("kms.ca_bundle", config.kms.ca_bundle),
-        ("kms.keyring", config.kms.keyring),
+        ("kms.keyring", config.kms.keyring if isinstance(config.kms.keyring, Path) else None),
         ("kms.passphrase_file", config.kms.passphrase_file),
     ]
     for key, path in files:

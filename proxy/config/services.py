@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from pathlib import Path
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     Field,
+    PlainValidator,
     SecretStr,
     StrictBool,
     StrictInt,
@@ -20,11 +22,13 @@ from proxy.config.values import (
     ConfigPath,
     Invalid,
     Section,
+    as_path,
     check_address,
     check_url,
     not_set_unless,
     require_pair,
 )
+from proxy.kms.keyring_object import ObjectLocation, parse_location
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _AWS_KEY_ID = re.compile(r"^(?:[0-9a-f]{8}-(?:[0-9a-f]{4}-){3}[0-9a-f]{12}|mrk-[0-9a-f]{32})$")
@@ -146,7 +150,7 @@ _PROVIDER_KEYS: dict[str, tuple[str, ...]] = {
         "ca_bundle",
         "max_attempts",
     ),
-    "local": ("keyring", "passphrase_file", "passphrase_env"),
+    "local": ("keyring", "passphrase_file", "passphrase_env", "keyring_poll_seconds"),
     "pkcs11": ("pkcs11_module", "pkcs11_token_label", "pkcs11_pin_env", "pkcs11_pin_file", "pkcs11_sessions"),
     "kmip": ("kmip_ca", "kmip_client_cert", "kmip_client_key", "kmip_connections"),
 }
@@ -158,6 +162,18 @@ _SHARED_KEYS: dict[str, tuple[str, ...]] = {
 #: Master key names of the pkcs11 and kmip keyrings: they go into key references
 #: (``pkcs11:<label>:<version>``, ``kmip:<name>:<uid>``), so no colon.
 _TOKEN_KEY_NAME = re.compile(r"^[A-Za-z0-9_./@+-]{1,64}$")
+
+
+def _keyring_place(value: object) -> Path | ObjectLocation:
+    if isinstance(value, str) and value.startswith("s3://"):
+        return parse_location(value)
+    if isinstance(value, str) and "://" in value:
+        raise ValueError(f'must be a file path or "s3://bucket/key", got "{value}"')
+    return as_path(value)
+
+
+#: ``kms.keyring``: a file path, or ``s3://bucket/key`` for a keyring object on the backend.
+KeyringPlace = Annotated[Path | ObjectLocation, PlainValidator(_keyring_place)]
 
 
 def _providers(names: tuple[str, ...]) -> str:
@@ -191,7 +207,11 @@ class KmsConfig(Section):
     #: (GetPublicKey, once) and unwrapped by KMS Decrypt (RSAES_OAEP_SHA_256).
     rsa_keys: tuple[StrictStr, ...] = ()
     # local
-    keyring: ConfigPath | None = None
+    #: A keyring file, or ``s3://bucket/key``: a keyring object on the backend (``[backend]``'s
+    #: credentials) that every host reads, so a rotation on one reaches all.
+    keyring: KeyringPlace | None = None
+    #: How often a keyring object is asked whether it changed (a 304 when it has not).
+    keyring_poll_seconds: float | None = Field(default=None, gt=0, le=3600)
     passphrase_file: ConfigPath | None = None
     passphrase_env: StrictStr | None = None
     # pkcs11
@@ -284,6 +304,8 @@ class KmsConfig(Section):
         elif self.provider == "local":
             if self.keyring is None:
                 raise Invalid(("keyring",), 'required when provider = "local"')
+            if self.keyring_poll_seconds is not None and not isinstance(self.keyring, ObjectLocation):
+                raise Invalid(("keyring_poll_seconds",), 'only used when keyring = "s3://bucket/key"; remove it')
             if self.passphrase_file is None and self.passphrase_env is None:
                 raise Invalid(
                     ("passphrase_file",),

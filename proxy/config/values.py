@@ -87,7 +87,7 @@ def check_url(value: str | None) -> str | None:
     return value.rstrip("/")
 
 
-def _as_path(value: object) -> Path:
+def as_path(value: object) -> Path:
     """A path string from the file, made absolute against the working directory."""
     if isinstance(value, Path):
         return value.expanduser().absolute()
@@ -98,7 +98,7 @@ def _as_path(value: object) -> Path:
     return Path(value).expanduser().absolute()
 
 
-ConfigPath = Annotated[Path, BeforeValidator(_as_path)]
+ConfigPath = Annotated[Path, BeforeValidator(as_path)]
 """A file path as written in the config, resolved against the current working directory."""
 
 

@@ -28,6 +28,10 @@ The JSON document (UTF-8)::
 
 Unknown fields on a key are kept as they are, so a newer writer's additions survive a save.
 The newest version of a key wraps new data keys; every version still unwraps.
+
+The same bytes may live as an object on the S3 backend instead of a file, for several hosts to
+share (proxy/kms/keyring_object.py); proxy/kms/keyring_edits.py changes either kind without
+losing a concurrent change.
 """
 
 from __future__ import annotations
@@ -52,6 +56,7 @@ from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 from proxy.crypto import signing
 from proxy.kms import asymmetric
+from proxy.kms.keyring_object import KeyringObject
 from proxy.kms.secret_files import KeyringFileError as KeyringFileError
 from proxy.kms.secret_files import passphrase_from as passphrase_from
 from proxy.kms.secret_files import read_private, write_atomic
@@ -73,6 +78,9 @@ _KEY_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _MAX_LOG2_N = 20
 _MAX_R = 32
 _MAX_P = 16
+
+#: Where a keyring lives: a file, or an object on the backend.
+Where = Path | KeyringObject
 
 
 #: Generated keys rotate yearly unless told otherwise (as AWS KMS does).
@@ -134,16 +142,16 @@ def _derive_kek(passphrase: bytes, salt: bytes, log2_n: int, r: int, p: int) -> 
     return Scrypt(salt=salt, length=KEY_SIZE, n=1 << log2_n, r=r, p=p).derive(passphrase)
 
 
-def _malformed(path: Path, why: str) -> KeyringFileError:
-    return KeyringFileError(f"malformed keyring file {path}: {why}")
+def _malformed(path: Where, why: str) -> KeyringFileError:
+    return KeyringFileError(f"malformed {_kind(path)} {path}: {why}")
 
 
-def _load_keys(path: Path, doc: Any) -> dict[str, _MasterKey]:
+def _load_keys(path: Where, doc: Any) -> dict[str, _MasterKey]:
     if not isinstance(doc, dict):
         raise _malformed(path, "not a JSON object")
     if doc.get("format") != FORMAT_VERSION:
         raise KeyringFileError(
-            f"keyring file {path} has format {doc.get('format')!r}; this version reads format {FORMAT_VERSION}"
+            f"{_kind(path)} {path} has format {doc.get('format')!r}; this version reads format {FORMAT_VERSION}"
         )
     raw_keys = doc.get("keys")
     if not isinstance(raw_keys, list):
@@ -211,19 +219,36 @@ def keyring_lock(path: Path) -> Iterator[None]:
         os.close(fd)  # releases the lock
 
 
+def _kind(where: Where) -> str:
+    return "keyring file" if isinstance(where, Path) else "keyring object"
+
+
+def _read_blob(where: Where) -> tuple[bytes, str | None]:
+    """The sealed keyring and, for an object, its ETag."""
+    if isinstance(where, Path):
+        return read_private(where, "keyring file"), None
+    got = where.get()
+    assert got is not None  # no If-None-Match asked
+    return got
+
+
 class LocalKeyStore:
     """The keyring file: load, change and save named master keys. Synchronous."""
 
     def __init__(
         self,
-        path: Path,
+        path: Where,
         kek: bytes,
         salt: bytes,
         params: tuple[int, int, int],
         keys: dict[str, _MasterKey],
+        etag: str | None = None,
     ) -> None:
         """Use `create` or `open`; this takes an already derived KEK."""
         self.path = path
+        #: The ETag of the keyring object as it was read (None for a file): `save` replaces
+        #: only that one, and a watcher asks for the object only if it has changed since.
+        self.etag = etag
         # The KEK, not the passphrase, is kept so `save` needs no second scrypt run; each
         # save draws a fresh random nonce, so reusing the KEK across saves is safe.
         self._kek = kek
@@ -235,12 +260,13 @@ class LocalKeyStore:
         return f"LocalKeyStore({str(self.path)!r}, keys={len(self._keys)})"
 
     @classmethod
-    def create(cls, path: Path, passphrase: bytes) -> LocalKeyStore:
-        """Create a new, empty keyring file at `path`; fails if it already exists."""
-        path = Path(path)
+    def create(cls, path: Where, passphrase: bytes) -> LocalKeyStore:
+        """Create a new, empty keyring at `path`; fails if it already exists."""
+        if not isinstance(path, KeyringObject):
+            path = Path(path)
         if not passphrase:
             raise KeyringFileError("refusing an empty keyring passphrase")
-        if path.exists():
+        if isinstance(path, Path) and path.exists():
             raise KeyringFileError(f"keyring file {path} already exists")
         salt = os.urandom(SALT_SIZE)
         params = (SCRYPT_LOG2_N, SCRYPT_R, SCRYPT_P)
@@ -249,17 +275,18 @@ class LocalKeyStore:
         return store
 
     @classmethod
-    def open(cls, path: Path, passphrase: bytes) -> LocalKeyStore:
-        """Open and decrypt the keyring file at `path`."""
-        path = Path(path)
-        blob = read_private(path, "keyring file")
+    def open(cls, path: Where, passphrase: bytes) -> LocalKeyStore:
+        """Open and decrypt the keyring file (or object) at `path`."""
+        if not isinstance(path, KeyringObject):
+            path = Path(path)
+        blob, etag = _read_blob(path)
         if len(blob) < _HEADER.size + NONCE_SIZE + TAG_SIZE or not blob.startswith(MAGIC):
-            raise KeyringFileError(f"{path} is not a sealgate keyring file")
+            raise KeyringFileError(f"{path} is not a sealgate keyring{' file' if isinstance(path, Path) else ''}")
         header = blob[: _HEADER.size]
         _, log2_n, r, p, salt = _HEADER.unpack(header)
         if not (1 <= log2_n <= _MAX_LOG2_N and 1 <= r <= _MAX_R and 1 <= p <= _MAX_P):
             raise KeyringFileError(
-                f"keyring file {path} has unsupported scrypt parameters (N=2**{log2_n}, r={r}, p={p})"
+                f"{_kind(path)} {path} has unsupported scrypt parameters (N=2**{log2_n}, r={r}, p={p})"
             )
         kek = _derive_kek(passphrase, salt, log2_n, r, p)
         nonce = blob[_HEADER.size : _HEADER.size + NONCE_SIZE]
@@ -267,36 +294,37 @@ class LocalKeyStore:
             plain = AESGCM(kek).decrypt(nonce, blob[_HEADER.size + NONCE_SIZE :], header)
         except InvalidTag:
             raise KeyringFileError(
-                f"cannot open keyring file {path}: wrong passphrase or corrupted keyring file"
+                f"cannot open {_kind(path)} {path}: wrong passphrase or corrupted {_kind(path)}"
             ) from None
         try:
             doc = json.loads(plain)
         except ValueError:
             raise _malformed(path, "not valid JSON") from None
-        return cls(path, kek, salt, (log2_n, r, p), _load_keys(path, doc))
+        return cls(path, kek, salt, (log2_n, r, p), _load_keys(path, doc), etag)
 
     def reload(self) -> bool:
         """Re-read the file if another process changed it (e.g. `sealgate keys rotate`); True
         when keys were reloaded. The file must still be sealed under the same passphrase."""
-        self._keys = self._read_keys()
+        blob, etag = _read_blob(self.path)
+        self._keys, self.etag = self._read_keys(blob), etag
         return True
 
-    def reopen(self) -> LocalKeyStore:
-        """A separate store holding the file as it is now, decrypted with this store's KEK: no
-        scrypt run. For a read-modify-write (under `keyring_lock`) that must not touch the keys
-        this store serves until the file is saved. KeyringFileError as for `reload`."""
-        return LocalKeyStore(self.path, self._kek, self._salt, self._params, self._read_keys())
+    def reopen(self, fetched: tuple[bytes, str | None] | None = None) -> LocalKeyStore:
+        """A separate store holding the keyring as it is now (or as `fetched`: bytes and ETag),
+        decrypted with this store's KEK: no scrypt run. For a read-modify-write (`edit`) that
+        must not touch the keys this store serves until it is saved. KeyringFileError as for `reload`."""
+        blob, etag = fetched if fetched is not None else _read_blob(self.path)
+        return LocalKeyStore(self.path, self._kek, self._salt, self._params, self._read_keys(blob), etag)
 
-    def _read_keys(self) -> dict[str, _MasterKey]:
-        blob = read_private(self.path, "keyring file")
+    def _read_keys(self, blob: bytes) -> dict[str, _MasterKey]:
         header = blob[: _HEADER.size]
         if header != _HEADER.pack(MAGIC, *self._params, self._salt):
-            raise KeyringFileError(f"keyring file {self.path} was re-keyed; restart sealgate to open it")
+            raise KeyringFileError(f"{_kind(self.path)} {self.path} was re-keyed; restart sealgate to open it")
         nonce = blob[_HEADER.size : _HEADER.size + NONCE_SIZE]
         try:
             plain = AESGCM(self._kek).decrypt(nonce, blob[_HEADER.size + NONCE_SIZE :], header)
         except InvalidTag:
-            raise KeyringFileError(f"keyring file {self.path} is corrupted") from None
+            raise KeyringFileError(f"{_kind(self.path)} {self.path} is corrupted") from None
         try:
             doc = json.loads(plain)
         except ValueError:
@@ -512,4 +540,7 @@ class LocalKeyStore:
         header = _HEADER.pack(MAGIC, *self._params, self._salt)
         nonce = os.urandom(NONCE_SIZE)
         sealed = AESGCM(self._kek).encrypt(nonce, self._document(), header)
+        if isinstance(self.path, KeyringObject):
+            self.etag = self.path.put(header + nonce + sealed, None if exclusive else self.etag)
+            return
         write_atomic(self.path, header + nonce + sealed, exclusive=exclusive)

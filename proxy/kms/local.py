@@ -38,6 +38,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from proxy.crypto import signing
 from proxy.kms import asymmetric
 from proxy.kms.base import DataKey, InvalidWrappedKey, KeyAccessDenied
+from proxy.kms.keyring_object import KeyringObject, ObjectLocation
+from proxy.kms.keyring_watch import KeyringWatch
 from proxy.kms.keystore import KEY_SIZE, NONCE_SIZE, TAG_SIZE, KeyringFileError, LocalKeyStore
 
 WRAP_MAGIC = b"SGWK1"
@@ -71,17 +73,26 @@ def wrap_aad(key_ref: str, context: Mapping[str, str]) -> bytes:
 class LocalKeyring:
     """A `Keyring` over the master keys of a `LocalKeyStore`."""
 
-    def __init__(self, store: LocalKeyStore, *, reload_seconds: float = 1.0) -> None:
+    def __init__(self, store: LocalKeyStore, *, reload_seconds: float = 1.0, poll_seconds: float = 5.0) -> None:
         """Serve data keys from `store`'s master keys, picking up changes to its file (new key
-        versions from `sealgate keys rotate`) at most every `reload_seconds`."""
+        versions from `sealgate keys rotate`) at most every `reload_seconds`; of a keyring
+        object, every `poll_seconds` and when an object names a version it lacks."""
         self._store = store
         self._reload_seconds = reload_seconds
         self._checked = time.monotonic()
         self._seen = self._stat()
+        self._watch: KeyringWatch | None = None
+        if isinstance(store.path, KeyringObject):
+            self._watch = KeyringWatch(lambda: self._store, self._adopt, poll_seconds)
+
+    def _adopt(self, store: LocalKeyStore) -> None:
+        self._store = store  # one assignment: a request sees the old keys or the new, whole
 
     def _stat(self) -> tuple[int, int, int] | None:
         # Every save replaces the file, so a new inode tells a change even when two saves fall
         # within one tick of the filesystem's clock (same mtime).
+        if not isinstance(self._store.path, Path):
+            return None
         try:
             st = self._store.path.stat()
         except OSError:
@@ -89,6 +100,11 @@ class LocalKeyring:
         return st.st_ino, st.st_size, st.st_mtime_ns
 
     def _refresh(self, force: bool = False) -> None:
+        if self._watch is not None:
+            self._watch.ensure_running()
+            if force:
+                self._watch.look()
+            return
         now = time.monotonic()
         if not force and now - self._checked < self._reload_seconds:
             return
@@ -105,9 +121,15 @@ class LocalKeyring:
         return f"LocalKeyring({self._store!r})"
 
     @property
-    def path(self) -> Path:
-        """The keyring file."""
+    def path(self) -> Path | KeyringObject:
+        """The keyring file, or object."""
         return self._store.path
+
+    @property
+    def location(self) -> Path | ObjectLocation:
+        """The keyring file, or where the keyring object is (as ``kms.keyring`` names it)."""
+        where = self._store.path
+        return where.location if isinstance(where, KeyringObject) else where
 
     def reopen_store(self) -> LocalKeyStore:
         """The keyring file as it is now, as a store of its own (see `LocalKeyStore.reopen`):
@@ -115,7 +137,8 @@ class LocalKeyring:
         return self._store.reopen()
 
     def refresh(self) -> None:
-        """Look at the file now rather than within `reload_seconds` (after this process changed it)."""
+        """Look at the file (or object: a request, so not on the event loop) now rather than
+        within `reload_seconds` (after this process changed it)."""
         self._refresh(force=True)
 
     async def ready(self, key_id: str) -> None:
@@ -162,8 +185,11 @@ class LocalKeyring:
         self._refresh()
         material = self._store.material(key_id, version)
         if material is None:
-            # Another process may just have added this version: look at the file now.
-            self._refresh(force=True)
+            # Another process (or host) may just have added this version: look at the keyring now.
+            if self._watch is not None:
+                await self._watch.look_for_miss()
+            else:
+                self._refresh(force=True)
             material = self._store.material(key_id, version)
         if material is None:
             newest = self._store.current(key_id)
@@ -171,7 +197,8 @@ class LocalKeyring:
                 # Written by a replica whose keyring is newer: one keyring file per host is not enough.
                 log.error(
                     "an object names version %s of master key %r, but this keyring %s has only up to %s: "
-                    "every replica must read the same keyring file (copy it after `sealgate keys rotate`)",
+                    "every replica must read the same keyring file (copy it after `sealgate keys rotate`), "
+                    'or keep one keyring object for all: kms.keyring = "s3://bucket/key"',
                     version,
                     key_id,
                     self._store.path,
@@ -240,4 +267,6 @@ class LocalKeyring:
         return out
 
     async def close(self) -> None:
-        """Nothing to release: the keys live in memory."""
+        """Stop watching a keyring object; the keys live in memory."""
+        if self._watch is not None:
+            self._watch.close()

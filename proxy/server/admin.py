@@ -5,8 +5,9 @@ separate from using it to encrypt or decrypt. Requests are SigV4-signed like S3 
 
 - ``GET /-/keys``: JSON list of the keys the caller may administer, with their versions.
 - ``POST /-/keys/<id>/rotate``: a new current version of local key ``<id>``; new objects use it
-  (every sealgate process on the keyring file picks it up within a second), older versions
-  still decrypt.
+  (every sealgate process on the keyring file picks it up within a second; on a keyring object,
+  every host within ``kms.keyring_poll_seconds``, and at once for an object sealed under it),
+  older versions still decrypt.
 
 Admin rights exist only where granted: without ``[[keys]]`` tables nobody is an admin (unlike
 encrypt/decrypt, which are open to every client then). Every call is audited; a refusal is a
@@ -29,7 +30,8 @@ from typing import Any
 from aiohttp import web
 
 from proxy.audit import AuditContext, Outcome, audit_context
-from proxy.kms.keystore import KeyInfo, KeyringFileError, LocalKeyStore, keyring_lock, passphrase_from
+from proxy.kms.keyring_edits import edit
+from proxy.kms.keystore import KeyInfo, KeyringFileError, LocalKeyStore, passphrase_from
 from proxy.kms.local import LocalKeyring
 from proxy.net.forwarded import trusted_proxies
 from proxy.s3.errors import S3Error
@@ -37,6 +39,7 @@ from proxy.s3.sigv4 import VerifiedRequest
 from proxy.server.proxied import client_address
 from proxy.server.state import REQUEST_ID
 from proxy.store.gateway import Gateway
+from proxy.wiring import keyring_where
 
 log = logging.getLogger("sealgate.admin")
 
@@ -84,14 +87,15 @@ def _open_store(gw: Gateway) -> LocalKeyStore:
         return local.reopen_store()
     # A keyring handed in from outside (not opened from this config): derive as `serve` does.
     kms = gw.config.kms
-    assert kms.keyring is not None
-    return LocalKeyStore.open(kms.keyring, passphrase_from(kms.passphrase_env, kms.passphrase_file))
+    return LocalKeyStore.open(
+        keyring_where(kms, gw.config.backend), passphrase_from(kms.passphrase_env, kms.passphrase_file)
+    )
 
 
 def _local_keyring(gw: Gateway) -> LocalKeyring | None:
-    """The gateway's `LocalKeyring` on the configured file, else None."""
+    """The gateway's `LocalKeyring` on the configured file or object, else None."""
     local = gw.local_keys
-    return local if local is not None and local.path == gw.config.kms.keyring else None
+    return local if local is not None and local.location == gw.config.kms.keyring else None
 
 
 def _info_doc(info: KeyInfo) -> dict[str, Any]:
@@ -152,26 +156,21 @@ async def _rotate(gw: Gateway, identity: str, key_id: str) -> web.StreamResponse
             "aws-kms": "aws-kms keys rotate in KMS (automatic rotation or RotateKeyOnDemand)",
         }.get(gw.config.kms.provider, f"{gw.config.kms.provider} keys rotate with `sealgate keys rotate --config`")
         raise S3Error("NotImplemented", how, 501)
-    keyring = gw.config.kms.keyring
-    assert keyring is not None
+    local = _local_keyring(gw)
+    where = local.path if local is not None else keyring_where(gw.config.kms, gw.config.backend)
 
-    def rotate() -> KeyInfo:
-        with keyring_lock(keyring):
-            # Opened afresh under the lock, so another rotation (any process) is kept.
-            store = _open_store(gw)
-            info = next((i for i in store.list_keys() if i.id == key_id), None)
-            if info is None:
-                raise _Refused(f"no key {key_id!r} in the keyring")
-            if info.origin != "generated":
-                raise _Refused(
-                    f"key {key_id!r} is imported: rotate it with new material (sealgate keys import --rotate)"
-                )
-            info = store.rotate_key(key_id)
-            store.save()
-            return info
+    def rotate(store: LocalKeyStore) -> KeyInfo:
+        # On a store read afresh (under the file's lock, or again after another host's change
+        # of the object won), so another rotation, by any process on any host, is kept.
+        info = next((i for i in store.list_keys() if i.id == key_id), None)
+        if info is None:
+            raise _Refused(f"no key {key_id!r} in the keyring")
+        if info.origin != "generated":
+            raise _Refused(f"key {key_id!r} is imported: rotate it with new material (sealgate keys import --rotate)")
+        return store.rotate_key(key_id)
 
     try:
-        info = await asyncio.to_thread(rotate)
+        info = await asyncio.to_thread(edit, where, lambda: _open_store(gw), rotate)
     except _Refused as exc:
         _audit(gw, "rotate", "error", key_id=key_id, reason="InvalidRequest")
         raise S3Error("InvalidRequest", str(exc), 400) from None
@@ -179,9 +178,10 @@ async def _rotate(gw: Gateway, identity: str, key_id: str) -> web.StreamResponse
         _audit(gw, "rotate", "error", key_id=key_id, reason="KeyringUnavailable")
         log.error("rotating key %s failed: %s", key_id, exc)
         raise S3Error("ServiceUnavailable", "the keyring file cannot be updated now", 503) from None
-    local = _local_keyring(gw)
     if local is not None:
-        local.refresh()  # this process seals new objects under the new version from now on
+        # This process seals new objects under the new version from now on (a keyring object:
+        # a request to the backend, so in a thread).
+        await asyncio.to_thread(local.refresh)
     _audit(gw, "rotate", "allowed", key_id=key_id, key_version=f"local:{key_id}:{info.current_version}")
     log.info("key %s rotated by %s: now version %s", key_id, identity, info.current_version)
     return _json({"key": _info_doc(info)})

@@ -14,6 +14,7 @@ from aiohttp import web
 
 from proxy.config import Config
 from proxy.kms.base import KeyAccessDenied, Keyring
+from proxy.kms.keyring_object import KeyringObject
 from proxy.kms.materials import Materials
 from proxy.net.forwarded import TrustedProxies, trusted_proxies
 from proxy.server.app import GATEWAY, build_app
@@ -80,6 +81,7 @@ async def start(
     certificates = CertificateReloader.from_config(srv) if srv.tls else None
     audit = open_audit(config, per_process=processes > 1)
     gateway = make_gateway(config, keyring=keyring, audit=audit)
+    await _check_keyring_object(gateway)
     await _check_local_keys(config, gateway.materials)
     app = build_app(gateway)
     peers = await _start_peers(app, gateway, channel)
@@ -161,6 +163,15 @@ async def _start_peers(app: web.Application, gateway: Gateway, channel: Channel 
     peers = app[PEERS] = Peers(gateway, channel)
     await peers.start()
     return peers
+
+
+async def _check_keyring_object(gateway: Gateway) -> None:
+    """A keyring object is changed by read-modify-writes with conditional PUTs: on a backend
+    that ignores their conditions, two hosts rotating at once would lose a key version (and the
+    objects sealed under it), so such a backend is refused now (KeyringFileError)."""
+    local = gateway.local_keys
+    if local is not None and isinstance(local.path, KeyringObject):
+        await asyncio.to_thread(local.path.check_conditional_writes)
 
 
 async def _check_local_keys(config: Config, materials: Materials) -> None:

@@ -24,6 +24,7 @@ from proxy.tools.options import config_option as _config_option
 from proxy.tools.options import config_was_chosen
 
 if TYPE_CHECKING:
+    from proxy.kms.keystore import Where
     from proxy.kms.kmip import KmipKeyring
     from proxy.kms.pkcs11 import Pkcs11Keyring
 
@@ -57,21 +58,22 @@ def load(config_path: Path) -> Config:
         raise KeyAdminError(str(exc)) from None
 
 
-def local_keyring(config: Config) -> tuple[Path, Path | None, str | None] | None:
-    """(keyring file, passphrase file, passphrase variable) of a ``local`` config, else None."""
+def local_keyring(config: Config) -> tuple[Where, Path | None, str | None] | None:
+    """(keyring file or object, passphrase file, passphrase variable) of a ``local`` config, else None."""
+    from proxy.wiring import keyring_where
+
     kms = config.kms
     if kms.provider != "local":
         return None
-    assert kms.keyring is not None
-    return kms.keyring, kms.passphrase_file, kms.passphrase_env
+    return keyring_where(kms, config.backend), kms.passphrase_file, kms.passphrase_env
 
 
 def with_config(
     config_path: Path | None, run: Callable[[Config], str | list[str]]
-) -> tuple[Path, Path | None, str] | None:
+) -> tuple[Where, Path | None, str] | None:
     """For a ``keys`` command given --config: `run` on a pkcs11 / kmip config, printing what it
-    says, and exit; for a local config, its (keyring, passphrase file, passphrase variable) for
-    the command's own code. Without --config: None."""
+    says, and exit; for a local config, its (keyring file or object, passphrase file, passphrase
+    variable) for the command's own code. Without --config: None."""
     if config_path is None or (not config_was_chosen() and _keyring_named()):
         return None
     try:
