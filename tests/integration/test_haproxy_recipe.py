@@ -1,6 +1,7 @@
-"""deploy/haproxy/haproxy.cfg as a user runs it (issue 21 item 5): two sealgate replicas behind
+"""deploy/haproxy's recipes as a user runs them (issue 21 item 5): two sealgate replicas behind
 Debian's HAProxy, a multipart upload whose parts land on both, one replica stopped in the middle
-of it, and every object read back whole through what is left."""
+of it, and every object read back whole through what is left; the client's address (by PROXY
+protocol in mode tcp, by X-Forwarded-For in mode http) is what the replicas log."""
 
 from __future__ import annotations
 
@@ -20,7 +21,10 @@ from botocore.config import Config as BotoConfig
 
 from tests.conftest import CLIENT_AKID, CLIENT_SECRET, free_port, wait_port, write_config
 
-RECIPE = Path(__file__).resolve().parents[2] / "deploy" / "haproxy" / "haproxy.cfg"
+RECIPES = Path(__file__).resolve().parents[2] / "deploy" / "haproxy"
+#: In mode http, HAProxy connects to the replicas from this address (the only one they trust), so
+#: that the client's own (127.0.0.1) can reach their logs only by X-Forwarded-For.
+BALANCER = "127.0.0.2"
 MiB = 1024 * 1024
 
 pytestmark = pytest.mark.skipif(
@@ -28,10 +32,10 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def _adapted(front: int, ports: list[int]) -> str:
-    """The recipe with loopback addresses, a quick health-check interval and a maxconn a test
-    host's file-descriptor limit allows; nothing else changed."""
-    text = RECIPE.read_text()
+def _adapted(recipe: str, front: int, ports: list[int], tls: dict[str, Path], d: Path) -> str:
+    """The recipe with loopback addresses, the test's certificates, a quick health-check interval
+    and a maxconn a test host's file-descriptor limit allows; nothing else changed."""
+    text = (RECIPES / recipe).read_text()
     servers = re.findall(r"^ +server gate\d .*$\n", text, re.M)
     assert servers and "bind :443" in text and " inter 5s " in text, "the recipe no longer has what this adapts"
     text = re.sub(r"^( +maxconn) \d+$", r"\1 1000", text, flags=re.M)
@@ -39,6 +43,16 @@ def _adapted(front: int, ports: list[int]) -> str:
         text = text.replace(line, "")
     mine = "".join(f"    server gate{i} 127.0.0.1:{port}\n" for i, port in enumerate(ports, 1))
     text = text.replace(servers[0], mine)
+    if "mode http" in text:
+        combined = d / "s3.pem"
+        combined.write_bytes(tls["cert"].read_bytes() + tls["key"].read_bytes())
+        for was, now in (
+            ("/etc/haproxy/certs/s3.pem", str(combined)),
+            ("/etc/haproxy/sealgate-ca.pem", str(tls["ca"])),
+            ("verifyhost sealgate.internal", f"verifyhost localhost source {BALANCER}"),
+        ):
+            assert was in text, f"the recipe no longer has {was!r}"
+            text = text.replace(was, now)
     return text.replace("bind :443", f"bind 127.0.0.1:{front}").replace(" inter 5s ", " inter 200ms ")
 
 
@@ -55,9 +69,16 @@ def _client(front: int, ca: Path) -> Any:
     )
 
 
-def test_two_replicas_behind_the_haproxy_recipe(moto_url: str, tls_files: dict[str, Path], tmp_path: Path) -> None:
+@pytest.mark.parametrize("recipe", ["haproxy.cfg", "haproxy-http.cfg"])
+def test_two_replicas_behind_the_haproxy_recipe(
+    recipe: str, moto_url: str, tls_files: dict[str, Path], tmp_path: Path
+) -> None:
     front, ports = free_port(), [free_port(), free_port()]
-    server = 'proxy_protocol = true\ntrusted_proxies = ["127.0.0.1/32"]\nworkers = 1\nshutdown_timeout_seconds = 10'
+    if recipe == "haproxy.cfg":  # TLS passes through; the client's address by PROXY protocol
+        server = 'proxy_protocol = true\ntrusted_proxies = ["127.0.0.1/32"]'
+    else:  # TLS ends at HAProxy and starts again; the client's address by X-Forwarded-For
+        server = f'trusted_proxies = ["{BALANCER}/32"]'
+    server += "\nworkers = 1\nshutdown_timeout_seconds = 10"
     first = write_config(tmp_path, backend=moto_url, tls=tls_files, port=ports[0], server_extra=server)
     second = first.with_name("second.toml")  # the same keyring file: one keyring for all replicas
     second.write_text(first.read_text().replace(f":{ports[0]}", f":{ports[1]}"))
@@ -71,7 +92,7 @@ def test_two_replicas_behind_the_haproxy_recipe(moto_url: str, tls_files: dict[s
         for cfg, log in zip((first, second), logs, strict=True)
     ]
     cfg = tmp_path / "haproxy.cfg"
-    cfg.write_text(_adapted(front, ports))
+    cfg.write_text(_adapted(recipe, front, ports, tls_files, tmp_path))
     haproxy = subprocess.Popen(["haproxy", "-f", str(cfg)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         for port in (*ports, front):
@@ -100,8 +121,9 @@ def test_two_replicas_behind_the_haproxy_recipe(moto_url: str, tls_files: dict[s
         assert reader.get_object(Bucket="hap", Key="big")["Body"].read() == b"".join(parts)
         for key, data in small.items():
             assert reader.get_object(Bucket="hap", Key=key)["Body"].read() == data
-        served = [log.read_text(errors="replace").count(" PUT /hap/big ") for log in logs]
-        assert all(served), f"the parts did not reach both replicas: {served}"
+        # The parts reached both replicas, which logged the client, not the balancer.
+        served = [log.read_text(errors="replace").count(" 127.0.0.1 tester PUT /hap/big ") for log in logs]
+        assert all(served), f"the parts did not reach both replicas as the client's: {served}"
     finally:
         haproxy.terminate()
         haproxy.wait(10)
