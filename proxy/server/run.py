@@ -275,13 +275,28 @@ def serve(config: Config, config_path: Path | None = None, *, join: bool = False
             break
         children[pid] = i
     workers = Workers(children, config_path, channel)
+    if slot != 0:
+        log.addFilter(_first_process_reports)
     try:
         mine = channel.as_slot(slot) if channel is not None else None
         _serve_one(config, config_path, workers, watch=slot == 0 and count > 1, channel=mine)
+    except Exception:
+        if slot == 0:
+            raise
+        # The first process starts from the same config and reports the same failure, once; a
+        # failure of this worker's own shows in the replacement the first process starts for it.
+        log.debug("worker %d could not start", slot, exc_info=True)
+        os._exit(2)
     finally:
         workers.wait()
         if slot == 0 and channel is not None:
             channel.remove()
+
+
+def _first_process_reports(record: logging.LogRecord) -> bool:
+    """In a forked worker until it serves: the start-up warnings about the config (no policies,
+    a key the keyring lacks, ...) are the first process's to give, once rather than once per worker."""
+    return record.levelno != logging.WARNING
 
 
 def s3ec_replicas_problem(config: Config) -> str | None:
@@ -327,6 +342,7 @@ def _serve_one(
 ) -> None:
     async def main() -> None:
         running = await start(config, processes=config.server.workers, reuse_port=True, channel=channel)
+        log.removeFilter(_first_process_reports)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         watcher = asyncio.create_task(workers.watch()) if watch else None

@@ -413,11 +413,13 @@ def test_serve_refuses_a_default_key_the_keyring_lacks(
 ) -> None:
     from tests.conftest import write_config
 
-    cfg = write_config(tmp_path, backend=moto_url, tls=tls_files, port=free_port())
+    # Two workers: each finds the problem, the first process alone reports it (one line, not two).
+    cfg = write_config(tmp_path, backend=moto_url, tls=tls_files, port=free_port(), server_extra="workers = 2")
     cfg.write_text(cfg.read_text().replace('default_key = "default"', 'default_key = "defualt"'))
     r = subprocess.run([*SEALGATE, "serve", "-c", str(cfg)], cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert r.returncode == 2
     assert "kms.default_key" in r.stderr and "'defualt'" in r.stderr and "Traceback" not in r.stderr
+    assert r.stderr.count("kms.default_key") == 1 and r.stderr.count("no [[policies]]") == 1, r.stderr
 
 
 def test_serve_warns_of_a_bucket_rule_key_the_keyring_lacks(
