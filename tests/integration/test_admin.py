@@ -15,7 +15,8 @@ from tests.signing import send, sign
 
 ADMIN = ("SGKEYADMIN0000000001", "keyadmin-secret-00000001")
 
-EXTRA = f"""
+#: A client "keyadmin" with `admin` on the default key (which "tester" may use).
+ADMIN_EXTRA = f"""
 [[clients]]
 name = "keyadmin"
 access_key_id = "{ADMIN[0]}"
@@ -26,10 +27,15 @@ id = "default"
 encrypt = ["tester"]
 decrypt = ["tester"]
 admin = ["keyadmin"]
-
-[audit]
-path = "{{audit}}"
 """
+
+EXTRA = (
+    ADMIN_EXTRA
+    + """
+[audit]
+path = "{audit}"
+"""
+)
 
 
 def _call(st_url: str, ca: Path, method: str, path: str, creds: tuple[str, str] | None = None) -> tuple[int, bytes]:

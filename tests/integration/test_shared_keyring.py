@@ -18,23 +18,11 @@ import pytest
 from botocore.exceptions import ClientError
 
 from tests.conftest import PASSPHRASE, SealgateThread, backend_client, client_for, free_port, write_config
-from tests.integration.test_admin import ADMIN, _call
+from tests.integration.test_admin import ADMIN, ADMIN_EXTRA, _call
 from tests.signing import send
 
 SEALGATE = [sys.executable, "-m", "proxy.cli"]
 RING_KEY = ".sealgate/keyring"
-ADMIN_EXTRA = f"""
-[[clients]]
-name = "keyadmin"
-access_key_id = "{ADMIN[0]}"
-secret_access_key = "{ADMIN[1]}"
-
-[[keys]]
-id = "default"
-encrypt = ["tester"]
-decrypt = ["tester"]
-admin = ["keyadmin"]
-"""
 
 
 def host(
