@@ -316,6 +316,8 @@ def test_usage_errors(stack: Stack, tmp_path: Path) -> None:
     assert no_key.exit_code == 2 and "--key" in no_key.output
     both = invoke(encrypt_cmd, [*keyring_args(stack), *config_args(stack), "--bucket", "b", str(src), str(out)])
     assert both.exit_code == 2 and "--config and --keyring" in both.output
+    shared = invoke(encrypt_cmd, ["--keyring", "s3://ring/.sealgate/keyring", "--bucket", "b", str(src), str(out)])
+    assert shared.exit_code == 2 and "give --config FILE whose kms.keyring names it" in shared.output, shared.output
     unknown = encrypt(stack, "b", "k", src, out, "--key", "nope")
     assert_failed(unknown, out, "nope")
     assert not (tmp_path / "out.meta.json").exists()

@@ -48,6 +48,11 @@ class KeySource:
                 "keyring) or --aws-kms (AWS KMS with the default credentials)"
                 + (f"; got {' and '.join(chosen)}" if chosen else "")
             )
+        if self.keyring is not None and str(self.keyring).startswith("s3:"):
+            raise click.UsageError(
+                f"--keyring {self.keyring}: a keyring object is reached with the backend of a config: give "
+                "--config FILE whose kms.keyring names it"
+            )
         if self.passphrase_file is not None and self.keyring is None:
             raise click.UsageError("--passphrase-file goes with --keyring")
         if (self.region or self.kms_endpoint) and not self.aws_kms:
