@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Mapping
+from collections.abc import AsyncIterable, Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 
 from aiohttp import web
@@ -230,7 +230,7 @@ async def upload_part(
         return await _pass_part(gw, request, (bucket, key, number), _owner(request, found), verified)
     up = found
     if "x-amz-copy-source" in request.headers:
-        return await _upload_part_copy(gw, request, up, number)
+        return await _copy_part(gw, request, lambda length, plaintext: encrypt_part(gw, up, number, length, plaintext))
     body = client_body(gw, request, verified)
     if body.length > MAX_PUT_SIZE:
         raise S3Error("EntityTooLarge", "Your proposed upload exceeds the maximum allowed size", 400)
@@ -281,12 +281,12 @@ async def _pass_part(
         "number": number,
     }
     if "x-amz-copy-source" in request.headers:
-        length, plaintext = await read_copy_source(gw, request)
-        try:
+
+        async def passed(length: int, plaintext: AsyncIterable[bytes | memoryview]) -> str:
             answer = await peers.send_part(slot, {**fields, "length": length}, length, plaintext)
-        except IntegrityError as exc:
-            raise S3Error("ObjectIntegrityError", f"copy source failed authentication: {exc}", 500) from exc
-        return _copy_answer(str(answer["backend_etag"]))
+            return str(answer["backend_etag"])
+
+        return await _copy_part(gw, request, passed)
     body = client_body(gw, request, verified)
     if body.length > MAX_PUT_SIZE:
         raise S3Error("EntityTooLarge", "Your proposed upload exceeds the maximum allowed size", 400)
@@ -295,16 +295,17 @@ async def _pass_part(
     return _part_answer(str(answer["etag"]), str(answer["backend_etag"]), body.checksums)
 
 
-async def _upload_part_copy(gw: Gateway, request: web.Request, up: Upload, number: int) -> web.StreamResponse:
+async def _copy_part(
+    gw: Gateway, request: web.Request, store: Callable[[int, AsyncIterable[bytes | memoryview]], Awaitable[str]]
+) -> web.StreamResponse:
+    """UploadPartCopy: the copy source's plaintext, authenticated as it is read, handed to
+    `store` (this process's encryption, or the worker holding the upload), which gives the
+    part's ETag."""
     length, plaintext = await read_copy_source(gw, request)
     try:
-        etag = await encrypt_part(gw, up, number, length, plaintext)
+        etag = await store(length, plaintext)
     except IntegrityError as exc:
         raise S3Error("ObjectIntegrityError", f"copy source failed authentication: {exc}", 500) from exc
-    return _copy_answer(etag)
-
-
-def _copy_answer(etag: str) -> web.Response:
     modified = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z")
     xml = document("CopyPartResult", [("LastModified", modified), ("ETag", f'"{etag}"')])
     return web.Response(status=200, body=xml, headers=XML_HEADERS)
