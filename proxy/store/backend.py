@@ -24,19 +24,18 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-import aiohttp
 from awscrt import checksums
 from botocore.auth import SIGNED_HEADERS_BLACKLIST, S3SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials, ReadOnlyCredentials
-from yarl import URL
 
 from proxy.audit import audit_context
 from proxy.logs import LogLimit
 from proxy.metrics import BACKEND_RETRIES
 from proxy.s3.errors import S3Error
 from proxy.s3.xml import local_name, parse
-from proxy.store.pool import ClientSlots, PoolWait, slow_down, tracing
+from proxy.store.http1 import ConnectFailed, ConnectionBroken, Response, request_head, send
+from proxy.store.pool import ClientSlots, ConnectionPool, PoolFull, slow_down
 from proxy.tls_files import backend_tls_problem
 
 # Named as before the move to store/: operators filter logs on it.
@@ -240,7 +239,7 @@ def encode_query(params: Sequence[tuple[str, str]]) -> str:
 class BackendResponse:
     """A response from the backend; the body is read by the caller and must be released."""
 
-    def __init__(self, resp: aiohttp.ClientResponse) -> None:
+    def __init__(self, resp: Response) -> None:
         self.raw = resp
         self.status = resp.status
         self.headers = resp.headers
@@ -269,7 +268,7 @@ class BackendResponse:
     async def error(self) -> S3Error:
         """The backend's S3 error, as an S3Error to relay to the client."""
         try:
-            body = await self.raw.content.read(64 * 1024)
+            body = await self.raw.read(64 * 1024)
         finally:
             self.release()
         code, message = _parse_error(body)
@@ -314,7 +313,7 @@ def _parse_error(body: bytes) -> tuple[str, str]:
 
 
 class Backend:
-    """Signs and sends requests to the storage; one pooled aiohttp session per process."""
+    """Signs and sends requests to the storage over one pool of connections per process."""
 
     async def read_ok(
         self,
@@ -343,7 +342,11 @@ class Backend:
         self._scheme = parts.scheme
         self._netloc = parts.netloc
         self._base_path = parts.path
-        self._session: aiohttp.ClientSession | None = None
+        self._pool: ConnectionPool | None = None
+        default_port = 443 if parts.scheme == "https" else 80
+        #: (host, port, TLS) by the netloc a URL names.
+        self._keys: dict[str, tuple[str, int, bool]] = {}
+        self._default_port = default_port
         self._credentials: Credentials | None = None
         #: Streamed uploads being sent, by client.
         self.uploads = ClientSlots(settings.uploads_per_client, settings.pool_wait)
@@ -365,29 +368,33 @@ class Backend:
             if creds is None:
                 raise RuntimeError("no backend credentials in the config or the AWS default chain")
             self._credentials = creds
-        connector = aiohttp.TCPConnector(
-            limit=self.settings.pool_size,
-            ssl=self.settings.ssl,
-            keepalive_timeout=30,
-        )
-        self._session = aiohttp.ClientSession(
-            connector=connector,
-            trace_configs=[tracing()],
-            timeout=aiohttp.ClientTimeout(
-                total=None,
-                sock_connect=self.settings.connect_timeout,
-                sock_read=self.settings.read_timeout,
-            ),
-            auto_decompress=False,
-            read_bufsize=1024 * 1024,
-            skip_auto_headers=("Content-Type", "Accept-Encoding", "User-Agent"),
+        tls: ssl.SSLContext | None = None
+        if self._scheme == "https":
+            if isinstance(self.settings.ssl, ssl.SSLContext):
+                tls = self.settings.ssl
+            else:
+                tls = ssl.create_default_context()
+                if self.settings.ssl is False:  # explicitly unverified, as aiohttp's ssl=False
+                    tls.check_hostname = False
+                    tls.verify_mode = ssl.CERT_NONE
+        self._pool = ConnectionPool(
+            self.settings.pool_size, self.settings.pool_wait, self.settings.connect_timeout, tls, keepalive=30.0
         )
 
     async def close(self) -> None:
         """Close the pool."""
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
+
+    def _key(self, netloc: str) -> tuple[str, int, bool]:
+        key = self._keys.get(netloc)
+        if key is None:
+            parts = urlsplit(f"//{netloc}")
+            if len(self._keys) > 1024:  # virtual-hosted buckets: bounded
+                self._keys.clear()
+            key = self._keys[netloc] = (parts.hostname or "", parts.port or self._default_port, self._scheme == "https")
+        return key
 
     def _frozen(self) -> ReadOnlyCredentials:
         assert self._credentials is not None
@@ -426,7 +433,7 @@ class Backend:
         content_length: int | None = None,
     ) -> BackendResponse:
         """Send one signed request; S3Error(502/503) when the backend cannot be reached."""
-        if self._session is None:
+        if self._pool is None:
             raise RuntimeError("backend not started")
         url, host = self.url(bucket, key, query)
         hdrs: dict[str, str] = {"Host": host}
@@ -496,44 +503,70 @@ class Backend:
     ) -> BackendResponse | str:
         """One try: the response to return, or why another try is worth it; on the `last` try a
         failure to reach the backend is raised as S3Error."""
-        assert self._session is not None
         # Signed per attempt: a retry after a long backoff must not carry a stale date.
-        send_headers = dict(sign_request(self._frozen(), self.settings.region, method, url, hdrs, trailer=trailer))
+        send_headers = sign_request(self._frozen(), self.settings.region, method, url, hdrs, trailer=trailer)
+        chunked = body is not None and not isinstance(body, bytes) and "Content-Length" not in hdrs
+        if chunked:
+            send_headers.append(("Transfer-Encoding", "chunked"))
         try:
-            async with asyncio.timeout(None) as deadline:
-                wait = PoolWait(deadline, self.settings.pool_wait)
-                resp = await self._session.request(
-                    method,
-                    URL(url, encoded=True),
-                    headers=send_headers,
-                    data=body if body is not None else (b"" if "Content-Length" in hdrs else None),
-                    allow_redirects=False,
-                    compress=None,
-                    trace_request_ctx=wait,
-                )
+            resp = await self._exchange(method, url, send_headers, body, chunked=chunked)
+        except PoolFull:
+            # Not the backend's fault and not worth a retry here: the client's SDK backs off.
+            log.warning(
+                "no backend connection free within %ss (pool of %d)", self.settings.pool_wait, self.settings.pool_size
+            )
+            raise slow_down("all backend connections are busy") from None
         except TimeoutError as exc:
-            if wait.waiting:
-                # Not the backend's fault and not worth a retry here: the client's SDK backs off.
-                log.warning("no backend connection free within %ss (pool of %d)", wait.seconds, self.settings.pool_size)
-                raise slow_down("all backend connections are busy") from exc
             if last:
                 raise S3Error("ServiceUnavailable", "the storage backend timed out", 503) from exc
             return "timeout"
-        except aiohttp.ClientConnectorError as exc:
+        except ConnectFailed as exc:
             problem = backend_tls_problem(self.settings.endpoint, exc)
             if problem is None:
-                log.warning("backend unreachable: %s", exc.__class__.__name__)
+                log.warning("backend unreachable: %s", exc.os_error.__class__.__name__)
             else:  # the same misconfiguration on every request: a few lines a minute say it
                 self._log_limit.log(log, logging.WARNING, "tls", "backend unreachable: %s", problem)
             if last:
                 raise S3Error("ServiceUnavailable", "the storage backend is unreachable", 503) from exc
-            return exc.__class__.__name__
-        except aiohttp.ClientError as exc:
-            log.warning("backend request failed: %s", exc.__class__.__name__)
+            return exc.os_error.__class__.__name__
+        except ConnectionBroken as exc:
+            log.warning("backend request failed: %s", exc)
             if last:
                 raise S3Error("BadGateway", "the storage backend connection failed", 502) from exc
-            return exc.__class__.__name__
+            return "connection broken"
         if last or resp.status not in RETRY_STATUSES:
             return BackendResponse(resp)
         resp.release()
         return f"HTTP {resp.status}"
+
+    async def _exchange(
+        self, method: str, url: str, headers: list[tuple[str, str]], body: Body, *, chunked: bool
+    ) -> Response:
+        """Send the request on a pooled connection and wait for the answer's head. A connection
+        kept alive that turns out closed (the backend let it go while it was idle) is replaced
+        once, at no cost to the attempts, if the body can be sent again."""
+        assert self._pool is not None
+        netloc_end = url.index("/", len(self._scheme) + 3)
+        key = self._key(url[len(self._scheme) + 3 : netloc_end])
+        head = request_head(method, url[netloc_end:], headers)
+        replayable = body is None or isinstance(body, bytes)
+        timeout = self.settings.read_timeout
+        while True:
+            conn = await self._pool.acquire(key)
+            reused = conn.uses > 0
+            resp = conn.begin(method, timeout)
+            resp.on_done = self._pool.release
+            resp.request_headers = headers
+            try:
+                await send(conn, resp, head, body, chunked=chunked, timeout=timeout)
+                await resp.wait_head()
+            except ConnectionBroken:
+                stale = reused and replayable and not resp.head_done and not resp.buffered
+                resp.close()
+                if stale:
+                    continue
+                raise
+            except BaseException:
+                resp.close()
+                raise
+            return resp

@@ -1,20 +1,19 @@
-"""Bounds on what the backend's connection pool gives out: how long a request waits for a
-connection (`PoolWait`), and how many streamed uploads, each holding one until its body ends,
-a client may send at once, and how many downloads it may be reading (`ClientSlots`). All answer
-503 SlowDown when exceeded."""
+"""The backend's connection pool and the bounds on what it gives out: at most `pool_size`
+connections, a bounded wait for one (`ConnectionPool`), and how many streamed uploads, each
+holding one until its body ends, a client may send at once, and how many downloads it may be
+reading (`ClientSlots`). All answer 503 SlowDown when exceeded."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections import Counter
+import ssl
+from collections import Counter, deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from types import SimpleNamespace
-
-import aiohttp
 
 from proxy.s3.errors import S3Error
+from proxy.store.http1 import ConnectFailed, Connection, ConnectionBroken
 
 log = logging.getLogger("proxy.backend")
 
@@ -72,44 +71,190 @@ class ClientSlots:
             del self._slots[client]
 
 
-async def _queued(session: aiohttp.ClientSession, ctx: SimpleNamespace, params: object) -> None:
-    # Every pooled connection is busy: from now, the wait for one is bounded.
-    wait = ctx.trace_request_ctx
-    if isinstance(wait, PoolWait):
-        wait.queued()
+class PoolFull(Exception):
+    """No backend connection came free within the pool's wait."""
 
 
-async def _dequeued(session: aiohttp.ClientSession, ctx: SimpleNamespace, params: object) -> None:
-    wait = ctx.trace_request_ctx
-    if isinstance(wait, PoolWait):
-        wait.dequeued()
+Key = tuple[str, int, bool]
 
 
-class PoolWait:
-    """The deadline of one request's wait in the pool's queue (aiohttp's tracing says when it
-    queues and when it gets a connection); connecting and sending are not part of it."""
+class ConnectionPool:
+    """At most `limit` connections to the backend (connecting, in use or idle), each kept alive
+    between exchanges for up to `keepalive` seconds. A request that finds them all busy waits
+    up to `wait` seconds for one, then gets `PoolFull`; connecting may take `connect_timeout`."""
 
-    def __init__(self, timeout: asyncio.Timeout, seconds: float) -> None:
-        self._timeout = timeout
-        self.seconds = seconds
-        #: Whether the request is in the queue now.
-        self.waiting = False
+    def __init__(
+        self, limit: int, wait: float, connect_timeout: float, tls: ssl.SSLContext | None, keepalive: float = 30.0
+    ) -> None:
+        self.limit = limit
+        self.wait = wait
+        self.connect_timeout = connect_timeout
+        self.tls = tls
+        self.keepalive = keepalive
+        #: Idle connections by (host, port, TLS), the most recently used last.
+        self._idle: dict[Key, list[Connection]] = {}
+        self._count = 0
+        self._waiters: deque[asyncio.Future[None]] = deque()
+        self._sweeping: asyncio.TimerHandle | None = None
+        self._closed = False
 
-    def queued(self) -> None:
-        """The request joined the queue: its wait is bounded from now."""
-        self.waiting = True
-        self._timeout.reschedule(asyncio.get_running_loop().time() + self.seconds)
+    @property
+    def size(self) -> int:
+        """Connections the pool counts now."""
+        return self._count
 
-    def dequeued(self) -> None:
-        """The request got a connection: no deadline from the queue any more."""
-        self.waiting = False
-        self._timeout.reschedule(None)
+    async def acquire(self, key: Key) -> Connection:
+        """An idle connection to `key`, or a new one if the pool has room; else wait for room."""
+        loop = asyncio.get_running_loop()
+        deadline: float | None = None
+        while True:
+            conn = self._reuse(key, loop.time())
+            if conn is not None:
+                return conn
+            if self._closed:
+                raise ConnectionBroken("the backend client is closed")
+            if self._count < self.limit or self._evict_idle():
+                self._count += 1
+                try:
+                    return await self._connect(key, loop)
+                except BaseException:
+                    self._count -= 1
+                    self._wake()
+                    raise
+            if deadline is None:
+                deadline = loop.time() + self.wait
+            await self._queue(loop, deadline - loop.time())
+
+    async def _queue(self, loop: asyncio.AbstractEventLoop, seconds: float) -> None:
+        if seconds <= 0:
+            raise PoolFull()
+        waiter: asyncio.Future[None] = loop.create_future()
+        self._waiters.append(waiter)
+        handle = loop.call_later(seconds, _give_up, waiter)
+        try:
+            await waiter
+        except BaseException:
+            if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+                self._wake()  # woken, then cancelled: the room it was told of is someone else's
+            elif waiter in self._waiters:
+                self._waiters.remove(waiter)
+            raise
+        finally:
+            handle.cancel()
+
+    def _reuse(self, key: Key, now: float) -> Connection | None:
+        idle = self._idle.get(key)
+        while idle:
+            conn = idle.pop()
+            conn.in_pool = False
+            if conn.closed:
+                continue  # already uncounted by _forget
+            if now - conn.idle_since > self.keepalive:
+                self._drop(conn, wake=False)
+                continue
+            return conn
+        return None
+
+    def _evict_idle(self) -> bool:
+        """Close the longest-idle connection to another host (virtual-hosted buckets) to make room."""
+        oldest: Connection | None = None
+        for idle in self._idle.values():
+            if idle and (oldest is None or idle[0].idle_since < oldest.idle_since):
+                oldest = idle[0]
+        if oldest is None:
+            return False
+        self._idle[oldest.key].remove(oldest)
+        oldest.in_pool = False
+        self._drop(oldest, wake=False)
+        return True
+
+    async def _connect(self, key: Key, loop: asyncio.AbstractEventLoop) -> Connection:
+        host, port, tls = key
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                _, conn = await loop.create_connection(
+                    lambda: Connection(key, loop),
+                    host,
+                    port,
+                    ssl=self.tls if tls else None,
+                    server_hostname=host if tls else None,
+                )
+        except OSError as exc:  # ssl.SSLError included
+            raise ConnectFailed(exc) from exc
+        conn.counted = True
+        conn.pool_forget = self._forget
+        return conn
+
+    def release(self, conn: Connection, reusable: bool) -> None:
+        """An exchange on `conn` has ended: keep it for the next one, or close it."""
+        if reusable and not self._closed and not conn.closed:
+            conn.idle_since = asyncio.get_running_loop().time()
+            conn.in_pool = True
+            self._idle.setdefault(conn.key, []).append(conn)
+            if self._sweeping is None:
+                self._sweeping = asyncio.get_running_loop().call_later(self.keepalive, self._sweep)
+            self._wake()
+        else:
+            self._drop(conn)
+
+    def _forget(self, conn: Connection) -> None:
+        # The backend closed a connection: if it was idle, its room is free now; if in use, the
+        # exchange's end (release) frees it.
+        if conn.in_pool:
+            conn.in_pool = False
+            idle = self._idle.get(conn.key)
+            if idle and conn in idle:
+                idle.remove(conn)
+            self._uncount(conn)
+
+    def _drop(self, conn: Connection, wake: bool = True) -> None:
+        conn.abort()
+        self._uncount(conn, wake)
+
+    def _uncount(self, conn: Connection, wake: bool = True) -> None:
+        if conn.counted:
+            conn.counted = False
+            self._count -= 1
+            if wake:
+                self._wake()
+
+    def _wake(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+    def _sweep(self) -> None:
+        self._sweeping = None
+        now = asyncio.get_running_loop().time()
+        left = False
+        for idle in self._idle.values():
+            while idle and now - idle[0].idle_since > self.keepalive:
+                conn = idle.pop(0)
+                conn.in_pool = False
+                self._drop(conn)
+            left = left or bool(idle)
+        if left and not self._closed:
+            self._sweeping = asyncio.get_running_loop().call_later(self.keepalive / 2, self._sweep)
+
+    def close(self) -> None:
+        """Close every idle connection; those in use close when their exchanges end."""
+        self._closed = True
+        if self._sweeping is not None:
+            self._sweeping.cancel()
+            self._sweeping = None
+        for idle in self._idle.values():
+            while idle:
+                conn = idle.pop()
+                conn.in_pool = False
+                self._drop(conn, wake=False)
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_exception(ConnectionBroken("the backend client is closed"))
 
 
-def tracing() -> aiohttp.TraceConfig:
-    """aiohttp tracing that tells each request's `PoolWait` (its ``trace_request_ctx``) when it
-    queues for a connection and when it gets one."""
-    config = aiohttp.TraceConfig()
-    config.on_connection_queued_start.append(_queued)
-    config.on_connection_queued_end.append(_dequeued)
-    return config
+def _give_up(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_exception(PoolFull())

@@ -230,7 +230,7 @@ async def test_backend_credentials_from_the_default_chain(moto_url: str, monkeyp
     try:
         resp = await backend.request("GET", None)
         assert resp.status == 200
-        assert "Credential=chainkey/" in resp.raw.request_info.headers["Authorization"]
+        assert "Credential=chainkey/" in dict(resp.raw.request_headers)["Authorization"]
         resp.release()
     finally:
         await backend.close()
