@@ -60,11 +60,11 @@ def backend_tls_problem(endpoint: str, exc: BaseException) -> str | None:
 
 
 def backend_ssl_context(ca_bundle: Path | None, verify: bool = True) -> ssl.SSLContext | bool:
-    """The `ssl` argument for the aiohttp client that talks to the backend.
+    """The TLS setting of the client that talks to the backend (`proxy.store.backend`).
 
     Verification (chain and host name) is on by default, against `ca_bundle` alone when it is
     given, else the system trust store. ``verify=False`` returns False, which turns
-    verification off in aiohttp; the caller is expected to have warned about it.
+    verification off; the caller is expected to have warned about it.
     """
     if not verify:
         return False
