@@ -343,10 +343,9 @@ class Backend:
         self._netloc = parts.netloc
         self._base_path = parts.path
         self._pool: ConnectionPool | None = None
-        default_port = 443 if parts.scheme == "https" else 80
         #: (host, port, TLS) by the netloc a URL names.
         self._keys: dict[str, tuple[str, int, bool]] = {}
-        self._default_port = default_port
+        self._default_port = 443 if parts.scheme == "https" else 80
         self._credentials: Credentials | None = None
         #: Streamed uploads being sent, by client.
         self.uploads = ClientSlots(settings.uploads_per_client, settings.pool_wait)
@@ -505,11 +504,10 @@ class Backend:
         failure to reach the backend is raised as S3Error."""
         # Signed per attempt: a retry after a long backoff must not carry a stale date.
         send_headers = sign_request(self._frozen(), self.settings.region, method, url, hdrs, trailer=trailer)
-        chunked = body is not None and not isinstance(body, bytes) and "Content-Length" not in hdrs
-        if chunked:
+        if trailer:  # the only body without a Content-Length (`_frame`): HTTP chunked, unsigned
             send_headers.append(("Transfer-Encoding", "chunked"))
         try:
-            resp = await self._exchange(method, url, send_headers, body, chunked=chunked)
+            resp = await self._exchange(method, url, hdrs["Host"], send_headers, body, chunked=trailer)
         except PoolFull:
             # Not the backend's fault and not worth a retry here: the client's SDK backs off.
             log.warning(
@@ -540,15 +538,14 @@ class Backend:
         return f"HTTP {resp.status}"
 
     async def _exchange(
-        self, method: str, url: str, headers: list[tuple[str, str]], body: Body, *, chunked: bool
+        self, method: str, url: str, host: str, headers: list[tuple[str, str]], body: Body, *, chunked: bool
     ) -> Response:
         """Send the request on a pooled connection and wait for the answer's head. A connection
         kept alive that turns out closed (the backend let it go while it was idle) is replaced
         once, at no cost to the attempts, if the body can be sent again."""
         assert self._pool is not None
-        netloc_end = url.index("/", len(self._scheme) + 3)
-        key = self._key(url[len(self._scheme) + 3 : netloc_end])
-        head = request_head(method, url[netloc_end:], headers)
+        key = self._key(host)
+        head = request_head(method, url[len(self._scheme) + 3 + len(host) :], headers)  # after scheme://host
         replayable = body is None or isinstance(body, bytes)
         timeout = self.settings.read_timeout
         while True:

@@ -189,11 +189,9 @@ class Connection(asyncio.Protocol):
             if resp is not None and resp.head_done:
                 return
             self._drain = self.loop.create_future()
-            handle = self.loop.call_later(timeout, _expire, self._drain)
             try:
-                await self._drain
+                await wait_at_most(self._drain, timeout)
             finally:
-                handle.cancel()
                 self._drain = None
 
     def begin(self, method: str, read_timeout: float) -> Response:
@@ -204,9 +202,18 @@ class Connection(asyncio.Protocol):
         return resp
 
 
-def _expire(waiter: asyncio.Future[None]) -> None:
+def _expire(waiter: asyncio.Future[None], error: type[Exception]) -> None:
     if not waiter.done():
-        waiter.set_exception(TimeoutError())
+        waiter.set_exception(error())
+
+
+async def wait_at_most(waiter: asyncio.Future[None], seconds: float, error: type[Exception] = TimeoutError) -> None:
+    """Await `waiter`; if nothing settles it within `seconds`, it fails with `error`."""
+    handle = waiter.get_loop().call_later(seconds, _expire, waiter, error)
+    try:
+        await waiter
+    finally:
+        handle.cancel()
 
 
 class Response:
@@ -277,13 +284,10 @@ class Response:
     async def _wait(self) -> None:
         if self._error is not None:
             raise self._error
-        loop = self.conn.loop
-        self._waiter = loop.create_future()
-        handle = loop.call_later(self.read_timeout, _expire, self._waiter)
+        self._waiter = self.conn.loop.create_future()
         try:
-            await self._waiter
+            await wait_at_most(self._waiter, self.read_timeout)
         finally:
-            handle.cancel()
             self._waiter = None
         if self._error is not None:
             raise self._error

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from proxy.s3.errors import S3Error
-from proxy.store.http1 import ConnectFailed, Connection, ConnectionBroken
+from proxy.store.http1 import ConnectFailed, Connection, ConnectionBroken, wait_at_most
 
 log = logging.getLogger("proxy.backend")
 
@@ -130,17 +130,14 @@ class ConnectionPool:
             raise PoolFull()
         waiter: asyncio.Future[None] = loop.create_future()
         self._waiters.append(waiter)
-        handle = loop.call_later(seconds, _give_up, waiter)
         try:
-            await waiter
+            await wait_at_most(waiter, seconds, PoolFull)
         except BaseException:
             if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
                 self._wake()  # woken, then cancelled: the room it was told of is someone else's
             elif waiter in self._waiters:
                 self._waiters.remove(waiter)
             raise
-        finally:
-            handle.cancel()
 
     def _reuse(self, key: Key, now: float) -> Connection | None:
         idle = self._idle.get(key)
@@ -253,8 +250,3 @@ class ConnectionPool:
             waiter = self._waiters.popleft()
             if not waiter.done():
                 waiter.set_exception(ConnectionBroken("the backend client is closed"))
-
-
-def _give_up(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_exception(PoolFull())

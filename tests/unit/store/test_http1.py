@@ -144,7 +144,7 @@ async def test_an_answer_that_is_not_http_is_a_bad_gateway() -> None:
         assert len(srv.requests) == 2  # retried once, as the attempts allow
 
 
-async def test_a_backend_that_stops_answering_times_out(caplog: pytest.LogCaptureFixture) -> None:
+async def test_a_backend_that_stops_answering_times_out() -> None:
     async def stalls(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, srv: Server) -> None:
         await srv.read_request(reader)
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly part")
