@@ -5,11 +5,12 @@ from __future__ import annotations
 import base64
 import hashlib
 import zlib
-from typing import Protocol
-
-from awscrt import checksums as crt
+from typing import TYPE_CHECKING, Protocol
 
 from proxy.s3.errors import S3Error
+
+if TYPE_CHECKING:
+    from types import ModuleType
 
 ALGORITHMS = ("crc32", "crc32c", "crc64nvme", "sha1", "sha256")
 
@@ -20,6 +21,30 @@ class Checksum(Protocol):
     def update(self, data: bytes | bytearray | memoryview) -> None: ...
 
     def digest(self) -> bytes: ...
+
+
+_crt: ModuleType | None = None
+
+
+def _awscrt() -> ModuleType:
+    """awscrt's checksums, imported on first use: awscrt costs about 7 MiB of memory in every
+    worker, and only a request that uses CRC32C or CRC64NVME needs it."""
+    global _crt
+    if _crt is None:
+        from awscrt import checksums
+
+        _crt = checksums
+    return _crt
+
+
+def crc32c(data: bytes | bytearray | memoryview, value: int = 0) -> int:
+    """CRC32C of `data`, continuing from `value`."""
+    return int(_awscrt().crc32c(bytes(data) if isinstance(data, memoryview) else data, value))
+
+
+def crc64nvme(data: bytes | bytearray | memoryview, value: int = 0) -> int:
+    """CRC64NVME of `data`, continuing from `value`."""
+    return int(_awscrt().crc64nvme(bytes(data) if isinstance(data, memoryview) else data, value))
 
 
 class _Crc:
@@ -35,9 +60,9 @@ class _Crc:
         if self._name == "crc32":
             self._value = zlib.crc32(data, self._value)
         elif self._name == "crc32c":
-            self._value = crt.crc32c(bytes(data) if isinstance(data, memoryview) else data, self._value)
+            self._value = crc32c(data, self._value)
         else:
-            self._value = crt.crc64nvme(bytes(data) if isinstance(data, memoryview) else data, self._value)
+            self._value = crc64nvme(data, self._value)
 
     def digest(self) -> bytes:
         return self._value.to_bytes(self._size, "big")

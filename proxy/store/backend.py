@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-from awscrt import checksums
 from botocore.auth import SIGNED_HEADERS_BLACKLIST, S3SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials, ReadOnlyCredentials
@@ -32,6 +31,7 @@ from botocore.credentials import Credentials, ReadOnlyCredentials
 from proxy.audit import audit_context
 from proxy.logs import LogLimit
 from proxy.metrics import BACKEND_RETRIES
+from proxy.s3.checksums import crc32c
 from proxy.s3.errors import S3Error
 from proxy.s3.xml import local_name, parse
 from proxy.store.http1 import ConnectFailed, ConnectionBroken, Response, request_head, send
@@ -177,7 +177,7 @@ def with_checksum_trailer(body: AsyncIterable[bytes]) -> AsyncIterator[bytes]:
         async for piece in body:
             if not len(piece):
                 continue
-            crc = checksums.crc32c(piece, crc)
+            crc = crc32c(piece, crc)
             yield before + f"{len(piece):x}\r\n".encode()
             yield piece
             before = b"\r\n"
