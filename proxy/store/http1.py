@@ -219,8 +219,10 @@ async def wait_at_most(waiter: asyncio.Future[None], seconds: float, error: type
 class Response:
     """The backend's answer: status and headers once `wait_head` returns, then the body through
     `read`, `readany` or `iter_any` (``content`` is the same object: aiohttp's names, which
-    sealgate's code reads bodies with). `release` gives the connection back when the body has
-    been read, `close` drops it; an answer dropped without either drops its connection."""
+    sealgate's code reads bodies with). The connection goes back to the pool as soon as the
+    last byte of the body is read (`release` and `close` change nothing then); before that,
+    `release` gives it back if all the body has arrived, `close` drops it, and an answer dropped
+    without either drops its connection."""
 
     def __init__(self, conn: Connection, method: str, read_timeout: float) -> None:
         self.conn = conn
@@ -320,7 +322,12 @@ class Response:
                 need -= len(chunk)
             data = b"".join(parts)
         self.buffered -= len(data)
-        if self.reading_paused and self.buffered < LOW_WATER and self.conn.transport is not None:
+        if self.complete and not self.buffered:
+            # The caller has the last byte: the connection is free for the next exchange now,
+            # whatever the caller does with this answer (a download stops reading at its length
+            # and closes it). The caller reads only once the request is all sent.
+            self._settle()
+        elif self.reading_paused and self.buffered < LOW_WATER and self.conn.transport is not None:
             self.reading_paused = False
             self.conn.transport.resume_reading()
         return data
@@ -330,10 +337,7 @@ class Response:
         small documents, never object data."""
         while not self.complete and (n < 0 or self.buffered < n):
             await self._wait()
-        data = self._take(n)
-        if self.complete and not self.buffered:
-            self._settle()
-        return data
+        return self._take(n)
 
     async def readany(self) -> bytes:
         """What has arrived of the body (waiting for something); b"" at its end."""

@@ -19,7 +19,7 @@ import pytest
 from aiohttp import web
 from botocore.exceptions import BotoCoreError, ClientError
 
-from tests.conftest import Stack, backend_client, free_port, start_stack
+from tests.conftest import Stack, backend_client, free_port, multipart_put, start_stack
 from tests.signing import send, sign
 
 
@@ -390,3 +390,33 @@ def test_requests_that_find_the_bucket_settings_stale_share_one_read(
     finally:
         relay.fault = None
     assert st.client().get_object(Bucket="faults-herd", Key="k7")["Body"].read() == b"v"
+
+
+def test_downloads_reuse_their_backend_connections(faulty: tuple[FaultyRelay, Stack]) -> None:
+    """Whole and ranged GETs of a single-PUT and of a multipart object, one after another, keep
+    using the same kept-alive backend connections: a download that stops at its length must not
+    cost the backend a new connection (and handshake) each time."""
+    relay, st = faulty
+    s3 = st.client()
+    s3.put_object(Bucket="faults", Key="reuse-single", Body=b"s" * 300_000)
+    multipart_put(s3, "faults", "reuse-multi", [b"m" * (5 * 1024 * 1024), b"n" * 1000])
+    peers: list[tuple[str, str, object]] = []
+
+    async def note(request: web.Request) -> None:
+        assert request.transport is not None
+        peers.append((request.method, request.path_qs, request.transport.get_extra_info("peername")))
+        return None
+
+    relay.before = note
+    try:
+        for _ in range(3):
+            for key, size in (("reuse-single", 300_000), ("reuse-multi", 5 * 1024 * 1024 + 1000)):
+                assert len(s3.get_object(Bucket="faults", Key=key)["Body"].read()) == size
+                got = s3.get_object(Bucket="faults", Key=key, Range="bytes=1000-1999")["Body"].read()
+                assert len(got) == 1000
+    finally:
+        relay.before = None
+    gets = [p for p in peers if p[0] == "GET"]
+    assert len(gets) >= 12
+    # Two at most: a multipart object's manifest is read while its body's answer is open.
+    assert len({p[2] for p in peers}) <= 2, peers

@@ -115,6 +115,36 @@ async def test_a_chunked_answer_and_a_head_answer_with_a_length() -> None:
         assert srv.connections == 1
 
 
+async def test_a_body_read_to_its_length_then_closed_keeps_its_connection() -> None:
+    """A download stops reading once it has the object's length and then closes the answer: the
+    connection must still serve the next request (a new connection per GET costs a TCP, or TLS,
+    handshake each). Closed before the end, the connection is dropped."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, srv: Server) -> None:
+        while True:
+            await srv.read_request(reader)
+            writer.write(answer(200, b"y" * 50_000))
+            await writer.drain()
+
+    async with serving(handler) as (srv, backend):
+        for _ in range(4):
+            resp = await backend.request("GET", "b", "k")
+            got = 0
+            async for chunk in resp.raw.content.iter_any():
+                got += len(chunk)
+                if got == 50_000:
+                    break  # as pump() does at the end of its span
+            resp.close()
+        assert srv.connections == 1 and len(srv.requests) == 4
+        resp = await backend.request("GET", "b", "k")
+        assert len(await resp.raw.content.read(10)) == 10
+        resp.close()  # abandoned half read
+        resp = await backend.request("GET", "b", "k")
+        assert len(await resp.read()) == 50_000
+        resp.release()
+        assert srv.connections == 2
+
+
 async def test_a_connection_the_backend_closed_while_idle_is_replaced_without_using_an_attempt() -> None:
     async def one_per_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, srv: Server) -> None:
         await srv.read_request(reader)
