@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import sys
 from collections.abc import Callable
@@ -39,7 +40,25 @@ COMPLETE_VAR = "_SEALGATE_COMPLETE"
 SHELLS = ("bash", "zsh", "fish")
 
 
-class _Commands(click.Group):
+class _LazyGroup(click.Group):
+    """A group whose `lazy` commands ("name": "module:attribute") are imported when first asked
+    for: `sealgate serve` and its workers do not load the code of every tool."""
+
+    def __init__(self, *args: Any, lazy: dict[str, str] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.lazy = lazy or {}
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self.lazy})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in self.lazy and cmd_name not in self.commands:
+            module, _, attribute = self.lazy[cmd_name].partition(":")
+            self.add_command(getattr(importlib.import_module(module), attribute), cmd_name)
+        return super().get_command(ctx, cmd_name)
+
+
+class _Commands(_LazyGroup):
     """The top-level help lists each command with its whole first sentence (wrapped), not cut at
     45 characters; completion requests are `COMPLETE_VAR` however sealgate was started (the
     `sealgate` script, or ``python -m proxy.cli``, which click would name otherwise)."""
@@ -59,7 +78,21 @@ class _Commands(click.Group):
                 formatter.write_dl(rows)
 
 
-@click.group(cls=_Commands, invoke_without_command=True)
+@click.group(
+    cls=_Commands,
+    invoke_without_command=True,
+    lazy={
+        "encrypt": "proxy.tools.offline.commands:encrypt_cmd",
+        "decrypt": "proxy.tools.offline.commands:decrypt_cmd",
+        "audit": "proxy.tools.audit:audit_group",
+        "convert": "proxy.tools.convert:convert_cmd",
+        "copy": "proxy.tools.copy:copy_cmd",
+        "rewrap": "proxy.tools.rewrap:rewrap_cmd",
+        "gc": "proxy.tools.gc:gc_cmd",
+        "policy": "proxy.tools.policy_check:policy_group",
+        "health": "proxy.tools.health:health_cmd",
+    },
+)
 @click.version_option(__version__, prog_name="sealgate")
 @click.pass_context
 @verbosity_options
@@ -145,7 +178,7 @@ def certs_init(directory: Path, hostnames: tuple[str, ...], force: bool) -> None
     click.echo(f"server key:         {paths.server_key}")
 
 
-@main.group()
+@main.group(cls=_LazyGroup, lazy={"publish": "proxy.tools.keyring_publish:publish_cmd"})
 @verbosity_options
 def keys() -> None:
     """Master keys in a local keyring (--keyring), or in the [kms] keyring of --config FILE."""
@@ -548,31 +581,6 @@ def completion(shell: str) -> None:
     assert script is not None  # one of SHELLS, all click's own
     click.echo(script(main, {}, "sealgate", COMPLETE_VAR).source())
 
-
-def _register_tools() -> None:
-    from proxy.tools.audit import audit_group
-    from proxy.tools.convert import convert_cmd
-    from proxy.tools.copy import copy_cmd
-    from proxy.tools.gc import gc_cmd
-    from proxy.tools.health import health_cmd
-    from proxy.tools.keyring_publish import publish_cmd
-    from proxy.tools.offline.commands import decrypt_cmd, encrypt_cmd
-    from proxy.tools.policy_check import policy_group
-    from proxy.tools.rewrap import rewrap_cmd
-
-    main.add_command(encrypt_cmd, "encrypt")
-    main.add_command(decrypt_cmd, "decrypt")
-    main.add_command(audit_group, "audit")
-    main.add_command(convert_cmd, "convert")
-    main.add_command(copy_cmd, "copy")
-    main.add_command(rewrap_cmd, "rewrap")
-    main.add_command(gc_cmd, "gc")
-    main.add_command(policy_group, "policy")
-    main.add_command(health_cmd, "health")
-    keys.add_command(publish_cmd, "publish")
-
-
-_register_tools()
 
 if __name__ == "__main__":
     main()

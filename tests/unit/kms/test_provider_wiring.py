@@ -83,9 +83,9 @@ def test_previous_keyring_routes_and_the_main_one_signs(tmp_path: Path, monkeypa
 
 
 def test_a_local_config_imports_neither_binding_nor_boto3_nor_awscrt(tmp_path: Path) -> None:
-    """Serving a local-keyring config loads no HSM or KMIP binding, no boto3 and no awscrt (botocore
-    would import it, about 7 MiB); the first CRC32C or CRC64NVME checksum imports awscrt and
-    gives the standard check values."""
+    """Serving a local-keyring config loads no HSM or KMIP binding, no boto3, no awscrt (botocore
+    would import it, about 7 MiB) and none of the tools' commands; the first CRC32C or CRC64NVME
+    checksum imports awscrt and gives the standard check values."""
     config(tmp_path, None)  # writes sealgate.toml with a local keyring
     code = (
         "import sys\nfrom pathlib import Path\n"
@@ -94,6 +94,7 @@ def test_a_local_config_imports_neither_binding_nor_boto3_nor_awscrt(tmp_path: P
         "import proxy.cli, proxy.server.run\n"
         "heavy = ('pkcs11', 'kmip', 'sqlalchemy', 'boto3', 'awscrt')\n"
         "print(sorted({m.split('.')[0] for m in sys.modules if m.split('.')[0] in heavy}))\n"
+        "print(sorted(m for m in sys.modules if m.startswith('proxy.tools.')))\n"
         "from proxy.s3.checksums import new_checksum\n"
         "for name in ('crc32c', 'crc64nvme'):\n"
         "    c = new_checksum(name)\n    c.update(b'12345')\n    c.update(memoryview(b'6789'))\n"
@@ -102,7 +103,11 @@ def test_a_local_config_imports_neither_binding_nor_boto3_nor_awscrt(tmp_path: P
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == ["[]", "e3069283", "ae8b14860a799888", "True"]
+    lines = out.stdout.splitlines()
+    assert lines[0] == "[]"
+    # The tools' commands (convert, copy, gc, ...) load when asked for, not with `serve`.
+    assert lines[1] == "['proxy.tools.options', 'proxy.tools.token_keys']"
+    assert lines[2:] == ["e3069283", "ae8b14860a799888", "True"]
 
 
 def test_keys_commands_with_a_local_config_use_its_keyring(tmp_path: Path) -> None:

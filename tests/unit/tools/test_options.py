@@ -45,7 +45,10 @@ def test_conflicting_or_malformed_places_are_usage_errors(
 
 def _commands(group: click.Group, path: str = "sealgate") -> Iterator[tuple[str, click.Command]]:
     yield path, group
-    for name, command in group.commands.items():
+    ctx = click.Context(group)
+    for name in group.list_commands(ctx):  # as help and completion see them (tools load lazily)
+        command = group.get_command(ctx, name)
+        assert command is not None, name
         if isinstance(command, click.Group):
             yield from _commands(command, f"{path} {name}")
         else:
