@@ -322,15 +322,19 @@ class Response:
                 need -= len(chunk)
             data = b"".join(parts)
         self.buffered -= len(data)
+        if self.reading_paused and self.buffered < LOW_WATER:
+            self._resume_reading()
         if self.complete and not self.buffered:
             # The caller has the last byte: the connection is free for the next exchange now,
             # whatever the caller does with this answer (a download stops reading at its length
             # and closes it). The caller reads only once the request is all sent.
             self._settle()
-        elif self.reading_paused and self.buffered < LOW_WATER and self.conn.transport is not None:
-            self.reading_paused = False
-            self.conn.transport.resume_reading()
         return data
+
+    def _resume_reading(self) -> None:
+        self.reading_paused = False
+        if self.conn.transport is not None:
+            self.conn.transport.resume_reading()
 
     async def read(self, n: int = -1) -> bytes:
         """`n` bytes of the body, fewer only where it ends (all of it when `n` < 0): only for
@@ -377,6 +381,8 @@ class Response:
         )
         if reusable:
             conn.uses += 1
+            if self.reading_paused:  # the last bytes came in above the high-water mark
+                self._resume_reading()
         else:
             conn.abort()
         self._chunks.clear()

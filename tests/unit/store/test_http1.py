@@ -145,6 +145,37 @@ async def test_a_body_read_to_its_length_then_closed_keeps_its_connection() -> N
         assert srv.connections == 2
 
 
+async def test_a_connection_paused_by_a_full_buffer_serves_the_next_request() -> None:
+    """An answer one byte over the high-water mark, left unread until all of it has arrived,
+    pauses the connection's reading as its last byte comes in; once read (or released unread),
+    the connection goes back to the pool reading again, so the next answer on it arrives."""
+    size = HIGH_WATER + 1
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, srv: Server) -> None:
+        while True:
+            await srv.read_request(reader)
+            writer.write(answer(200, b"z" * size))
+            await writer.drain()
+
+    async with serving(handler, read_timeout=3.0) as (srv, backend):
+        for how in ("read to its length", "released unread"):
+            resp = await backend.request("GET", "b", "k")
+            await asyncio.sleep(0.3)  # all of it arrives while nobody reads
+            if how == "released unread":
+                resp.release()
+            else:
+                got = 0
+                async for chunk in resp.raw.content.iter_any():
+                    got += len(chunk)
+                    if got == size:
+                        break
+                resp.close()
+            nxt = await asyncio.wait_for(backend.request("GET", "b", "k"), 5)
+            assert len(await asyncio.wait_for(nxt.read(), 5)) == size, how
+            nxt.release()
+        assert srv.connections == 1
+
+
 async def test_a_connection_the_backend_closed_while_idle_is_replaced_without_using_an_attempt() -> None:
     async def one_per_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, srv: Server) -> None:
         await srv.read_request(reader)
