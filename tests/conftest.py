@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import shutil
 import socket
@@ -24,6 +25,18 @@ CLIENT_SECRET = "test-client-secret-0123456789abcdef"
 BACKEND_AKID = "testing"
 BACKEND_SECRET = "testing"
 PASSPHRASE = "correct horse battery staple"
+
+
+@pytest.fixture(autouse=True)
+def _root_logging() -> Iterator[None]:
+    """Each test starts with the root logger it found: a command run in-process (CliRunner) sets
+    up logging as its own process would (with -v, DEBUG to the stderr it ran with), and that must
+    not reach the next test's output."""
+    root = logging.getLogger()
+    level, handlers = root.level, root.handlers[:]
+    yield
+    root.setLevel(level)
+    root.handlers[:] = handlers
 
 
 def free_port() -> int:
