@@ -7,7 +7,8 @@ version this copy lacks is also looked for at once (`look_for_miss`), at most ev
 New copies are decrypted with the key derived at start-up: no scrypt run.
 
 An object that cannot be read or opened (gone, backend down, corrupt, sealed under another
-passphrase) leaves the loaded keyring in use, with one ERROR per distinct failure.
+passphrase) leaves the loaded keyring in use, with one ERROR per distinct failure; `failing`
+says so (the host's readiness) until a look succeeds again.
 """
 
 from __future__ import annotations
@@ -49,6 +50,15 @@ class KeyringWatch:
         self._started = 0.0  # when the newest look began (monotonic)
         self._last_miss = 0.0
         self._failing: str | None = None
+        self._failing_since = 0.0
+
+    @property
+    def failing(self) -> str | None:
+        """Why the newest look at the object failed, and for how long (None: it succeeded)."""
+        problem = self._failing
+        if problem is None:
+            return None
+        return f"{problem} (for {time.monotonic() - self._failing_since:.0f} s)"
 
     def ensure_running(self) -> None:
         """Start this process's polling thread unless it runs (a forked worker starts its own)."""
@@ -82,6 +92,8 @@ class KeyringWatch:
         except Exception as exc:  # noqa: BLE001 - the thread must live on; the message names no secret
             problem = str(exc) if isinstance(exc, KeyringFileError) else f"{obj}: {type(exc).__name__}: {exc}"
             if problem != self._failing:
+                if self._failing is None:
+                    self._failing_since = time.monotonic()
                 self._failing = problem
                 log.error("keeping the loaded keyring: %s", problem)
             return

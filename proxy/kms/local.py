@@ -37,7 +37,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from proxy.crypto import signing
 from proxy.kms import asymmetric
-from proxy.kms.base import DataKey, InvalidWrappedKey, KeyAccessDenied
+from proxy.kms.base import DataKey, InvalidWrappedKey, KeyAccessDenied, KeyUnavailable
 from proxy.kms.keyring_object import KeyringObject, ObjectLocation
 from proxy.kms.keyring_watch import KeyringWatch
 from proxy.kms.keystore import KEY_SIZE, NONCE_SIZE, TAG_SIZE, KeyringFileError, LocalKeyStore
@@ -142,10 +142,15 @@ class LocalKeyring:
         self._refresh(force=True)
 
     async def ready(self, key_id: str) -> None:
-        """KeyAccessDenied unless `key_id` is in the keyring and enabled (readiness)."""
+        """KeyAccessDenied unless `key_id` is in the keyring and enabled (readiness);
+        KeyUnavailable while a keyring object cannot be read or opened (the loaded copy still
+        serves, but a rotation or a disabled key elsewhere would not reach this host)."""
         self._refresh()
         if self._store.current(key_id) is None:
             raise KeyAccessDenied(f"no usable key {key_id!r} in the local keyring")
+        failing = self._watch.failing if self._watch is not None else None
+        if failing is not None:
+            raise KeyUnavailable(f"the keyring object cannot be read, serving the copy loaded before: {failing}")
 
     async def generate_data_key(self, key_id: str, context: Mapping[str, str]) -> DataKey:
         """A fresh data key wrapped under the newest version of master key `key_id`."""

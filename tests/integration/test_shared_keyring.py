@@ -282,9 +282,9 @@ def test_an_unusable_keyring_object_stops_the_start_in_one_line(
 def test_the_loaded_keyring_stays_in_use_when_the_object_goes_bad(
     moto_url: str, tls_files: dict[str, Path], tmp_path: Path, ring: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Corrupt, sealed under another passphrase, deleted: each is one ERROR at the next poll,
-    and the host keeps sealing and opening with the keyring it holds; a good object again is
-    picked up."""
+    """Corrupt, sealed under another passphrase, deleted: each is one ERROR at the next poll and
+    /-/readyz answers 503 with the reason, and the host keeps sealing and opening with the
+    keyring it holds; a good object again is picked up and the host is ready again."""
     from proxy.kms.keystore import LocalKeyStore
 
     bucket = ring.split("/")[2]
@@ -322,6 +322,11 @@ def test_the_loaded_keyring_stays_in_use_when_the_object_goes_bad(
             damage()
             until(lambda n=n: len(errors()) == n)  # type: ignore[misc]
             assert says in errors()[-1] and errors()[-1].startswith("keeping the loaded keyring: ")
+            # Not ready while it lasts (a rotation or a disabled key would not reach this host),
+            # and the operator (loopback) is told why.
+            answer = send(tls_files["ca"], "GET", gate.url + "/-/readyz", {})
+            assert answer.status == 503, answer.data
+            assert b"the keyring object cannot be read" in answer.data and says.encode() in answer.data
             s3.put_object(Bucket="ring-goes-bad", Key=f"during{n}", Body=b"sealed meanwhile")
             assert s3.get_object(Bucket="ring-goes-bad", Key="before")["Body"].read() == b"sealed before"
         time.sleep(0.6)  # three more polls: the same failure is not logged again
@@ -330,6 +335,7 @@ def test_the_loaded_keyring_stays_in_use_when_the_object_goes_bad(
 
         raw.put_object(Bucket=bucket, Key=RING_KEY, Body=good)
         until(lambda: any("can be read again" in r.getMessage() for r in caplog.records))
+        assert _ready(gate, tls_files["ca"]) == 200
         assert s3.get_object(Bucket="ring-goes-bad", Key="during3")["Body"].read() == b"sealed meanwhile"
     finally:
         gate.stop()
