@@ -13,7 +13,7 @@ from pathlib import Path
 from aiohttp import web
 
 from proxy.config import Config
-from proxy.kms.base import KeyAccessDenied, Keyring
+from proxy.kms.base import KeyAccessDenied, Keyring, KeyUnavailable
 from proxy.kms.keyring_object import KeyringObject
 from proxy.kms.materials import Materials
 from proxy.net.forwarded import TrustedProxies, trusted_proxies
@@ -183,6 +183,11 @@ async def _check_local_keys(config: Config, materials: Materials) -> None:
         return
     try:
         await materials.ready(config.kms.default_key)
+    except KeyUnavailable as exc:
+        # A keyring object that cannot be read at the moment (its last look failed) is a
+        # readiness problem, not a config error: the loaded keyring serves, /-/readyz says why.
+        log.warning("%s", exc.message)
+        return
     except KeyAccessDenied:
         raise RuntimeError(
             f"kms.default_key: the keyring {config.kms.keyring} holds no usable key "
@@ -193,6 +198,8 @@ async def _check_local_keys(config: Config, materials: Materials) -> None:
             continue  # ":": a key of another keyring (routed by its reference)
         try:
             await materials.ready(rule.key)
+        except KeyUnavailable:
+            return
         except KeyAccessDenied:
             log.warning(
                 "buckets[%d] (%s): the keyring %s holds no usable key %r: uploads there fail until "

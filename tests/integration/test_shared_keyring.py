@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import subprocess
@@ -339,6 +340,42 @@ def test_the_loaded_keyring_stays_in_use_when_the_object_goes_bad(
         assert s3.get_object(Bucket="ring-goes-bad", Key="during3")["Body"].read() == b"sealed meanwhile"
     finally:
         gate.stop()
+
+
+async def test_started_with_a_loaded_keyring_whose_object_is_gone_it_serves_and_is_not_ready(
+    moto_url: str, tls_files: dict[str, Path], tmp_path: Path, ring: str
+) -> None:
+    """`start` given a keyring loaded before the object became unreadable (its last look
+    failed): it serves (seals and opens) with that keyring and says it is not ready, instead of
+    taking the readiness problem for a config error and failing."""
+    from proxy.config import load_config
+    from proxy.kms.local import LocalKeyring
+    from proxy.server.run import start
+    from proxy.wiring import make_keyring
+
+    bucket = ring.split("/")[2]
+    cfg = host(tmp_path / "a", moto_url, tls_files, ring, poll=60)
+    assert keys(cfg, "create", "default").returncode == 0
+    config = load_config(cfg)
+    keyring = make_keyring(config)  # loaded while the object is there
+    assert isinstance(keyring, LocalKeyring)
+    backend_client(moto_url).delete_object(Bucket=bucket, Key=RING_KEY)
+    await asyncio.to_thread(keyring.refresh)  # this look fails: the object is gone
+    running = await start(config, keyring=keyring)
+    try:
+        url = f"https://localhost:{running.tls_port}"
+        answer = await asyncio.to_thread(send, tls_files["ca"], "GET", url + "/-/readyz", {})
+        assert answer.status == 503 and b"does not exist" in answer.data
+
+        def round_trip() -> bytes:
+            s3 = client_for(url, tls_files["ca"])
+            s3.create_bucket(Bucket="ring-gone-worker")
+            s3.put_object(Bucket="ring-gone-worker", Key="k", Body=b"sealed without the object")
+            return bytes(s3.get_object(Bucket="ring-gone-worker", Key="k")["Body"].read())
+
+        assert await asyncio.to_thread(round_trip) == b"sealed without the object"
+    finally:
+        await running.stop()
 
 
 def test_an_existing_keyring_file_is_published_for_every_host(
