@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import subprocess
 import sys
 import threading
@@ -328,6 +329,7 @@ def test_the_loaded_keyring_stays_in_use_when_the_object_goes_bad(
             answer = send(tls_files["ca"], "GET", gate.url + "/-/readyz", {})
             assert answer.status == 503, answer.data
             assert b"the keyring object cannot be read" in answer.data and says.encode() in answer.data
+            assert re.search(rb"\(for \d+ s\)", answer.data), answer.data
             s3.put_object(Bucket="ring-goes-bad", Key=f"during{n}", Body=b"sealed meanwhile")
             assert s3.get_object(Bucket="ring-goes-bad", Key="before")["Body"].read() == b"sealed before"
         time.sleep(0.6)  # three more polls: the same failure is not logged again
