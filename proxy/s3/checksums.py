@@ -37,16 +37,6 @@ def _awscrt() -> ModuleType:
     return _crt
 
 
-def crc32c(data: bytes | bytearray | memoryview, value: int = 0) -> int:
-    """CRC32C of `data`, continuing from `value`."""
-    return int(_awscrt().crc32c(bytes(data) if isinstance(data, memoryview) else data, value))
-
-
-def crc64nvme(data: bytes | bytearray | memoryview, value: int = 0) -> int:
-    """CRC64NVME of `data`, continuing from `value`."""
-    return int(_awscrt().crc64nvme(bytes(data) if isinstance(data, memoryview) else data, value))
-
-
 class _Crc:
     def __init__(self, name: str) -> None:
         self._value = 0
@@ -59,10 +49,11 @@ class _Crc:
     def update(self, data: bytes | bytearray | memoryview) -> None:
         if self._name == "crc32":
             self._value = zlib.crc32(data, self._value)
-        elif self._name == "crc32c":
-            self._value = crc32c(data, self._value)
         else:
-            self._value = crc64nvme(data, self._value)
+            crt = _awscrt()
+            raw = bytes(data) if isinstance(data, memoryview) else data
+            step = crt.crc32c if self._name == "crc32c" else crt.crc64nvme
+            self._value = step(raw, self._value)
 
     def digest(self) -> bytes:
         return self._value.to_bytes(self._size, "big")

@@ -14,7 +14,6 @@ one until the client has read the body, hence ``downloads_per_client``.
 from __future__ import annotations
 
 import asyncio
-import base64
 import hmac
 import logging
 import random
@@ -31,7 +30,7 @@ from botocore.credentials import Credentials, ReadOnlyCredentials
 from proxy.audit import audit_context
 from proxy.logs import LogLimit
 from proxy.metrics import BACKEND_RETRIES
-from proxy.s3.checksums import crc32c
+from proxy.s3.checksums import b64, new_checksum
 from proxy.s3.errors import S3Error
 from proxy.s3.xml import local_name, parse
 from proxy.store.http1 import ConnectFailed, ConnectionBroken, Response, request_head, send
@@ -172,17 +171,16 @@ def with_checksum_trailer(body: AsyncIterable[bytes]) -> AsyncIterator[bytes]:
     incomplete for the backend."""
 
     async def framed() -> AsyncIterator[bytes]:
-        crc = 0
+        crc = new_checksum("crc32c")
         before = b""
         async for piece in body:
             if not len(piece):
                 continue
-            crc = crc32c(piece, crc)
+            crc.update(piece)
             yield before + f"{len(piece):x}\r\n".encode()
             yield piece
             before = b"\r\n"
-        value = base64.b64encode(crc.to_bytes(4, "big"))
-        yield before + b"0\r\n" + CHECKSUM_TRAILER.encode() + b":" + value + b"\r\n\r\n"
+        yield before + f"0\r\n{CHECKSUM_TRAILER}:{b64(crc)}\r\n\r\n".encode()
 
     return framed()
 
