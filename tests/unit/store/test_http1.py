@@ -12,7 +12,7 @@ from contextlib import asynccontextmanager
 import pytest
 
 from proxy.s3.errors import S3Error
-from proxy.store.backend import Backend, BackendSettings
+from proxy.store.backend import Backend, BackendResponse, BackendSettings
 from proxy.store.http1 import HIGH_WATER, request_head
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter, "Server"], Awaitable[None]]
@@ -115,26 +115,36 @@ async def test_a_chunked_answer_and_a_head_answer_with_a_length() -> None:
         assert srv.connections == 1
 
 
-async def test_a_body_read_to_its_length_then_closed_keeps_its_connection() -> None:
-    """A download stops reading once it has the object's length and then closes the answer: the
-    connection must still serve the next request (a new connection per GET costs a TCP, or TLS,
-    handshake each). Closed before the end, the connection is dropped."""
+def answers_with(body: bytes) -> Handler:
+    """A kept-alive backend that answers every request with 200 and `body`."""
 
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, srv: Server) -> None:
         while True:
             await srv.read_request(reader)
-            writer.write(answer(200, b"y" * 50_000))
+            writer.write(answer(200, body))
             await writer.drain()
 
-    async with serving(handler) as (srv, backend):
+    return handler
+
+
+async def read_span_then_close(resp: BackendResponse, size: int) -> None:
+    """Read `size` bytes of the body and stop there, then close the answer: as pump() does at
+    the end of a download's span."""
+    got = 0
+    async for chunk in resp.raw.content.iter_any():
+        got += len(chunk)
+        if got == size:
+            break
+    resp.close()
+
+
+async def test_a_body_read_to_its_length_then_closed_keeps_its_connection() -> None:
+    """A download stops reading once it has the object's length and then closes the answer: the
+    connection must still serve the next request (a new connection per GET costs a TCP, or TLS,
+    handshake each). Closed before the end, the connection is dropped."""
+    async with serving(answers_with(b"y" * 50_000)) as (srv, backend):
         for _ in range(4):
-            resp = await backend.request("GET", "b", "k")
-            got = 0
-            async for chunk in resp.raw.content.iter_any():
-                got += len(chunk)
-                if got == 50_000:
-                    break  # as pump() does at the end of its span
-            resp.close()
+            await read_span_then_close(await backend.request("GET", "b", "k"), 50_000)
         assert srv.connections == 1 and len(srv.requests) == 4
         resp = await backend.request("GET", "b", "k")
         assert len(await resp.raw.content.read(10)) == 10
@@ -150,26 +160,14 @@ async def test_a_connection_paused_by_a_full_buffer_serves_the_next_request() ->
     pauses the connection's reading as its last byte comes in; once read (or released unread),
     the connection goes back to the pool reading again, so the next answer on it arrives."""
     size = HIGH_WATER + 1
-
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, srv: Server) -> None:
-        while True:
-            await srv.read_request(reader)
-            writer.write(answer(200, b"z" * size))
-            await writer.drain()
-
-    async with serving(handler, read_timeout=3.0) as (srv, backend):
+    async with serving(answers_with(b"z" * size), read_timeout=3.0) as (srv, backend):
         for how in ("read to its length", "released unread"):
             resp = await backend.request("GET", "b", "k")
             await asyncio.sleep(0.3)  # all of it arrives while nobody reads
             if how == "released unread":
                 resp.release()
             else:
-                got = 0
-                async for chunk in resp.raw.content.iter_any():
-                    got += len(chunk)
-                    if got == size:
-                        break
-                resp.close()
+                await read_span_then_close(resp, size)
             nxt = await asyncio.wait_for(backend.request("GET", "b", "k"), 5)
             assert len(await asyncio.wait_for(nxt.read(), 5)) == size, how
             nxt.release()
