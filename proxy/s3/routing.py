@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from urllib.parse import unquote
 
+from proxy.s3.checksums import ALGORITHMS
 from proxy.s3.errors import S3Error
 
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.\-_]{1,254}$")
@@ -175,7 +176,7 @@ PAGING_PARAMS = (
 
 # Query parameters that do not change the operation (they tune it).
 #: Checksums a presigned URL may carry in its query (the body must match, as with the headers).
-QUERY_CHECKSUMS = tuple(f"x-amz-checksum-{a}" for a in ("crc32", "crc32c", "crc64nvme", "sha1", "sha256"))
+QUERY_CHECKSUMS = tuple(f"x-amz-checksum-{a}" for a in ALGORITHMS)
 
 _NEUTRAL = {
     *LIST_PARAMS,
