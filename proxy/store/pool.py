@@ -103,6 +103,11 @@ class ConnectionPool:
         """Connections the pool counts now."""
         return self._count
 
+    @property
+    def idle_hosts(self) -> int:
+        """Hosts the pool holds idle connections to now."""
+        return len(self._idle)
+
     async def acquire(self, key: Key) -> Connection:
         """An idle connection to `key`, or a new one if the pool has room; else wait for room."""
         loop = asyncio.get_running_loop()
@@ -144,6 +149,8 @@ class ConnectionPool:
         while idle:
             conn = idle.pop()
             conn.in_pool = False
+            if not idle:
+                del self._idle[key]  # no empty list kept per host ever reached (virtual hosts)
             if conn.closed:
                 continue  # already uncounted by _forget
             if now - conn.idle_since > self.keepalive:
@@ -160,7 +167,7 @@ class ConnectionPool:
                 oldest = idle[0]
         if oldest is None:
             return False
-        self._idle[oldest.key].remove(oldest)
+        self._unlist(oldest)
         oldest.in_pool = False
         self._drop(oldest, wake=False)
         return True
@@ -199,10 +206,16 @@ class ConnectionPool:
         # exchange's end (release) frees it.
         if conn.in_pool:
             conn.in_pool = False
-            idle = self._idle.get(conn.key)
-            if idle and conn in idle:
-                idle.remove(conn)
+            self._unlist(conn)
             self._uncount(conn)
+
+    def _unlist(self, conn: Connection) -> None:
+        """Take idle `conn` off its host's list, and the list off the pool once it is empty."""
+        idle = self._idle.get(conn.key)
+        if idle and conn in idle:
+            idle.remove(conn)
+        if idle is not None and not idle:
+            del self._idle[conn.key]
 
     def _drop(self, conn: Connection, wake: bool = True) -> None:
         conn.abort()
@@ -225,13 +238,14 @@ class ConnectionPool:
     def _sweep(self) -> None:
         self._sweeping = None
         now = asyncio.get_running_loop().time()
-        left = False
-        for idle in self._idle.values():
+        for key, idle in list(self._idle.items()):
             while idle and now - idle[0].idle_since > self.keepalive:
                 conn = idle.pop(0)
                 conn.in_pool = False
                 self._drop(conn)
-            left = left or bool(idle)
+            if not idle:
+                del self._idle[key]
+        left = bool(self._idle)
         if left and not self._closed:
             self._sweeping = asyncio.get_running_loop().call_later(self.keepalive / 2, self._sweep)
 
@@ -246,6 +260,7 @@ class ConnectionPool:
                 conn = idle.pop()
                 conn.in_pool = False
                 self._drop(conn, wake=False)
+        self._idle.clear()
         while self._waiters:
             waiter = self._waiters.popleft()
             if not waiter.done():

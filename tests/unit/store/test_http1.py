@@ -14,6 +14,7 @@ import pytest
 from proxy.s3.errors import S3Error
 from proxy.store.backend import Backend, BackendResponse, BackendSettings
 from proxy.store.http1 import HIGH_WATER, request_head
+from proxy.store.pool import ConnectionPool
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter, "Server"], Awaitable[None]]
 
@@ -411,3 +412,31 @@ async def test_an_unreachable_backend_is_503() -> None:
         assert (err.value.status, err.value.code) == (503, "ServiceUnavailable")
     finally:
         await backend.close()
+
+
+async def test_the_pool_keeps_nothing_for_hosts_whose_connections_are_gone() -> None:
+    """Virtual-hosted buckets make a host per bucket: once the connections to a host are used
+    again, swept or closed, the pool holds nothing for it (no growth with the buckets touched)."""
+    servers = [await asyncio.start_server(lambda r, w: None, f"127.0.0.{i}", 0) for i in range(2, 12)]
+    keys = [(f"127.0.0.{i}", s.sockets[0].getsockname()[1], False) for i, s in enumerate(servers, start=2)]
+    pool = ConnectionPool(limit=64, wait=1.0, connect_timeout=2.0, tls=None, keepalive=0.2)
+    try:
+        conns = [await pool.acquire(key) for key in keys]
+        for conn in conns:
+            pool.release(conn, reusable=True)
+        assert (pool.idle_hosts, pool.size) == (10, 10)
+        again = await pool.acquire(keys[0])  # reused: its host has no idle connection left
+        assert again is conns[0] and (pool.idle_hosts, pool.size) == (9, 10)
+        pool.release(again, reusable=False)
+        conns[1].abort()  # the backend side goes away while idle
+        for _ in range(50):
+            await asyncio.sleep(0.01)
+            if pool.idle_hosts == 8:
+                break
+        assert (pool.idle_hosts, pool.size) == (8, 8)
+        await asyncio.sleep(0.5)  # past the keep-alive: swept
+        assert (pool.idle_hosts, pool.size) == (0, 0)
+    finally:
+        pool.close()
+        for s in servers:
+            s.close()
