@@ -8,6 +8,7 @@ them here, one way. The server adds listeners and workers; a tool adds its run's
 from __future__ import annotations
 
 import getpass
+import logging
 import os
 import uuid
 from collections.abc import AsyncIterator
@@ -18,14 +19,17 @@ from proxy.audit import AuditContext, AuditLog, audit_context
 from proxy.config import BackendConfig, Config, KmsConfig
 from proxy.kms.audited import AuditingKeyring, cache_hit_recorder
 from proxy.kms.base import Keyring
+from proxy.kms.keyring_handover import read_copy
 from proxy.kms.keyring_object import BackendAccess, KeyringObject
-from proxy.kms.keystore import LocalKeyStore, Where, passphrase_from
+from proxy.kms.keystore import KeyringFileError, LocalKeyStore, Where, passphrase_from
 from proxy.kms.local import LocalKeyring
 from proxy.kms.materials import Materials, ReuseLimits
 from proxy.kms.routing import RoutingKeyring
 from proxy.store.backend import Backend, BackendSettings
 from proxy.store.gateway import Gateway
 from proxy.tls_files import backend_ssl_context
+
+log = logging.getLogger("proxy.kms.local")
 
 
 def make_keyring(config: Config) -> Keyring:
@@ -63,11 +67,26 @@ def backend_access(backend: BackendConfig) -> BackendAccess:
     )
 
 
+def _local_keyring(kms: KmsConfig, backend: BackendConfig) -> LocalKeyring:
+    """The local keyring; of a keyring object that cannot be read now, the copy the first
+    process handed over when this process replaces a dead worker (proxy/kms/keyring_handover.py)."""
+    passphrase = passphrase_from(kms.passphrase_env, kms.passphrase_file)
+    where = keyring_where(kms, backend)
+    poll = kms.keyring_poll_seconds or 5.0
+    copy = read_copy(str(where.location)) if isinstance(where, KeyringObject) else None
+    try:
+        return LocalKeyring(LocalKeyStore.open(where, passphrase), poll_seconds=poll)
+    except KeyringFileError as exc:
+        if copy is None:
+            raise
+        store = LocalKeyStore.open(where, passphrase, copy=copy)
+        log.warning("%s: serving the copy of the keyring the first process handed over", exc)
+        return LocalKeyring(store, poll_seconds=poll, failing=str(exc))
+
+
 def _keyring_for(kms: KmsConfig, backend: BackendConfig) -> Keyring:
     if kms.provider == "local":
-        passphrase = passphrase_from(kms.passphrase_env, kms.passphrase_file)
-        store = LocalKeyStore.open(keyring_where(kms, backend), passphrase)
-        return LocalKeyring(store, poll_seconds=kms.keyring_poll_seconds or 5.0)
+        return _local_keyring(kms, backend)
     if kms.provider == "pkcs11":
         from proxy.kms.pkcs11 import Pkcs11Keyring, pin_from
 

@@ -38,8 +38,10 @@ class KeyringWatch:
         current: Callable[[], LocalKeyStore],
         adopt: Callable[[LocalKeyStore], None],
         poll_seconds: float,
+        failing: str | None = None,
     ) -> None:
-        """No thread starts before `ensure_running`."""
+        """No thread starts before `ensure_running`. `failing`: why the object could not be
+        read at the start (the store is a copy another process read, proxy/kms/keyring_handover.py)."""
         self._current = current
         self._adopt = adopt
         self._poll_seconds = poll_seconds
@@ -49,8 +51,8 @@ class KeyringWatch:
         self._closed = False
         self._started = 0.0  # when the newest look began (monotonic)
         self._last_miss = 0.0
-        self._failing: str | None = None
-        self._failing_since = 0.0
+        self._failing: str | None = failing
+        self._failing_since = time.monotonic()
 
     @property
     def failing(self) -> str | None:

@@ -243,12 +243,16 @@ class LocalKeyStore:
         params: tuple[int, int, int],
         keys: dict[str, _MasterKey],
         etag: str | None = None,
+        sealed: bytes | None = None,
     ) -> None:
         """Use `create` or `open`; this takes an already derived KEK."""
         self.path = path
         #: The ETag of the keyring object as it was read (None for a file): `save` replaces
         #: only that one, and a watcher asks for the object only if it has changed since.
         self.etag = etag
+        #: The keyring as read or saved, still sealed under the passphrase's key (a keyring
+        #: object's copy for a worker that starts while the object cannot be read).
+        self.sealed = sealed
         # The KEK, not the passphrase, is kept so `save` needs no second scrypt run; each
         # save draws a fresh random nonce, so reusing the KEK across saves is safe.
         self._kek = kek
@@ -275,11 +279,12 @@ class LocalKeyStore:
         return store
 
     @classmethod
-    def open(cls, path: Where, passphrase: bytes) -> LocalKeyStore:
-        """Open and decrypt the keyring file (or object) at `path`."""
+    def open(cls, path: Where, passphrase: bytes, *, copy: tuple[bytes, str | None] | None = None) -> LocalKeyStore:
+        """Open and decrypt the keyring file (or object) at `path`; given `copy` (the sealed
+        bytes and ETag of the object as another process read it), that instead of reading."""
         if not isinstance(path, KeyringObject):
             path = Path(path)
-        blob, etag = _read_blob(path)
+        blob, etag = copy if copy is not None else _read_blob(path)
         if len(blob) < _HEADER.size + NONCE_SIZE + TAG_SIZE or not blob.startswith(MAGIC):
             raise KeyringFileError(f"{path} is not a sealgate keyring{' file' if isinstance(path, Path) else ''}")
         header = blob[: _HEADER.size]
@@ -300,13 +305,13 @@ class LocalKeyStore:
             doc = json.loads(plain)
         except ValueError:
             raise _malformed(path, "not valid JSON") from None
-        return cls(path, kek, salt, (log2_n, r, p), _load_keys(path, doc), etag)
+        return cls(path, kek, salt, (log2_n, r, p), _load_keys(path, doc), etag, blob)
 
     def reload(self) -> bool:
         """Re-read the file if another process changed it (e.g. `sealgate keys rotate`); True
         when keys were reloaded. The file must still be sealed under the same passphrase."""
         blob, etag = _read_blob(self.path)
-        self._keys, self.etag = self._read_keys(blob), etag
+        self._keys, self.etag, self.sealed = self._read_keys(blob), etag, blob
         return True
 
     def reopen(self, fetched: tuple[bytes, str | None] | None = None) -> LocalKeyStore:
@@ -314,7 +319,7 @@ class LocalKeyStore:
         decrypted with this store's KEK: no scrypt run. For a read-modify-write (`edit`) that
         must not touch the keys this store serves until it is saved. KeyringFileError as for `reload`."""
         blob, etag = fetched if fetched is not None else _read_blob(self.path)
-        return LocalKeyStore(self.path, self._kek, self._salt, self._params, self._read_keys(blob), etag)
+        return LocalKeyStore(self.path, self._kek, self._salt, self._params, self._read_keys(blob), etag, blob)
 
     def _read_keys(self, blob: bytes) -> dict[str, _MasterKey]:
         header = blob[: _HEADER.size]
@@ -539,8 +544,9 @@ class LocalKeyStore:
     def _write(self, *, exclusive: bool) -> None:
         header = _HEADER.pack(MAGIC, *self._params, self._salt)
         nonce = os.urandom(NONCE_SIZE)
-        sealed = AESGCM(self._kek).encrypt(nonce, self._document(), header)
+        blob = header + nonce + AESGCM(self._kek).encrypt(nonce, self._document(), header)
         if isinstance(self.path, KeyringObject):
-            self.etag = self.path.put(header + nonce + sealed, None if exclusive else self.etag)
-            return
-        write_atomic(self.path, header + nonce + sealed, exclusive=exclusive)
+            self.etag = self.path.put(blob, None if exclusive else self.etag)
+        else:
+            write_atomic(self.path, blob, exclusive=exclusive)
+        self.sealed = blob

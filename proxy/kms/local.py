@@ -73,17 +73,25 @@ def wrap_aad(key_ref: str, context: Mapping[str, str]) -> bytes:
 class LocalKeyring:
     """A `Keyring` over the master keys of a `LocalKeyStore`."""
 
-    def __init__(self, store: LocalKeyStore, *, reload_seconds: float = 1.0, poll_seconds: float = 5.0) -> None:
+    def __init__(
+        self,
+        store: LocalKeyStore,
+        *,
+        reload_seconds: float = 1.0,
+        poll_seconds: float = 5.0,
+        failing: str | None = None,
+    ) -> None:
         """Serve data keys from `store`'s master keys, picking up changes to its file (new key
         versions from `sealgate keys rotate`) at most every `reload_seconds`; of a keyring
-        object, every `poll_seconds` and when an object names a version it lacks."""
+        object, every `poll_seconds` and when an object names a version it lacks. `failing`:
+        why a keyring object could not be read at the start (`store` is a handed-over copy)."""
         self._store = store
         self._reload_seconds = reload_seconds
         self._checked = time.monotonic()
         self._seen = self._stat()
         self._watch: KeyringWatch | None = None
         if isinstance(store.path, KeyringObject):
-            self._watch = KeyringWatch(lambda: self._store, self._adopt, poll_seconds)
+            self._watch = KeyringWatch(lambda: self._store, self._adopt, poll_seconds, failing)
 
     def _adopt(self, store: LocalKeyStore) -> None:
         self._store = store  # one assignment: a request sees the old keys or the new, whole
@@ -130,6 +138,14 @@ class LocalKeyring:
         """The keyring file, or where the keyring object is (as ``kms.keyring`` names it)."""
         where = self._store.path
         return where.location if isinstance(where, KeyringObject) else where
+
+    def sealed_copy(self) -> tuple[str, bytes, str | None] | None:
+        """(location, sealed bytes, ETag) of the keyring object as this process holds it, for a
+        replacement worker (proxy/kms/keyring_handover.py); None for a keyring file."""
+        store = self._store
+        if not isinstance(store.path, KeyringObject) or store.sealed is None:
+            return None
+        return str(store.path.location), store.sealed, store.etag
 
     def reopen_store(self) -> LocalKeyStore:
         """The keyring file as it is now, as a store of its own (see `LocalKeyStore.reopen`):

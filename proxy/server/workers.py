@@ -28,9 +28,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from contextlib import suppress
+from collections.abc import Callable
+from contextlib import ExitStack, suppress
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+
+from proxy.kms.keyring_handover import ENV as COPY_ENV
+from proxy.kms.keyring_handover import write_copy
 
 log = logging.getLogger("sealgate")
 
@@ -130,6 +134,9 @@ class Workers:
         self._channel = channel
         self._stopping = False
         self._last_spawn = 0.0
+        #: What a replacement gets of the keyring object this process holds: (location, sealed
+        #: bytes, ETag), or None (proxy/kms/keyring_handover.py). Set once this process serves.
+        self.keyring_copy: Callable[[], tuple[str, bytes, str | None] | None] = lambda: None
 
     @property
     def pids(self) -> list[int]:
@@ -171,9 +178,15 @@ class Workers:
             return
         cmd = [sys.executable, "-m", "proxy.cli", "serve", "--config", str(self._config_path), "--worker"]
         env = {**os.environ, **(self._channel.environment(slot) if self._channel is not None else {})}
-        proc = subprocess.Popen(  # noqa: PLW1509
-            cmd, stdin=subprocess.DEVNULL, env=env, preexec_fn=_prepare_worker
-        )
+        with ExitStack() as stack:
+            copy = self.keyring_copy()
+            fds: tuple[int, ...] = ()
+            if copy is not None:
+                f = stack.enter_context(write_copy(*copy))
+                fds, env[COPY_ENV] = (f.fileno(),), str(f.fileno())
+            proc = subprocess.Popen(  # noqa: PLW1509
+                cmd, stdin=subprocess.DEVNULL, env=env, preexec_fn=_prepare_worker, pass_fds=fds
+            )
         self._spawned[proc] = slot
         self._last_spawn = time.monotonic()
 

@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -19,7 +21,15 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
-from tests.conftest import PASSPHRASE, SealgateThread, backend_client, client_for, free_port, write_config
+from tests.conftest import (
+    PASSPHRASE,
+    SealgateThread,
+    backend_client,
+    client_for,
+    free_port,
+    wait_port,
+    write_config,
+)
 from tests.integration.test_admin import ADMIN, ADMIN_EXTRA, _call
 from tests.signing import send
 
@@ -35,6 +45,7 @@ def host(
     *,
     poll: float = 0.5,
     passphrase: str = PASSPHRASE,
+    workers: int = 1,
     **kw: Any,
 ) -> Path:
     """The config of one host: a working directory of its own (its own passphrase file, no
@@ -47,8 +58,10 @@ def host(
         f'provider = "local"\nkeyring = "{ring}"\npassphrase_file = "{pf}"\ndefault_key = "default"\n'
         f"keyring_poll_seconds = {poll}\n"
     )
-    # One worker: each forked worker would report the same start-up failure.
-    return write_config(d, backend=backend, tls=tls, port=free_port(), kms=kms, server_extra="workers = 1", **kw)
+    # One worker unless asked: each forked worker would report the same start-up failure.
+    return write_config(
+        d, backend=backend, tls=tls, port=free_port(), kms=kms, server_extra=f"workers = {workers}", **kw
+    )
 
 
 def keys(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -420,3 +433,55 @@ def test_an_existing_keyring_file_is_published_for_every_host(
         assert s3.get_object(Bucket="before-publish", Key="k")["Body"].read() == b"sealed under the file's key"
     finally:
         gate.stop()
+
+
+def test_a_worker_replaced_while_the_object_is_gone_starts_from_the_copy_handed_over(
+    moto_url: str, tls_files: dict[str, Path], tmp_path: Path, ring: str
+) -> None:
+    """Two workers; the keyring object is deleted, then a worker is killed. Its replacement
+    cannot read the object, so it opens the copy the first process hands it (still sealed under
+    the passphrase) and serves, not ready like the other, instead of failing to start again and
+    again and leaving its slot empty. With the object back, every connection is ready."""
+    from tests.integration.test_supervision import _children, _eventually
+
+    bucket = ring.split("/")[2]
+    raw = backend_client(moto_url)
+    cfg = host(tmp_path / "a", moto_url, tls_files, ring, poll=0.2, workers=2)
+    assert keys(cfg, "create", "default").returncode == 0
+    good = raw.get_object(Bucket=bucket, Key=RING_KEY)["Body"].read()
+    url = "https://localhost:" + re.findall(r'listen = "127.0.0.1:(\d+)"', cfg.read_text())[0]
+    log = (tmp_path / "sealgate.log").open("wb")
+    proc = subprocess.Popen([*SEALGATE, "serve", "--config", str(cfg)], cwd=tmp_path, stderr=log)
+
+    def readiness() -> set[int]:  # fresh connections: the kernel spreads them over both workers
+        return {int(send(tls_files["ca"], "GET", url + "/-/readyz", {}).status) for _ in range(12)}
+
+    try:
+        wait_port(int(url.rsplit(":", 1)[1]), 30)
+        assert _eventually(lambda: len(_children(proc.pid)) == 1 and readiness() == {200}, 30)
+        s3 = client_for(url, tls_files["ca"])
+        s3.create_bucket(Bucket="ring-gone-replaced")
+        s3.put_object(Bucket="ring-gone-replaced", Key="before", Body=b"sealed before")
+        raw.delete_object(Bucket=bucket, Key=RING_KEY)
+        assert _eventually(lambda: readiness() == {503}, 10)
+        (first,) = _children(proc.pid)
+        os.kill(first, signal.SIGKILL)
+        assert _eventually(lambda: len(_children(proc.pid)) == 1 and first not in _children(proc.pid), 10)
+        (replacement,) = _children(proc.pid)
+        time.sleep(4)  # a replacement that cannot start exits and is replaced every second
+        assert _children(proc.pid) == {replacement}, (tmp_path / "sealgate.log").read_text()[-2000:]
+        text = (tmp_path / "sealgate.log").read_text()
+        assert "serving the copy of the keyring the first process handed over" in text
+        assert "does not exist" in text and PASSPHRASE not in text
+        assert readiness() == {503}
+        for i in range(12):
+            fresh = client_for(url, tls_files["ca"])
+            fresh.put_object(Bucket="ring-gone-replaced", Key=f"k{i}", Body=b"x" * i)
+            assert fresh.get_object(Bucket="ring-gone-replaced", Key="before")["Body"].read() == b"sealed before"
+        raw.put_object(Bucket=bucket, Key=RING_KEY, Body=good)
+        assert _eventually(lambda: readiness() == {200}, 10)
+        assert _children(proc.pid) == {replacement}
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+        log.close()
