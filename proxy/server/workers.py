@@ -6,7 +6,8 @@ started it, or a fresh start would find the port taken.
 A replacement is a fresh interpreter (``sealgate serve --worker``), not a fork: the first
 process by then runs an event loop and threads (keyring pools, resolvers), which a fork would
 copy in whatever state they were. It reads the config file again, so it serves what the
-others serve after a reload.
+others serve after a reload; of a shared keyring object it is also handed the first process's
+copy, for when the object cannot be read just then (proxy/kms/keyring_handover.py).
 
 With several workers, each has a slot (0 for the first process, 1 to N-1 for the others; a
 replacement takes the slot of the worker it replaces) and a `Channel`: a unix socket per slot in
@@ -182,8 +183,11 @@ class Workers:
             copy = self.keyring_copy()
             fds: tuple[int, ...] = ()
             if copy is not None:
-                f = stack.enter_context(write_copy(*copy))
-                fds, env[COPY_ENV] = (f.fileno(),), str(f.fileno())
+                try:
+                    f = stack.enter_context(write_copy(*copy))
+                    fds, env[COPY_ENV] = (f.fileno(),), str(f.fileno())
+                except OSError as exc:  # the replacement reads the keyring object itself
+                    log.warning("cannot hand the keyring copy to a new worker: %s", exc)
             proc = subprocess.Popen(  # noqa: PLW1509
                 cmd, stdin=subprocess.DEVNULL, env=env, preexec_fn=_prepare_worker, pass_fds=fds
             )
