@@ -4,8 +4,10 @@ PyKMIP server on loopback with trustme-made certificates for server and client."
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -91,8 +93,10 @@ class KmipServer:
 
     def stop(self) -> None:
         # Killed, not terminated: PyKMIP's server waits seconds for its session threads, and a
-        # key manager that vanishes is what the failure tests want anyway.
-        self.process.kill()
+        # key manager that vanishes is what the failure tests want anyway. The whole process
+        # group: the processes PyKMIP forks for its sessions would outlive the server otherwise.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
         self.process.wait(10)
 
 
@@ -129,6 +133,7 @@ def start_kmip_server(d: Path) -> KmipServer:
         [sys.executable, "-W", "ignore", "-c", _SERVER, str(d), str(port)],
         stdout=subprocess.DEVNULL,
         stderr=open(d / "server.err", "wb"),  # noqa: SIM115 - the child holds it
+        start_new_session=True,  # its own process group, so that `stop` ends its forks too
     )
     deadline = time.monotonic() + 30
     while True:
@@ -137,7 +142,8 @@ def start_kmip_server(d: Path) -> KmipServer:
             break
         except OSError:
             if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
                 raise RuntimeError(
                     "the PyKMIP server did not start: " + (d / "server.err").read_text()[-2000:]
                 ) from None
