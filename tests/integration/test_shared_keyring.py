@@ -468,11 +468,14 @@ def test_a_worker_replaced_while_the_object_is_gone_starts_from_the_copy_handed_
         os.kill(first, signal.SIGKILL)
         assert _eventually(lambda: len(_children(proc.pid)) == 1 and first not in _children(proc.pid), 10)
         (replacement,) = _children(proc.pid)
-        time.sleep(4)  # a replacement that cannot start exits and is replaced every second
-        assert _children(proc.pid) == {replacement}, (tmp_path / "sealgate.log").read_text()[-2000:]
-        text = (tmp_path / "sealgate.log").read_text()
-        assert "serving the copy of the keyring the first process handed over" in text
-        assert "does not exist" in text and PASSPHRASE not in text
+
+        def logged() -> str:
+            return (tmp_path / "sealgate.log").read_text()
+
+        assert _eventually(lambda: "serving the copy of the keyring the first process handed over" in logged(), 20)
+        time.sleep(3)  # a replacement that cannot start exits, and another is started every second
+        assert _children(proc.pid) == {replacement}, logged()[-2000:]
+        assert "does not exist" in logged() and PASSPHRASE not in logged()
         assert readiness() == {503}
         for i in range(12):
             fresh = client_for(url, tls_files["ca"])
