@@ -191,12 +191,15 @@ def make_gateway(
     base = keyring if keyring is not None else make_keyring(config)
     used = AuditingKeyring(base, audit) if audit is not None else base
     main = base.main if isinstance(base, RoutingKeyring) else base  # signing and S3EC: the main keyring
+    previous = base.previous if isinstance(base, RoutingKeyring) else None
+    local = next((k for k in (main, previous) if isinstance(k, LocalKeyring)), None)
     return Gateway(
         config=config,
         backend=make_backend(config),
         materials=make_materials(config, used, audit if audit_cache_hits else None),
         audit=audit,
         local_keys=main if isinstance(main, LocalKeyring) else None,
+        local_keyring=local,
     )
 
 

@@ -30,6 +30,11 @@ class RoutingKeyring:
     def __repr__(self) -> str:
         return f"RoutingKeyring({self.main!r}, previous={self._previous!r})"
 
+    @property
+    def previous(self) -> Keyring:
+        """The keyring that only unwraps (``[kms.previous]``)."""
+        return self._previous
+
     async def generate_data_key(self, key_id: str, context: Mapping[str, str]) -> DataKey:
         """A fresh data key from the main keyring."""
         return await self.main.generate_data_key(key_id, context)

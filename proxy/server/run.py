@@ -350,9 +350,9 @@ def _serve_one(
     async def main() -> None:
         running = await start(config, processes=config.server.workers, reuse_port=True, channel=channel)
         log.removeFilter(_first_process_reports)
-        local_keys = running.runner.app[GATEWAY].local_keys
-        if local_keys is not None:
-            workers.keyring_copy = local_keys.sealed_copy
+        local_keyring = running.runner.app[GATEWAY].local_keyring
+        if local_keyring is not None:
+            workers.keyring_copy = local_keyring.sealed_copy
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         watcher = asyncio.create_task(workers.watch()) if watch else None

@@ -31,6 +31,9 @@ class Gateway:
     #: The local keyring the materials' keys come from, if they do (under any auditing): S3EC's
     #: AES/GCM wrapping and key administration need its raw keys, which no Keyring gives out.
     local_keys: LocalKeyring | None = None
+    #: The local keyring, main or ``[kms.previous]`` (one at most: their providers differ); of
+    #: a keyring object, a replacement worker is handed its copy (proxy/kms/keyring_handover.py).
+    local_keyring: LocalKeyring | None = None
     #: Manifests and part headers of multipart objects, for range reads (per process).
     reads: ReadCache = field(default_factory=ReadCache)
     #: Buckets' CORS rules, for browser requests (per process, briefly).

@@ -46,10 +46,11 @@ def host(
     poll: float = 0.5,
     passphrase: str = PASSPHRASE,
     workers: int = 1,
+    main_kms: str = "",
     **kw: Any,
 ) -> Path:
     """The config of one host: a working directory of its own (its own passphrase file, no
-    keyring file), its keyring the object `ring`."""
+    keyring file), its keyring the object `ring` (``[kms.previous]`` under `main_kms`, if given)."""
     d.mkdir(parents=True, exist_ok=True)
     pf = d / "passphrase"
     pf.write_text(passphrase + "\n")
@@ -58,6 +59,8 @@ def host(
         f'provider = "local"\nkeyring = "{ring}"\npassphrase_file = "{pf}"\ndefault_key = "default"\n'
         f"keyring_poll_seconds = {poll}\n"
     )
+    if main_kms:
+        kms = main_kms + "[kms.previous]\n" + kms
     # One worker unless asked: each forked worker would report the same start-up failure.
     return write_config(
         d, backend=backend, tls=tls, port=free_port(), kms=kms, server_extra=f"workers = {workers}", **kw
@@ -435,6 +438,49 @@ def test_an_existing_keyring_file_is_published_for_every_host(
         gate.stop()
 
 
+class TwoWorkers:
+    """`sealgate serve` of `cfg` with two workers, its log in `log`; the test stops it."""
+
+    def __init__(self, cfg: Path, ca: Path, log: Path) -> None:
+        self.ca, self.log = ca, log
+        self.url = "https://localhost:" + re.findall(r'listen = "127.0.0.1:(\d+)"', cfg.read_text())[0]
+        with log.open("wb") as out:
+            self.proc = subprocess.Popen([*SEALGATE, "serve", "--config", str(cfg)], cwd=log.parent, stderr=out)
+        wait_port(int(self.url.rsplit(":", 1)[1]), 30)
+
+    def children(self) -> set[int]:
+        from tests.integration.test_supervision import _children
+
+        return _children(self.proc.pid)
+
+    def logged(self) -> str:
+        return self.log.read_text()
+
+    def readiness(self) -> set[int]:
+        """/-/readyz on fresh connections: the kernel spreads them over both workers."""
+        return {int(send(self.ca, "GET", self.url + "/-/readyz", {}).status) for _ in range(12)}
+
+    def replace_a_worker(self) -> int:
+        """SIGKILL the forked worker; the replacement's pid once it says it serves the copy of
+        the keyring it was handed, and has stayed up past the first process's restart delay."""
+        from tests.integration.test_supervision import _eventually
+
+        (first,) = self.children()
+        os.kill(first, signal.SIGKILL)
+        assert _eventually(lambda: len(self.children()) == 1 and first not in self.children(), 10)
+        (replacement,) = self.children()
+        said = "serving the copy of the keyring the first process handed over"
+        assert _eventually(lambda: said in self.logged(), 20), self.logged()[-2000:]
+        time.sleep(3)  # a replacement that cannot start exits, and another is started every second
+        assert self.children() == {replacement}, self.logged()[-2000:]
+        assert "does not exist" in self.logged() and PASSPHRASE not in self.logged()
+        return replacement
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(timeout=30)
+
+
 def test_a_worker_replaced_while_the_object_is_gone_starts_from_the_copy_handed_over(
     moto_url: str, tls_files: dict[str, Path], tmp_path: Path, ring: str
 ) -> None:
@@ -442,49 +488,62 @@ def test_a_worker_replaced_while_the_object_is_gone_starts_from_the_copy_handed_
     cannot read the object, so it opens the copy the first process hands it (still sealed under
     the passphrase) and serves, not ready like the other, instead of failing to start again and
     again and leaving its slot empty. With the object back, every connection is ready."""
-    from tests.integration.test_supervision import _children, _eventually
+    from tests.integration.test_supervision import _eventually
 
     bucket = ring.split("/")[2]
     raw = backend_client(moto_url)
     cfg = host(tmp_path / "a", moto_url, tls_files, ring, poll=0.2, workers=2)
     assert keys(cfg, "create", "default").returncode == 0
     good = raw.get_object(Bucket=bucket, Key=RING_KEY)["Body"].read()
-    url = "https://localhost:" + re.findall(r'listen = "127.0.0.1:(\d+)"', cfg.read_text())[0]
-    log = (tmp_path / "sealgate.log").open("wb")
-    proc = subprocess.Popen([*SEALGATE, "serve", "--config", str(cfg)], cwd=tmp_path, stderr=log)
-
-    def readiness() -> set[int]:  # fresh connections: the kernel spreads them over both workers
-        return {int(send(tls_files["ca"], "GET", url + "/-/readyz", {}).status) for _ in range(12)}
-
+    gate = TwoWorkers(cfg, tls_files["ca"], tmp_path / "sealgate.log")
     try:
-        wait_port(int(url.rsplit(":", 1)[1]), 30)
-        assert _eventually(lambda: len(_children(proc.pid)) == 1 and readiness() == {200}, 30)
-        s3 = client_for(url, tls_files["ca"])
+        assert _eventually(lambda: len(gate.children()) == 1 and gate.readiness() == {200}, 30)
+        s3 = client_for(gate.url, tls_files["ca"])
         s3.create_bucket(Bucket="ring-gone-replaced")
         s3.put_object(Bucket="ring-gone-replaced", Key="before", Body=b"sealed before")
         raw.delete_object(Bucket=bucket, Key=RING_KEY)
-        assert _eventually(lambda: readiness() == {503}, 10)
-        (first,) = _children(proc.pid)
-        os.kill(first, signal.SIGKILL)
-        assert _eventually(lambda: len(_children(proc.pid)) == 1 and first not in _children(proc.pid), 10)
-        (replacement,) = _children(proc.pid)
-
-        def logged() -> str:
-            return (tmp_path / "sealgate.log").read_text()
-
-        assert _eventually(lambda: "serving the copy of the keyring the first process handed over" in logged(), 20)
-        time.sleep(3)  # a replacement that cannot start exits, and another is started every second
-        assert _children(proc.pid) == {replacement}, logged()[-2000:]
-        assert "does not exist" in logged() and PASSPHRASE not in logged()
-        assert readiness() == {503}
+        assert _eventually(lambda: gate.readiness() == {503}, 10)
+        replacement = gate.replace_a_worker()
+        assert gate.readiness() == {503}
         for i in range(12):
-            fresh = client_for(url, tls_files["ca"])
+            fresh = client_for(gate.url, tls_files["ca"])
             fresh.put_object(Bucket="ring-gone-replaced", Key=f"k{i}", Body=b"x" * i)
             assert fresh.get_object(Bucket="ring-gone-replaced", Key="before")["Body"].read() == b"sealed before"
         raw.put_object(Bucket=bucket, Key=RING_KEY, Body=good)
-        assert _eventually(lambda: readiness() == {200}, 10)
-        assert _children(proc.pid) == {replacement}
+        assert _eventually(lambda: gate.readiness() == {200}, 10)
+        assert gate.children() == {replacement}
     finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=30)
-        log.close()
+        gate.stop()
+
+
+def test_a_replaced_worker_gets_the_copy_of_a_previous_local_keyring_object(
+    moto_url: str, tls_files: dict[str, Path], tmp_path: Path, ring: str
+) -> None:
+    """Moving from the local keyring to AWS KMS (``[kms.previous]`` the local keyring object):
+    with that object gone, a replacement worker is handed its copy too, starts, and opens the
+    objects sealed under it."""
+    from tests.integration.s3ec_support import kms_config, moto_client
+
+    bucket = ring.split("/")[2]
+    before = host(tmp_path / "before", moto_url, tls_files, ring)
+    assert keys(before, "create", "default").returncode == 0
+    old = SealgateThread(before).start()
+    try:
+        s3 = client_for(old.url, tls_files["ca"])
+        s3.create_bucket(Bucket="ring-previous")
+        s3.put_object(Bucket="ring-previous", Key="local", Body=b"sealed under the local keyring")
+    finally:
+        old.stop()
+    key_id = moto_client("kms", moto_url).create_key()["KeyMetadata"]["KeyId"]
+    cfg = host(tmp_path / "a", moto_url, tls_files, ring, poll=0.2, workers=2, main_kms=kms_config(moto_url, key_id))
+    gate = TwoWorkers(cfg, tls_files["ca"], tmp_path / "sealgate.log")
+    try:
+        backend_client(moto_url).delete_object(Bucket=bucket, Key=RING_KEY)
+        gate.replace_a_worker()
+        for i in range(12):
+            fresh = client_for(gate.url, tls_files["ca"])
+            body = fresh.get_object(Bucket="ring-previous", Key="local")["Body"].read()
+            assert body == b"sealed under the local keyring"
+            fresh.put_object(Bucket="ring-previous", Key=f"kms{i}", Body=b"sealed under AWS KMS")
+    finally:
+        gate.stop()
