@@ -84,6 +84,17 @@ def failure(stderr: str) -> str:
     return line
 
 
+def seal_one(cfg: Path, ca: Path, bucket: str, key: str, body: bytes) -> None:
+    """Through a sealgate of `cfg` started for it: create `bucket`, PUT `body` as `key`."""
+    gate = SealgateThread(cfg).start()
+    try:
+        s3 = client_for(gate.url, ca)
+        s3.create_bucket(Bucket=bucket)
+        s3.put_object(Bucket=bucket, Key=key, Body=body)
+    finally:
+        gate.stop()
+
+
 def until(check: Callable[[], bool], seconds: float = 5.0) -> None:
     deadline = time.monotonic() + seconds
     while not check():
@@ -404,13 +415,7 @@ def test_an_existing_keyring_file_is_published_for_every_host(
     first = tmp_path / "first"
     first.mkdir()
     cfg_file = write_config(first, backend=moto_url, tls=tls_files, port=free_port())  # a keyring file
-    gate = SealgateThread(cfg_file).start()
-    try:
-        s3 = client_for(gate.url, tls_files["ca"])
-        s3.create_bucket(Bucket="before-publish")
-        s3.put_object(Bucket="before-publish", Key="k", Body=b"sealed under the file's key")
-    finally:
-        gate.stop()
+    seal_one(cfg_file, tls_files["ca"], "before-publish", "k", b"sealed under the file's key")
     done = keys(cfg_file, "publish", ring)
     assert done.returncode == 0, done.stderr
     assert f'kms.keyring = "{ring}"' in done.stdout
@@ -527,13 +532,7 @@ def test_a_replaced_worker_gets_the_copy_of_a_previous_local_keyring_object(
     bucket = ring.split("/")[2]
     before = host(tmp_path / "before", moto_url, tls_files, ring)
     assert keys(before, "create", "default").returncode == 0
-    old = SealgateThread(before).start()
-    try:
-        s3 = client_for(old.url, tls_files["ca"])
-        s3.create_bucket(Bucket="ring-previous")
-        s3.put_object(Bucket="ring-previous", Key="local", Body=b"sealed under the local keyring")
-    finally:
-        old.stop()
+    seal_one(before, tls_files["ca"], "ring-previous", "local", b"sealed under the local keyring")
     key_id = moto_client("kms", moto_url).create_key()["KeyMetadata"]["KeyId"]
     cfg = host(tmp_path / "a", moto_url, tls_files, ring, poll=0.2, workers=2, main_kms=kms_config(moto_url, key_id))
     gate = TwoWorkers(cfg, tls_files["ca"], tmp_path / "sealgate.log")
