@@ -37,9 +37,10 @@ def make_keyring(config: Config) -> Keyring:
     opening a local keyring checks its passphrase now, a pkcs11 keyring reads its PIN now (the
     token is first used by the first call)."""
     main = _keyring_for(config.kms, config.backend)
-    if config.kms.previous is None:
+    previous = config.kms.previous
+    if previous is None:
         return main
-    return RoutingKeyring(main, _keyring_for(config.kms.previous, config.backend), config.kms.previous.provider)
+    return RoutingKeyring(main, _keyring_for(previous, config.backend), previous.provider, previous.default_key)
 
 
 def keyring_where(kms: KmsConfig, backend: BackendConfig) -> Where:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from proxy.kms.base import DataKey, Keyring
+from proxy.kms.base import DataKey, Keyring, KeyringError
 
 
 def provider_of(key_ref: str) -> str:
@@ -21,11 +21,13 @@ class RoutingKeyring:
     """A `Keyring`: new data keys and wrapping from `main`; unwrapping by whichever of `main`
     and `previous` made the key reference (told apart by provider)."""
 
-    def __init__(self, main: Keyring, previous: Keyring, previous_provider: str) -> None:
-        """Route references of `previous_provider` to `previous`, the rest to `main`."""
+    def __init__(self, main: Keyring, previous: Keyring, previous_provider: str, previous_key: str) -> None:
+        """Route references of `previous_provider` to `previous`, the rest to `main`;
+        `previous_key` is the previous keyring's ``default_key`` (its readiness check)."""
         self.main = main
         self._previous = previous
         self._previous_provider = previous_provider
+        self._previous_key = previous_key
 
     def __repr__(self) -> str:
         return f"RoutingKeyring({self.main!r}, previous={self._previous!r})"
@@ -50,8 +52,14 @@ class RoutingKeyring:
         return await self.main.decrypt_data_key(key_ref, wrapped, context)
 
     async def ready(self, key_id: str) -> None:
-        """The main keyring's readiness for `key_id` (the key new objects get)."""
+        """The main keyring's readiness for `key_id` (the key new objects get), then the previous
+        keyring's for its own default key: objects written under it must still open (its key
+        service answers, its keyring object can be read)."""
         await self.main.ready(key_id)
+        try:
+            await self._previous.ready(self._previous_key)
+        except KeyringError as exc:
+            raise type(exc)(f"previous keyring ({self._previous_provider}): {exc.message}") from exc
 
     async def close(self) -> None:
         """Close both keyrings."""

@@ -525,24 +525,35 @@ def test_a_replaced_worker_gets_the_copy_of_a_previous_local_keyring_object(
     moto_url: str, tls_files: dict[str, Path], tmp_path: Path, ring: str
 ) -> None:
     """Moving from the local keyring to AWS KMS (``[kms.previous]`` the local keyring object):
-    with that object gone, a replacement worker is handed its copy too, starts, and opens the
-    objects sealed under it."""
+    with that object gone, both workers say they are not ready (and why: objects sealed under
+    it could stop opening after a change elsewhere), a replacement worker is handed its copy
+    too, starts, and opens the objects sealed under it; with the object back, all are ready."""
     from tests.integration.s3ec_support import kms_config, moto_client
+    from tests.integration.test_supervision import _eventually
 
     bucket = ring.split("/")[2]
+    raw = backend_client(moto_url)
     before = host(tmp_path / "before", moto_url, tls_files, ring)
     assert keys(before, "create", "default").returncode == 0
+    good = raw.get_object(Bucket=bucket, Key=RING_KEY)["Body"].read()
     seal_one(before, tls_files["ca"], "ring-previous", "local", b"sealed under the local keyring")
     key_id = moto_client("kms", moto_url).create_key()["KeyMetadata"]["KeyId"]
     cfg = host(tmp_path / "a", moto_url, tls_files, ring, poll=0.2, workers=2, main_kms=kms_config(moto_url, key_id))
     gate = TwoWorkers(cfg, tls_files["ca"], tmp_path / "sealgate.log")
     try:
-        backend_client(moto_url).delete_object(Bucket=bucket, Key=RING_KEY)
+        assert _eventually(lambda: len(gate.children()) == 1 and gate.readiness() == {200}, 30)
+        raw.delete_object(Bucket=bucket, Key=RING_KEY)
+        assert _eventually(lambda: gate.readiness() == {503}, 10)
+        said = send(tls_files["ca"], "GET", gate.url + "/-/readyz", {}).data
+        assert b"kms: previous keyring (local): the keyring object cannot be read" in said, said
         gate.replace_a_worker()
+        assert gate.readiness() == {503}
         for i in range(12):
             fresh = client_for(gate.url, tls_files["ca"])
             body = fresh.get_object(Bucket="ring-previous", Key="local")["Body"].read()
             assert body == b"sealed under the local keyring"
             fresh.put_object(Bucket="ring-previous", Key=f"kms{i}", Body=b"sealed under AWS KMS")
+        raw.put_object(Bucket=bucket, Key=RING_KEY, Body=good)
+        assert _eventually(lambda: gate.readiness() == {200}, 10)
     finally:
         gate.stop()

@@ -271,7 +271,7 @@ def test_routing_reads_both_keyrings_and_writes_the_main_one(keyring: object, tm
     store.create_key("old")
     store.save()
     local = LocalKeyring(store)
-    routed = RoutingKeyring(keyring, local, "local")
+    routed = RoutingKeyring(keyring, local, "local", "old")
     assert [provider_of(r) for r in ("local:a:1", "pkcs11:a:1", "kmip:a:u", "arn:aws:kms:x", "kms-rsa:arn:x")] == [
         "local",
         "pkcs11",
@@ -290,6 +290,10 @@ def test_routing_reads_both_keyrings_and_writes_the_main_one(keyring: object, tm
         with pytest.raises(KeyAccessDenied):
             await routed.wrap_data_key("old", old.plaintext, CTX)  # the previous keyring writes nothing
         await routed.ready(label)
+        # Readiness asks the previous keyring too, for its own default key.
+        without = RoutingKeyring(keyring, local, "local", "gone")
+        with pytest.raises(KeyAccessDenied, match=r"^previous keyring \(local\): no usable key 'gone'"):
+            await without.ready(label)
 
     asyncio.run(go())
 
