@@ -80,9 +80,9 @@ def _local_keyring(kms: KmsConfig, backend: BackendConfig) -> LocalKeyring:
     except KeyringFileError as exc:
         if copy is None:
             raise
-        store = LocalKeyStore.open(where, passphrase, copy=copy)
+        store = LocalKeyStore.open(where, passphrase, copy=(copy.sealed, copy.etag))
         log.warning("%s: serving the copy of the keyring the first process handed over", exc)
-        return LocalKeyring(store, poll_seconds=poll, failing=str(exc))
+        return LocalKeyring(store, poll_seconds=poll, failing=str(exc), failing_since=copy.failing_since)
 
 
 def _keyring_for(kms: KmsConfig, backend: BackendConfig) -> Keyring:

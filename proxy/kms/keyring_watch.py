@@ -39,9 +39,11 @@ class KeyringWatch:
         adopt: Callable[[LocalKeyStore], None],
         poll_seconds: float,
         failing: str | None = None,
+        failing_since: float | None = None,
     ) -> None:
         """No thread starts before `ensure_running`. `failing`: why the object could not be
-        read at the start (the store is a copy another process read, proxy/kms/keyring_handover.py)."""
+        read at the start (the store is a copy another process read, proxy/kms/keyring_handover.py),
+        `failing_since`: since when (``time.monotonic()``) that process has seen it fail."""
         self._current = current
         self._adopt = adopt
         self._poll_seconds = poll_seconds
@@ -52,7 +54,13 @@ class KeyringWatch:
         self._started = 0.0  # when the newest look began (monotonic)
         self._last_miss = 0.0
         self._failing: str | None = failing
-        self._failing_since = time.monotonic()
+        now = time.monotonic()
+        self._failing_since = min(now, failing_since) if failing is not None and failing_since is not None else now
+
+    @property
+    def failing_since(self) -> float | None:
+        """Since when (``time.monotonic()``) the object cannot be read; None: it can."""
+        return self._failing_since if self._failing is not None else None
 
     @property
     def failing(self) -> str | None:

@@ -38,6 +38,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from proxy.crypto import signing
 from proxy.kms import asymmetric
 from proxy.kms.base import DataKey, InvalidWrappedKey, KeyAccessDenied, KeyUnavailable
+from proxy.kms.keyring_handover import KeyringCopy
 from proxy.kms.keyring_object import KeyringObject, ObjectLocation
 from proxy.kms.keyring_watch import KeyringWatch
 from proxy.kms.keystore import KEY_SIZE, NONCE_SIZE, TAG_SIZE, KeyringFileError, LocalKeyStore
@@ -80,18 +81,20 @@ class LocalKeyring:
         reload_seconds: float = 1.0,
         poll_seconds: float = 5.0,
         failing: str | None = None,
+        failing_since: float | None = None,
     ) -> None:
         """Serve data keys from `store`'s master keys, picking up changes to its file (new key
         versions from `sealgate keys rotate`) at most every `reload_seconds`; of a keyring
         object, every `poll_seconds` and when an object names a version it lacks. `failing`:
-        why a keyring object could not be read at the start (`store` is a handed-over copy)."""
+        why a keyring object could not be read at the start (`store` is a handed-over copy), and
+        `failing_since` since when (``time.monotonic()``) the process that handed it over saw that."""
         self._store = store
         self._reload_seconds = reload_seconds
         self._checked = time.monotonic()
         self._seen = self._stat()
         self._watch: KeyringWatch | None = None
         if isinstance(store.path, KeyringObject):
-            self._watch = KeyringWatch(lambda: self._store, self._adopt, poll_seconds, failing)
+            self._watch = KeyringWatch(lambda: self._store, self._adopt, poll_seconds, failing, failing_since)
 
     def _adopt(self, store: LocalKeyStore) -> None:
         self._store = store  # one assignment: a request sees the old keys or the new, whole
@@ -139,13 +142,14 @@ class LocalKeyring:
         where = self._store.path
         return where.location if isinstance(where, KeyringObject) else where
 
-    def sealed_copy(self) -> tuple[str, bytes, str | None] | None:
-        """(location, sealed bytes, ETag) of the keyring object as this process holds it, for a
-        replacement worker (proxy/kms/keyring_handover.py); None for a keyring file."""
+    def sealed_copy(self) -> KeyringCopy | None:
+        """The keyring object as this process holds it, for a replacement worker
+        (proxy/kms/keyring_handover.py); None for a keyring file."""
         store = self._store
         if not isinstance(store.path, KeyringObject) or store.sealed is None:
             return None
-        return str(store.path.location), store.sealed, store.etag
+        since = self._watch.failing_since if self._watch is not None else None
+        return KeyringCopy(str(store.path.location), store.sealed, store.etag, since)
 
     def reopen_store(self) -> LocalKeyStore:
         """The keyring file as it is now, as a store of its own (see `LocalKeyStore.reopen`):

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from proxy.kms.keyring_handover import ENV as COPY_ENV
-from proxy.kms.keyring_handover import write_copy
+from proxy.kms.keyring_handover import KeyringCopy, write_copy
 
 log = logging.getLogger("sealgate")
 
@@ -137,7 +137,7 @@ class Workers:
         self._last_spawn = 0.0
         #: What a replacement gets of the keyring object this process holds: (location, sealed
         #: bytes, ETag), or None (proxy/kms/keyring_handover.py). Set once this process serves.
-        self.keyring_copy: Callable[[], tuple[str, bytes, str | None] | None] = lambda: None
+        self.keyring_copy: Callable[[], KeyringCopy | None] = lambda: None
 
     @property
     def pids(self) -> list[int]:
@@ -184,7 +184,7 @@ class Workers:
             fds: tuple[int, ...] = ()
             if copy is not None:
                 try:
-                    f = stack.enter_context(write_copy(*copy))
+                    f = stack.enter_context(write_copy(copy))
                     fds, env[COPY_ENV] = (f.fileno(),), str(f.fileno())
                 except OSError as exc:  # the replacement reads the keyring object itself
                     log.warning("cannot hand the keyring copy to a new worker: %s", exc)

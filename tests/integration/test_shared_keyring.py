@@ -508,8 +508,14 @@ def test_a_worker_replaced_while_the_object_is_gone_starts_from_the_copy_handed_
         s3.put_object(Bucket="ring-gone-replaced", Key="before", Body=b"sealed before")
         raw.delete_object(Bucket=bucket, Key=RING_KEY)
         assert _eventually(lambda: gate.readiness() == {503}, 10)
+        failing_from = time.monotonic()
+        time.sleep(5)  # so that the failure is older than the replacement by far
         replacement = gate.replace_a_worker()
-        assert gate.readiness() == {503}
+        # Both workers, the replacement too, count the failure from when it was first seen.
+        reasons = [send(gate.ca, "GET", gate.url + "/-/readyz", {}) for _ in range(12)]
+        assert {r.status for r in reasons} == {503}
+        counted = [int(n) for r in reasons for n in re.findall(rb"\(for (\d+) s\)", r.data)]
+        assert len(counted) == 12 and min(counted) >= time.monotonic() - failing_from - 2, counted
         for i in range(12):
             fresh = client_for(gate.url, tls_files["ca"])
             fresh.put_object(Bucket="ring-gone-replaced", Key=f"k{i}", Body=b"x" * i)
