@@ -112,8 +112,9 @@ def _entries(root: Element) -> list[Element]:
     return [*root.iter(qname("Contents")), *root.iter(qname("Version"))]
 
 
-def rewrite_listing(root: Element, multipart_sizes: dict[tuple[str, str], int]) -> bytes:
-    """Plaintext sizes, non-MD5 ETags, and no trace of sealgate's reserved prefix."""
+def rewrite_listing(root: Element, multipart_sizes: dict[tuple[str, str], int], *, v2: bool = False) -> bytes:
+    """Plaintext sizes, non-MD5 ETags, and no trace of sealgate's reserved prefix. A ListObjectsV2
+    page (`v2`) always says its KeyCount, as S3's do (some stores leave out a count of 0)."""
     layout = Layout(DEFAULT_SEGMENT_SIZE)
     hidden = 0
     entries = _entries(root)
@@ -147,7 +148,12 @@ def rewrite_listing(root: Element, multipart_sizes: dict[tuple[str, str], int]) 
     count = root.find(qname("KeyCount"))
     if count is not None and count.text and count.text.isdigit():
         count.text = str(max(0, int(count.text) - hidden))
-    _keep_marker(root, last_key, hidden)
+    elif v2 and count is None:
+        count = Element(qname("KeyCount"))
+        count.text = str(len(list(root.iter(qname("Contents")))) + len(list(root.iter(qname("CommonPrefixes")))))
+        root.append(count)
+    if not v2:
+        _keep_marker(root, last_key, hidden)
     return serialize(root)
 
 
@@ -201,6 +207,7 @@ async def list_objects(gw: Gateway, request: web.Request, bucket: str, *, versio
     body = rewrite_listing(
         root,
         await _multipart_sizes(gw, bucket, multipart_entries(root, suffixed=gw.config.backend.multipart_etag_suffix)),
+        v2=not versions and request.query.get("list-type") == "2",
     )
     return web.Response(status=200, body=body, headers={**XML_HEADERS})
 

@@ -63,3 +63,15 @@ def test_a_v1_page_that_ends_in_hidden_entries_says_where_to_go_on() -> None:
     own = "<NextMarker>zzz</NextMarker>"
     out = rewrite_listing(ElementTree.fromstring(_v1(hidden, True, own)), {}).decode()
     assert out.count("NextMarker>") == 2 and "zzz" in out
+
+
+def test_a_v2_page_without_a_key_count_gets_one() -> None:
+    """rclone serve s3 leaves KeyCount out of an empty V2 page; S3 always says it. It counts
+    what the client sees (sealgate's hidden entries not), and a V1 page gets none."""
+    hidden = [".sealgate/mp/001/e-2"]
+    empty = f'<ListBucketResult xmlns="{NS}"><IsTruncated>false</IsTruncated></ListBucketResult>'
+    assert "<KeyCount>0</KeyCount>" in rewrite_listing(ElementTree.fromstring(empty), {}, v2=True).decode()
+    page = _v1(["a", *hidden, "b"], True, "<CommonPrefixes><Prefix>d/</Prefix></CommonPrefixes>")
+    out = rewrite_listing(ElementTree.fromstring(page), {}, v2=True).decode()
+    assert "<KeyCount>3</KeyCount>" in out and "NextMarker" not in out
+    assert "KeyCount" not in rewrite_listing(ElementTree.fromstring(_v1(["a"], False)), {}).decode()
