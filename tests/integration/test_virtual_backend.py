@@ -183,3 +183,88 @@ def test_a_signature_checking_backend_accepts_virtual_hosted_requests(
     finally:
         wrong.gate.stop()
     assert not list((rclone_root / "vh-one").iterdir())
+
+
+@pytest.fixture(scope="module")
+def both_virtual(
+    moto_url: str, ca: Any, tmp_path_factory: pytest.TempPathFactory, tls_files: dict[str, Path]
+) -> Iterator[Stack]:
+    """sealgate answering ``<bucket>.s3.sealgate.test`` (its certificate names the wildcard) in
+    front of the virtual-hosted moto: the bucket is in the host name on both sides."""
+    d = tmp_path_factory.mktemp("vh-both")
+    cert = ca.issue_cert(DOMAIN, f"*.{DOMAIN}")
+    tls = {"ca": tls_files["ca"], "cert": d / "server.pem", "key": d / "server-key.pem"}
+    cert.private_key_pem.write_to_path(str(tls["key"]))
+    tls["cert"].write_bytes(b"".join(blob.bytes() for blob in cert.cert_chain_pems))
+    st = start_stack(
+        d,
+        _on_domain(moto_url),
+        tls,
+        backend_extra='addressing_style = "virtual"',
+        server_extra=f'virtual_host_domains = ["{DOMAIN}"]',
+    )
+    yield st
+    st.gate.stop()
+
+
+def test_real_clients_address_buckets_by_host_name_through_sealgate(both_virtual: Stack, tmp_path: Path) -> None:
+    """boto3 (virtual-hosted, over TLS checked against the wildcard certificate) uploads in
+    parts, lists, presigns a GET in the bucket's host name; s3cmd with ``host_bucket`` set to
+    the bucket's host name (its usual setting) puts, lists and gets."""
+    import boto3
+    from botocore.config import Config
+
+    from tests.conftest import CLIENT_AKID, CLIENT_SECRET
+    from tests.signing import send
+
+    url = f"https://{DOMAIN}:{both_virtual.gate.running.tls_port}"
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=url,
+        aws_access_key_id=CLIENT_AKID,
+        aws_secret_access_key=CLIENT_SECRET,
+        region_name="us-east-1",
+        verify=str(both_virtual.ca_path),
+        config=Config(s3={"addressing_style": "virtual"}, retries={"max_attempts": 1}),
+    )
+    _create(s3, "vh-one")
+    run = uuid.uuid4().hex[:8]
+    parts = [os.urandom(5 * 1024 * 1024), os.urandom(1000)]
+    up = s3.create_multipart_upload(Bucket="vh-one", Key=f"{run}/mp")["UploadId"]
+    done = [
+        {
+            "PartNumber": n,
+            "ETag": s3.upload_part(Bucket="vh-one", Key=f"{run}/mp", UploadId=up, PartNumber=n, Body=p)["ETag"],
+        }
+        for n, p in enumerate(parts, 1)
+    ]
+    s3.complete_multipart_upload(Bucket="vh-one", Key=f"{run}/mp", UploadId=up, MultipartUpload={"Parts": done})
+    listed = s3.list_objects_v2(Bucket="vh-one", Prefix=f"{run}/")
+    assert [(o["Key"], o["Size"]) for o in listed["Contents"]] == [(f"{run}/mp", sum(map(len, parts)))]
+    presigned = s3.generate_presigned_url("get_object", Params={"Bucket": "vh-one", "Key": f"{run}/mp"})
+    assert presigned.startswith(f"https://vh-one.{DOMAIN}:")
+    got = send(both_virtual.ca_path, "GET", presigned, {})
+    assert got.status == 200 and got.data == b"".join(parts)
+
+    if shutil.which("s3cmd") is None:
+        pytest.fail("s3cmd is not installed (apt-get install s3cmd)")
+    cfg = tmp_path / "s3cmd.cfg"
+    cfg.write_text("[default]\n")
+    port = both_virtual.gate.running.tls_port
+    base = [
+        *("s3cmd", "-c", str(cfg), f"--access_key={CLIENT_AKID}", f"--secret_key={CLIENT_SECRET}"),
+        *(f"--host={DOMAIN}:{port}", f"--host-bucket=%(bucket)s.{DOMAIN}:{port}", "--region=us-east-1"),
+        *("--ssl", f"--ca-certs={both_virtual.ca_path}", "--check-certificate", "--no-mime-magic"),
+    ]
+    src = tmp_path / "src.bin"
+    src.write_bytes(os.urandom(300_000))
+
+    def s3cmd(*args: str) -> str:
+        proc = subprocess.run([*base, *args], capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        return proc.stdout + proc.stderr
+
+    s3cmd("put", str(src), f"s3://vh-one/{run}/s3cmd.bin")
+    assert f"s3://vh-one/{run}/s3cmd.bin" in s3cmd("ls", f"s3://vh-one/{run}/")
+    s3cmd("get", f"s3://vh-one/{run}/s3cmd.bin", str(tmp_path / "back.bin"))
+    assert (tmp_path / "back.bin").read_bytes() == src.read_bytes()
