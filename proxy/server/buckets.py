@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from contextlib import suppress
 from urllib.parse import unquote_plus
 from xml.etree.ElementTree import Element
@@ -24,6 +25,8 @@ from proxy.store.gateway import Gateway
 from proxy.store.objects import matching_etag, opaque_etag
 from proxy.store.records import record_key
 from proxy.store.reserved import RESERVED_PREFIX, content_md5
+
+log = logging.getLogger("sealgate.listings")
 
 MAX_CONTROL_BODY = 1024 * 1024
 
@@ -173,6 +176,58 @@ def _keep_marker(root: Element, last_key: str | None, hidden: int) -> None:
     root.append(marker)
 
 
+#: A key after every one of sealgate's records: they are all ``.sealgate/<lowercase name>/…``.
+_AFTER_RESERVED = RESERVED_PREFIX + "~"
+
+
+async def _fill_page(gw: Gateway, bucket: str, root: Element, query: list[tuple[str, str]]) -> None:
+    """Fill a truncated ListObjects(V2) page that lost entries to the reserved prefix up to the
+    max-keys the client asked for, as the page would be without sealgate's records, by one more
+    backend request for what is missing. Sealgate's records sort together, so they end within
+    this page (the rest follows the backend's continuation) or run past its end (the rest
+    starts after all of them): either way the next part holds none of them."""
+    if (root.findtext(qname("IsTruncated")) or "").strip().lower() != "true":
+        return
+    names = [_listed(root, el, "Key") for el in root.iter(qname("Contents"))]
+    names += [_listed(root, el, "Prefix") for el in root.iter(qname("CommonPrefixes"))]
+    hidden = sum(name.startswith(RESERVED_PREFIX) for name in names)
+    asked = dict(query).get("max-keys", "1000")
+    if not hidden or not asked.isdigit():
+        return
+    missing = min(int(asked), 1000) - (len(names) - hidden)
+    if missing <= 0:
+        return
+    v2 = dict(query).get("list-type") == "2"
+    follow = [(k, v) for k, v in query if k not in ("max-keys", "continuation-token", "start-after", "marker")]
+    follow.append(("max-keys", str(missing)))
+    if max(names, key=lambda name: name.encode()).startswith(RESERVED_PREFIX):
+        follow.append(("start-after" if v2 else "marker", _AFTER_RESERVED))
+    elif v2:
+        token = root.findtext(qname("NextContinuationToken"))
+        if not token:
+            return
+        follow.append(("continuation-token", token))
+    else:
+        follow.append(("marker", _listed(root, root, "NextMarker") or max(names, key=lambda name: name.encode())))
+    try:
+        _resp, data = await gw.backend.read_ok("GET", bucket, None, query=follow)
+        more = parse(data)
+    except Exception as exc:  # noqa: BLE001 - a short page is still a correct one: keep it
+        log.warning("listing %s: kept a short page, the backend did not answer for the rest: %s", bucket, exc)
+        return
+    added = [*more.iter(qname("Contents")), *more.iter(qname("CommonPrefixes"))]
+    root.extend(added)
+    for name in ("IsTruncated", "NextContinuationToken", "NextMarker"):
+        old, new = root.find(qname(name)), more.find(qname(name))
+        if old is not None:
+            root.remove(old)
+        if new is not None:
+            root.append(new)
+    count = root.find(qname("KeyCount"))
+    if count is not None and count.text and count.text.isdigit():
+        count.text = str(int(count.text) + len(added))
+
+
 async def _multipart_sizes(gw: Gateway, bucket: str, entries: list[tuple[str, str]]) -> dict[tuple[str, str], int]:
     """Plaintext sizes of multipart objects, from their manifests' clear size field."""
     sem = asyncio.Semaphore(16)
@@ -204,6 +259,8 @@ async def list_objects(gw: Gateway, request: web.Request, bucket: str, *, versio
         root = parse(data)
     except Exception as exc:  # noqa: BLE001 - any malformed listing from the backend
         raise S3Error("BadGateway", "backend sent a malformed listing", 502) from exc
+    if not versions:
+        await _fill_page(gw, bucket, root, query)
     body = rewrite_listing(
         root,
         await _multipart_sizes(gw, bucket, multipart_entries(root, suffixed=gw.config.backend.multipart_etag_suffix)),

@@ -420,3 +420,38 @@ def test_downloads_reuse_their_backend_connections(faulty: tuple[FaultyRelay, St
     assert len(gets) >= 12
     # Two at most: a multipart object's manifest is read while its body's answer is open.
     assert len({p[2] for p in peers}) <= 2, peers
+
+
+def test_a_listing_page_stays_short_when_the_backend_fails_its_rest(
+    faulty: tuple[FaultyRelay, Stack], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A page that lost entries to sealgate's records is filled by one more backend request
+    (tests/integration/test_listing_pages.py); if that request fails, the client gets the short
+    page, still a correct one (truncated, its continuation from the backend), not an error, and
+    paging on reaches every key."""
+    relay, st = faulty
+    s3 = st.client()
+    s3.create_bucket(Bucket="faults-pages")
+    for key in ("!a", "-b", "c"):
+        s3.put_object(Bucket="faults-pages", Key=key, Body=b"x")
+    s3.create_multipart_upload(Bucket="faults-pages", Key="open")  # a record between "-b" and "c"
+    asked: list[str] = []
+
+    async def fail_the_rest(request: web.Request) -> web.StreamResponse | None:
+        if "/faults-pages" in request.path and "start-after=.sealgate" in request.path_qs:
+            asked.append(request.path_qs)
+            return web.Response(status=500, body=b"<Error><Code>InternalError</Code><Message>x</Message></Error>")
+        return None
+
+    relay.before = fail_the_rest
+    try:
+        first = s3.list_objects_v2(Bucket="faults-pages", MaxKeys=3)
+        assert [o["Key"] for o in first["Contents"]] == ["!a", "-b"] and first["IsTruncated"]
+        rest = s3.list_objects_v2(Bucket="faults-pages", MaxKeys=3, ContinuationToken=first["NextContinuationToken"])
+        assert [o["Key"] for o in rest["Contents"]] == ["c"] and not rest["IsTruncated"]
+    finally:
+        relay.before = None
+    assert len(asked) == 3  # the follow-up was made (and retried as any backend request)
+    assert any("kept a short page" in r.getMessage() for r in caplog.records)
+    full = s3.list_objects_v2(Bucket="faults-pages", MaxKeys=3)
+    assert [o["Key"] for o in full["Contents"]] == ["!a", "-b", "c"] and not full["IsTruncated"]
