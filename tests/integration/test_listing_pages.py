@@ -109,3 +109,45 @@ def test_every_page_is_as_full_as_without_the_records(
         assert through == _pages(raw, f"{bucket}-twin", v2, max_keys, delimiter), max_keys
         if v2 or not delimiter or "moto" not in request.node.callspec.id:
             assert through == [want[i : i + max_keys] for i in range(0, len(want), max_keys)], max_keys
+
+
+def test_following_version_listing_pages_reaches_every_version(
+    moto_url: str, tls_files: dict[str, Path], tmp_path: Path
+) -> None:
+    """A versioned bucket whose records have versions and delete markers of their own (an upload
+    completed, one aborted, one open): whatever max-keys, following NextKeyMarker and
+    NextVersionIdMarker through sealgate lists every version and delete marker of the clients'
+    keys once, and none of sealgate's."""
+    st = start_stack(tmp_path, moto_url, tls_files)
+    try:
+        s3, raw = st.client(), backend_client(moto_url)
+        bucket = f"vpages-{uuid.uuid4().hex[:10]}"
+        s3.create_bucket(Bucket=bucket)
+        s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+        for key in ("!first", "-dash", "a", "a", "b", "gone"):
+            s3.put_object(Bucket=bucket, Key=key, Body=b"x")
+        s3.delete_object(Bucket=bucket, Key="gone")
+        up = s3.create_multipart_upload(Bucket=bucket, Key="mp")["UploadId"]
+        etag = s3.upload_part(Bucket=bucket, Key="mp", UploadId=up, PartNumber=1, Body=b"p" * 100)["ETag"]
+        s3.complete_multipart_upload(
+            Bucket=bucket, Key="mp", UploadId=up, MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": etag}]}
+        )
+        aborted = s3.create_multipart_upload(Bucket=bucket, Key="aborted")["UploadId"]
+        s3.abort_multipart_upload(Bucket=bucket, Key="aborted", UploadId=aborted)
+        s3.create_multipart_upload(Bucket=bucket, Key="open")
+        stored = raw.list_object_versions(Bucket=bucket)
+        want = sorted(
+            (v["Key"], v["VersionId"])
+            for v in [*stored.get("Versions", []), *stored.get("DeleteMarkers", [])]
+            if not v["Key"].startswith(".sealgate/")
+        )
+        assert len(want) == 8 and len(stored.get("Versions", [])) + len(stored.get("DeleteMarkers", [])) > 10
+        for max_keys in (1, 2, 3, 5, 1000):
+            seen = []
+            for page in s3.get_paginator("list_object_versions").paginate(Bucket=bucket, MaxKeys=max_keys):
+                seen += [
+                    (v["Key"], v["VersionId"]) for v in [*page.get("Versions", []), *page.get("DeleteMarkers", [])]
+                ]
+            assert sorted(seen) == want, max_keys
+    finally:
+        st.gate.stop()
