@@ -144,16 +144,20 @@ def test_a_signature_checking_backend_accepts_virtual_hosted_requests(
     """rclone checks each signature over the bucket's Host: objects round-trip, list and delete,
     and wrong backend credentials are refused (so the signatures were checked)."""
     rclone_url, rclone_root = rclone_virtual
-    for d in ("good", "wrong"):
-        (tmp_path / d).mkdir()
-    st = start_stack(
-        tmp_path / "good",
-        rclone_url,
-        tls_files,
-        backend_akid=RCLONE_KEY,
-        backend_secret=RCLONE_SECRET,
-        backend_extra='addressing_style = "virtual"',
-    )
+
+    def gate(name: str, secret: str) -> Stack:
+        (tmp_path / name).mkdir()
+        virtual = 'addressing_style = "virtual"'
+        return start_stack(
+            tmp_path / name,
+            rclone_url,
+            tls_files,
+            backend_akid=RCLONE_KEY,
+            backend_secret=secret,
+            backend_extra=virtual,
+        )
+
+    st = gate("good", RCLONE_SECRET)
     try:
         s3 = st.client()
         s3.create_bucket(Bucket="vh-one")
@@ -165,14 +169,7 @@ def test_a_signature_checking_backend_accepts_virtual_hosted_requests(
         assert s3.list_objects_v2(Bucket="vh-one")["KeyCount"] == 0
     finally:
         st.gate.stop()
-    wrong = start_stack(
-        tmp_path / "wrong",
-        rclone_url,
-        tls_files,
-        backend_akid=RCLONE_KEY,
-        backend_secret="not-the-secret-00000",
-        backend_extra='addressing_style = "virtual"',
-    )
+    wrong = gate("wrong", "not-the-secret-00000")
     try:
         with pytest.raises(ClientError) as err:
             wrong.client().put_object(Bucket="vh-one", Key="refused", Body=b"x")
