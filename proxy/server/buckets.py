@@ -179,53 +179,87 @@ def _keep_marker(root: Element, last_key: str | None, hidden: int) -> None:
 #: A key after every one of sealgate's records: they are all ``.sealgate/<lowercase name>/…``.
 _AFTER_RESERVED = RESERVED_PREFIX + "~"
 
+#: Per kind of listing: the query parameters that say where a page starts, and the elements of
+#: a page that say where the next one starts.
+_CONTINUATION = {
+    "v1": (("marker",), ("NextMarker",)),
+    "v2": (("continuation-token", "start-after"), ("NextContinuationToken",)),
+    "versions": (("key-marker", "version-id-marker"), ("NextKeyMarker", "NextVersionIdMarker")),
+}
+_ENTRIES = ("Contents", "Version", "DeleteMarker", "CommonPrefixes")
 
-async def _fill_page(gw: Gateway, bucket: str, root: Element, query: list[tuple[str, str]]) -> None:
-    """Fill a truncated ListObjects(V2) page that lost entries to the reserved prefix up to the
-    max-keys the client asked for, as the page would be without sealgate's records, by one more
-    backend request for what is missing. Sealgate's records sort together, so they end within
-    this page (the rest follows the backend's continuation) or run past its end (the rest
-    starts after all of them): either way the next part holds none of them."""
+#: Backend requests a version listing page may take to get past sealgate's records.
+_VERSION_FILLS = 4
+
+
+def _page_names(root: Element) -> list[str]:
+    """The names of a listing page's entries (objects, versions, delete markers, prefixes)."""
+    return [
+        _listed(root, el, "Prefix" if tag == "CommonPrefixes" else "Key")
+        for tag in _ENTRIES
+        for el in root.iter(qname(tag))
+    ]
+
+
+def _missing(root: Element, query: list[tuple[str, str]]) -> int:
+    """How many entries a truncated page lacks of the max-keys asked for (0: none, or not truncated)."""
     if (root.findtext(qname("IsTruncated")) or "").strip().lower() != "true":
-        return
-    names = [_listed(root, el, "Key") for el in root.iter(qname("Contents"))]
-    names += [_listed(root, el, "Prefix") for el in root.iter(qname("CommonPrefixes"))]
-    hidden = sum(name.startswith(RESERVED_PREFIX) for name in names)
+        return 0
     asked = dict(query).get("max-keys", "1000")
-    if not hidden or not asked.isdigit():
-        return
-    missing = min(int(asked), 1000) - (len(names) - hidden)
-    if missing <= 0:
-        return
-    v2 = dict(query).get("list-type") == "2"
-    follow = [(k, v) for k, v in query if k not in ("max-keys", "continuation-token", "start-after", "marker")]
-    follow.append(("max-keys", str(missing)))
-    if max(names, key=lambda name: name.encode()).startswith(RESERVED_PREFIX):
-        follow.append(("start-after" if v2 else "marker", _AFTER_RESERVED))
-    elif v2:
+    names = _page_names(root)
+    visible = sum(not name.startswith(RESERVED_PREFIX) for name in names)
+    return max(0, min(int(asked), 1000) - visible) if asked.isdigit() and visible < len(names) else 0
+
+
+def _rest_of_page(root: Element, kind: str) -> list[tuple[str, str]]:
+    """Where the rest of a page starts. ListObjects(V2): after all of sealgate's records if the
+    page ends among them, else where the backend says its next page starts. Versions: where the
+    backend says (a key-marker alone loses a version on some backends: moto). Empty: not said."""
+    names = _page_names(root)
+    last = max(names, key=lambda name: name.encode())
+    if kind != "versions" and last.startswith(RESERVED_PREFIX):
+        return [("start-after" if kind == "v2" else "marker", _AFTER_RESERVED)]
+    if kind == "v2":
         token = root.findtext(qname("NextContinuationToken"))
-        if not token:
+        return [("continuation-token", token)] if token else []
+    if kind == "v1":
+        return [("marker", _listed(root, root, "NextMarker") or last)]
+    key, version = _listed(root, root, "NextKeyMarker"), root.findtext(qname("NextVersionIdMarker"))
+    return [("key-marker", key), ("version-id-marker", version)] if key and version else []
+
+
+async def _fill_page(gw: Gateway, bucket: str, root: Element, query: list[tuple[str, str]], kind: str) -> None:
+    """Fill a truncated listing page (`kind`: v1, v2 or versions) that lost entries to the
+    reserved prefix up to the max-keys the client asked for, as the page would be without
+    sealgate's records, by more backend requests for what is missing. Sealgate's records sort
+    together, so for ListObjects(V2) one request does: they end within the page (the rest follows
+    the backend's continuation) or run past its end (the rest starts after all of them). A
+    version listing follows the backend's markers, for up to `_VERSION_FILLS` requests. A request
+    that fails leaves the page as it is: short, and still correct."""
+    starts, nexts = _CONTINUATION[kind]
+    for _ in range(_VERSION_FILLS if kind == "versions" else 1):
+        missing = _missing(root, query)
+        rest = _rest_of_page(root, kind) if missing else []
+        if not rest:
             return
-        follow.append(("continuation-token", token))
-    else:
-        follow.append(("marker", _listed(root, root, "NextMarker") or max(names, key=lambda name: name.encode())))
-    try:
-        _resp, data = await gw.backend.read_ok("GET", bucket, None, query=follow)
-        more = parse(data)
-    except Exception as exc:  # noqa: BLE001 - a short page is still a correct one: keep it
-        log.warning("listing %s: kept a short page, the backend did not answer for the rest: %s", bucket, exc)
-        return
-    added = [*more.iter(qname("Contents")), *more.iter(qname("CommonPrefixes"))]
-    root.extend(added)
-    for name in ("IsTruncated", "NextContinuationToken", "NextMarker"):
-        old, new = root.find(qname(name)), more.find(qname(name))
-        if old is not None:
-            root.remove(old)
-        if new is not None:
-            root.append(new)
-    count = root.find(qname("KeyCount"))
-    if count is not None and count.text and count.text.isdigit():
-        count.text = str(int(count.text) + len(added))
+        follow = [(k, v) for k, v in query if k not in ("max-keys", *starts)] + [("max-keys", str(missing)), *rest]
+        try:
+            _resp, data = await gw.backend.read_ok("GET", bucket, None, query=follow)
+            more = parse(data)
+        except Exception as exc:  # noqa: BLE001 - a short page is still a correct one: keep it
+            log.warning("listing %s: kept a short page, the backend did not answer for the rest: %s", bucket, exc)
+            return
+        added = [el for tag in _ENTRIES for el in more.iter(qname(tag))]
+        root.extend(added)
+        for name in ("IsTruncated", *nexts):
+            old, new = root.find(qname(name)), more.find(qname(name))
+            if old is not None:
+                root.remove(old)
+            if new is not None:
+                root.append(new)
+        count = root.find(qname("KeyCount"))
+        if count is not None and count.text and count.text.isdigit():
+            count.text = str(int(count.text) + len(added))
 
 
 async def _multipart_sizes(gw: Gateway, bucket: str, entries: list[tuple[str, str]]) -> dict[tuple[str, str], int]:
@@ -259,12 +293,12 @@ async def list_objects(gw: Gateway, request: web.Request, bucket: str, *, versio
         root = parse(data)
     except Exception as exc:  # noqa: BLE001 - any malformed listing from the backend
         raise S3Error("BadGateway", "backend sent a malformed listing", 502) from exc
-    if not versions:
-        await _fill_page(gw, bucket, root, query)
+    kind = "versions" if versions else "v2" if request.query.get("list-type") == "2" else "v1"
+    await _fill_page(gw, bucket, root, query, kind)
     body = rewrite_listing(
         root,
         await _multipart_sizes(gw, bucket, multipart_entries(root, suffixed=gw.config.backend.multipart_etag_suffix)),
-        v2=not versions and request.query.get("list-type") == "2",
+        v2=kind == "v2",
     )
     return web.Response(status=200, body=body, headers={**XML_HEADERS})
 

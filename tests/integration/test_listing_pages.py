@@ -111,27 +111,32 @@ def test_every_page_is_as_full_as_without_the_records(
             assert through == [want[i : i + max_keys] for i in range(0, len(want), max_keys)], max_keys
 
 
-def test_following_version_listing_pages_reaches_every_version(
+def test_version_listing_pages_reach_every_version_and_are_filled(
     moto_url: str, tls_files: dict[str, Path], tmp_path: Path
 ) -> None:
     """A versioned bucket whose records have versions and delete markers of their own (an upload
-    completed, one aborted, one open): whatever max-keys, following NextKeyMarker and
+    completed, one aborted, one open): at any max-keys, following NextKeyMarker and
     NextVersionIdMarker through sealgate lists every version and delete marker of the clients'
-    keys once, and none of sealgate's."""
+    keys once and none of sealgate's; from max-keys 4 (the records take fewer requests to pass
+    than a page may make) the pages equal those of a twin bucket without records."""
     st = start_stack(tmp_path, moto_url, tls_files)
     try:
         s3, raw = st.client(), backend_client(moto_url)
         bucket = f"vpages-{uuid.uuid4().hex[:10]}"
+        twin = f"{bucket}-twin"
         s3.create_bucket(Bucket=bucket)
-        s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
-        for key in ("!first", "-dash", "a", "a", "b", "gone"):
-            s3.put_object(Bucket=bucket, Key=key, Body=b"x")
-        s3.delete_object(Bucket=bucket, Key="gone")
+        raw.create_bucket(Bucket=twin)
+        for c, b in ((s3, bucket), (raw, twin)):
+            c.put_bucket_versioning(Bucket=b, VersioningConfiguration={"Status": "Enabled"})
+            for key in ("!first", "-dash", "a", "a", "b", "gone"):
+                c.put_object(Bucket=b, Key=key, Body=b"x")
+            c.delete_object(Bucket=b, Key="gone")
         up = s3.create_multipart_upload(Bucket=bucket, Key="mp")["UploadId"]
         etag = s3.upload_part(Bucket=bucket, Key="mp", UploadId=up, PartNumber=1, Body=b"p" * 100)["ETag"]
         s3.complete_multipart_upload(
             Bucket=bucket, Key="mp", UploadId=up, MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": etag}]}
         )
+        raw.put_object(Bucket=twin, Key="mp", Body=b"x")
         aborted = s3.create_multipart_upload(Bucket=bucket, Key="aborted")["UploadId"]
         s3.abort_multipart_upload(Bucket=bucket, Key="aborted", UploadId=aborted)
         s3.create_multipart_upload(Bucket=bucket, Key="open")
@@ -149,5 +154,22 @@ def test_following_version_listing_pages_reaches_every_version(
                     (v["Key"], v["VersionId"]) for v in [*page.get("Versions", []), *page.get("DeleteMarkers", [])]
                 ]
             assert sorted(seen) == want, max_keys
+        for max_keys in range(4, 10):
+            assert _version_pages(s3, bucket, max_keys) == _version_pages(raw, twin, max_keys), max_keys
     finally:
         st.gate.stop()
+
+
+def _version_pages(s3: Any, bucket: str, max_keys: int) -> list[list[tuple[str, bool]]]:
+    """Every ListObjectVersions page as (key, is a delete marker), followed by its markers."""
+    pages: list[list[tuple[str, bool]]] = []
+    kw: dict[str, Any] = {"Bucket": bucket, "MaxKeys": max_keys}
+    while True:
+        page = s3.list_object_versions(**kw)
+        entries = [(v["Key"], False) for v in page.get("Versions", [])]
+        entries += [(m["Key"], True) for m in page.get("DeleteMarkers", [])]
+        pages.append(sorted(entries, key=lambda e: e[0].encode()))
+        if not page["IsTruncated"]:
+            return pages
+        assert len(pages) < 60, pages
+        kw["KeyMarker"], kw["VersionIdMarker"] = page["NextKeyMarker"], page["NextVersionIdMarker"]
