@@ -149,12 +149,11 @@ def rewrite_listing(root: Element, multipart_sizes: dict[tuple[str, str], int], 
             root.remove(prefix)
             hidden += 1
     count = root.find(qname("KeyCount"))
-    if count is not None and count.text and count.text.isdigit():
-        count.text = str(max(0, int(count.text) - hidden))
-    elif v2 and count is None:
+    if count is None and v2:
         count = Element(qname("KeyCount"))
-        count.text = str(len(list(root.iter(qname("Contents")))) + len(list(root.iter(qname("CommonPrefixes")))))
         root.append(count)
+    if count is not None:  # what the client sees: the objects and prefixes left on the page
+        count.text = str(len(list(root.iter(qname("Contents")))) + len(list(root.iter(qname("CommonPrefixes")))))
     if not v2:
         _keep_marker(root, last_key, hidden)
     return serialize(root)
@@ -165,8 +164,8 @@ def _keep_marker(root: Element, last_key: str | None, hidden: int) -> None:
     last key. If sealgate hid entries, that is not the last key the backend listed, and a page
     of nothing but hidden entries has none at all (botocore's paginator then stops): so such a
     page gets the backend's last key as NextMarker. V2 and version listings carry their own
-    continuation."""
-    v1 = local_name(root.tag) == "ListBucketResult" and root.find(qname("KeyCount")) is None
+    continuation (a V2 page is not given here)."""
+    v1 = local_name(root.tag) == "ListBucketResult"
     if not (v1 and hidden and last_key is not None) or root.find(qname("NextMarker")) is not None:
         return
     if (root.findtext(qname("IsTruncated")) or "").strip().lower() != "true":
@@ -201,21 +200,20 @@ def _page_names(root: Element) -> list[str]:
     ]
 
 
-def _missing(root: Element, query: list[tuple[str, str]]) -> int:
-    """How many entries a truncated page lacks of the max-keys asked for (0: none, or not truncated)."""
+def _missing(root: Element, query: list[tuple[str, str]], names: list[str]) -> int:
+    """How many entries a truncated page (whose entries are `names`) lacks of the max-keys asked
+    for (0: none, or not truncated)."""
     if (root.findtext(qname("IsTruncated")) or "").strip().lower() != "true":
         return 0
     asked = dict(query).get("max-keys", "1000")
-    names = _page_names(root)
     visible = sum(not name.startswith(RESERVED_PREFIX) for name in names)
     return max(0, min(int(asked), 1000) - visible) if asked.isdigit() and visible < len(names) else 0
 
 
-def _rest_of_page(root: Element, kind: str) -> list[tuple[str, str]]:
+def _rest_of_page(root: Element, kind: str, names: list[str]) -> list[tuple[str, str]]:
     """Where the rest of a page starts. ListObjects(V2): after all of sealgate's records if the
     page ends among them, else where the backend says its next page starts. Versions: where the
     backend says (a key-marker alone loses a version on some backends: moto). Empty: not said."""
-    names = _page_names(root)
     last = max(names, key=lambda name: name.encode())
     if kind != "versions" and last.startswith(RESERVED_PREFIX):
         return [("start-after" if kind == "v2" else "marker", _AFTER_RESERVED)]
@@ -238,8 +236,9 @@ async def _fill_page(gw: Gateway, bucket: str, root: Element, query: list[tuple[
     that fails leaves the page as it is: short, and still correct."""
     starts, nexts = _CONTINUATION[kind]
     for _ in range(_VERSION_FILLS if kind == "versions" else 1):
-        missing = _missing(root, query)
-        rest = _rest_of_page(root, kind) if missing else []
+        names = _page_names(root)
+        missing = _missing(root, query, names)
+        rest = _rest_of_page(root, kind, names) if missing else []
         if not rest:
             return
         follow = [(k, v) for k, v in query if k not in ("max-keys", *starts)] + [("max-keys", str(missing)), *rest]
@@ -249,17 +248,13 @@ async def _fill_page(gw: Gateway, bucket: str, root: Element, query: list[tuple[
         except Exception as exc:  # noqa: BLE001 - a short page is still a correct one: keep it
             log.warning("listing %s: kept a short page, the backend did not answer for the rest: %s", bucket, exc)
             return
-        added = [el for tag in _ENTRIES for el in more.iter(qname(tag))]
-        root.extend(added)
-        for name in ("IsTruncated", *nexts):
+        root.extend(el for tag in _ENTRIES for el in more.iter(qname(tag)))
+        for name in ("IsTruncated", *nexts):  # KeyCount: rewrite_listing counts the whole page
             old, new = root.find(qname(name)), more.find(qname(name))
             if old is not None:
                 root.remove(old)
             if new is not None:
                 root.append(new)
-        count = root.find(qname("KeyCount"))
-        if count is not None and count.text and count.text.isdigit():
-            count.text = str(int(count.text) + len(added))
 
 
 async def _multipart_sizes(gw: Gateway, bucket: str, entries: list[tuple[str, str]]) -> dict[tuple[str, str], int]:

@@ -135,8 +135,8 @@ class Workers:
         self._channel = channel
         self._stopping = False
         self._last_spawn = 0.0
-        #: What a replacement gets of the keyring object this process holds: (location, sealed
-        #: bytes, ETag), or None (proxy/kms/keyring_handover.py). Set once this process serves.
+        #: What a replacement gets of the keyring object this process holds, or None
+        #: (proxy/kms/keyring_handover.py). Set once this process serves.
         self.keyring_copy: Callable[[], KeyringCopy | None] = lambda: None
 
     @property
