@@ -182,7 +182,9 @@ def tree(root: Path) -> dict[str, bytes]:
 
 
 class S3cmd:
-    def __init__(self, gate: Gate, tmp: Path) -> None:
+    def __init__(self, gate: Gate, tmp: Path, *, host: str = "localhost", host_bucket: str | None = None) -> None:
+        """s3cmd against `gate` at `host`; `host_bucket` is its bucket host template
+        (``%(bucket)s.<domain>`` for virtual-hosted requests; by default `host`: path-style)."""
         if S3CMD_EXE is None:
             pytest.fail("s3cmd is not installed (apt-get install s3cmd)")
         cfg = tmp / "s3cmd.cfg"
@@ -193,8 +195,8 @@ class S3cmd:
             str(cfg),
             f"--access_key={CLIENT_AKID}",
             f"--secret_key={CLIENT_SECRET}",
-            f"--host=localhost:{gate.port}",
-            f"--host-bucket=localhost:{gate.port}",
+            f"--host={host}:{gate.port}",
+            f"--host-bucket={host_bucket or host}:{gate.port}",
             "--region=us-east-1",
             "--ssl",
             f"--ca-certs={gate.ca}",

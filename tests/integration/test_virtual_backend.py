@@ -212,6 +212,7 @@ def test_real_clients_address_buckets_by_host_name_through_sealgate(both_virtual
     from botocore.config import Config
 
     from tests.conftest import CLIENT_AKID, CLIENT_SECRET
+    from tests.integration.test_clients import Gate, S3cmd
     from tests.signing import send
 
     url = f"https://{DOMAIN}:{both_virtual.gate.running.tls_port}"
@@ -243,24 +244,10 @@ def test_real_clients_address_buckets_by_host_name_through_sealgate(both_virtual
     got = send(both_virtual.ca_path, "GET", presigned, {})
     assert got.status == 200 and got.data == b"".join(parts)
 
-    if shutil.which("s3cmd") is None:
-        pytest.fail("s3cmd is not installed (apt-get install s3cmd)")
-    cfg = tmp_path / "s3cmd.cfg"
-    cfg.write_text("[default]\n")
-    port = both_virtual.gate.running.tls_port
-    base = [
-        *("s3cmd", "-c", str(cfg), f"--access_key={CLIENT_AKID}", f"--secret_key={CLIENT_SECRET}"),
-        *(f"--host={DOMAIN}:{port}", f"--host-bucket=%(bucket)s.{DOMAIN}:{port}", "--region=us-east-1"),
-        *("--ssl", f"--ca-certs={both_virtual.ca_path}", "--check-certificate", "--no-mime-magic"),
-    ]
+    gate = Gate("virtual-hosted", url, both_virtual.ca_path, both_virtual.backend_url, {})
+    s3cmd = S3cmd(gate, tmp_path, host=DOMAIN, host_bucket=f"%(bucket)s.{DOMAIN}")
     src = tmp_path / "src.bin"
     src.write_bytes(os.urandom(300_000))
-
-    def s3cmd(*args: str) -> str:
-        proc = subprocess.run([*base, *args], capture_output=True, text=True, timeout=120)
-        assert proc.returncode == 0, proc.stdout + proc.stderr
-        return proc.stdout + proc.stderr
-
     s3cmd("put", str(src), f"s3://vh-one/{run}/s3cmd.bin")
     assert f"s3://vh-one/{run}/s3cmd.bin" in s3cmd("ls", f"s3://vh-one/{run}/")
     s3cmd("get", f"s3://vh-one/{run}/s3cmd.bin", str(tmp_path / "back.bin"))
