@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Stack, backend_client, start_stack
+from tests.conftest import Stack, backend_client, multipart_put, start_stack
 
 RCLONE = {"akid": "rcloneaccess", "secret": "rclonesecret0123456789"}
 # Before the reserved prefix ('!', '-' < '.'), after it ('U', 'a', ...), and in prefixes.
@@ -44,11 +44,7 @@ def filled(
     for key in KEYS:
         if key != "mp-done":
             s3.put_object(Bucket=bucket, Key=key, Body=b"x")
-    up = s3.create_multipart_upload(Bucket=bucket, Key="mp-done")["UploadId"]
-    etag = s3.upload_part(Bucket=bucket, Key="mp-done", UploadId=up, PartNumber=1, Body=os.urandom(100))["ETag"]
-    s3.complete_multipart_upload(
-        Bucket=bucket, Key="mp-done", UploadId=up, MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": etag}]}
-    )
+    multipart_put(s3, bucket, "mp-done", [os.urandom(100)])
     for i in range(3):
         s3.create_multipart_upload(Bucket=bucket, Key=f"open-{i}")
     raw = backend_client(url, **creds)
@@ -131,11 +127,7 @@ def test_version_listing_pages_reach_every_version_and_are_filled(
             for key in ("!first", "-dash", "a", "a", "b", "gone"):
                 c.put_object(Bucket=b, Key=key, Body=b"x")
             c.delete_object(Bucket=b, Key="gone")
-        up = s3.create_multipart_upload(Bucket=bucket, Key="mp")["UploadId"]
-        etag = s3.upload_part(Bucket=bucket, Key="mp", UploadId=up, PartNumber=1, Body=b"p" * 100)["ETag"]
-        s3.complete_multipart_upload(
-            Bucket=bucket, Key="mp", UploadId=up, MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": etag}]}
-        )
+        multipart_put(s3, bucket, "mp", [b"p" * 100])
         raw.put_object(Bucket=twin, Key="mp", Body=b"x")
         aborted = s3.create_multipart_upload(Bucket=bucket, Key="aborted")["UploadId"]
         s3.abort_multipart_upload(Bucket=bucket, Key="aborted", UploadId=aborted)

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
-from tests.conftest import Stack, backend_client, free_port, start_stack, wait_port
+from tests.conftest import Stack, backend_client, free_port, multipart_put, start_stack, wait_port
 
 DOMAIN = "s3.sealgate.test"
 BUCKETS = ("vh-one", "vh-two")
@@ -82,18 +82,7 @@ def test_objects_round_trip_through_a_virtual_hosted_backend_and_are_stored_seal
     assert ranged == small[100:1100]
 
     parts = [os.urandom(5 * 1024 * 1024), os.urandom(70_000)]
-    up = s3.create_multipart_upload(Bucket="vh-one", Key=f"{run}/big")["UploadId"]
-    etags = [
-        s3.upload_part(Bucket="vh-one", Key=f"{run}/big", UploadId=up, PartNumber=n, Body=p)["ETag"]
-        for n, p in enumerate(parts, 1)
-    ]
-    s3.complete_multipart_upload(
-        Bucket="vh-one",
-        Key=f"{run}/big",
-        UploadId=up,
-        MultipartUpload={"Parts": [{"PartNumber": n, "ETag": e} for n, e in enumerate(etags, 1)]},
-    )
-    whole = b"".join(parts)
+    whole = multipart_put(s3, "vh-one", f"{run}/big", parts)
     got = s3.get_object(Bucket="vh-one", Key=f"{run}/big", Range=f"bytes={len(parts[0]) - 10}-{len(whole) - 1}")
     assert got["Body"].read() == whole[len(parts[0]) - 10 :]
 
@@ -228,15 +217,7 @@ def test_real_clients_address_buckets_by_host_name_through_sealgate(both_virtual
     _create(s3, "vh-one")
     run = uuid.uuid4().hex[:8]
     parts = [os.urandom(5 * 1024 * 1024), os.urandom(1000)]
-    up = s3.create_multipart_upload(Bucket="vh-one", Key=f"{run}/mp")["UploadId"]
-    done = [
-        {
-            "PartNumber": n,
-            "ETag": s3.upload_part(Bucket="vh-one", Key=f"{run}/mp", UploadId=up, PartNumber=n, Body=p)["ETag"],
-        }
-        for n, p in enumerate(parts, 1)
-    ]
-    s3.complete_multipart_upload(Bucket="vh-one", Key=f"{run}/mp", UploadId=up, MultipartUpload={"Parts": done})
+    multipart_put(s3, "vh-one", f"{run}/mp", parts)
     listed = s3.list_objects_v2(Bucket="vh-one", Prefix=f"{run}/")
     assert [(o["Key"], o["Size"]) for o in listed["Contents"]] == [(f"{run}/mp", sum(map(len, parts)))]
     presigned = s3.generate_presigned_url("get_object", Params={"Bucket": "vh-one", "Key": f"{run}/mp"})
